@@ -1,0 +1,33 @@
+"""Lazy imports of optional heavy libraries, turning ImportError into an install hint."""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from clipexport.errors import MissingDependencyError
+
+# module name -> (pip distribution, clipexport extra that brings it)
+_HINTS: dict[str, tuple[str, str]] = {
+    "torch": ("torch", "export"),
+    "open_clip": ("open-clip-torch", "export"),
+    "transformers": ("transformers", "export"),
+    "onnx": ("onnx", "export"),
+    "onnxscript": ("onnxscript", "export"),
+    "onnxruntime": ("onnxruntime-gpu (x86_64) or onnxruntime", "runtime"),
+    "PIL": ("pillow", "runtime"),
+    "timm": ("timm", "export"),
+}
+
+
+def require(module: str, purpose: str) -> ModuleType:
+    """Import `module` or raise one clear line naming the purpose and the install command."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        top = module.split(".")[0]
+        dist, extra = _HINTS.get(top, (top, "export"))
+        raise MissingDependencyError(
+            f"{purpose} needs the Python package '{dist}', which is not importable ({exc}); "
+            f"install it with: pip install 'clipexport[{extra}]'"
+        ) from exc

@@ -1,0 +1,34 @@
+"""The contract every source adapter fulfils: a loaded model, its towers as modules, and the
+reference preprocessing/tokenizer from the source library (the ground truth for parity)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+from clipexport.manifest import PreprocessConfig, SourceInfo, TokenizerConfig
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    source: SourceInfo
+    vision: Any  # torch.nn.Module: image float32 [B,3,H,W] -> raw projection [B,D]
+    text: Any  # torch.nn.Module: input_ids int64 [B,L] -> raw projection [B,D]
+    preprocess: PreprocessConfig
+    tokenizer: TokenizerConfig
+    logit_scale: float
+    logit_bias: float | None
+    # Reference implementations from the source library, used by verify as ground truth.
+    image_transform: Callable[[Any], Any]  # PIL image -> torch float32 [3,H,W]
+    tokenize: Callable[[Sequence[str]], Any]  # texts -> torch int64 [N,L]
+    library_versions: Mapping[str, str] = field(default_factory=dict)
+    text_properties: Mapping[str, Any] = field(default_factory=dict)  # pooling, causal mask
+
+
+def offline_hint(exc: BaseException) -> bool:
+    """Whether an exception looks like a failed network download rather than a bad name."""
+    text = f"{type(exc).__name__} {exc}".lower()
+    needles = ("connection", "offline", "resolve", "timed out", "timeout", "network", "unreachable",
+               "localentrynotfound", "cannot find the requested files", "max retries", "name or service",
+               "couldn't connect", "temporary failure", "httperror", "ssl")
+    return any(n in text for n in needles)

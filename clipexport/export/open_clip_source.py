@@ -1,0 +1,235 @@
+"""OpenCLIP (and OpenAI CLIP through the `openai` tag) as a model source."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+from clipexport._deps import require
+from clipexport.errors import SourceError
+from clipexport.export.loaded import LoadedModel, offline_hint
+from clipexport.files import sha256_file
+from clipexport.manifest import (
+    Convention,
+    PreprocessConfig,
+    ResizeMode,
+    SourceInfo,
+    SourceKind,
+    TokenizerConfig,
+)
+
+RANDOM = "random"
+DEFAULT_SEED = 0
+_CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz")
+
+
+def load_open_clip(model: str, pretrained: str | None, *, seed: int = DEFAULT_SEED) -> LoadedModel:
+    """Load an OpenCLIP model by name (or JSON config path) with a tag, checkpoint path, or random init."""
+    open_clip = require("open_clip", "loading OpenCLIP models")
+    name, config = _resolve_config(open_clip, model)
+    pretrained = pretrained or RANDOM
+    checkpoint = _as_checkpoint_path(pretrained)
+    tag = None if checkpoint or pretrained == RANDOM else pretrained
+    if tag is not None:
+        _check_tag(open_clip, name, tag)
+    # OpenAI's weights were trained with QuickGELU; open_clip 3.x only warns when the config says
+    # plain GELU, and the export would silently differ from the weights' training. Force it.
+    if tag is not None and (open_clip.get_pretrained_cfg(name, tag) or {}).get("quick_gelu") and not config.get("quick_gelu"):
+        config = {**config, "quick_gelu": True}
+    source = SourceInfo(
+        kind=SourceKind.OPEN_CLIP,
+        model=name,
+        pretrained=tag or (RANDOM if pretrained == RANDOM else None),
+        checkpoint=str(checkpoint) if checkpoint else None,
+        checkpoint_sha256=sha256_file(checkpoint) if checkpoint else None,
+        seed=seed if pretrained == RANDOM else None,
+        model_config=config,
+    )
+    return _build(open_clip, source)
+
+
+def reload_open_clip(source: SourceInfo) -> LoadedModel:
+    """Rebuild the model a manifest was exported from (for verification)."""
+    open_clip = require("open_clip", "loading OpenCLIP models")
+    if source.checkpoint:
+        path = Path(source.checkpoint)
+        if not path.is_file():
+            raise SourceError(f"checkpoint {path} recorded in the manifest no longer exists; restore it or re-export")
+        if source.checkpoint_sha256 and sha256_file(path) != source.checkpoint_sha256:
+            raise SourceError(f"checkpoint {path} changed since export (sha256 differs); re-export from the current file")
+    return _build(open_clip, source)
+
+
+def _build(open_clip: Any, source: SourceInfo) -> LoadedModel:
+    torch = require("torch", "loading OpenCLIP models")
+    config = dict(source.model_config or {})
+    with _registered_config(open_clip, source.model, config):
+        kwargs: dict[str, Any] = {"pretrained_image": False, "pretrained_text": False}
+        if config.get("quick_gelu"):
+            kwargs["force_quick_gelu"] = True
+        pretrained = source.checkpoint or (None if source.pretrained == RANDOM else source.pretrained)
+        if source.pretrained == RANDOM:
+            torch.manual_seed(source.seed or 0)
+        try:
+            model = open_clip.create_model(source.model, pretrained=pretrained, **kwargs)
+        except Exception as exc:  # open_clip raises bare RuntimeError/OSError for everything
+            raise _explain(source, exc) from exc
+        tokenizer = open_clip.get_tokenizer(source.model)
+    model = model.eval().float()
+    pp = dict(open_clip.get_model_preprocess_cfg(model))
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+
+    reference_transform = image_transform_v2(PreprocessCfg(**pp), is_train=False)
+    bias = getattr(model, "logit_bias", None)
+    from clipexport.export.towers import OpenClipText, OpenClipVision
+
+    return LoadedModel(
+        source=source,
+        vision=OpenClipVision(model),
+        text=OpenClipText(model),
+        preprocess=_preprocess_config(pp),
+        tokenizer=_tokenizer_config(tokenizer, config),
+        logit_scale=float(model.logit_scale.exp().item()),
+        logit_bias=None if bias is None else float(bias.item()),
+        image_transform=reference_transform,
+        tokenize=lambda texts: tokenizer(list(texts)),
+        library_versions={"open_clip": open_clip.__version__},
+        text_properties={
+            "pooling": getattr(model, "text_pool_type", "custom"),
+            # Tokens after end-of-text cannot affect the output only under a causal mask.
+            "causal_mask": getattr(model, "attn_mask", None) is not None,
+        },
+    )
+
+
+def _resolve_config(open_clip: Any, model: str) -> tuple[str, dict[str, Any]]:
+    """(name, config) for a built-in name or a path to a JSON model config."""
+    if model.endswith(".json"):
+        path = Path(model)
+        if not path.is_file():
+            raise SourceError(f"model config file {path} not found; pass an existing JSON file or a built-in model name")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise SourceError(f"model config {path} is not valid JSON ({exc})") from None
+        config = data.get("model_cfg", data)
+        if not isinstance(config, dict) or "vision_cfg" not in config or "text_cfg" not in config:
+            raise SourceError(f"model config {path} has no 'vision_cfg'/'text_cfg'; it is not an OpenCLIP model config")
+        return path.stem, config
+    if model.startswith(("hf-hub:", "local-dir:")):
+        return model, {}
+    name = model.replace("/", "-")
+    config = open_clip.get_model_config(name)
+    if config is None:
+        close = difflib.get_close_matches(name, open_clip.list_models(), n=3, cutoff=0.6)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise SourceError(
+            f"unknown OpenCLIP model '{model}'; {hint}list names with: clipexport models "
+            "(or pass a JSON model config path, or --source hf for a Hugging Face model)"
+        )
+    return name, config
+
+
+def _as_checkpoint_path(pretrained: str) -> Path | None:
+    path = Path(pretrained).expanduser()
+    if path.is_file():
+        return path.resolve()
+    if os.sep in pretrained or pretrained.endswith(_CHECKPOINT_SUFFIXES):
+        raise SourceError(f"checkpoint file {pretrained} not found; pass an existing file or a pretrained tag")
+    return None
+
+
+def _check_tag(open_clip: Any, name: str, tag: str) -> None:
+    if name.startswith(("hf-hub:", "local-dir:")):
+        return
+    tags = open_clip.list_pretrained_tags_by_model(name)
+    if tag not in tags:
+        available = ", ".join(tags) if tags else "none (use a local checkpoint or 'random')"
+        raise SourceError(f"'{tag}' is not a pretrained tag of {name} nor an existing file; available tags: {available}")
+
+
+def _explain(source: SourceInfo, exc: BaseException) -> SourceError:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if source.checkpoint:
+        return SourceError(
+            f"checkpoint {source.checkpoint} could not be loaded into {source.model} ({first[:300]}); "
+            "check that it is an OpenCLIP/OpenAI state dict for this exact model"
+        )
+    if offline_hint(exc) or "download" in first.lower():
+        return SourceError(
+            f"download of weights for {source.model} '{source.pretrained}' failed (offline?): "
+            "pass a local checkpoint with --pretrained PATH"
+        )
+    return SourceError(f"could not create OpenCLIP model {source.model} ({first[:300]})")
+
+
+class _registered_config:
+    """Make a custom (non built-in) config visible to open_clip by name for the duration of a load."""
+
+    def __init__(self, open_clip: Any, name: str, config: Mapping[str, Any]):
+        self.open_clip, self.name, self.config = open_clip, name, config
+        self.tmp: tempfile.TemporaryDirectory[str] | None = None
+
+    def __enter__(self) -> None:
+        builtin = self.open_clip.get_model_config(self.name)
+        # quick_gelu alone is passed as force_quick_gelu; no need to shadow a built-in config for it.
+        if not self.config or _without_quick_gelu(builtin) == _without_quick_gelu(self.config):
+            return
+        self.tmp = tempfile.TemporaryDirectory(prefix="clipexport-cfg-")
+        path = Path(self.tmp.name) / f"{self.name}.json"
+        path.write_text(json.dumps(self.config), encoding="utf-8")
+        self.open_clip.add_model_config(path)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.tmp is not None:
+            self.tmp.cleanup()
+
+
+def _without_quick_gelu(config: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    return None if config is None else {k: v for k, v in config.items() if k != "quick_gelu"}
+
+
+def _preprocess_config(pp: Mapping[str, Any]) -> PreprocessConfig:
+    size = pp.get("size", 224)
+    hw = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    mode = ResizeMode(pp.get("resize_mode", "shortest"))
+    return PreprocessConfig(
+        image_size=hw,
+        mean=tuple(float(x) for x in pp["mean"]),
+        std=tuple(float(x) for x in pp["std"]),
+        interpolation=str(pp.get("interpolation", "bicubic")),
+        resize_mode=mode,
+        convention=Convention.OPEN_CLIP,
+        resize_size=min(hw) if mode is ResizeMode.SHORTEST else None,
+        center_crop=mode is ResizeMode.SHORTEST,
+        fill_color=int(pp.get("fill_color", 0)),
+    )
+
+
+def _tokenizer_config(tokenizer: Any, config: Mapping[str, Any]) -> TokenizerConfig:
+    text_cfg = config.get("text_cfg", {})
+    if type(tokenizer).__name__ == "SimpleTokenizer":
+        return TokenizerConfig(
+            kind="clip_bpe",
+            context_length=int(tokenizer.context_length),
+            sot_id=int(tokenizer.sot_token_id),
+            eot_id=int(tokenizer.eot_token_id),
+            pad_id=0,  # open_clip pads with zeros
+            clean=str(text_cfg.get("tokenizer_kwargs", {}).get("clean", "lower")),
+            vocab_size=int(tokenizer.vocab_size),
+        )
+    inner = getattr(tokenizer, "tokenizer", None)
+    return TokenizerConfig(
+        kind=f"hf:{type(tokenizer).__name__}",
+        context_length=int(tokenizer.context_length),
+        sot_id=getattr(inner, "bos_token_id", None),
+        eot_id=int(getattr(inner, "eos_token_id", None) or 1),
+        pad_id=int(getattr(inner, "pad_token_id", None) or 0),
+        clean=str(text_cfg.get("tokenizer_kwargs", {}).get("clean", "whitespace")),
+        vocab_size=int(getattr(inner, "vocab_size", 0) or text_cfg.get("vocab_size", 0)),
+        name=text_cfg.get("hf_tokenizer_name"),
+    )

@@ -1,0 +1,49 @@
+"""Pick the source adapter for a model reference, and reload the source a manifest names."""
+
+from __future__ import annotations
+
+import re
+from enum import Enum
+from pathlib import Path
+
+from clipexport.export.loaded import LoadedModel
+from clipexport.manifest import SourceInfo, SourceKind
+
+_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+
+
+class SourceChoice(str, Enum):
+    AUTO = "auto"
+    OPEN_CLIP = "open_clip"
+    HF = "hf"
+
+
+def detect_source(model: str) -> SourceKind:
+    """A folder with config.json or an `org/name` hub id is Hugging Face; the rest is OpenCLIP."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return SourceKind.HF if (path / "config.json").is_file() else SourceKind.OPEN_CLIP
+    if _HUB_ID.match(model) and not model.endswith(".json"):
+        return SourceKind.HF
+    return SourceKind.OPEN_CLIP
+
+
+def load_model(model: str, pretrained: str | None, source: SourceChoice = SourceChoice.AUTO, *, seed: int = 0) -> LoadedModel:
+    kind = detect_source(model) if source is SourceChoice.AUTO else SourceKind(source.value)
+    if kind is SourceKind.HF:
+        from clipexport.export.hf_source import load_hf
+
+        return load_hf(model)
+    from clipexport.export.open_clip_source import load_open_clip
+
+    return load_open_clip(model, pretrained, seed=seed)
+
+
+def reload_source(source: SourceInfo) -> LoadedModel:
+    if source.kind is SourceKind.HF:
+        from clipexport.export.hf_source import reload_hf
+
+        return reload_hf(source)
+    from clipexport.export.open_clip_source import reload_open_clip
+
+    return reload_open_clip(source)

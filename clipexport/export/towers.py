@@ -1,0 +1,76 @@
+"""Tower modules: one `nn.Module` per tower with a single tensor in and a single tensor out,
+which is the shape the ONNX exporter and TensorRT want.
+
+torch is imported at module level here on purpose: this module is only ever imported from
+inside functions that already required torch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class OpenClipVision(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model  # unused parameters (the text half) are dropped by the exporter
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(image)
+
+
+class OpenClipText(nn.Module):
+    """open_clip pools at the end-of-text position with an integer argmax over the token ids
+    (the EOT id is the largest in the vocabulary), so ids never pass through a float cast."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_text(input_ids)
+
+
+def _features(output: Any) -> torch.Tensor:
+    # transformers >= 5 returns a model output whose pooler_output is the projection.
+    return output if isinstance(output, torch.Tensor) else output.pooler_output
+
+
+class HfVision(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return _features(self.model.get_image_features(pixel_values=image))
+
+
+class HfText(nn.Module):
+    """No attention mask is passed: CLIP's text model is causal and pools at EOT, and SigLIP was
+    trained on max-length padded text without a mask, so both equal the reference without one."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return _features(self.model.get_text_features(input_ids=input_ids))
+
+
+class Normalized(nn.Module):
+    """L2-normalise a tower's output (what retrieval and zero-shot classification consume)."""
+
+    def __init__(self, tower: nn.Module):
+        super().__init__()
+        self.tower = tower
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.tower(x), dim=-1)
+
+
+def exportable(tower: nn.Module, normalize: bool) -> nn.Module:
+    return (Normalized(tower) if normalize else tower).eval()

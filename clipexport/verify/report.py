@@ -1,0 +1,88 @@
+"""The parity report: per tower x precision x backend statistics, gates, and a printable table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from clipexport.files import write_json_atomic
+from clipexport.verify.gates import Gate
+from clipexport.verify.stats import EmbeddingParity
+
+REPORT_NAME = "parity.json"
+REPORT_SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TowerResult:
+    tower: str
+    precision: str
+    backend: str
+    parity: EmbeddingParity
+    gate: Gate
+
+    @property
+    def failures(self) -> list[str]:
+        p = self.parity
+        return self.gate.failures(p.min_cosine, p.mean_cosine, p.max_abs_diff)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"tower": self.tower, "precision": self.precision, "backend": self.backend,
+                **self.parity.to_dict(), "gate": vars(self.gate), "passed": self.passed, "failures": self.failures}
+
+
+@dataclass(frozen=True)
+class ZeroShotResult:
+    precision: str
+    backend: str
+    agreement: float  # fraction of images whose top-1 caption matches PyTorch FP32
+    images: int
+    texts: int
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    artifact: str
+    created: str
+    inputs: dict[str, Any]
+    results: list[TowerResult] = field(default_factory=list)
+    zero_shot: list[ZeroShotResult] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(r.passed for r in self.results)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": REPORT_SCHEMA_VERSION,
+            "created": self.created,
+            "artifact": self.artifact,
+            "reference": "PyTorch FP32 (CPU)",
+            "inputs": self.inputs,
+            "passed": self.passed,
+            "results": [r.to_dict() for r in self.results],
+            "zero_shot": [vars(z) for z in self.zero_shot],
+        }
+
+    def write(self, artifact_dir: str | Path) -> Path:
+        path = Path(artifact_dir) / REPORT_NAME
+        write_json_atomic(path, self.to_dict())
+        return path
+
+    def table(self) -> str:
+        header = f"{'tower':<7} {'precision':<9} {'backend':<12} {'n':>4} {'min cos':>10} {'mean cos':>10} {'max abs':>9}  gate"
+        lines = [header, "-" * len(header)]
+        for r in self.results:
+            p = r.parity
+            verdict = "pass" if r.passed else "FAIL: " + "; ".join(r.failures)
+            lines.append(f"{r.tower:<7} {r.precision:<9} {r.backend:<12} {p.count:>4} {p.min_cosine:>10.8f} "
+                         f"{p.mean_cosine:>10.8f} {p.max_abs_diff:>9.2e}  {verdict}")
+        for z in self.zero_shot:
+            lines.append(f"zero-shot top-1 agreement with PyTorch ({z.precision}, {z.backend}): "
+                         f"{100 * z.agreement:.1f}% ({z.images} images x {z.texts} texts)")
+        return "\n".join(lines)

@@ -1,0 +1,119 @@
+"""`clipexport verify`: run the PyTorch model and the exported graphs on one verification set."""
+
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from clipexport._deps import require
+from clipexport.errors import InputError, ParityError
+from clipexport.manifest import Manifest, Tower, check_graph_files, read_manifest
+from clipexport.progress import Progress, silent
+from clipexport.verify import inputs
+from clipexport.verify.gates import GATES
+from clipexport.verify.report import ParityReport, TowerResult, ZeroShotResult
+from clipexport.verify.stats import embedding_parity, zero_shot_agreement
+
+# Deliberately not a power of two, and unlike the traced batch (2): the last batch is ragged,
+# so dynamic batch handling is exercised at several sizes in every run.
+DEFAULT_BATCH_SIZE = 5
+REFERENCE_BATCH_SIZE = 16
+BACKEND = "onnxruntime"
+
+
+@dataclass(frozen=True)
+class VerifyOptions:
+    artifact: Path
+    images: Path | None = None
+    texts: Path | None = None
+    num_images: int = inputs.DEFAULT_NUM_IMAGES
+    batch_size: int = DEFAULT_BATCH_SIZE
+    precisions: tuple[str, ...] = ("fp32",)
+    write_report: bool = True
+
+
+def verify_artifact(options: VerifyOptions, progress: Progress = silent) -> ParityReport:
+    """Measure parity and write parity.json. Raises nothing on a failed gate: read `report.passed`."""
+    if options.batch_size < 1 or options.num_images < 1:
+        raise InputError("--batch-size and --num-images must be at least 1")
+    manifest = read_manifest(options.artifact)
+    graphs = {(t, p): check_graph_files(options.artifact, manifest.tower(t).graph(p))
+              for t in Tower for p in options.precisions}
+    progress(f"loading the PyTorch reference ({manifest.source.kind.value}: {manifest.source.model})")
+    from clipexport.export.sources import reload_source
+    from clipexport.export.towers import exportable
+
+    loaded = reload_source(manifest.source)
+    images, texts, described = _verification_set(options)
+    progress(f"preprocessing {len(images)} images and tokenizing {len(texts)} texts with the source library")
+    torch = require("torch", "verifying against PyTorch")
+    pixels = torch.stack([loaded.image_transform(image) for image in images]).float()
+    ids = loaded.tokenize(texts).long()
+    feeds = {Tower.VISION: pixels, Tower.TEXT: ids}
+    towers = {Tower.VISION: exportable(loaded.vision, manifest.normalized),
+              Tower.TEXT: exportable(loaded.text, manifest.normalized)}
+    reference = {}
+    for tower in Tower:
+        progress(f"running PyTorch {tower.value} tower")
+        reference[tower] = _batched(lambda x, m=towers[tower]: _torch_run(torch, m, x), feeds[tower], REFERENCE_BATCH_SIZE)
+
+    report = ParityReport(artifact=str(Path(options.artifact).resolve()),
+                          created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                          inputs={**described, "batch_size": options.batch_size})
+    for precision in options.precisions:
+        candidate = {}
+        for tower in Tower:
+            progress(f"running ONNX Runtime {tower.value} tower ({precision})")
+            candidate[tower] = _run_onnx(graphs[tower, precision], manifest, tower, feeds[tower].numpy(), options.batch_size)
+            report.results.append(TowerResult(tower.value, precision, BACKEND,
+                                              embedding_parity(reference[tower], candidate[tower]), GATES[precision]))
+        report.zero_shot.append(ZeroShotResult(
+            precision, BACKEND,
+            zero_shot_agreement(reference[Tower.VISION], reference[Tower.TEXT], candidate[Tower.VISION], candidate[Tower.TEXT]),
+            images=len(images), texts=len(texts)))
+    if options.write_report:
+        report.write(options.artifact)
+    return report
+
+
+def _verification_set(options: VerifyOptions) -> tuple[list[Any], list[str], dict[str, Any]]:
+    if options.images:
+        images, names = inputs.load_image_folder(options.images)
+        image_desc = {"images": str(options.images), "image_count": len(names)}
+    else:
+        images = inputs.synthetic_images(options.num_images)
+        image_desc = {"images": f"synthetic (seed {inputs.DEFAULT_SEED})", "image_count": len(images)}
+    texts = inputs.load_text_file(options.texts) if options.texts else list(inputs.DEFAULT_CAPTIONS)
+    text_desc = {"texts": str(options.texts) if options.texts else "built-in captions", "text_count": len(texts)}
+    return images, texts, {**image_desc, **text_desc}
+
+
+def _torch_run(torch: Any, module: Any, batch: Any) -> np.ndarray:
+    with torch.no_grad():
+        return module(batch).numpy()
+
+
+def _batched(run: Callable[[Any], np.ndarray], data: Any, batch_size: int) -> np.ndarray:
+    return np.concatenate([run(data[i:i + batch_size]) for i in range(0, len(data), batch_size)])
+
+
+def _run_onnx(path: Path, manifest: Manifest, tower: Tower, data: np.ndarray, batch_size: int) -> np.ndarray:
+    ort = require("onnxruntime", "running the exported graphs")
+    spec = manifest.tower(tower)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name_in, name_out = spec.inputs[0].name, spec.outputs[0].name
+    out = _batched(lambda x: session.run([name_out], {name_in: x})[0], data, batch_size)
+    if not np.all(np.isfinite(out)):
+        raise ParityError(f"the {tower.value} graph {path.name} produced NaN/Inf on the verification set")
+    return out
+
+
+def require_passed(report: ParityReport) -> None:
+    """Raise ParityError naming every failing tower (for API users who want an exception)."""
+    failing = [f"{r.tower}/{r.precision}: {'; '.join(r.failures)}" for r in report.results if not r.passed]
+    if failing:
+        raise ParityError("parity below tolerance: " + " | ".join(failing))

@@ -1,0 +1,48 @@
+"""Parity statistics between two embedding matrices. numpy only."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+# A zero vector stays zero instead of dividing by zero (matches torch.nn.functional.normalize).
+_NORM_EPS = 1e-12
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), _NORM_EPS)
+
+
+@dataclass(frozen=True)
+class EmbeddingParity:
+    count: int
+    min_cosine: float
+    mean_cosine: float
+    max_abs_diff: float  # on L2-normalised embeddings, so it is comparable across models
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def embedding_parity(reference: np.ndarray, candidate: np.ndarray) -> EmbeddingParity:
+    if reference.shape != candidate.shape:
+        raise ValueError(f"embedding shapes differ: reference {reference.shape} vs candidate {candidate.shape}")
+    ref, cand = l2_normalize(reference), l2_normalize(candidate)
+    cosine = np.sum(ref * cand, axis=-1)
+    return EmbeddingParity(
+        count=int(ref.shape[0]),
+        min_cosine=float(cosine.min()),
+        mean_cosine=float(cosine.mean()),
+        max_abs_diff=float(np.abs(ref - cand).max()),
+    )
+
+
+def zero_shot_agreement(ref_images: np.ndarray, ref_texts: np.ndarray,
+                        cand_images: np.ndarray, cand_texts: np.ndarray) -> float:
+    """Fraction of images whose best-matching text is the same under both models."""
+    ref = np.argmax(l2_normalize(ref_images) @ l2_normalize(ref_texts).T, axis=1)
+    cand = np.argmax(l2_normalize(cand_images) @ l2_normalize(cand_texts).T, axis=1)
+    return float(np.mean(ref == cand))
