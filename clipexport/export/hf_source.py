@@ -117,13 +117,18 @@ def _explain(model: str, exc: BaseException) -> SourceError:
 
 def _image_processor(transformers: Any, model: str, config: Any) -> Any:
     # The slow (PIL) processors are the classic reference and what a numpy runtime can match.
-    try:
-        return transformers.AutoImageProcessor.from_pretrained(model, use_fast=False)
-    except Exception:
-        size = int(config.vision_config.image_size)
-        if config.model_type == "siglip":
-            return transformers.SiglipImageProcessor(size={"height": size, "width": size})
-        return transformers.CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+    for kwargs in ({"backend": "pil"}, {"use_fast": False}):  # transformers >= 5 spells it `backend`
+        try:
+            return transformers.AutoImageProcessor.from_pretrained(model, **kwargs)
+        except TypeError:
+            continue
+        except Exception:
+            break
+    # No preprocessor_config.json (a bare save_pretrained of the model): the processor's defaults at the model's size.
+    size = int(config.vision_config.image_size)
+    if config.model_type == "siglip":
+        return transformers.SiglipImageProcessor(size={"height": size, "width": size})
+    return transformers.CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
 
 
 def _tokenizer(transformers: Any, model: str) -> Any:

@@ -1,0 +1,52 @@
+"""Session-scoped artifacts built from tiny random models saved to local checkpoints/folders:
+each export runs once per session and many tests read it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+CONFIGS = Path(__file__).parent / "configs"
+
+
+def save_open_clip_checkpoint(config_name: str, folder: Path, seed: int = 7) -> Path:
+    """Random-init a model from a tests/configs JSON and save its state dict, like a fine-tune would."""
+    import open_clip
+    import torch
+
+    config = json.loads((CONFIGS / f"{config_name}.json").read_text())
+    torch.manual_seed(seed)
+    kwargs = {"quick_gelu": True} if config.pop("quick_gelu", False) else {}
+    model = open_clip.CLIP(**config, **kwargs) if "timm_model_name" not in config["vision_cfg"] else open_clip.CLIP(**config)
+    path = folder / f"{config_name}.pt"
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def export_dir(tmp_path_factory: pytest.TempPathFactory, name: str, model: str, pretrained: str | None, **kwargs) -> Path:
+    from clipexport.export.pipeline import ExportOptions, export_model
+
+    out = tmp_path_factory.mktemp(name) / "artifact"
+    export_model(ExportOptions(model=model, output=out, pretrained=pretrained, **kwargs))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_vit(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    ckpt = save_open_clip_checkpoint("tiny-vit", tmp_path_factory.mktemp("ckpt-vit"))
+    return export_dir(tmp_path_factory, "tiny-vit", str(CONFIGS / "tiny-vit.json"), str(ckpt))
+
+
+@pytest.fixture(scope="session")
+def hf_clip_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from helpers import save_tiny_hf_clip
+
+    return save_tiny_hf_clip(tmp_path_factory.mktemp("hf-clip") / "tiny-hf-clip")
+
+
+@pytest.fixture(scope="session")
+def vit_b32(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Full-size ViT-B-32 with seeded random weights: what the README's first command does."""
+    return export_dir(tmp_path_factory, "vit-b-32", "ViT-B-32", "random")
