@@ -1,0 +1,35 @@
+"""The import boundary is the architecture: light modules never pull in heavy libraries."""
+
+import subprocess
+import sys
+
+HEAVY = ("torch", "open_clip", "transformers", "modelopt", "torchvision", "onnx", "tensorrt")
+
+PROBE = """
+import sys, importlib
+for name in {modules!r}:
+    importlib.import_module(name)
+loaded = sorted(m for m in {heavy!r} if m in sys.modules)
+print(",".join(loaded))
+"""
+
+
+def _loaded_after_import(*modules: str) -> str:
+    code = PROBE.format(modules=modules, heavy=HEAVY)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
+def test_light_modules_import_nothing_heavy() -> None:
+    assert _loaded_after_import(
+        "clipexport", "clipexport.manifest", "clipexport.files", "clipexport.errors",
+        "clipexport.verify.stats", "clipexport.verify.report", "clipexport.verify.gates", "clipexport.cli",
+    ) == ""
+
+
+def test_cli_help_does_not_import_torch() -> None:
+    code = "import sys; from click.testing import CliRunner; from clipexport.cli import main; " \
+           "r = CliRunner().invoke(main, ['--help']); assert r.exit_code == 0; print('torch' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.strip() == "False", proc.stderr
