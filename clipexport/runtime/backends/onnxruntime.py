@@ -1,0 +1,77 @@
+"""ONNX Runtime backend: TensorRT or CUDA execution providers when present, else CPU."""
+
+from __future__ import annotations
+
+import ctypes
+from functools import lru_cache
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from clipexport._deps import require
+from clipexport.errors import InputError
+from clipexport.manifest import TowerArtifact
+
+# Preference order; only those the installed onnxruntime offers are used.
+PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+# onnxruntime-gpu lists the GPU providers even where their libraries cannot load (no driver,
+# no TensorRT), then prints pages of errors on every session; probe the libraries instead.
+_PROVIDER_LIBRARIES = {
+    "TensorrtExecutionProvider": ("libcuda.so.1", "libnvinfer.so.10"),
+    "CUDAExecutionProvider": ("libcuda.so.1",),
+}
+
+
+@lru_cache(maxsize=None)
+def _loadable(library: str) -> bool:
+    try:
+        ctypes.CDLL(library)
+    except OSError:
+        return False
+    return True
+
+
+def choose_providers(available: Sequence[str], requested: Sequence[str] | None = None) -> list[str]:
+    if requested:
+        missing = [p for p in requested if p not in available]
+        if missing:
+            raise InputError(f"onnxruntime provider(s) {', '.join(missing)} not available (have: {', '.join(available)})")
+        return list(requested)
+    usable = [p for p in PREFERRED_PROVIDERS if p in available
+              and all(_loadable(lib) for lib in _PROVIDER_LIBRARIES.get(p, ()))]
+    return usable or ["CPUExecutionProvider"]
+
+
+class OnnxRuntimeBackend:
+    def __init__(self, graph: Path, tower: TowerArtifact, providers: Sequence[str] | None = None,
+                 threads: int | None = None):
+        ort = require("onnxruntime", "running ONNX graphs")
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # errors only: provider fallbacks are decided above
+        if threads:
+            options.intra_op_num_threads = threads
+        self.providers = choose_providers(ort.get_available_providers(), providers)
+        self.session = ort.InferenceSession(str(graph), sess_options=options, providers=self.providers)
+        self.input_name = tower.inputs[0].name
+        self.output_name = tower.outputs[0].name
+        self.input_dtype = np.dtype(tower.inputs[0].dtype)
+        self.fixed_shape = tuple(tower.inputs[0].shape[1:])
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        if batch.dtype != self.input_dtype:
+            raise InputError(f"{self.input_name} must be {self.input_dtype}, got {batch.dtype}")
+        if tuple(batch.shape[1:]) != self.fixed_shape:
+            raise InputError(f"{self.input_name} must have shape [batch, {', '.join(map(str, self.fixed_shape))}], got {list(batch.shape)}")
+        return self.session.run([self.output_name], {self.input_name: batch})[0]
+
+    def close(self) -> None:
+        self.session = None
+
+    def __enter__(self) -> "OnnxRuntimeBackend":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

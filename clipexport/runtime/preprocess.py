@@ -1,0 +1,206 @@
+"""Image preprocessing in PIL + numpy, equal to open_clip's eval transform (torchvision on PIL)
+or to Hugging Face's PIL image processors, as the manifest says.
+
+The order of operations is the reference's, because it changes the numbers: open_clip resizes
+and crops in the image's own mode and converts to RGB afterwards.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Mapping, Sequence
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from clipexport.errors import InputError
+from clipexport.manifest import Convention, PreprocessConfig, ResizeMode
+
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+_RESAMPLE = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC,
+             "lanczos": Image.LANCZOS, "box": Image.BOX, "hamming": Image.HAMMING}
+
+ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray
+
+
+@dataclass(frozen=True)
+class SkippedImage:
+    index: int
+    name: str
+    reason: str
+
+
+def default_config(size: int = 224) -> PreprocessConfig:
+    return PreprocessConfig(image_size=(size, size), mean=OPENAI_MEAN, std=OPENAI_STD, interpolation="bicubic",
+                            resize_mode=ResizeMode.SHORTEST, convention=Convention.OPEN_CLIP, resize_size=size)
+
+
+class ImagePreprocessor:
+    """`preprocessor(images) -> float32 [N,3,H,W]` from paths, bytes, PIL images or HxWxC uint8 arrays."""
+
+    def __init__(self, config: PreprocessConfig | None = None, exif_transpose: bool = False):
+        self.config = config or default_config()
+        if self.config.interpolation not in _RESAMPLE:
+            raise InputError(f"unsupported interpolation '{self.config.interpolation}' (expected one of {', '.join(_RESAMPLE)})")
+        h, w = self.config.image_size
+        if self.config.resize_mode is ResizeMode.LONGEST or (self.config.resize_mode is ResizeMode.SHORTEST and h != w
+                                                            and self.config.convention is Convention.OPEN_CLIP):
+            raise InputError(f"resize mode '{self.config.resize_mode.value}' at {h}x{w} is not implemented by the runtime yet; "
+                             "use a model with square shortest-edge or squash preprocessing")
+        self.exif_transpose = exif_transpose
+        self._mean = np.asarray(self.config.mean, dtype=np.float32).reshape(3, 1, 1)
+        self._std = np.asarray(self.config.std, dtype=np.float32).reshape(3, 1, 1)
+
+    @classmethod
+    def from_manifest(cls, manifest: str | os.PathLike | Mapping[str, Any] | Any, exif_transpose: bool = False) -> "ImagePreprocessor":
+        """From an artifact folder, a manifest.json path, a manifest dict, or a Manifest."""
+        from clipexport.manifest import Manifest, read_manifest
+
+        if isinstance(manifest, (str, os.PathLike)):
+            path = Path(manifest)
+            manifest = read_manifest(path.parent if path.is_file() else path)
+        elif isinstance(manifest, Mapping):
+            manifest = Manifest.from_dict(manifest)
+        return cls(manifest.preprocess, exif_transpose=exif_transpose)
+
+    def __call__(self, images: ImageInput | Sequence[ImageInput], on_error: Literal["raise", "skip"] = "raise") -> np.ndarray:
+        return self.process(images, on_error)[0]
+
+    def process(self, images: ImageInput | Sequence[ImageInput],
+                on_error: Literal["raise", "skip"] = "raise") -> tuple[np.ndarray, list[SkippedImage]]:
+        """(batch, skipped): with on_error="skip", unreadable items are left out and reported."""
+        items = [images] if _is_single(images) else list(images)  # type: ignore[arg-type]
+        h, w = self.config.image_size
+        out = np.empty((len(items), 3, h, w), dtype=np.float32)
+        skipped: list[SkippedImage] = []
+        kept = 0
+        for index, item in enumerate(items):
+            try:
+                out[kept] = self.one(item, name=_describe(item, index))
+                kept += 1
+            except InputError as exc:
+                if on_error != "skip":
+                    raise
+                skipped.append(SkippedImage(index, _describe(item, index), str(exc)))
+        return out[:kept], skipped
+
+    def one(self, item: ImageInput, name: str = "image") -> np.ndarray:
+        image = open_image(item, name)
+        if self.exif_transpose:
+            image = ImageOps.exif_transpose(image)
+        if self.config.convention is Convention.HF:
+            return self._hf(image)
+        return self._open_clip(image)
+
+    def _open_clip(self, image: Image.Image) -> np.ndarray:
+        h, w = self.config.image_size
+        resample = _RESAMPLE[self.config.interpolation]
+        if self.config.resize_mode is ResizeMode.SQUASH:
+            image = _resize(image, (w, h), resample)
+        else:
+            image = _resize(image, _shortest_edge_size(image.size, h), resample)
+            image = _center_crop(image, h, w)
+        return self._normalize(np.asarray(image.convert("RGB")))
+
+    def _hf(self, image: Image.Image) -> np.ndarray:
+        # transformers' PIL processors convert to RGB first, resize, crop, then rescale/normalise in float.
+        cfg = self.config
+        if image.mode != "RGB":  # transformers' convert_to_rgb: composite on white through RGBA
+            rgba = image.convert("RGBA")
+            image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255)), rgba).convert("RGB")
+        resample = _RESAMPLE[cfg.interpolation]
+        h, w = cfg.image_size
+        if cfg.resize_mode is ResizeMode.SQUASH:
+            image = image.resize((w, h), resample)
+        else:
+            image = image.resize(_shortest_edge_size(image.size, int(cfg.resize_size or h)), resample)
+            if cfg.center_crop:
+                image = _center_crop(image, h, w)
+        # transformers rescales and normalises in float64 before casting to float32.
+        pixels = np.asarray(image).astype(np.float64) * cfg.rescale_factor
+        mean, std = np.asarray(cfg.mean).reshape(3, 1, 1), np.asarray(cfg.std).reshape(3, 1, 1)
+        return ((pixels.transpose(2, 0, 1) - mean) / std).astype(np.float32)
+
+    def _normalize(self, rgb: np.ndarray) -> np.ndarray:
+        # torchvision's to_tensor divides uint8 by 255 in float32, then Normalize subtracts and divides.
+        chw = rgb.transpose(2, 0, 1).astype(np.float32) / np.float32(255)
+        return (chw - self._mean) / self._std
+
+
+def open_image(item: ImageInput, name: str = "image") -> Image.Image:
+    """A loaded PIL image, or InputError naming the input. Decompression bombs stay refused."""
+    try:
+        if isinstance(item, Image.Image):
+            return item
+        if isinstance(item, np.ndarray):
+            return _from_array(item, name)
+        if isinstance(item, (bytes, bytearray)):
+            if not item:
+                raise InputError(f"{name} is empty (0 bytes)")
+            handle = Image.open(io.BytesIO(item))
+        elif isinstance(item, (str, os.PathLike)):
+            path = Path(item)
+            if not path.is_file():
+                raise InputError(f"image {path} does not exist")
+            if path.stat().st_size == 0:
+                raise InputError(f"image {path} is empty (0 bytes)")
+            handle = Image.open(path)
+        else:
+            raise InputError(f"{name} is a {type(item).__name__}; pass a path, bytes, a PIL image or an HxWxC uint8 array")
+        handle.load()
+        return handle
+    except InputError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise InputError(f"{name} refused as a possible decompression bomb ({exc})") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise InputError(f"cannot read {name}: not a valid or complete image ({type(exc).__name__}: {exc})") from None
+
+
+def _from_array(array: np.ndarray, name: str) -> Image.Image:
+    if array.dtype != np.uint8 or array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3, 4)):
+        raise InputError(f"{name} is an array of {array.dtype} {array.shape}; expected uint8 HxW or HxWxC with C in 1, 3, 4")
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    return Image.fromarray(np.ascontiguousarray(array))
+
+
+def _resize(image: Image.Image, size: tuple[int, int], resample: int) -> Image.Image:
+    # torchvision returns the image untouched when it already has the target size.
+    return image if image.size == size else image.resize(size, resample)
+
+
+def _shortest_edge_size(size: tuple[int, int], target: int) -> tuple[int, int]:
+    """torchvision's Resize(int) and transformers' shortest_edge resize agree: the short side
+    becomes `target`, the long side is int()-truncated."""
+    w, h = size
+    short, long = (w, h) if w <= h else (h, w)
+    new_long = int(target * long / short)
+    return (target, new_long) if w <= h else (new_long, target)
+
+
+def _center_crop(image: Image.Image, h: int, w: int) -> Image.Image:
+    width, height = image.size
+    if w > width or h > height:  # torchvision pads with zeros before cropping
+        left, top = (w - width) // 2 if w > width else 0, (h - height) // 2 if h > height else 0
+        right, bottom = (w - width + 1) // 2 if w > width else 0, (h - height + 1) // 2 if h > height else 0
+        image = ImageOps.expand(image, (left, top, right, bottom), fill=0)
+        width, height = image.size
+        if (width, height) == (w, h):
+            return image
+    top, left = int(round((height - h) / 2.0)), int(round((width - w) / 2.0))
+    return image.crop((left, top, left + w, top + h))
+
+
+def _is_single(images: Any) -> bool:
+    return isinstance(images, (str, os.PathLike, bytes, bytearray, Image.Image, np.ndarray))
+
+
+def _describe(item: Any, index: int) -> str:
+    if isinstance(item, (str, os.PathLike)):
+        return f"image {item}"
+    return f"image #{index} ({type(item).__name__})"
