@@ -1,0 +1,122 @@
+"""ImagePreprocessor equals open_clip's eval transform and HF's CLIPImageProcessor."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from clipexport.errors import InputError
+from clipexport.runtime.preprocess import ImagePreprocessor
+
+# Reference and ours both end in float32; the only allowed difference is float rounding.
+PREPROCESS_MAX_ABS = 1e-6
+SIZES = [(1, 1), (5000, 20), (20, 5000), (640, 480), (224, 224), (301, 300), (97, 131), (2000, 1500)]
+MODES = ["RGB", "L", "LA", "P", "P+transparency", "RGBA", "CMYK", "I;16", "I", "F", "1"]
+
+
+def _image(mode: str, size=(120, 90), seed=0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    w, h = size
+    rgba = Image.fromarray(rng.integers(0, 256, (h, w, 4), dtype=np.uint8), "RGBA")
+    if mode == "P+transparency":
+        image = rgba.convert("RGB").convert("P")
+        image.info["transparency"] = 5
+        return image
+    if mode in ("LA", "RGBA"):
+        return rgba.convert(mode)
+    return rgba.convert("RGB").convert(mode)
+
+
+@pytest.fixture(scope="module")
+def open_clip_reference():
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+
+    return image_transform_v2(PreprocessCfg(size=224), is_train=False)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_every_mode_matches_open_clip(mode: str, open_clip_reference) -> None:
+    image = _image(mode)
+    got = ImagePreprocessor()(image)[0]
+    want = open_clip_reference(image).numpy()
+    assert np.abs(got - want).max() <= PREPROCESS_MAX_ABS
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_every_size_matches_open_clip(size, open_clip_reference) -> None:
+    image = _image("RGB", size)
+    got = ImagePreprocessor()(image)[0]
+    assert got.shape == (3, 224, 224)
+    assert np.abs(got - open_clip_reference(image).numpy()).max() <= PREPROCESS_MAX_ABS
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_matches_hf_clip_image_processor(mode: str, hf_clip_folder) -> None:
+    import transformers
+
+    from clipexport.export.hf_source import _image_processor, _preprocess_config
+
+    processor = _image_processor(transformers, str(hf_clip_folder), None)
+    ours = ImagePreprocessor(_preprocess_config(processor))
+    for size in [(120, 90), (1, 1), (700, 64)]:
+        image = _image(mode, size)
+        want = processor(images=image, return_tensors="np")["pixel_values"][0]
+        assert np.abs(ours(image)[0] - want).max() <= PREPROCESS_MAX_ABS
+
+
+def test_accepts_paths_bytes_arrays(tmp_path, open_clip_reference) -> None:
+    image = _image("RGB", (300, 200))
+    path = tmp_path / "x.png"
+    image.save(path)
+    want = open_clip_reference(image).numpy()
+    pre = ImagePreprocessor()
+    for item in (path, str(path), path.read_bytes(), np.asarray(image), image):
+        assert np.abs(pre(item)[0] - want).max() <= PREPROCESS_MAX_ABS
+    batch = pre([path, image, np.asarray(image)])
+    assert batch.shape == (3, 3, 224, 224) and batch.dtype == np.float32
+
+
+def test_bad_inputs_name_the_input(tmp_path) -> None:
+    pre = ImagePreprocessor()
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "text.jpg").write_text("not an image")
+    buffer = io.BytesIO()
+    _image("RGB", (200, 200)).save(buffer, format="JPEG")
+    (tmp_path / "cut.jpg").write_bytes(buffer.getvalue()[:300])
+    cases = {tmp_path / "missing.png": "does not exist", tmp_path / "empty.jpg": "empty",
+             tmp_path / "text.jpg": "text.jpg", tmp_path / "cut.jpg": "cut.jpg", b"": "empty"}
+    for item, needle in cases.items():
+        with pytest.raises(InputError, match=needle):
+            pre(item)
+    with pytest.raises(InputError, match="float64"):
+        pre(np.zeros((4, 4, 3)))
+
+
+def test_skip_bad_items_and_say_which(tmp_path) -> None:
+    good = _image("RGB")
+    (tmp_path / "bad.png").write_bytes(b"garbage")
+    batch, skipped = ImagePreprocessor().process([good, tmp_path / "bad.png", good], on_error="skip")
+    assert batch.shape[0] == 2
+    assert [(s.index, "bad.png" in s.name) for s in skipped] == [(1, True)]
+
+
+def test_decompression_bombs_stay_refused(tmp_path, monkeypatch) -> None:
+    path = tmp_path / "big.png"
+    _image("RGB", (64, 64)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # PIL refuses > 2x this
+    with pytest.raises(InputError, match="decompression bomb"):
+        ImagePreprocessor()(path)
+
+
+def test_exif_orientation_matches_reference_by_default(tmp_path, open_clip_reference) -> None:
+    image = _image("RGB", (200, 100))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    path = tmp_path / "rotated.jpg"
+    image.save(path, exif=exif, quality=95)
+    with Image.open(path) as handle:
+        want = open_clip_reference(handle.convert("RGB")).numpy()
+    assert np.abs(ImagePreprocessor()(path)[0] - want).max() <= PREPROCESS_MAX_ABS
+    rotated = ImagePreprocessor(exif_transpose=True)(path)[0]
+    assert np.abs(rotated - want).max() > 0.1
