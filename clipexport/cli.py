@@ -97,6 +97,80 @@ def verify(artifact: Path, images: Path | None, texts: Path | None, num_images: 
         sys.exit(1)
 
 
+def _image_paths(images: tuple[str, ...]) -> list[Path]:
+    from clipexport.verify.inputs import IMAGE_SUFFIXES
+
+    paths: list[Path] = []
+    for item in images:
+        path = Path(item)
+        paths.extend(sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if path.is_dir() else [path])
+    return paths
+
+
+@main.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--images", multiple=True, help="Image file or folder (repeatable).")
+@click.option("--texts", type=click.Path(path_type=Path), default=None, help="UTF-8 file, one text per line.")
+@click.option("--output", "-o", required=True, type=click.Path(path_type=Path), help="Where to write the .npy embeddings.")
+@click.option("--precision", default="fp32", show_default=True)
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--skip-bad", is_flag=True, help="Skip unreadable images (and list them) instead of stopping.")
+@_user_errors
+def embed(artifact: Path, images: tuple[str, ...], texts: Path | None, output: Path, precision: str,
+          batch_size: int, skip_bad: bool) -> None:
+    """Embed images or texts with ARTIFACT (no torch) and save float32 [N, D] to OUTPUT."""
+    import numpy as np
+
+    from clipexport.errors import InputError
+    from clipexport.files import write_bytes_atomic
+    from clipexport.runtime import ClipRuntime
+    from clipexport.verify.inputs import load_text_file
+
+    if bool(images) == bool(texts):
+        raise InputError("pass either --images or --texts (one kind per output file)")
+    runtime = ClipRuntime.load(artifact, precision=precision)
+    if texts:
+        embeddings = runtime.encode_text(load_text_file(texts), batch_size=batch_size)
+    else:
+        paths = _image_paths(images)
+        chunks = []
+        with click.progressbar(range(0, len(paths), batch_size), label="embedding images", file=sys.stderr) as bar:
+            for start in bar:
+                batch, skipped = runtime.preprocessor.process(paths[start:start + batch_size],
+                                                              on_error="skip" if skip_bad else "raise")
+                for s in skipped:
+                    click.echo(f"skipped {s.name}: {s.reason}", err=True)
+                if len(batch):
+                    chunks.append(runtime.encode_pixels(batch))
+        embeddings = np.concatenate(chunks) if chunks else np.zeros((0, runtime.manifest.embed_dim), np.float32)
+    buffer = __import__("io").BytesIO()
+    np.save(buffer, embeddings)
+    write_bytes_atomic(output, buffer.getvalue())
+    click.echo(f"wrote {output}: {embeddings.shape[0]} x {embeddings.shape[1]} float32")
+
+
+@main.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, required=True)
+@click.option("--labels", required=True, help="Comma-separated class names, e.g. cat,dog,car.")
+@click.option("--template", "templates", multiple=True, help="Prompt template with {} (repeatable); default 'a photo of a {}.'")
+@click.option("--precision", default="fp32", show_default=True)
+@click.option("--top", type=int, default=3, show_default=True)
+@_user_errors
+def classify(artifact: Path, images: tuple[str, ...], labels: str, templates: tuple[str, ...], precision: str, top: int) -> None:
+    """Zero-shot classify IMAGES (files or folders) among --labels."""
+    from clipexport.runtime import ClipRuntime
+
+    names = [label.strip() for label in labels.split(",") if label.strip()]
+    paths = _image_paths(images)
+    runtime = ClipRuntime.load(artifact, precision=precision)
+    probs = runtime.classify(paths, names, templates=templates or None)
+    width = max(len(str(p)) for p in paths)
+    for path, row in zip(paths, probs):
+        best = row.argsort()[::-1][:top]
+        click.echo(f"{str(path):<{width}}  " + "  ".join(f"{names[i]} {100 * row[i]:5.1f}%" for i in best))
+
+
 @main.command("models")
 @click.option("--pretrained", is_flag=True, help="Also list each model's pretrained tags.")
 @_user_errors

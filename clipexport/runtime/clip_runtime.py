@@ -47,9 +47,12 @@ class ClipRuntime:
 
     def encode_image(self, images: ImageInput | Sequence[ImageInput], batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
         items = [images] if not isinstance(images, (list, tuple)) else list(images)
-        out = [self._backends[Tower.VISION].run(self.preprocessor(items[i:i + batch_size]))
-               for i in range(0, len(items), batch_size)]
+        out = [self.encode_pixels(self.preprocessor(items[i:i + batch_size])) for i in range(0, len(items), batch_size)]
         return self._finish(out)
+
+    def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """Embed an already preprocessed float32 [N,3,H,W] batch."""
+        return self._finish([self._backends[Tower.VISION].run(pixels)])
 
     def encode_text(self, texts: str | Sequence[str] | np.ndarray, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
         """Texts, or token ids int64 [N, context_length] for tokenizers the runtime does not implement."""
