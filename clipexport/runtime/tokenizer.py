@@ -39,7 +39,7 @@ def _bytes_to_unicode() -> dict[int, str]:
 
 @lru_cache(maxsize=1)
 def _vocabulary() -> tuple[dict[str, int], dict[tuple[str, str], int]]:
-    data = resources.files("clipexport.data").joinpath("bpe_simple_vocab_16e6.txt.gz").read_bytes()
+    data = resources.files("clipexport").joinpath("data", "bpe_simple_vocab_16e6.txt.gz").read_bytes()
     lines = gzip.decompress(data).decode("utf-8").split("\n")[1:_NUM_MERGES + 1]
     merges = [tuple(line.split()) for line in lines]
     byte_tokens = list(_bytes_to_unicode().values())
