@@ -119,6 +119,8 @@ def _image_paths(images: tuple[str, ...]) -> list[Path]:
 def embed(artifact: Path, images: tuple[str, ...], texts: Path | None, output: Path, precision: str,
           batch_size: int, skip_bad: bool) -> None:
     """Embed images or texts with ARTIFACT (no torch) and save float32 [N, D] to OUTPUT."""
+    import io
+
     import numpy as np
 
     from clipexport.errors import InputError
@@ -143,7 +145,7 @@ def embed(artifact: Path, images: tuple[str, ...], texts: Path | None, output: P
                 if len(batch):
                     chunks.append(runtime.encode_pixels(batch))
         embeddings = np.concatenate(chunks) if chunks else np.zeros((0, runtime.manifest.embed_dim), np.float32)
-    buffer = __import__("io").BytesIO()
+    buffer = io.BytesIO()
     np.save(buffer, embeddings)
     write_bytes_atomic(output, buffer.getvalue())
     click.echo(f"wrote {output}: {embeddings.shape[0]} x {embeddings.shape[1]} float32")

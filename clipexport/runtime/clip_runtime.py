@@ -10,6 +10,7 @@ import numpy as np
 
 from clipexport.errors import InputError
 from clipexport.manifest import Manifest, Tower, check_graph_files, read_manifest
+from clipexport.runtime.backends import Backend
 from clipexport.runtime.preprocess import ImageInput, ImagePreprocessor
 from clipexport.runtime.tokenizer import ClipTokenizer
 
@@ -18,7 +19,7 @@ DEFAULT_TEMPLATES = ("a photo of a {}.",)
 
 
 class ClipRuntime:
-    def __init__(self, artifact_dir: Path, manifest: Manifest, backends: dict[Tower, object],
+    def __init__(self, artifact_dir: Path, manifest: Manifest, backends: dict[Tower, Backend],
                  tokenizer: ClipTokenizer | None, preprocessor: ImagePreprocessor):
         self.artifact_dir = artifact_dir
         self.manifest = manifest
@@ -37,7 +38,7 @@ class ClipRuntime:
             raise InputError(f"unknown backend '{backend}' (available: onnxruntime)")
         from clipexport.runtime.backends.onnxruntime import OnnxRuntimeBackend
 
-        backends = {}
+        backends: dict[Tower, Backend] = {}
         for tower in Tower:
             artifact = manifest.tower(tower)
             graph = check_graph_files(root, artifact.graph(precision))
@@ -47,7 +48,8 @@ class ClipRuntime:
 
     def encode_image(self, images: ImageInput | Sequence[ImageInput], batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
         items = [images] if not isinstance(images, (list, tuple)) else list(images)
-        out = [self.encode_pixels(self.preprocessor(items[i:i + batch_size])) for i in range(0, len(items), batch_size)]
+        vision = self._backends[Tower.VISION]
+        out = [vision.run(self.preprocessor(items[i:i + batch_size])) for i in range(0, len(items), batch_size)]
         return self._finish(out)
 
     def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
@@ -97,7 +99,7 @@ class ClipRuntime:
 
     def close(self) -> None:
         for backend in self._backends.values():
-            backend.close()  # type: ignore[attr-defined]
+            backend.close()
 
     def __enter__(self) -> "ClipRuntime":
         return self

@@ -79,13 +79,14 @@ class ImagePreprocessor:
         skipped: list[SkippedImage] = []
         kept = 0
         for index, item in enumerate(items):
+            name = _describe(item, index)
             try:
-                out[kept] = self.one(item, name=_describe(item, index))
+                out[kept] = self.one(item, name=name)
                 kept += 1
             except InputError as exc:
                 if on_error != "skip":
                     raise
-                skipped.append(SkippedImage(index, _describe(item, index), str(exc)))
+                skipped.append(SkippedImage(index, name, str(exc)))
         return out[:kept], skipped
 
     def one(self, item: ImageInput, name: str = "image") -> np.ndarray:

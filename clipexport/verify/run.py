@@ -102,11 +102,11 @@ def _batched(run: Callable[[Any], np.ndarray], data: Any, batch_size: int) -> np
 
 
 def _run_onnx(path: Path, manifest: Manifest, tower: Tower, data: np.ndarray, batch_size: int) -> np.ndarray:
-    ort = require("onnxruntime", "running the exported graphs")
-    spec = manifest.tower(tower)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    name_in, name_out = spec.inputs[0].name, spec.outputs[0].name
-    out = _batched(lambda x: session.run([name_out], {name_in: x})[0], data, batch_size)
+    from clipexport.runtime.backends.onnxruntime import OnnxRuntimeBackend
+
+    # The CPU provider always: parity is stated against the FP32 CPU reference.
+    with OnnxRuntimeBackend(path, manifest.tower(tower), providers=["CPUExecutionProvider"]) as backend:
+        out = _batched(backend.run, data, batch_size)
     if not np.all(np.isfinite(out)):
         raise ParityError(f"the {tower.value} graph {path.name} produced NaN/Inf on the verification set")
     return out
