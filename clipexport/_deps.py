@@ -17,6 +17,8 @@ _HINTS: dict[str, tuple[str, str]] = {
     "onnxruntime": ("onnxruntime-gpu (x86_64) or onnxruntime", "runtime"),
     "PIL": ("pillow", "runtime"),
     "timm": ("timm", "export"),
+    "modelopt": ("nvidia-modelopt[onnx]", "precision"),
+    "polygraphy": ("polygraphy", "precision"),
 }
 
 

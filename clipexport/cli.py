@@ -78,23 +78,89 @@ def export(model: str, pretrained: str | None, output: Path, source: str, opset:
 @click.option("--texts", type=click.Path(path_type=Path), default=None, help="UTF-8 file, one caption per line (default: built-in captions).")
 @click.option("--num-images", type=int, default=None, help="How many synthetic images (without --images).")
 @click.option("--batch-size", type=int, default=None, help="Batch size for the exported graphs.")
+@click.option("--precision", "precisions", multiple=True, type=click.Choice(["fp32", "fp16", "int8", "all"]),
+              help="Graph variant(s) to check (repeatable); all = every variant in the manifest. Default: fp32.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
 @_user_errors
 def verify(artifact: Path, images: Path | None, texts: Path | None, num_images: int | None,
-           batch_size: int | None, quiet: bool) -> None:
-    """Compare ARTIFACT's graphs with the PyTorch model; write parity.json; exit 1 below tolerance."""
+           batch_size: int | None, precisions: tuple[str, ...], quiet: bool) -> None:
+    """Compare ARTIFACT's graphs with the PyTorch FP32 model; write parity.json; exit 1 below a gate.
+
+    Gates per tower (min / mean cosine of the embeddings): fp32 >= 0.99999, fp16 >= 0.999,
+    int8 >= 0.98 / 0.99. Zero-shot top-1 agreement with PyTorch is reported for each variant.
+    """
     from clipexport.verify import inputs
     from clipexport.verify.run import DEFAULT_BATCH_SIZE, VerifyOptions, verify_artifact
 
     options = VerifyOptions(artifact=artifact, images=images, texts=texts,
                             num_images=num_images or inputs.DEFAULT_NUM_IMAGES,
-                            batch_size=batch_size or DEFAULT_BATCH_SIZE)
+                            batch_size=batch_size or DEFAULT_BATCH_SIZE, precisions=precisions or ("fp32",))
     report = verify_artifact(options, _progress(quiet))
     click.echo(report.table())
     click.echo(f"wrote {Path(artifact) / 'parity.json'}")
     if not report.passed:
         click.echo("error: parity below tolerance (see the table above)", err=True)
         sys.exit(1)
+
+
+@main.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--precision", type=click.Choice(["fp16", "int8"]), required=True, help="Variant to add to ARTIFACT.")
+@click.option("--towers", default="vision,text", show_default=True, help="Comma-separated towers to convert.")
+@click.option("--target", type=click.Choice(["tensorrt", "cpu"]), default="tensorrt", show_default=True,
+              help="INT8 Q/DQ placement: TensorRT's (ModelOpt, FP16 elsewhere) or ONNX Runtime CPU's (MatMul/Gemm S8S8).")
+@click.option("--method", type=click.Choice(["entropy", "max", "percentile"]), default=None,
+              help="INT8 calibration method. Default: entropy for tensorrt, max for cpu.")
+@click.option("--calibration-images", type=click.Path(path_type=Path), default=None,
+              help="Folder of images like the ones you will serve (default: the repo's calibration/images).")
+@click.option("--calibration-texts", type=click.Path(path_type=Path), default=None,
+              help="UTF-8 file, one caption per line (default: the repo's calibration/captions.txt).")
+@click.option("--calibration-size", type=int, default=None, help="Calibration samples per tower (default: 128).")
+@click.option("--sensitivity", is_flag=True, help="Measure every quantized node's error; write sensitivity.json and print the worst.")
+@click.option("--fallback/--no-fallback", default=True, show_default=True,
+              help="Keep the most sensitive INT8 nodes in high precision until the accuracy target holds.")
+@click.option("--io-dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
+              help="FP16 graphs' input/output type (the runtime converts either way).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
+@_user_errors
+def quantize(artifact: Path, precision: str, towers: str, target: str, method: str | None,
+             calibration_images: Path | None, calibration_texts: Path | None, calibration_size: int | None,
+             sensitivity: bool, fallback: bool, io_dtype: str, quiet: bool) -> None:
+    """Add FP16 or calibrated INT8 graphs to ARTIFACT (vision.<precision>.onnx, text.<precision>.onnx)."""
+    from clipexport.precision.calibration import DEFAULT_CALIBRATION_SIZE, CalibrationSource
+    from clipexport.precision.int8 import CalibrationMethod, Target
+    from clipexport.precision.pipeline import Precision, QuantizeOptions, quantize_artifact
+
+    options = QuantizeOptions(
+        artifact=artifact, precision=Precision(precision), towers=_towers(towers), target=Target(target),
+        method=CalibrationMethod(method) if method else None,
+        calibration=CalibrationSource(images=calibration_images, texts=calibration_texts,
+                                      size=calibration_size or DEFAULT_CALIBRATION_SIZE),
+        sensitivity=sensitivity, fallback=fallback, fp16_io=io_dtype == "float16")
+    _, outcomes = quantize_artifact(options, _progress(quiet))
+    for outcome in outcomes:
+        p = outcome.parity
+        click.echo(f"{outcome.tower.value}: {outcome.graph.file} (validation vs FP32: min cos {p.min_cosine:.5f}, "
+                   f"mean {p.mean_cosine:.5f})")
+        restored = set(outcome.graph.details.get("high_precision_nodes", {}).get("fallback", []))
+        if outcome.sensitivity:
+            click.echo(f"  most sensitive of {len(outcome.sensitivity)} quantized nodes (relative output error; "
+                       f"* = kept in high precision by the fallback, {len(restored)} in all):")
+        for layer in outcome.sensitivity[:10]:
+            mark = "*" if layer.node in restored else " "
+            click.echo(f"  {mark} {layer.error:9.5f}  {layer.op_type:<10} {layer.node}")
+    click.echo(f"check it against PyTorch: clipexport verify {artifact} --precision {precision}")
+
+
+def _towers(value: str) -> tuple[Any, ...]:
+    from clipexport.errors import InputError
+    from clipexport.manifest import Tower
+
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    try:
+        return tuple(dict.fromkeys(Tower(n) for n in names))
+    except ValueError:
+        raise InputError(f"--towers '{value}' is not valid; use vision, text or vision,text") from None
 
 
 def _image_paths(images: tuple[str, ...]) -> list[Path]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -29,9 +29,13 @@ class ClipRuntime:
         self._label_cache: dict[tuple[tuple[str, ...], tuple[str, ...]], np.ndarray] = {}
 
     @classmethod
-    def load(cls, artifact_dir: str | os.PathLike, backend: str = "onnxruntime", precision: str = "fp32",
+    def load(cls, artifact_dir: str | os.PathLike, backend: str = "onnxruntime", precision: str | Mapping[str, str] = "fp32",
              providers: Sequence[str] | None = None, threads: int | None = None) -> "ClipRuntime":
-        """Open both towers of an artifact folder; the files are checked against the manifest's sha256."""
+        """Open both towers of an artifact folder; the files are checked against the manifest's sha256.
+
+        `precision` picks the graph variant ("fp32", "fp16", "int8") for both towers, or per tower:
+        {"vision": "int8", "text": "fp16"}.
+        """
         root = Path(artifact_dir)
         manifest = read_manifest(root)
         if backend != "onnxruntime":
@@ -41,7 +45,8 @@ class ClipRuntime:
         backends: dict[Tower, Backend] = {}
         for tower in Tower:
             artifact = manifest.tower(tower)
-            graph = check_graph_files(root, artifact.graph(precision))
+            chosen = precision if isinstance(precision, str) else precision.get(tower.value, "fp32")
+            graph = check_graph_files(root, artifact.graph(chosen))
             backends[tower] = OnnxRuntimeBackend(graph, artifact, providers=providers, threads=threads)
         tokenizer = ClipTokenizer.from_manifest(manifest.tokenizer) if manifest.tokenizer.kind == "clip_bpe" else None
         return cls(root, manifest, backends, tokenizer, ImagePreprocessor(manifest.preprocess))

@@ -28,4 +28,16 @@ class Gate:
 # issue 2). The gates keep ~50x headroom over that for other CPUs and thread counts.
 FP32 = Gate(min_cosine=0.99999, max_abs=1e-4)
 
-GATES: dict[str, Gate] = {"fp32": FP32}
+# The reduced-precision gates are the product's promise (issue 4), measured per tower against the
+# PyTorch FP32 model on held-out inputs. FP16 keeps LayerNorm/Softmax/reductions and the pooling
+# tail in FP32 (precision/fp16.py), so only the GEMMs round to 11 bits: min cosine 0.999.
+FP16 = Gate(min_cosine=0.999)
+# INT8 is judged on the whole set as well as the worst sample: zero-shot ranking tolerates one
+# hard image, not a shifted distribution.
+INT8 = Gate(min_cosine=0.98, mean_cosine=0.99)
+# What `quantize` aims for on its validation split (calibration-distribution data) before writing
+# an INT8 graph: tighter than INT8 so that held-out inputs, which sit further from the calibrated
+# ranges, still clear the verify gate.
+INT8_FALLBACK_TARGET = Gate(min_cosine=0.99, mean_cosine=0.995)
+
+GATES: dict[str, Gate] = {"fp32": FP32, "fp16": FP16, "int8": INT8}

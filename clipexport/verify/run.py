@@ -12,6 +12,7 @@ import numpy as np
 from clipexport._deps import require
 from clipexport.errors import InputError, ParityError
 from clipexport.manifest import Manifest, Tower, check_graph_files, read_manifest
+from clipexport.precision.calibration import heldout_image_dir
 from clipexport.progress import Progress, silent
 from clipexport.verify import inputs
 from clipexport.verify.gates import GATES
@@ -41,8 +42,9 @@ def verify_artifact(options: VerifyOptions, progress: Progress = silent) -> Pari
     if options.batch_size < 1 or options.num_images < 1:
         raise InputError("--batch-size and --num-images must be at least 1")
     manifest = read_manifest(options.artifact)
+    precisions = resolve_precisions(manifest, options.precisions)
     graphs = {(t, p): check_graph_files(options.artifact, manifest.tower(t).graph(p))
-              for t in Tower for p in options.precisions}
+              for t in Tower for p in precisions}
     progress(f"loading the PyTorch reference ({manifest.source.kind.value}: {manifest.source.model})")
     from clipexport.export.sources import reload_source
     from clipexport.export.towers import exportable
@@ -64,7 +66,7 @@ def verify_artifact(options: VerifyOptions, progress: Progress = silent) -> Pari
     report = ParityReport(artifact=str(Path(options.artifact).resolve()),
                           created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                           inputs={**described, "batch_size": options.batch_size})
-    for precision in options.precisions:
+    for precision in precisions:
         candidate = {}
         for tower in Tower:
             progress(f"running ONNX Runtime {tower.value} tower ({precision})")
@@ -80,13 +82,34 @@ def verify_artifact(options: VerifyOptions, progress: Progress = silent) -> Pari
     return report
 
 
+def resolve_precisions(manifest: Manifest, requested: tuple[str, ...]) -> tuple[str, ...]:
+    """Expand "all" to every precision both towers have, in GATES order; reject unknown names."""
+    out: list[str] = []
+    for name in requested:
+        if name == "all":
+            out += [p for p in GATES if all(p in manifest.tower(t).graphs for t in Tower)]
+        elif name in GATES:
+            out.append(name)
+        else:
+            raise InputError(f"unknown precision '{name}' (expected one of {', '.join(GATES)}, or all)")
+    return tuple(dict.fromkeys(out))
+
+
 def _verification_set(options: VerifyOptions) -> tuple[list[Any], list[str], dict[str, Any]]:
     if options.images:
         images, names = inputs.load_image_folder(options.images)
         image_desc = {"images": str(options.images), "image_count": len(names)}
     else:
+        # Natural photos the quantizer never calibrated on (when the repo's calibration/ is at
+        # hand), plus synthetic images with odd sizes, modes and flat or noisy content.
         images = inputs.synthetic_images(options.num_images)
-        image_desc = {"images": f"synthetic (seed {inputs.DEFAULT_SEED})", "image_count": len(images)}
+        described = f"synthetic (seed {inputs.DEFAULT_SEED})"
+        heldout = heldout_image_dir()
+        if heldout is not None:
+            natural, _ = inputs.load_image_folder(heldout)
+            images = natural + images
+            described = f"{heldout} ({len(natural)} held-out photos) + {len(images) - len(natural)} {described}"
+        image_desc = {"images": described, "image_count": len(images)}
     texts = inputs.load_text_file(options.texts) if options.texts else list(inputs.DEFAULT_CAPTIONS)
     text_desc = {"texts": str(options.texts) if options.texts else "built-in captions", "text_count": len(texts)}
     return images, texts, {**image_desc, **text_desc}

@@ -17,6 +17,10 @@ from clipexport.manifest import TowerArtifact
 PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
 
+_ORT_TYPES = {"tensor(float)": np.dtype(np.float32), "tensor(float16)": np.dtype(np.float16),
+              "tensor(int64)": np.dtype(np.int64), "tensor(int32)": np.dtype(np.int32)}
+
+
 # onnxruntime-gpu lists the GPU providers even where their libraries cannot load (no driver,
 # no TensorRT), then prints pages of errors on every session; probe the libraries instead.
 _PROVIDER_LIBRARIES = {
@@ -46,7 +50,7 @@ def choose_providers(available: Sequence[str], requested: Sequence[str] | None =
 
 
 class OnnxRuntimeBackend:
-    def __init__(self, graph: Path, tower: TowerArtifact, providers: Sequence[str] | None = None,
+    def __init__(self, graph: Path | bytes, tower: TowerArtifact, providers: Sequence[str] | None = None,
                  threads: int | None = None):
         ort = require("onnxruntime", "running ONNX graphs")
         options = ort.SessionOptions()
@@ -54,18 +58,26 @@ class OnnxRuntimeBackend:
         if threads:
             options.intra_op_num_threads = threads
         self.providers = choose_providers(ort.get_available_providers(), providers)
-        self.session = ort.InferenceSession(str(graph), sess_options=options, providers=self.providers)
+        # bytes: a graph held in memory (the precision step evaluates candidates without writing them).
+        source = graph if isinstance(graph, bytes) else str(graph)
+        self.session = ort.InferenceSession(source, sess_options=options, providers=self.providers)
         self.input_name = tower.inputs[0].name
         self.output_name = tower.outputs[0].name
         self.input_dtype = np.dtype(tower.inputs[0].dtype)
         self.fixed_shape = tuple(tower.inputs[0].shape[1:])
+        # An FP16 graph built with FP16 I/O (`quantize --io-dtype float16`) still takes and gives
+        # float32 here: callers never see the graph's boundary type.
+        self.graph_input_dtype = _ORT_TYPES.get(self.session.get_inputs()[0].type, self.input_dtype)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         if batch.dtype != self.input_dtype:
             raise InputError(f"{self.input_name} must be {self.input_dtype}, got {batch.dtype}")
         if tuple(batch.shape[1:]) != self.fixed_shape:
             raise InputError(f"{self.input_name} must have shape [batch, {', '.join(map(str, self.fixed_shape))}], got {list(batch.shape)}")
-        return self.session.run([self.output_name], {self.input_name: batch})[0]
+        if self.graph_input_dtype != self.input_dtype:
+            batch = batch.astype(self.graph_input_dtype)
+        out = self.session.run([self.output_name], {self.input_name: batch})[0]
+        return out.astype(np.float32, copy=False)
 
     def close(self) -> None:
         self.session = None

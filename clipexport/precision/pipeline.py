@@ -1,0 +1,204 @@
+"""`clipexport quantize`: add FP16 or INT8 variants of an artifact's graphs, recorded in its manifest.
+
+Every variant is measured against the FP32 graph on a validation split of the calibration data
+before it is written; INT8 keeps its most sensitive nodes in high precision until the fallback
+target holds. Files are staged, then moved in, then the manifest is rewritten atomically.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from clipexport._deps import require
+from clipexport.errors import InputError
+from clipexport.files import make_public, sha256_file, write_json_atomic
+from clipexport.manifest import GraphFile, Manifest, Tower, TowerArtifact, check_graph_files, read_manifest, write_manifest
+from clipexport.precision import fp16 as fp16_mod
+from clipexport.precision import qdq
+from clipexport.precision.calibration import CalibrationData, CalibrationSource, load_calibration
+from clipexport.precision.int8 import DEFAULT_METHOD, CalibrationMethod, Target, quantize_int8, sensitive_defaults
+from clipexport.precision.sensitivity import LayerSensitivity, fallback_until, layer_sensitivity, run_model
+from clipexport.progress import Progress, silent
+from clipexport.verify.gates import INT8_FALLBACK_TARGET
+from clipexport.verify.stats import EmbeddingParity, embedding_parity
+
+if TYPE_CHECKING:
+    import onnx
+
+SENSITIVITY_REPORT = "sensitivity.json"
+# A protobuf cannot exceed 2 GiB; larger graphs keep their weights in a side file.
+EXTERNAL_DATA_THRESHOLD_BYTES = int(1.8 * 2**30)
+
+
+class Precision(str, Enum):
+    FP16 = "fp16"
+    INT8 = "int8"
+
+
+@dataclass(frozen=True)
+class QuantizeOptions:
+    artifact: Path
+    precision: Precision
+    towers: tuple[Tower, ...] = (Tower.VISION, Tower.TEXT)
+    target: Target = Target.TENSORRT
+    method: CalibrationMethod | None = None  # None: the target's default
+    calibration: CalibrationSource = field(default_factory=CalibrationSource)
+    sensitivity: bool = False  # write sensitivity.json with every quantized node's error
+    fallback: bool = True  # restore sensitive nodes until the fallback target holds
+    fp16_io: bool = False  # FP16 graph inputs/outputs (FP16 only); default keeps float32 at the boundary
+
+
+@dataclass(frozen=True)
+class TowerOutcome:
+    tower: Tower
+    graph: GraphFile
+    parity: EmbeddingParity
+    sensitivity: list[LayerSensitivity] = field(default_factory=list)
+
+
+def quantize_artifact(options: QuantizeOptions, progress: Progress = silent) -> tuple[Manifest, list[TowerOutcome]]:
+    onnx = require("onnx", "making reduced-precision graphs")
+    root = Path(options.artifact).expanduser()
+    manifest = read_manifest(root)
+    if not options.towers:
+        raise InputError("--towers is empty; pass vision, text or vision,text")
+    if options.fp16_io and options.precision is not Precision.FP16:
+        raise InputError("--io-dtype float16 applies to --precision fp16 only; INT8 graphs keep float32 I/O")
+    method = options.method or DEFAULT_METHOD[options.target]
+    staging = Path(tempfile.mkdtemp(prefix=".quantize-", dir=root))
+    outcomes: list[TowerOutcome] = []
+    try:
+        for tower in options.towers:
+            artifact = manifest.tower(tower)
+            fp32_path = _working_copy(root, artifact.graph("fp32"), staging / ".work")
+            calibration = _calibration(manifest, tower, options)
+            progress(f"{tower.value}: running the FP32 graph on {len(calibration.validation)} validation samples")
+            expected = run_model(fp32_path, artifact, calibration.validation)
+            if options.precision is Precision.FP16:
+                progress(f"{tower.value}: converting to mixed FP16 (ModelOpt autocast)")
+                model, details, sensitivity = _fp16(fp32_path, calibration, options.fp16_io)
+            else:
+                progress(f"{tower.value}: calibrating INT8 for {options.target.value} ({method.value}, "
+                         f"{len(calibration.calibration)} samples)")
+                model, details, sensitivity = _int8(onnx, fp32_path, artifact, tower, calibration, options, method,
+                                                    expected, progress)
+            parity = embedding_parity(expected, run_model(model, artifact, calibration.validation))
+            progress(f"{tower.value}: {options.precision.value} vs FP32 on validation: "
+                     f"min cos {parity.min_cosine:.5f}, mean {parity.mean_cosine:.5f}")
+            details["validation_parity"] = parity.to_dict()
+            graph = _save(onnx, model, staging, f"{tower.value}.{options.precision.value}.onnx", details)
+            outcomes.append(TowerOutcome(tower, graph, parity, sensitivity))
+        for outcome in outcomes:
+            manifest = manifest.with_graph(outcome.tower, options.precision.value, outcome.graph)
+        _publish(staging, root)
+        write_manifest(root, manifest)
+        if options.sensitivity:
+            write_json_atomic(root / SENSITIVITY_REPORT, {o.tower.value: [s.to_dict() for s in o.sensitivity] for o in outcomes})
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return manifest, outcomes
+
+
+def _calibration(manifest: Manifest, tower: Tower, options: QuantizeOptions) -> CalibrationData:
+    source = options.calibration
+    if options.precision is Precision.FP16:
+        # FP16 needs no ranges, only real samples for autocast's overflow check.
+        source = CalibrationSource(images=source.images, texts=source.texts,
+                                   size=min(source.size, fp16_mod.REFERENCE_SAMPLES), validation_size=source.validation_size)
+    return load_calibration(manifest, tower, source)
+
+
+def _fp16(fp32_path: Path, calibration: CalibrationData, fp16_io: bool) -> tuple["onnx.ModelProto", dict[str, Any], list]:
+    model, tail = fp16_mod.convert_fp16(fp32_path, calibration.input_name, calibration.calibration,
+                                        keep_io_types=not fp16_io)
+    details = {
+        "method": "modelopt.onnx.autocast.convert_to_mixed_precision (fp16)",
+        "io_dtype": "float16" if fp16_io else "float32",
+        "fp32_op_types": list(fp16_mod.FP32_OP_TYPES),
+        "fp32_tail_nodes": tail,
+        "fp32_nodes": fp16_mod.fp32_nodes(model),
+        "data_max": fp16_mod.DATA_MAX,
+        "reference_samples": calibration.describe(),
+        "versions": _versions(),
+    }
+    return model, details, []
+
+
+def _int8(onnx: Any, fp32_path: Path, artifact: TowerArtifact, tower: Tower, calibration: CalibrationData, options: QuantizeOptions,
+          method: CalibrationMethod, expected: Any, progress: Progress) -> tuple["onnx.ModelProto", dict[str, Any], list]:
+    original = onnx.load(str(fp32_path))
+    defaults = sensitive_defaults(original, tower)
+    quantized = quantize_int8(fp32_path, calibration, options.target, method, defaults)
+    parity = embedding_parity(expected, run_model(quantized, artifact, calibration.validation))
+    target = INT8_FALLBACK_TARGET
+    failing = bool(target.failures(parity.min_cosine, parity.mean_cosine, parity.max_abs_diff))
+    progress(f"{tower.value}: INT8 with {len(qdq.quantized_nodes(quantized))} quantized nodes: "
+             f"min cos {parity.min_cosine:.5f}, mean {parity.mean_cosine:.5f}"
+             + (" (below the fallback target)" if failing and options.fallback else ""))
+    sensitivity: list[LayerSensitivity] = []
+    if options.sensitivity or (failing and options.fallback):
+        sensitivity = layer_sensitivity(quantized, original, calibration.validation, calibration.input_name, progress)
+    restored: tuple[str, ...] = ()
+    steps: tuple = ((0, parity.min_cosine, parity.mean_cosine),)
+    model = quantized
+    if failing and options.fallback:
+        result = fallback_until(quantized, original, artifact, calibration.validation, expected,
+                                [s.node for s in sensitivity], target, progress)
+        model, restored, steps = result.model, result.restored, steps + result.steps
+    details = {
+        "method": ("modelopt.onnx.quantization int8 (TensorRT Q/DQ placement)" if options.target is Target.TENSORRT
+                   else "onnxruntime.quantization quantize_static QDQ (MatMul/Gemm, per-channel S8S8)"),
+        "target": options.target.value,
+        "calibration_method": method.value,
+        "calibration": calibration.describe(),
+        "unquantized_dtype": "float16" if options.target is Target.TENSORRT else "float32",
+        "quantized_nodes": len(qdq.quantized_nodes(model)),
+        "high_precision_nodes": {"sensitive_by_default": defaults, "fallback": list(restored)},
+        "fallback_target": {"min_cosine": target.min_cosine, "mean_cosine": target.mean_cosine},
+        "fallback_steps": [{"restored": c, "min_cosine": lo, "mean_cosine": mean} for c, lo, mean in steps],
+        "versions": _versions(),
+    }
+    return model, details, sensitivity
+
+
+def _save(onnx: Any, model: "onnx.ModelProto", staging: Path, name: str, details: dict[str, Any]) -> GraphFile:
+    path = staging / name
+    external = model.ByteSize() > EXTERNAL_DATA_THRESHOLD_BYTES
+    data_name = f"{name}.data" if external else None
+    onnx.save_model(model, str(path), save_as_external_data=external, location=data_name)
+    onnx.checker.check_model(str(path))
+    return GraphFile(file=name, sha256=sha256_file(path), external_data=data_name,
+                     external_data_sha256=sha256_file(staging / data_name) if data_name else None, details=details)
+
+
+def _working_copy(root: Path, graph: GraphFile, work: Path) -> Path:
+    """The converters get a copy: ModelOpt rewrites the graph file it is given (seen with 0.47)."""
+    source = check_graph_files(root, graph)
+    work.mkdir(exist_ok=True)
+    for name in filter(None, (graph.file, graph.external_data)):
+        shutil.copyfile(root / name, work / name)
+    return work / source.name
+
+
+def _publish(staging: Path, root: Path) -> None:
+    # Graphs first, manifest last: until the manifest names them, new files are just unreferenced.
+    for item in sorted(p for p in staging.iterdir() if p.is_file()):
+        make_public(item)
+        item.replace(root / item.name)
+
+
+def _versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {}
+    for dist in ("onnx", "onnxruntime-gpu", "onnxruntime", "nvidia-modelopt"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
