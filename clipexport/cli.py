@@ -80,10 +80,13 @@ def export(model: str, pretrained: str | None, output: Path, source: str, opset:
 @click.option("--batch-size", type=int, default=None, help="Batch size for the exported graphs.")
 @click.option("--precision", "precisions", multiple=True, type=click.Choice(["fp32", "fp16", "int8", "all"]),
               help="Graph variant(s) to check (repeatable); all = every variant in the manifest. Default: fp32.")
+@click.option("--backend", "backends", multiple=True, type=click.Choice(["onnxruntime", "tensorrt", "onnxruntime-trt"]),
+              help="Where to run the candidate (repeatable): ONNX Runtime CPU (default), the TensorRT engines "
+                   "from `clipexport build`, or ONNX Runtime's TensorRT provider.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
 @_user_errors
 def verify(artifact: Path, images: Path | None, texts: Path | None, num_images: int | None,
-           batch_size: int | None, precisions: tuple[str, ...], quiet: bool) -> None:
+           batch_size: int | None, precisions: tuple[str, ...], backends: tuple[str, ...], quiet: bool) -> None:
     """Compare ARTIFACT's graphs with the PyTorch FP32 model; write parity.json; exit 1 below a gate.
 
     Gates per tower (min / mean cosine of the embeddings): fp32 >= 0.99999, fp16 >= 0.999,
@@ -94,7 +97,8 @@ def verify(artifact: Path, images: Path | None, texts: Path | None, num_images: 
 
     options = VerifyOptions(artifact=artifact, images=images, texts=texts,
                             num_images=num_images or inputs.DEFAULT_NUM_IMAGES,
-                            batch_size=batch_size or DEFAULT_BATCH_SIZE, precisions=precisions or ("fp32",))
+                            batch_size=batch_size or DEFAULT_BATCH_SIZE, precisions=precisions or ("fp32",),
+                            backends=backends or ("onnxruntime",))
     report = verify_artifact(options, _progress(quiet))
     click.echo(report.table())
     click.echo(f"wrote {Path(artifact) / 'parity.json'}")
@@ -161,6 +165,65 @@ def _towers(value: str) -> tuple[Any, ...]:
         return tuple(dict.fromkeys(Tower(n) for n in names))
     except ValueError:
         raise InputError(f"--towers '{value}' is not valid; use vision, text or vision,text") from None
+
+
+@main.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None,
+              help="Which ONNX variant to compile (default: the recipe's).")
+@click.option("--recipe", default=None, help="A recipe name from recipes/ (see `clipexport recipes`) or a TOML file. "
+                                             "Default: server GPU, batch 1-128.")
+@click.option("--towers", default="vision,text", show_default=True, help="Comma-separated towers to build.")
+@click.option("--dry-run", is_flag=True, help="Print the resolved settings and the equivalent trtexec commands; "
+                                              "build nothing (works without TensorRT).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
+@_user_errors
+def build(artifact: Path, precision: str | None, recipe: str | None, towers: str, dry_run: bool, quiet: bool) -> None:
+    """Compile ARTIFACT's ONNX graphs into TensorRT engines: engines/<tower>.<precision>.plan + .json provenance."""
+    from clipexport.build.pipeline import BuildOptions, build_artifact, plan_artifact
+
+    options = BuildOptions(artifact=artifact, precision=precision, recipe=recipe, towers=_towers(towers))
+    chosen, builds = plan_artifact(options)
+    if dry_run:
+        click.echo(f"recipe: {chosen.name} ({chosen.source}) - {chosen.description}")
+        click.echo(f"device: {chosen.device} [{chosen.device_class.value}]")
+        for note in chosen.notes:
+            click.echo(f"note: {note}")
+        click.echo(f"\nmkdir -p {builds[0].engine.parent}" if builds else "")
+        for item in builds:
+            s = item.shapes
+            click.echo(f"\n# {item.tower.value} ({item.precision}): {item.onnx.name} -> {item.engine.name}; "
+                       f"{s.input_name} min {list(s.min)} opt {list(s.opt)} max {list(s.max)}; "
+                       f"workspace {item.workspace_mib} MiB; strongly typed {item.strongly_typed}")
+            click.echo(item.command(chosen.device_class))
+        return
+    for provenance in build_artifact(options, _progress(quiet)):
+        click.echo(f"{provenance.tower}: engines/{provenance.engine} (TensorRT {provenance.tensorrt_version}, "
+                   f"{provenance.gpu_name}, {provenance.build_seconds:.0f} s)")
+
+
+@main.command("recipes")
+@click.argument("name", required=False)
+@_user_errors
+def recipes(name: str | None) -> None:
+    """List the build recipes, or show one (validated) by NAME."""
+    from clipexport.build.recipe import list_recipes, load_recipe, resolve_recipe
+
+    if name is None:
+        for path in list_recipes():
+            recipe = load_recipe(path)
+            click.echo(f"{recipe.name:<24} {recipe.precision:<5} {recipe.description}")
+        return
+    recipe = resolve_recipe(name)
+    click.echo(f"{recipe.name}: {recipe.description}\nsource: {recipe.source}\ndevice: {recipe.device} "
+               f"[{recipe.device_class.value}]\nprecision: {recipe.precision}\nworkspace: {recipe.workspace_mib} MiB\n"
+               f"optimization level: {recipe.optimization_level}\nversion compatible: {recipe.version_compatible}\n"
+               f"hardware compatible: {recipe.hardware_compatible}")
+    for tower, profile in recipe.profiles.items():
+        seq = f", sequence {list(profile.sequence.as_tuple())}" if profile.sequence else ""
+        click.echo(f"profile {tower.value}: batch {list(profile.batch.as_tuple())}{seq}")
+    for note in recipe.notes:
+        click.echo(f"note: {note}")
 
 
 def _image_paths(images: tuple[str, ...]) -> list[Path]:

@@ -33,3 +33,12 @@ def test_cli_help_does_not_import_torch() -> None:
            "r = CliRunner().invoke(main, ['--help']); assert r.exit_code == 0; print('torch' in sys.modules)"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.stdout.strip() == "False", proc.stderr
+
+
+def test_runtime_backends_and_build_planning_import_nothing_heavy() -> None:
+    # The TensorRT backend and `build --dry-run` must load where only the runtime is installed.
+    assert _loaded_after_import(
+        "clipexport.runtime", "clipexport.runtime.backends.onnxruntime", "clipexport.runtime.backends.tensorrt",
+        "clipexport.build.recipe", "clipexport.build.plan", "clipexport.build.sidecar", "clipexport.build.pipeline",
+        "clipexport.build.gpu", "clipexport.precision.calibration",
+    ) == ""

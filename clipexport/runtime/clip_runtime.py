@@ -38,16 +38,12 @@ class ClipRuntime:
         """
         root = Path(artifact_dir)
         manifest = read_manifest(root)
-        if backend != "onnxruntime":
-            raise InputError(f"unknown backend '{backend}' (available: onnxruntime)")
-        from clipexport.runtime.backends.onnxruntime import OnnxRuntimeBackend
-
+        if backend not in BACKENDS:
+            raise InputError(f"unknown backend '{backend}' (available: {', '.join(BACKENDS)})")
         backends: dict[Tower, Backend] = {}
         for tower in Tower:
-            artifact = manifest.tower(tower)
             chosen = precision if isinstance(precision, str) else precision.get(tower.value, "fp32")
-            graph = check_graph_files(root, artifact.graph(chosen))
-            backends[tower] = OnnxRuntimeBackend(graph, artifact, providers=providers, threads=threads)
+            backends[tower] = open_backend(root, manifest, tower, chosen, backend, providers, threads)
         tokenizer = ClipTokenizer.from_manifest(manifest.tokenizer) if manifest.tokenizer.kind == "clip_bpe" else None
         return cls(root, manifest, backends, tokenizer, ImagePreprocessor(manifest.preprocess))
 
@@ -111,6 +107,32 @@ class ClipRuntime:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+BACKENDS = ("onnxruntime", "tensorrt", "onnxruntime-trt")
+
+
+def open_backend(root: Path, manifest: Manifest, tower: Tower, precision: str, backend: str,
+                 providers: Sequence[str] | None = None, threads: int | None = None) -> Backend:
+    """One tower's graph on one backend:
+    - onnxruntime: the ONNX graph, TensorRT/CUDA providers when their libraries load, else CPU;
+    - tensorrt: the engine built by `clipexport build` (engines/<tower>.<precision>.plan);
+    - onnxruntime-trt: ONNX Runtime's TensorRT provider, caching its engines in engines/ort-trt/."""
+    artifact = manifest.tower(tower)
+    if backend == "tensorrt":
+        from clipexport.build.plan import ENGINES_DIR
+        from clipexport.runtime.backends.tensorrt import TensorRTBackend
+
+        plan = root / ENGINES_DIR / f"{tower.value}.{precision}.plan"
+        rebuild = f"clipexport build {root} --precision {precision} --towers {tower.value}"
+        artifact.graph(precision)  # a clear error when the precision was never made
+        return TensorRTBackend(plan, artifact, rebuild)
+    from clipexport.runtime.backends.onnxruntime import OnnxRuntimeBackend, tensorrt_provider
+
+    graph = check_graph_files(root, artifact.graph(precision))
+    if backend == "onnxruntime-trt":
+        providers = [tensorrt_provider(root / "engines" / "ort-trt", precision), "CUDAExecutionProvider"]
+    return OnnxRuntimeBackend(graph, artifact, providers=providers, threads=threads)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

@@ -34,6 +34,7 @@ class VerifyOptions:
     num_images: int = inputs.DEFAULT_NUM_IMAGES
     batch_size: int = DEFAULT_BATCH_SIZE
     precisions: tuple[str, ...] = ("fp32",)
+    backends: tuple[str, ...] = (BACKEND,)  # also "tensorrt" (engines from `clipexport build`), "onnxruntime-trt"
     write_report: bool = True
 
 
@@ -43,8 +44,9 @@ def verify_artifact(options: VerifyOptions, progress: Progress = silent) -> Pari
         raise InputError("--batch-size and --num-images must be at least 1")
     manifest = read_manifest(options.artifact)
     precisions = resolve_precisions(manifest, options.precisions)
-    graphs = {(t, p): check_graph_files(options.artifact, manifest.tower(t).graph(p))
-              for t in Tower for p in precisions}
+    for t in Tower:  # every file is there and unchanged before the slow part starts
+        for p in precisions:
+            check_graph_files(options.artifact, manifest.tower(t).graph(p))
     progress(f"loading the PyTorch reference ({manifest.source.kind.value}: {manifest.source.model})")
     from clipexport.export.sources import reload_source
     from clipexport.export.towers import exportable
@@ -66,17 +68,19 @@ def verify_artifact(options: VerifyOptions, progress: Progress = silent) -> Pari
     report = ParityReport(artifact=str(Path(options.artifact).resolve()),
                           created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                           inputs={**described, "batch_size": options.batch_size})
-    for precision in precisions:
-        candidate = {}
-        for tower in Tower:
-            progress(f"running ONNX Runtime {tower.value} tower ({precision})")
-            candidate[tower] = _run_onnx(graphs[tower, precision], manifest, tower, feeds[tower].numpy(), options.batch_size)
-            report.results.append(TowerResult(tower.value, precision, BACKEND,
-                                              embedding_parity(reference[tower], candidate[tower]), GATES[precision]))
-        report.zero_shot.append(ZeroShotResult(
-            precision, BACKEND,
-            zero_shot_agreement(reference[Tower.VISION], reference[Tower.TEXT], candidate[Tower.VISION], candidate[Tower.TEXT]),
-            images=len(images), texts=len(texts)))
+    for backend in options.backends:
+        for precision in precisions:
+            candidate = {}
+            for tower in Tower:
+                progress(f"running the {tower.value} tower on {backend} ({precision})")
+                candidate[tower] = _run_candidate(Path(options.artifact), manifest, tower, precision, backend,
+                                                  feeds[tower].numpy(), options.batch_size)
+                report.results.append(TowerResult(tower.value, precision, backend,
+                                                  embedding_parity(reference[tower], candidate[tower]), GATES[precision]))
+            report.zero_shot.append(ZeroShotResult(
+                precision, backend,
+                zero_shot_agreement(reference[Tower.VISION], reference[Tower.TEXT], candidate[Tower.VISION], candidate[Tower.TEXT]),
+                images=len(images), texts=len(texts)))
     if options.write_report:
         report.write(options.artifact)
     return report
@@ -124,14 +128,20 @@ def _batched(run: Callable[[Any], np.ndarray], data: Any, batch_size: int) -> np
     return np.concatenate([run(data[i:i + batch_size]) for i in range(0, len(data), batch_size)])
 
 
-def _run_onnx(path: Path, manifest: Manifest, tower: Tower, data: np.ndarray, batch_size: int) -> np.ndarray:
-    from clipexport.runtime.backends.onnxruntime import OnnxRuntimeBackend
+def _run_candidate(root: Path, manifest: Manifest, tower: Tower, precision: str, backend: str,
+                   data: np.ndarray, batch_size: int) -> np.ndarray:
+    from clipexport.runtime.clip_runtime import open_backend
 
-    # The CPU provider always: parity is stated against the FP32 CPU reference.
-    with OnnxRuntimeBackend(path, manifest.tower(tower), providers=["CPUExecutionProvider"]) as backend:
-        out = _batched(backend.run, data, batch_size)
+    # ONNX Runtime on the CPU provider: parity is stated against the FP32 CPU reference, and a
+    # GPU provider would silently change the numbers being certified.
+    providers = ["CPUExecutionProvider"] if backend == BACKEND else None
+    runner = open_backend(root, manifest, tower, precision, backend, providers=providers)
+    try:
+        out = _batched(runner.run, data, batch_size)
+    finally:
+        runner.close()
     if not np.all(np.isfinite(out)):
-        raise ParityError(f"the {tower.value} graph {path.name} produced NaN/Inf on the verification set")
+        raise ParityError(f"the {tower.value} {precision} graph on {backend} produced NaN/Inf on the verification set")
     return out
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ctypes
 from functools import lru_cache
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -38,9 +38,25 @@ def _loadable(library: str) -> bool:
     return True
 
 
-def choose_providers(available: Sequence[str], requested: Sequence[str] | None = None) -> list[str]:
+Provider = str | tuple[str, dict[str, Any]]  # a name, or (name, provider options)
+
+
+def tensorrt_provider(cache_dir: Path, precision: str) -> Provider:
+    """ONNX Runtime's TensorRT provider with its engine and timing caches in the artifact folder,
+    so the minutes-long first build happens once per GPU, not once per process."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    return ("TensorrtExecutionProvider", {
+        "trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache_dir),
+        "trt_timing_cache_enable": True, "trt_timing_cache_path": str(cache_dir),
+        # FP16 kernels for the fp16 graph only; Q/DQ graphs carry their own precision.
+        "trt_fp16_enable": precision == "fp16",
+    })
+
+
+def choose_providers(available: Sequence[str], requested: Sequence[Provider] | None = None) -> list[Provider]:
     if requested:
-        missing = [p for p in requested if p not in available]
+        missing = [p if isinstance(p, str) else p[0] for p in requested
+                   if (p if isinstance(p, str) else p[0]) not in available]
         if missing:
             raise InputError(f"onnxruntime provider(s) {', '.join(missing)} not available (have: {', '.join(available)})")
         return list(requested)
@@ -50,7 +66,7 @@ def choose_providers(available: Sequence[str], requested: Sequence[str] | None =
 
 
 class OnnxRuntimeBackend:
-    def __init__(self, graph: Path | bytes, tower: TowerArtifact, providers: Sequence[str] | None = None,
+    def __init__(self, graph: Path | bytes, tower: TowerArtifact, providers: Sequence[Provider] | None = None,
                  threads: int | None = None):
         ort = require("onnxruntime", "running ONNX graphs")
         options = ort.SessionOptions()
