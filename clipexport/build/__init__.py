@@ -1,0 +1,1 @@
+"""TensorRT engines: recipes, optimization profiles, trtexec commands, the builder and provenance."""

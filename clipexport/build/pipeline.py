@@ -1,0 +1,40 @@
+"""`clipexport build`: resolve the recipe against the artifact, then (unless dry-run) compile."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from clipexport.build.plan import TowerBuild, plan_builds
+from clipexport.build.recipe import Recipe, resolve_recipe
+from clipexport.build.sidecar import EngineProvenance
+from clipexport.manifest import Tower, check_graph_files, read_manifest
+from clipexport.progress import Progress, silent
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    artifact: Path
+    precision: str | None = None  # None: the recipe's
+    recipe: str | None = None  # name in recipes/ or a path; None: the default server recipe
+    towers: tuple[Tower, ...] = (Tower.VISION, Tower.TEXT)
+
+
+def plan_artifact(options: BuildOptions) -> tuple[Recipe, list[TowerBuild]]:
+    """Everything a build will do, checked against the manifest; needs no TensorRT."""
+    manifest = read_manifest(options.artifact)
+    recipe = resolve_recipe(options.recipe)
+    return recipe, plan_builds(Path(options.artifact), manifest, recipe, options.precision, options.towers)
+
+
+def build_artifact(options: BuildOptions, progress: Progress = silent) -> list[EngineProvenance]:
+    from clipexport.build.builder import build_engine, require_tensorrt
+
+    require_tensorrt()  # fail before any work when TensorRT is missing
+    recipe, builds = plan_artifact(options)
+    manifest = read_manifest(options.artifact)
+    out = []
+    for build in builds:
+        check_graph_files(options.artifact, manifest.tower(build.tower).graph(build.precision))
+        out.append(build_engine(build, recipe.name, progress))
+    return out
