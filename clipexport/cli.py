@@ -226,6 +226,42 @@ def recipes(name: str | None) -> None:
         click.echo(f"note: {note}")
 
 
+@main.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--backends", default="pytorch,onnxruntime", show_default=True,
+              help="Comma-separated: pytorch (the eager baseline), onnxruntime, tensorrt.")
+@click.option("--precisions", default="fp32", show_default=True, help="Comma-separated: fp32, fp16, int8.")
+@click.option("--batch-sizes", default="1,8,32", show_default=True, help="Comma-separated batch sizes.")
+@click.option("--towers", default="vision,text", show_default=True)
+@click.option("--min-iterations", type=int, default=10, show_default=True, help="Timed calls per point (at least).")
+@click.option("--min-seconds", type=float, default=1.0, show_default=True, help="Timed seconds per point (at least).")
+@click.option("--cpu", "cpu_only", is_flag=True, help="Pin ONNX Runtime and PyTorch to the CPU.")
+@click.option("--output", "-o", type=click.Path(path_type=Path), default=None, help="Report folder (default: ARTIFACT/bench).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
+@_user_errors
+def bench(artifact: Path, backends: str, precisions: str, batch_sizes: str, towers: str, min_iterations: int,
+          min_seconds: float, cpu_only: bool, output: Path | None, quiet: bool) -> None:
+    """Throughput and p50/p90/p99 latency per tower x backend x precision x batch, vs PyTorch eager;
+    writes bench.json, bench.md and bench.png."""
+    from clipexport.bench.run import BenchOptions, markdown, run_bench
+    from clipexport.errors import InputError
+
+    try:
+        sizes = tuple(int(b) for b in batch_sizes.split(",") if b.strip())
+    except ValueError:
+        raise InputError(f"--batch-sizes '{batch_sizes}' is not a comma-separated list of integers") from None
+    options = BenchOptions(artifact=artifact, backends=_csv(backends), precisions=_csv(precisions), batch_sizes=sizes,
+                           towers=_towers(towers), min_iterations=min_iterations, min_seconds=min_seconds,
+                           cpu_only=cpu_only, output=output)
+    result, out = run_bench(options, _progress(quiet))
+    click.echo(markdown(result))
+    click.echo(f"wrote {out / 'bench.json'}, bench.md, bench.png")
+
+
+def _csv(value: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
 def _image_paths(images: tuple[str, ...]) -> list[Path]:
     from clipexport.verify.inputs import IMAGE_SUFFIXES
 

@@ -53,8 +53,11 @@ def test_dry_run_commands_for_every_recipe(tiny_vit: Path, recipe_path: Path) ->
             size = fake.tower(build.tower).inputs[0].shape[1:]
             batch = recipe.profiles[build.tower].batch
             name = fake.tower(build.tower).inputs[0].name
-            for key, b in (("minShapes", batch.min), ("optShapes", batch.opt), ("maxShapes", batch.max)):
-                assert args[key] == f"{name}:{'x'.join(map(str, (b, *size)))}"
+            # A variable-length text graph's sequence axis defaults to 2 / 16 / context length.
+            sequence = {"min": 2, "opt": 16, "max": fake.tokenizer.context_length}
+            for key, which, b in (("minShapes", "min", batch.min), ("optShapes", "opt", batch.opt), ("maxShapes", "max", batch.max)):
+                dims = [d if isinstance(d, int) else sequence[which] for d in size]
+                assert args[key] == f"{name}:{'x'.join(map(str, (b, *dims)))}"
             assert args["onnx"] == str(build.onnx) and args["saveEngine"].endswith(f"engines/{build.tower.value}.{precision}.plan")
             assert args["memPoolSize"] == f"workspace:{recipe.workspace_mib}M"
             assert ("stronglyTyped" in args) == (precision != "fp32")
@@ -69,6 +72,7 @@ def test_cli_dry_run_and_recipes(tiny_vit: Path) -> None:
     assert result.exit_code == 0, result.output
     assert result.output.count("/usr/src/tensorrt/bin/trtexec --onnx=") == 2 and "mkdir -p" in result.output
     assert "--maxShapes=image:8x3x64x64" in result.output and "--maxShapes=input_ids:8x77" in result.output
+    assert "--minShapes=input_ids:1x2" in result.output and "--optShapes=input_ids:8x16" in result.output
     listed = runner.invoke(main, ["recipes"])
     assert listed.exit_code == 0 and "vit-b-32-agx-orin-int8" in listed.output
     shown = runner.invoke(main, ["recipes", "vit-l-14-server"])
@@ -143,7 +147,7 @@ def test_hardware_compatible_is_refused_on_jetson(tmp_path: Path) -> None:
 def test_profile_shapes_with_a_dynamic_sequence_axis() -> None:
     spec = TensorSpec("input_ids", "int64", ("batch", "sequence"))
     default = profile_shapes(spec, TowerProfile(Range(1, 8, 64)), 77, "r")
-    assert (default.min, default.opt, default.max) == ((1, 1), (8, 16), (64, 77))
+    assert (default.min, default.opt, default.max) == ((1, 2), (8, 16), (64, 77))
     custom = profile_shapes(spec, TowerProfile(Range(1, 8, 64), Range(4, 12, 32)), 77, "r")
     assert (custom.min, custom.opt, custom.max) == ((1, 4), (8, 12), (64, 32))
     with pytest.raises(InputError, match="exceeds the model's context length 77"):

@@ -14,6 +14,7 @@ from pathlib import Path
 from clipexport.build.recipe import DeviceClass, Recipe, TowerProfile
 from clipexport.errors import InputError
 from clipexport.manifest import Manifest, Tower, TensorSpec
+from clipexport.runtime.text_length import MIN_LENGTH
 
 ENGINES_DIR = "engines"
 TIMING_CACHE = "timing.cache"
@@ -103,7 +104,7 @@ def plan_builds(artifact_dir: Path, manifest: Manifest, recipe: Recipe, precisio
 
 def profile_shapes(spec: TensorSpec, profile: TowerProfile, context_length: int, recipe_name: str) -> ProfileShapes:
     """min/opt/max input shapes: the batch axis from the recipe, a symbolic sequence axis from the
-    recipe's `sequence` (or 1 / 16 / context length), every fixed axis as exported."""
+    recipe's `sequence` (or 2 / 16 / context length), every fixed axis as exported."""
     shapes: list[list[int]] = [[], [], []]
     for index, dim in enumerate(spec.shape):
         if index == 0:
@@ -116,7 +117,7 @@ def profile_shapes(spec: TensorSpec, profile: TowerProfile, context_length: int,
                 raise InputError(f"recipe {recipe_name}: profiles.text.sequence max {values[2]} exceeds the "
                                  f"model's context length {context_length}")
         else:
-            values = (1, min(DEFAULT_TEXT_OPT_TOKENS, context_length), context_length)
+            values = (MIN_LENGTH, min(DEFAULT_TEXT_OPT_TOKENS, context_length), context_length)
         for shape, value in zip(shapes, values):
             shape.append(value)
     return ProfileShapes(spec.name, *(tuple(s) for s in shapes))

@@ -11,7 +11,7 @@ import numpy as np
 
 from clipexport._deps import require
 from clipexport.errors import ExportError
-from clipexport.export.specs import BATCH_AXIS, MIN_OPSET, TowerSpec
+from clipexport.export.specs import BATCH_AXIS, MIN_OPSET, MIN_SEQUENCE, SEQUENCE_AXIS, TowerSpec
 from clipexport.files import sha256_file
 from clipexport.manifest import GraphFile, TensorSpec, TowerArtifact
 from clipexport.verify.stats import l2_normalize
@@ -25,7 +25,9 @@ SMOKE_MAX_ABS = 1e-3
 
 
 def export_tower(module: Any, spec: TowerSpec, example: Any, out_dir: Path, opset: int,
-                 properties: dict[str, Any] | None = None) -> TowerArtifact:
+                 properties: dict[str, Any] | None = None, trim_length: int | None = None) -> TowerArtifact:
+    """`trim_length`: for a variable-length text graph, the example cut after its last EOT, which
+    the smoke run checks against the full-length output."""
     torch = require("torch", "exporting to ONNX")
     onnx = require("onnx", "exporting to ONNX")
     require("onnxscript", "exporting to ONNX")
@@ -34,7 +36,12 @@ def export_tower(module: Any, spec: TowerSpec, example: Any, out_dir: Path, opse
     path = out_dir / f"{spec.tower.value}.onnx"
     param_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
     external = param_bytes > EXTERNAL_DATA_THRESHOLD_BYTES
-    batch = torch.export.Dim(BATCH_AXIS)
+    properties = dict(properties or {})
+    dynamic = {0: torch.export.Dim(BATCH_AXIS)}
+    input_shape: tuple[Any, ...] = (BATCH_AXIS, *example.shape[1:])
+    if properties.get("variable_length"):
+        dynamic[1] = torch.export.Dim(SEQUENCE_AXIS, min=MIN_SEQUENCE, max=int(example.shape[1]))
+        input_shape = (BATCH_AXIS, SEQUENCE_AXIS)
     with torch.no_grad():
         expected = module(example).numpy()
         try:
@@ -43,7 +50,7 @@ def export_tower(module: Any, spec: TowerSpec, example: Any, out_dir: Path, opse
                 torch.onnx.export(
                     module, (example,), str(path),
                     input_names=[spec.input_name], output_names=[spec.output_name],
-                    dynamic_shapes=({0: batch},),
+                    dynamic_shapes=(dynamic,),
                     opset_version=opset, dynamo=True, external_data=external, verbose=False,
                 )
         except Exception as exc:
@@ -52,7 +59,7 @@ def export_tower(module: Any, spec: TowerSpec, example: Any, out_dir: Path, opse
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as exc:
         raise ExportError(f"the exported {spec.tower.value} graph fails the ONNX checker: {exc}") from exc
-    _smoke_run(path, spec, example.numpy(), expected)
+    _smoke_run(path, spec, example.numpy(), expected, trim_length if properties.get("variable_length") else None)
     data_name = f"{path.name}.data" if external else None
     graph = GraphFile(
         file=path.name,
@@ -63,20 +70,23 @@ def export_tower(module: Any, spec: TowerSpec, example: Any, out_dir: Path, opse
     )
     dim = int(expected.shape[-1])
     return TowerArtifact(
-        inputs=(TensorSpec(spec.input_name, spec.input_dtype, (BATCH_AXIS, *example.shape[1:])),),
+        inputs=(TensorSpec(spec.input_name, spec.input_dtype, input_shape),),
         outputs=(TensorSpec(spec.output_name, spec.output_dtype, (BATCH_AXIS, dim)),),
         opset=opset,
         graphs={"fp32": graph},
-        properties=dict(properties or {}),
+        properties=properties,
     )
 
 
-def _smoke_run(path: Path, spec: TowerSpec, example: np.ndarray, expected: np.ndarray) -> None:
-    """Run the graph at the traced batch size and at batch 1: a baked-in batch shows up here."""
+def _smoke_run(path: Path, spec: TowerSpec, example: np.ndarray, expected: np.ndarray,
+               trim_length: int | None = None) -> None:
+    """Run the graph at the traced batch size and at batch 1: a baked-in batch shows up here.
+    A variable-length text graph also runs cut after its last end-of-text token."""
     ort = require("onnxruntime", "checking the exported graph")
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    for rows in (slice(None), slice(0, 1)):
-        got = session.run([spec.output_name], {spec.input_name: example[rows]})[0]
+    columns = [slice(None)] + ([slice(0, trim_length)] if trim_length else [])
+    for rows, cols in [(slice(None), c) for c in columns] + [(slice(0, 1), slice(None))]:
+        got = session.run([spec.output_name], {spec.input_name: example[rows, cols]})[0]
         want = expected[rows]
         if got.shape != want.shape or not np.allclose(l2_normalize(got), l2_normalize(want), atol=SMOKE_MAX_ABS, rtol=0):
             raise ExportError(

@@ -12,6 +12,9 @@ from typing import Any, Mapping
 from clipexport._deps import require
 from clipexport.errors import SourceError
 from clipexport.export.loaded import LoadedModel, offline_hint
+
+# Text pooling at an end-of-text position: what makes cutting padding after EOT exact.
+TRIMMABLE_POOLING = ("argmax", "eos")
 from clipexport.files import sha256_file
 from clipexport.manifest import (
     Convention,
@@ -87,10 +90,15 @@ def _build(open_clip: Any, source: SourceInfo) -> LoadedModel:
     bias = getattr(model, "logit_bias", None)
     from clipexport.export.towers import OpenClipText, OpenClipVision
 
+    pooling = getattr(model, "text_pool_type", "custom")
+    causal = getattr(model, "attn_mask", None) is not None
+    # The fast path needs all three: the text tower's standard layout, a causal mask, and pooling
+    # at an EOT position (not 'last', which moves when the sequence is cut).
+    trimmable = causal and pooling in TRIMMABLE_POOLING and hasattr(model, "token_embedding")
     return LoadedModel(
         source=source,
         vision=OpenClipVision(model),
-        text=OpenClipText(model),
+        text=OpenClipText(model, variable_length=trimmable),
         preprocess=_preprocess_config(pp),
         tokenizer=_tokenizer_config(tokenizer, config),
         logit_scale=float(model.logit_scale.exp().item()),
@@ -99,9 +107,10 @@ def _build(open_clip: Any, source: SourceInfo) -> LoadedModel:
         tokenize=lambda texts: tokenizer(list(texts)),
         library_versions={"open_clip": open_clip.__version__},
         text_properties={
-            "pooling": getattr(model, "text_pool_type", "custom"),
+            "pooling": pooling,
             # Tokens after end-of-text cannot affect the output only under a causal mask.
-            "causal_mask": getattr(model, "attn_mask", None) is not None,
+            "causal_mask": causal,
+            "variable_length": trimmable,
         },
     )
 

@@ -75,8 +75,13 @@ def _export_towers(loaded: LoadedModel, options: ExportOptions, staging: Path, p
     for step, tower in enumerate(Tower, start=1):
         progress(f"[{step}/{len(Tower)}] exporting the {tower.value} tower (opset {options.opset})")
         properties = dict(loaded.text_properties) if tower is Tower.TEXT else {}
+        trim_length = None
+        if properties.get("variable_length"):
+            from clipexport.runtime.text_length import trimmed_length
+
+            trim_length = trimmed_length(examples[tower].numpy(), properties["pooling"], loaded.tokenizer.eot_id)
         towers[tower] = export_tower(exportable(modules[tower], options.normalize), SPECS[tower],
-                                     examples[tower], staging, options.opset, properties)
+                                     examples[tower], staging, options.opset, properties, trim_length)
     return towers
 
 

@@ -25,14 +25,33 @@ class OpenClipVision(nn.Module):
 
 class OpenClipText(nn.Module):
     """open_clip pools at the end-of-text position with an integer argmax over the token ids
-    (the EOT id is the largest in the vocabulary), so ids never pass through a float cast."""
+    (the EOT id is the largest in the vocabulary), so ids never pass through a float cast.
 
-    def __init__(self, model: nn.Module):
+    With `variable_length`, the graph accepts any sequence length up to the context length: the
+    positional embedding and the causal mask are sliced to it. Under a causal mask with EOT
+    pooling, tokens after EOT never reach the output, so a runtime may cut each batch after its
+    last EOT (the text fast path) and get the full-length result."""
+
+    def __init__(self, model: nn.Module, variable_length: bool = False):
         super().__init__()
         self.model = model
+        self.variable_length = variable_length
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.model.encode_text(input_ids)
+        if not self.variable_length:
+            return self.model.encode_text(input_ids)
+        from open_clip.transformer import text_global_pool
+
+        m = self.model
+        length = input_ids.shape[1]
+        cast = m.transformer.get_cast_dtype()
+        x = m.token_embedding(input_ids).to(cast) + m.positional_embedding[:length].to(cast)
+        x = m.transformer(x, attn_mask=m.attn_mask[:length, :length])
+        x = m.ln_final(x)
+        x = text_global_pool(x, input_ids, m.text_pool_type, eos_token_id=getattr(m, "text_eos_id", None))
+        if m.text_projection is not None:
+            x = m.text_projection(x) if isinstance(m.text_projection, nn.Linear) else x @ m.text_projection
+        return x
 
 
 def _features(output: Any) -> torch.Tensor:

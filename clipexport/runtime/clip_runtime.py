@@ -12,6 +12,7 @@ from clipexport.errors import InputError
 from clipexport.manifest import Manifest, Tower, check_graph_files, read_manifest
 from clipexport.runtime.backends import Backend
 from clipexport.runtime.preprocess import ImageInput, ImagePreprocessor
+from clipexport.runtime.text_length import trim
 from clipexport.runtime.tokenizer import ClipTokenizer
 
 DEFAULT_BATCH_SIZE = 32
@@ -65,7 +66,10 @@ class ClipRuntime:
             if self.tokenizer is None:
                 raise InputError(f"this model's tokenizer ({self.manifest.tokenizer.kind}) is not built into the runtime; pass token ids")
             ids = self.tokenizer([texts] if isinstance(texts, str) else list(texts))
-        out = [self._backends[Tower.TEXT].run(ids[i:i + batch_size]) for i in range(0, len(ids), batch_size)]
+        text = self._backends[Tower.TEXT]
+        properties, eot = self.manifest.tower(Tower.TEXT).properties, self.manifest.tokenizer.eot_id
+        # The fast path: each batch cut after its last end-of-text token (exact; see text_length.py).
+        out = [text.run(trim(ids[i:i + batch_size], properties, eot)) for i in range(0, len(ids), batch_size)]
         return self._finish(out)
 
     def classify(self, images: ImageInput | Sequence[ImageInput], labels: Sequence[str],

@@ -13,6 +13,7 @@ from clipexport._deps import require
 from clipexport.errors import InputError, ParityError
 from clipexport.manifest import Manifest, Tower, check_graph_files, read_manifest
 from clipexport.precision.calibration import heldout_image_dir
+from clipexport.runtime.text_length import trim
 from clipexport.progress import Progress, silent
 from clipexport.verify import inputs
 from clipexport.verify.gates import GATES
@@ -136,8 +137,12 @@ def _run_candidate(root: Path, manifest: Manifest, tower: Tower, precision: str,
     # GPU provider would silently change the numbers being certified.
     providers = ["CPUExecutionProvider"] if backend == BACKEND else None
     runner = open_backend(root, manifest, tower, precision, backend, providers=providers)
+    # Text runs as the runtime runs it: a variable-length graph gets each batch cut after its last
+    # end-of-text token, so parity against the full-length PyTorch model covers the fast path.
+    properties, eot = manifest.tower(tower).properties, manifest.tokenizer.eot_id
+    run = (lambda batch: runner.run(trim(batch, properties, eot))) if tower is Tower.TEXT else runner.run
     try:
-        out = _batched(runner.run, data, batch_size)
+        out = _batched(run, data, batch_size)
     finally:
         runner.close()
     if not np.all(np.isfinite(out)):

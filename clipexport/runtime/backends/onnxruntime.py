@@ -88,7 +88,8 @@ class OnnxRuntimeBackend:
     def run(self, batch: np.ndarray) -> np.ndarray:
         if batch.dtype != self.input_dtype:
             raise InputError(f"{self.input_name} must be {self.input_dtype}, got {batch.dtype}")
-        if tuple(batch.shape[1:]) != self.fixed_shape:
+        if len(batch.shape) != len(self.fixed_shape) + 1 or any(
+                isinstance(want, int) and got != want for got, want in zip(batch.shape[1:], self.fixed_shape)):
             raise InputError(f"{self.input_name} must have shape [batch, {', '.join(map(str, self.fixed_shape))}], got {list(batch.shape)}")
         if self.graph_input_dtype != self.input_dtype:
             batch = batch.astype(self.graph_input_dtype)

@@ -1,0 +1,286 @@
+"""Run the benchmark grid and write bench.json, bench.md and bench.png.
+
+Backends:
+- pytorch: the source model, eager, reloaded from the manifest (the baseline every ratio uses);
+- onnxruntime: the artifact's graphs (the runtime's provider choice; `--cpu` pins the CPU);
+- tensorrt: the engines from `clipexport build`, when TensorRT and engines are present.
+Text runs as each backend runs in production: PyTorch at the full context length (open_clip's
+encode_text), the exported graphs through the runtime's fast path when the graph allows it.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import clipexport
+from clipexport.bench.flops import graph_flops
+from clipexport.bench.timing import Timing, gemm_peak_flops, measure
+from clipexport.errors import ClipExportError, InputError
+from clipexport.files import write_bytes_atomic, write_json_atomic
+from clipexport.manifest import Manifest, Tower, check_graph_files, read_manifest
+from clipexport.progress import Progress, silent
+from clipexport.runtime.text_length import trim
+
+BACKENDS = ("pytorch", "onnxruntime", "tensorrt")
+PROMPT_LABELS = ("cat", "dog", "school bus", "red fox", "hot air balloon", "espresso", "lighthouse", "violin")
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    artifact: Path
+    backends: tuple[str, ...] = ("pytorch", "onnxruntime")
+    precisions: tuple[str, ...] = ("fp32",)
+    batch_sizes: tuple[int, ...] = (1, 8, 32)
+    towers: tuple[Tower, ...] = (Tower.VISION, Tower.TEXT)
+    min_iterations: int = 10
+    min_seconds: float = 1.0
+    cpu_only: bool = False  # pin ONNX Runtime to its CPU provider
+    output: Path | None = None  # default: ARTIFACT/bench
+
+
+@dataclass
+class BenchResult:
+    settings: dict[str, Any]
+    machine: dict[str, Any]
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"settings": self.settings, "machine": self.machine, "results": self.rows, "skipped": self.skipped}
+
+
+def run_bench(options: BenchOptions, progress: Progress = silent) -> tuple[BenchResult, Path]:
+    unknown = [b for b in options.backends if b not in BACKENDS]
+    if unknown:
+        raise InputError(f"unknown backend(s) {', '.join(unknown)} (available: {', '.join(BACKENDS)})")
+    if not options.batch_sizes or min(options.batch_sizes) < 1:
+        raise InputError("--batch-sizes must be positive integers, e.g. 1,8,32")
+    root = Path(options.artifact)
+    manifest = read_manifest(root)
+    for tower in options.towers:
+        for precision in options.precisions:
+            check_graph_files(root, manifest.tower(tower).graph(precision))
+    progress("measuring the machine's FP32 GEMM peak (numpy BLAS)")
+    peak = gemm_peak_flops()
+    result = BenchResult(settings=_settings(options, manifest), machine=_machine(peak))
+    inputs = _inputs(manifest, max(options.batch_sizes))
+    for backend in options.backends:
+        for precision in options.precisions:
+            for tower in options.towers:
+                try:
+                    runner = _runner(backend, root, manifest, tower, precision, options.cpu_only)
+                except ClipExportError as exc:
+                    result.skipped.append(f"{backend}/{precision}/{tower.value}: {exc}")
+                    progress(f"skipping {backend} {precision} {tower.value}: {exc}")
+                    continue
+                try:
+                    for batch in options.batch_sizes:
+                        data = inputs[tower][:batch]
+                        if backend != "pytorch" and tower is Tower.TEXT:
+                            data = trim(data, manifest.tower(tower).properties, manifest.tokenizer.eot_id)
+                        progress(f"{backend} {precision} {tower.value} batch {batch}")
+                        timing = measure(lambda: runner.run(data), batch, min_iterations=options.min_iterations,
+                                         min_seconds=options.min_seconds)
+                        flops = _flops(root, manifest, tower, data.shape)
+                        result.rows.append(_row(backend, precision, tower, timing, data.shape, flops, peak))
+                finally:
+                    runner.close()
+    _ratios(result.rows)
+    out = Path(options.output) if options.output else root / "bench"
+    write_reports(result, out)
+    return result, out
+
+
+def _row(backend: str, precision: str, tower: Tower, timing: Timing, shape: tuple[int, ...], flops: int,
+         peak: float) -> dict[str, Any]:
+    achieved = flops * timing.items_per_s / max(shape[0], 1)
+    return {"backend": backend, "precision": precision, "tower": tower.value, "input_shape": list(shape),
+            **timing.to_dict(), "gflops_per_item": flops / shape[0] / 1e9, "achieved_gflops_per_s": achieved / 1e9,
+            "fraction_of_peak": achieved / peak}
+
+
+def _ratios(rows: list[dict[str, Any]]) -> None:
+    """Throughput relative to PyTorch eager FP32 at the same tower and batch, when it was measured."""
+    for row in rows:
+        base = next((r for r in rows if r["backend"] == "pytorch" and r["precision"] == "fp32"
+                     and r["tower"] == row["tower"] and r["batch"] == row["batch"]), None)
+        row["vs_pytorch_fp32"] = row["items_per_s"] / base["items_per_s"] if base else None
+
+
+_FLOPS_CACHE: dict[tuple[str, tuple[int, ...]], int] = {}
+
+
+def _flops(root: Path, manifest: Manifest, tower: Tower, shape: tuple[int, ...]) -> int:
+    # FLOPs of the FP32 graph at this input shape: the work, whatever precision does it.
+    artifact = manifest.tower(tower)
+    path = root / artifact.graph("fp32").file
+    key = (str(path), tuple(shape))
+    if key not in _FLOPS_CACHE:
+        _FLOPS_CACHE[key] = graph_flops(path, {artifact.inputs[0].name: shape})
+    return _FLOPS_CACHE[key]
+
+
+def _inputs(manifest: Manifest, batch: int) -> dict[Tower, np.ndarray]:
+    from clipexport.runtime.tokenizer import ClipTokenizer
+
+    h, w = manifest.preprocess.image_size
+    pixels = np.random.default_rng(0).standard_normal((batch, 3, h, w), dtype=np.float32)
+    prompts = [f"a photo of a {PROMPT_LABELS[i % len(PROMPT_LABELS)]}." for i in range(batch)]
+    if manifest.tokenizer.kind == "clip_bpe":
+        ids = ClipTokenizer.from_manifest(manifest.tokenizer)(prompts)
+    else:  # tokenizers the runtime does not implement: SOT, a few tokens, EOT, padding
+        ids = np.full((batch, manifest.tokenizer.context_length), manifest.tokenizer.pad_id, np.int64)
+        ids[:, :8] = 320
+        ids[:, 8] = manifest.tokenizer.eot_id
+    return {Tower.VISION: pixels, Tower.TEXT: ids}
+
+
+class _TorchRunner:
+    def __init__(self, module: Any, torch: Any, device: str, half: bool):
+        self.torch, self.device, self.half = torch, device, half
+        self.module = module.to(device).half() if half else module.to(device)
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        torch = self.torch
+        with torch.inference_mode():
+            x = torch.from_numpy(batch).to(self.device)
+            if self.half and x.is_floating_point():
+                x = x.half()
+            out = self.module(x)
+            if self.device != "cpu":
+                torch.cuda.synchronize()
+        return out.float().cpu().numpy()
+
+    def close(self) -> None:
+        self.module = None
+
+
+_TORCH_MODELS: dict[str, Any] = {}
+
+
+def _runner(backend: str, root: Path, manifest: Manifest, tower: Tower, precision: str, cpu_only: bool) -> Any:
+    if backend == "pytorch":
+        from clipexport._deps import require
+
+        torch = require("torch", "the PyTorch baseline")
+        device = "cuda" if torch.cuda.is_available() and not cpu_only else "cpu"
+        if precision == "int8":
+            raise InputError("PyTorch eager has no INT8 baseline here (use fp32 / fp16)")
+        if precision == "fp16" and device == "cpu":
+            raise InputError("PyTorch eager FP16 needs a GPU (CPU half-precision kernels are not a fair baseline)")
+        from clipexport.export.sources import reload_source
+        from clipexport.export.towers import exportable
+
+        key = str(root)
+        if key not in _TORCH_MODELS:
+            _TORCH_MODELS.clear()
+            _TORCH_MODELS[key] = reload_source(manifest.source)
+        loaded = _TORCH_MODELS[key]
+        module = exportable(loaded.vision if tower is Tower.VISION else loaded.text, manifest.normalized)
+        return _TorchRunner(module, torch, device, half=precision == "fp16")
+    from clipexport.runtime.clip_runtime import open_backend
+
+    providers = ["CPUExecutionProvider"] if cpu_only and backend == "onnxruntime" else None
+    return open_backend(root, manifest, tower, precision, backend, providers=providers)
+
+
+def _settings(options: BenchOptions, manifest: Manifest) -> dict[str, Any]:
+    return {"artifact": str(Path(options.artifact).resolve()), "model": manifest.source.model,
+            "backends": list(options.backends), "precisions": list(options.precisions),
+            "batch_sizes": list(options.batch_sizes), "towers": [t.value for t in options.towers],
+            "min_iterations": options.min_iterations, "min_seconds": options.min_seconds, "warmup": 3,
+            "text_inputs": "'a photo of a {label}.' prompts; exported graphs cut after EOT when variable-length",
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+
+
+def _machine(peak: float) -> dict[str, Any]:
+    from importlib import metadata
+
+    versions = {}
+    for dist in ("clipexport", "torch", "onnxruntime-gpu", "onnxruntime", "tensorrt", "open-clip-torch", "numpy"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(), "python": platform.python_version(), "gemm_peak_gflops_per_s": peak / 1e9,
+            "gpu": _gpu_name(), "versions": versions, "clipexport": clipexport.__version__}
+
+
+def _gpu_name() -> str | None:
+    try:
+        from clipexport.build.gpu import gpu_info
+
+        return gpu_info().name
+    except ClipExportError:
+        return None
+
+
+def write_reports(result: BenchResult, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "bench.json", result.to_dict())
+    write_bytes_atomic(out / "bench.md", markdown(result).encode("utf-8"))
+    png = plot(result)
+    if png is not None:
+        write_bytes_atomic(out / "bench.png", png)
+
+
+def markdown(result: BenchResult) -> str:
+    m = result.machine
+    lines = [f"# clipexport bench: {result.settings['model']}", "",
+             f"Machine: {m['processor']}, {m['cpus']} CPUs, GPU: {m['gpu'] or 'none'}; "
+             f"FP32 GEMM peak (numpy) {m['gemm_peak_gflops_per_s']:.1f} GFLOP/s. {result.settings['created']}.", "",
+             "| tower | backend | precision | batch | input | items/s | p50 ms | p90 ms | p99 ms | vs PyTorch FP32 | GFLOP/s | of FP32 GEMM peak |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in result.rows:
+        ratio = f"{r['vs_pytorch_fp32']:.2f}x" if r["vs_pytorch_fp32"] else "-"
+        lines.append(f"| {r['tower']} | {r['backend']} | {r['precision']} | {r['batch']} | {'x'.join(map(str, r['input_shape']))} "
+                     f"| {r['items_per_s']:.1f} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | {r['p99_ms']:.2f} | {ratio} "
+                     f"| {r['achieved_gflops_per_s']:.1f} | {100 * r['fraction_of_peak']:.0f}% |")
+    if result.skipped:
+        lines += ["", "Skipped:"] + [f"- {s}" for s in result.skipped]
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: BenchResult) -> bytes | None:
+    """Throughput by batch size, one line per backend/precision, one panel per tower."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        result.skipped.append("bench.png: matplotlib is not installed (pip install 'clipexport[bench]')")
+        return None
+    import io
+
+    towers = sorted({r["tower"] for r in result.rows}, reverse=True)
+    fig, axes = plt.subplots(1, max(len(towers), 1), figsize=(6 * max(len(towers), 1), 4), squeeze=False)
+    for ax, tower in zip(axes[0], towers):
+        series: dict[str, list[tuple[int, float]]] = {}
+        for r in result.rows:
+            if r["tower"] == tower:
+                series.setdefault(f"{r['backend']} {r['precision']}", []).append((r["batch"], r["items_per_s"]))
+        for label, points in sorted(series.items()):
+            xs, ys = zip(*sorted(points))
+            ax.plot(xs, ys, marker="o", label=label)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("batch size")
+        ax.set_ylabel("items / s")
+        ax.set_title(f"{result.settings['model']} {tower} tower")
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return buffer.getvalue()
+
+

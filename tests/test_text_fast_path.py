@@ -1,0 +1,93 @@
+"""The text fast path: variable-length text graphs, cut after the batch's last end-of-text token,
+give the full-length result; graphs that cannot take the path keep the fixed length."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clipexport.manifest import read_manifest
+from clipexport.runtime import ClipRuntime, ClipTokenizer
+from clipexport.runtime.text_length import trim, trimmed_length
+from clipexport.verify.inputs import DEFAULT_CAPTIONS
+from clipexport.verify.stats import embedding_parity
+
+PROMPTS = [f"a photo of a {label}." for label in ("cat", "dog", "school bus", "red fox", "hot air balloon")]
+EOT = 49407
+
+
+def test_open_clip_text_graph_is_variable_length(tiny_vit: Path) -> None:
+    text = read_manifest(tiny_vit).tower("text")
+    assert text.inputs[0].shape == ("batch", "sequence")
+    assert text.properties == {"pooling": "argmax", "causal_mask": True, "variable_length": True}
+
+
+def test_trimmed_equals_full_length(tiny_vit: Path) -> None:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(tiny_vit / "text.onnx"), providers=["CPUExecutionProvider"])
+    captions = list(DEFAULT_CAPTIONS) + PROMPTS
+    ids = ClipTokenizer()(captions)
+    full = session.run(None, {"input_ids": ids})[0]
+    for start in range(0, len(ids), 4):  # batches of different trimmed lengths
+        batch = ids[start:start + 4]
+        cut = trim(batch, read_manifest(tiny_vit).tower("text").properties, EOT)
+        assert cut.shape[1] == trimmed_length(batch, "argmax", EOT) <= 77
+        got = session.run(None, {"input_ids": cut})[0]
+        parity = embedding_parity(full[start:start + 4], got)
+        assert parity.min_cosine >= 0.99999 and parity.max_abs_diff < 1e-5
+    short = trim(ClipTokenizer()(PROMPTS), {"variable_length": True, "causal_mask": True, "pooling": "argmax"}, EOT)
+    assert short.shape[1] <= 10  # "a photo of a hot air balloon." is 10 tokens with SOT/EOT
+
+
+class _Spy:
+    def __init__(self, backend):
+        self.backend, self.shapes = backend, []
+
+    def run(self, batch):
+        self.shapes.append(batch.shape)
+        return self.backend.run(batch)
+
+    def close(self):
+        self.backend.close()
+
+
+def test_runtime_cuts_each_batch_and_matches(tiny_vit: Path) -> None:
+    from clipexport.manifest import Tower
+
+    with ClipRuntime.load(tiny_vit) as runtime:
+        spy = _Spy(runtime._backends[Tower.TEXT])
+        runtime._backends[Tower.TEXT] = spy
+        texts = PROMPTS + [DEFAULT_CAPTIONS[-2]]  # the last one fills the context
+        fast = runtime.encode_text(texts, batch_size=5)
+        assert [s[1] for s in spy.shapes] == [trimmed_length(ClipTokenizer()(PROMPTS), "argmax", EOT), 77]
+        full = np.concatenate([spy.backend.run(ClipTokenizer()(texts[i:i + 5])) for i in range(0, len(texts), 5)])
+    assert embedding_parity(full, fast).min_cosine >= 0.99999
+
+
+@pytest.mark.parametrize(("ids", "pooling", "expected"), [
+    ([[49406, 320, 49407, 0, 0], [49406, 320, 1125, 49407, 0]], "argmax", 4),
+    ([[49406, 49407, 0, 0, 0]], "argmax", 2),
+    ([[49406, 320, 49407, 0, 0]], "last", 5),  # pooling at the last position moves when cut
+    ([[1, 5, 2, 0, 0], [1, 2, 0, 0, 0]], "eos", 3),
+    ([[1, 5, 7, 0, 0], [1, 2, 0, 0, 0]], "eos", 5),  # a row without EOS: nothing safe to cut
+])
+def test_trimmed_length_rules(ids: list, pooling: str, expected: int) -> None:
+    assert trimmed_length(np.array(ids), pooling, 2 if pooling == "eos" else EOT) == expected
+
+
+def test_graphs_without_the_guarantees_are_not_cut() -> None:
+    ids = ClipTokenizer()(PROMPTS)
+    assert trim(ids, {"variable_length": True, "causal_mask": False, "pooling": "argmax"}, EOT).shape == ids.shape
+    assert trim(ids, {"variable_length": False, "causal_mask": True, "pooling": "argmax"}, EOT).shape == ids.shape
+    assert trim(ids, {}, EOT).shape == ids.shape
+
+
+def test_hf_export_keeps_the_fixed_length(hf_clip_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    from conftest import export_dir
+
+    artifact = export_dir(tmp_path_factory, "hf-fixed", str(hf_clip_folder), None)
+    text = read_manifest(artifact).tower("text")
+    assert isinstance(text.inputs[0].shape[1], int) and not text.properties.get("variable_length")
