@@ -10,7 +10,6 @@ precision variant cost or save on this CPU".
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -31,6 +30,21 @@ def best_time(fn, repeats: int) -> float:
     return min(times)
 
 
+def machine() -> dict[str, object]:
+    import onnxruntime
+
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(), "python": sys.version.split()[0], "onnxruntime": onnxruntime.__version__}
+
+
+def write_result(name: str, result: dict) -> Path:
+    from clipexport.files import write_json_atomic
+
+    out = Path(__file__).parent / "results" / f"{name}.json"
+    write_json_atomic(out, result)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("artifact", type=Path)
@@ -39,9 +53,6 @@ def main() -> None:
     parser.add_argument("--name", default=None, help="results file suffix (default: the artifact folder's name)")
     args = parser.parse_args()
 
-    import onnxruntime
-
-    from clipexport.files import write_json_atomic
     from clipexport.manifest import Tower, check_graph_files, read_manifest
     from clipexport.runtime.backends.onnxruntime import OnnxRuntimeBackend
 
@@ -72,14 +83,11 @@ def main() -> None:
         row["speedup_vs_fp32"] = row["items_per_s"] / base["items_per_s"]
     result = {
         "artifact": str(args.artifact.resolve()), "model": manifest.source.model,
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "cpus": os.cpu_count(), "python": sys.version.split()[0], "onnxruntime": onnxruntime.__version__},
+        "machine": machine(),
         "settings": {"provider": "CPUExecutionProvider", "repeats": args.repeats, "statistic": "best of repeats after warm-up"},
         "results": rows,
     }
-    out = Path(__file__).parent / "results" / f"precision-cpu-{args.name or args.artifact.name}.json"
-    write_json_atomic(out, result)
-    print(f"wrote {out}")
+    print(f"wrote {write_result(f'precision-cpu-{args.name or args.artifact.name}', result)}")
 
 
 if __name__ == "__main__":

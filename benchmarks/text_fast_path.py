@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from precision import best_time  # noqa: E402
+from precision import best_time, machine, write_result  # noqa: E402
 
 LABELS = ("cat dog car bird horse ship truck frog deer airplane tench goldfinch shark banana pizza "
           "strawberry orange lemon pineapple bus bicycle canoe locomotive volcano reef lighthouse castle "
@@ -37,9 +35,6 @@ def main() -> None:
     parser.add_argument("--name", default=None)
     args = parser.parse_args()
 
-    import onnxruntime
-
-    from clipexport.files import write_json_atomic
     from clipexport.manifest import Tower, check_graph_files, read_manifest
     from clipexport.runtime.backends.onnxruntime import OnnxRuntimeBackend
     from clipexport.runtime.text_length import trim
@@ -85,11 +80,10 @@ def main() -> None:
         "prompts": "a photo of a {label}. for 64 labels",
         "parity_fast_vs_full": parity.to_dict(),
         "baseline": "fixed-length export" if args.fixed_artifact else "the same graph at full context length",
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "onnxruntime": onnxruntime.__version__},
+        "machine": machine(),
         "results": rows,
     }
-    out = Path(__file__).parent / "results" / f"text-fast-path-{args.name or args.artifact.name}.json"
-    write_json_atomic(out, result)
+    out = write_result(f"text-fast-path-{args.name or args.artifact.name}", result)
     print(f"parity fast vs full: min cos {parity.min_cosine:.8f}; wrote {out}")
 
 

@@ -18,7 +18,7 @@ from clipexport.cli import main
 from clipexport.errors import InputError
 from clipexport.manifest import Tower, read_manifest
 from clipexport.precision.calibration import CalibrationSource
-from clipexport.precision.int8 import CalibrationMethod, Target
+from clipexport.precision.int8 import Target
 from clipexport.precision.pipeline import Precision, QuantizeOptions, quantize_artifact
 from clipexport.verify.gates import GATES
 from clipexport.verify.run import VerifyOptions, verify_artifact
