@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 from types import ModuleType
+from typing import Iterable
 
 from clipexport.errors import MissingDependencyError
 
@@ -21,6 +22,20 @@ _HINTS: dict[str, tuple[str, str]] = {
     "polygraphy": ("polygraphy", "precision"),
     "tensorrt": ("tensorrt (on Jetson: JetPack's python3-libnvinfer, `sudo apt install python3-libnvinfer`)", "tensorrt"),
 }
+
+
+def installed_versions(distributions: Iterable[str]) -> dict[str, str]:
+    """Version of each installed distribution among `distributions` (absent ones left out), for
+    the provenance that manifests and reports record."""
+    from importlib import metadata
+
+    out = {}
+    for dist in distributions:
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
 
 
 def require(module: str, purpose: str) -> ModuleType:

@@ -21,7 +21,8 @@ import numpy as np
 
 import clipexport
 from clipexport.bench.flops import graph_flops
-from clipexport.bench.timing import Timing, gemm_peak_flops, measure
+from clipexport._deps import installed_versions
+from clipexport.bench.timing import WARMUP, Timing, gemm_peak_flops, measure
 from clipexport.errors import ClipExportError, InputError
 from clipexport.files import write_bytes_atomic, write_json_atomic
 from clipexport.manifest import Manifest, Tower, check_graph_files, read_manifest
@@ -71,11 +72,13 @@ def run_bench(options: BenchOptions, progress: Progress = silent) -> tuple[Bench
     peak = gemm_peak_flops()
     result = BenchResult(settings=_settings(options, manifest), machine=_machine(peak))
     inputs = _inputs(manifest, max(options.batch_sizes))
+    torch_model: dict[str, Any] = {}  # the PyTorch source, loaded once per run, on first use
+    flops_at: dict[tuple[Tower, tuple[int, ...]], int] = {}
     for backend in options.backends:
         for precision in options.precisions:
             for tower in options.towers:
                 try:
-                    runner = _runner(backend, root, manifest, tower, precision, options.cpu_only)
+                    runner = _runner(backend, root, manifest, tower, precision, options.cpu_only, torch_model)
                 except ClipExportError as exc:
                     result.skipped.append(f"{backend}/{precision}/{tower.value}: {exc}")
                     progress(f"skipping {backend} {precision} {tower.value}: {exc}")
@@ -88,7 +91,9 @@ def run_bench(options: BenchOptions, progress: Progress = silent) -> tuple[Bench
                         progress(f"{backend} {precision} {tower.value} batch {batch}")
                         timing = measure(lambda: runner.run(data), batch, min_iterations=options.min_iterations,
                                          min_seconds=options.min_seconds)
-                        flops = _flops(root, manifest, tower, data.shape)
+                        if (tower, data.shape) not in flops_at:
+                            flops_at[tower, data.shape] = _flops(root, manifest, tower, data.shape)
+                        flops = flops_at[tower, data.shape]
                         result.rows.append(_row(backend, precision, tower, timing, data.shape, flops, peak))
                 finally:
                     runner.close()
@@ -114,17 +119,10 @@ def _ratios(rows: list[dict[str, Any]]) -> None:
         row["vs_pytorch_fp32"] = row["items_per_s"] / base["items_per_s"] if base else None
 
 
-_FLOPS_CACHE: dict[tuple[str, tuple[int, ...]], int] = {}
-
-
 def _flops(root: Path, manifest: Manifest, tower: Tower, shape: tuple[int, ...]) -> int:
     # FLOPs of the FP32 graph at this input shape: the work, whatever precision does it.
     artifact = manifest.tower(tower)
-    path = root / artifact.graph("fp32").file
-    key = (str(path), tuple(shape))
-    if key not in _FLOPS_CACHE:
-        _FLOPS_CACHE[key] = graph_flops(path, {artifact.inputs[0].name: shape})
-    return _FLOPS_CACHE[key]
+    return graph_flops(root / artifact.graph("fp32").file, {artifact.inputs[0].name: shape})
 
 
 def _inputs(manifest: Manifest, batch: int) -> dict[Tower, np.ndarray]:
@@ -162,10 +160,8 @@ class _TorchRunner:
         self.module = None
 
 
-_TORCH_MODELS: dict[str, Any] = {}
-
-
-def _runner(backend: str, root: Path, manifest: Manifest, tower: Tower, precision: str, cpu_only: bool) -> Any:
+def _runner(backend: str, root: Path, manifest: Manifest, tower: Tower, precision: str, cpu_only: bool,
+            torch_model: dict[str, Any]) -> Any:
     if backend == "pytorch":
         from clipexport._deps import require
 
@@ -178,11 +174,9 @@ def _runner(backend: str, root: Path, manifest: Manifest, tower: Tower, precisio
         from clipexport.export.sources import reload_source
         from clipexport.export.towers import exportable
 
-        key = str(root)
-        if key not in _TORCH_MODELS:
-            _TORCH_MODELS.clear()
-            _TORCH_MODELS[key] = reload_source(manifest.source)
-        loaded = _TORCH_MODELS[key]
+        if "loaded" not in torch_model:
+            torch_model["loaded"] = reload_source(manifest.source)
+        loaded = torch_model["loaded"]
         module = exportable(loaded.vision if tower is Tower.VISION else loaded.text, manifest.normalized)
         return _TorchRunner(module, torch, device, half=precision == "fp16")
     from clipexport.runtime.clip_runtime import open_backend
@@ -195,20 +189,14 @@ def _settings(options: BenchOptions, manifest: Manifest) -> dict[str, Any]:
     return {"artifact": str(Path(options.artifact).resolve()), "model": manifest.source.model,
             "backends": list(options.backends), "precisions": list(options.precisions),
             "batch_sizes": list(options.batch_sizes), "towers": [t.value for t in options.towers],
-            "min_iterations": options.min_iterations, "min_seconds": options.min_seconds, "warmup": 3,
+            "min_iterations": options.min_iterations, "min_seconds": options.min_seconds, "warmup": WARMUP,
             "text_inputs": "'a photo of a {label}.' prompts; exported graphs cut after EOT when variable-length",
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
 
 
 def _machine(peak: float) -> dict[str, Any]:
-    from importlib import metadata
-
-    versions = {}
-    for dist in ("clipexport", "torch", "onnxruntime-gpu", "onnxruntime", "tensorrt", "open-clip-torch", "numpy"):
-        try:
-            versions[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            pass
+    versions = installed_versions(("clipexport", "torch", "onnxruntime-gpu", "onnxruntime", "tensorrt",
+                                   "open-clip-torch", "numpy"))
     return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
             "cpus": os.cpu_count(), "python": platform.python_version(), "gemm_peak_gflops_per_s": peak / 1e9,
             "gpu": _gpu_name(), "versions": versions, "clipexport": clipexport.__version__}

@@ -10,6 +10,9 @@ from typing import Callable
 import numpy as np
 
 
+WARMUP = 3  # untimed calls first: ORT/TensorRT allocate and pick kernels on the first runs
+
+
 @dataclass(frozen=True)
 class Timing:
     batch: int
@@ -24,7 +27,7 @@ class Timing:
         return asdict(self)
 
 
-def measure(fn: Callable[[], object], batch: int, warmup: int = 3, min_iterations: int = 10,
+def measure(fn: Callable[[], object], batch: int, warmup: int = WARMUP, min_iterations: int = 10,
             min_seconds: float = 1.0, max_iterations: int = 1000) -> Timing:
     for _ in range(warmup):
         fn()

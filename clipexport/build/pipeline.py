@@ -8,7 +8,7 @@ from pathlib import Path
 from clipexport.build.plan import TowerBuild, plan_builds
 from clipexport.build.recipe import Recipe, resolve_recipe
 from clipexport.build.sidecar import EngineProvenance
-from clipexport.manifest import Tower, check_graph_files, read_manifest
+from clipexport.manifest import Manifest, Tower, check_graph_files, read_manifest
 from clipexport.progress import Progress, silent
 
 
@@ -20,9 +20,9 @@ class BuildOptions:
     towers: tuple[Tower, ...] = (Tower.VISION, Tower.TEXT)
 
 
-def plan_artifact(options: BuildOptions) -> tuple[Recipe, list[TowerBuild]]:
+def plan_artifact(options: BuildOptions, manifest: Manifest | None = None) -> tuple[Recipe, list[TowerBuild]]:
     """Everything a build will do, checked against the manifest; needs no TensorRT."""
-    manifest = read_manifest(options.artifact)
+    manifest = manifest or read_manifest(options.artifact)
     recipe = resolve_recipe(options.recipe)
     return recipe, plan_builds(Path(options.artifact), manifest, recipe, options.precision, options.towers)
 
@@ -31,8 +31,8 @@ def build_artifact(options: BuildOptions, progress: Progress = silent) -> list[E
     from clipexport.build.builder import build_engine, require_tensorrt
 
     require_tensorrt()  # fail before any work when TensorRT is missing
-    recipe, builds = plan_artifact(options)
     manifest = read_manifest(options.artifact)
+    recipe, builds = plan_artifact(options, manifest)
     out = []
     for build in builds:
         check_graph_files(options.artifact, manifest.tower(build.tower).graph(build.precision))

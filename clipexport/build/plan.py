@@ -44,13 +44,21 @@ class TowerBuild:
     calibration_sha256: str | None
     engine: Path
     shapes: ProfileShapes
-    strongly_typed: bool  # FP16/INT8 graphs carry their types; TensorRT must keep them
-    allow_tf32: bool  # off for fp32, so an "fp32" engine is FP32 (TF32 GEMMs drop parity to ~1e-3)
     workspace_mib: int
     optimization_level: int
     version_compatible: bool
     hardware_compatible: bool
     timing_cache: Path
+
+    @property
+    def strongly_typed(self) -> bool:
+        """FP16/INT8 graphs carry their types (FP32 LayerNorms, Q/DQ); TensorRT must keep them."""
+        return self.precision != "fp32"
+
+    @property
+    def allow_tf32(self) -> bool:
+        """Off for fp32, so an "fp32" engine is FP32 (TF32 GEMMs drop parity to ~1e-3)."""
+        return self.precision != "fp32"
 
     def trtexec(self, device_class: DeviceClass) -> list[str]:
         def dims(shape: tuple[int, ...]) -> str:
@@ -94,7 +102,6 @@ def plan_builds(artifact_dir: Path, manifest: Manifest, recipe: Recipe, precisio
             calibration_sha256=calibration.get("sha256"),
             engine=root / ENGINES_DIR / f"{tower.value}.{chosen}.plan",
             shapes=profile_shapes(artifact.inputs[0], profile, manifest.tokenizer.context_length, recipe.name),
-            strongly_typed=chosen != "fp32", allow_tf32=chosen != "fp32",
             workspace_mib=recipe.workspace_mib, optimization_level=recipe.optimization_level,
             version_compatible=recipe.version_compatible, hardware_compatible=recipe.hardware_compatible,
             timing_cache=root / ENGINES_DIR / TIMING_CACHE,

@@ -11,9 +11,10 @@ import numpy as np
 
 from clipexport._deps import require
 from clipexport.errors import ExportError
-from clipexport.export.specs import BATCH_AXIS, MIN_OPSET, MIN_SEQUENCE, SEQUENCE_AXIS, TowerSpec
+from clipexport.export.specs import BATCH_AXIS, MIN_OPSET, SEQUENCE_AXIS, TowerSpec
 from clipexport.files import sha256_file
 from clipexport.manifest import GraphFile, TensorSpec, TowerArtifact
+from clipexport.runtime.text_length import MIN_LENGTH
 from clipexport.verify.stats import l2_normalize
 
 # A protobuf cannot exceed 2 GiB; leave headroom for the graph itself.
@@ -40,7 +41,7 @@ def export_tower(module: Any, spec: TowerSpec, example: Any, out_dir: Path, opse
     dynamic = {0: torch.export.Dim(BATCH_AXIS)}
     input_shape: tuple[Any, ...] = (BATCH_AXIS, *example.shape[1:])
     if properties.get("variable_length"):
-        dynamic[1] = torch.export.Dim(SEQUENCE_AXIS, min=MIN_SEQUENCE, max=int(example.shape[1]))
+        dynamic[1] = torch.export.Dim(SEQUENCE_AXIS, min=MIN_LENGTH, max=int(example.shape[1]))
         input_shape = (BATCH_AXIS, SEQUENCE_AXIS)
     with torch.no_grad():
         expected = module(example).numpy()
@@ -59,7 +60,7 @@ def export_tower(module: Any, spec: TowerSpec, example: Any, out_dir: Path, opse
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as exc:
         raise ExportError(f"the exported {spec.tower.value} graph fails the ONNX checker: {exc}") from exc
-    _smoke_run(path, spec, example.numpy(), expected, trim_length if properties.get("variable_length") else None)
+    _smoke_run(path, spec, example.numpy(), expected, trim_length)
     data_name = f"{path.name}.data" if external else None
     graph = GraphFile(
         file=path.name,

@@ -12,10 +12,9 @@ from clipexport.manifest import Tower
 MIN_OPSET = 17
 DEFAULT_OPSET = 18
 BATCH_AXIS = "batch"
-# Variable-length text graphs: the sequence axis runs from 2 (SOT + EOT, the empty caption) to
-# the context length; torch's exporter specialises sizes 0 and 1, so 2 is also its floor.
+# Variable-length text graphs: the sequence axis runs from runtime.text_length.MIN_LENGTH to the
+# context length.
 SEQUENCE_AXIS = "sequence"
-MIN_SEQUENCE = 2
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import numpy as np
 
 from clipexport.errors import InputError
 from clipexport.manifest import Manifest, Tower
-from clipexport.verify.inputs import IMAGE_SUFFIXES, load_text_file
+from clipexport.verify.inputs import image_files, load_text_file
 
 # Where the repo keeps its default set (calibration/ at the repo root, see calibration/README.md).
 CALIBRATION_DIR_ENV = "CLIPEXPORT_CALIBRATION_DIR"
@@ -122,12 +122,7 @@ def _evenly(count: int, picks: int) -> np.ndarray:
 
 
 def _image_paths(root: Path, wanted: int) -> list[Path]:
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise InputError(f"calibration image folder {root} does not exist; pass an existing folder with --calibration-images")
-    paths = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    if not paths:
-        raise InputError(f"calibration image folder {root} has no images ({', '.join(IMAGE_SUFFIXES)})")
+    paths = image_files(root, "--calibration-images", "calibration image folder")
     if len(paths) < wanted:
         raise InputError(f"calibration image folder {root} has {len(paths)} images but calibration needs {wanted} "
                          "(--calibration-size plus the validation split); add images or lower --calibration-size")

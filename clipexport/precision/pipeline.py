@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from clipexport._deps import require
+from clipexport._deps import installed_versions, require
 from clipexport.errors import InputError
+from clipexport.export.onnx_export import EXTERNAL_DATA_THRESHOLD_BYTES
 from clipexport.files import make_public, sha256_file, write_json_atomic
 from clipexport.manifest import GraphFile, Manifest, Tower, TowerArtifact, check_graph_files, read_manifest, write_manifest
 from clipexport.precision import fp16 as fp16_mod
@@ -31,8 +32,7 @@ if TYPE_CHECKING:
     import onnx
 
 SENSITIVITY_REPORT = "sensitivity.json"
-# A protobuf cannot exceed 2 GiB; larger graphs keep their weights in a side file.
-EXTERNAL_DATA_THRESHOLD_BYTES = int(1.8 * 2**30)
+TOOL_DISTRIBUTIONS = ("onnx", "onnxruntime-gpu", "onnxruntime", "nvidia-modelopt")  # recorded per variant
 
 
 class Precision(str, Enum):
@@ -81,13 +81,12 @@ def quantize_artifact(options: QuantizeOptions, progress: Progress = silent) -> 
             expected = run_model(fp32_path, artifact, calibration.validation)
             if options.precision is Precision.FP16:
                 progress(f"{tower.value}: converting to mixed FP16 (ModelOpt autocast)")
-                model, details, sensitivity = _fp16(fp32_path, calibration, options.fp16_io)
+                model, details, sensitivity, parity = _fp16(fp32_path, artifact, calibration, options.fp16_io, expected)
             else:
                 progress(f"{tower.value}: calibrating INT8 for {options.target.value} ({method.value}, "
                          f"{len(calibration.calibration)} samples)")
-                model, details, sensitivity = _int8(onnx, fp32_path, artifact, tower, calibration, options, method,
-                                                    expected, progress)
-            parity = embedding_parity(expected, run_model(model, artifact, calibration.validation))
+                model, details, sensitivity, parity = _int8(onnx, fp32_path, artifact, tower, calibration, options,
+                                                            method, expected, progress)
             progress(f"{tower.value}: {options.precision.value} vs FP32 on validation: "
                      f"min cos {parity.min_cosine:.5f}, mean {parity.mean_cosine:.5f}")
             details["validation_parity"] = parity.to_dict()
@@ -108,12 +107,15 @@ def _calibration(manifest: Manifest, tower: Tower, options: QuantizeOptions) -> 
     source = options.calibration
     if options.precision is Precision.FP16:
         # FP16 needs no ranges, only real samples for autocast's overflow check.
-        source = CalibrationSource(images=source.images, texts=source.texts,
-                                   size=min(source.size, fp16_mod.REFERENCE_SAMPLES), validation_size=source.validation_size)
+        source = replace(source, size=min(source.size, fp16_mod.REFERENCE_SAMPLES))
     return load_calibration(manifest, tower, source)
 
 
-def _fp16(fp32_path: Path, calibration: CalibrationData, fp16_io: bool) -> tuple["onnx.ModelProto", dict[str, Any], list]:
+Converted = tuple["onnx.ModelProto", dict[str, Any], list[LayerSensitivity], EmbeddingParity]  # + validation parity
+
+
+def _fp16(fp32_path: Path, artifact: TowerArtifact, calibration: CalibrationData, fp16_io: bool,
+          expected: Any) -> Converted:
     model, tail = fp16_mod.convert_fp16(fp32_path, calibration.input_name, calibration.calibration,
                                         keep_io_types=not fp16_io)
     details = {
@@ -124,13 +126,13 @@ def _fp16(fp32_path: Path, calibration: CalibrationData, fp16_io: bool) -> tuple
         "fp32_nodes": fp16_mod.fp32_nodes(model),
         "data_max": fp16_mod.DATA_MAX,
         "reference_samples": calibration.describe(),
-        "versions": _versions(),
+        "versions": installed_versions(TOOL_DISTRIBUTIONS),
     }
-    return model, details, []
+    return model, details, [], embedding_parity(expected, run_model(model, artifact, calibration.validation))
 
 
 def _int8(onnx: Any, fp32_path: Path, artifact: TowerArtifact, tower: Tower, calibration: CalibrationData, options: QuantizeOptions,
-          method: CalibrationMethod, expected: Any, progress: Progress) -> tuple["onnx.ModelProto", dict[str, Any], list]:
+          method: CalibrationMethod, expected: Any, progress: Progress) -> Converted:
     original = onnx.load(str(fp32_path))
     defaults = sensitive_defaults(original, tower)
     quantized = quantize_int8(fp32_path, calibration, options.target, method, defaults)
@@ -149,7 +151,7 @@ def _int8(onnx: Any, fp32_path: Path, artifact: TowerArtifact, tower: Tower, cal
     if failing and options.fallback:
         result = fallback_until(quantized, original, artifact, calibration.validation, expected,
                                 [s.node for s in sensitivity], target, progress)
-        model, restored, steps = result.model, result.restored, steps + result.steps
+        model, restored, steps, parity = result.model, result.restored, steps + result.steps, result.parity
     details = {
         "method": ("modelopt.onnx.quantization int8 (TensorRT Q/DQ placement)" if options.target is Target.TENSORRT
                    else "onnxruntime.quantization quantize_static QDQ (MatMul/Gemm, per-channel S8S8)"),
@@ -161,9 +163,9 @@ def _int8(onnx: Any, fp32_path: Path, artifact: TowerArtifact, tower: Tower, cal
         "high_precision_nodes": {"sensitive_by_default": defaults, "fallback": list(restored)},
         "fallback_target": {"min_cosine": target.min_cosine, "mean_cosine": target.mean_cosine},
         "fallback_steps": [{"restored": c, "min_cosine": lo, "mean_cosine": mean} for c, lo, mean in steps],
-        "versions": _versions(),
+        "versions": installed_versions(TOOL_DISTRIBUTIONS),
     }
-    return model, details, sensitivity
+    return model, details, sensitivity, parity
 
 
 def _save(onnx: Any, model: "onnx.ModelProto", staging: Path, name: str, details: dict[str, Any]) -> GraphFile:
@@ -190,15 +192,3 @@ def _publish(staging: Path, root: Path) -> None:
     for item in sorted(p for p in staging.iterdir() if p.is_file()):
         make_public(item)
         item.replace(root / item.name)
-
-
-def _versions() -> dict[str, str]:
-    from importlib import metadata
-
-    out = {}
-    for dist in ("onnx", "onnxruntime-gpu", "onnxruntime", "nvidia-modelopt"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            pass
-    return out

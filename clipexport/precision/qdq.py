@@ -9,7 +9,6 @@ then drops the Q/DQ nodes nobody reads any more.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
@@ -33,10 +32,6 @@ def quantized_nodes(model: onnx.ModelProto) -> list[str]:
         if any(producers.get(name) is not None and producers[name].op_type == DEQUANTIZE for name in node.input):
             out.append(node.name)
     return out
-
-
-def node_types(model: onnx.ModelProto) -> dict[str, str]:
-    return {node.name: node.op_type for node in model.graph.node}
 
 
 def restore_high_precision(quantized: onnx.ModelProto, original: onnx.ModelProto,
@@ -136,12 +131,4 @@ def _producers(model: onnx.ModelProto) -> dict:
     for node in model.graph.node:
         for name in node.output:
             out[name] = node
-    return out
-
-
-def consumers(model: onnx.ModelProto) -> dict[str, list]:
-    out: dict[str, list] = defaultdict(list)
-    for node in model.graph.node:
-        for name in node.input:
-            out[name].append(node)
     return out

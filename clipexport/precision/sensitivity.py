@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -130,8 +130,7 @@ def layer_sensitivity(quantized: "onnx.ModelProto", original: "onnx.ModelProto",
 
 def fallback_until(quantized: "onnx.ModelProto", original: "onnx.ModelProto", tower: TowerArtifact,
                    validation: np.ndarray, expected: np.ndarray, ranking: list[str], target: Gate,
-                   progress: Progress = silent,
-                   measure: Callable[..., np.ndarray] = run_model) -> FallbackResult:
+                   progress: Progress = silent) -> FallbackResult:
     """Restore the 1, 2, 4, ... most sensitive nodes until `target` holds on the validation split
     (called once the fully quantized graph has missed it)."""
     steps = []
@@ -139,7 +138,7 @@ def fallback_until(quantized: "onnx.ModelProto", original: "onnx.ModelProto", to
     for count in dict.fromkeys(counts):
         restored = tuple(ranking[:count])
         candidate = qdq.restore_high_precision(quantized, original, restored)
-        parity = embedding_parity(expected, measure(candidate, tower, validation))
+        parity = embedding_parity(expected, run_model(candidate, tower, validation))
         steps.append((count, parity.min_cosine, parity.mean_cosine))
         progress(f"validation with {count} node(s) in high precision: min cos {parity.min_cosine:.5f}, "
                  f"mean {parity.mean_cosine:.5f}")

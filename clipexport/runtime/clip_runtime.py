@@ -122,9 +122,10 @@ def open_backend(root: Path, manifest: Manifest, tower: Tower, precision: str, b
     - onnxruntime: the ONNX graph, TensorRT/CUDA providers when their libraries load, else CPU;
     - tensorrt: the engine built by `clipexport build` (engines/<tower>.<precision>.plan);
     - onnxruntime-trt: ONNX Runtime's TensorRT provider, caching its engines in engines/ort-trt/."""
+    from clipexport.build.plan import ENGINES_DIR
+
     artifact = manifest.tower(tower)
     if backend == "tensorrt":
-        from clipexport.build.plan import ENGINES_DIR
         from clipexport.runtime.backends.tensorrt import TensorRTBackend
 
         plan = root / ENGINES_DIR / f"{tower.value}.{precision}.plan"
@@ -135,7 +136,7 @@ def open_backend(root: Path, manifest: Manifest, tower: Tower, precision: str, b
 
     graph = check_graph_files(root, artifact.graph(precision))
     if backend == "onnxruntime-trt":
-        providers = [tensorrt_provider(root / "engines" / "ort-trt", precision), "CUDAExecutionProvider"]
+        providers = [tensorrt_provider(root / ENGINES_DIR / "ort-trt", precision), "CUDAExecutionProvider"]
     return OnnxRuntimeBackend(graph, artifact, providers=providers, threads=threads)
 
 

@@ -12,7 +12,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-MIN_LENGTH = 2  # SOT + EOT: the exporter's floor for the sequence axis
+# SOT + EOT, the empty caption: the shortest cut, and the exporter's floor for the sequence axis
+# (torch's exporter specialises sizes 0 and 1).
+MIN_LENGTH = 2
 
 
 def trimmed_length(ids: np.ndarray, pooling: str, eot_id: int) -> int:

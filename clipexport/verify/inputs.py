@@ -73,15 +73,21 @@ def synthetic_images(count: int = DEFAULT_NUM_IMAGES, seed: int = DEFAULT_SEED) 
     return images
 
 
+def image_files(folder: str | Path, option: str = "--images", what: str = "image folder") -> list[Path]:
+    """Every image file in a folder, sorted by name; one clear line naming `option` when there is none."""
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise InputError(f"{what} {root} does not exist; pass an existing folder with {option}")
+    paths = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not paths:
+        raise InputError(f"{what} {root} has no images ({', '.join(IMAGE_SUFFIXES)}); add some or drop {option}")
+    return paths
+
+
 def load_image_folder(folder: str | Path) -> tuple[list[Any], list[str]]:
     """(images, names) of every image file in a folder, sorted by name."""
     Image = require("PIL.Image", "reading images")
-    root = Path(folder).expanduser()
-    if not root.is_dir():
-        raise InputError(f"image folder {root} does not exist; pass an existing folder with --images")
-    paths = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if not paths:
-        raise InputError(f"image folder {root} has no images ({', '.join(IMAGE_SUFFIXES)}); add some or drop --images")
+    paths = image_files(folder)
     images = []
     for path in paths:
         try:

@@ -42,13 +42,11 @@ class TensorRTBackend:
         self.input_name = tower.inputs[0].name
         self.output_name = tower.outputs[0].name
         self.input_dtype = np.dtype(tower.inputs[0].dtype)
-        self.fixed_shape = tuple(tower.inputs[0].shape[1:])
         self.engine_input_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(self.input_name)))
         self.engine_output_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(self.output_name)))
         low, _, high = self.engine.get_tensor_profile_shape(self.input_name, 0)
         self.profile_min, self.profile_max = tuple(low), tuple(high)
         self.max_batch = int(high[0])
-        self._cuda = cuda
         self._stream = cuda.Stream()
         self._device_in = cuda.DeviceArray(shape=(0,), dtype=self.engine_input_dtype)
         self._device_out = cuda.DeviceArray(shape=(0,), dtype=self.engine_output_dtype)
