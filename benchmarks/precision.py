@@ -53,7 +53,7 @@ def main() -> None:
     parser.add_argument("--name", default=None, help="results file suffix (default: the artifact folder's name)")
     args = parser.parse_args()
 
-    from clipexport.manifest import Tower, check_graph_files, read_manifest
+    from clipexport.artifact.manifest import Tower, check_graph_files, read_manifest
     from clipexport.runtime.backends.onnxruntime import OnnxRuntimeBackend
 
     manifest = read_manifest(args.artifact)
@@ -76,7 +76,7 @@ def main() -> None:
                     seconds = best_time(lambda: backend.run(data), args.repeats)
                     rows.append({"tower": tower.value, "precision": precision, "batch": batch,
                                  "items_per_s": batch / seconds, "ms_per_batch": 1000 * seconds,
-                                 "target": graph.details.get("target")})
+                                 "target": graph.details.target})
                     print(f"{tower.value:<6} {precision:<5} batch {batch:>3}: {batch / seconds:8.1f} items/s", flush=True)
     for row in rows:
         base = next(r for r in rows if r["tower"] == row["tower"] and r["batch"] == row["batch"] and r["precision"] == "fp32")

@@ -47,7 +47,7 @@ def main() -> None:
 
     from clipexport.files import write_json_atomic
     from clipexport.runtime import ClipTokenizer, ImagePreprocessor
-    from clipexport.verify.inputs import DEFAULT_CAPTIONS, synthetic_images
+    from clipexport.datasets import DEFAULT_CAPTIONS, synthetic_images
 
     rng = np.random.default_rng(0)
     words = "a photo of the big small red blue cat dog car house tree on in with at night".split()

@@ -35,15 +35,15 @@ def main() -> None:
     parser.add_argument("--name", default=None)
     args = parser.parse_args()
 
-    from clipexport.manifest import Tower, check_graph_files, read_manifest
+    from clipexport.artifact.manifest import Tower, check_graph_files, read_manifest
     from clipexport.runtime.backends.onnxruntime import OnnxRuntimeBackend
     from clipexport.runtime.text_length import trim
     from clipexport.runtime.tokenizer import ClipTokenizer
-    from clipexport.verify.stats import embedding_parity
+    from clipexport.parity.stats import embedding_parity
 
     manifest = read_manifest(args.artifact)
     text = manifest.tower(Tower.TEXT)
-    if not text.properties.get("variable_length"):
+    if not text.properties.variable_length:
         raise SystemExit(f"{args.artifact}'s text graph is fixed-length: re-export it with this clipexport")
     prompts = [f"a photo of a {label}." for label in LABELS]
     ids = ClipTokenizer.from_manifest(manifest.tokenizer)(prompts)

@@ -1,8 +1,8 @@
-"""The command line: parse, call one library function, print. User mistakes print one line."""
+"""The command line: parse, call one library function, print. Every failure the tool can name
+prints one `error:` line; the exit code says what kind of failure it was (see EXIT_CODES)."""
 
 from __future__ import annotations
 
-import functools
 import logging
 import sys
 from pathlib import Path
@@ -11,35 +11,66 @@ from typing import Any, Callable
 import click
 
 from clipexport import __version__
+from clipexport.artifact.precision import QUANTIZED, Precision
 from clipexport.errors import ClipExportError
 from clipexport.progress import StepPrinter
+from clipexport.runtime.backends import BackendKind
+
+EXIT_INTERRUPTED = 130  # the shell's code for SIGINT
+EXIT_CODES = """\b
+Exit codes:
+  0    success
+  1    verify: parity below the gate
+  2    a user mistake: bad input, path, name, option, or a damaged artifact
+  3    the environment: a missing library, no GPU, no network
+  4    a step failed on valid input: tracing, building an engine, running a backend
+  130  interrupted (Ctrl-C or SIGTERM)"""
+
+PRECISIONS = [p.value for p in Precision]
+BACKENDS = [b.value for b in BackendKind]
 
 
-def _user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn ClipExportError into `error: ...` and exit code 2; real bugs keep their traceback."""
+class _Cli(click.Group):
+    """Click prints usage errors as three lines and Ctrl-C as "Aborted!" with exit 1; here every
+    failure is one `error:` line with the exit code of its kind."""
 
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
         try:
-            return func(*args, **kwargs)
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.NoArgsIsHelpError as exc:
+            click.echo(exc.ctx.get_help() if exc.ctx else str(exc))
+            code = 0
+        except click.ClickException as exc:
+            ctx = getattr(exc, "ctx", None)
+            hint = f" (see: {ctx.command_path} --help)" if ctx else ""
+            click.echo(f"error: {exc.format_message()}{hint}", err=True)
+            code = exc.exit_code
         except ClipExportError as exc:
             click.echo(f"error: {exc}", err=True)
-            sys.exit(2)
-
-    return wrapper
+            code = exc.exit_code
+        except (click.exceptions.Abort, KeyboardInterrupt):
+            click.echo("error: interrupted; nothing half-written was left behind", err=True)
+            code = EXIT_INTERRUPTED
+        if not standalone_mode:
+            return code
+        sys.exit(code if isinstance(code, int) else 0)
 
 
 def _progress(quiet: bool) -> Callable[[str], None]:
     return (lambda _: None) if quiet else StepPrinter(lambda line: click.echo(line, err=True))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES)
 @click.version_option(__version__, prog_name="clipexport")
 def main() -> None:
     """Export CLIP models to ONNX/TensorRT and prove the numbers match PyTorch."""
     # open_clip and transformers log warnings on the root logger (e.g. "initialized randomly");
     # our own progress lines say the same thing once.
     logging.getLogger().setLevel(logging.ERROR)
+    from clipexport.signals import sigterm_as_interrupt
+
+    sigterm_as_interrupt()
 
 
 @main.command()
@@ -48,12 +79,11 @@ def main() -> None:
 @click.option("--output", "-o", required=True, type=click.Path(path_type=Path), help="Artifact folder to create.")
 @click.option("--source", type=click.Choice(["auto", "open_clip", "hf"]), default="auto", show_default=True,
               help="Model library; auto picks hf for a save_pretrained folder or an org/name hub id.")
-@click.option("--opset", type=int, default=None, help="ONNX opset (>= 17). Default: 18.")
+@click.option("--opset", type=int, default=None, help="ONNX opset, 17 or newer (up to what the installed onnx knows). Default: 18.")
 @click.option("--normalize/--no-normalize", default=True, show_default=True, help="L2-normalise the embeddings inside the graphs.")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty output folder.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for --pretrained random.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
-@_user_errors
 def export(model: str, pretrained: str | None, output: Path, source: str, opset: int | None,
            normalize: bool, overwrite: bool, seed: int, quiet: bool) -> None:
     """Export the vision and text towers of MODEL to ONNX, with manifest.json.
@@ -62,29 +92,29 @@ def export(model: str, pretrained: str | None, output: Path, source: str, opset:
     a Hugging Face hub id, or a local save_pretrained folder.
     """
     from clipexport.export.pipeline import ExportOptions, export_model
-    from clipexport.export.sources import SourceChoice
+    from clipexport.sources import SourceChoice
     from clipexport.export.specs import DEFAULT_OPSET
 
     options = ExportOptions(model=model, output=output, pretrained=pretrained, source=SourceChoice(source),
-                            opset=opset or DEFAULT_OPSET, normalize=normalize, overwrite=overwrite, seed=seed)
+                            opset=DEFAULT_OPSET if opset is None else opset, normalize=normalize, overwrite=overwrite, seed=seed)
     manifest = export_model(options, _progress(quiet))
-    towers = ", ".join(f"{t.value}: {a.graphs['fp32'].file}" for t, a in manifest.towers.items())
+    towers = ", ".join(f"{t.value}: {a.graph(Precision.FP32).file}" for t, a in manifest.towers.items())
     click.echo(f"exported {model} to {output} ({towers}; embed dim {manifest.embed_dim})")
 
 
 @main.command()
 @click.argument("artifact", type=click.Path(path_type=Path))
-@click.option("--images", type=click.Path(path_type=Path), default=None, help="Folder of your own images (default: seeded synthetic images).")
+@click.option("--images", type=click.Path(path_type=Path), default=None,
+              help="Folder of your own images (default: the shipped held-out photos plus seeded synthetic images).")
 @click.option("--texts", type=click.Path(path_type=Path), default=None, help="UTF-8 file, one caption per line (default: built-in captions).")
-@click.option("--num-images", type=int, default=None, help="How many synthetic images (without --images).")
-@click.option("--batch-size", type=int, default=None, help="Batch size for the exported graphs.")
-@click.option("--precision", "precisions", multiple=True, type=click.Choice(["fp32", "fp16", "int8", "all"]),
+@click.option("--num-images", type=click.IntRange(min=1), default=None, help="How many synthetic images (without --images).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Batch size for the exported graphs.")
+@click.option("--precision", "precisions", multiple=True, type=click.Choice([*PRECISIONS, "all"], case_sensitive=False),
               help="Graph variant(s) to check (repeatable); all = every variant in the manifest. Default: fp32.")
-@click.option("--backend", "backends", multiple=True, type=click.Choice(["onnxruntime", "tensorrt", "onnxruntime-trt"]),
+@click.option("--backend", "backends", multiple=True, type=click.Choice(BACKENDS, case_sensitive=False),
               help="Where to run the candidate (repeatable): ONNX Runtime CPU (default), the TensorRT engines "
                    "from `clipexport build`, or ONNX Runtime's TensorRT provider.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
-@_user_errors
 def verify(artifact: Path, images: Path | None, texts: Path | None, num_images: int | None,
            batch_size: int | None, precisions: tuple[str, ...], backends: tuple[str, ...], quiet: bool) -> None:
     """Compare ARTIFACT's graphs with the PyTorch FP32 model; write parity.json; exit 1 below a gate.
@@ -92,13 +122,13 @@ def verify(artifact: Path, images: Path | None, texts: Path | None, num_images: 
     Gates per tower (min / mean cosine of the embeddings): fp32 >= 0.99999, fp16 >= 0.999,
     int8 >= 0.98 / 0.99. Zero-shot top-1 agreement with PyTorch is reported for each variant.
     """
-    from clipexport.verify import inputs
+    from clipexport import datasets as inputs
     from clipexport.verify.run import DEFAULT_BATCH_SIZE, VerifyOptions, verify_artifact
 
     options = VerifyOptions(artifact=artifact, images=images, texts=texts,
-                            num_images=num_images or inputs.DEFAULT_NUM_IMAGES,
-                            batch_size=batch_size or DEFAULT_BATCH_SIZE, precisions=precisions or ("fp32",),
-                            backends=backends or ("onnxruntime",))
+                            num_images=inputs.DEFAULT_NUM_IMAGES if num_images is None else num_images,
+                            batch_size=DEFAULT_BATCH_SIZE if batch_size is None else batch_size,
+                            precisions=precisions or (Precision.FP32,), backends=backends or (BackendKind.ONNXRUNTIME,))
     report = verify_artifact(options, _progress(quiet))
     click.echo(report.table())
     click.echo(f"wrote {Path(artifact) / 'parity.json'}")
@@ -109,7 +139,8 @@ def verify(artifact: Path, images: Path | None, texts: Path | None, num_images: 
 
 @main.command()
 @click.argument("artifact", type=click.Path(path_type=Path))
-@click.option("--precision", type=click.Choice(["fp16", "int8"]), required=True, help="Variant to add to ARTIFACT.")
+@click.option("--precision", type=click.Choice([p.value for p in QUANTIZED], case_sensitive=False), required=True,
+              help="Variant to add to ARTIFACT.")
 @click.option("--towers", default="vision,text", show_default=True, help="Comma-separated towers to convert.")
 @click.option("--target", type=click.Choice(["tensorrt", "cpu"]), default="tensorrt", show_default=True,
               help="INT8 Q/DQ placement: TensorRT's (ModelOpt, FP16 elsewhere) or ONNX Runtime CPU's (MatMul/Gemm S8S8).")
@@ -119,34 +150,33 @@ def verify(artifact: Path, images: Path | None, texts: Path | None, num_images: 
               help="Folder of images like the ones you will serve (default: the repo's calibration/images).")
 @click.option("--calibration-texts", type=click.Path(path_type=Path), default=None,
               help="UTF-8 file, one caption per line (default: the repo's calibration/captions.txt).")
-@click.option("--calibration-size", type=int, default=None, help="Calibration samples per tower (default: 128).")
+@click.option("--calibration-size", type=click.IntRange(min=1), default=None, help="Calibration samples per tower (default: 128).")
 @click.option("--sensitivity", is_flag=True, help="Measure every quantized node's error; write sensitivity.json and print the worst.")
 @click.option("--fallback/--no-fallback", default=True, show_default=True,
               help="Keep the most sensitive INT8 nodes in high precision until the accuracy target holds.")
 @click.option("--io-dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
               help="FP16 graphs' input/output type (the runtime converts either way).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
-@_user_errors
 def quantize(artifact: Path, precision: str, towers: str, target: str, method: str | None,
              calibration_images: Path | None, calibration_texts: Path | None, calibration_size: int | None,
              sensitivity: bool, fallback: bool, io_dtype: str, quiet: bool) -> None:
     """Add FP16 or calibrated INT8 graphs to ARTIFACT (vision.<precision>.onnx, text.<precision>.onnx)."""
     from clipexport.precision.calibration import DEFAULT_CALIBRATION_SIZE, CalibrationSource
     from clipexport.precision.int8 import CalibrationMethod, Target
-    from clipexport.precision.pipeline import Precision, QuantizeOptions, quantize_artifact
+    from clipexport.precision.pipeline import QuantizeOptions, quantize_artifact
 
     options = QuantizeOptions(
-        artifact=artifact, precision=Precision(precision), towers=_towers(towers), target=Target(target),
+        artifact=artifact, precision=Precision.parse(precision), towers=_towers(towers), target=Target(target),
         method=CalibrationMethod(method) if method else None,
         calibration=CalibrationSource(images=calibration_images, texts=calibration_texts,
-                                      size=calibration_size or DEFAULT_CALIBRATION_SIZE),
+                                      size=DEFAULT_CALIBRATION_SIZE if calibration_size is None else calibration_size),
         sensitivity=sensitivity, fallback=fallback, fp16_io=io_dtype == "float16")
     _, outcomes = quantize_artifact(options, _progress(quiet))
     for outcome in outcomes:
         p = outcome.parity
         click.echo(f"{outcome.tower.value}: {outcome.graph.file} (validation vs FP32: min cos {p.min_cosine:.5f}, "
                    f"mean {p.mean_cosine:.5f})")
-        restored = set(outcome.graph.details.get("high_precision_nodes", {}).get("fallback", []))
+        restored = set(outcome.graph.details.fallback_nodes)
         if outcome.sensitivity:
             click.echo(f"  most sensitive of {len(outcome.sensitivity)} quantized nodes (relative output error; "
                        f"* = kept in high precision by the fallback, {len(restored)} in all):")
@@ -158,7 +188,7 @@ def quantize(artifact: Path, precision: str, towers: str, target: str, method: s
 
 def _towers(value: str) -> tuple[Any, ...]:
     from clipexport.errors import InputError
-    from clipexport.manifest import Tower
+    from clipexport.artifact.manifest import Tower
 
     names = [v.strip() for v in value.split(",") if v.strip()]
     try:
@@ -169,18 +199,17 @@ def _towers(value: str) -> tuple[Any, ...]:
 
 @main.command()
 @click.argument("artifact", type=click.Path(path_type=Path))
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None,
+@click.option("--precision", type=click.Choice(PRECISIONS, case_sensitive=False), default=None,
               help="Which ONNX variant to compile (default: the recipe's).")
-@click.option("--recipe", default=None, help="A recipe name from recipes/ (see `clipexport recipes`) or a TOML file. "
+@click.option("--recipe", default=None, help="A shipped recipe name (see `clipexport recipes`) or a TOML file. "
                                              "Default: server GPU, batch 1-128.")
 @click.option("--towers", default="vision,text", show_default=True, help="Comma-separated towers to build.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved settings and the equivalent trtexec commands; "
                                               "build nothing (works without TensorRT).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
-@_user_errors
 def build(artifact: Path, precision: str | None, recipe: str | None, towers: str, dry_run: bool, quiet: bool) -> None:
     """Compile ARTIFACT's ONNX graphs into TensorRT engines: engines/<tower>.<precision>.plan + .json provenance."""
-    from clipexport.build.pipeline import BuildOptions, build_artifact, plan_artifact
+    from clipexport.trt.pipeline import BuildOptions, build_artifact, plan_artifact
 
     options = BuildOptions(artifact=artifact, precision=precision, recipe=recipe, towers=_towers(towers))
     chosen, builds = plan_artifact(options)
@@ -192,7 +221,7 @@ def build(artifact: Path, precision: str | None, recipe: str | None, towers: str
         click.echo(f"\nmkdir -p {builds[0].engine.parent}" if builds else "")
         for item in builds:
             s = item.shapes
-            click.echo(f"\n# {item.tower.value} ({item.precision}): {item.onnx.name} -> {item.engine.name}; "
+            click.echo(f"\n# {item.tower.value} ({item.precision.value}): {item.onnx.name} -> {item.engine.name}; "
                        f"{s.input_name} min {list(s.min)} opt {list(s.opt)} max {list(s.max)}; "
                        f"workspace {item.workspace_mib} MiB; strongly typed {item.strongly_typed}")
             click.echo(item.command(chosen.device_class))
@@ -204,19 +233,18 @@ def build(artifact: Path, precision: str | None, recipe: str | None, towers: str
 
 @main.command("recipes")
 @click.argument("name", required=False)
-@_user_errors
 def recipes(name: str | None) -> None:
     """List the build recipes, or show one (validated) by NAME."""
-    from clipexport.build.recipe import list_recipes, load_recipe, resolve_recipe
+    from clipexport.trt.recipe import list_recipes, load_recipe, resolve_recipe
 
     if name is None:
         for path in list_recipes():
             recipe = load_recipe(path)
-            click.echo(f"{recipe.name:<24} {recipe.precision:<5} {recipe.description}")
+            click.echo(f"{recipe.name:<24} {recipe.precision.value:<5} {recipe.description}")
         return
     recipe = resolve_recipe(name)
     click.echo(f"{recipe.name}: {recipe.description}\nsource: {recipe.source}\ndevice: {recipe.device} "
-               f"[{recipe.device_class.value}]\nprecision: {recipe.precision}\nworkspace: {recipe.workspace_mib} MiB\n"
+               f"[{recipe.device_class.value}]\nprecision: {recipe.precision.value}\nworkspace: {recipe.workspace_mib} MiB\n"
                f"optimization level: {recipe.optimization_level}\nversion compatible: {recipe.version_compatible}\n"
                f"hardware compatible: {recipe.hardware_compatible}")
     for tower, profile in recipe.profiles.items():
@@ -229,16 +257,15 @@ def recipes(name: str | None) -> None:
 @main.command()
 @click.argument("artifact", type=click.Path(path_type=Path))
 @click.option("--backends", default="pytorch,onnxruntime", show_default=True,
-              help="Comma-separated: pytorch (the eager baseline), onnxruntime, tensorrt.")
-@click.option("--precisions", default="fp32", show_default=True, help="Comma-separated: fp32, fp16, int8.")
+              help=f"Comma-separated: pytorch (the eager baseline), {', '.join(BACKENDS)}.")
+@click.option("--precisions", default="fp32", show_default=True, help=f"Comma-separated: {', '.join(PRECISIONS)}.")
 @click.option("--batch-sizes", default="1,8,32", show_default=True, help="Comma-separated batch sizes.")
-@click.option("--towers", default="vision,text", show_default=True)
-@click.option("--min-iterations", type=int, default=10, show_default=True, help="Timed calls per point (at least).")
-@click.option("--min-seconds", type=float, default=1.0, show_default=True, help="Timed seconds per point (at least).")
+@click.option("--towers", default="vision,text", show_default=True, help="Comma-separated towers to time.")
+@click.option("--min-iterations", type=click.IntRange(min=1), default=10, show_default=True, help="Timed calls per point (at least).")
+@click.option("--min-seconds", type=click.FloatRange(min=0), default=1.0, show_default=True, help="Timed seconds per point (at least).")
 @click.option("--cpu", "cpu_only", is_flag=True, help="Pin ONNX Runtime and PyTorch to the CPU.")
 @click.option("--output", "-o", type=click.Path(path_type=Path), default=None, help="Report folder (default: ARTIFACT/bench).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
-@_user_errors
 def bench(artifact: Path, backends: str, precisions: str, batch_sizes: str, towers: str, min_iterations: int,
           min_seconds: float, cpu_only: bool, output: Path | None, quiet: bool) -> None:
     """Throughput and p50/p90/p99 latency per tower x backend x precision x batch, vs PyTorch eager;
@@ -262,76 +289,63 @@ def _csv(value: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in value.split(",") if v.strip())
 
 
-def _image_paths(images: tuple[str, ...]) -> list[Path]:
-    from clipexport.verify.inputs import IMAGE_SUFFIXES
-
-    paths: list[Path] = []
-    for item in images:
-        path = Path(item)
-        paths.extend(sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if path.is_dir() else [path])
-    return paths
-
-
 @main.command()
 @click.argument("artifact", type=click.Path(path_type=Path))
 @click.option("--images", multiple=True, help="Image file or folder (repeatable).")
-@click.option("--texts", type=click.Path(path_type=Path), default=None, help="UTF-8 file, one text per line.")
-@click.option("--output", "-o", required=True, type=click.Path(path_type=Path), help="Where to write the .npy embeddings.")
-@click.option("--precision", default="fp32", show_default=True)
-@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--texts", type=click.Path(path_type=Path), default=None,
+              help="UTF-8 file, one text per line; every line is a row, blank lines included (the empty caption).")
+@click.option("--output", "-o", required=True, type=click.Path(path_type=Path),
+              help="Where to write the .npy embeddings; OUTPUT.index.txt names the input of every row.")
+@click.option("--precision", type=click.Choice(PRECISIONS, case_sensitive=False), default="fp32", show_default=True,
+              help="Graph variant to run.")
+@click.option("--backend", type=click.Choice(BACKENDS, case_sensitive=False), default="onnxruntime", show_default=True,
+              help="Where to run the graphs.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Inputs per run.")
 @click.option("--skip-bad", is_flag=True, help="Skip unreadable images (and list them) instead of stopping.")
-@_user_errors
-def embed(artifact: Path, images: tuple[str, ...], texts: Path | None, output: Path, precision: str,
-          batch_size: int, skip_bad: bool) -> None:
+@click.option("--exif-transpose", is_flag=True, help="Rotate photos by their EXIF orientation first (open_clip does not).")
+def embed(artifact: Path, images: tuple[str, ...], texts: Path | None, output: Path, precision: str, backend: str,
+          batch_size: int, skip_bad: bool, exif_transpose: bool) -> None:
     """Embed images or texts with ARTIFACT (no torch) and save float32 [N, D] to OUTPUT."""
-    import io
+    from clipexport.runtime.embed import EmbedRequest, embed_to_file
 
-    import numpy as np
+    request = EmbedRequest(artifact=artifact, output=output, images=images, texts=texts, precision=precision,
+                           backend=backend, batch_size=batch_size, skip_bad=skip_bad, exif_transpose=exif_transpose)
+    with click.progressbar(length=1, label="embedding", file=sys.stderr) as bar:
+        def advance(done: int, total: int) -> None:
+            bar.length = total
+            bar.update(done)
 
-    from clipexport.errors import InputError
-    from clipexport.files import write_bytes_atomic
-    from clipexport.runtime import ClipRuntime
-    from clipexport.verify.inputs import load_text_file
-
-    if bool(images) == bool(texts):
-        raise InputError("pass either --images or --texts (one kind per output file)")
-    runtime = ClipRuntime.load(artifact, precision=precision)
-    if texts:
-        embeddings = runtime.encode_text(load_text_file(texts), batch_size=batch_size)
-    else:
-        paths = _image_paths(images)
-        chunks = []
-        with click.progressbar(range(0, len(paths), batch_size), label="embedding images", file=sys.stderr) as bar:
-            for start in bar:
-                batch, skipped = runtime.preprocessor.process(paths[start:start + batch_size],
-                                                              on_error="skip" if skip_bad else "raise")
-                for s in skipped:
-                    click.echo(f"skipped {s.name}: {s.reason}", err=True)
-                if len(batch):
-                    chunks.append(runtime.encode_pixels(batch))
-        embeddings = np.concatenate(chunks) if chunks else np.zeros((0, runtime.manifest.embed_dim), np.float32)
-    buffer = io.BytesIO()
-    np.save(buffer, embeddings)
-    write_bytes_atomic(output, buffer.getvalue())
-    click.echo(f"wrote {output}: {embeddings.shape[0]} x {embeddings.shape[1]} float32")
+        result = embed_to_file(request, advance)
+    for skipped in result.skipped:
+        click.echo(f"skipped {skipped.name}: {skipped.reason}", err=True)
+    click.echo(f"wrote {result.output}: {result.rows} x {result.dim} float32 (row sources: {result.index})")
 
 
 @main.command()
 @click.argument("artifact", type=click.Path(path_type=Path))
 @click.argument("images", nargs=-1, required=True)
-@click.option("--labels", required=True, help="Comma-separated class names, e.g. cat,dog,car.")
-@click.option("--template", "templates", multiple=True, help="Prompt template with {} (repeatable); default 'a photo of a {}.'")
-@click.option("--precision", default="fp32", show_default=True)
-@click.option("--top", type=int, default=3, show_default=True)
-@_user_errors
-def classify(artifact: Path, images: tuple[str, ...], labels: str, templates: tuple[str, ...], precision: str, top: int) -> None:
-    """Zero-shot classify IMAGES (files or folders) among --labels."""
+@click.option("--labels", default=None, help="Comma-separated class names, e.g. cat,dog,car.")
+@click.option("--label", "label_list", multiple=True, help="One class name (repeatable; may contain commas).")
+@click.option("--labels-file", type=click.Path(path_type=Path), default=None, help="UTF-8 file, one class name per line.")
+@click.option("--template", "templates", multiple=True, help="Prompt template with one {} (repeatable); default 'a photo of a {}.'")
+@click.option("--precision", type=click.Choice(PRECISIONS, case_sensitive=False), default="fp32", show_default=True,
+              help="Graph variant to run.")
+@click.option("--backend", type=click.Choice(BACKENDS, case_sensitive=False), default="onnxruntime", show_default=True,
+              help="Where to run the graphs.")
+@click.option("--top", type=click.IntRange(min=1), default=3, show_default=True, help="How many classes to print per image.")
+@click.option("--exif-transpose", is_flag=True, help="Rotate photos by their EXIF orientation first (open_clip does not).")
+def classify(artifact: Path, images: tuple[str, ...], labels: str | None, label_list: tuple[str, ...],
+             labels_file: Path | None, templates: tuple[str, ...], precision: str, backend: str, top: int,
+             exif_transpose: bool) -> None:
+    """Zero-shot classify IMAGES (files or folders) among the labels."""
+    from clipexport.datasets import image_paths
     from clipexport.runtime import ClipRuntime
+    from clipexport.runtime.embed import collect_labels
 
-    names = [label.strip() for label in labels.split(",") if label.strip()]
-    paths = _image_paths(images)
-    runtime = ClipRuntime.load(artifact, precision=precision)
-    probs = runtime.classify(paths, names, templates=templates or None)
+    names = collect_labels(labels, label_list, labels_file)
+    paths = image_paths(images)
+    with ClipRuntime.load(artifact, backend=backend, precision=precision, exif_transpose=exif_transpose) as runtime:
+        probs = runtime.classify(paths, names, templates=templates or None)
     width = max(len(str(p)) for p in paths)
     for path, row in zip(paths, probs):
         best = row.argsort()[::-1][:top]
@@ -340,7 +354,6 @@ def classify(artifact: Path, images: tuple[str, ...], labels: str, templates: tu
 
 @main.command("models")
 @click.option("--pretrained", is_flag=True, help="Also list each model's pretrained tags.")
-@_user_errors
 def models(pretrained: bool) -> None:
     """List the OpenCLIP model names (and pretrained tags) that export accepts."""
     from clipexport._deps import require

@@ -9,6 +9,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from clipexport.errors import InputError
+
 _CHUNK = 1 << 20
 
 
@@ -34,8 +36,11 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
     """Write to a temp file in the same folder, fsync, then rename over `path`."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:
+        raise InputError(f"cannot write {target} ({exc.strerror or exc}); choose a writable location") from None
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -51,3 +56,10 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
 def write_json_atomic(path: str | os.PathLike[str], payload: Any) -> None:
     text = json.dumps(payload, indent=2, sort_keys=False) + "\n"
     write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def utc_timestamp() -> str:
+    """The time an artifact, report or engine was made: UTC, to the second, ISO 8601."""
+    import datetime as _dt
+
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")

@@ -160,7 +160,7 @@ def test_verify_fails_on_a_tampered_graph(tiny_vit: Path, tmp_path: Path) -> Non
 
 
 def test_verify_exits_1_below_tolerance(tiny_vit: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from clipexport.verify import gates
+    from clipexport.parity import gates
 
     # A gate no FP32 export can meet (max abs exactly 0) must turn into exit 1 with the failing tower named.
     monkeypatch.setitem(gates.GATES, "fp32", gates.Gate(min_cosine=1.0 + 1e-9, max_abs=0.0))

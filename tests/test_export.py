@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from conftest import CONFIGS, export_dir, save_open_clip_checkpoint
-from clipexport.export.sources import reload_source
-from clipexport.export.towers import exportable
-from clipexport.manifest import read_manifest
-from clipexport.verify.gates import FP32
+from clipexport.sources import reload_source
+from clipexport.sources.towers import exportable
+from clipexport.artifact.manifest import read_manifest
+from clipexport.parity.gates import FP32
 from clipexport.verify.run import VerifyOptions, verify_artifact
 
 

@@ -23,8 +23,8 @@ def _loaded_after_import(*modules: str) -> str:
 
 def test_light_modules_import_nothing_heavy() -> None:
     assert _loaded_after_import(
-        "clipexport", "clipexport.manifest", "clipexport.files", "clipexport.errors",
-        "clipexport.verify.stats", "clipexport.verify.report", "clipexport.verify.gates", "clipexport.cli",
+        "clipexport", "clipexport.artifact.manifest", "clipexport.files", "clipexport.errors",
+        "clipexport.parity.stats", "clipexport.parity.report", "clipexport.parity.gates", "clipexport.cli",
     ) == ""
 
 
@@ -39,6 +39,7 @@ def test_runtime_backends_and_build_planning_import_nothing_heavy() -> None:
     # The TensorRT backend and `build --dry-run` must load where only the runtime is installed.
     assert _loaded_after_import(
         "clipexport.runtime", "clipexport.runtime.backends.onnxruntime", "clipexport.runtime.backends.tensorrt",
-        "clipexport.build.recipe", "clipexport.build.plan", "clipexport.build.sidecar", "clipexport.build.pipeline",
-        "clipexport.build.gpu", "clipexport.precision.calibration",
+        "clipexport.runtime.backends.onnxruntime_trt", "clipexport.runtime.embed",
+        "clipexport.trt.recipe", "clipexport.trt.profiles", "clipexport.artifact.provenance", "clipexport.trt.pipeline",
+        "clipexport.gpu", "clipexport.precision.calibration",
     ) == ""

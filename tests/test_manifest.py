@@ -4,8 +4,10 @@ from pathlib import Path
 import pytest
 
 from clipexport.errors import ManifestError
-from clipexport.manifest import (
+from clipexport.artifact.manifest import (
+    TowerProperties,
     MANIFEST_NAME,
+    SCHEMA_VERSION,
     Manifest,
     Tower,
     check_graph_files,
@@ -18,7 +20,7 @@ def test_round_trip_is_lossless(tiny_vit: Path, tmp_path: Path) -> None:
     manifest = read_manifest(tiny_vit)
     write_manifest(tmp_path, manifest)
     assert read_manifest(tmp_path) == manifest
-    assert json.loads((tmp_path / MANIFEST_NAME).read_text())["schema_version"] == 1
+    assert json.loads((tmp_path / MANIFEST_NAME).read_text())["schema_version"] == SCHEMA_VERSION
 
 
 def test_manifest_describes_everything_the_runtime_needs(tiny_vit: Path) -> None:
@@ -32,7 +34,7 @@ def test_manifest_describes_everything_the_runtime_needs(tiny_vit: Path) -> None
     assert m.logit_scale == pytest.approx(1 / 0.07, rel=1e-5)  # open_clip's init value
     assert m.preprocess.image_size == (64, 64) and m.preprocess.interpolation == "bicubic"
     assert m.tokenizer.kind == "clip_bpe" and (m.tokenizer.sot_id, m.tokenizer.eot_id, m.tokenizer.pad_id) == (49406, 49407, 0)
-    assert text.properties == {"pooling": "argmax", "causal_mask": True, "variable_length": True}
+    assert text.properties == TowerProperties(pooling="argmax", causal_mask=True, variable_length=True)
     assert m.source.checkpoint_sha256 and len(m.source.checkpoint_sha256) == 64
     assert {"clipexport", "torch", "onnx", "open_clip"} <= set(m.versions)
     for tower in Tower:

@@ -16,11 +16,11 @@ from click.testing import CliRunner
 
 from clipexport.cli import main
 from clipexport.errors import InputError
-from clipexport.manifest import Tower, read_manifest
+from clipexport.artifact.manifest import Tower, read_manifest
 from clipexport.precision.calibration import CalibrationSource
 from clipexport.precision.int8 import Target
 from clipexport.precision.pipeline import Precision, QuantizeOptions, quantize_artifact
-from clipexport.verify.gates import GATES
+from clipexport.parity.gates import GATES
 from clipexport.verify.run import VerifyOptions, verify_artifact
 
 SMALL = CalibrationSource(size=24)  # tiny models calibrate in a second on 24 samples
@@ -57,12 +57,12 @@ def test_variants_are_recorded_in_the_manifest(tiny_quantized: Path) -> None:
         fp16, int8 = graphs["fp16"], graphs["int8"]
         assert fp16.file == f"{tower.value}.fp16.onnx" and int8.file == f"{tower.value}.int8.onnx"
         assert (tiny_quantized / fp16.file).is_file() and len(fp16.sha256) == 64
-        assert "LayerNormalization" in fp16.details["fp32_op_types"] and fp16.details["fp32_tail_nodes"]
-        assert fp16.details["validation_parity"]["min_cosine"] > GATES["fp16"].min_cosine
-        assert int8.details["target"] == "cpu" and int8.details["calibration_method"] == "max"
-        assert len(int8.details["calibration"]["sha256"]) == 64 and int8.details["calibration"]["samples"] == 24
-        assert int8.details["quantized_nodes"] > 0
-        assert int8.details["high_precision_nodes"]["sensitive_by_default"]  # final projection at least
+        assert "LayerNormalization" in fp16.details.fp32_op_types and fp16.details.fp32_tail_nodes
+        assert fp16.details.validation_parity["min_cosine"] > GATES["fp16"].min_cosine
+        assert int8.details.target == "cpu" and int8.details.calibration_method == "max"
+        assert len(int8.details.calibration.sha256) == 64 and int8.details.calibration.samples == 24
+        assert int8.details.quantized_nodes > 0
+        assert int8.details.high_precision_nodes["sensitive_by_default"]  # final projection at least
     # No staging leftovers beside the artifact's files.
     assert not [p for p in tiny_quantized.iterdir() if p.name.startswith(".")]
 
@@ -73,7 +73,7 @@ def test_fp16_keeps_layernorm_and_pooling_tail_in_fp32(tiny_quantized: Path) -> 
     model = onnx.load(str(tiny_quantized / "text.fp16.onnx"))
     types = {i.type.tensor_type.elem_type for i in [*model.graph.input, *model.graph.output]}
     assert types == {onnx.TensorProto.INT64, onnx.TensorProto.FLOAT}  # float32 at the boundary
-    kept = set(read_manifest(tiny_quantized).tower("text").graphs["fp16"].details["fp32_nodes"])
+    kept = set(read_manifest(tiny_quantized).tower("text").graphs["fp16"].details.fp32_nodes)
     layernorms = {n.name for n in model.graph.node if n.op_type == "LayerNormalization"}
     assert layernorms and layernorms <= kept
     assert any(n.op_type == "MatMul" and n.name not in kept for n in model.graph.node)  # GEMMs do run in FP16
@@ -106,7 +106,7 @@ def test_calibration_is_deterministic(tiny_vit: Path, tmp_path: Path) -> None:
         _quantize(artifact, Precision.INT8, target=Target.CPU, towers=(Tower.VISION,))
     ga, gb = (read_manifest(x).tower("vision").graphs["int8"] for x in (a, b))
     assert ga.sha256 == gb.sha256
-    assert ga.details["calibration"]["sha256"] == gb.details["calibration"]["sha256"]
+    assert ga.details.calibration.sha256 == gb.details.calibration.sha256
 
 
 def test_tensorrt_placement_with_sensitivity_report(tiny_vit: Path, tmp_path: Path) -> None:
@@ -115,13 +115,13 @@ def test_tensorrt_placement_with_sensitivity_report(tiny_vit: Path, tmp_path: Pa
     artifact = _copy(tiny_vit, tmp_path)
     _quantize(artifact, Precision.INT8, target=Target.TENSORRT, sensitivity=True, towers=(Tower.VISION,))
     graph = read_manifest(artifact).tower("vision").graphs["int8"]
-    assert graph.details["calibration_method"] == "entropy" and graph.details["unquantized_dtype"] == "float16"
+    assert graph.details.calibration_method == "entropy" and graph.details.unquantized_dtype == "float16"
     model = onnx.load(str(artifact / graph.file))
     ops = {n.op_type for n in model.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     report = json.loads((artifact / "sensitivity.json").read_text())["vision"]
     errors = [row["relative_error"] for row in report]
-    assert len(report) == graph.details["quantized_nodes"] and errors == sorted(errors, reverse=True)
+    assert len(report) == graph.details.quantized_nodes and errors == sorted(errors, reverse=True)
     assert all(np.isfinite(e) and e >= 0 for e in errors) and errors[0] > 0
 
 
@@ -151,7 +151,7 @@ def test_fallback_restores_nodes_until_the_target_holds(tiny_vit: Path, tmp_path
 
     from clipexport.precision.calibration import load_calibration
     from clipexport.precision.sensitivity import fallback_until, layer_sensitivity, run_model
-    from clipexport.verify.gates import Gate
+    from clipexport.parity.gates import Gate
 
     artifact = _copy(tiny_vit, tmp_path)
     _quantize(artifact, Precision.INT8, target=Target.CPU, towers=(Tower.TEXT,), fallback=False)
@@ -225,7 +225,7 @@ def test_cli_quantize_prints_parity_and_next_step(tiny_vit: Path, tmp_path: Path
     assert result.exit_code == 0, result.output
     assert "vision.fp16.onnx" in result.output and f"clipexport verify {artifact} --precision fp16" in result.output
     graphs = read_manifest(artifact).tower("vision").graphs
-    assert graphs["fp16"].details["io_dtype"] == "float16" and "fp16" not in read_manifest(artifact).tower("text").graphs
+    assert graphs["fp16"].details.io_dtype == "float16" and "fp16" not in read_manifest(artifact).tower("text").graphs
     from clipexport.runtime import ClipRuntime
 
     pixels = np.random.default_rng(1).normal(size=(2, 3, 64, 64)).astype(np.float32)
@@ -251,7 +251,7 @@ def test_vit_b32_tensorrt_int8_needs_and_gets_the_fallback(vit_b32: Path, tmp_pa
     artifact = _copy(vit_b32, tmp_path)
     _quantize(artifact, Precision.INT8, target=Target.TENSORRT, calibration=CalibrationSource())
     vision = read_manifest(artifact).tower("vision").graphs["int8"]
-    assert vision.details["high_precision_nodes"]["fallback"]
-    assert vision.details["fallback_steps"][0]["min_cosine"] < GATES["int8"].min_cosine
+    assert vision.details.high_precision_nodes["fallback"]
+    assert vision.details.fallback_steps[0]["min_cosine"] < GATES["int8"].min_cosine
     report = _verify(artifact, "int8")
     assert report.passed, report.table()

@@ -55,7 +55,7 @@ def test_every_size_matches_open_clip(size, open_clip_reference) -> None:
 def test_matches_hf_clip_image_processor(mode: str, hf_clip_folder) -> None:
     import transformers
 
-    from clipexport.export.hf_source import _image_processor, _preprocess_config
+    from clipexport.sources.hf import _image_processor, _preprocess_config
 
     processor = _image_processor(transformers, str(hf_clip_folder), None)
     ours = ImagePreprocessor(_preprocess_config(processor))

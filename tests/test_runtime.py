@@ -10,17 +10,17 @@ import pytest
 
 from clipexport.errors import InputError, ManifestError
 from clipexport.runtime import ClipRuntime
-from clipexport.verify.gates import FP32
-from clipexport.verify.inputs import DEFAULT_CAPTIONS, synthetic_images
-from clipexport.verify.stats import embedding_parity
+from clipexport.parity.gates import FP32
+from clipexport.datasets import DEFAULT_CAPTIONS, synthetic_images
+from clipexport.parity.stats import embedding_parity
 
 
 def _reference(artifact: Path, images, texts):
     import torch
 
-    from clipexport.export.sources import reload_source
-    from clipexport.export.towers import exportable
-    from clipexport.manifest import read_manifest
+    from clipexport.sources import reload_source
+    from clipexport.sources.towers import exportable
+    from clipexport.artifact.manifest import read_manifest
 
     manifest = read_manifest(artifact)
     loaded = reload_source(manifest.source)

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clipexport.manifest import read_manifest
+from clipexport.artifact.manifest import TowerProperties, read_manifest
 from clipexport.runtime import ClipRuntime, ClipTokenizer
 from clipexport.runtime.text_length import trim, trimmed_length
-from clipexport.verify.inputs import DEFAULT_CAPTIONS
-from clipexport.verify.stats import embedding_parity
+from clipexport.datasets import DEFAULT_CAPTIONS
+from clipexport.parity.stats import embedding_parity
 
 PROMPTS = [f"a photo of a {label}." for label in ("cat", "dog", "school bus", "red fox", "hot air balloon")]
 EOT = 49407
@@ -21,7 +21,7 @@ EOT = 49407
 def test_open_clip_text_graph_is_variable_length(tiny_vit: Path) -> None:
     text = read_manifest(tiny_vit).tower("text")
     assert text.inputs[0].shape == ("batch", "sequence")
-    assert text.properties == {"pooling": "argmax", "causal_mask": True, "variable_length": True}
+    assert text.properties == TowerProperties(pooling="argmax", causal_mask=True, variable_length=True)
 
 
 def test_trimmed_equals_full_length(tiny_vit: Path) -> None:
@@ -38,7 +38,7 @@ def test_trimmed_equals_full_length(tiny_vit: Path) -> None:
         got = session.run(None, {"input_ids": cut})[0]
         parity = embedding_parity(full[start:start + 4], got)
         assert parity.min_cosine >= 0.99999 and parity.max_abs_diff < 1e-5
-    short = trim(ClipTokenizer()(PROMPTS), {"variable_length": True, "causal_mask": True, "pooling": "argmax"}, EOT)
+    short = trim(ClipTokenizer()(PROMPTS), TowerProperties(variable_length=True, causal_mask=True, pooling="argmax"), EOT)
     assert short.shape[1] <= 10  # "a photo of a hot air balloon." is 10 tokens with SOT/EOT
 
 
@@ -55,7 +55,7 @@ class _Spy:
 
 
 def test_runtime_cuts_each_batch_and_matches(tiny_vit: Path) -> None:
-    from clipexport.manifest import Tower
+    from clipexport.artifact.manifest import Tower
 
     with ClipRuntime.load(tiny_vit) as runtime:
         spy = _Spy(runtime._backends[Tower.TEXT])
@@ -80,9 +80,9 @@ def test_trimmed_length_rules(ids: list, pooling: str, expected: int) -> None:
 
 def test_graphs_without_the_guarantees_are_not_cut() -> None:
     ids = ClipTokenizer()(PROMPTS)
-    assert trim(ids, {"variable_length": True, "causal_mask": False, "pooling": "argmax"}, EOT).shape == ids.shape
-    assert trim(ids, {"variable_length": False, "causal_mask": True, "pooling": "argmax"}, EOT).shape == ids.shape
-    assert trim(ids, {}, EOT).shape == ids.shape
+    assert trim(ids, TowerProperties(variable_length=True, causal_mask=False, pooling="argmax"), EOT).shape == ids.shape
+    assert trim(ids, TowerProperties(variable_length=False, causal_mask=True, pooling="argmax"), EOT).shape == ids.shape
+    assert trim(ids, TowerProperties(), EOT).shape == ids.shape
 
 
 def test_hf_export_keeps_the_fixed_length(hf_clip_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
@@ -90,4 +90,4 @@ def test_hf_export_keeps_the_fixed_length(hf_clip_folder: Path, tmp_path_factory
 
     artifact = export_dir(tmp_path_factory, "hf-fixed", str(hf_clip_folder), None)
     text = read_manifest(artifact).tower("text")
-    assert isinstance(text.inputs[0].shape[1], int) and not text.properties.get("variable_length")
+    assert isinstance(text.inputs[0].shape[1], int) and not text.properties.variable_length

@@ -63,7 +63,7 @@ def test_matches_hf_clip_tokenizer(hf_clip_folder) -> None:
 
 
 def test_from_manifest(tiny_vit) -> None:
-    from clipexport.manifest import read_manifest
+    from clipexport.artifact.manifest import read_manifest
 
     tok = ClipTokenizer.from_manifest(read_manifest(tiny_vit).tokenizer)
     assert tok.context_length == 77 and tok.pad_id == 0

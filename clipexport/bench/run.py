@@ -10,7 +10,6 @@ encode_text), the exported graphs through the runtime's fast path when the graph
 
 from __future__ import annotations
 
-import datetime as _dt
 import os
 import platform
 from dataclasses import dataclass, field
@@ -20,16 +19,20 @@ from typing import Any
 import numpy as np
 
 import clipexport
-from clipexport.bench.flops import graph_flops
 from clipexport._deps import installed_versions
+from clipexport.artifact.layout import BENCH_DIR, inside
+from clipexport.artifact.manifest import Manifest, Tower, check_graph_files, read_manifest
+from clipexport.artifact.precision import Precision
+from clipexport.bench.flops import graph_flops
 from clipexport.bench.timing import WARMUP, Timing, gemm_peak_flops, measure
 from clipexport.errors import ClipExportError, InputError
-from clipexport.files import write_bytes_atomic, write_json_atomic
-from clipexport.manifest import Manifest, Tower, check_graph_files, read_manifest
+from clipexport.files import utc_timestamp, write_bytes_atomic, write_json_atomic
 from clipexport.progress import Progress, silent
-from clipexport.runtime.text_length import trim
+from clipexport.runtime.backends import BackendKind, BackendOptions, open_backend
+from clipexport.runtime.text_length import placeholder_ids, trim
 
-BACKENDS = ("pytorch", "onnxruntime", "tensorrt")
+PYTORCH = "pytorch"  # the eager baseline every ratio uses; the others are the runtime's backends
+BACKENDS = (PYTORCH, *(b.value for b in BackendKind))
 PROMPT_LABELS = ("cat", "dog", "school bus", "red fox", "hot air balloon", "espresso", "lighthouse", "violin")
 
 
@@ -63,10 +66,14 @@ def run_bench(options: BenchOptions, progress: Progress = silent) -> tuple[Bench
         raise InputError(f"unknown backend(s) {', '.join(unknown)} (available: {', '.join(BACKENDS)})")
     if not options.batch_sizes or min(options.batch_sizes) < 1:
         raise InputError("--batch-sizes must be positive integers, e.g. 1,8,32")
+    precisions = tuple(dict.fromkeys(Precision.parse(p, "--precisions") for p in options.precisions))
     root = Path(options.artifact)
     manifest = read_manifest(root)
+    out = Path(options.output) if options.output else root / BENCH_DIR
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--output {out} is a file; pass a folder for bench.json, bench.md and bench.png")
     for tower in options.towers:
-        for precision in options.precisions:
+        for precision in precisions:
             check_graph_files(root, manifest.tower(tower).graph(precision))
     progress("measuring the machine's FP32 GEMM peak (numpy BLAS)")
     peak = gemm_peak_flops()
@@ -75,7 +82,7 @@ def run_bench(options: BenchOptions, progress: Progress = silent) -> tuple[Bench
     torch_model: dict[str, Any] = {}  # the PyTorch source, loaded once per run, on first use
     flops_at: dict[tuple[Tower, tuple[int, ...]], int] = {}
     for backend in options.backends:
-        for precision in options.precisions:
+        for precision in precisions:
             for tower in options.towers:
                 try:
                     runner = _runner(backend, root, manifest, tower, precision, options.cpu_only, torch_model)
@@ -86,7 +93,7 @@ def run_bench(options: BenchOptions, progress: Progress = silent) -> tuple[Bench
                 try:
                     for batch in options.batch_sizes:
                         data = inputs[tower][:batch]
-                        if backend != "pytorch" and tower is Tower.TEXT:
+                        if backend != PYTORCH and tower is Tower.TEXT:
                             data = trim(data, manifest.tower(tower).properties, manifest.tokenizer.eot_id)
                         progress(f"{backend} {precision} {tower.value} batch {batch}")
                         timing = measure(lambda: runner.run(data), batch, min_iterations=options.min_iterations,
@@ -97,16 +104,18 @@ def run_bench(options: BenchOptions, progress: Progress = silent) -> tuple[Bench
                         result.rows.append(_row(backend, precision, tower, timing, data.shape, flops, peak))
                 finally:
                     runner.close()
+    if not result.rows:
+        # Nothing was measured: say why, and leave earlier results where they are.
+        raise InputError("nothing was measured, so no report was written: " + " | ".join(result.skipped))
     _ratios(result.rows)
-    out = Path(options.output) if options.output else root / "bench"
     write_reports(result, out)
     return result, out
 
 
-def _row(backend: str, precision: str, tower: Tower, timing: Timing, shape: tuple[int, ...], flops: int,
+def _row(backend: str, precision: Precision, tower: Tower, timing: Timing, shape: tuple[int, ...], flops: int,
          peak: float) -> dict[str, Any]:
     achieved = flops * timing.items_per_s / max(shape[0], 1)
-    return {"backend": backend, "precision": precision, "tower": tower.value, "input_shape": list(shape),
+    return {"backend": backend, "precision": precision.value, "tower": tower.value, "input_shape": list(shape),
             **timing.to_dict(), "gflops_per_item": flops / shape[0] / 1e9, "achieved_gflops_per_s": achieved / 1e9,
             "fraction_of_peak": achieved / peak}
 
@@ -122,7 +131,7 @@ def _ratios(rows: list[dict[str, Any]]) -> None:
 def _flops(root: Path, manifest: Manifest, tower: Tower, shape: tuple[int, ...]) -> int:
     # FLOPs of the FP32 graph at this input shape: the work, whatever precision does it.
     artifact = manifest.tower(tower)
-    return graph_flops(root / artifact.graph("fp32").file, {artifact.inputs[0].name: shape})
+    return graph_flops(inside(root, artifact.graph(Precision.FP32).file), {artifact.inputs[0].name: shape})
 
 
 def _inputs(manifest: Manifest, batch: int) -> dict[Tower, np.ndarray]:
@@ -133,10 +142,8 @@ def _inputs(manifest: Manifest, batch: int) -> dict[Tower, np.ndarray]:
     prompts = [f"a photo of a {PROMPT_LABELS[i % len(PROMPT_LABELS)]}." for i in range(batch)]
     if manifest.tokenizer.kind == "clip_bpe":
         ids = ClipTokenizer.from_manifest(manifest.tokenizer)(prompts)
-    else:  # tokenizers the runtime does not implement: SOT, a few tokens, EOT, padding
-        ids = np.full((batch, manifest.tokenizer.context_length), manifest.tokenizer.pad_id, np.int64)
-        ids[:, :8] = 320
-        ids[:, 8] = manifest.tokenizer.eot_id
+    else:  # tokenizers the runtime does not implement: a prompt-sized placeholder
+        ids = placeholder_ids(manifest.tokenizer, batch, words=7)
     return {Tower.VISION: pixels, Tower.TEXT: ids}
 
 
@@ -160,38 +167,35 @@ class _TorchRunner:
         self.module = None
 
 
-def _runner(backend: str, root: Path, manifest: Manifest, tower: Tower, precision: str, cpu_only: bool,
+def _runner(backend: str, root: Path, manifest: Manifest, tower: Tower, precision: Precision, cpu_only: bool,
             torch_model: dict[str, Any]) -> Any:
-    if backend == "pytorch":
+    if backend == PYTORCH:
         from clipexport._deps import require
 
         torch = require("torch", "the PyTorch baseline")
         device = "cuda" if torch.cuda.is_available() and not cpu_only else "cpu"
-        if precision == "int8":
+        if precision is Precision.INT8:
             raise InputError("PyTorch eager has no INT8 baseline here (use fp32 / fp16)")
-        if precision == "fp16" and device == "cpu":
+        if precision is Precision.FP16 and device == "cpu":
             raise InputError("PyTorch eager FP16 needs a GPU (CPU half-precision kernels are not a fair baseline)")
-        from clipexport.export.sources import reload_source
-        from clipexport.export.towers import exportable
+        from clipexport.sources import reload_source
+        from clipexport.sources.towers import exportable
 
         if "loaded" not in torch_model:
             torch_model["loaded"] = reload_source(manifest.source)
         loaded = torch_model["loaded"]
         module = exportable(loaded.vision if tower is Tower.VISION else loaded.text, manifest.normalized)
-        return _TorchRunner(module, torch, device, half=precision == "fp16")
-    from clipexport.runtime.clip_runtime import open_backend
-
-    providers = ["CPUExecutionProvider"] if cpu_only and backend == "onnxruntime" else None
-    return open_backend(root, manifest, tower, precision, backend, providers=providers)
+        return _TorchRunner(module, torch, device, half=precision is Precision.FP16)
+    return open_backend(root, manifest, tower, precision, backend, BackendOptions(cpu_only=cpu_only))
 
 
 def _settings(options: BenchOptions, manifest: Manifest) -> dict[str, Any]:
     return {"artifact": str(Path(options.artifact).resolve()), "model": manifest.source.model,
-            "backends": list(options.backends), "precisions": list(options.precisions),
+            "backends": list(options.backends), "precisions": [Precision.parse(p).value for p in options.precisions],
             "batch_sizes": list(options.batch_sizes), "towers": [t.value for t in options.towers],
             "min_iterations": options.min_iterations, "min_seconds": options.min_seconds, "warmup": WARMUP,
             "text_inputs": "'a photo of a {label}.' prompts; exported graphs cut after EOT when variable-length",
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+            "created": utc_timestamp()}
 
 
 def _machine(peak: float) -> dict[str, Any]:
@@ -204,7 +208,7 @@ def _machine(peak: float) -> dict[str, Any]:
 
 def _gpu_name() -> str | None:
     try:
-        from clipexport.build.gpu import gpu_info
+        from clipexport.gpu import gpu_info
 
         return gpu_info().name
     except ClipExportError:

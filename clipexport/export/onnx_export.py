@@ -10,12 +10,12 @@ from typing import Any
 import numpy as np
 
 from clipexport._deps import require
-from clipexport.errors import ExportError
+from clipexport.errors import ExportError, InputError
 from clipexport.export.specs import BATCH_AXIS, MIN_OPSET, SEQUENCE_AXIS, TowerSpec
-from clipexport.files import sha256_file
-from clipexport.manifest import GraphFile, TensorSpec, TowerArtifact
-from clipexport.runtime.text_length import MIN_LENGTH
-from clipexport.verify.stats import l2_normalize
+from clipexport.artifact.layout import MIN_TEXT_LENGTH
+from clipexport.artifact.manifest import GraphDetails, GraphFile, TensorSpec, TowerArtifact, TowerProperties
+from clipexport.artifact.precision import Precision
+from clipexport.parity.stats import l2_normalize
 
 # A protobuf cannot exceed 2 GiB; leave headroom for the graph itself.
 EXTERNAL_DATA_THRESHOLD_BYTES = int(1.8 * 2**30)
@@ -25,23 +25,33 @@ EXTERNAL_DATA_THRESHOLD_BYTES = int(1.8 * 2**30)
 SMOKE_MAX_ABS = 1e-3
 
 
+def check_opset(opset: int) -> None:
+    """Before any work: LayerNormalization needs 17, and the installed onnx knows up to some N."""
+    if opset < MIN_OPSET:
+        raise InputError(f"opset {opset} is too old: LayerNormalization needs opset >= {MIN_OPSET}; "
+                         f"pass --opset {MIN_OPSET} or higher")
+    newest = require("onnx", "exporting to ONNX").defs.onnx_opset_version()
+    if opset > newest:
+        raise InputError(f"opset {opset} is newer than the installed onnx supports ({newest}); "
+                         f"pass --opset between {MIN_OPSET} and {newest}")
+
+
 def export_tower(module: Any, spec: TowerSpec, example: Any, out_dir: Path, opset: int,
-                 properties: dict[str, Any] | None = None, trim_length: int | None = None) -> TowerArtifact:
+                 properties: TowerProperties | None = None, trim_length: int | None = None) -> TowerArtifact:
     """`trim_length`: for a variable-length text graph, the example cut after its last EOT, which
     the smoke run checks against the full-length output."""
     torch = require("torch", "exporting to ONNX")
     onnx = require("onnx", "exporting to ONNX")
     require("onnxscript", "exporting to ONNX")
-    if opset < MIN_OPSET:
-        raise ExportError(f"opset {opset} is too old: LayerNormalization needs opset >= {MIN_OPSET}; pass --opset {MIN_OPSET} or higher")
+    check_opset(opset)
     path = out_dir / f"{spec.tower.value}.onnx"
     param_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
     external = param_bytes > EXTERNAL_DATA_THRESHOLD_BYTES
-    properties = dict(properties or {})
+    properties = properties or TowerProperties()
     dynamic = {0: torch.export.Dim(BATCH_AXIS)}
     input_shape: tuple[Any, ...] = (BATCH_AXIS, *example.shape[1:])
-    if properties.get("variable_length"):
-        dynamic[1] = torch.export.Dim(SEQUENCE_AXIS, min=MIN_LENGTH, max=int(example.shape[1]))
+    if properties.variable_length:
+        dynamic[1] = torch.export.Dim(SEQUENCE_AXIS, min=MIN_TEXT_LENGTH, max=int(example.shape[1]))
         input_shape = (BATCH_AXIS, SEQUENCE_AXIS)
     with torch.no_grad():
         expected = module(example).numpy()
@@ -61,20 +71,13 @@ def export_tower(module: Any, spec: TowerSpec, example: Any, out_dir: Path, opse
     except Exception as exc:
         raise ExportError(f"the exported {spec.tower.value} graph fails the ONNX checker: {exc}") from exc
     _smoke_run(path, spec, example.numpy(), expected, trim_length)
-    data_name = f"{path.name}.data" if external else None
-    graph = GraphFile(
-        file=path.name,
-        sha256=sha256_file(path),
-        external_data=data_name,
-        external_data_sha256=sha256_file(out_dir / data_name) if data_name else None,
-        details={"method": "torch.onnx.export (dynamo)"},
-    )
+    graph = GraphFile.of(out_dir, path.name, external, GraphDetails(method="torch.onnx.export (dynamo)", made_by="export"))
     dim = int(expected.shape[-1])
     return TowerArtifact(
         inputs=(TensorSpec(spec.input_name, spec.input_dtype, input_shape),),
         outputs=(TensorSpec(spec.output_name, spec.output_dtype, (BATCH_AXIS, dim)),),
         opset=opset,
-        graphs={"fp32": graph},
+        graphs={Precision.FP32: graph},
         properties=properties,
     )
 

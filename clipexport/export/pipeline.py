@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as _dt
 import platform
 import shutil
 import tempfile
@@ -13,12 +12,13 @@ import numpy as np
 
 import clipexport
 from clipexport._deps import require
-from clipexport.errors import ExportError
-from clipexport.export.loaded import LoadedModel
-from clipexport.export.sources import SourceChoice, load_model
+from clipexport.errors import InputError, SourceError
+from clipexport.sources.loaded import LoadedModel
+from clipexport.sources import SourceChoice, load_model
+from clipexport.export.onnx_export import check_opset
 from clipexport.export.specs import DEFAULT_OPSET, SPECS
-from clipexport.files import make_public
-from clipexport.manifest import Manifest, Tower, TowerArtifact, write_manifest
+from clipexport.files import make_public, utc_timestamp
+from clipexport.artifact.manifest import Manifest, Tower, TowerArtifact, TowerProperties, write_manifest
 from clipexport.progress import Progress, silent
 
 # Traced with batch 2: the exporter specialises a dimension whose example size is 1.
@@ -41,6 +41,7 @@ class ExportOptions:
 def export_model(options: ExportOptions, progress: Progress = silent) -> Manifest:
     """Export both towers into `options.output`, atomically: the folder appears complete or not at all."""
     output = Path(options.output).expanduser().resolve()
+    check_opset(options.opset)
     _check_output(output, options.overwrite)
     progress(f"loading {options.model} ({options.pretrained or 'random'})")
     loaded = load_model(options.model, options.pretrained, options.source, seed=options.seed)
@@ -62,7 +63,7 @@ def export_model(options: ExportOptions, progress: Progress = silent) -> Manifes
 def _export_towers(loaded: LoadedModel, options: ExportOptions, staging: Path, progress: Progress) -> dict[Tower, TowerArtifact]:
     torch = require("torch", "exporting to ONNX")
     from clipexport.export.onnx_export import export_tower
-    from clipexport.export.towers import exportable
+    from clipexport.sources.towers import exportable
 
     generator = torch.Generator().manual_seed(options.seed)
     h, w = loaded.preprocess.image_size
@@ -74,12 +75,12 @@ def _export_towers(loaded: LoadedModel, options: ExportOptions, staging: Path, p
     towers = {}
     for step, tower in enumerate(Tower, start=1):
         progress(f"[{step}/{len(Tower)}] exporting the {tower.value} tower (opset {options.opset})")
-        properties = dict(loaded.text_properties) if tower is Tower.TEXT else {}
+        properties = loaded.text_properties if tower is Tower.TEXT else TowerProperties()
         trim_length = None
-        if properties.get("variable_length"):
+        if properties.variable_length:
             from clipexport.runtime.text_length import trimmed_length
 
-            trim_length = trimmed_length(examples[tower].numpy(), properties["pooling"], loaded.tokenizer.eot_id)
+            trim_length = trimmed_length(examples[tower].numpy(), str(properties.pooling), loaded.tokenizer.eot_id)
         towers[tower] = export_tower(exportable(modules[tower], options.normalize), SPECS[tower],
                                      examples[tower], staging, options.opset, properties, trim_length)
     return towers
@@ -94,13 +95,10 @@ def _has_tokenizer(loaded: LoadedModel) -> bool:
 
 
 def _synthetic_ids(loaded: LoadedModel, torch: object) -> object:
-    """[SOT, token, EOT, pad...] rows, for sources that ship no tokenizer files."""
-    cfg = loaded.tokenizer
-    ids = np.full((EXAMPLE_BATCH, cfg.context_length), cfg.pad_id, dtype=np.int64)
-    ids[:, 0] = cfg.sot_id if cfg.sot_id is not None else cfg.eot_id
-    ids[:, 1] = 320
-    ids[:, 2] = cfg.eot_id
-    return torch.from_numpy(ids)  # type: ignore[attr-defined]
+    """For sources that ship no tokenizer files."""
+    from clipexport.runtime.text_length import placeholder_ids
+
+    return torch.from_numpy(placeholder_ids(loaded.tokenizer, EXAMPLE_BATCH))  # type: ignore[attr-defined]
 
 
 def _manifest(loaded: LoadedModel, towers: dict[Tower, TowerArtifact], normalized: bool) -> Manifest:
@@ -108,7 +106,7 @@ def _manifest(loaded: LoadedModel, towers: dict[Tower, TowerArtifact], normalize
     onnx = require("onnx", "exporting to ONNX")
     dims = {t: int(a.outputs[0].shape[-1]) for t, a in towers.items()}
     if len(set(dims.values())) != 1:
-        raise ExportError(f"the towers' embedding sizes differ ({dims}); this is not a dual-encoder CLIP model")
+        raise SourceError(f"the towers' embedding sizes differ ({dims}); this is not a dual-encoder CLIP model")
     versions = {
         "clipexport": clipexport.__version__,
         "python": platform.python_version(),
@@ -126,15 +124,15 @@ def _manifest(loaded: LoadedModel, towers: dict[Tower, TowerArtifact], normalize
         preprocess=loaded.preprocess,
         tokenizer=loaded.tokenizer,
         versions=versions,
-        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        created=utc_timestamp(),
     )
 
 
 def _check_output(output: Path, overwrite: bool) -> None:
     if output.exists() and not output.is_dir():
-        raise ExportError(f"output {output} is a file; pass a folder path with --output")
+        raise InputError(f"output {output} is a file; pass a folder path with --output")
     if output.is_dir() and any(output.iterdir()) and not overwrite:
-        raise ExportError(f"output folder {output} is not empty; pass --overwrite to replace it or choose another --output")
+        raise InputError(f"output folder {output} is not empty; pass --overwrite to replace it or choose another --output")
 
 
 def _publish(staging: Path, output: Path) -> None:

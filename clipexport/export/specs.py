@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from clipexport.manifest import Tower
+from clipexport.artifact.manifest import Tower
 
 # 17 is the first opset with LayerNormalization as one node: a decomposed LayerNorm
 # (ReduceMean/Sub/Pow/Sqrt) overflows in FP16 and is TensorRT users' most common CLIP failure.
@@ -12,7 +12,7 @@ from clipexport.manifest import Tower
 MIN_OPSET = 17
 DEFAULT_OPSET = 18
 BATCH_AXIS = "batch"
-# Variable-length text graphs: the sequence axis runs from runtime.text_length.MIN_LENGTH to the
+# Variable-length text graphs: the sequence axis runs from artifact.layout.MIN_TEXT_LENGTH to the
 # context length.
 SEQUENCE_AXIS = "sequence"
 

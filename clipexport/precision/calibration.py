@@ -8,43 +8,18 @@ tensors deployment feeds the graphs. Each set is split deterministically into a 
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from clipexport.errors import InputError
-from clipexport.manifest import Manifest, Tower
-from clipexport.verify.inputs import image_files, load_text_file
+from clipexport.artifact.manifest import Manifest, SampleSet, Tower
+from clipexport.datasets import default_calibration_dir, image_files, load_text_file
 
-# Where the repo keeps its default set (calibration/ at the repo root, see calibration/README.md).
-CALIBRATION_DIR_ENV = "CLIPEXPORT_CALIBRATION_DIR"
-_REPO_CALIBRATION_DIR = Path(__file__).resolve().parents[2] / "calibration"
 DEFAULT_CALIBRATION_SIZE = 128  # samples per tower; ORT/ModelOpt ranges settle well before this on CLIP
 DEFAULT_VALIDATION_SIZE = 16  # samples per tower for the fallback's accuracy check
 SPLIT_SEED = 0  # fixes which samples calibrate and which validate: same data -> same scales
-
-
-def default_calibration_dir() -> Path:
-    configured = os.environ.get(CALIBRATION_DIR_ENV)
-    root = Path(configured).expanduser() if configured else _REPO_CALIBRATION_DIR
-    if not (root / "images").is_dir() or not (root / "captions.txt").is_file():
-        raise InputError(
-            f"the default calibration set was not found at {root} (it ships in the clipexport repository's "
-            f"calibration/ folder); pass --calibration-images DIR and --calibration-texts FILE, "
-            f"or set {CALIBRATION_DIR_ENV} to a folder with images/ and captions.txt"
-        )
-    return root
-
-
-def heldout_image_dir() -> Path | None:
-    """The held-out photos beside the default set (never calibrated on), if this install has them."""
-    try:
-        folder = default_calibration_dir() / "heldout"
-    except InputError:
-        return None
-    return folder if folder.is_dir() else None
 
 
 @dataclass(frozen=True)
@@ -68,9 +43,9 @@ class CalibrationData:
     source: str  # folder or file it came from
     sha256: str  # over the samples actually used, in order: recorded in the manifest
 
-    def describe(self) -> dict[str, object]:
-        return {"source": self.source, "samples": int(len(self.calibration)),
-                "validation_samples": int(len(self.validation)), "sha256": self.sha256}
+    def describe(self) -> SampleSet:
+        return SampleSet(source=self.source, samples=int(len(self.calibration)),
+                         validation_samples=int(len(self.validation)), sha256=self.sha256)
 
 
 def load_calibration(manifest: Manifest, tower: Tower, source: CalibrationSource) -> CalibrationData:

@@ -19,7 +19,7 @@ import numpy as np
 
 from clipexport._deps import require
 from clipexport.errors import ExportError, InputError
-from clipexport.manifest import Tower
+from clipexport.artifact.manifest import Tower
 from clipexport.precision._quiet import exact_name, quiet_libraries
 from clipexport.precision.calibration import CalibrationData
 

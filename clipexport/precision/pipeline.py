@@ -10,34 +10,30 @@ from __future__ import annotations
 import shutil
 import tempfile
 from dataclasses import dataclass, field, replace
-from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clipexport._deps import installed_versions, require
 from clipexport.errors import InputError
 from clipexport.export.onnx_export import EXTERNAL_DATA_THRESHOLD_BYTES
-from clipexport.files import make_public, sha256_file, write_json_atomic
-from clipexport.manifest import GraphFile, Manifest, Tower, TowerArtifact, check_graph_files, read_manifest, write_manifest
+from clipexport.artifact.layout import SENSITIVITY_REPORT, graph_file
+from clipexport.artifact.manifest import (GraphDetails, GraphFile, Manifest, Tower, TowerArtifact, check_graph_files,
+                                          read_manifest, write_manifest)
+from clipexport.artifact.precision import QUANTIZED, Precision
+from clipexport.files import make_public, write_json_atomic
 from clipexport.precision import fp16 as fp16_mod
 from clipexport.precision import qdq
 from clipexport.precision.calibration import CalibrationData, CalibrationSource, load_calibration
 from clipexport.precision.int8 import DEFAULT_METHOD, CalibrationMethod, Target, quantize_int8, sensitive_defaults
 from clipexport.precision.sensitivity import LayerSensitivity, fallback_until, layer_sensitivity, run_model
 from clipexport.progress import Progress, silent
-from clipexport.verify.gates import INT8_FALLBACK_TARGET
-from clipexport.verify.stats import EmbeddingParity, embedding_parity
+from clipexport.parity.gates import INT8_FALLBACK_TARGET
+from clipexport.parity.stats import EmbeddingParity, embedding_parity
 
 if TYPE_CHECKING:
     import onnx
 
-SENSITIVITY_REPORT = "sensitivity.json"
 TOOL_DISTRIBUTIONS = ("onnx", "onnxruntime-gpu", "onnxruntime", "nvidia-modelopt")  # recorded per variant
-
-
-class Precision(str, Enum):
-    FP16 = "fp16"
-    INT8 = "int8"
 
 
 @dataclass(frozen=True)
@@ -65,9 +61,10 @@ def quantize_artifact(options: QuantizeOptions, progress: Progress = silent) -> 
     onnx = require("onnx", "making reduced-precision graphs")
     root = Path(options.artifact).expanduser()
     manifest = read_manifest(root)
+    precision = Precision.parse(options.precision, allowed=QUANTIZED)
     if not options.towers:
         raise InputError("--towers is empty; pass vision, text or vision,text")
-    if options.fp16_io and options.precision is not Precision.FP16:
+    if options.fp16_io and precision is not Precision.FP16:
         raise InputError("--io-dtype float16 applies to --precision fp16 only; INT8 graphs keep float32 I/O")
     method = options.method or DEFAULT_METHOD[options.target]
     staging = Path(tempfile.mkdtemp(prefix=".quantize-", dir=root))
@@ -75,25 +72,19 @@ def quantize_artifact(options: QuantizeOptions, progress: Progress = silent) -> 
     try:
         for tower in options.towers:
             artifact = manifest.tower(tower)
-            fp32_path = _working_copy(root, artifact.graph("fp32"), staging / ".work")
+            fp32_path = _working_copy(root, artifact.graph(Precision.FP32), staging / ".work")
             calibration = _calibration(manifest, tower, options)
             progress(f"{tower.value}: running the FP32 graph on {len(calibration.validation)} validation samples")
             expected = run_model(fp32_path, artifact, calibration.validation)
-            if options.precision is Precision.FP16:
-                progress(f"{tower.value}: converting to mixed FP16 (ModelOpt autocast)")
-                model, details, sensitivity, parity = _fp16(fp32_path, artifact, calibration, options.fp16_io, expected)
-            else:
-                progress(f"{tower.value}: calibrating INT8 for {options.target.value} ({method.value}, "
-                         f"{len(calibration.calibration)} samples)")
-                model, details, sensitivity, parity = _int8(onnx, fp32_path, artifact, tower, calibration, options,
-                                                            method, expected, progress)
-            progress(f"{tower.value}: {options.precision.value} vs FP32 on validation: "
+            job = _Job(onnx, fp32_path, artifact, tower, calibration, options, method, expected, progress)
+            model, details, sensitivity, parity = CONVERTERS[precision](job)
+            progress(f"{tower.value}: {precision.value} vs FP32 on validation: "
                      f"min cos {parity.min_cosine:.5f}, mean {parity.mean_cosine:.5f}")
-            details["validation_parity"] = parity.to_dict()
-            graph = _save(onnx, model, staging, f"{tower.value}.{options.precision.value}.onnx", details)
+            details = replace(details, validation_parity=parity.to_dict())
+            graph = _save(onnx, model, staging, graph_file(tower.value, precision), details)
             outcomes.append(TowerOutcome(tower, graph, parity, sensitivity))
         for outcome in outcomes:
-            manifest = manifest.with_graph(outcome.tower, options.precision.value, outcome.graph)
+            manifest = manifest.with_graph(outcome.tower, precision, outcome.graph)
         _publish(staging, root)
         write_manifest(root, manifest)
         if options.sensitivity:
@@ -105,34 +96,56 @@ def quantize_artifact(options: QuantizeOptions, progress: Progress = silent) -> 
 
 def _calibration(manifest: Manifest, tower: Tower, options: QuantizeOptions) -> CalibrationData:
     source = options.calibration
-    if options.precision is Precision.FP16:
+    if Precision.parse(options.precision) is Precision.FP16:
         # FP16 needs no ranges, only real samples for autocast's overflow check.
         source = replace(source, size=min(source.size, fp16_mod.REFERENCE_SAMPLES))
     return load_calibration(manifest, tower, source)
 
 
-Converted = tuple["onnx.ModelProto", dict[str, Any], list[LayerSensitivity], EmbeddingParity]  # + validation parity
+Converted = tuple["onnx.ModelProto", GraphDetails, list[LayerSensitivity], EmbeddingParity]  # + validation parity
 
 
-def _fp16(fp32_path: Path, artifact: TowerArtifact, calibration: CalibrationData, fp16_io: bool,
-          expected: Any) -> Converted:
+@dataclass(frozen=True)
+class _Job:
+    """Everything a converter may need for one tower."""
+
+    onnx: Any
+    fp32_path: Path
+    artifact: TowerArtifact
+    tower: Tower
+    calibration: CalibrationData
+    options: QuantizeOptions
+    method: CalibrationMethod
+    expected: Any  # the FP32 graph's embeddings of the validation split
+    progress: Progress
+
+
+def _fp16(job: _Job) -> Converted:
+    job.progress(f"{job.tower.value}: converting to mixed FP16 (ModelOpt autocast)")
+    fp32_path, artifact, calibration, fp16_io, expected = (job.fp32_path, job.artifact, job.calibration,
+                                                           job.options.fp16_io, job.expected)
     model, tail = fp16_mod.convert_fp16(fp32_path, calibration.input_name, calibration.calibration,
                                         keep_io_types=not fp16_io)
-    details = {
-        "method": "modelopt.onnx.autocast.convert_to_mixed_precision (fp16)",
-        "io_dtype": "float16" if fp16_io else "float32",
-        "fp32_op_types": list(fp16_mod.FP32_OP_TYPES),
-        "fp32_tail_nodes": tail,
-        "fp32_nodes": fp16_mod.fp32_nodes(model),
-        "data_max": fp16_mod.DATA_MAX,
-        "reference_samples": calibration.describe(),
-        "versions": installed_versions(TOOL_DISTRIBUTIONS),
-    }
+    details = GraphDetails(
+        method="modelopt.onnx.autocast.convert_to_mixed_precision (fp16)",
+        made_by="quantize",
+        io_dtype="float16" if fp16_io else "float32",
+        fp32_op_types=tuple(fp16_mod.FP32_OP_TYPES),
+        fp32_tail_nodes=tuple(tail),
+        fp32_nodes=tuple(fp16_mod.fp32_nodes(model)),
+        data_max=fp16_mod.DATA_MAX,
+        calibration=calibration.describe(),
+        versions=installed_versions(TOOL_DISTRIBUTIONS),
+    )
     return model, details, [], embedding_parity(expected, run_model(model, artifact, calibration.validation))
 
 
-def _int8(onnx: Any, fp32_path: Path, artifact: TowerArtifact, tower: Tower, calibration: CalibrationData, options: QuantizeOptions,
-          method: CalibrationMethod, expected: Any, progress: Progress) -> Converted:
+def _int8(job: _Job) -> Converted:
+    onnx, fp32_path, artifact, tower, calibration, options, method, expected, progress = (
+        job.onnx, job.fp32_path, job.artifact, job.tower, job.calibration, job.options, job.method, job.expected,
+        job.progress)
+    progress(f"{tower.value}: calibrating INT8 for {options.target.value} ({method.value}, "
+             f"{len(calibration.calibration)} samples)")
     original = onnx.load(str(fp32_path))
     defaults = sensitive_defaults(original, tower)
     quantized = quantize_int8(fp32_path, calibration, options.target, method, defaults)
@@ -152,30 +165,33 @@ def _int8(onnx: Any, fp32_path: Path, artifact: TowerArtifact, tower: Tower, cal
         result = fallback_until(quantized, original, artifact, calibration.validation, expected,
                                 [s.node for s in sensitivity], target, progress)
         model, restored, steps, parity = result.model, result.restored, steps + result.steps, result.parity
-    details = {
-        "method": ("modelopt.onnx.quantization int8 (TensorRT Q/DQ placement)" if options.target is Target.TENSORRT
-                   else "onnxruntime.quantization quantize_static QDQ (MatMul/Gemm, per-channel S8S8)"),
-        "target": options.target.value,
-        "calibration_method": method.value,
-        "calibration": calibration.describe(),
-        "unquantized_dtype": "float16" if options.target is Target.TENSORRT else "float32",
-        "quantized_nodes": len(qdq.quantized_nodes(model)),
-        "high_precision_nodes": {"sensitive_by_default": defaults, "fallback": list(restored)},
-        "fallback_target": {"min_cosine": target.min_cosine, "mean_cosine": target.mean_cosine},
-        "fallback_steps": [{"restored": c, "min_cosine": lo, "mean_cosine": mean} for c, lo, mean in steps],
-        "versions": installed_versions(TOOL_DISTRIBUTIONS),
-    }
+    details = GraphDetails(
+        method=("modelopt.onnx.quantization int8 (TensorRT Q/DQ placement)" if options.target is Target.TENSORRT
+                else "onnxruntime.quantization quantize_static QDQ (MatMul/Gemm, per-channel S8S8)"),
+        made_by="quantize",
+        target=options.target.value,
+        calibration_method=method.value,
+        calibration=calibration.describe(),
+        unquantized_dtype="float16" if options.target is Target.TENSORRT else "float32",
+        quantized_nodes=len(qdq.quantized_nodes(model)),
+        high_precision_nodes={"sensitive_by_default": tuple(defaults), "fallback": tuple(restored)},
+        fallback_target={"min_cosine": target.min_cosine, "mean_cosine": target.mean_cosine},
+        fallback_steps=tuple({"restored": c, "min_cosine": lo, "mean_cosine": mean} for c, lo, mean in steps),
+        versions=installed_versions(TOOL_DISTRIBUTIONS),
+    )
     return model, details, sensitivity, parity
 
 
-def _save(onnx: Any, model: "onnx.ModelProto", staging: Path, name: str, details: dict[str, Any]) -> GraphFile:
+# Which converter makes each precision that `quantize` adds (see artifact/precision.py).
+CONVERTERS = {Precision.FP16: _fp16, Precision.INT8: _int8}
+
+
+def _save(onnx: Any, model: "onnx.ModelProto", staging: Path, name: str, details: GraphDetails) -> GraphFile:
     path = staging / name
     external = model.ByteSize() > EXTERNAL_DATA_THRESHOLD_BYTES
-    data_name = f"{name}.data" if external else None
-    onnx.save_model(model, str(path), save_as_external_data=external, location=data_name)
+    onnx.save_model(model, str(path), save_as_external_data=external, location=f"{name}.data" if external else None)
     onnx.checker.check_model(str(path))
-    return GraphFile(file=name, sha256=sha256_file(path), external_data=data_name,
-                     external_data_sha256=sha256_file(staging / data_name) if data_name else None, details=details)
+    return GraphFile.of(staging, name, external, details)
 
 
 def _working_copy(root: Path, graph: GraphFile, work: Path) -> Path:

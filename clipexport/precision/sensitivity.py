@@ -18,11 +18,11 @@ import numpy as np
 
 from clipexport._deps import require
 from clipexport.errors import ExportError
-from clipexport.manifest import TowerArtifact
+from clipexport.artifact.manifest import TowerArtifact
 from clipexport.precision import qdq
 from clipexport.progress import Progress, silent
-from clipexport.verify.gates import Gate
-from clipexport.verify.stats import EmbeddingParity, embedding_parity
+from clipexport.parity.gates import Gate
+from clipexport.parity.stats import EmbeddingParity, embedding_parity
 
 if TYPE_CHECKING:
     import onnx
@@ -53,25 +53,32 @@ def run_model(model: "onnx.ModelProto | Path", tower: TowerArtifact, data: np.nd
     from clipexport.runtime.backends.onnxruntime import OnnxRuntimeBackend
 
     graph = model if isinstance(model, Path) else model.SerializeToString()
-    with OnnxRuntimeBackend(graph, tower, providers=["CPUExecutionProvider"]) as backend:
-        out = np.concatenate([backend.run(data[i:i + EVAL_BATCH_SIZE]) for i in range(0, len(data), EVAL_BATCH_SIZE)])
-    if not np.all(np.isfinite(out)):
-        raise ExportError("the reduced-precision graph produced NaN/Inf on the validation samples")
-    return out
+    with OnnxRuntimeBackend(graph, tower, providers=["CPUExecutionProvider"]) as backend:  # checks outputs are finite
+        return np.concatenate([backend.run(data[i:i + EVAL_BATCH_SIZE]) for i in range(0, len(data), EVAL_BATCH_SIZE)])
+
+
+FeedPlan = tuple[list[str], str]  # (input tensors of the node's tiny graph, its output tensor)
 
 
 def layer_sensitivity(quantized: "onnx.ModelProto", original: "onnx.ModelProto", samples: np.ndarray,
                       input_name: str, progress: Progress = silent) -> list[LayerSensitivity]:
-    """Every quantized node's local error, worst first."""
-    onnx = require("onnx", "measuring layer sensitivity")
-    ort = require("onnxruntime", "measuring layer sensitivity")
+    """Every quantized node's local error, worst first, in three phases: plan each node's tiny
+    graph, capture the high-precision tensors they need in one model run, run each tiny graph."""
     nodes = qdq.quantized_nodes(quantized)
     if not nodes:
         return []
+    plans = _feed_plans(quantized, nodes)
+    progress(f"capturing activations for {len(nodes)} quantized nodes")
+    captured = _capture(quantized, original, nodes, plans, samples, input_name)
+    return sorted(_node_errors(quantized, nodes, plans, captured, progress), key=lambda r: r.error, reverse=True)
+
+
+def _feed_plans(quantized: "onnx.ModelProto", nodes: list[str]) -> dict[str, FeedPlan]:
+    """Per node, the high-precision activations its tiny graph is fed (weights stay inside it)."""
     producers = {out: node for node in quantized.graph.node for out in node.output}
     inits = {init.name for init in quantized.graph.initializer}
     by_name = {node.name: node for node in quantized.graph.node}
-    plans: dict[str, tuple[list[str], str]] = {}
+    plans: dict[str, FeedPlan] = {}
     for name in nodes:
         node = by_name[name]
         feeds = []
@@ -88,9 +95,14 @@ def layer_sensitivity(quantized: "onnx.ModelProto", original: "onnx.ModelProto",
                     continue
             feeds.append(tensor)
         plans[name] = (feeds, node.output[0])
+    return plans
 
-    # One run of the all-high-precision graph captures every tensor the tiny graphs need.
-    progress(f"capturing activations for {len(nodes)} quantized nodes")
+
+def _capture(quantized: "onnx.ModelProto", original: "onnx.ModelProto", nodes: list[str], plans: dict[str, FeedPlan],
+             samples: np.ndarray, input_name: str) -> dict[str, list[np.ndarray]]:
+    """One run of the all-high-precision graph captures every tensor the tiny graphs need, per batch."""
+    onnx = require("onnx", "measuring layer sensitivity")
+    ort = require("onnxruntime", "measuring layer sensitivity")
     reference = qdq.restore_high_precision(quantized, original, nodes)
     wanted = sorted({t for feeds, out in plans.values() for t in [*feeds, out]} - {input_name})
     existing = {o.name for o in reference.graph.output}
@@ -102,8 +114,15 @@ def layer_sensitivity(quantized: "onnx.ModelProto", original: "onnx.ModelProto",
         captured[input_name].append(batch)
         for tensor, value in zip(wanted, session.run(wanted, {input_name: batch})):
             captured[tensor].append(value)
-    del session, reference
+    return captured
 
+
+def _node_errors(quantized: "onnx.ModelProto", nodes: list[str], plans: dict[str, FeedPlan],
+                 captured: dict[str, list[np.ndarray]], progress: Progress) -> list[LayerSensitivity]:
+    """||y_int8 - y|| / ||y|| of each node alone, fed the captured high-precision inputs."""
+    onnx = require("onnx", "measuring layer sensitivity")
+    ort = require("onnxruntime", "measuring layer sensitivity")
+    by_name = {node.name: node for node in quantized.graph.node}
     extractor = onnx.utils.Extractor(quantized)
     results = []
     for index, name in enumerate(nodes):
@@ -125,7 +144,7 @@ def layer_sensitivity(quantized: "onnx.ModelProto", original: "onnx.ModelProto",
             errors += float(np.sum((got[finite] - want[finite]) ** 2))
             norms += float(np.sum(want[finite] ** 2))
         results.append(LayerSensitivity(name, by_name[name].op_type, float(np.sqrt(errors / max(norms, 1e-30)))))
-    return sorted(results, key=lambda r: r.error, reverse=True)
+    return results
 
 
 def fallback_until(quantized: "onnx.ModelProto", original: "onnx.ModelProto", tower: TowerArtifact,

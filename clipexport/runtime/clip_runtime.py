@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import os
+import string
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from clipexport.artifact.manifest import Manifest, Tower, read_manifest
+from clipexport.artifact.precision import Precision
 from clipexport.errors import InputError
-from clipexport.manifest import Manifest, Tower, check_graph_files, read_manifest
-from clipexport.runtime.backends import Backend
-from clipexport.runtime.preprocess import ImageInput, ImagePreprocessor
+from clipexport.parity.stats import l2_normalize
+from clipexport.runtime.backends import BackendKind, BackendOptions, Runner, open_backend
+from clipexport.runtime.preprocess import ImageInput, ImagePreprocessor, SkippedImage
 from clipexport.runtime.text_length import trim
 from clipexport.runtime.tokenizer import ClipTokenizer
 
@@ -19,8 +23,17 @@ DEFAULT_BATCH_SIZE = 32
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
 
 
+@dataclass(frozen=True)
+class ImageEmbeddings:
+    """Embeddings of the images that could be read, with the input index of every row, and what was skipped."""
+
+    embeddings: np.ndarray  # float32 [kept, D]
+    indices: np.ndarray  # int64 [kept]: row i embeds input indices[i]
+    skipped: list[SkippedImage] = field(default_factory=list)
+
+
 class ClipRuntime:
-    def __init__(self, artifact_dir: Path, manifest: Manifest, backends: dict[Tower, Backend],
+    def __init__(self, artifact_dir: Path, manifest: Manifest, backends: dict[Tower, Runner],
                  tokenizer: ClipTokenizer | None, preprocessor: ImagePreprocessor):
         self.artifact_dir = artifact_dir
         self.manifest = manifest
@@ -30,36 +43,70 @@ class ClipRuntime:
         self._label_cache: dict[tuple[tuple[str, ...], tuple[str, ...]], np.ndarray] = {}
 
     @classmethod
-    def load(cls, artifact_dir: str | os.PathLike, backend: str = "onnxruntime", precision: str | Mapping[str, str] = "fp32",
-             providers: Sequence[str] | None = None, threads: int | None = None) -> "ClipRuntime":
+    def load(cls, artifact_dir: str | os.PathLike, backend: BackendKind | str = BackendKind.ONNXRUNTIME,
+             precision: Precision | str | Mapping[str, Precision | str] = Precision.FP32,
+             providers: Sequence[str] | None = None, threads: int | None = None,
+             exif_transpose: bool = False) -> "ClipRuntime":
         """Open both towers of an artifact folder; the files are checked against the manifest's sha256.
 
         `precision` picks the graph variant ("fp32", "fp16", "int8") for both towers, or per tower:
-        {"vision": "int8", "text": "fp16"}.
+        {"vision": "int8", "text": "fp16"} (a tower left out runs fp32). `backend` is one of
+        `BackendKind`; a backend that cannot run here fails with one line, never falls back quietly.
+        `exif_transpose` rotates photos by their EXIF orientation first (open_clip does not).
         """
         root = Path(artifact_dir)
         manifest = read_manifest(root)
-        if backend not in BACKENDS:
-            raise InputError(f"unknown backend '{backend}' (available: {', '.join(BACKENDS)})")
-        backends: dict[Tower, Backend] = {}
-        for tower in Tower:
-            chosen = precision if isinstance(precision, str) else precision.get(tower.value, "fp32")
-            backends[tower] = open_backend(root, manifest, tower, chosen, backend, providers, threads)
+        kind = BackendKind.parse(backend)
+        chosen = per_tower_precision(precision)
+        backends: dict[Tower, Runner] = {}
+        try:
+            for tower in Tower:
+                backends[tower] = open_backend(root, manifest, tower, chosen[tower], kind,
+                                               BackendOptions(providers=providers, threads=threads))
+        except BaseException:
+            for runner in backends.values():
+                runner.close()
+            raise
         tokenizer = ClipTokenizer.from_manifest(manifest.tokenizer) if manifest.tokenizer.kind == "clip_bpe" else None
-        return cls(root, manifest, backends, tokenizer, ImagePreprocessor(manifest.preprocess))
+        return cls(root, manifest, backends, tokenizer, ImagePreprocessor(manifest.preprocess, exif_transpose=exif_transpose))
+
+    def ran_on(self, tower: Tower | str) -> str:
+        """What actually runs `tower` (backend and providers/engine)."""
+        return self._backends[Tower(tower)].ran_on
 
     def encode_image(self, images: ImageInput | Sequence[ImageInput], batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
         items = [images] if not isinstance(images, (list, tuple)) else list(images)
+        _check_batch_size(batch_size)
         vision = self._backends[Tower.VISION]
-        out = [vision.run(self.preprocessor(items[i:i + batch_size])) for i in range(0, len(items), batch_size)]
-        return self._finish(out)
+        return self._stack([vision.run(self.preprocessor(items[i:i + batch_size])) for i in range(0, len(items), batch_size)])
+
+    def embed_images(self, images: Sequence[ImageInput], batch_size: int = DEFAULT_BATCH_SIZE, skip_bad: bool = False,
+                     progress: Callable[[int], None] | None = None) -> ImageEmbeddings:
+        """Embed many images in batches; with `skip_bad`, unreadable ones are left out and listed,
+        and `indices` says which input each row belongs to. `progress(n)` after every batch."""
+        _check_batch_size(batch_size)
+        chunks, indices, skipped = [], [], []
+        for start in range(0, len(images), batch_size):
+            part = list(images[start:start + batch_size])
+            batch, bad = self.preprocessor.process(part, on_error="skip" if skip_bad else "raise")
+            bad = [SkippedImage(start + s.index, s.name, s.reason) for s in bad]
+            skipped += bad
+            missing = {s.index for s in bad}
+            indices += [start + i for i in range(len(part)) if start + i not in missing]
+            if len(batch):
+                chunks.append(self._backends[Tower.VISION].run(batch))
+            if progress:
+                progress(len(part))
+        return ImageEmbeddings(self._stack(chunks), np.asarray(indices, np.int64), skipped)
 
     def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """Embed an already preprocessed float32 [N,3,H,W] batch."""
-        return self._finish([self._backends[Tower.VISION].run(pixels)])
+        return self._stack([self._backends[Tower.VISION].run(pixels)])
 
-    def encode_text(self, texts: str | Sequence[str] | np.ndarray, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
+    def encode_text(self, texts: str | Sequence[str] | np.ndarray, batch_size: int = DEFAULT_BATCH_SIZE,
+                    progress: Callable[[int], None] | None = None) -> np.ndarray:
         """Texts, or token ids int64 [N, context_length] for tokenizers the runtime does not implement."""
+        _check_batch_size(batch_size)
         if isinstance(texts, np.ndarray):
             ids = texts.astype(np.int64, copy=False)
         else:
@@ -68,17 +115,19 @@ class ClipRuntime:
             ids = self.tokenizer([texts] if isinstance(texts, str) else list(texts))
         text = self._backends[Tower.TEXT]
         properties, eot = self.manifest.tower(Tower.TEXT).properties, self.manifest.tokenizer.eot_id
-        # The fast path: each batch cut after its last end-of-text token (exact; see text_length.py).
-        out = [text.run(trim(ids[i:i + batch_size], properties, eot)) for i in range(0, len(ids), batch_size)]
-        return self._finish(out)
+        out = []
+        for i in range(0, len(ids), batch_size):
+            # The fast path: each batch cut after its last end-of-text token (exact; see text_length.py).
+            out.append(text.run(trim(ids[i:i + batch_size], properties, eot)))
+            if progress:
+                progress(len(ids[i:i + batch_size]))
+        return self._stack(out)
 
     def classify(self, images: ImageInput | Sequence[ImageInput], labels: Sequence[str],
                  templates: Sequence[str] | None = None, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
         """Zero-shot probabilities [N, len(labels)] using the manifest's logit scale (and bias)."""
-        if not labels:
-            raise InputError("classify needs at least one label")
         label_embeds = self.label_embeddings(labels, templates)
-        image_embeds = _unit(self.encode_image(images, batch_size))
+        image_embeds = l2_normalize(self.encode_image(images, batch_size))
         logits = self.manifest.logit_scale * image_embeds @ label_embeds.T
         if self.manifest.logit_bias is not None:  # SigLIP: independent sigmoids, not a softmax
             return 1.0 / (1.0 + np.exp(-(logits + self.manifest.logit_bias)))
@@ -88,19 +137,18 @@ class ClipRuntime:
 
     def label_embeddings(self, labels: Sequence[str], templates: Sequence[str] | None = None) -> np.ndarray:
         """One unit vector per label: the mean of its template embeddings (CLIP's prompt ensembling), cached."""
-        templates = tuple(templates or DEFAULT_TEMPLATES)
-        key = (tuple(labels), templates)
+        labels = check_labels(labels)
+        templates = check_templates(templates or DEFAULT_TEMPLATES)
+        key = (labels, templates)
         if key not in self._label_cache:
             prompts = [t.format(label) for label in labels for t in templates]
-            embeds = _unit(self.encode_text(prompts)).reshape(len(labels), len(templates), -1).mean(axis=1)
-            self._label_cache[key] = _unit(embeds)
+            embeds = l2_normalize(self.encode_text(prompts)).reshape(len(labels), len(templates), -1).mean(axis=1)
+            self._label_cache[key] = l2_normalize(embeds)
         return self._label_cache[key]
 
-    def _finish(self, chunks: list[np.ndarray]) -> np.ndarray:
-        out = np.concatenate(chunks).astype(np.float32, copy=False) if chunks else np.zeros((0, self.manifest.embed_dim), np.float32)
-        if not np.all(np.isfinite(out)):
-            raise InputError("the model produced NaN/Inf embeddings; check the inputs and the graph precision")
-        return out
+    def _stack(self, chunks: list[np.ndarray]) -> np.ndarray:
+        chunks = [c for c in chunks if len(c)]
+        return np.concatenate(chunks).astype(np.float32, copy=False) if chunks else np.zeros((0, self.manifest.embed_dim), np.float32)
 
     def close(self) -> None:
         for backend in self._backends.values():
@@ -113,32 +161,50 @@ class ClipRuntime:
         self.close()
 
 
-BACKENDS = ("onnxruntime", "tensorrt", "onnxruntime-trt")
+def per_tower_precision(precision: Precision | str | Mapping[str, Precision | str]) -> dict[Tower, Precision]:
+    """One precision for both towers, or a {tower: precision} mapping whose keys must be tower names."""
+    if isinstance(precision, (str, Precision)):
+        return {tower: Precision.parse(precision) for tower in Tower}
+    if not isinstance(precision, Mapping):
+        raise InputError(f"precision must be a name or a {{tower: precision}} mapping, got {type(precision).__name__}")
+    unknown = [k for k in precision if k not in {t.value for t in Tower}]
+    if unknown:
+        raise InputError(f"precision names unknown tower(s) {', '.join(map(repr, unknown))} (towers: vision, text)")
+    return {tower: Precision.parse(precision.get(tower.value, Precision.FP32)) for tower in Tower}
 
 
-def open_backend(root: Path, manifest: Manifest, tower: Tower, precision: str, backend: str,
-                 providers: Sequence[str] | None = None, threads: int | None = None) -> Backend:
-    """One tower's graph on one backend:
-    - onnxruntime: the ONNX graph, TensorRT/CUDA providers when their libraries load, else CPU;
-    - tensorrt: the engine built by `clipexport build` (engines/<tower>.<precision>.plan);
-    - onnxruntime-trt: ONNX Runtime's TensorRT provider, caching its engines in engines/ort-trt/."""
-    from clipexport.build.plan import ENGINES_DIR
-
-    artifact = manifest.tower(tower)
-    if backend == "tensorrt":
-        from clipexport.runtime.backends.tensorrt import TensorRTBackend
-
-        plan = root / ENGINES_DIR / f"{tower.value}.{precision}.plan"
-        rebuild = f"clipexport build {root} --precision {precision} --towers {tower.value}"
-        artifact.graph(precision)  # a clear error when the precision was never made
-        return TensorRTBackend(plan, artifact, rebuild)
-    from clipexport.runtime.backends.onnxruntime import OnnxRuntimeBackend, tensorrt_provider
-
-    graph = check_graph_files(root, artifact.graph(precision))
-    if backend == "onnxruntime-trt":
-        providers = [tensorrt_provider(root / ENGINES_DIR / "ort-trt", precision), "CUDAExecutionProvider"]
-    return OnnxRuntimeBackend(graph, artifact, providers=providers, threads=threads)
+def check_labels(labels: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(labels, str):
+        raise InputError(f"labels must be a list of class names, not one string ({labels!r}); "
+                         f"pass [{labels!r}] for a single label")
+    out = tuple(labels)
+    if not out:
+        raise InputError("classify needs at least one label")
+    bad = [label for label in out if not isinstance(label, str) or not label.strip()]
+    if bad:
+        raise InputError(f"labels must be non-empty strings, got {bad[0]!r}")
+    duplicates = sorted({label for label in out if out.count(label) > 1})
+    if duplicates:
+        raise InputError(f"duplicate label(s) {', '.join(map(repr, duplicates))}: each class must appear once")
+    return out
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+def check_templates(templates: Sequence[str]) -> tuple[str, ...]:
+    """Each template has exactly one `{}` placeholder for the label (CLIP's prompt format)."""
+    if isinstance(templates, str):
+        templates = (templates,)
+    out = tuple(templates)
+    for template in out:
+        try:
+            fields = [f for _, f, spec, _ in string.Formatter().parse(template) if f is not None]
+        except ValueError as exc:
+            raise InputError(f"template {template!r} is not a valid format string ({exc}); use one {{}} for the label") from None
+        if fields != [""] or any(spec for _, f, spec, _ in string.Formatter().parse(template) if f is not None):
+            raise InputError(f"template {template!r} must contain exactly one {{}} where the label goes, "
+                             "e.g. 'a photo of a {}.'")
+    return out
+
+
+def _check_batch_size(batch_size: int) -> None:
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise InputError(f"batch size must be a positive integer, got {batch_size!r}")

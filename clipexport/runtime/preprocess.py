@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from clipexport.errors import InputError
-from clipexport.manifest import Convention, PreprocessConfig, ResizeMode
+from clipexport.artifact.manifest import Convention, PreprocessConfig, ResizeMode
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -58,7 +58,7 @@ class ImagePreprocessor:
     @classmethod
     def from_manifest(cls, manifest: str | os.PathLike | Mapping[str, Any] | Any, exif_transpose: bool = False) -> "ImagePreprocessor":
         """From an artifact folder, a manifest.json path, a manifest dict, or a Manifest."""
-        from clipexport.manifest import Manifest, read_manifest
+        from clipexport.artifact.manifest import Manifest, read_manifest
 
         if isinstance(manifest, (str, os.PathLike)):
             path = Path(manifest)

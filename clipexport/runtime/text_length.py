@@ -8,13 +8,10 @@ position: there, tokens after EOT cannot reach the output. CLIP prompts are shor
 
 from __future__ import annotations
 
-from typing import Any, Mapping
-
 import numpy as np
 
-# SOT + EOT, the empty caption: the shortest cut, and the exporter's floor for the sequence axis
-# (torch's exporter specialises sizes 0 and 1).
-MIN_LENGTH = 2
+from clipexport.artifact.layout import MIN_TEXT_LENGTH
+from clipexport.artifact.manifest import TokenizerConfig, TowerProperties
 
 
 def trimmed_length(ids: np.ndarray, pooling: str, eot_id: int) -> int:
@@ -29,11 +26,26 @@ def trimmed_length(ids: np.ndarray, pooling: str, eot_id: int) -> int:
         last = int(hits.argmax(axis=1).max())
     else:
         return full
-    return min(full, max(MIN_LENGTH, last + 1))
+    return min(full, max(MIN_TEXT_LENGTH, last + 1))
 
 
-def trim(ids: np.ndarray, properties: Mapping[str, Any], eot_id: int) -> np.ndarray:
+def trim(ids: np.ndarray, properties: TowerProperties, eot_id: int) -> np.ndarray:
     """`ids` cut after the batch's last EOT when the graph allows it, else unchanged."""
-    if not properties.get("variable_length") or not properties.get("causal_mask") or ids.ndim != 2 or not len(ids):
+    if not properties.trimmable or ids.ndim != 2 or not len(ids):
         return ids
-    return ids[:, :trimmed_length(ids, str(properties.get("pooling")), eot_id)]
+    return ids[:, :trimmed_length(ids, str(properties.pooling), eot_id)]
+
+
+# An ordinary word piece: "a</w>" in CLIP's vocabulary; any id below the vocabulary size will do
+# for graphs whose tokenizer the runtime does not implement.
+PLACEHOLDER_TOKEN = 320
+
+
+def placeholder_ids(config: TokenizerConfig, rows: int, words: int = 1) -> np.ndarray:
+    """[SOT, word x `words`, EOT, pad...] rows: example inputs for tracing and benchmarks when the
+    model's tokenizer is not at hand."""
+    ids = np.full((rows, config.context_length), config.pad_id, dtype=np.int64)
+    ids[:, 0] = config.sot_id if config.sot_id is not None else config.eot_id
+    ids[:, 1:1 + words] = min(PLACEHOLDER_TOKEN, max(config.vocab_size - 1, 0))
+    ids[:, 1 + words] = config.eot_id
+    return ids

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as _dt
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -10,21 +9,24 @@ from typing import Any, Callable
 import numpy as np
 
 from clipexport._deps import require
+from clipexport import datasets as inputs
+from clipexport.artifact.manifest import Manifest, Tower, check_graph_files, read_manifest
+from clipexport.artifact.precision import Precision
+from clipexport.datasets import heldout_image_dir
 from clipexport.errors import InputError, ParityError
-from clipexport.manifest import Manifest, Tower, check_graph_files, read_manifest
-from clipexport.precision.calibration import heldout_image_dir
-from clipexport.runtime.text_length import trim
+from clipexport.files import utc_timestamp
+from clipexport.parity.gates import GATES
+from clipexport.parity.report import ParityReport, TowerResult, ZeroShotResult
+from clipexport.parity.stats import embedding_parity, zero_shot_agreement
 from clipexport.progress import Progress, silent
-from clipexport.verify import inputs
-from clipexport.verify.gates import GATES
-from clipexport.verify.report import ParityReport, TowerResult, ZeroShotResult
-from clipexport.verify.stats import embedding_parity, zero_shot_agreement
+from clipexport.runtime.backends import BackendKind, BackendOptions, Runner, open_backend, require_available
+from clipexport.runtime.text_length import trim
 
 # Deliberately not a power of two, and unlike the traced batch (2): the last batch is ragged,
 # so dynamic batch handling is exercised at several sizes in every run.
 DEFAULT_BATCH_SIZE = 5
 REFERENCE_BATCH_SIZE = 16
-BACKEND = "onnxruntime"
+ALL = "all"  # --precision all: every variant both towers have
 
 
 @dataclass(frozen=True)
@@ -34,8 +36,8 @@ class VerifyOptions:
     texts: Path | None = None
     num_images: int = inputs.DEFAULT_NUM_IMAGES
     batch_size: int = DEFAULT_BATCH_SIZE
-    precisions: tuple[str, ...] = ("fp32",)
-    backends: tuple[str, ...] = (BACKEND,)  # also "tensorrt" (engines from `clipexport build`), "onnxruntime-trt"
+    precisions: tuple[Precision | str, ...] = (Precision.FP32,)  # or ALL
+    backends: tuple[BackendKind | str, ...] = (BackendKind.ONNXRUNTIME,)
     write_report: bool = True
 
 
@@ -45,12 +47,15 @@ def verify_artifact(options: VerifyOptions, progress: Progress = silent) -> Pari
         raise InputError("--batch-size and --num-images must be at least 1")
     manifest = read_manifest(options.artifact)
     precisions = resolve_precisions(manifest, options.precisions)
+    backends = tuple(dict.fromkeys(BackendKind.parse(b) for b in options.backends))
+    for backend in backends:  # a backend that cannot run here stops the run before the slow part
+        require_available(backend)
     for t in Tower:  # every file is there and unchanged before the slow part starts
         for p in precisions:
             check_graph_files(options.artifact, manifest.tower(t).graph(p))
     progress(f"loading the PyTorch reference ({manifest.source.kind.value}: {manifest.source.model})")
-    from clipexport.export.sources import reload_source
-    from clipexport.export.towers import exportable
+    from clipexport.sources import reload_source
+    from clipexport.sources.towers import exportable
 
     loaded = reload_source(manifest.source)
     images, texts, described = _verification_set(options)
@@ -67,19 +72,20 @@ def verify_artifact(options: VerifyOptions, progress: Progress = silent) -> Pari
         reference[tower] = _batched(lambda x, m=towers[tower]: _torch_run(torch, m, x), feeds[tower], REFERENCE_BATCH_SIZE)
 
     report = ParityReport(artifact=str(Path(options.artifact).resolve()),
-                          created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                          created=utc_timestamp(),
                           inputs={**described, "batch_size": options.batch_size})
-    for backend in options.backends:
+    for backend in backends:
         for precision in precisions:
             candidate = {}
             for tower in Tower:
-                progress(f"running the {tower.value} tower on {backend} ({precision})")
-                candidate[tower] = _run_candidate(Path(options.artifact), manifest, tower, precision, backend,
-                                                  feeds[tower].numpy(), options.batch_size)
-                report.results.append(TowerResult(tower.value, precision, backend,
-                                                  embedding_parity(reference[tower], candidate[tower]), GATES[precision]))
+                progress(f"running the {tower.value} tower on {backend.value} ({precision.value})")
+                candidate[tower], ran_on = _run_candidate(Path(options.artifact), manifest, tower, precision, backend,
+                                                          feeds[tower].numpy(), options.batch_size)
+                report.results.append(TowerResult(tower.value, precision.value, backend.value,
+                                                  embedding_parity(reference[tower], candidate[tower]), GATES[precision],
+                                                  ran_on=ran_on))
             report.zero_shot.append(ZeroShotResult(
-                precision, backend,
+                precision.value, backend.value,
                 zero_shot_agreement(reference[Tower.VISION], reference[Tower.TEXT], candidate[Tower.VISION], candidate[Tower.TEXT]),
                 images=len(images), texts=len(texts)))
     if options.write_report:
@@ -87,16 +93,14 @@ def verify_artifact(options: VerifyOptions, progress: Progress = silent) -> Pari
     return report
 
 
-def resolve_precisions(manifest: Manifest, requested: tuple[str, ...]) -> tuple[str, ...]:
-    """Expand "all" to every precision both towers have, in GATES order; reject unknown names."""
-    out: list[str] = []
+def resolve_precisions(manifest: Manifest, requested: tuple[Precision | str, ...]) -> tuple[Precision, ...]:
+    """Expand "all" to every precision both towers have, in enum order; reject unknown names."""
+    out: list[Precision] = []
     for name in requested:
-        if name == "all":
-            out += [p for p in GATES if all(p in manifest.tower(t).graphs for t in Tower)]
-        elif name in GATES:
-            out.append(name)
+        if isinstance(name, str) and name.lower() == ALL:
+            out += [p for p in Precision if all(p in manifest.tower(t).graphs for t in Tower)]
         else:
-            raise InputError(f"unknown precision '{name}' (expected one of {', '.join(GATES)}, or all)")
+            out.append(Precision.parse(name))
     return tuple(dict.fromkeys(out))
 
 
@@ -129,25 +133,19 @@ def _batched(run: Callable[[Any], np.ndarray], data: Any, batch_size: int) -> np
     return np.concatenate([run(data[i:i + batch_size]) for i in range(0, len(data), batch_size)])
 
 
-def _run_candidate(root: Path, manifest: Manifest, tower: Tower, precision: str, backend: str,
-                   data: np.ndarray, batch_size: int) -> np.ndarray:
-    from clipexport.runtime.clip_runtime import open_backend
-
+def _run_candidate(root: Path, manifest: Manifest, tower: Tower, precision: Precision, backend: BackendKind,
+                   data: np.ndarray, batch_size: int) -> tuple[np.ndarray, str]:
+    """The candidate's embeddings, and what actually ran them (recorded in parity.json)."""
     # ONNX Runtime on the CPU provider: parity is stated against the FP32 CPU reference, and a
     # GPU provider would silently change the numbers being certified.
-    providers = ["CPUExecutionProvider"] if backend == BACKEND else None
-    runner = open_backend(root, manifest, tower, precision, backend, providers=providers)
+    options = BackendOptions(cpu_only=backend is BackendKind.ONNXRUNTIME)
+    runner: Runner = open_backend(root, manifest, tower, precision, backend, options)
     # Text runs as the runtime runs it: a variable-length graph gets each batch cut after its last
     # end-of-text token, so parity against the full-length PyTorch model covers the fast path.
     properties, eot = manifest.tower(tower).properties, manifest.tokenizer.eot_id
     run = (lambda batch: runner.run(trim(batch, properties, eot))) if tower is Tower.TEXT else runner.run
-    try:
-        out = _batched(run, data, batch_size)
-    finally:
-        runner.close()
-    if not np.all(np.isfinite(out)):
-        raise ParityError(f"the {tower.value} {precision} graph on {backend} produced NaN/Inf on the verification set")
-    return out
+    with runner:
+        return _batched(run, data, batch_size), runner.ran_on
 
 
 def require_passed(report: ParityReport) -> None:

@@ -1,16 +1,74 @@
-"""Backends behind one small interface: `run(batch) -> embeddings`, as context managers."""
+"""The backend registry. A backend is a module with the same two verbs (the `safetensors`
+bindings' numpy/torch/flax modules are the model):
+
+- `unavailable() -> ClipExportError | None`: why this machine cannot run it (one line with the fix), or None;
+- `open_tower(root, manifest, tower, precision, options) -> Runner`: one tower's graph, ready to run.
+
+Adding a backend (openvino, coreml): one module with those verbs, one member in `BackendKind`,
+one line in `_MODULES`; every CLI `--backend` choice derives from `BackendKind`.
+"""
 
 from __future__ import annotations
 
-from typing import Protocol
+import importlib
+from enum import Enum
+from pathlib import Path
+from types import ModuleType
 
-import numpy as np
+from clipexport.artifact.manifest import Manifest, Tower
+from clipexport.artifact.precision import Precision
+from clipexport.errors import ClipExportError, InputError
+from clipexport.runtime.backends.base import BackendOptions, Runner
 
 
-class Backend(Protocol):
-    input_name: str
-    output_name: str
+class BackendKind(str, Enum):
+    ONNXRUNTIME = "onnxruntime"  # the ONNX graphs on ONNX Runtime (CUDA provider when usable, else CPU)
+    TENSORRT = "tensorrt"  # the engines from `clipexport build`
+    ONNXRUNTIME_TRT = "onnxruntime-trt"  # the ONNX graphs on ONNX Runtime's TensorRT provider
 
-    def run(self, batch: np.ndarray) -> np.ndarray: ...
+    def __str__(self) -> str:  # f-strings and messages show the value, on every Python
+        return self.value
 
-    def close(self) -> None: ...
+    @classmethod
+    def parse(cls, name: "str | BackendKind", option: str = "--backend") -> "BackendKind":
+        try:
+            return cls(name.lower() if isinstance(name, str) else name)
+        except ValueError:
+            raise InputError(f"unknown backend '{name}' for {option} (expected one of: "
+                             f"{', '.join(b.value for b in cls)})") from None
+
+
+_MODULES = {
+    BackendKind.ONNXRUNTIME: "clipexport.runtime.backends.onnxruntime",
+    BackendKind.TENSORRT: "clipexport.runtime.backends.tensorrt",
+    BackendKind.ONNXRUNTIME_TRT: "clipexport.runtime.backends.onnxruntime_trt",
+}
+
+
+def backend_module(kind: BackendKind | str) -> ModuleType:
+    return importlib.import_module(_MODULES[BackendKind.parse(kind)])
+
+
+def unavailable(kind: BackendKind | str) -> ClipExportError | None:
+    """Why `kind` cannot run here (an error to raise or report), or None."""
+    return backend_module(kind).unavailable()
+
+
+def require_available(kind: BackendKind | str) -> None:
+    """Raise the one-line reason `kind` cannot run here: checked before any slow work starts."""
+    problem = unavailable(kind)
+    if problem is not None:
+        raise problem
+
+
+def open_backend(root: Path, manifest: Manifest, tower: Tower, precision: Precision | str,
+                 backend: BackendKind | str = BackendKind.ONNXRUNTIME,
+                 options: BackendOptions | None = None) -> Runner:
+    """One tower's graph at one precision on one backend; the backend fails with one line when it
+    cannot run what was asked, instead of quietly running something else."""
+    chosen = Precision.parse(precision)
+    manifest.tower(tower).graph(chosen)  # a clear error when the precision was never made
+    return backend_module(backend).open_tower(Path(root), manifest, tower, chosen, options or BackendOptions())
+
+
+__all__ = ["BackendKind", "BackendOptions", "Runner", "open_backend", "unavailable", "require_available", "backend_module"]

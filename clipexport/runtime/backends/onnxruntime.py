@@ -1,4 +1,4 @@
-"""ONNX Runtime backend: TensorRT or CUDA execution providers when present, else CPU."""
+"""ONNX Runtime backend: the CUDA execution provider when its libraries load, else the CPU."""
 
 from __future__ import annotations
 
@@ -10,23 +10,31 @@ from typing import Any, Sequence
 import numpy as np
 
 from clipexport._deps import require
-from clipexport.errors import InputError
-from clipexport.manifest import TowerArtifact
+from clipexport.artifact.manifest import Manifest, Tower, TowerArtifact, check_graph_files
+from clipexport.artifact.precision import Precision
+from clipexport.errors import BackendError, ClipExportError, DeviceUnavailableError, MissingDependencyError
+from clipexport.runtime.backends.base import BackendOptions, Runner
 
-# Preference order; only those the installed onnxruntime offers are used.
-PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
-
+PURPOSE = "running ONNX graphs"
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+TENSORRT = "TensorrtExecutionProvider"
+# What a plain `onnxruntime` backend tries, best first. TensorRT's provider is its own backend
+# (onnxruntime-trt): its first run builds engines for minutes, which nobody should get by surprise.
+PREFERRED_PROVIDERS = (CUDA, CPU)
 
 _ORT_TYPES = {"tensor(float)": np.dtype(np.float32), "tensor(float16)": np.dtype(np.float16),
               "tensor(int64)": np.dtype(np.int64), "tensor(int32)": np.dtype(np.int32)}
 
-
-# onnxruntime-gpu lists the GPU providers even where their libraries cannot load (no driver,
-# no TensorRT), then prints pages of errors on every session; probe the libraries instead.
-_PROVIDER_LIBRARIES = {
-    "TensorrtExecutionProvider": ("libcuda.so.1", "libnvinfer.so.10"),
-    "CUDAExecutionProvider": ("libcuda.so.1",),
+# onnxruntime-gpu lists the GPU providers even where their libraries cannot load (no driver, no
+# TensorRT), then prints pages of errors on every session; probe the libraries instead. TensorRT
+# 10 (JetPack 6) and 11 (current) have different sonames; either will do.
+PROVIDER_LIBRARIES: dict[str, tuple[tuple[str, ...], ...]] = {
+    TENSORRT: (("libcuda.so.1",), ("libnvinfer.so.11", "libnvinfer.so.10")),
+    CUDA: (("libcuda.so.1",),),
 }
+
+Provider = str | tuple[str, dict[str, Any]]  # a name, or (name, provider options)
 
 
 @lru_cache(maxsize=None)
@@ -38,69 +46,90 @@ def _loadable(library: str) -> bool:
     return True
 
 
-Provider = str | tuple[str, dict[str, Any]]  # a name, or (name, provider options)
+def provider_usable(name: str) -> bool:
+    """The provider's libraries load here (each group: any one of its alternatives)."""
+    return all(any(_loadable(lib) for lib in group) for group in PROVIDER_LIBRARIES.get(name, ()))
 
 
-def tensorrt_provider(cache_dir: Path, precision: str) -> Provider:
-    """ONNX Runtime's TensorRT provider with its engine and timing caches in the artifact folder,
-    so the minutes-long first build happens once per GPU, not once per process."""
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    return ("TensorrtExecutionProvider", {
-        "trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache_dir),
-        "trt_timing_cache_enable": True, "trt_timing_cache_path": str(cache_dir),
-        # FP16 kernels for the fp16 graph only; Q/DQ graphs carry their own precision.
-        "trt_fp16_enable": precision == "fp16",
-    })
+def _name(provider: Provider) -> str:
+    return provider if isinstance(provider, str) else provider[0]
 
 
 def choose_providers(available: Sequence[str], requested: Sequence[Provider] | None = None) -> list[Provider]:
     if requested:
-        missing = [p if isinstance(p, str) else p[0] for p in requested
-                   if (p if isinstance(p, str) else p[0]) not in available]
+        missing = [_name(p) for p in requested if _name(p) not in available]
         if missing:
-            raise InputError(f"onnxruntime provider(s) {', '.join(missing)} not available (have: {', '.join(available)})")
+            raise DeviceUnavailableError(f"onnxruntime provider(s) {', '.join(missing)} not available in this "
+                                         f"onnxruntime (have: {', '.join(available)})")
+        unusable = [_name(p) for p in requested if not provider_usable(_name(p))]
+        if unusable:
+            raise DeviceUnavailableError(f"onnxruntime provider(s) {', '.join(unusable)} cannot load their libraries "
+                                         "here (no NVIDIA driver / TensorRT?); use the CPU provider on this machine")
         return list(requested)
-    usable = [p for p in PREFERRED_PROVIDERS if p in available
-              and all(_loadable(lib) for lib in _PROVIDER_LIBRARIES.get(p, ()))]
-    return usable or ["CPUExecutionProvider"]
+    usable = [p for p in PREFERRED_PROVIDERS if p in available and provider_usable(p)]
+    return usable or [CPU]
 
 
-class OnnxRuntimeBackend:
+def unavailable() -> ClipExportError | None:
+    try:
+        require("onnxruntime", PURPOSE)
+    except MissingDependencyError as exc:
+        return exc
+    return None
+
+
+class OnnxRuntimeBackend(Runner):
+    backend = "onnxruntime"
+
     def __init__(self, graph: Path | bytes, tower: TowerArtifact, providers: Sequence[Provider] | None = None,
                  threads: int | None = None):
-        ort = require("onnxruntime", "running ONNX graphs")
+        super().__init__(tower)
+        ort = require("onnxruntime", PURPOSE)
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only: provider fallbacks are decided above
         if threads:
             options.intra_op_num_threads = threads
-        self.providers = choose_providers(ort.get_available_providers(), providers)
+        self.requested = choose_providers(ort.get_available_providers(), providers)
         # bytes: a graph held in memory (the precision step evaluates candidates without writing them).
         source = graph if isinstance(graph, bytes) else str(graph)
-        self.session = ort.InferenceSession(source, sess_options=options, providers=self.providers)
-        self.input_name = tower.inputs[0].name
-        self.output_name = tower.outputs[0].name
-        self.input_dtype = np.dtype(tower.inputs[0].dtype)
-        self.fixed_shape = tuple(tower.inputs[0].shape[1:])
+        try:
+            self.session = ort.InferenceSession(source, sess_options=options, providers=self.requested)
+        except Exception as exc:  # ORT raises its own exception types (InvalidProtobuf, Fail, ...)
+            where = "the in-memory graph" if isinstance(graph, bytes) else str(graph)
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise BackendError(f"onnxruntime cannot load {where} ({first[:300]}); the file may be damaged: "
+                               "re-run the step that made it") from None
+        # What ONNX Runtime actually registered: it silently drops a provider that fails to start.
+        self.providers = list(self.session.get_providers())
+        dropped = [_name(p) for p in self.requested if _name(p) not in self.providers]
+        if dropped:
+            self.close()
+            raise DeviceUnavailableError(f"onnxruntime could not start {', '.join(dropped)} (it would have run on "
+                                         f"{', '.join(self.providers)} instead); check the GPU driver and libraries")
         # An FP16 graph built with FP16 I/O (`quantize --io-dtype float16`) still takes and gives
         # float32 here: callers never see the graph's boundary type.
         self.graph_input_dtype = _ORT_TYPES.get(self.session.get_inputs()[0].type, self.input_dtype)
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        if batch.dtype != self.input_dtype:
-            raise InputError(f"{self.input_name} must be {self.input_dtype}, got {batch.dtype}")
-        if len(batch.shape) != len(self.fixed_shape) + 1 or any(
-                isinstance(want, int) and got != want for got, want in zip(batch.shape[1:], self.fixed_shape)):
-            raise InputError(f"{self.input_name} must have shape [batch, {', '.join(map(str, self.fixed_shape))}], got {list(batch.shape)}")
+    @property
+    def ran_on(self) -> str:
+        return f"{self.backend} ({', '.join(self.providers)})"
+
+    def _run_impl(self, batch: np.ndarray) -> np.ndarray:
         if self.graph_input_dtype != self.input_dtype:
             batch = batch.astype(self.graph_input_dtype)
-        out = self.session.run([self.output_name], {self.input_name: batch})[0]
-        return out.astype(np.float32, copy=False)
+        try:
+            return self.session.run([self.output_name], {self.input_name: batch})[0]
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise BackendError(f"onnxruntime failed on a batch of shape {list(batch.shape)}: {first[:300]}") from None
 
     def close(self) -> None:
         self.session = None
 
-    def __enter__(self) -> "OnnxRuntimeBackend":
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+def open_tower(root: Path, manifest: Manifest, tower: Tower, precision: Precision,
+               options: BackendOptions) -> OnnxRuntimeBackend:
+    graph = check_graph_files(root, manifest.tower(tower).graph(precision))
+    providers = [CPU] if options.cpu_only else options.providers
+    return OnnxRuntimeBackend(graph, manifest.tower(tower), providers=providers, threads=options.threads)
+

@@ -1,4 +1,5 @@
-"""TensorRT backend: a prebuilt engine (`clipexport build`) run through the TensorRT 10 Python API.
+"""TensorRT backend: a prebuilt engine (`clipexport build`) run through the TensorRT Python API
+(10.x and 11.x: the same calls exist in both).
 
 Before deserializing, the plan is checked against its provenance sidecar (same file, a TensorRT
 and GPU that can run it); batches above the profile's maximum are split; outputs are checked
@@ -13,23 +14,39 @@ from pathlib import Path
 import numpy as np
 
 from clipexport._deps import require
-from clipexport.build.sidecar import check_compatible, check_plan_file, read_sidecar
-from clipexport.errors import InputError, ManifestError
-from clipexport.manifest import TowerArtifact
+from clipexport.artifact.layout import engine_file, inside
+from clipexport.artifact.manifest import Manifest, Tower, TowerArtifact
+from clipexport.artifact.precision import Precision
+from clipexport.artifact.provenance import check_compatible, check_plan_file, read_sidecar
+from clipexport.errors import BackendError, ClipExportError, InputError, ManifestError, MissingDependencyError
+from clipexport.runtime.backends.base import BackendOptions, Runner
 
 PURPOSE = "running TensorRT engines"
 
 
-class TensorRTBackend:
+def unavailable() -> ClipExportError | None:
+    try:
+        require("tensorrt", PURPOSE)
+        require("polygraphy.cuda", PURPOSE)
+    except MissingDependencyError as exc:
+        return exc
+    return None
+
+
+class TensorRTBackend(Runner):
+    backend = "tensorrt"
+
     def __init__(self, plan: Path, tower: TowerArtifact, rebuild: str):
+        super().__init__(tower)
+        trt = require("tensorrt", PURPOSE)  # the install hint comes before any "engine not found"
+        cuda = require("polygraphy.cuda", PURPOSE)
         provenance = read_sidecar(plan, rebuild)
         check_plan_file(plan, provenance, rebuild)
-        trt = require("tensorrt", PURPOSE)
-        cuda = require("polygraphy.cuda", PURPOSE)
-        from clipexport.build.gpu import gpu_info
+        from clipexport.gpu import gpu_info
 
         gpu = gpu_info()
         self.notes = check_compatible(provenance, trt.__version__, gpu.compute_capability, gpu.name, rebuild)
+        self.description = f"tensorrt {trt.__version__} ({plan.name} on {gpu.name})"
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
         if provenance.flags.get("version_compatible"):
@@ -39,9 +56,6 @@ class TensorRTBackend:
             raise ManifestError(f"TensorRT could not deserialize {plan.name} although it matches its provenance; "
                                 f"rebuild it with: {rebuild}")
         self.context = self.engine.create_execution_context()
-        self.input_name = tower.inputs[0].name
-        self.output_name = tower.outputs[0].name
-        self.input_dtype = np.dtype(tower.inputs[0].dtype)
         self.engine_input_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(self.input_name)))
         self.engine_output_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(self.output_name)))
         low, _, high = self.engine.get_tensor_profile_shape(self.input_name, 0)
@@ -51,19 +65,19 @@ class TensorRTBackend:
         self._device_in = cuda.DeviceArray(shape=(0,), dtype=self.engine_input_dtype)
         self._device_out = cuda.DeviceArray(shape=(0,), dtype=self.engine_output_dtype)
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        if batch.dtype != self.input_dtype:
-            raise InputError(f"{self.input_name} must be {self.input_dtype}, got {batch.dtype}")
+    @property
+    def ran_on(self) -> str:
+        return self.description
+
+    def _check_shape(self, batch: np.ndarray) -> None:
         if len(batch.shape) != len(self.profile_max) or not all(
                 lo <= d <= hi for d, lo, hi in zip(batch.shape[1:], self.profile_min[1:], self.profile_max[1:])):
             raise InputError(f"{self.input_name} shape {list(batch.shape)} is outside the engine's profile "
                              f"{list(self.profile_min)}..{list(self.profile_max)}; rebuild with a recipe that covers it")
+
+    def _run_impl(self, batch: np.ndarray) -> np.ndarray:
         chunks = [self._run_chunk(batch[i:i + self.max_batch]) for i in range(0, len(batch), self.max_batch)]
-        out = np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
-        if not np.all(np.isfinite(out)):
-            raise InputError("the TensorRT engine produced NaN/Inf; check the inputs, or verify the engine with "
-                             "clipexport verify DIR --backend tensorrt")
-        return out
+        return np.concatenate(chunks)
 
     def _run_chunk(self, chunk: np.ndarray) -> np.ndarray:
         host_in = np.ascontiguousarray(chunk, dtype=self.engine_input_dtype)
@@ -78,7 +92,7 @@ class TensorRTBackend:
         self.context.set_tensor_address(self.input_name, self._device_in.ptr)
         self.context.set_tensor_address(self.output_name, self._device_out.ptr)
         if not self.context.execute_async_v3(self._stream.ptr):
-            raise InputError(f"TensorRT failed to run a batch of shape {list(host_in.shape)}")
+            raise BackendError(f"TensorRT failed to run a batch of shape {list(host_in.shape)} (see the TensorRT log)")
         host_out = np.empty(out_shape, dtype=self.engine_output_dtype)
         self._device_out.copy_to(host_out, self._stream)
         self._stream.synchronize()
@@ -88,10 +102,12 @@ class TensorRTBackend:
         for resource in (getattr(self, "_device_in", None), getattr(self, "_device_out", None), getattr(self, "_stream", None)):
             if resource is not None:
                 resource.free()
+        self._device_in = self._device_out = self._stream = None
         self.context = self.engine = None
 
-    def __enter__(self) -> "TensorRTBackend":
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+def open_tower(root: Path, manifest: Manifest, tower: Tower, precision: Precision,
+               options: BackendOptions) -> TensorRTBackend:
+    plan = inside(root, engine_file(tower.value, precision), "engine file")
+    rebuild = f"clipexport build {root} --precision {precision.value} --towers {tower.value}"
+    return TensorRTBackend(plan, manifest.tower(tower), rebuild)

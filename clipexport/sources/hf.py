@@ -8,15 +8,16 @@ from typing import Any
 
 from clipexport._deps import require
 from clipexport.errors import SourceError
-from clipexport.export.loaded import LoadedModel, offline_hint
+from clipexport.sources.loaded import LoadedModel, offline_hint
 from clipexport.files import sha256_file
-from clipexport.manifest import (
+from clipexport.artifact.manifest import (
     Convention,
     PreprocessConfig,
     ResizeMode,
     SourceInfo,
     SourceKind,
     TokenizerConfig,
+    TowerProperties,
 )
 
 # model_type -> (model class, text pooling, causal text mask)
@@ -68,7 +69,7 @@ def reload_hf(source: SourceInfo) -> LoadedModel:
     tokenizer = _tokenizer(transformers, source.model)
     tok_cfg = _tokenizer_config(config, tokenizer)
     torch = require("torch", "loading Hugging Face models")
-    from clipexport.export.towers import HfText, HfVision
+    from clipexport.sources.towers import HfText, HfVision
 
     def tokenize(texts: Any) -> Any:
         if tokenizer is None:
@@ -89,7 +90,7 @@ def reload_hf(source: SourceInfo) -> LoadedModel:
         image_transform=lambda image: torch.from_numpy(processor(images=image, return_tensors="np")["pixel_values"][0]),
         tokenize=tokenize,
         library_versions={"transformers": transformers.__version__},
-        text_properties={"pooling": pooling, "causal_mask": causal},
+        text_properties=TowerProperties(pooling=pooling, causal_mask=causal),
     )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ctypes
 from dataclasses import dataclass
 
-from clipexport.errors import MissingDependencyError
+from clipexport.errors import DeviceUnavailableError
 
 _COMPUTE_CAPABILITY_MAJOR = 75  # CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR
 _COMPUTE_CAPABILITY_MINOR = 76
@@ -25,7 +25,7 @@ def gpu_info(device: int = 0) -> GpuInfo:
     try:
         cuda = ctypes.CDLL("libcuda.so.1")
     except OSError:
-        raise MissingDependencyError("no NVIDIA driver found (libcuda.so.1 does not load): TensorRT engines need "
+        raise DeviceUnavailableError("no NVIDIA driver found (libcuda.so.1 does not load): TensorRT engines need "
                                      "an NVIDIA GPU with its driver; use the onnxruntime backend on this machine") from None
     handle = ctypes.c_int()
     major, minor = ctypes.c_int(), ctypes.c_int()
@@ -33,7 +33,7 @@ def gpu_info(device: int = 0) -> GpuInfo:
     for call, args in ((cuda.cuInit, (0,)), (cuda.cuDeviceGet, (ctypes.byref(handle), device))):
         status = call(*args)
         if status != 0:
-            raise MissingDependencyError(f"the CUDA driver reports error {status} for GPU {device} "
+            raise DeviceUnavailableError(f"the CUDA driver reports error {status} for GPU {device} "
                                          "(no GPU visible to this process?); check nvidia-smi / CUDA_VISIBLE_DEVICES")
     cuda.cuDeviceGetName(name, len(name), handle)
     cuda.cuDeviceGetAttribute(ctypes.byref(major), _COMPUTE_CAPABILITY_MAJOR, handle)

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from clipexport.artifact.fields import FieldReader
 from clipexport.errors import ManifestError
 from clipexport.files import sha256_file, write_json_atomic
 
@@ -49,12 +50,18 @@ class EngineProvenance:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str) -> "EngineProvenance":
+        fields = FieldReader(where, ManifestError, "rebuild the engine")
         if data.get("schema_version") != SIDECAR_SCHEMA_VERSION:
-            raise ManifestError(f"{where}: provenance schema {data.get('schema_version')!r} is not supported; rebuild the engine")
-        try:
-            return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
-        except TypeError as exc:
-            raise ManifestError(f"{where} is incomplete ({exc}); rebuild the engine") from None
+            raise fields.fail(f"provenance schema {data.get('schema_version')!r} is not supported")
+        text, number = str, (int, float)
+        required = {"engine": text, "engine_sha256": text, "engine_bytes": int, "tower": text, "precision": text,
+                    "tensorrt_version": text, "gpu_name": text, "compute_capability": text, "onnx_file": text,
+                    "onnx_sha256": text, "profiles": dict, "flags": dict, "build_seconds": number,
+                    "created": text, "recipe": text}
+        values = {key: fields.get(data, key, kind) for key, kind in required.items()}
+        values["calibration_sha256"] = fields.get(data, "calibration_sha256", text, default=None)
+        values["versions"] = fields.get(data, "versions", dict, default={})
+        return cls(**values)
 
 
 def sidecar_path(plan: Path) -> Path:

@@ -11,18 +11,18 @@ from typing import Any, Mapping
 
 from clipexport._deps import require
 from clipexport.errors import SourceError
-from clipexport.export.loaded import LoadedModel, offline_hint
+from clipexport.sources.loaded import LoadedModel, offline_hint
 
-# Text pooling at an end-of-text position: what makes cutting padding after EOT exact.
-TRIMMABLE_POOLING = ("argmax", "eos")
+from clipexport.artifact.layout import TRIMMABLE_POOLING
 from clipexport.files import sha256_file
-from clipexport.manifest import (
+from clipexport.artifact.manifest import (
     Convention,
     PreprocessConfig,
     ResizeMode,
     SourceInfo,
     SourceKind,
     TokenizerConfig,
+    TowerProperties,
 )
 
 RANDOM = "random"
@@ -88,7 +88,7 @@ def _build(open_clip: Any, source: SourceInfo) -> LoadedModel:
 
     reference_transform = image_transform_v2(PreprocessCfg(**pp), is_train=False)
     bias = getattr(model, "logit_bias", None)
-    from clipexport.export.towers import OpenClipText, OpenClipVision
+    from clipexport.sources.towers import OpenClipText, OpenClipVision
 
     pooling = getattr(model, "text_pool_type", "custom")
     causal = getattr(model, "attn_mask", None) is not None
@@ -106,12 +106,8 @@ def _build(open_clip: Any, source: SourceInfo) -> LoadedModel:
         image_transform=reference_transform,
         tokenize=lambda texts: tokenizer(list(texts)),
         library_versions={"open_clip": open_clip.__version__},
-        text_properties={
-            "pooling": pooling,
-            # Tokens after end-of-text cannot affect the output only under a causal mask.
-            "causal_mask": causal,
-            "variable_length": trimmable,
-        },
+        # Tokens after end-of-text cannot affect the output only under a causal mask.
+        text_properties=TowerProperties(pooling=pooling, causal_mask=causal, variable_length=trimmable),
     )
 
 
@@ -177,25 +173,41 @@ def _explain(source: SourceInfo, exc: BaseException) -> SourceError:
 
 
 class _registered_config:
-    """Make a custom (non built-in) config visible to open_clip by name for the duration of a load."""
+    """Make a custom (non built-in) config visible to open_clip by name for the duration of a load,
+    then put open_clip's registry back as it was: a custom JSON named like a built-in must not
+    shadow the built-in for the rest of the process."""
 
     def __init__(self, open_clip: Any, name: str, config: Mapping[str, Any]):
         self.open_clip, self.name, self.config = open_clip, name, config
         self.tmp: tempfile.TemporaryDirectory[str] | None = None
+        self.path: Path | None = None
+        self.previous: Any = None
 
     def __enter__(self) -> None:
         builtin = self.open_clip.get_model_config(self.name)
         # quick_gelu alone is passed as force_quick_gelu; no need to shadow a built-in config for it.
         if not self.config or _without_quick_gelu(builtin) == _without_quick_gelu(self.config):
             return
+        from open_clip import factory
+
+        self.previous = factory._MODEL_CONFIGS.get(self.name)
         self.tmp = tempfile.TemporaryDirectory(prefix="clipexport-cfg-")
-        path = Path(self.tmp.name) / f"{self.name}.json"
-        path.write_text(json.dumps(self.config), encoding="utf-8")
-        self.open_clip.add_model_config(path)
+        self.path = Path(self.tmp.name) / f"{self.name}.json"
+        self.path.write_text(json.dumps(self.config), encoding="utf-8")
+        self.open_clip.add_model_config(self.path)
 
     def __exit__(self, *exc: object) -> None:
-        if self.tmp is not None:
-            self.tmp.cleanup()
+        if self.tmp is None:
+            return
+        from open_clip import factory
+
+        if self.path in factory._MODEL_CONFIG_PATHS:
+            factory._MODEL_CONFIG_PATHS.remove(self.path)
+        if self.previous is None:
+            factory._MODEL_CONFIGS.pop(self.name, None)
+        else:
+            factory._MODEL_CONFIGS[self.name] = self.previous
+        self.tmp.cleanup()
 
 
 def _without_quick_gelu(config: Mapping[str, Any] | None) -> dict[str, Any] | None:

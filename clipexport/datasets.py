@@ -1,18 +1,26 @@
-"""The verification set: seeded synthetic images and a built-in caption list, or the user's own.
+"""Every data set the tool reads: the default calibration set and its held-out photos (package
+data), the verification set (seeded synthetic images, built-in captions), and the user's own
+image folders and caption files.
 
-Deliberately unlike the export's tracing inputs (random tensors, two short captions): parity
-is measured on inputs the graph was not traced with, at other batch sizes.
+The verification set is deliberately unlike the export's tracing inputs (random tensors, two
+short captions): parity is measured on inputs the graph was not traced with, at other batch sizes.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
 from clipexport._deps import require
 from clipexport.errors import InputError
+
+# The default calibration set ships inside the package (clipexport/data/calibration, see its
+# README); CLIPEXPORT_CALIBRATION_DIR points at a folder of your own with images/ and captions.txt.
+CALIBRATION_DIR_ENV = "CLIPEXPORT_CALIBRATION_DIR"
+_PACKAGED_CALIBRATION_DIR = Path(__file__).resolve().parent / "data" / "calibration"
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 DEFAULT_NUM_IMAGES = 24
@@ -42,6 +50,26 @@ DEFAULT_CAPTIONS = (
     " ".join(["a very long caption that keeps describing the same scene over and over"] * 12),
     "a blurry photo of a mountain lake reflecting snow-capped peaks under a clear blue sky",
 )
+
+
+def default_calibration_dir() -> Path:
+    configured = os.environ.get(CALIBRATION_DIR_ENV)
+    root = Path(configured).expanduser() if configured else _PACKAGED_CALIBRATION_DIR
+    if not (root / "images").is_dir() or not (root / "captions.txt").is_file():
+        raise InputError(
+            f"the default calibration set was not found at {root}; pass --calibration-images DIR and "
+            f"--calibration-texts FILE, or set {CALIBRATION_DIR_ENV} to a folder with images/ and captions.txt"
+        )
+    return root
+
+
+def heldout_image_dir() -> Path | None:
+    """The held-out photos beside the default set (never calibrated on), if this install has them."""
+    try:
+        folder = default_calibration_dir() / "heldout"
+    except InputError:
+        return None
+    return folder if folder.is_dir() else None
 
 
 def synthetic_images(count: int = DEFAULT_NUM_IMAGES, seed: int = DEFAULT_SEED) -> list[Any]:
@@ -84,6 +112,19 @@ def image_files(folder: str | Path, option: str = "--images", what: str = "image
     return paths
 
 
+def image_paths(items: Iterable[str | os.PathLike[str]]) -> list[Path]:
+    """Files as given and every image file inside folders (sorted by name), in argument order:
+    what `embed --images` and `classify` take."""
+    paths: list[Path] = []
+    for item in items:
+        path = Path(item).expanduser()
+        if path.is_dir():
+            paths.extend(image_files(path, "IMAGES", "image folder"))
+        else:
+            paths.append(path)
+    return paths
+
+
 def load_image_folder(folder: str | Path) -> tuple[list[Any], list[str]]:
     """(images, names) of every image file in a folder, sorted by name."""
     Image = require("PIL.Image", "reading images")
@@ -99,16 +140,30 @@ def load_image_folder(folder: str | Path) -> tuple[list[Any], list[str]]:
     return images, [p.name for p in paths]
 
 
-def load_text_file(path: str | Path) -> list[str]:
-    """One caption per line; blank lines are skipped (an empty caption is still tested by default)."""
+def read_lines(path: str | Path, what: str = "text file") -> list[str]:
+    """The file's lines, split on "\n" only (a U+2028 or form feed inside a caption stays in it),
+    "\r\n" endings and a final newline removed, blank lines kept: line i is row i."""
     file = Path(path).expanduser()
+    if file.is_dir():
+        raise InputError(f"{what} {file} is a folder; pass a UTF-8 file with one text per line")
     if not file.is_file():
-        raise InputError(f"text file {file} does not exist; pass a UTF-8 file with one caption per line")
+        raise InputError(f"{what} {file} does not exist; pass a UTF-8 file with one text per line")
     try:
-        lines = file.read_text(encoding="utf-8").splitlines()
+        text = file.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        raise InputError(f"text file {file} is not UTF-8 ({exc}); re-save it as UTF-8") from None
-    texts = [line for line in lines if line.strip()]
+        raise InputError(f"{what} {file} is not UTF-8 ({exc}); re-save it as UTF-8") from None
+    except OSError as exc:
+        raise InputError(f"cannot read {what} {file} ({exc.strerror})") from None
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
+def load_text_file(path: str | Path) -> list[str]:
+    """One caption per line, blank lines skipped (an empty caption is still tested by default):
+    for verification and calibration sets, where a row's position does not matter."""
+    texts = [line for line in read_lines(path) if line.strip()]
     if not texts:
-        raise InputError(f"text file {file} has no captions; put one caption per line")
+        raise InputError(f"text file {Path(path).expanduser()} has no captions; put one caption per line")
     return texts

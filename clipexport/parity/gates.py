@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from clipexport.artifact.precision import Precision
+
 
 @dataclass(frozen=True)
 class Gate:
@@ -40,4 +42,4 @@ INT8 = Gate(min_cosine=0.98, mean_cosine=0.99)
 # ranges, still clear the verify gate.
 INT8_FALLBACK_TARGET = Gate(min_cosine=0.99, mean_cosine=0.995)
 
-GATES: dict[str, Gate] = {"fp32": FP32, "fp16": FP16, "int8": INT8}
+GATES: dict[Precision, Gate] = {Precision.FP32: FP32, Precision.FP16: FP16, Precision.INT8: INT8}

@@ -1,30 +1,38 @@
 """The artifact contract: manifest.json describes every graph in an artifact folder completely,
 so the runtime, the precision step and the builder need nothing but the folder.
 
-numpy-free and torch-free: the runtime imports this module.
+stdlib only (no numpy, no torch): the runtime imports this module.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from enum import Enum
 from pathlib import Path
 from typing import Any, Mapping
 
+from clipexport.artifact.fields import FieldReader
+from clipexport.artifact.layout import MANIFEST_NAME, TRIMMABLE_POOLING, inside
+from clipexport.artifact.precision import Precision
 from clipexport.errors import ManifestError
 from clipexport.files import sha256_file, write_json_atomic
 
-MANIFEST_NAME = "manifest.json"
 # Bump when a reader of the previous version would misread a new manifest.
-SCHEMA_VERSION = 1
-SUPPORTED_SCHEMA_VERSIONS = (1,)
+# 2: graph details and tower properties are typed records (1 had free-form dicts of the same keys).
+SCHEMA_VERSION = 2
+SUPPORTED_SCHEMA_VERSIONS = (1, 2)
+_FIX = "re-export the model"
 
 
 class Tower(str, Enum):
     VISION = "vision"
     TEXT = "text"
+
+    def __str__(self) -> str:  # f-strings and messages show the value, on every Python
+        return self.value
+
 
 
 class SourceKind(str, Enum):
@@ -35,6 +43,17 @@ class SourceKind(str, Enum):
 Dim = int | str  # a fixed size, or the name of a symbolic (dynamic) axis
 
 
+_FIELDS = FieldReader("manifest.json", ManifestError, _FIX)
+_MISSING = object()
+
+
+def _get(data: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str, default: Any = _MISSING) -> Any:
+    prefix = f"{where}." if where else ""
+    if default is _MISSING:
+        return _FIELDS.get(data, key, kind, prefix=prefix)
+    return _FIELDS.get(data, key, kind, prefix=prefix, default=default)
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     name: str
@@ -43,10 +62,79 @@ class TensorSpec:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str) -> "TensorSpec":
+        return cls(name=_get(data, "name", str, where), dtype=_get(data, "dtype", str, where),
+                   shape=tuple(_get(data, "shape", list, where)))
+
+
+@dataclass(frozen=True)
+class SampleSet:
+    """The samples a reduced-precision graph was calibrated (or autocast-checked) with."""
+
+    source: str
+    samples: int
+    validation_samples: int
+    sha256: str  # over the samples actually used, in order
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str) -> "SampleSet":
+        return cls(source=_get(data, "source", str, where), samples=_get(data, "samples", int, where),
+                   validation_samples=_get(data, "validation_samples", int, where), sha256=_get(data, "sha256", str, where))
+
+
+@dataclass(frozen=True)
+class GraphDetails:
+    """How a graph was made; read by build (calibration hash), the CLI and people."""
+
+    method: str
+    made_by: str | None = None  # the command that made it: export, quantize, build
+    target: str | None = None  # INT8 Q/DQ placement: tensorrt or cpu
+    calibration_method: str | None = None
+    calibration: SampleSet | None = None  # INT8: calibration set; FP16: autocast's reference samples
+    io_dtype: str = "float32"
+    unquantized_dtype: str | None = None  # what an INT8 graph keeps its other nodes in
+    quantized_nodes: int | None = None
+    high_precision_nodes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # reason -> nodes
+    fp32_op_types: tuple[str, ...] = ()
+    fp32_tail_nodes: tuple[str, ...] = ()
+    fp32_nodes: tuple[str, ...] = ()
+    data_max: float | None = None
+    fallback_target: Mapping[str, float] = field(default_factory=dict)
+    fallback_steps: tuple[Mapping[str, float], ...] = ()
+    validation_parity: Mapping[str, float] = field(default_factory=dict)
+    versions: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def fallback_nodes(self) -> tuple[str, ...]:
+        return tuple(self.high_precision_nodes.get("fallback", ()))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str) -> "GraphDetails":
+        data = dict(data)
+        if "reference_samples" in data:  # schema 1 spelled FP16's reference samples so
+            data.setdefault("calibration", data.pop("reference_samples"))
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise _FIELDS.fail(f"'{where}': unknown key '{unknown[0]}' (written by a newer clipexport?)")
+        calibration = data.get("calibration")
         return cls(
-            name=_get(data, "name", str, where),
-            dtype=_get(data, "dtype", str, where),
-            shape=tuple(_get(data, "shape", list, where)),
+            method=_get(data, "method", str, where),
+            made_by=_get(data, "made_by", str, where, default=None),
+            target=_get(data, "target", str, where, default=None),
+            calibration_method=_get(data, "calibration_method", str, where, default=None),
+            calibration=SampleSet.from_dict(calibration, f"{where}.calibration") if calibration else None,
+            io_dtype=_get(data, "io_dtype", str, where, default="float32"),
+            unquantized_dtype=_get(data, "unquantized_dtype", str, where, default=None),
+            quantized_nodes=_get(data, "quantized_nodes", int, where, default=None),
+            high_precision_nodes={k: tuple(v) for k, v in _get(data, "high_precision_nodes", dict, where, default={}).items()},
+            fp32_op_types=tuple(_get(data, "fp32_op_types", list, where, default=[])),
+            fp32_tail_nodes=tuple(_get(data, "fp32_tail_nodes", list, where, default=[])),
+            fp32_nodes=tuple(_get(data, "fp32_nodes", list, where, default=[])),
+            data_max=_get(data, "data_max", (int, float), where, default=None),
+            fallback_target=dict(_get(data, "fallback_target", dict, where, default={})),
+            fallback_steps=tuple(_get(data, "fallback_steps", list, where, default=[])),
+            validation_parity=dict(_get(data, "validation_parity", dict, where, default={})),
+            versions=dict(_get(data, "versions", dict, where, default={})),
         )
 
 
@@ -58,17 +146,45 @@ class GraphFile:
     sha256: str
     external_data: str | None = None  # weights file beside graphs over 2 GB
     external_data_sha256: str | None = None
-    details: Mapping[str, Any] = field(default_factory=dict)  # method, kept ops, parity, ...
+    details: GraphDetails = field(default_factory=lambda: GraphDetails(method="unknown"))
+
+    @classmethod
+    def of(cls, folder: Path, name: str, external: bool, details: GraphDetails) -> "GraphFile":
+        """The record of a graph just written to folder/name (and folder/name.data when external)."""
+        data_name = f"{name}.data" if external else None
+        return cls(file=name, sha256=sha256_file(folder / name), external_data=data_name,
+                   external_data_sha256=sha256_file(folder / data_name) if data_name else None, details=details)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str) -> "GraphFile":
         return cls(
             file=_get(data, "file", str, where),
             sha256=_get(data, "sha256", str, where),
-            external_data=data.get("external_data"),
-            external_data_sha256=data.get("external_data_sha256"),
-            details=dict(data.get("details") or {}),
+            external_data=_get(data, "external_data", str, where, default=None),
+            external_data_sha256=_get(data, "external_data_sha256", str, where, default=None),
+            details=GraphDetails.from_dict(_get(data, "details", dict, where, default={"method": "unknown"}), f"{where}.details"),
         )
+
+
+@dataclass(frozen=True)
+class TowerProperties:
+    """What the text fast path and the builder need to know about a tower's graph."""
+
+    pooling: str | None = None  # text: argmax / eos / eot / last / first / ...
+    causal_mask: bool = False
+    variable_length: bool = False  # exported with a dynamic sequence axis
+
+    @property
+    def trimmable(self) -> bool:
+        """Cutting each batch after its last EOT is exact: a variable-length graph under a causal
+        mask, pooled at an EOT position (tokens after EOT cannot reach the output)."""
+        return self.variable_length and self.causal_mask and self.pooling in TRIMMABLE_POOLING
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str) -> "TowerProperties":
+        return cls(pooling=_get(data, "pooling", str, where, default=None),
+                   causal_mask=_get(data, "causal_mask", bool, where, default=False),
+                   variable_length=_get(data, "variable_length", bool, where, default=False))
 
 
 @dataclass(frozen=True)
@@ -76,28 +192,35 @@ class TowerArtifact:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     opset: int
-    graphs: Mapping[str, GraphFile]  # precision ("fp32", "fp16", "int8") -> graph
-    properties: Mapping[str, Any] = field(default_factory=dict)  # e.g. text pooling, causal mask
+    graphs: Mapping[Precision, GraphFile]
+    properties: TowerProperties = field(default_factory=TowerProperties)
 
-    def graph(self, precision: str) -> GraphFile:
+    def graph(self, precision: Precision | str) -> GraphFile:
+        chosen = Precision.parse(precision)
         try:
-            return self.graphs[precision]
+            return self.graphs[chosen]
         except KeyError:
-            have = ", ".join(sorted(self.graphs)) or "none"
-            raise ManifestError(
-                f"no {precision} graph in this artifact (have: {have}); "
-                f"create it with: clipexport quantize DIR --precision {precision}"
-            ) from None
+            have = ", ".join(p.value for p in self.graphs) or "none"
+            fix = ("re-export the model" if chosen.made_by_export
+                   else f"create it with: clipexport quantize DIR --precision {chosen.value}")
+            raise ManifestError(f"no {chosen.value} graph in this artifact (have: {have}); {fix}") from None
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str) -> "TowerArtifact":
-        graphs = _get(data, "graphs", dict, where)
+        graphs = {}
+        for key, raw in _get(data, "graphs", dict, where).items():
+            try:
+                precision = Precision(key)
+            except ValueError:
+                raise _FIELDS.fail(f"'{where}': unknown precision '{key}' in graphs (this clipexport knows "
+                             f"{', '.join(p.value for p in Precision)})") from None
+            graphs[precision] = GraphFile.from_dict(raw, f"{where}.graphs.{key}")
         return cls(
             inputs=tuple(TensorSpec.from_dict(x, f"{where}.inputs") for x in _get(data, "inputs", list, where)),
             outputs=tuple(TensorSpec.from_dict(x, f"{where}.outputs") for x in _get(data, "outputs", list, where)),
             opset=_get(data, "opset", int, where),
-            graphs={k: GraphFile.from_dict(v, f"{where}.graphs.{k}") for k, v in graphs.items()},
-            properties=dict(data.get("properties") or {}),
+            graphs=graphs,
+            properties=TowerProperties.from_dict(_get(data, "properties", dict, where, default={}), f"{where}.properties"),
         )
 
 
@@ -221,16 +344,17 @@ class Manifest:
             raise ManifestError(f"this artifact has no {key.value} tower (have: {', '.join(t.value for t in self.towers)})")
         return self.towers[key]
 
-    def with_graph(self, tower: Tower, precision: str, graph: GraphFile) -> "Manifest":
+    def with_graph(self, tower: Tower, precision: Precision, graph: GraphFile) -> "Manifest":
         """A copy with one more (or a replaced) graph for `tower` at `precision`."""
         artifact = self.tower(tower)
-        graphs = {**artifact.graphs, precision: graph}
+        graphs = {**artifact.graphs, Precision(precision): graph}
         towers = {**self.towers, tower: replace(artifact, graphs=graphs)}
         return replace(self, towers=towers)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["towers"] = {t.value: asdict(a) for t, a in self.towers.items()}
+        data["schema_version"] = SCHEMA_VERSION  # a manifest read as an older schema is written as the current one
         # Key order matters to the humans who read the file: contract first.
         order = ["schema_version", "created", "versions", "source", "embed_dim", "normalized",
                  "logit_scale", "logit_bias", "towers", "preprocess", "tokenizer"]
@@ -241,12 +365,15 @@ class Manifest:
         if not isinstance(data, Mapping):
             raise ManifestError("manifest.json does not hold a JSON object")
         version = data.get("schema_version")
+        if version is None:
+            raise ManifestError("manifest.json has no schema_version: it is not a clipexport manifest "
+                                "(or it was damaged); re-export the model")
         if version not in SUPPORTED_SCHEMA_VERSIONS:
             raise ManifestError(
                 f"manifest schema version {version!r} is not supported by this clipexport "
                 f"(reads {list(SUPPORTED_SCHEMA_VERSIONS)}); upgrade clipexport or re-export the model"
             )
-        towers_raw = _get(data, "towers", dict, "manifest")
+        towers_raw = _get(data, "towers", dict, "")
         towers: dict[Tower, TowerArtifact] = {}
         for name, raw in towers_raw.items():
             try:
@@ -257,16 +384,16 @@ class Manifest:
         bias = data.get("logit_bias")
         return cls(
             schema_version=version,
-            created=_get(data, "created", str, "manifest"),
-            versions=dict(_get(data, "versions", dict, "manifest")),
-            source=SourceInfo.from_dict(_get(data, "source", dict, "manifest"), "source"),
-            embed_dim=_get(data, "embed_dim", int, "manifest"),
-            normalized=_get(data, "normalized", bool, "manifest"),
-            logit_scale=float(_get(data, "logit_scale", (int, float), "manifest")),
+            created=_get(data, "created", str, ""),
+            versions=dict(_get(data, "versions", dict, "")),
+            source=SourceInfo.from_dict(_get(data, "source", dict, ""), "source"),
+            embed_dim=_get(data, "embed_dim", int, ""),
+            normalized=_get(data, "normalized", bool, ""),
+            logit_scale=float(_get(data, "logit_scale", (int, float), "")),
             logit_bias=None if bias is None else float(bias),
             towers=towers,
-            preprocess=PreprocessConfig.from_dict(_get(data, "preprocess", dict, "manifest"), "preprocess"),
-            tokenizer=TokenizerConfig.from_dict(_get(data, "tokenizer", dict, "manifest"), "tokenizer"),
+            preprocess=PreprocessConfig.from_dict(_get(data, "preprocess", dict, ""), "preprocess"),
+            tokenizer=TokenizerConfig.from_dict(_get(data, "tokenizer", dict, ""), "tokenizer"),
         )
 
 
@@ -296,7 +423,7 @@ def check_graph_files(artifact_dir: str | os.PathLike[str], graph: GraphFile) ->
     if graph.external_data:
         pairs.append((graph.external_data, graph.external_data_sha256))
     for name, expected in pairs:
-        path = root / name
+        path = inside(root, name, "graph file")
         if not path.is_file():
             raise ManifestError(f"{path} is listed in the manifest but missing; re-run the step that made it")
         actual = sha256_file(path)
@@ -305,17 +432,7 @@ def check_graph_files(artifact_dir: str | os.PathLike[str], graph: GraphFile) ->
                 f"{path} does not match the manifest (sha256 {actual[:12]}… vs recorded {str(expected)[:12]}…): "
                 "the file changed after export; re-export or restore the original file"
             )
-    return root / graph.file
-
-
-def _get(data: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
-    if key not in data:
-        raise ManifestError(f"manifest is missing '{where}.{key}'; re-export the model")
-    value = data[key]
-    if kind is int and isinstance(value, bool) or not isinstance(value, kind):
-        expected = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
-        raise ManifestError(f"manifest '{where}.{key}' should be {expected}, got {type(value).__name__}")
-    return value
+    return inside(root, graph.file, "graph file")
 
 
 def _jsonable(value: Any) -> Any:

@@ -14,17 +14,19 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Mapping
 
+from clipexport.artifact.fields import FieldReader
+from clipexport.artifact.manifest import Tower
+from clipexport.artifact.precision import Precision
 from clipexport.errors import InputError
-from clipexport.manifest import Tower
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-# recipes/ at the repo root; CLIPEXPORT_RECIPES_DIR points elsewhere (installed wheels, images).
-RECIPES_DIR = Path(os.environ.get("CLIPEXPORT_RECIPES_DIR") or Path(__file__).resolve().parents[2] / "recipes")
-PRECISIONS = ("fp32", "fp16", "int8")
+# The shipped recipes are package data (they install with the wheel); CLIPEXPORT_RECIPES_DIR
+# points at a folder of your own instead.
+RECIPES_DIR = Path(os.environ.get("CLIPEXPORT_RECIPES_DIR") or Path(__file__).resolve().parents[1] / "data" / "recipes")
 # TensorRT's builder optimization levels; 3 is TensorRT's default.
 OPTIMIZATION_LEVELS = range(0, 6)
 DEFAULT_OPTIMIZATION_LEVEL = 3
@@ -59,7 +61,7 @@ class Recipe:
     description: str
     device_class: DeviceClass
     device: str
-    precision: str
+    precision: Precision
     profiles: Mapping[Tower, TowerProfile]
     model: str | None = None  # the export this recipe was sized for (informational)
     workspace_mib: int = 4096
@@ -73,7 +75,7 @@ class Recipe:
 # Used when no --recipe is given: a moderate server profile.
 DEFAULT = Recipe(
     name="default", description="Server GPU, batch 1-128, FP16 unless --precision says otherwise",
-    device_class=DeviceClass.SERVER, device="any CUDA GPU", precision="fp16",
+    device_class=DeviceClass.SERVER, device="any CUDA GPU", precision=Precision.FP16,
     profiles={Tower.VISION: TowerProfile(Range(1, 32, 128)), Tower.TEXT: TowerProfile(Range(1, 32, 128))},
 )
 
@@ -112,92 +114,71 @@ def load_recipe(path: Path) -> Recipe:
 
 
 def parse_recipe(data: Mapping[str, Any], where: str) -> Recipe:
-    _known(data, _TOP_KEYS, "", where)
-    meta = _table(data, "recipe", where, required=True)
-    build = _table(data, "build", where, required=True)
-    _known(meta, _RECIPE_KEYS, "recipe.", where)
-    _known(build, _BUILD_KEYS, "build.", where)
-    profiles_raw = _table(data, "profiles", where, required=True)
-    _known(profiles_raw, {t.value for t in Tower}, "profiles.", where)
+    fields = FieldReader(where, InputError)
+    _known(fields, data, _TOP_KEYS, "")
+    meta = _table(fields, data, "recipe")
+    build = _table(fields, data, "build")
+    _known(fields, meta, _RECIPE_KEYS, "recipe.")
+    _known(fields, build, _BUILD_KEYS, "build.")
+    profiles_raw = _table(fields, data, "profiles")
+    _known(fields, profiles_raw, {t.value for t in Tower}, "profiles.")
     if not profiles_raw:
-        raise InputError(f"{where}: [profiles] needs at least one of [profiles.vision], [profiles.text]")
+        raise fields.fail("[profiles] needs at least one of [profiles.vision], [profiles.text]")
     profiles = {}
     for name, raw in profiles_raw.items():
         key = f"profiles.{name}"
         if not isinstance(raw, Mapping):
-            raise InputError(f"{where}: '{key}' must be a table")
-        _known(raw, _PROFILE_KEYS, f"{key}.", where)
+            raise fields.fail(f"'{key}' must be a table")
+        _known(fields, raw, _PROFILE_KEYS, f"{key}.")
         if "batch" not in raw:
-            raise InputError(f"{where}: '{key}.batch' is required, e.g. batch = [1, 32, 128] (min, opt, max)")
-        sequence = _range(raw["sequence"], f"{key}.sequence", where) if "sequence" in raw else None
+            raise fields.fail(f"'{key}.batch' is required, e.g. batch = [1, 32, 128] (min, opt, max)")
+        sequence = _range(fields, raw["sequence"], f"{key}.sequence") if "sequence" in raw else None
         if sequence is not None and name != Tower.TEXT.value:
-            raise InputError(f"{where}: '{key}.sequence' only applies to the text tower")
-        profiles[Tower(name)] = TowerProfile(_range(raw["batch"], f"{key}.batch", where), sequence)
-    device_class = _choice(meta, "device_class", [c.value for c in DeviceClass], "recipe.", where, required=True)
+            raise fields.fail(f"'{key}.sequence' only applies to the text tower")
+        profiles[Tower(name)] = TowerProfile(_range(fields, raw["batch"], f"{key}.batch"), sequence)
     recipe = Recipe(
-        name=_value(meta, "name", str, "recipe.", where, required=True),
-        description=_value(meta, "description", str, "recipe.", where, default=""),
-        model=_value(meta, "model", str, "recipe.", where, default=None),
-        device_class=DeviceClass(device_class),
-        device=_value(meta, "device", str, "recipe.", where, required=True),
-        notes=tuple(_value(meta, "notes", list, "recipe.", where, default=[])),
-        precision=_choice(build, "precision", list(PRECISIONS), "build.", where, required=True),
-        workspace_mib=_value(build, "workspace_mib", int, "build.", where, default=4096),
-        optimization_level=_value(build, "optimization_level", int, "build.", where, default=DEFAULT_OPTIMIZATION_LEVEL),
-        version_compatible=_value(build, "version_compatible", bool, "build.", where, default=False),
-        hardware_compatible=_value(build, "hardware_compatible", bool, "build.", where, default=False),
+        name=fields.get(meta, "name", str, "recipe."),
+        description=fields.get(meta, "description", str, "recipe.", default=""),
+        model=fields.get(meta, "model", str, "recipe.", default=None),
+        device_class=DeviceClass(fields.choice(meta, "device_class", [c.value for c in DeviceClass], "recipe.")),
+        device=fields.get(meta, "device", str, "recipe."),
+        notes=tuple(fields.get(meta, "notes", list, "recipe.", default=[])),
+        precision=Precision(fields.choice(build, "precision", [p.value for p in Precision], "build.")),
+        workspace_mib=fields.get(build, "workspace_mib", int, "build.", default=4096),
+        optimization_level=fields.get(build, "optimization_level", int, "build.", default=DEFAULT_OPTIMIZATION_LEVEL),
+        version_compatible=fields.get(build, "version_compatible", bool, "build.", default=False),
+        hardware_compatible=fields.get(build, "hardware_compatible", bool, "build.", default=False),
         profiles=profiles,
         source=where,
     )
     if recipe.workspace_mib < 1:
-        raise InputError(f"{where}: 'build.workspace_mib' must be a positive number of MiB (got {recipe.workspace_mib})")
+        raise fields.fail(f"'build.workspace_mib' must be a positive number of MiB (got {recipe.workspace_mib})")
     if recipe.optimization_level not in OPTIMIZATION_LEVELS:
-        raise InputError(f"{where}: 'build.optimization_level' must be 0-5 (got {recipe.optimization_level})")
+        raise fields.fail(f"'build.optimization_level' must be 0-5 (got {recipe.optimization_level})")
     if recipe.hardware_compatible and recipe.device_class is DeviceClass.JETSON:
         # TensorRT supports hardware compatibility on discrete Ampere+ GPUs only, not on Jetson.
-        raise InputError(f"{where}: 'build.hardware_compatible' is not supported on Jetson; set it to false")
+        raise fields.fail("'build.hardware_compatible' is not supported on Jetson; set it to false")
     return recipe
 
 
-def _range(value: Any, key: str, where: str) -> Range:
+def _range(fields: FieldReader, value: Any, key: str) -> Range:
     if not (isinstance(value, list) and len(value) == 3 and all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
-        raise InputError(f"{where}: '{key}' must be three integers [min, opt, max], got {value!r}")
+        raise fields.fail(f"'{key}' must be three integers [min, opt, max], got {value!r}")
     low, opt, high = value
     if not 1 <= low <= opt <= high:
-        raise InputError(f"{where}: '{key}' must satisfy 1 <= min <= opt <= max, got {value}")
+        raise fields.fail(f"'{key}' must satisfy 1 <= min <= opt <= max, got {value}")
     return Range(low, opt, high)
 
 
-def _table(data: Mapping[str, Any], key: str, where: str, required: bool) -> Mapping[str, Any]:
+def _table(fields: FieldReader, data: Mapping[str, Any], key: str) -> Mapping[str, Any]:
     if key not in data:
-        if required:
-            raise InputError(f"{where}: missing table [{key}]")
-        return {}
+        raise fields.fail(f"missing table [{key}]")
     if not isinstance(data[key], Mapping):
-        raise InputError(f"{where}: '{key}' must be a table")
+        raise fields.fail(f"'{key}' must be a table")
     return data[key]
 
 
-def _known(data: Mapping[str, Any], allowed: set[str], prefix: str, where: str) -> None:
+def _known(fields: FieldReader, data: Mapping[str, Any], allowed: set[str], prefix: str) -> None:
     unknown = sorted(set(data) - allowed)
     if unknown:
-        raise InputError(f"{where}: unknown key '{prefix}{unknown[0]}' (allowed here: {', '.join(sorted(allowed))})")
-
-
-def _value(data: Mapping[str, Any], key: str, kind: type, prefix: str, where: str,
-           required: bool = False, default: Any = None) -> Any:
-    if key not in data:
-        if required:
-            raise InputError(f"{where}: missing key '{prefix}{key}'")
-        return default
-    value = data[key]
-    if (kind is int and isinstance(value, bool)) or not isinstance(value, kind):
-        raise InputError(f"{where}: '{prefix}{key}' must be {kind.__name__}, got {type(value).__name__} {value!r}")
-    return value
-
-
-def _choice(data: Mapping[str, Any], key: str, options: list[str], prefix: str, where: str, required: bool) -> str:
-    value = _value(data, key, str, prefix, where, required=required)
-    if value not in options:
-        raise InputError(f"{where}: '{prefix}{key}' must be one of {', '.join(options)}, got {value!r}")
-    return value
+        raise fields.fail(f"unknown key '{prefix}{unknown[0]}' (allowed here: {', '.join(sorted(allowed))})")

@@ -1,19 +1,19 @@
-"""Compile an ONNX graph into a TensorRT engine with the TensorRT 10 Python API, then write the
-plan and its provenance sidecar. TensorRT is imported here only, lazily."""
+"""Compile an ONNX graph into a TensorRT engine with the TensorRT Python API (10.x, as JetPack 6
+ships it, and 11.x: every call used exists in both), then write the plan and its provenance
+sidecar. TensorRT is imported here only, lazily."""
 
 from __future__ import annotations
 
-import datetime as _dt
 import time
 from typing import Any
 
 import clipexport
 from clipexport._deps import require
-from clipexport.build.gpu import gpu_info
-from clipexport.build.plan import TowerBuild
-from clipexport.build.sidecar import EngineProvenance, sidecar_path, write_sidecar
-from clipexport.errors import ExportError
-from clipexport.files import sha256_file, write_bytes_atomic
+from clipexport.gpu import gpu_info
+from clipexport.trt.profiles import TowerBuild
+from clipexport.artifact.provenance import EngineProvenance, sidecar_path, write_sidecar
+from clipexport.errors import BuildError
+from clipexport.files import sha256_file, utc_timestamp, write_bytes_atomic
 from clipexport.progress import Progress, silent
 
 TENSORRT_PURPOSE = "building and running TensorRT engines"
@@ -23,18 +23,25 @@ def require_tensorrt() -> Any:
     return require("tensorrt", TENSORRT_PURPOSE)
 
 
+def tensorrt_major(version: str) -> int:
+    return int(version.split(".")[0])
+
+
 def build_engine(build: TowerBuild, recipe: str, progress: Progress = silent) -> EngineProvenance:
     trt = require_tensorrt()
     gpu = gpu_info()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if build.strongly_typed else 0
+    # TensorRT 11 builds strongly typed networks only; on 10.x the FP32 graph is built weakly
+    # typed with TF32 off, which computes the same FP32 everywhere.
+    strongly_typed = build.strongly_typed or tensorrt_major(trt.__version__) >= 11
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strongly_typed else 0
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     progress(f"{build.tower.value}: parsing {build.onnx.name}")
     if not parser.parse_from_file(str(build.onnx)):  # reads external data beside the file
         errors = "; ".join(str(parser.get_error(i).desc()) for i in range(parser.num_errors))
-        raise ExportError(f"TensorRT cannot parse {build.onnx.name}: {errors[:400]}")
+        raise BuildError(f"TensorRT cannot parse {build.onnx.name}: {errors[:400]}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, build.workspace_mib << 20)
     config.builder_optimization_level = build.optimization_level
@@ -52,12 +59,12 @@ def build_engine(build: TowerBuild, recipe: str, progress: Progress = silent) ->
     cache = config.create_timing_cache(cache_blob)
     config.set_timing_cache(cache, False)  # (cache, ignore_mismatch)
 
-    progress(f"{build.tower.value}: building the {build.precision} engine (minutes on a large model)")
+    progress(f"{build.tower.value}: building the {build.precision.value} engine (minutes on a large model)")
     start = time.perf_counter()
     serialized = builder.build_serialized_network(network, config)
     seconds = time.perf_counter() - start
     if serialized is None:
-        raise ExportError(f"TensorRT failed to build the {build.tower.value} engine (see the TensorRT log above); "
+        raise BuildError(f"TensorRT failed to build the {build.tower.value} engine (see the TensorRT log above); "
                           "a larger build.workspace_mib or a lower batch max often helps")
     plan_bytes = bytes(memoryview(serialized))
     write_bytes_atomic(build.timing_cache, bytes(memoryview(config.get_timing_cache().serialize())))
@@ -67,14 +74,14 @@ def build_engine(build: TowerBuild, recipe: str, progress: Progress = silent) ->
     write_bytes_atomic(build.engine, plan_bytes)
     provenance = EngineProvenance(
         engine=build.engine.name, engine_sha256=sha256_file(build.engine), engine_bytes=len(plan_bytes),
-        tower=build.tower.value, precision=build.precision, tensorrt_version=trt.__version__,
+        tower=build.tower.value, precision=build.precision.value, tensorrt_version=trt.__version__,
         gpu_name=gpu.name, compute_capability=gpu.compute_capability,
         onnx_file=build.onnx.name, onnx_sha256=build.onnx_sha256, calibration_sha256=build.calibration_sha256,
         profiles={shapes.input_name: shapes.to_dict()},
-        flags={"strongly_typed": build.strongly_typed, "tf32": build.allow_tf32,
+        flags={"strongly_typed": strongly_typed, "tf32": build.allow_tf32,
                "version_compatible": build.version_compatible, "hardware_compatible": build.hardware_compatible,
                "workspace_mib": build.workspace_mib, "optimization_level": build.optimization_level},
-        build_seconds=round(seconds, 2), created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        build_seconds=round(seconds, 2), created=utc_timestamp(),
         recipe=recipe, versions={"clipexport": clipexport.__version__, "tensorrt": trt.__version__},
     )
     write_sidecar(build.engine, provenance)

@@ -6,8 +6,8 @@ import re
 from enum import Enum
 from pathlib import Path
 
-from clipexport.export.loaded import LoadedModel
-from clipexport.manifest import SourceInfo, SourceKind
+from clipexport.sources.loaded import LoadedModel
+from clipexport.artifact.manifest import SourceInfo, SourceKind
 
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
@@ -31,19 +31,19 @@ def detect_source(model: str) -> SourceKind:
 def load_model(model: str, pretrained: str | None, source: SourceChoice = SourceChoice.AUTO, *, seed: int = 0) -> LoadedModel:
     kind = detect_source(model) if source is SourceChoice.AUTO else SourceKind(source.value)
     if kind is SourceKind.HF:
-        from clipexport.export.hf_source import load_hf
+        from clipexport.sources.hf import load_hf
 
         return load_hf(model)
-    from clipexport.export.open_clip_source import load_open_clip
+    from clipexport.sources.openclip import load_open_clip
 
     return load_open_clip(model, pretrained, seed=seed)
 
 
 def reload_source(source: SourceInfo) -> LoadedModel:
     if source.kind is SourceKind.HF:
-        from clipexport.export.hf_source import reload_hf
+        from clipexport.sources.hf import reload_hf
 
         return reload_hf(source)
-    from clipexport.export.open_clip_source import reload_open_clip
+    from clipexport.sources.openclip import reload_open_clip
 
     return reload_open_clip(source)

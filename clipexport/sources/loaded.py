@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
-from clipexport.manifest import PreprocessConfig, SourceInfo, TokenizerConfig
+from clipexport.artifact.manifest import PreprocessConfig, SourceInfo, TokenizerConfig, TowerProperties
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,7 @@ class LoadedModel:
     image_transform: Callable[[Any], Any]  # PIL image -> torch float32 [3,H,W]
     tokenize: Callable[[Sequence[str]], Any]  # texts -> torch int64 [N,L]
     library_versions: Mapping[str, str] = field(default_factory=dict)
-    text_properties: Mapping[str, Any] = field(default_factory=dict)  # pooling, causal mask
+    text_properties: TowerProperties = field(default_factory=TowerProperties)  # pooling, causal mask, variable length
 
 
 def offline_hint(exc: BaseException) -> bool:

@@ -6,12 +6,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from clipexport.artifact.layout import PARITY_REPORT
 from clipexport.files import write_json_atomic
-from clipexport.verify.gates import Gate
-from clipexport.verify.stats import EmbeddingParity
+from clipexport.parity.gates import Gate
+from clipexport.parity.stats import EmbeddingParity
 
-REPORT_NAME = "parity.json"
-REPORT_SCHEMA_VERSION = 1
+REPORT_NAME = PARITY_REPORT
+# 2: every result records what actually ran it (`ran_on`).
+REPORT_SCHEMA_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -21,6 +23,7 @@ class TowerResult:
     backend: str
     parity: EmbeddingParity
     gate: Gate
+    ran_on: str = ""  # what actually executed it: the backend with its providers / engine
 
     @property
     def failures(self) -> list[str]:
@@ -32,7 +35,7 @@ class TowerResult:
         return not self.failures
 
     def to_dict(self) -> dict[str, Any]:
-        return {"tower": self.tower, "precision": self.precision, "backend": self.backend,
+        return {"tower": self.tower, "precision": self.precision, "backend": self.backend, "ran_on": self.ran_on,
                 **self.parity.to_dict(), "gate": vars(self.gate), "passed": self.passed, "failures": self.failures}
 
 
@@ -82,6 +85,8 @@ class ParityReport:
             verdict = "pass" if r.passed else "FAIL: " + "; ".join(r.failures)
             lines.append(f"{r.tower:<7} {r.precision:<9} {r.backend:<12} {p.count:>4} {p.min_cosine:>10.8f} "
                          f"{p.mean_cosine:>10.8f} {p.max_abs_diff:>9.2e}  {verdict}")
+        for ran_on in dict.fromkeys(r.ran_on for r in self.results if r.ran_on):
+            lines.append(f"ran on: {ran_on}")
         for z in self.zero_shot:
             lines.append(f"zero-shot top-1 agreement with PyTorch ({z.precision}, {z.backend}): "
                          f"{100 * z.agreement:.1f}% ({z.images} images x {z.texts} texts)")

@@ -11,8 +11,9 @@ import numpy as np
 _NORM_EPS = 1e-12
 
 
-def l2_normalize(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
+def l2_normalize(x: np.ndarray, dtype: type | None = None) -> np.ndarray:
+    """Unit rows, in `dtype` (default: x's floating type; statistics pass float64)."""
+    x = np.asarray(x, dtype=dtype or (x.dtype if np.issubdtype(np.asarray(x).dtype, np.floating) else np.float64))
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), _NORM_EPS)
 
 
@@ -30,7 +31,7 @@ class EmbeddingParity:
 def embedding_parity(reference: np.ndarray, candidate: np.ndarray) -> EmbeddingParity:
     if reference.shape != candidate.shape:
         raise ValueError(f"embedding shapes differ: reference {reference.shape} vs candidate {candidate.shape}")
-    ref, cand = l2_normalize(reference), l2_normalize(candidate)
+    ref, cand = l2_normalize(reference, np.float64), l2_normalize(candidate, np.float64)
     cosine = np.sum(ref * cand, axis=-1)
     return EmbeddingParity(
         count=int(ref.shape[0]),
@@ -43,6 +44,6 @@ def embedding_parity(reference: np.ndarray, candidate: np.ndarray) -> EmbeddingP
 def zero_shot_agreement(ref_images: np.ndarray, ref_texts: np.ndarray,
                         cand_images: np.ndarray, cand_texts: np.ndarray) -> float:
     """Fraction of images whose best-matching text is the same under both models."""
-    ref = np.argmax(l2_normalize(ref_images) @ l2_normalize(ref_texts).T, axis=1)
-    cand = np.argmax(l2_normalize(cand_images) @ l2_normalize(cand_texts).T, axis=1)
+    ref = np.argmax(l2_normalize(ref_images, np.float64) @ l2_normalize(ref_texts, np.float64).T, axis=1)
+    cand = np.argmax(l2_normalize(cand_images, np.float64) @ l2_normalize(cand_texts, np.float64).T, axis=1)
     return float(np.mean(ref == cand))

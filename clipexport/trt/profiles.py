@@ -11,13 +11,12 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from clipexport.build.recipe import DeviceClass, Recipe, TowerProfile
+from clipexport.artifact.layout import ENGINES_DIR, MIN_TEXT_LENGTH, TIMING_CACHE, engine_file, inside
+from clipexport.artifact.manifest import Manifest, TensorSpec, Tower
+from clipexport.artifact.precision import Precision
 from clipexport.errors import InputError
-from clipexport.manifest import Manifest, Tower, TensorSpec
-from clipexport.runtime.text_length import MIN_LENGTH
+from clipexport.trt.recipe import DeviceClass, Recipe, TowerProfile
 
-ENGINES_DIR = "engines"
-TIMING_CACHE = "timing.cache"
 # Where trtexec lives: pip/NGC images put it on PATH; JetPack installs it here.
 TRTEXEC = {DeviceClass.SERVER: "trtexec", DeviceClass.JETSON: "/usr/src/tensorrt/bin/trtexec"}
 # Text graphs with a dynamic sequence axis (issue 6) default to prompts of a few words.
@@ -38,7 +37,7 @@ class ProfileShapes:
 @dataclass(frozen=True)
 class TowerBuild:
     tower: Tower
-    precision: str
+    precision: Precision
     onnx: Path
     onnx_sha256: str
     calibration_sha256: str | None
@@ -52,13 +51,11 @@ class TowerBuild:
 
     @property
     def strongly_typed(self) -> bool:
-        """FP16/INT8 graphs carry their types (FP32 LayerNorms, Q/DQ); TensorRT must keep them."""
-        return self.precision != "fp32"
+        return self.precision.strongly_typed
 
     @property
     def allow_tf32(self) -> bool:
-        """Off for fp32, so an "fp32" engine is FP32 (TF32 GEMMs drop parity to ~1e-3)."""
-        return self.precision != "fp32"
+        return self.precision.allow_tf32
 
     def trtexec(self, device_class: DeviceClass) -> list[str]:
         def dims(shape: tuple[int, ...]) -> str:
@@ -85,10 +82,10 @@ class TowerBuild:
         return shlex.join(self.trtexec(device_class))
 
 
-def plan_builds(artifact_dir: Path, manifest: Manifest, recipe: Recipe, precision: str | None,
+def plan_builds(artifact_dir: Path, manifest: Manifest, recipe: Recipe, precision: Precision | str | None,
                 towers: tuple[Tower, ...]) -> list[TowerBuild]:
     root = Path(artifact_dir).resolve()
-    chosen = precision or recipe.precision
+    chosen = Precision.parse(precision) if precision else recipe.precision
     out = []
     for tower in towers:
         artifact = manifest.tower(tower)
@@ -96,11 +93,11 @@ def plan_builds(artifact_dir: Path, manifest: Manifest, recipe: Recipe, precisio
         profile = recipe.profiles.get(tower)
         if profile is None:
             raise InputError(f"recipe {recipe.name} has no [profiles.{tower.value}]; add one or pass --towers without {tower.value}")
-        calibration = graph.details.get("calibration", {}) if isinstance(graph.details, dict) else {}
+        calibration = graph.details.calibration
         out.append(TowerBuild(
-            tower=tower, precision=chosen, onnx=root / graph.file, onnx_sha256=graph.sha256,
-            calibration_sha256=calibration.get("sha256"),
-            engine=root / ENGINES_DIR / f"{tower.value}.{chosen}.plan",
+            tower=tower, precision=chosen, onnx=inside(root, graph.file, "graph file"), onnx_sha256=graph.sha256,
+            calibration_sha256=calibration.sha256 if calibration and chosen is Precision.INT8 else None,
+            engine=root / engine_file(tower.value, chosen),
             shapes=profile_shapes(artifact.inputs[0], profile, manifest.tokenizer.context_length, recipe.name),
             workspace_mib=recipe.workspace_mib, optimization_level=recipe.optimization_level,
             version_compatible=recipe.version_compatible, hardware_compatible=recipe.hardware_compatible,
@@ -124,7 +121,7 @@ def profile_shapes(spec: TensorSpec, profile: TowerProfile, context_length: int,
                 raise InputError(f"recipe {recipe_name}: profiles.text.sequence max {values[2]} exceeds the "
                                  f"model's context length {context_length}")
         else:
-            values = (MIN_LENGTH, min(DEFAULT_TEXT_OPT_TOKENS, context_length), context_length)
+            values = (MIN_TEXT_LENGTH, min(DEFAULT_TEXT_OPT_TOKENS, context_length), context_length)
         for shape, value in zip(shapes, values):
             shape.append(value)
     return ProfileShapes(spec.name, *(tuple(s) for s in shapes))

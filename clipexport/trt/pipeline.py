@@ -5,17 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from clipexport.build.plan import TowerBuild, plan_builds
-from clipexport.build.recipe import Recipe, resolve_recipe
-from clipexport.build.sidecar import EngineProvenance
-from clipexport.manifest import Manifest, Tower, check_graph_files, read_manifest
+from clipexport.trt.profiles import TowerBuild, plan_builds
+from clipexport.trt.recipe import Recipe, resolve_recipe
+from clipexport.artifact.provenance import EngineProvenance
+from clipexport.artifact.manifest import Manifest, Tower, check_graph_files, read_manifest
+from clipexport.artifact.precision import Precision
 from clipexport.progress import Progress, silent
 
 
 @dataclass(frozen=True)
 class BuildOptions:
     artifact: Path
-    precision: str | None = None  # None: the recipe's
+    precision: Precision | str | None = None  # None: the recipe's
     recipe: str | None = None  # name in recipes/ or a path; None: the default server recipe
     towers: tuple[Tower, ...] = (Tower.VISION, Tower.TEXT)
 
@@ -28,7 +29,7 @@ def plan_artifact(options: BuildOptions, manifest: Manifest | None = None) -> tu
 
 
 def build_artifact(options: BuildOptions, progress: Progress = silent) -> list[EngineProvenance]:
-    from clipexport.build.builder import build_engine, require_tensorrt
+    from clipexport.trt.builder import build_engine, require_tensorrt
 
     require_tensorrt()  # fail before any work when TensorRT is missing
     manifest = read_manifest(options.artifact)

@@ -1,0 +1,26 @@
+"""The model families the sources claim to export. Each is backed by an export + verify test
+(tests/test_coverage.py fails when a family listed here has none), and the README's family table
+is this list."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from clipexport.artifact.manifest import SourceKind
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    source: SourceKind
+    description: str
+
+
+FAMILIES = (
+    Family("open_clip-vit", SourceKind.OPEN_CLIP, "ViT image tower (ViT-B-32, ViT-L-14, ...), CLIP text tower"),
+    Family("open_clip-vit-quickgelu", SourceKind.OPEN_CLIP, "ViT with QuickGELU (OpenAI weights)"),
+    Family("open_clip-modified-resnet", SourceKind.OPEN_CLIP, "ModifiedResNet image tower (RN50, RN101, ...)"),
+    Family("open_clip-timm-convnext", SourceKind.OPEN_CLIP, "timm towers (convnext_*)"),
+    Family("hf-clip", SourceKind.HF, "transformers CLIPModel"),
+    Family("hf-siglip", SourceKind.HF, "transformers SiglipModel"),
+)
