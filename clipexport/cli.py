@@ -4,7 +4,9 @@ prints one `error:` line; the exit code says what kind of failure it was (see EX
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -68,6 +70,10 @@ def main() -> None:
     # open_clip and transformers log warnings on the root logger (e.g. "initialized randomly");
     # our own progress lines say the same thing once.
     logging.getLogger().setLevel(logging.ERROR)
+    # The hub's and transformers' progress bars would interleave with our progress lines.
+    for flag in ("HF_HUB_DISABLE_PROGRESS_BARS", "TQDM_DISABLE"):
+        os.environ.setdefault(flag, "1")
+    warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"
     from clipexport.signals import sigterm_as_interrupt
 
     sigterm_as_interrupt()

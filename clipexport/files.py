@@ -63,3 +63,37 @@ def utc_timestamp() -> str:
     import datetime as _dt
 
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def make_staging_dir(parent: Path, prefix: str) -> Path:
+    """A hidden working folder named `<prefix><pid>-<random>`: the pid lets a later run tell a
+    crashed run's leftovers (its process is gone) from a run still going on beside it."""
+    parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=parent))
+
+
+def remove_stale_staging(parent: Path, prefix: str) -> list[Path]:
+    """Remove our own staging folders under `parent` whose process no longer runs (SIGKILL, power
+    loss); folders of live processes and anything not named like ours are left alone."""
+    import shutil
+
+    removed = []
+    if not parent.is_dir():
+        return removed
+    for path in parent.glob(f"{prefix}*"):
+        pid_text = path.name[len(prefix):].split("-", 1)[0]
+        if not path.is_dir() or path.is_symlink() or not pid_text.isdigit() or _alive(int(pid_text)):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True

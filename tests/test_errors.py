@@ -17,8 +17,8 @@ def _run(*args: str) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
-def _assert_one_line_error(code: int, output: str, *needles: str) -> None:
-    assert code == 2, output
+def _assert_one_line_error(code: int, output: str, *needles: str, exit_code: int = 2) -> None:
+    assert code == exit_code, output
     errors = [line for line in output.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, output
     assert "Traceback" not in output
@@ -65,7 +65,8 @@ def test_offline_download_says_what_to_do(tmp_path: Path) -> None:
         [sys.executable, "-m", "clipexport", "export", "ViT-B-32", "--pretrained", "openai", "-o", str(tmp_path / "a")],
         capture_output=True, text=True, env=env, timeout=300,
     )
-    _assert_one_line_error(proc.returncode, proc.stderr, "download of weights", "offline?", "--pretrained PATH")
+    # 3: the environment (no network), not a user mistake
+    _assert_one_line_error(proc.returncode, proc.stderr, "download of weights", "offline?", "--pretrained PATH", exit_code=3)
     assert not (tmp_path / "a").exists()
 
 
@@ -75,7 +76,7 @@ def test_offline_hf_hub_id(tmp_path: Path) -> None:
         [sys.executable, "-m", "clipexport", "export", "openai/clip-vit-base-patch32", "-o", str(tmp_path / "a")],
         capture_output=True, text=True, env=env, timeout=300,
     )
-    _assert_one_line_error(proc.returncode, proc.stderr, "download of Hugging Face model", "save_pretrained")
+    _assert_one_line_error(proc.returncode, proc.stderr, "download of Hugging Face model", "save_pretrained", exit_code=3)
 
 
 def test_missing_hf_folder(tmp_path: Path) -> None:
@@ -101,8 +102,9 @@ def test_non_empty_output_needs_overwrite(tmp_path: Path) -> None:
 
 def test_overwrite_replaces_whole_folder(tmp_path: Path) -> None:
     out_dir = tmp_path / "a"
-    out_dir.mkdir()
-    (out_dir / "stale.onnx").write_text("old")
+    code, out = _run("export", str(CONFIGS / "tiny-vit.json"), "-o", str(out_dir), "-q")
+    assert code == 0, out
+    (out_dir / "stale.onnx").write_text("old")  # an earlier artifact with a leftover: replaced whole
     code, out = _run("export", str(CONFIGS / "tiny-vit.json"), "-o", str(out_dir), "--overwrite", "-q")
     assert code == 0, out
     assert sorted(p.name for p in out_dir.iterdir()) == ["manifest.json", "text.onnx", "vision.onnx"]

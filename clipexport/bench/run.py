@@ -79,6 +79,7 @@ def run_bench(options: BenchOptions, progress: Progress = silent) -> tuple[Bench
     peak = gemm_peak_flops()
     result = BenchResult(settings=_settings(options, manifest), machine=_machine(peak))
     inputs = _inputs(manifest, max(options.batch_sizes))
+    problems: list[ClipExportError] = []
     torch_model: dict[str, Any] = {}  # the PyTorch source, loaded once per run, on first use
     flops_at: dict[tuple[Tower, tuple[int, ...]], int] = {}
     for backend in options.backends:
@@ -87,6 +88,7 @@ def run_bench(options: BenchOptions, progress: Progress = silent) -> tuple[Bench
                 try:
                     runner = _runner(backend, root, manifest, tower, precision, options.cpu_only, torch_model)
                 except ClipExportError as exc:
+                    problems.append(exc)
                     result.skipped.append(f"{backend}/{precision}/{tower.value}: {exc}")
                     progress(f"skipping {backend} {precision} {tower.value}: {exc}")
                     continue
@@ -106,7 +108,9 @@ def run_bench(options: BenchOptions, progress: Progress = silent) -> tuple[Bench
                     runner.close()
     if not result.rows:
         # Nothing was measured: say why, and leave earlier results where they are.
-        raise InputError("nothing was measured, so no report was written: " + " | ".join(result.skipped))
+        kind = type(problems[0]) if problems and all(type(p) is type(problems[0]) for p in problems) else InputError
+        raise kind("nothing was measured, so no report was written (earlier results are kept): "
+                   + " | ".join(result.skipped))
     _ratios(result.rows)
     write_reports(result, out)
     return result, out

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,13 +12,13 @@ import numpy as np
 
 import clipexport
 from clipexport._deps import require
-from clipexport.errors import InputError, SourceError
+from clipexport.errors import InputError, ManifestError, SourceError
 from clipexport.sources.loaded import LoadedModel
 from clipexport.sources import SourceChoice, load_model
 from clipexport.export.onnx_export import check_opset
 from clipexport.export.specs import DEFAULT_OPSET, SPECS
-from clipexport.files import make_public, utc_timestamp
-from clipexport.artifact.manifest import Manifest, Tower, TowerArtifact, TowerProperties, write_manifest
+from clipexport.files import make_public, make_staging_dir, remove_stale_staging, utc_timestamp
+from clipexport.artifact.manifest import Manifest, Tower, TowerArtifact, TowerProperties, read_manifest, write_manifest
 from clipexport.progress import Progress, silent
 
 # Traced with batch 2: the exporter specialises a dimension whose example size is 1.
@@ -40,13 +40,21 @@ class ExportOptions:
 
 def export_model(options: ExportOptions, progress: Progress = silent) -> Manifest:
     """Export both towers into `options.output`, atomically: the folder appears complete or not at all."""
-    output = Path(options.output).expanduser().resolve()
+    given = Path(options.output).expanduser()
+    # Resolve the parent only: a symlinked output must be refused, not followed and replaced.
+    output = given.absolute().parent.resolve() / given.absolute().name
     check_opset(options.opset)
-    _check_output(output, options.overwrite)
-    progress(f"loading {options.model} ({options.pretrained or 'random'})")
+    check_output(output, options.overwrite, _source_paths(options))
+    staging_prefix = f".{output.name}.partial-"
+    for stale in remove_stale_staging(output.parent, staging_prefix) + remove_stale_staging(output.parent, f".{output.name}.old-"):
+        progress(f"removed {stale.name}, left by an interrupted export")
+    progress(f"loading {options.model} ({_weights(options)})")
     loaded = load_model(options.model, options.pretrained, options.source, seed=options.seed)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
+    try:
+        staging = make_staging_dir(output.parent, staging_prefix)
+    except OSError as exc:
+        raise InputError(f"cannot create the output folder in {output.parent} ({exc.strerror}); "
+                         "choose a writable --output") from None
     make_public(staging, directory=True)
     try:
         towers = _export_towers(loaded, options, staging, progress)
@@ -128,18 +136,47 @@ def _manifest(loaded: LoadedModel, towers: dict[Tower, TowerArtifact], normalize
     )
 
 
-def _check_output(output: Path, overwrite: bool) -> None:
+def _source_paths(options: ExportOptions) -> list[Path]:
+    """Local files the export reads from: a checkpoint, an HF folder, a JSON config."""
+    candidates = [Path(options.model).expanduser()] + ([Path(options.pretrained).expanduser()] if options.pretrained else [])
+    return [p.resolve() for p in candidates if p.exists()]
+
+
+def _weights(options: ExportOptions) -> str:
+    if options.pretrained:
+        return options.pretrained
+    return "weights from the folder or hub" if Path(options.model).expanduser().is_dir() or "/" in options.model else "random"
+
+
+def check_output(output: Path, overwrite: bool, sources: list[Path] = ()) -> None:
+    """What --output may be: a new folder, an empty one, or (with --overwrite) an earlier clipexport
+    artifact. Never a file, a link, a folder of other things, or a place holding the model itself."""
+    if output.is_symlink():
+        raise InputError(f"output {output} is a symbolic link; pass the real folder path "
+                         f"({output.resolve()}) or a new one with --output")
     if output.exists() and not output.is_dir():
         raise InputError(f"output {output} is a file; pass a folder path with --output")
-    if output.is_dir() and any(output.iterdir()) and not overwrite:
-        raise InputError(f"output folder {output} is not empty; pass --overwrite to replace it or choose another --output")
+    for source in sources:
+        if source == output or output in source.parents or (source.is_dir() and source in output.parents):
+            raise InputError(f"output {output} would contain (or sit inside) the model being exported ({source}); "
+                             "choose an --output outside it")
+    if not output.is_dir() or not any(output.iterdir()):
+        return
+    if not overwrite:
+        raise InputError(f"output folder {output} is not empty; pass --overwrite to replace an earlier export, "
+                         "or choose another --output")
+    try:
+        read_manifest(output)
+    except ManifestError:
+        raise InputError(f"--overwrite only replaces a clipexport artifact, and {output} holds no valid manifest.json; "
+                         "refusing to delete it: choose a new or empty --output") from None
 
 
 def _publish(staging: Path, output: Path) -> None:
     """Swap the staged folder into place; the old one is removed only after the swap."""
     old = None
     if output.exists():
-        old = output.with_name(f".{output.name}.old-{staging.name.rsplit('-', 1)[-1]}")
+        old = output.with_name(f".{output.name}.old-{os.getpid()}-{staging.name.rsplit('-', 1)[-1]}")
         output.rename(old)
     staging.rename(output)
     if old is not None:

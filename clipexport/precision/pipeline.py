@@ -8,7 +8,6 @@ target holds. Files are staged, then moved in, then the manifest is rewritten at
 from __future__ import annotations
 
 import shutil
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,9 +17,10 @@ from clipexport.errors import InputError
 from clipexport.export.onnx_export import EXTERNAL_DATA_THRESHOLD_BYTES
 from clipexport.artifact.layout import SENSITIVITY_REPORT, graph_file
 from clipexport.artifact.manifest import (GraphDetails, GraphFile, Manifest, Tower, TowerArtifact, check_graph_files,
-                                          read_manifest, write_manifest)
+                                          read_manifest)
 from clipexport.artifact.precision import QUANTIZED, Precision
-from clipexport.files import make_public, write_json_atomic
+from clipexport.artifact.lock import update_manifest
+from clipexport.files import make_public, make_staging_dir, remove_stale_staging, write_json_atomic
 from clipexport.precision import fp16 as fp16_mod
 from clipexport.precision import qdq
 from clipexport.precision.calibration import CalibrationData, CalibrationSource, load_calibration
@@ -33,6 +33,7 @@ from clipexport.parity.stats import EmbeddingParity, embedding_parity
 if TYPE_CHECKING:
     import onnx
 
+STAGING_PREFIX = ".quantize-"
 TOOL_DISTRIBUTIONS = ("onnx", "onnxruntime-gpu", "onnxruntime", "nvidia-modelopt")  # recorded per variant
 
 
@@ -67,7 +68,13 @@ def quantize_artifact(options: QuantizeOptions, progress: Progress = silent) -> 
     if options.fp16_io and precision is not Precision.FP16:
         raise InputError("--io-dtype float16 applies to --precision fp16 only; INT8 graphs keep float32 I/O")
     method = options.method or DEFAULT_METHOD[options.target]
-    staging = Path(tempfile.mkdtemp(prefix=".quantize-", dir=root))
+    for stale in remove_stale_staging(root, STAGING_PREFIX):
+        progress(f"removed {stale.name}, left by an interrupted quantize")
+    try:
+        staging = make_staging_dir(root, STAGING_PREFIX)
+    except OSError as exc:
+        raise InputError(f"cannot write into {root} ({exc.strerror}); quantize adds graphs to the artifact folder, "
+                         "so it must be writable") from None
     outcomes: list[TowerOutcome] = []
     try:
         for tower in options.towers:
@@ -83,10 +90,14 @@ def quantize_artifact(options: QuantizeOptions, progress: Progress = silent) -> 
             details = replace(details, validation_parity=parity.to_dict())
             graph = _save(onnx, model, staging, graph_file(tower.value, precision), details)
             outcomes.append(TowerOutcome(tower, graph, parity, sensitivity))
-        for outcome in outcomes:
-            manifest = manifest.with_graph(outcome.tower, precision, outcome.graph)
-        _publish(staging, root)
-        write_manifest(root, manifest)
+        def add_graphs(current: Manifest) -> Manifest:
+            for outcome in outcomes:
+                current = current.with_graph(outcome.tower, precision, outcome.graph)
+            return current
+
+        # Under the artifact's lock: move the graphs in, then re-read the manifest (another run may
+        # have added its own variant meanwhile) and add ours to it.
+        manifest = update_manifest(root, add_graphs, publish=lambda: _publish(staging, root))
         if options.sensitivity:
             write_json_atomic(root / SENSITIVITY_REPORT, {o.tower.value: [s.to_dict() for s in o.sensitivity] for o in outcomes})
     finally:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
@@ -26,6 +27,49 @@ _RESAMPLE = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Im
 
 ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray
 
+# Work per image is bounded before decoding: a 143-byte 20000x1 PNG resized to a 224 short side
+# is a 4.5-gigapixel intermediate (5 GB). The resize intermediate is about 150 kB x the aspect
+# ratio at 224 px, so 300:1 caps it near 45 MB while leaving room for real panoramas (~10:1) and
+# banner strips; both limits can be raised through the environment.
+MAX_PIXELS_ENV, MAX_ASPECT_RATIO_ENV = "CLIPEXPORT_MAX_IMAGE_PIXELS", "CLIPEXPORT_MAX_ASPECT_RATIO"
+DEFAULT_MAX_PIXELS = 100_000_000
+DEFAULT_MAX_ASPECT_RATIO = 300.0
+# Modes PIL reads with more than 8 bits per channel; open_clip's convert("RGB") clips them to 255
+# (a 16-bit grayscale photo turns almost white). Parity means doing the same, and saying so.
+_HIGH_BIT_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+_warned_modes: set[str] = set()
+
+
+class HighBitDepthWarning(UserWarning):
+    """An image mode that the reference preprocessing (and so ours) saturates to 8 bits."""
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO
+
+    @classmethod
+    def from_env(cls) -> "ImageLimits":
+        try:
+            return cls(int(os.environ.get(MAX_PIXELS_ENV, DEFAULT_MAX_PIXELS)),
+                       float(os.environ.get(MAX_ASPECT_RATIO_ENV, DEFAULT_MAX_ASPECT_RATIO)))
+        except ValueError:
+            raise InputError(f"{MAX_PIXELS_ENV} / {MAX_ASPECT_RATIO_ENV} must be numbers") from None
+
+    def check(self, size: tuple[int, int], name: str) -> None:
+        width, height = size
+        if width < 1 or height < 1:
+            raise InputError(f"{name} has no pixels ({width}x{height})")
+        if width * height > self.max_pixels:
+            raise InputError(f"{name} is {width}x{height} ({width * height / 1e6:.0f} Mpx), over the limit of "
+                             f"{self.max_pixels / 1e6:.0f} Mpx; raise it with {MAX_PIXELS_ENV}=N if the image is real")
+        ratio = max(width, height) / min(width, height)
+        if ratio > self.max_aspect_ratio:
+            raise InputError(f"{name} is {width}x{height} (aspect ratio {ratio:.0f}:1), over the limit of "
+                             f"{self.max_aspect_ratio:.0f}:1 that bounds preprocessing memory; raise it with "
+                             f"{MAX_ASPECT_RATIO_ENV}=N if the image is real")
+
 
 @dataclass(frozen=True)
 class SkippedImage:
@@ -42,8 +86,10 @@ def default_config(size: int = 224) -> PreprocessConfig:
 class ImagePreprocessor:
     """`preprocessor(images) -> float32 [N,3,H,W]` from paths, bytes, PIL images or HxWxC uint8 arrays."""
 
-    def __init__(self, config: PreprocessConfig | None = None, exif_transpose: bool = False):
+    def __init__(self, config: PreprocessConfig | None = None, exif_transpose: bool = False,
+                 limits: ImageLimits | None = None):
         self.config = config or default_config()
+        self.limits = limits or ImageLimits.from_env()
         if self.config.interpolation not in _RESAMPLE:
             raise InputError(f"unsupported interpolation '{self.config.interpolation}' (expected one of {', '.join(_RESAMPLE)})")
         h, w = self.config.image_size
@@ -90,7 +136,12 @@ class ImagePreprocessor:
         return out[:kept], skipped
 
     def one(self, item: ImageInput, name: str = "image") -> np.ndarray:
-        image = open_image(item, name)
+        image = open_image(item, name, self.limits)
+        if image.mode in _HIGH_BIT_DEPTH_MODES and image.mode not in _warned_modes:
+            _warned_modes.add(image.mode)
+            warnings.warn(f"{name} has {image.mode} pixels (more than 8 bits); like open_clip, preprocessing "
+                          "clips them to 8 bits, which turns most 16-bit images nearly white: convert such "
+                          "images to 8 bits yourself if that is not what you want", HighBitDepthWarning, stacklevel=2)
         if self.exif_transpose:
             image = ImageOps.exif_transpose(image)
         if self.config.convention is Convention.HF:
@@ -132,19 +183,26 @@ class ImagePreprocessor:
         return (chw - self._mean) / self._std
 
 
-def open_image(item: ImageInput, name: str = "image") -> Image.Image:
-    """A loaded PIL image, or InputError naming the input. Decompression bombs stay refused."""
+def open_image(item: ImageInput, name: str = "image", limits: ImageLimits | None = None) -> Image.Image:
+    """A loaded PIL image, or InputError naming the input. Its size is checked against `limits`
+    from the header, before any pixel is decoded; decompression bombs stay refused."""
+    limits = limits or ImageLimits()
     try:
         if isinstance(item, Image.Image):
+            limits.check(item.size, name)
             return item
         if isinstance(item, np.ndarray):
-            return _from_array(item, name)
+            image = _from_array(item, name)
+            limits.check(image.size, name)
+            return image
         if isinstance(item, (bytes, bytearray)):
             if not item:
                 raise InputError(f"{name} is empty (0 bytes)")
             handle = Image.open(io.BytesIO(item))
         elif isinstance(item, (str, os.PathLike)):
             path = Path(item)
+            if path.is_dir():
+                raise InputError(f"image {path} is a folder; pass image files (or the folder where folders are accepted)")
             if not path.is_file():
                 raise InputError(f"image {path} does not exist")
             if path.stat().st_size == 0:
@@ -152,6 +210,7 @@ def open_image(item: ImageInput, name: str = "image") -> Image.Image:
             handle = Image.open(path)
         else:
             raise InputError(f"{name} is a {type(item).__name__}; pass a path, bytes, a PIL image or an HxWxC uint8 array")
+        limits.check(handle.size, name)
         handle.load()
         return handle
     except InputError:

@@ -6,6 +6,7 @@ import re
 from enum import Enum
 from pathlib import Path
 
+from clipexport.errors import SourceError
 from clipexport.sources.loaded import LoadedModel
 from clipexport.artifact.manifest import SourceInfo, SourceKind
 
@@ -30,8 +31,16 @@ def detect_source(model: str) -> SourceKind:
 
 def load_model(model: str, pretrained: str | None, source: SourceChoice = SourceChoice.AUTO, *, seed: int = 0) -> LoadedModel:
     kind = detect_source(model) if source is SourceChoice.AUTO else SourceKind(source.value)
+    folder = Path(model).expanduser()
+    if kind is SourceKind.OPEN_CLIP and folder.is_dir():
+        raise SourceError(f"{model} is a folder without config.json, so it is not a Hugging Face save_pretrained "
+                          "folder; for OpenCLIP pass a model name or a JSON model config, with --pretrained CHECKPOINT")
     if kind is SourceKind.HF:
         from clipexport.sources.hf import load_hf
+
+        if pretrained is not None:
+            raise SourceError(f"--pretrained does not apply to Hugging Face models: the weights come from {model} "
+                              "itself; drop --pretrained (or save your fine-tune with save_pretrained and pass that folder)")
 
         return load_hf(model)
     from clipexport.sources.openclip import load_open_clip

@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from clipexport._deps import require
-from clipexport.errors import SourceError
+from clipexport.errors import OfflineError, SourceError
 from clipexport.sources.loaded import LoadedModel, offline_hint
+from clipexport.sources.network import prepare_for_downloads
 from clipexport.files import sha256_file
 from clipexport.artifact.manifest import (
     Convention,
@@ -44,6 +45,8 @@ def load_hf(model: str) -> LoadedModel:
 
 
 def reload_hf(source: SourceInfo) -> LoadedModel:
+    if not source.checkpoint:
+        prepare_for_downloads()  # a hub id: cached files load, missing ones fail at once when offline
     transformers = require("transformers", "loading Hugging Face models")
     if source.checkpoint:
         folder = Path(source.checkpoint)
@@ -109,7 +112,7 @@ def hash_weights(folder: Path) -> str:
 def _explain(model: str, exc: BaseException) -> SourceError:
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     if offline_hint(exc) or "is not a local folder" in str(exc):
-        return SourceError(
+        return OfflineError(
             f"download of Hugging Face model '{model}' failed (offline, or not a valid hub id?): "
             "pass a local folder saved with save_pretrained"
         )

@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from clipexport._deps import require
-from clipexport.errors import SourceError
+from clipexport.errors import OfflineError, SourceError
 from clipexport.sources.loaded import LoadedModel, offline_hint
+from clipexport.sources.network import prepare_for_downloads
 
 from clipexport.artifact.layout import TRIMMABLE_POOLING
 from clipexport.files import sha256_file
@@ -70,6 +71,10 @@ def reload_open_clip(source: SourceInfo) -> LoadedModel:
 def _build(open_clip: Any, source: SourceInfo) -> LoadedModel:
     torch = require("torch", "loading OpenCLIP models")
     config = dict(source.model_config or {})
+    text_cfg = config.get("text_cfg", {})
+    if (source.pretrained not in (None, RANDOM) and not source.checkpoint) or text_cfg.get("hf_tokenizer_name") \
+            or text_cfg.get("hf_model_name"):
+        prepare_for_downloads()  # weights, or an HF tokenizer / text config, may come from the hub
     with _registered_config(open_clip, source.model, config):
         kwargs: dict[str, Any] = {"pretrained_image": False, "pretrained_text": False}
         if config.get("quick_gelu"):
@@ -160,12 +165,16 @@ def _check_tag(open_clip: Any, name: str, tag: str) -> None:
 def _explain(source: SourceInfo, exc: BaseException) -> SourceError:
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if source.checkpoint:
+        if any(n in str(exc) for n in ("weights_only", "Unpickl", "PytorchStreamReader", "zip archive", "unpickl",
+                                        "invalid load key", "Ran out of input", "header", "EOF")):
+            return SourceError(f"checkpoint {source.checkpoint} is not a valid checkpoint file (truncated, or not a "
+                               "PyTorch/safetensors state dict?); re-download or re-save it")
         return SourceError(
             f"checkpoint {source.checkpoint} could not be loaded into {source.model} ({first[:300]}); "
             "check that it is an OpenCLIP/OpenAI state dict for this exact model"
         )
     if offline_hint(exc) or "download" in first.lower():
-        return SourceError(
+        return OfflineError(
             f"download of weights for {source.model} '{source.pretrained}' failed (offline?): "
             "pass a local checkpoint with --pretrained PATH"
         )

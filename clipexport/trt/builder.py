@@ -11,6 +11,7 @@ import clipexport
 from clipexport._deps import require
 from clipexport.gpu import gpu_info
 from clipexport.trt.profiles import TowerBuild
+from clipexport.artifact.lock import artifact_lock
 from clipexport.artifact.provenance import EngineProvenance, sidecar_path, write_sidecar
 from clipexport.errors import BuildError
 from clipexport.files import sha256_file, utc_timestamp, write_bytes_atomic
@@ -67,11 +68,20 @@ def build_engine(build: TowerBuild, recipe: str, progress: Progress = silent) ->
         raise BuildError(f"TensorRT failed to build the {build.tower.value} engine (see the TensorRT log above); "
                           "a larger build.workspace_mib or a lower batch max often helps")
     plan_bytes = bytes(memoryview(serialized))
+    with artifact_lock(build.engine.parent.parent):  # two builds at once publish one after the other
+        provenance = _publish(build, plan_bytes, config, trt, gpu, seconds, recipe, strongly_typed)
+    progress(f"{build.tower.value}: wrote {build.engine} ({len(plan_bytes) / 2**20:.1f} MiB, {seconds:.0f} s)")
+    return provenance
+
+
+def _publish(build: TowerBuild, plan_bytes: bytes, config: Any, trt: Any, gpu: Any, seconds: float, recipe: str,
+             strongly_typed: bool) -> EngineProvenance:
     write_bytes_atomic(build.timing_cache, bytes(memoryview(config.get_timing_cache().serialize())))
     # Sidecar last: a plan whose sidecar is missing or stale is refused, so an interrupted build
     # never leaves an engine that loads as if it were valid.
     sidecar_path(build.engine).unlink(missing_ok=True)
     write_bytes_atomic(build.engine, plan_bytes)
+    shapes = build.shapes
     provenance = EngineProvenance(
         engine=build.engine.name, engine_sha256=sha256_file(build.engine), engine_bytes=len(plan_bytes),
         tower=build.tower.value, precision=build.precision.value, tensorrt_version=trt.__version__,
@@ -85,5 +95,4 @@ def build_engine(build: TowerBuild, recipe: str, progress: Progress = silent) ->
         recipe=recipe, versions={"clipexport": clipexport.__version__, "tensorrt": trt.__version__},
     )
     write_sidecar(build.engine, provenance)
-    progress(f"{build.tower.value}: wrote {build.engine} ({len(plan_bytes) / 2**20:.1f} MiB, {seconds:.0f} s)")
     return provenance

@@ -10,6 +10,7 @@ import numpy as np
 
 from clipexport._deps import require
 from clipexport import datasets as inputs
+from clipexport.artifact.lock import artifact_lock
 from clipexport.artifact.manifest import Manifest, Tower, check_graph_files, read_manifest
 from clipexport.artifact.precision import Precision
 from clipexport.datasets import heldout_image_dir
@@ -89,7 +90,8 @@ def verify_artifact(options: VerifyOptions, progress: Progress = silent) -> Pari
                 zero_shot_agreement(reference[Tower.VISION], reference[Tower.TEXT], candidate[Tower.VISION], candidate[Tower.TEXT]),
                 images=len(images), texts=len(texts)))
     if options.write_report:
-        report.write(options.artifact)
+        with artifact_lock(options.artifact):  # one report at a time; each write is a whole, atomic file
+            report.write(options.artifact)
     return report
 
 

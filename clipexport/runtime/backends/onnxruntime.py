@@ -12,7 +12,7 @@ import numpy as np
 from clipexport._deps import require
 from clipexport.artifact.manifest import Manifest, Tower, TowerArtifact, check_graph_files
 from clipexport.artifact.precision import Precision
-from clipexport.errors import BackendError, ClipExportError, DeviceUnavailableError, MissingDependencyError
+from clipexport.errors import BackendError, ClipExportError, DeviceUnavailableError, ManifestError, MissingDependencyError
 from clipexport.runtime.backends.base import BackendOptions, Runner
 
 PURPOSE = "running ONNX graphs"
@@ -95,10 +95,12 @@ class OnnxRuntimeBackend(Runner):
         try:
             self.session = ort.InferenceSession(source, sess_options=options, providers=self.requested)
         except Exception as exc:  # ORT raises its own exception types (InvalidProtobuf, Fail, ...)
-            where = "the in-memory graph" if isinstance(graph, bytes) else str(graph)
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise BackendError(f"onnxruntime cannot load {where} ({first[:300]}); the file may be damaged: "
-                               "re-run the step that made it") from None
+            if isinstance(graph, bytes):  # a graph we just made: our failure, not the user's
+                raise BackendError(f"onnxruntime cannot load the in-memory graph ({first[:300]})") from None
+            # A file that matches its recorded sha256 yet does not load: damaged before it was recorded.
+            raise ManifestError(f"onnxruntime cannot load {graph} ({first[:300]}); the file is damaged: "
+                                "re-run the step that made it") from None
         # What ONNX Runtime actually registered: it silently drops a provider that fails to start.
         self.providers = list(self.session.get_providers())
         dropped = [_name(p) for p in self.requested if _name(p) not in self.providers]
