@@ -215,10 +215,14 @@ def _towers(value: str) -> tuple[Any, ...]:
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
 def build(artifact: Path, precision: str | None, recipe: str | None, towers: str, dry_run: bool, quiet: bool) -> None:
     """Compile ARTIFACT's ONNX graphs into TensorRT engines: engines/<tower>.<precision>.plan + .json provenance."""
-    from clipexport.trt.pipeline import BuildOptions, build_artifact, plan_artifact
+    from clipexport.trt.pipeline import BuildOptions, build_artifact, graphs_to_make, plan_artifact
 
     options = BuildOptions(artifact=artifact, precision=precision, recipe=recipe, towers=_towers(towers))
     chosen, builds = plan_artifact(options)
+    missing = graphs_to_make(builds)
+    if missing and dry_run:
+        click.echo(f"note: build makes the {builds[0].precision.value} graph of {', '.join(t.value for t in missing)} first "
+                   f"(same as: clipexport quantize {artifact} --precision {builds[0].precision.value})")
     if dry_run:
         click.echo(f"recipe: {chosen.name} ({chosen.source}) - {chosen.description}")
         click.echo(f"device: {chosen.device} [{chosen.device_class.value}]")
@@ -316,15 +320,32 @@ def embed(artifact: Path, images: tuple[str, ...], texts: Path | None, output: P
 
     request = EmbedRequest(artifact=artifact, output=output, images=images, texts=texts, precision=precision,
                            backend=backend, batch_size=batch_size, skip_bad=skip_bad, exif_transpose=exif_transpose)
-    with click.progressbar(length=1, label="embedding", file=sys.stderr) as bar:
-        def advance(done: int, total: int) -> None:
-            bar.length = total
-            bar.update(done)
-
+    with _LazyBar("embedding") as advance:
         result = embed_to_file(request, advance)
     for skipped in result.skipped:
         click.echo(f"skipped {skipped.name}: {skipped.reason}", err=True)
     click.echo(f"wrote {result.output}: {result.rows} x {result.dim} float32 (row sources: {result.index})")
+
+
+class _LazyBar:
+    """A progress bar on stderr that appears with the first finished batch, so a run that fails
+    while checking its inputs prints only its error line."""
+
+    def __init__(self, label: str):
+        self.label, self.bar = label, None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            self.bar = click.progressbar(length=total, label=self.label, file=sys.stderr)
+            self.bar.__enter__()
+        self.bar.update(done)
+
+    def __enter__(self) -> "_LazyBar":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
 
 
 @main.command()

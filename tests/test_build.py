@@ -45,7 +45,9 @@ def test_dry_run_commands_for_every_recipe(tiny_vit: Path, recipe_path: Path) ->
     for precision in dict.fromkeys(["fp32", recipe.precision]):
         fake = manifest
         for tower in Tower:
-            fake = fake.with_graph(tower, precision, manifest.tower(tower).graphs["fp32"])
+            graph = manifest.tower(tower).graphs["fp32"]  # an int8 claim carries TensorRT's Q/DQ placement
+            fake = fake.with_graph(tower, precision, dataclasses.replace(
+                graph, details=dataclasses.replace(graph.details, target="tensorrt" if precision == "int8" else None)))
         for build in plan_builds(tiny_vit, fake, recipe, precision, tuple(Tower)):
             command = build.trtexec(recipe.device_class)
             assert command[0] == TRTEXEC[recipe.device_class]
@@ -184,10 +186,15 @@ def test_sidecar_compatibility_rules(plan: Path) -> None:
 
     portable = _provenance(plan, version_compatible=True, hardware_compatible=True)
     assert check_compatible(portable, "10.14.1.48", "9.0", "NVIDIA H100", REBUILD) == [notes[0].replace("NVIDIA L40S", "NVIDIA H100")]
-    with pytest.raises(ManifestError, match="runs on 10.x releases from that one on"):
+    with pytest.raises(ManifestError, match="runs on releases from that one through 11.x"):
         check_compatible(portable, "10.12.0.36", "9.0", "NVIDIA H100", REBUILD)
-    with pytest.raises(ManifestError, match="runs on 10.x releases"):
-        check_compatible(portable, "11.0.0.1", "9.0", "NVIDIA H100", REBUILD)
+    # TensorRT 11 runs version-compatible 10.x engines (NVIDIA's 11.4 support matrix); 12 would not.
+    assert check_compatible(portable, "11.4.0.7", "9.0", "NVIDIA H100", REBUILD) == [notes[0].replace("NVIDIA L40S", "NVIDIA H100")]
+    with pytest.raises(ManifestError, match="through 11.x"):
+        check_compatible(portable, "12.0.0.1", "9.0", "NVIDIA H100", REBUILD)
+    # Without version compatibility all four fields must match: the build number too.
+    with pytest.raises(ManifestError, match="major.minor.patch.build"):
+        check_compatible(strict, "10.13.3.10", "8.9", "NVIDIA L4", REBUILD)
     with pytest.raises(ManifestError, match="Ampere and newer"):
         check_compatible(portable, "10.13.3.9", "7.5", "Tesla T4", REBUILD)
 

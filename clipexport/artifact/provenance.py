@@ -22,6 +22,8 @@ from clipexport.files import sha256_file, write_json_atomic
 SIDECAR_SCHEMA_VERSION = 1
 # hardware_compatibility_level = AMPERE_PLUS: any discrete GPU of compute capability 8.0 or newer.
 AMPERE = (8, 0)
+# How many later major releases run a version-compatible plan (10.x plans on 11.x).
+VERSION_COMPATIBLE_MAJORS = 1
 
 
 @dataclass(frozen=True)
@@ -107,15 +109,18 @@ def check_compatible(provenance: EngineProvenance, tensorrt_version: str, comput
     built, running = _version(provenance.tensorrt_version), _version(tensorrt_version)
     flags = provenance.flags
     if flags.get("version_compatible"):
-        if running[0] != built[0] or running < built:
+        # A version-compatible plan runs on later releases of its major and of the next one
+        # (TensorRT 11.x runs version-compatible 10.x engines: NVIDIA's 11.4 support matrix).
+        if running < built or running[0] > built[0] + VERSION_COMPATIBLE_MAJORS:
             raise ManifestError(
                 f"engine {provenance.engine} was built version-compatible with TensorRT {provenance.tensorrt_version}, "
-                f"which runs on {built[0]}.x releases from that one on, not on {tensorrt_version}; rebuild it with: {rebuild}")
-    elif running[:3] != built[:3]:
+                f"which runs on releases from that one through {built[0] + VERSION_COMPATIBLE_MAJORS}.x, not on "
+                f"{tensorrt_version}; rebuild it with: {rebuild}")
+    elif running != built:
         raise ManifestError(
             f"engine {provenance.engine} was built with TensorRT {provenance.tensorrt_version} but this is "
-            f"TensorRT {tensorrt_version}; engines only load in the version that built them (or build with "
-            f"version_compatible = true); rebuild it with: {rebuild}")
+            f"TensorRT {tensorrt_version}; engines only load in the exact version (major.minor.patch.build) that "
+            f"built them, or build with version_compatible = true; rebuild it with: {rebuild}")
     built_cc, running_cc = _capability(provenance.compute_capability), _capability(compute_capability)
     if flags.get("hardware_compatible"):
         if running_cc < AMPERE:
@@ -133,11 +138,13 @@ def check_compatible(provenance: EngineProvenance, tensorrt_version: str, comput
     return notes
 
 
-def _version(text: str) -> tuple[int, ...]:
+def _version(text: str) -> tuple[int, int, int, int]:
+    """major.minor.patch.build, missing fields as 0 ("10.3" == "10.3.0.0")."""
     parts = re.findall(r"\d+", text)[:4]
     if not parts:
         raise ManifestError(f"unreadable TensorRT version '{text}'")
-    return tuple(int(part) for part in parts)
+    numbers = [int(part) for part in parts] + [0] * (4 - len(parts))
+    return numbers[0], numbers[1], numbers[2], numbers[3]
 
 
 def _capability(text: str) -> tuple[int, int]:

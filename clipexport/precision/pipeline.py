@@ -48,6 +48,7 @@ class QuantizeOptions:
     sensitivity: bool = False  # write sensitivity.json with every quantized node's error
     fallback: bool = True  # restore sensitive nodes until the fallback target holds
     fp16_io: bool = False  # FP16 graph inputs/outputs (FP16 only); default keeps float32 at the boundary
+    made_by: str = "quantize"  # recorded in the manifest: `build` makes FP16 graphs itself when missing
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,7 @@ def quantize_artifact(options: QuantizeOptions, progress: Progress = silent) -> 
             model, details, sensitivity, parity = CONVERTERS[precision](job)
             progress(f"{tower.value}: {precision.value} vs FP32 on validation: "
                      f"min cos {parity.min_cosine:.5f}, mean {parity.mean_cosine:.5f}")
-            details = replace(details, validation_parity=parity.to_dict())
+            details = replace(details, validation_parity=parity.to_dict(), made_by=options.made_by)
             graph = _save(onnx, model, staging, graph_file(tower.value, precision), details)
             outcomes.append(TowerOutcome(tower, graph, parity, sensitivity))
         def add_graphs(current: Manifest) -> Manifest:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from clipexport.trt.profiles import TowerBuild, plan_builds
+from clipexport.trt.profiles import TO_BE_MADE, TowerBuild, plan_builds
 from clipexport.trt.recipe import Recipe, resolve_recipe
 from clipexport.artifact.provenance import EngineProvenance
 from clipexport.artifact.manifest import Manifest, Tower, check_graph_files, read_manifest
@@ -28,12 +28,28 @@ def plan_artifact(options: BuildOptions, manifest: Manifest | None = None) -> tu
     return recipe, plan_builds(Path(options.artifact), manifest, recipe, options.precision, options.towers)
 
 
+def graphs_to_make(builds: list[TowerBuild]) -> tuple[Tower, ...]:
+    """Towers whose (FP16) graph `build` makes before compiling."""
+    return tuple(b.tower for b in builds if b.onnx_sha256 == TO_BE_MADE)
+
+
 def build_artifact(options: BuildOptions, progress: Progress = silent) -> list[EngineProvenance]:
     from clipexport.trt.builder import build_engine, require_tensorrt
 
     require_tensorrt()  # fail before any work when TensorRT is missing
     manifest = read_manifest(options.artifact)
     recipe, builds = plan_artifact(options, manifest)
+    missing = graphs_to_make(builds)
+    if missing:
+        from clipexport.precision.pipeline import QuantizeOptions, quantize_artifact
+
+        precision = builds[0].precision
+        progress(f"making the {precision.value} graph of {', '.join(t.value for t in missing)} first "
+                 f"(same as: clipexport quantize {options.artifact} --precision {precision.value})")
+        quantize_artifact(QuantizeOptions(artifact=options.artifact, precision=precision, towers=missing,
+                                          made_by="build"), progress)
+        manifest = read_manifest(options.artifact)
+        recipe, builds = plan_artifact(options, manifest)
     out = []
     for build in builds:
         check_graph_files(options.artifact, manifest.tower(build.tower).graph(build.precision))

@@ -11,14 +11,16 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from clipexport.artifact.layout import ENGINES_DIR, MIN_TEXT_LENGTH, TIMING_CACHE, engine_file, inside
+from clipexport.artifact.layout import ENGINES_DIR, MIN_TEXT_LENGTH, TIMING_CACHE, engine_file, graph_file, inside
 from clipexport.artifact.manifest import Manifest, TensorSpec, Tower
-from clipexport.artifact.precision import Precision
+from clipexport.artifact.precision import Maker, Precision
 from clipexport.errors import InputError
 from clipexport.trt.recipe import DeviceClass, Recipe, TowerProfile
 
 # Where trtexec lives: pip/NGC images put it on PATH; JetPack installs it here.
 TRTEXEC = {DeviceClass.SERVER: "trtexec", DeviceClass.JETSON: "/usr/src/tensorrt/bin/trtexec"}
+# The sha256 of a graph that `build` will make before compiling (FP16: no calibration needed).
+TO_BE_MADE = "(made by build first)"
 # Text graphs with a dynamic sequence axis (issue 6) default to prompts of a few words.
 DEFAULT_TEXT_OPT_TOKENS = 16
 
@@ -89,13 +91,21 @@ def plan_builds(artifact_dir: Path, manifest: Manifest, recipe: Recipe, precisio
     out = []
     for tower in towers:
         artifact = manifest.tower(tower)
-        graph = artifact.graph(chosen)
         profile = recipe.profiles.get(tower)
         if profile is None:
             raise InputError(f"recipe {recipe.name} has no [profiles.{tower.value}]; add one or pass --towers without {tower.value}")
-        calibration = graph.details.calibration
+        if chosen not in artifact.graphs and chosen.facts.maker is Maker.AUTOCAST:
+            # FP16 needs no calibration data: `build` makes the graph first (see trt/pipeline.py).
+            onnx, onnx_sha256, calibration = root / graph_file(tower.value, chosen), TO_BE_MADE, None
+        else:
+            graph = artifact.graph(chosen)
+            if chosen is Precision.INT8 and graph.details.target != "tensorrt":
+                raise InputError(f"the {tower.value} int8 graph was quantized for --target {graph.details.target}, whose "
+                                 "Q/DQ placement TensorRT does not fuse; make TensorRT's with: clipexport quantize "
+                                 f"{root} --precision int8 --target tensorrt")
+            onnx, onnx_sha256, calibration = inside(root, graph.file, "graph file"), graph.sha256, graph.details.calibration
         out.append(TowerBuild(
-            tower=tower, precision=chosen, onnx=inside(root, graph.file, "graph file"), onnx_sha256=graph.sha256,
+            tower=tower, precision=chosen, onnx=onnx, onnx_sha256=onnx_sha256,
             calibration_sha256=calibration.sha256 if calibration and chosen is Precision.INT8 else None,
             engine=root / engine_file(tower.value, chosen),
             shapes=profile_shapes(artifact.inputs[0], profile, manifest.tokenizer.context_length, recipe.name),

@@ -1,0 +1,145 @@
+"""A table of user mistakes run through the CLI: each ends in exit 2 with exactly one `error:`
+line and no traceback, and leaves nothing half-written."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Callable
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from conftest import CONFIGS
+from clipexport.cli import main
+
+
+@pytest.fixture(scope="module")
+def workspace(tiny_vit: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Files the mistakes point at, made once."""
+    root = tmp_path_factory.mktemp("mistakes")
+    (root / "empty_dir").mkdir()
+    (root / "x.jpg").mkdir()  # a folder named like an image
+    (root / "user_dir").mkdir()
+    (root / "user_dir" / "notes.txt").write_text("mine")
+    (root / "a_file.txt").write_text("not a folder")
+    (root / "empty.txt").write_text("")
+    (root / "corrupt.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    Image.new("RGB", (40, 30), (0, 200, 0)).save(root / "ok.png")
+    (root / "no_config").mkdir()
+    (root / "no_config" / "weights.bin").write_bytes(b"x")
+    (root / "hf_like").mkdir()
+    (root / "hf_like" / "config.json").write_text("{}")
+    # An artifact whose text graph is garbage but whose manifest records the garbage's sha256.
+    damaged = root / "damaged"
+    shutil.copytree(tiny_vit, damaged)
+    (damaged / "text.onnx").write_bytes(b"not an onnx protobuf")
+    manifest = json.loads((damaged / "manifest.json").read_text())
+    manifest["towers"]["text"]["graphs"]["fp32"]["sha256"] = hashlib.sha256(b"not an onnx protobuf").hexdigest()
+    (damaged / "manifest.json").write_text(json.dumps(manifest))
+    (root / "empty_manifest").mkdir()
+    (root / "empty_manifest" / "manifest.json").write_text("{}")
+    return {"root": root, "art": tiny_vit}
+
+
+CFG = str(CONFIGS / "tiny-vit.json")
+PROGRESS = re.compile(r"^\[\s*\d+\.\ds\] ")
+Args = Callable[[dict[str, Path]], list[str]]
+
+# (id, arguments built from the workspace, a phrase the error line must contain)
+MISTAKES: list[tuple[str, Args, str]] = [
+    ("export-unknown-model", lambda w: ["export", "ViT-B-23", "-o", str(w["root"] / "o1")], "unknown OpenCLIP model"),
+    ("export-opset-too-old", lambda w: ["export", CFG, "--opset", "13", "-o", str(w["root"] / "o2")], "opset 13"),
+    ("export-opset-too-new", lambda w: ["export", CFG, "--opset", "99", "-o", str(w["root"] / "o3")], "opset 99"),
+    ("export-output-is-file", lambda w: ["export", CFG, "-o", str(w["root"] / "a_file.txt")], "is a file"),
+    ("export-overwrite-user-folder", lambda w: ["export", CFG, "-o", str(w["root"] / "user_dir"), "--overwrite"],
+     "only replaces a clipexport artifact"),
+    ("export-folder-without-config", lambda w: ["export", str(w["root"] / "no_config"), "-o", str(w["root"] / "o4")],
+     "without config.json"),
+    ("export-hf-with-pretrained", lambda w: ["export", str(w["root"] / "hf_like"), "--pretrained", "x.pt",
+                                             "-o", str(w["root"] / "o5")], "--pretrained does not apply"),
+    ("export-unwritable-output", lambda w: ["export", CFG, "-o", "/proc/clipexport-test/out"], "cannot"),
+    ("export-zero-opset-is-not-default", lambda w: ["export", CFG, "--opset", "0", "-o", str(w["root"] / "o6")], "opset 0"),
+    ("verify-missing-artifact", lambda w: ["verify", str(w["root"] / "nope")], "does not exist"),
+    ("verify-missing-precision", lambda w: ["verify", str(w["art"]), "--precision", "int8"], "no int8 graph"),
+    ("verify-unknown-precision", lambda w: ["verify", str(w["art"]), "--precision", "bf16"], "--precision"),
+    ("verify-batch-size-zero", lambda w: ["verify", str(w["art"]), "--batch-size", "0"], "--batch-size"),
+    ("verify-num-images-zero", lambda w: ["verify", str(w["art"]), "--num-images", "0"], "--num-images"),
+    ("verify-images-missing", lambda w: ["verify", str(w["art"]), "--images", str(w["root"] / "nope")], "does not exist"),
+    ("verify-texts-empty", lambda w: ["verify", str(w["art"]), "--texts", str(w["root"] / "empty.txt")], "no captions"),
+    ("verify-empty-manifest", lambda w: ["verify", str(w["root"] / "empty_manifest")], "not a clipexport manifest"),
+    ("quantize-fp32", lambda w: ["quantize", str(w["art"]), "--precision", "fp32"], "--precision"),
+    ("quantize-calibration-size-zero", lambda w: ["quantize", str(w["art"]), "--precision", "int8",
+                                                  "--calibration-size", "0"], "--calibration-size"),
+    ("quantize-unknown-tower", lambda w: ["quantize", str(w["art"]), "--precision", "fp16", "--towers", "audio"], "--towers"),
+    ("quantize-empty-calibration-folder", lambda w: ["quantize", str(w["art"]), "--precision", "int8",
+                                                     "--calibration-images", str(w["root"] / "empty_dir")], "has no images"),
+    ("embed-batch-size-zero", lambda w: ["embed", str(w["art"]), "--texts", str(w["root"] / "a_file.txt"),
+                                         "-o", str(w["root"] / "e1.npy"), "--batch-size", "0"], "--batch-size"),
+    ("embed-output-is-folder", lambda w: ["embed", str(w["art"]), "--texts", str(w["root"] / "a_file.txt"),
+                                          "-o", str(w["root"] / "empty_dir")], "is a folder"),
+    ("embed-images-and-texts", lambda w: ["embed", str(w["art"]), "--texts", str(w["root"] / "a_file.txt"),
+                                          "--images", str(w["root"] / "ok.png"), "-o", str(w["root"] / "e2.npy")], "either"),
+    ("embed-texts-missing", lambda w: ["embed", str(w["art"]), "--texts", str(w["root"] / "nope.txt"),
+                                       "-o", str(w["root"] / "e3.npy")], "does not exist"),
+    ("embed-texts-empty", lambda w: ["embed", str(w["art"]), "--texts", str(w["root"] / "empty.txt"),
+                                     "-o", str(w["root"] / "e4.npy")], "is empty"),
+    ("embed-image-folder-without-images", lambda w: ["embed", str(w["art"]), "--images", str(w["root"] / "empty_dir"),
+                                                     "-o", str(w["root"] / "e5.npy")], "has no images"),
+    ("embed-corrupt-image", lambda w: ["embed", str(w["art"]), "--images", str(w["root"] / "corrupt.jpg"),
+                                       "-o", str(w["root"] / "e6.npy")], "cannot read"),
+    ("embed-missing-precision", lambda w: ["embed", str(w["art"]), "--images", str(w["root"] / "ok.png"),
+                                           "--precision", "int8", "-o", str(w["root"] / "e7.npy")], "no int8 graph"),
+    ("embed-damaged-graph", lambda w: ["embed", str(w["root"] / "damaged"), "--texts", str(w["root"] / "a_file.txt"),
+                                       "-o", str(w["root"] / "e8.npy")], "damaged"),
+    ("classify-empty-folder", lambda w: ["classify", str(w["art"]), str(w["root"] / "empty_dir"), "--labels", "a,b"],
+     "has no images"),
+    ("classify-folder-named-like-image", lambda w: ["classify", str(w["art"]), str(w["root"] / "x.jpg"), "--labels", "a,b"],
+     "has no images"),
+    ("classify-missing-image", lambda w: ["classify", str(w["art"]), str(w["root"] / "nope.png"), "--labels", "a,b"],
+     "does not exist"),
+    ("classify-template-without-braces", lambda w: ["classify", str(w["art"]), str(w["root"] / "ok.png"), "--labels",
+                                                    "a,b", "--template", "a photo"], "exactly one {}"),
+    ("classify-template-named-field", lambda w: ["classify", str(w["art"]), str(w["root"] / "ok.png"), "--labels", "a,b",
+                                                 "--template", "{name}"], "exactly one {}"),
+    ("classify-template-two-fields", lambda w: ["classify", str(w["art"]), str(w["root"] / "ok.png"), "--labels", "a,b",
+                                                "--template", "{0} {1}"], "exactly one {}"),
+    ("classify-template-format-spec", lambda w: ["classify", str(w["art"]), str(w["root"] / "ok.png"), "--labels", "a,b",
+                                                 "--template", "{:d}"], "exactly one {}"),
+    ("classify-template-broken", lambda w: ["classify", str(w["art"]), str(w["root"] / "ok.png"), "--labels", "a,b",
+                                            "--template", "a {"], "template"),
+    ("classify-no-labels", lambda w: ["classify", str(w["art"]), str(w["root"] / "ok.png"), "--labels", ","], "no labels"),
+    ("classify-duplicate-labels", lambda w: ["classify", str(w["art"]), str(w["root"] / "ok.png"), "--label", "cat",
+                                             "--label", "cat"], "duplicate label"),
+    ("bench-output-is-file", lambda w: ["bench", str(w["art"]), "-o", str(w["root"] / "a_file.txt")], "is a file"),
+    ("bench-batch-size-zero", lambda w: ["bench", str(w["art"]), "--batch-sizes", "0"], "--batch-sizes"),
+    ("bench-unknown-precision", lambda w: ["bench", str(w["art"]), "--precisions", "int4"], "unknown precision"),
+    ("build-unknown-recipe", lambda w: ["build", str(w["art"]), "--recipe", "no-such", "--dry-run"], "not found"),
+    ("build-unknown-tower", lambda w: ["build", str(w["art"]), "--towers", "audio", "--dry-run"], "--towers"),
+    ("recipes-unknown", lambda w: ["recipes", "no-such"], "not found"),
+]
+
+
+@pytest.mark.parametrize("case", MISTAKES, ids=[m[0] for m in MISTAKES])
+def test_mistake_is_one_line_exit_2(case: tuple[str, Args, str], workspace: dict[str, Path]) -> None:
+    _, build_args, phrase = case
+    before = sorted(p.name for p in workspace["root"].iterdir())
+    result = CliRunner().invoke(main, build_args(workspace))
+    output = result.output
+    assert result.exit_code == 2, output
+    assert "Traceback" not in output and result.exception is None or isinstance(result.exception, SystemExit), output
+    # Besides progress lines ("[  0.0s] loading ..."), the output is the one error line.
+    lines = [line for line in output.splitlines() if line.strip() and not PROGRESS.match(line)]
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 1 and len(lines) == 1, output
+    assert phrase in errors[0], errors[0]
+    assert sorted(p.name for p in workspace["root"].iterdir()) == before  # nothing half-written
+    assert (workspace["root"] / "user_dir" / "notes.txt").read_text() == "mine"
+
+
+def test_the_table_is_large_enough() -> None:
+    assert len(MISTAKES) >= 30
