@@ -299,32 +299,18 @@ def _csv(value: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in value.split(",") if v.strip())
 
 
-@main.command()
-@click.argument("artifact", type=click.Path(path_type=Path))
-@click.option("--images", multiple=True, help="Image file or folder (repeatable).")
-@click.option("--texts", type=click.Path(path_type=Path), default=None,
-              help="UTF-8 file, one text per line; every line is a row, blank lines included (the empty caption).")
-@click.option("--output", "-o", required=True, type=click.Path(path_type=Path),
-              help="Where to write the .npy embeddings; OUTPUT.index.txt names the input of every row.")
-@click.option("--precision", type=click.Choice(PRECISIONS, case_sensitive=False), default="fp32", show_default=True,
-              help="Graph variant to run.")
-@click.option("--backend", type=click.Choice(BACKENDS, case_sensitive=False), default="onnxruntime", show_default=True,
-              help="Where to run the graphs.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Inputs per run.")
-@click.option("--skip-bad", is_flag=True, help="Skip unreadable images (and list them) instead of stopping.")
-@click.option("--exif-transpose", is_flag=True, help="Rotate photos by their EXIF orientation first (open_clip does not).")
-def embed(artifact: Path, images: tuple[str, ...], texts: Path | None, output: Path, precision: str, backend: str,
-          batch_size: int, skip_bad: bool, exif_transpose: bool) -> None:
-    """Embed images or texts with ARTIFACT (no torch) and save float32 [N, D] to OUTPUT."""
-    from clipexport.runtime.embed import EmbedRequest, embed_to_file
-
-    request = EmbedRequest(artifact=artifact, output=output, images=images, texts=texts, precision=precision,
-                           backend=backend, batch_size=batch_size, skip_bad=skip_bad, exif_transpose=exif_transpose)
-    with _LazyBar("embedding") as advance:
-        result = embed_to_file(request, advance)
-    for skipped in result.skipped:
-        click.echo(f"skipped {skipped.name}: {skipped.reason}", err=True)
-    click.echo(f"wrote {result.output}: {result.rows} x {result.dim} float32 (row sources: {result.index})")
+def _runtime_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The ClipRuntime.load settings shared by the commands that run an artifact."""
+    for option in reversed([
+        click.option("--precision", type=click.Choice(PRECISIONS, case_sensitive=False), default="fp32",
+                     show_default=True, help="Graph variant to run."),
+        click.option("--backend", type=click.Choice(BACKENDS, case_sensitive=False), default="onnxruntime",
+                     show_default=True, help="Where to run the graphs."),
+        click.option("--exif-transpose", is_flag=True,
+                     help="Rotate photos by their EXIF orientation first (open_clip does not)."),
+    ]):
+        command = option(command)
+    return command
 
 
 class _LazyBar:
@@ -350,17 +336,37 @@ class _LazyBar:
 
 @main.command()
 @click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--images", multiple=True, help="Image file or folder (repeatable).")
+@click.option("--texts", type=click.Path(path_type=Path), default=None,
+              help="UTF-8 file, one text per line; every line is a row, blank lines included (the empty caption).")
+@click.option("--output", "-o", required=True, type=click.Path(path_type=Path),
+              help="Where to write the .npy embeddings; OUTPUT.index.txt names the input of every row.")
+@_runtime_options
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Inputs per run.")
+@click.option("--skip-bad", is_flag=True, help="Skip unreadable images (and list them) instead of stopping.")
+def embed(artifact: Path, images: tuple[str, ...], texts: Path | None, output: Path, precision: str, backend: str,
+          batch_size: int, skip_bad: bool, exif_transpose: bool) -> None:
+    """Embed images or texts with ARTIFACT (no torch) and save float32 [N, D] to OUTPUT."""
+    from clipexport.runtime.embed import EmbedRequest, embed_to_file
+
+    request = EmbedRequest(artifact=artifact, output=output, images=images, texts=texts, precision=precision,
+                           backend=backend, batch_size=batch_size, skip_bad=skip_bad, exif_transpose=exif_transpose)
+    with _LazyBar("embedding") as advance:
+        result = embed_to_file(request, advance)
+    for skipped in result.skipped:
+        click.echo(f"skipped {skipped.name}: {skipped.reason}", err=True)
+    click.echo(f"wrote {result.output}: {result.rows} x {result.dim} float32 (row sources: {result.index})")
+
+
+@main.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
 @click.argument("images", nargs=-1, required=True)
 @click.option("--labels", default=None, help="Comma-separated class names, e.g. cat,dog,car.")
 @click.option("--label", "label_list", multiple=True, help="One class name (repeatable; may contain commas).")
 @click.option("--labels-file", type=click.Path(path_type=Path), default=None, help="UTF-8 file, one class name per line.")
 @click.option("--template", "templates", multiple=True, help="Prompt template with one {} (repeatable); default 'a photo of a {}.'")
-@click.option("--precision", type=click.Choice(PRECISIONS, case_sensitive=False), default="fp32", show_default=True,
-              help="Graph variant to run.")
-@click.option("--backend", type=click.Choice(BACKENDS, case_sensitive=False), default="onnxruntime", show_default=True,
-              help="Where to run the graphs.")
+@_runtime_options
 @click.option("--top", type=click.IntRange(min=1), default=3, show_default=True, help="How many classes to print per image.")
-@click.option("--exif-transpose", is_flag=True, help="Rotate photos by their EXIF orientation first (open_clip does not).")
 def classify(artifact: Path, images: tuple[str, ...], labels: str | None, label_list: tuple[str, ...],
              labels_file: Path | None, templates: tuple[str, ...], precision: str, backend: str, top: int,
              exif_transpose: bool) -> None:

@@ -16,7 +16,6 @@ TIMING_CACHE = "timing.cache"  # shared by every TensorRT build of the artifact
 PARITY_REPORT = "parity.json"
 SENSITIVITY_REPORT = "sensitivity.json"
 BENCH_DIR = "bench"
-LOCK_NAME = ".clipexport.lock"
 
 # The text-length contract: SOT + EOT, the empty caption, is the shortest cut of a variable-length
 # text graph and the exporter's floor for the sequence axis (torch's exporter specialises sizes 0 and 1).

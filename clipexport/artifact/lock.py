@@ -10,27 +10,25 @@ import os
 from pathlib import Path
 from typing import Callable, Iterator
 
-from clipexport.artifact.layout import LOCK_NAME
 from clipexport.artifact.manifest import Manifest, read_manifest, write_manifest
 from clipexport.errors import InputError
 
 
 @contextlib.contextmanager
 def artifact_lock(root: str | os.PathLike[str]) -> Iterator[None]:
-    """Exclusive flock on ROOT/.clipexport.lock; blocks until the other run is done with it."""
+    """Exclusive flock on the artifact folder itself (Linux locks directory handles too, so no
+    lock file is left in the folder); blocks until the other run is done with it."""
     import fcntl  # POSIX; the artifact tools run on Linux (servers, Jetson)
 
-    path = Path(root) / LOCK_NAME
     try:
-        handle = open(path, "a+b")
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
     except OSError as exc:
-        raise InputError(f"cannot lock {path} ({exc.strerror}); is the artifact folder writable?") from None
-    with handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        raise InputError(f"cannot open the artifact folder {root} ({exc.strerror})") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the last handle releases the lock
 
 
 def update_manifest(root: str | os.PathLike[str], change: Callable[[Manifest], Manifest],

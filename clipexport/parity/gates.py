@@ -25,7 +25,7 @@ class Gate:
 
 
 # FP32 ONNX vs FP32 PyTorch differ only by kernel summation order. Measured on random-init
-# ViT-B-32, a small ModifiedResNet, ConvNeXt and HF CLIP (CPU, onnxruntime 1.31): min cosine
+# ViT-B-32, a small ModifiedResNet, ConvNeXt and HF CLIP (CPU, onnxruntime 1.24): min cosine
 # >= 0.9999999 and max abs <= 2e-6 on normalised 512-d embeddings (see the closing notes of
 # issue 2). The gates keep ~50x headroom over that for other CPUs and thread counts.
 FP32 = Gate(min_cosine=0.99999, max_abs=1e-4)

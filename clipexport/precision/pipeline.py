@@ -86,8 +86,6 @@ def quantize_artifact(options: QuantizeOptions, progress: Progress = silent) -> 
             expected = run_model(fp32_path, artifact, calibration.validation)
             job = _Job(onnx, fp32_path, artifact, tower, calibration, options, method, expected, progress)
             model, details, sensitivity, parity = CONVERTERS[precision](job)
-            progress(f"{tower.value}: {precision.value} vs FP32 on validation: "
-                     f"min cos {parity.min_cosine:.5f}, mean {parity.mean_cosine:.5f}")
             details = replace(details, validation_parity=parity.to_dict(), made_by=options.made_by)
             graph = _save(onnx, model, staging, graph_file(tower.value, precision), details)
             outcomes.append(TowerOutcome(tower, graph, parity, sensitivity))
@@ -164,9 +162,9 @@ def _int8(job: _Job) -> Converted:
     parity = embedding_parity(expected, run_model(quantized, artifact, calibration.validation))
     target = INT8_FALLBACK_TARGET
     failing = bool(target.failures(parity.min_cosine, parity.mean_cosine, parity.max_abs_diff))
-    progress(f"{tower.value}: INT8 with {len(qdq.quantized_nodes(quantized))} quantized nodes: "
-             f"min cos {parity.min_cosine:.5f}, mean {parity.mean_cosine:.5f}"
-             + (" (below the fallback target)" if failing and options.fallback else ""))
+    if failing:  # otherwise this is the final result, which the caller reports
+        progress(f"{tower.value}: INT8 with {len(qdq.quantized_nodes(quantized))} quantized nodes: "
+                 f"min cos {parity.min_cosine:.5f}, mean {parity.mean_cosine:.5f} (below the fallback target)")
     sensitivity: list[LayerSensitivity] = []
     if options.sensitivity or (failing and options.fallback):
         sensitivity = layer_sensitivity(quantized, original, calibration.validation, calibration.input_name, progress)

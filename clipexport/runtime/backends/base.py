@@ -9,7 +9,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from clipexport.artifact.manifest import TowerArtifact
-from clipexport.errors import BackendError, InputError
+from clipexport.errors import BackendError, ClipExportError, InputError, MissingDependencyError
 
 
 @dataclass(frozen=True)
@@ -19,6 +19,19 @@ class BackendOptions:
     providers: Sequence[Any] | None = None  # onnxruntime: provider names or (name, options)
     threads: int | None = None  # onnxruntime: intra-op threads
     cpu_only: bool = False  # onnxruntime: pin the CPU provider (parity is certified against a CPU reference)
+
+
+def missing(*modules: str, purpose: str) -> ClipExportError | None:
+    """The install hint for the first of `modules` that does not import, or None: a backend's
+    `unavailable()` for the libraries it needs."""
+    from clipexport._deps import require
+
+    try:
+        for module in modules:
+            require(module, purpose)
+    except MissingDependencyError as exc:
+        return exc
+    return None
 
 
 def require_finite(out: np.ndarray, what: str) -> np.ndarray:

@@ -12,8 +12,8 @@ import numpy as np
 from clipexport._deps import require
 from clipexport.artifact.manifest import Manifest, Tower, TowerArtifact, check_graph_files
 from clipexport.artifact.precision import Precision
-from clipexport.errors import BackendError, ClipExportError, DeviceUnavailableError, ManifestError, MissingDependencyError
-from clipexport.runtime.backends.base import BackendOptions, Runner
+from clipexport.errors import BackendError, ClipExportError, DeviceUnavailableError, ManifestError
+from clipexport.runtime.backends.base import BackendOptions, Runner, missing
 
 PURPOSE = "running ONNX graphs"
 CPU = "CPUExecutionProvider"
@@ -71,11 +71,7 @@ def choose_providers(available: Sequence[str], requested: Sequence[Provider] | N
 
 
 def unavailable() -> ClipExportError | None:
-    try:
-        require("onnxruntime", PURPOSE)
-    except MissingDependencyError as exc:
-        return exc
-    return None
+    return missing("onnxruntime", purpose=PURPOSE)
 
 
 class OnnxRuntimeBackend(Runner):

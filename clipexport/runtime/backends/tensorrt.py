@@ -18,19 +18,14 @@ from clipexport.artifact.layout import engine_file, inside
 from clipexport.artifact.manifest import Manifest, Tower, TowerArtifact
 from clipexport.artifact.precision import Precision
 from clipexport.artifact.provenance import check_compatible, check_plan_file, read_sidecar
-from clipexport.errors import BackendError, ClipExportError, InputError, ManifestError, MissingDependencyError
-from clipexport.runtime.backends.base import BackendOptions, Runner
+from clipexport.errors import BackendError, ClipExportError, InputError, ManifestError
+from clipexport.runtime.backends.base import BackendOptions, Runner, missing
 
 PURPOSE = "running TensorRT engines"
 
 
 def unavailable() -> ClipExportError | None:
-    try:
-        require("tensorrt", PURPOSE)
-        require("polygraphy.cuda", PURPOSE)
-    except MissingDependencyError as exc:
-        return exc
-    return None
+    return missing("tensorrt", "polygraphy.cuda", purpose=PURPOSE)
 
 
 class TensorRTBackend(Runner):
