@@ -67,9 +67,9 @@ def _progress(quiet: bool) -> Callable[[str], None]:
 @click.version_option(__version__, prog_name="clipexport")
 def main() -> None:
     """Export CLIP models to ONNX/TensorRT and prove the numbers match PyTorch."""
-    # open_clip and transformers log warnings on the root logger (e.g. "initialized randomly");
-    # our own progress lines say the same thing once.
-    logging.getLogger().setLevel(logging.ERROR)
+    # open_clip and transformers log on the root logger (e.g. "initialized randomly", "Failed to
+    # download"); our own progress and error lines say the same thing once.
+    logging.getLogger().setLevel(logging.CRITICAL)
     # The hub's and transformers' progress bars would interleave with our progress lines.
     for flag in ("HF_HUB_DISABLE_PROGRESS_BARS", "TQDM_DISABLE"):
         os.environ.setdefault(flag, "1")

@@ -4,6 +4,7 @@ results. Each test names the item it guards."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -287,3 +288,69 @@ def test_exit_codes_are_documented() -> None:
     help_text = CliRunner().invoke(main, ["--help"]).output
     for code in ("0", "1", "2", "3", "4", "130"):
         assert f"\n    {code} " in help_text or f"\n  {code} " in help_text
+
+
+# -- tracebacks and misleading messages ------------------------------------------------------
+def test_random_siglip_offline_is_one_line_exit_3(tmp_path: Path) -> None:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "clipexport", "export", "ViT-B-16-SigLIP", "--pretrained", "random",
+                           "-o", str(tmp_path / "a")], capture_output=True, text=True, env=env, timeout=300)
+    lines = [line for line in proc.stderr.splitlines() if line.strip() and not line.startswith("[")]
+    assert proc.returncode == 3 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "tokenizer" in lines[0] and "offline" in lines[0]
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_bad_checkpoints_never_suggest_unsafe_loading(tmp_path: Path, damage: str) -> None:
+    good = save_open_clip_checkpoint("tiny-vit", tmp_path)
+    bad = tmp_path / "bad.pt"
+    data = good.read_bytes()
+    bad.write_bytes(os.urandom(1000) if damage == "garbage" else data[: len(data) // 2])
+    code, out = _cli("export", CFG, "--pretrained", str(bad), "-o", str(tmp_path / "a"), "-q")
+    assert code == 2 and "not a valid checkpoint file" in out and "weights_only" not in out
+
+
+def test_a_folder_without_config_json_is_not_called_an_unknown_model(tmp_path: Path) -> None:
+    (tmp_path / "model").mkdir()
+    code, out = _cli("export", str(tmp_path / "model"), "-o", str(tmp_path / "a"))
+    assert code == 2 and "without config.json" in out and "unknown OpenCLIP model" not in out
+
+
+# -- TensorRT 11 and JetPack's 10.3 --------------------------------------------------------------
+def test_onnxruntime_probes_tensorrt_10_and_11_and_sets_no_fp16_flag(tmp_path: Path) -> None:
+    from clipexport.runtime.backends.onnxruntime import PROVIDER_LIBRARIES, TENSORRT
+    from clipexport.runtime.backends.onnxruntime_trt import tensorrt_provider
+
+    assert {"libnvinfer.so.10", "libnvinfer.so.11"} <= {lib for group in PROVIDER_LIBRARIES[TENSORRT] for lib in group}
+    name, options = tensorrt_provider(tmp_path)
+    assert name == TENSORRT and "trt_fp16_enable" not in options  # meaningless for strongly typed graphs
+
+
+def test_build_plans_the_fp16_graph_it_will_make(tiny_vit: Path) -> None:
+    code, out = _cli("build", str(tiny_vit), "--recipe", "vit-b-32-server", "--dry-run")
+    assert code == 0, out
+    assert "build makes the fp16 graph of vision, text first" in out and "--onnx=" in out and "vision.fp16.onnx" in out
+
+
+def test_build_refuses_int8_quantized_for_the_cpu(tiny_vit: Path, tmp_path: Path) -> None:
+    artifact = _copy(tiny_vit, tmp_path)
+    code, out = _cli("quantize", str(artifact), "--precision", "int8", "--target", "cpu", "--calibration-size", "8",
+                     "--towers", "vision", "-q")
+    assert code == 0, out
+    code, out = _cli("build", str(artifact), "--recipe", "vit-b-32-agx-orin-int8", "--towers", "vision", "--dry-run")
+    assert code == 2 and "--target cpu" in out and "--target tensorrt" in out
+
+
+def test_build_makes_the_missing_fp16_graph_itself(tiny_vit: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past the TensorRT check, build makes fp16 with quantize's own code and records who made it
+    (the engine compile itself needs TensorRT and a GPU: the `tensorrt`-marked test)."""
+    from clipexport.trt import builder, pipeline
+
+    artifact = _copy(tiny_vit, tmp_path)
+    monkeypatch.setattr(builder, "require_tensorrt", lambda: None)
+    monkeypatch.setattr(builder, "build_engine", lambda build, recipe, progress: build.onnx.name)
+    lines: list[str] = []
+    built = pipeline.build_artifact(pipeline.BuildOptions(artifact=artifact, recipe="vit-b-32-server",
+                                                          towers=(pipeline.Tower.VISION,)), lines.append)
+    assert built == ["vision.fp16.onnx"] and any("making the fp16 graph of vision first" in line for line in lines)
+    assert read_manifest(artifact).tower("vision").graph("fp16").details.made_by == "build"

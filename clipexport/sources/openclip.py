@@ -86,7 +86,15 @@ def _build(open_clip: Any, source: SourceInfo) -> LoadedModel:
             model = open_clip.create_model(source.model, pretrained=pretrained, **kwargs)
         except Exception as exc:  # open_clip raises bare RuntimeError/OSError for everything
             raise _explain(source, exc) from exc
-        tokenizer = open_clip.get_tokenizer(source.model)
+        try:
+            tokenizer = open_clip.get_tokenizer(source.model)
+        except Exception as exc:  # an HF tokenizer (SigLIP, multilingual towers) fetched from the hub
+            name = config.get("text_cfg", {}).get("hf_tokenizer_name") or source.model
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            if offline_hint(exc):
+                raise OfflineError(f"{source.model} needs the Hugging Face tokenizer '{name}', which is not cached and "
+                                   "cannot be downloaded (offline?); run once where the hub is reachable to cache it") from None
+            raise SourceError(f"could not load the tokenizer '{name}' of {source.model} ({first[:300]})") from None
     model = model.eval().float()
     pp = dict(open_clip.get_model_preprocess_cfg(model))
     from open_clip.transform import PreprocessCfg, image_transform_v2
