@@ -50,3 +50,10 @@ def hf_clip_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def vit_b32(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Full-size ViT-B-32 with seeded random weights: what the README's first command does."""
     return export_dir(tmp_path_factory, "vit-b-32", "ViT-B-32", "random")
+
+
+@pytest.fixture(scope="session")
+def hf_siglip_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from helpers import save_tiny_hf_siglip
+
+    return save_tiny_hf_siglip(tmp_path_factory.mktemp("hf-siglip") / "tiny-hf-siglip")

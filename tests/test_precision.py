@@ -159,7 +159,7 @@ def test_fallback_restores_nodes_until_the_target_holds(tiny_vit: Path, tmp_path
     tower = manifest.tower("text")
     original = onnx.load(str(artifact / "text.onnx"))
     quantized = onnx.load(str(artifact / "text.int8.onnx"))
-    data = load_calibration(manifest, Tower.TEXT, SMALL)
+    data = load_calibration(manifest, Tower.TEXT, SMALL, artifact)
     expected = run_model(original, tower, data.validation)
     ranking = [s.node for s in layer_sensitivity(quantized, original, data.validation, data.input_name)]
     strict = Gate(min_cosine=0.9995)  # beyond what full INT8 reaches on this model

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-from pathlib import Path
 from typing import Callable, Iterator
 
 from clipexport.artifact.manifest import Manifest, read_manifest, write_manifest

@@ -299,16 +299,35 @@ class PreprocessConfig:
             raise ManifestError(f"{where}: {exc}") from None
 
 
+class TokenizerKind(str, Enum):
+    CLIP_BPE = "clip_bpe"  # CLIP's BPE, reimplemented in the runtime (vocabulary shipped in the package)
+    HF_JSON = "hf_json"  # a Hugging Face `tokenizers` tokenizer.json written into the artifact
+
+    def __str__(self) -> str:
+        return self.value
+
+
 @dataclass(frozen=True)
 class TokenizerConfig:
-    kind: str  # "clip_bpe" (the runtime implements it) or "hf:<class>" (recorded, not reimplemented)
+    kind: str  # a TokenizerKind value, or "hf:<class>" (recorded only: the runtime then takes token ids)
     context_length: int
     sot_id: int | None
     eot_id: int
     pad_id: int
-    clean: str = "lower"  # open_clip's text cleaning: "lower", "whitespace", "canonicalize"
+    clean: str = "lower"  # text cleaning before tokenizing: "lower", "whitespace", "canonicalize", "none", ...
     vocab_size: int = 49408
-    name: str | None = None  # HF tokenizer id/folder when kind is "hf:..."
+    name: str | None = None  # HF tokenizer id/folder it came from
+    file: str | None = None  # hf_json: the tokenizer.json in the artifact
+    sha256: str | None = None  # hf_json: of that file
+    strip_sep_token: bool = False  # open_clip's HFTokenizer option: SEP ids become 0
+    sep_id: int | None = None
+    padding_side: str = "right"
+    truncation_side: str = "right"
+
+    @property
+    def in_runtime(self) -> bool:
+        """Whether the torch-free runtime tokenizes text for this model."""
+        return self.kind in (TokenizerKind.CLIP_BPE.value, TokenizerKind.HF_JSON.value)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str) -> "TokenizerConfig":
@@ -321,6 +340,12 @@ class TokenizerConfig:
             clean=data.get("clean", "lower"),
             vocab_size=int(data.get("vocab_size", 49408)),
             name=data.get("name"),
+            file=_get(data, "file", str, where, default=None),
+            sha256=_get(data, "sha256", str, where, default=None),
+            strip_sep_token=_get(data, "strip_sep_token", bool, where, default=False),
+            sep_id=_get(data, "sep_id", int, where, default=None),
+            padding_side=_get(data, "padding_side", str, where, default="right"),
+            truncation_side=_get(data, "truncation_side", str, where, default="right"),
         )
 
 

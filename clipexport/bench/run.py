@@ -78,7 +78,7 @@ def run_bench(options: BenchOptions, progress: Progress = silent) -> tuple[Bench
     progress("measuring the machine's FP32 GEMM peak (numpy BLAS)")
     peak = gemm_peak_flops()
     result = BenchResult(settings=_settings(options, manifest), machine=_machine(peak))
-    inputs = _inputs(manifest, max(options.batch_sizes))
+    inputs = _inputs(root, manifest, max(options.batch_sizes))
     problems: list[ClipExportError] = []
     torch_model: dict[str, Any] = {}  # the PyTorch source, loaded once per run, on first use
     flops_at: dict[tuple[Tower, tuple[int, ...]], int] = {}
@@ -138,16 +138,15 @@ def _flops(root: Path, manifest: Manifest, tower: Tower, shape: tuple[int, ...])
     return graph_flops(inside(root, artifact.graph(Precision.FP32).file), {artifact.inputs[0].name: shape})
 
 
-def _inputs(manifest: Manifest, batch: int) -> dict[Tower, np.ndarray]:
-    from clipexport.runtime.tokenizer import ClipTokenizer
+def _inputs(root: Path, manifest: Manifest, batch: int) -> dict[Tower, np.ndarray]:
+    from clipexport.runtime.hf_tokenizer import load_tokenizer
 
     h, w = manifest.preprocess.image_size
     pixels = np.random.default_rng(0).standard_normal((batch, 3, h, w), dtype=np.float32)
     prompts = [f"a photo of a {PROMPT_LABELS[i % len(PROMPT_LABELS)]}." for i in range(batch)]
-    if manifest.tokenizer.kind == "clip_bpe":
-        ids = ClipTokenizer.from_manifest(manifest.tokenizer)(prompts)
-    else:  # tokenizers the runtime does not implement: a prompt-sized placeholder
-        ids = placeholder_ids(manifest.tokenizer, batch, words=7)
+    tokenizer = load_tokenizer(root, manifest.tokenizer)
+    # Without a runtime tokenizer (token ids only): a prompt-sized placeholder.
+    ids = tokenizer(prompts) if tokenizer is not None else placeholder_ids(manifest.tokenizer, batch, words=7)
     return {Tower.VISION: pixels, Tower.TEXT: ids}
 
 

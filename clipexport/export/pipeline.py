@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 
@@ -16,8 +16,9 @@ from clipexport.sources.loaded import LoadedModel
 from clipexport.sources import SourceChoice, load_model
 from clipexport.export.onnx_export import check_opset
 from clipexport.export.specs import DEFAULT_OPSET, SPECS
-from clipexport.files import make_public, make_staging_dir, remove_stale_staging, utc_timestamp
-from clipexport.artifact.manifest import Manifest, Tower, TowerArtifact, TowerProperties, read_manifest, write_manifest
+from clipexport.files import make_public, sha256_file, make_staging_dir, remove_stale_staging, utc_timestamp
+from clipexport.artifact.manifest import (Manifest, TokenizerConfig, Tower, TowerArtifact, TowerProperties, read_manifest,
+                                          write_manifest)
 from clipexport.progress import Progress, silent
 
 # Traced with batch 2: the exporter specialises a dimension whose example size is 1.
@@ -57,7 +58,7 @@ def export_model(options: ExportOptions, progress: Progress = silent) -> Manifes
     make_public(staging, directory=True)
     try:
         towers = _export_towers(loaded, options, staging, progress)
-        manifest = _manifest(loaded, towers, options.normalize)
+        manifest = _manifest(loaded, towers, options.normalize, _write_tokenizer(loaded, staging))
         write_manifest(staging, manifest)
         _publish(staging, output)
     except BaseException:
@@ -108,7 +109,19 @@ def _synthetic_ids(loaded: LoadedModel, torch: object) -> object:
     return torch.from_numpy(placeholder_ids(loaded.tokenizer, EXAMPLE_BATCH))  # type: ignore[attr-defined]
 
 
-def _manifest(loaded: LoadedModel, towers: dict[Tower, TowerArtifact], normalized: bool) -> Manifest:
+def _write_tokenizer(loaded: LoadedModel, staging: Path) -> TokenizerConfig:
+    """The runtime's copy of a non-CLIP tokenizer: tokenizer.json in the artifact, hashed."""
+    if not loaded.tokenizer_json:
+        return loaded.tokenizer
+    from clipexport.runtime.hf_tokenizer import TOKENIZER_FILE
+
+    path = staging / TOKENIZER_FILE
+    path.write_text(loaded.tokenizer_json, encoding="utf-8")
+    return replace(loaded.tokenizer, file=TOKENIZER_FILE, sha256=sha256_file(path))
+
+
+def _manifest(loaded: LoadedModel, towers: dict[Tower, TowerArtifact], normalized: bool,
+              tokenizer: TokenizerConfig) -> Manifest:
     torch = require("torch", "exporting to ONNX")
     onnx = require("onnx", "exporting to ONNX")
     dims = {t: int(a.outputs[0].shape[-1]) for t, a in towers.items()}
@@ -129,7 +142,7 @@ def _manifest(loaded: LoadedModel, towers: dict[Tower, TowerArtifact], normalize
         logit_bias=loaded.logit_bias,
         towers=towers,
         preprocess=loaded.preprocess,
-        tokenizer=loaded.tokenizer,
+        tokenizer=tokenizer,
         versions=versions,
         created=utc_timestamp(),
     )

@@ -48,7 +48,7 @@ class CalibrationData:
                          validation_samples=int(len(self.validation)), sha256=self.sha256)
 
 
-def load_calibration(manifest: Manifest, tower: Tower, source: CalibrationSource) -> CalibrationData:
+def load_calibration(manifest: Manifest, tower: Tower, source: CalibrationSource, root: Path) -> CalibrationData:
     if source.size < 1 or source.validation_size < 1:
         raise InputError("--calibration-size must be at least 1")
     wanted = source.size + source.validation_size
@@ -66,7 +66,7 @@ def load_calibration(manifest: Manifest, tower: Tower, source: CalibrationSource
         if len(texts) < wanted:
             raise InputError(f"{file} has {len(texts)} captions but calibration needs {wanted} "
                              f"({source.size} + {source.validation_size} for validation); add captions or lower --calibration-size")
-        every = _tokenize(texts, manifest)
+        every = _tokenize(texts, manifest, root)
         picked = _length_stratified(np.sum(every != manifest.tokenizer.pad_id, axis=1), source.validation_size, source.size)
         arrays = every[picked]
         digest = _digest([texts[i].encode("utf-8") for i in picked])
@@ -117,19 +117,16 @@ def _preprocess(paths: list[Path], manifest: Manifest) -> np.ndarray:
     return batch
 
 
-def _tokenize(texts: list[str], manifest: Manifest) -> np.ndarray:
-    config = manifest.tokenizer
-    if config.kind == "clip_bpe":
-        from clipexport.runtime.tokenizer import ClipTokenizer
+def _tokenize(texts: list[str], manifest: Manifest, root: Path) -> np.ndarray:
+    """The runtime's own tokenizer: calibration sees the ids deployment feeds the graph."""
+    from clipexport.runtime.hf_tokenizer import load_tokenizer
 
-        return ClipTokenizer.from_manifest(config)(texts)
-    # Tokenizers the runtime does not reimplement (SigLIP's sentencepiece): the library's own.
-    from clipexport._deps import require
-
-    transformers = require("transformers", f"tokenizing calibration captions for {config.kind}")
-    tokenizer = transformers.AutoTokenizer.from_pretrained(config.name)
-    return np.asarray(tokenizer(texts, padding="max_length", truncation=True, max_length=config.context_length,
-                                return_tensors="np")["input_ids"], dtype=np.int64)
+    tokenizer = load_tokenizer(root, manifest.tokenizer)
+    if tokenizer is None:
+        raise InputError(f"this artifact has no runtime tokenizer ({manifest.tokenizer.kind}), so captions cannot be "
+                         "turned into calibration ids; re-export the model with its tokenizer files, or quantize "
+                         "--towers vision")
+    return tokenizer(texts)
 
 
 def _digest(items: list[bytes]) -> str:

@@ -109,7 +109,7 @@ def _calibration(manifest: Manifest, tower: Tower, options: QuantizeOptions) -> 
     if Precision.parse(options.precision) is Precision.FP16:
         # FP16 needs no ranges, only real samples for autocast's overflow check.
         source = replace(source, size=min(source.size, fp16_mod.REFERENCE_SAMPLES))
-    return load_calibration(manifest, tower, source)
+    return load_calibration(manifest, tower, source, Path(options.artifact).expanduser())
 
 
 Converted = tuple["onnx.ModelProto", GraphDetails, list[LayerSensitivity], EmbeddingParity]  # + validation parity

@@ -17,7 +17,7 @@ from clipexport.parity.stats import l2_normalize
 from clipexport.runtime.backends import BackendKind, BackendOptions, Runner, open_backend
 from clipexport.runtime.preprocess import ImageInput, ImagePreprocessor, SkippedImage
 from clipexport.runtime.text_length import trim
-from clipexport.runtime.tokenizer import ClipTokenizer
+from clipexport.runtime.hf_tokenizer import load_tokenizer
 
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
@@ -34,7 +34,7 @@ class ImageEmbeddings:
 
 class ClipRuntime:
     def __init__(self, artifact_dir: Path, manifest: Manifest, backends: dict[Tower, Runner],
-                 tokenizer: ClipTokenizer | None, preprocessor: ImagePreprocessor):
+                 tokenizer: Callable[[Sequence[str]], np.ndarray] | None, preprocessor: ImagePreprocessor):
         self.artifact_dir = artifact_dir
         self.manifest = manifest
         self._backends = backends
@@ -67,7 +67,12 @@ class ClipRuntime:
             for runner in backends.values():
                 runner.close()
             raise
-        tokenizer = ClipTokenizer.from_manifest(manifest.tokenizer) if manifest.tokenizer.kind == "clip_bpe" else None
+        try:
+            tokenizer = load_tokenizer(root, manifest.tokenizer)
+        except BaseException:
+            for runner in backends.values():
+                runner.close()
+            raise
         return cls(root, manifest, backends, tokenizer, ImagePreprocessor(manifest.preprocess, exif_transpose=exif_transpose))
 
     def ran_on(self, tower: Tower | str) -> str:
@@ -111,7 +116,8 @@ class ClipRuntime:
             ids = texts.astype(np.int64, copy=False)
         else:
             if self.tokenizer is None:
-                raise InputError(f"this model's tokenizer ({self.manifest.tokenizer.kind}) is not built into the runtime; pass token ids")
+                raise InputError(f"this artifact has no runtime tokenizer ({self.manifest.tokenizer.kind}); pass token ids, "
+                                 "or re-export with a tokenizer that has a tokenizer.json")
             ids = self.tokenizer([texts] if isinstance(texts, str) else list(texts))
         text = self._backends[Tower.TEXT]
         properties, eot = self.manifest.tower(Tower.TEXT).properties, self.manifest.tokenizer.eot_id

@@ -68,6 +68,7 @@ CLEANERS = {
     "whitespace": lambda t: _whitespace(_basic(t)),
     "canonicalize": lambda t: _canonicalize(_basic(t)),
     "whitespace_lower": lambda t: _whitespace(unicodedata.normalize("NFC", t)).lower(),
+    "none": lambda t: t,  # Hugging Face processors: the tokenizer's own normaliser does it all
 }
 
 

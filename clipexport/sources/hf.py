@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,10 @@ from clipexport.artifact.manifest import (
     SourceInfo,
     SourceKind,
     TokenizerConfig,
+    TokenizerKind,
     TowerProperties,
 )
+from clipexport.runtime.hf_tokenizer import tokenizer_settings
 
 # model_type -> (model class, text pooling, causal text mask)
 _ARCHITECTURES = {
@@ -71,6 +74,10 @@ def reload_hf(source: SourceInfo) -> LoadedModel:
     processor = _image_processor(transformers, source.model, config)
     tokenizer = _tokenizer(transformers, source.model)
     tok_cfg = _tokenizer_config(config, tokenizer)
+    settings = tokenizer_settings(tokenizer) if tokenizer is not None and tok_cfg.kind != "clip_bpe" else {}
+    if settings:
+        tok_cfg = replace(tok_cfg, kind=TokenizerKind.HF_JSON.value, padding_side=str(settings["padding_side"]),
+                          truncation_side=str(settings["truncation_side"]), sep_id=settings["sep_id"])
     torch = require("torch", "loading Hugging Face models")
     from clipexport.sources.towers import HfText, HfVision
 
@@ -94,6 +101,7 @@ def reload_hf(source: SourceInfo) -> LoadedModel:
         tokenize=tokenize,
         library_versions={"transformers": transformers.__version__},
         text_properties=TowerProperties(pooling=pooling, causal_mask=causal),
+        tokenizer_json=settings.get("json"),
     )
 
 

@@ -23,6 +23,9 @@ class LoadedModel:
     tokenize: Callable[[Sequence[str]], Any]  # texts -> torch int64 [N,L]
     library_versions: Mapping[str, str] = field(default_factory=dict)
     text_properties: TowerProperties = field(default_factory=TowerProperties)  # pooling, causal mask, variable length
+    # The source tokenizer's tokenizer.json (Hugging Face `tokenizers`), for the runtime; None for CLIP BPE
+    # (reimplemented) or a tokenizer without a `tokenizers` backend.
+    tokenizer_json: str | None = None
 
 
 def offline_hint(exc: BaseException) -> bool:

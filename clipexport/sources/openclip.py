@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+from dataclasses import replace
 import json
 import os
 import tempfile
@@ -23,8 +24,10 @@ from clipexport.artifact.manifest import (
     SourceInfo,
     SourceKind,
     TokenizerConfig,
+    TokenizerKind,
     TowerProperties,
 )
+from clipexport.runtime.hf_tokenizer import tokenizer_settings
 
 RANDOM = "random"
 DEFAULT_SEED = 0
@@ -96,6 +99,13 @@ def _build(open_clip: Any, source: SourceInfo) -> LoadedModel:
                                    "cannot be downloaded (offline?); run once where the hub is reachable to cache it") from None
             raise SourceError(f"could not load the tokenizer '{name}' of {source.model} ({first[:300]})") from None
     model = model.eval().float()
+    tok_cfg = _tokenizer_config(tokenizer, config)
+    inner = getattr(tokenizer, "tokenizer", None)
+    settings = tokenizer_settings(inner) if tok_cfg.kind != "clip_bpe" and inner is not None else {}
+    if settings:
+        tok_cfg = replace(tok_cfg, kind=TokenizerKind.HF_JSON.value, padding_side=str(settings["padding_side"]),
+                          truncation_side=str(settings["truncation_side"]), sep_id=settings["sep_id"],
+                          strip_sep_token=bool(getattr(tokenizer, "strip_sep_token", False)))
     pp = dict(open_clip.get_model_preprocess_cfg(model))
     from open_clip.transform import PreprocessCfg, image_transform_v2
 
@@ -113,7 +123,8 @@ def _build(open_clip: Any, source: SourceInfo) -> LoadedModel:
         vision=OpenClipVision(model),
         text=OpenClipText(model, variable_length=trimmable),
         preprocess=_preprocess_config(pp),
-        tokenizer=_tokenizer_config(tokenizer, config),
+        tokenizer=tok_cfg,
+        tokenizer_json=settings.get("json"),
         logit_scale=float(model.logit_scale.exp().item()),
         logit_bias=None if bias is None else float(bias.item()),
         image_transform=reference_transform,

@@ -1,0 +1,91 @@
+"""Tokenizers the runtime does not reimplement (SigLIP's, multilingual towers'), run torch-free
+and transformers-free with Hugging Face's `tokenizers` (Rust) on the tokenizer.json that export
+wrote into the artifact.
+
+The conventions around it are the source library's, recorded in the manifest: open_clip's
+`HFTokenizer` cleans the text first (`clean`), pads and truncates to the context length, and may
+turn SEP into 0 (`strip_sep_token`); Hugging Face's processors pad to `max_length`. Padding and
+truncation are set on the backend exactly as transformers' fast tokenizers set them, so the ids
+are the reference library's.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from clipexport._deps import require
+from clipexport.artifact.layout import inside
+from clipexport.artifact.manifest import TokenizerConfig, TokenizerKind
+from clipexport.errors import InputError, ManifestError
+from clipexport.files import sha256_file
+from clipexport.runtime.tokenizer import CLEANERS
+
+TOKENIZER_FILE = "tokenizer.json"
+
+
+class HfJsonTokenizer:
+    """`tokenizer(texts) -> int64 [N, context_length]` from a tokenizer.json."""
+
+    def __init__(self, path: Path, config: TokenizerConfig):
+        tokenizers = require("tokenizers", "tokenizing text for this model")
+        if config.clean not in CLEANERS:
+            raise ManifestError(f"unknown tokenizer cleaning '{config.clean}' in the manifest (known: {', '.join(CLEANERS)})")
+        try:
+            self.backend = tokenizers.Tokenizer.from_file(str(path))
+        except Exception as exc:
+            raise ManifestError(f"{path} is not a valid tokenizer.json ({str(exc)[:200]}); re-export the model") from None
+        self.config = config
+        self.context_length = config.context_length
+        self._clean = CLEANERS[config.clean]
+        self.backend.enable_truncation(max_length=config.context_length, direction=config.truncation_side)
+        pad_token = self.backend.id_to_token(config.pad_id) or ""
+        self.backend.enable_padding(length=config.context_length, pad_id=config.pad_id, pad_token=pad_token,
+                                    direction=config.padding_side)
+
+    @classmethod
+    def from_artifact(cls, root: Path, config: TokenizerConfig) -> "HfJsonTokenizer":
+        if config.kind != TokenizerKind.HF_JSON.value or not config.file:
+            raise ManifestError(f"the manifest's tokenizer is '{config.kind}', not a tokenizer.json; re-export the model")
+        path = inside(root, config.file, "tokenizer file")
+        if not path.is_file():
+            raise ManifestError(f"{path} is listed in the manifest but missing; re-export the model")
+        if config.sha256 and sha256_file(path) != config.sha256:
+            raise ManifestError(f"{path} does not match the manifest (sha256 differs); re-export or restore it")
+        return cls(path, config)
+
+    def __call__(self, texts: str | Iterable[str]) -> np.ndarray:
+        items = [texts] if isinstance(texts, str) else list(texts)
+        for index, text in enumerate(items):
+            if not isinstance(text, str):
+                raise InputError(f"text #{index} is a {type(text).__name__}, not a string")
+        encodings = self.backend.encode_batch([self._clean(text) for text in items])
+        ids = np.asarray([e.ids for e in encodings], dtype=np.int64).reshape(len(items), self.context_length)
+        if self.config.strip_sep_token and self.config.sep_id is not None:
+            ids[ids == self.config.sep_id] = 0
+        return ids
+
+
+def load_tokenizer(root: Path, config: TokenizerConfig) -> "HfJsonTokenizer | object | None":
+    """The runtime tokenizer an artifact's manifest names, or None when the runtime has none
+    for it (then encode_text takes token ids)."""
+    from clipexport.runtime.tokenizer import ClipTokenizer
+
+    if config.kind == TokenizerKind.CLIP_BPE.value:
+        return ClipTokenizer.from_manifest(config)
+    if config.kind == TokenizerKind.HF_JSON.value:
+        return HfJsonTokenizer.from_artifact(root, config)
+    return None
+
+
+def tokenizer_settings(tokenizer: object) -> dict[str, object]:
+    """What a transformers tokenizer (fast) contributes to the manifest: its tokenizer.json text and
+    the padding conventions around it. Empty when it has no `tokenizers` backend."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return {}
+    return {"json": backend.to_str(), "padding_side": str(getattr(tokenizer, "padding_side", "right")),
+            "truncation_side": str(getattr(tokenizer, "truncation_side", "right")),
+            "sep_id": getattr(tokenizer, "sep_token_id", None)}
