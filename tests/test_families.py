@@ -55,3 +55,73 @@ def test_runtime_tokenizer_needs_no_torch_or_transformers(hf_siglip: Path) -> No
             "    print(rt.encode_text(['a photo of a cat', '']).shape)\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "(2, 64)" in proc.stdout, proc.stderr
+
+
+@pytest.fixture(scope="module")
+def siglip_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from helpers import train_unigram_tokenizer
+
+    folder = tmp_path_factory.mktemp("siglip-tokenizer")
+    train_unigram_tokenizer(64).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def open_clip_siglip(siglip_tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """OpenCLIP's SigLIP layout (no causal mask, `last` pooling, logit bias, an HF tokenizer with
+    canonicalize cleaning), random weights, the tokenizer from a local folder: no network."""
+    from conftest import CONFIGS
+
+    return export_dir(tmp_path_factory, "oc-siglip", str(CONFIGS / "tiny-siglip.json"), "random",
+                      tokenizer=siglip_tokenizer_dir)
+
+
+def test_open_clip_siglip_exports_offline_and_verifies(open_clip_siglip: Path) -> None:
+    manifest = read_manifest(open_clip_siglip)
+    assert manifest.tokenizer.kind == TokenizerKind.HF_JSON.value and manifest.tokenizer.clean == "canonicalize"
+    assert not manifest.tower("text").properties.trimmable  # no causal mask: never cut
+    report = verify_artifact(VerifyOptions(artifact=open_clip_siglip, num_images=6))
+    assert report.passed, report.table()
+
+
+def test_open_clip_siglip_runtime_tokenizer_equals_open_clip(open_clip_siglip: Path, siglip_tokenizer_dir: Path) -> None:
+    from open_clip.tokenizer import HFTokenizer
+
+    reference = HFTokenizer(str(siglip_tokenizer_dir), context_length=64, clean="canonicalize")
+    corpus = TRICKY + list(DEFAULT_CAPTIONS)
+    want = reference(corpus).numpy()
+    with ClipRuntime.load(open_clip_siglip) as runtime:
+        got = runtime.tokenizer(corpus)
+    mismatched = [corpus[i] for i in range(len(corpus)) if not np.array_equal(got[i], want[i])]
+    assert not mismatched, mismatched[:3]
+
+
+def test_open_clip_tokenizer_offline_names_the_option(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from conftest import CONFIGS
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "clipexport", "export", str(CONFIGS / "tiny-siglip.json"),
+                           "-o", str(tmp_path / "a"), "-q"], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 3 and "--tokenizer DIR" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_hf_folder_without_tokenizer_is_one_line(hf_siglip_folder: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from click.testing import CliRunner
+
+    from clipexport.cli import main
+
+    folder = tmp_path / "no-tokenizer"
+    shutil.copytree(hf_siglip_folder, folder)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (folder / name).unlink(missing_ok=True)
+    result = CliRunner().invoke(main, ["export", str(folder), "-o", str(tmp_path / "a"), "-q"])
+    assert result.exit_code == 2 and "no tokenizer files" in result.output and "--tokenizer DIR" in result.output
+    result = CliRunner().invoke(main, ["export", str(folder), "-o", str(tmp_path / "b"), "-q",
+                                       "--tokenizer", str(hf_siglip_folder / "tokenizer.json")])
+    assert result.exit_code == 0, result.output

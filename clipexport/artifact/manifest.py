@@ -235,6 +235,7 @@ class SourceInfo:
     checkpoint_sha256: str | None = None
     seed: int | None = None  # for random init, so verify rebuilds the same weights
     model_config: Mapping[str, Any] | None = None  # open_clip config, so custom models reload
+    tokenizer: str | None = None  # HF: a local tokenizer folder passed with --tokenizer
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str) -> "SourceInfo":
@@ -251,6 +252,7 @@ class SourceInfo:
             checkpoint_sha256=data.get("checkpoint_sha256"),
             seed=data.get("seed"),
             model_config=data.get("model_config"),
+            tokenizer=_get(data, "tokenizer", str, where, default=None),
         )
 
 

@@ -36,6 +36,7 @@ class ExportOptions:
     normalize: bool = True
     overwrite: bool = False
     seed: int = 0
+    tokenizer: Path | None = None  # a local HF tokenizer folder / tokenizer.json instead of a download
 
 
 def export_model(options: ExportOptions, progress: Progress = silent) -> Manifest:
@@ -49,7 +50,7 @@ def export_model(options: ExportOptions, progress: Progress = silent) -> Manifes
     for stale in remove_stale_staging(output.parent, staging_prefix) + remove_stale_staging(output.parent, f".{output.name}.old-"):
         progress(f"removed {stale.name}, left by an interrupted export")
     progress(f"loading {options.model} ({_weights(options)})")
-    loaded = load_model(options.model, options.pretrained, options.source, seed=options.seed)
+    loaded = load_model(options.model, options.pretrained, options.source, seed=options.seed, tokenizer=options.tokenizer)
     try:
         staging = make_staging_dir(output.parent, staging_prefix)
     except OSError as exc:
@@ -150,7 +151,7 @@ def _manifest(loaded: LoadedModel, towers: dict[Tower, TowerArtifact], normalize
 
 def _source_paths(options: ExportOptions) -> list[Path]:
     """Local files the export reads from: a checkpoint, an HF folder, a JSON config."""
-    candidates = [Path(options.model).expanduser()] + ([Path(options.pretrained).expanduser()] if options.pretrained else [])
+    candidates = [Path(options.model).expanduser()] + [Path(p).expanduser() for p in (options.pretrained, options.tokenizer) if p]
     return [p.resolve() for p in candidates if p.exists()]
 
 

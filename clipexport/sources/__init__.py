@@ -29,7 +29,8 @@ def detect_source(model: str) -> SourceKind:
     return SourceKind.OPEN_CLIP
 
 
-def load_model(model: str, pretrained: str | None, source: SourceChoice = SourceChoice.AUTO, *, seed: int = 0) -> LoadedModel:
+def load_model(model: str, pretrained: str | None, source: SourceChoice = SourceChoice.AUTO, *, seed: int = 0,
+               tokenizer: Path | None = None) -> LoadedModel:
     kind = detect_source(model) if source is SourceChoice.AUTO else SourceKind(source.value)
     folder = Path(model).expanduser()
     if kind is SourceKind.OPEN_CLIP and folder.is_dir():
@@ -42,10 +43,10 @@ def load_model(model: str, pretrained: str | None, source: SourceChoice = Source
             raise SourceError(f"--pretrained does not apply to Hugging Face models: the weights come from {model} "
                               "itself; drop --pretrained (or save your fine-tune with save_pretrained and pass that folder)")
 
-        return load_hf(model)
+        return load_hf(model, tokenizer=tokenizer)
     from clipexport.sources.openclip import load_open_clip
 
-    return load_open_clip(model, pretrained, seed=seed)
+    return load_open_clip(model, pretrained, seed=seed, tokenizer=tokenizer)
 
 
 def reload_source(source: SourceInfo) -> LoadedModel:

@@ -11,6 +11,7 @@ from clipexport._deps import require
 from clipexport.errors import OfflineError, SourceError
 from clipexport.sources.loaded import LoadedModel, offline_hint
 from clipexport.sources.network import prepare_for_downloads
+from clipexport.sources.openclip import local_tokenizer_folder
 from clipexport.files import sha256_file
 from clipexport.artifact.manifest import (
     Convention,
@@ -33,7 +34,7 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin")
 _PIL_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 
 
-def load_hf(model: str) -> LoadedModel:
+def load_hf(model: str, tokenizer: Path | None = None) -> LoadedModel:
     folder = Path(model).expanduser()
     local = folder.is_dir()
     if not local and (model.startswith((".", "/", "~")) or folder.suffix):
@@ -43,6 +44,7 @@ def load_hf(model: str) -> LoadedModel:
         model=str(folder.resolve()) if local else model,
         checkpoint=str(folder.resolve()) if local else None,
         checkpoint_sha256=hash_weights(folder) if local else None,
+        tokenizer=str(local_tokenizer_folder(tokenizer)) if tokenizer is not None else None,
     )
     return reload_hf(source)
 
@@ -72,7 +74,11 @@ def reload_hf(source: SourceInfo) -> LoadedModel:
         raise _explain(source.model, exc) from exc
     model = model.eval().float()
     processor = _image_processor(transformers, source.model, config)
-    tokenizer = _tokenizer(transformers, source.model)
+    tokenizer = _tokenizer(transformers, source.tokenizer or source.model)
+    if tokenizer is None:
+        where = source.tokenizer or source.model
+        raise SourceError(f"{where} has no tokenizer files (tokenizer.json / tokenizer_config.json), so text cannot be "
+                          "tokenized for export, verification or the runtime; pass --tokenizer DIR with the model's tokenizer")
     tok_cfg = _tokenizer_config(config, tokenizer)
     settings = tokenizer_settings(tokenizer) if tokenizer is not None and tok_cfg.kind != "clip_bpe" else {}
     if settings:

@@ -34,10 +34,20 @@ DEFAULT_SEED = 0
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz")
 
 
-def load_open_clip(model: str, pretrained: str | None, *, seed: int = DEFAULT_SEED) -> LoadedModel:
-    """Load an OpenCLIP model by name (or JSON config path) with a tag, checkpoint path, or random init."""
+def load_open_clip(model: str, pretrained: str | None, *, seed: int = DEFAULT_SEED,
+                   tokenizer: Path | None = None) -> LoadedModel:
+    """Load an OpenCLIP model by name (or JSON config path) with a tag, checkpoint path, or random init.
+    `tokenizer`: a local folder (or tokenizer.json) for a model whose Hugging Face tokenizer
+    open_clip would otherwise download."""
     open_clip = require("open_clip", "loading OpenCLIP models")
     name, config = _resolve_config(open_clip, model)
+    if tokenizer is not None:
+        text_cfg = dict(config.get("text_cfg", {}))
+        if not text_cfg.get("hf_tokenizer_name"):
+            raise SourceError(f"--tokenizer applies to models with a Hugging Face tokenizer; {name} uses CLIP's BPE, "
+                              "which ships with clipexport: drop --tokenizer")
+        text_cfg["hf_tokenizer_name"] = str(local_tokenizer_folder(tokenizer))
+        config = {**config, "text_cfg": text_cfg}
     pretrained = pretrained or RANDOM
     checkpoint = _as_checkpoint_path(pretrained)
     tag = None if checkpoint or pretrained == RANDOM else pretrained
@@ -96,7 +106,8 @@ def _build(open_clip: Any, source: SourceInfo) -> LoadedModel:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             if offline_hint(exc):
                 raise OfflineError(f"{source.model} needs the Hugging Face tokenizer '{name}', which is not cached and "
-                                   "cannot be downloaded (offline?); run once where the hub is reachable to cache it") from None
+                                   "cannot be downloaded (offline?); pass a local copy with --tokenizer DIR (a folder "
+                                   "saved with save_pretrained, or its tokenizer.json)") from None
             raise SourceError(f"could not load the tokenizer '{name}' of {source.model} ({first[:300]})") from None
     model = model.eval().float()
     tok_cfg = _tokenizer_config(tokenizer, config)
@@ -179,6 +190,17 @@ def _check_tag(open_clip: Any, name: str, tag: str) -> None:
     if tag not in tags:
         available = ", ".join(tags) if tags else "none (use a local checkpoint or 'random')"
         raise SourceError(f"'{tag}' is not a pretrained tag of {name} nor an existing file; available tags: {available}")
+
+
+def local_tokenizer_folder(path: Path) -> Path:
+    """A folder transformers' AutoTokenizer can load: the folder given, or the one holding the
+    tokenizer.json given."""
+    path = Path(path).expanduser().resolve()
+    folder = path.parent if path.is_file() else path
+    if not (folder / "tokenizer.json").is_file() and not (folder / "tokenizer_config.json").is_file():
+        raise SourceError(f"--tokenizer {path}: no tokenizer.json or tokenizer_config.json there; pass the folder "
+                          "of a tokenizer saved with save_pretrained")
+    return folder
 
 
 def _explain(source: SourceInfo, exc: BaseException) -> SourceError:
