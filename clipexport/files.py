@@ -7,7 +7,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from clipexport.errors import InputError
 
@@ -70,6 +70,19 @@ def make_staging_dir(parent: Path, prefix: str) -> Path:
     crashed run's leftovers (its process is gone) from a run still going on beside it."""
     parent.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=parent))
+
+
+def fresh_staging_dir(parent: Path, prefix: str, what: str, fix: str, announce: Callable[[str], None],
+                      stale_prefixes: tuple[str, ...] = ()) -> Path:
+    """Clean up what interrupted runs of `what` left under `parent` (saying so), then make this
+    run's staging folder; an unwritable `parent` is one clear line ending in `fix`."""
+    for name in (prefix, *stale_prefixes):
+        for stale in remove_stale_staging(parent, name):
+            announce(f"removed {stale.name}, left by an interrupted {what}")
+    try:
+        return make_staging_dir(parent, prefix)
+    except OSError as exc:
+        raise InputError(f"cannot write into {parent} ({exc.strerror or exc}); {fix}") from None
 
 
 def remove_stale_staging(parent: Path, prefix: str) -> list[Path]:

@@ -77,7 +77,7 @@ def run_bench(options: BenchOptions, progress: Progress = silent) -> tuple[Bench
             check_graph_files(root, manifest.tower(tower).graph(precision))
     progress("measuring the machine's FP32 GEMM peak (numpy BLAS)")
     peak = gemm_peak_flops()
-    result = BenchResult(settings=_settings(options, manifest), machine=_machine(peak))
+    result = BenchResult(settings=_settings(options, manifest, precisions), machine=_machine(peak))
     inputs = _inputs(root, manifest, max(options.batch_sizes))
     problems: list[ClipExportError] = []
     torch_model: dict[str, Any] = {}  # the PyTorch source, loaded once per run, on first use
@@ -192,9 +192,9 @@ def _runner(backend: str, root: Path, manifest: Manifest, tower: Tower, precisio
     return open_backend(root, manifest, tower, precision, backend, BackendOptions(cpu_only=cpu_only))
 
 
-def _settings(options: BenchOptions, manifest: Manifest) -> dict[str, Any]:
+def _settings(options: BenchOptions, manifest: Manifest, precisions: tuple[Precision, ...]) -> dict[str, Any]:
     return {"artifact": str(Path(options.artifact).resolve()), "model": manifest.source.model,
-            "backends": list(options.backends), "precisions": [Precision.parse(p).value for p in options.precisions],
+            "backends": list(options.backends), "precisions": [p.value for p in precisions],
             "batch_sizes": list(options.batch_sizes), "towers": [t.value for t in options.towers],
             "min_iterations": options.min_iterations, "min_seconds": options.min_seconds, "warmup": WARMUP,
             "text_inputs": "'a photo of a {label}.' prompts; exported graphs cut after EOT when variable-length",

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from clipexport._deps import require
-from clipexport.errors import ExportError, InputError
+from clipexport.errors import ExportError, InputError, first_line
 from clipexport.export.specs import BATCH_AXIS, MIN_OPSET, SEQUENCE_AXIS, TowerSpec
 from clipexport.artifact.layout import MIN_TEXT_LENGTH
 from clipexport.artifact.manifest import GraphDetails, GraphFile, TensorSpec, TowerArtifact, TowerProperties
@@ -103,5 +103,4 @@ def _root_cause(exc: BaseException) -> str:
     """The innermost error's first line: the exporter wraps the useful message in boilerplate."""
     while exc.__cause__ is not None:
         exc = exc.__cause__
-    first = (str(exc).strip().splitlines() or [""])[0]
-    return f"{type(exc).__name__}: {first[:400]}"
+    return f"{type(exc).__name__}: {first_line(exc, 400, fallback='')}"

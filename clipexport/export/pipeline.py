@@ -13,11 +13,11 @@ import clipexport
 from clipexport._deps import require
 from clipexport.errors import InputError, ManifestError, SourceError
 from clipexport.sources.loaded import LoadedModel
-from clipexport.sources import SourceChoice, load_model
+from clipexport.sources import SourceChoice, load_model, source_kind
 from clipexport.export.onnx_export import check_opset
 from clipexport.export.specs import DEFAULT_OPSET, SPECS
-from clipexport.files import make_public, sha256_file, make_staging_dir, remove_stale_staging, utc_timestamp
-from clipexport.artifact.manifest import (Manifest, TokenizerConfig, Tower, TowerArtifact, TowerProperties, read_manifest,
+from clipexport.files import fresh_staging_dir, make_public, sha256_file, utc_timestamp
+from clipexport.artifact.manifest import (Manifest, SourceKind, TokenizerConfig, Tower, TowerArtifact, TowerProperties, read_manifest,
                                           write_manifest)
 from clipexport.progress import Progress, silent
 
@@ -46,16 +46,10 @@ def export_model(options: ExportOptions, progress: Progress = silent) -> Manifes
     output = given.absolute().parent.resolve() / given.absolute().name
     check_opset(options.opset)
     check_output(output, options.overwrite, _source_paths(options))
-    staging_prefix = f".{output.name}.partial-"
-    for stale in remove_stale_staging(output.parent, staging_prefix) + remove_stale_staging(output.parent, f".{output.name}.old-"):
-        progress(f"removed {stale.name}, left by an interrupted export")
     progress(f"loading {options.model} ({_weights(options)})")
     loaded = load_model(options.model, options.pretrained, options.source, seed=options.seed, tokenizer=options.tokenizer)
-    try:
-        staging = make_staging_dir(output.parent, staging_prefix)
-    except OSError as exc:
-        raise InputError(f"cannot create the output folder in {output.parent} ({exc.strerror}); "
-                         "choose a writable --output") from None
+    staging = fresh_staging_dir(output.parent, f".{output.name}.partial-", "export", "choose a writable --output",
+                                progress, stale_prefixes=(f".{output.name}.old-",))
     make_public(staging, directory=True)
     try:
         towers = _export_towers(loaded, options, staging, progress)
@@ -78,7 +72,7 @@ def _export_towers(loaded: LoadedModel, options: ExportOptions, staging: Path, p
     h, w = loaded.preprocess.image_size
     examples = {
         Tower.VISION: torch.randn(EXAMPLE_BATCH, 3, h, w, generator=generator),
-        Tower.TEXT: loaded.tokenize(list(EXAMPLE_TEXTS)) if _has_tokenizer(loaded) else _synthetic_ids(loaded, torch),
+        Tower.TEXT: loaded.tokenize(list(EXAMPLE_TEXTS)),  # every source has its tokenizer (or refused to load)
     }
     modules = {Tower.VISION: loaded.vision, Tower.TEXT: loaded.text}
     towers = {}
@@ -93,21 +87,6 @@ def _export_towers(loaded: LoadedModel, options: ExportOptions, staging: Path, p
         towers[tower] = export_tower(exportable(modules[tower], options.normalize), SPECS[tower],
                                      examples[tower], staging, options.opset, properties, trim_length)
     return towers
-
-
-def _has_tokenizer(loaded: LoadedModel) -> bool:
-    try:
-        loaded.tokenize(["probe"])
-    except Exception:
-        return False
-    return True
-
-
-def _synthetic_ids(loaded: LoadedModel, torch: object) -> object:
-    """For sources that ship no tokenizer files."""
-    from clipexport.runtime.text_length import placeholder_ids
-
-    return torch.from_numpy(placeholder_ids(loaded.tokenizer, EXAMPLE_BATCH))  # type: ignore[attr-defined]
 
 
 def _write_tokenizer(loaded: LoadedModel, staging: Path) -> TokenizerConfig:
@@ -156,9 +135,10 @@ def _source_paths(options: ExportOptions) -> list[Path]:
 
 
 def _weights(options: ExportOptions) -> str:
+    """What the progress line says is loaded: HF models bring their own weights."""
     if options.pretrained:
         return options.pretrained
-    return "weights from the folder or hub" if Path(options.model).expanduser().is_dir() or "/" in options.model else "random"
+    return "weights from the folder or hub" if source_kind(options.model, options.source) is SourceKind.HF else "random"
 
 
 def check_output(output: Path, overwrite: bool, sources: list[Path] = ()) -> None:

@@ -20,7 +20,7 @@ from clipexport.artifact.manifest import (GraphDetails, GraphFile, Manifest, Tow
                                           read_manifest)
 from clipexport.artifact.precision import QUANTIZED, Precision
 from clipexport.artifact.lock import update_manifest
-from clipexport.files import make_public, make_staging_dir, remove_stale_staging, write_json_atomic
+from clipexport.files import fresh_staging_dir, make_public, write_json_atomic
 from clipexport.precision import fp16 as fp16_mod
 from clipexport.precision import qdq
 from clipexport.precision.calibration import CalibrationData, CalibrationSource, load_calibration
@@ -69,13 +69,8 @@ def quantize_artifact(options: QuantizeOptions, progress: Progress = silent) -> 
     if options.fp16_io and precision is not Precision.FP16:
         raise InputError("--io-dtype float16 applies to --precision fp16 only; INT8 graphs keep float32 I/O")
     method = options.method or DEFAULT_METHOD[options.target]
-    for stale in remove_stale_staging(root, STAGING_PREFIX):
-        progress(f"removed {stale.name}, left by an interrupted quantize")
-    try:
-        staging = make_staging_dir(root, STAGING_PREFIX)
-    except OSError as exc:
-        raise InputError(f"cannot write into {root} ({exc.strerror}); quantize adds graphs to the artifact folder, "
-                         "so it must be writable") from None
+    staging = fresh_staging_dir(root, STAGING_PREFIX, "quantize",
+                                "quantize adds graphs to the artifact folder, so it must be writable", progress)
     outcomes: list[TowerOutcome] = []
     try:
         for tower in options.towers:

@@ -59,15 +59,10 @@ class ClipRuntime:
         kind = BackendKind.parse(backend)
         chosen = per_tower_precision(precision)
         backends: dict[Tower, Runner] = {}
-        try:
+        try:  # a tower or the tokenizer failing to open closes what did open
             for tower in Tower:
                 backends[tower] = open_backend(root, manifest, tower, chosen[tower], kind,
                                                BackendOptions(providers=providers, threads=threads))
-        except BaseException:
-            for runner in backends.values():
-                runner.close()
-            raise
-        try:
             tokenizer = load_tokenizer(root, manifest.tokenizer)
         except BaseException:
             for runner in backends.values():
@@ -202,10 +197,10 @@ def check_templates(templates: Sequence[str]) -> tuple[str, ...]:
     out = tuple(templates)
     for template in out:
         try:
-            fields = [f for _, f, spec, _ in string.Formatter().parse(template) if f is not None]
+            fields = [(name, spec) for _, name, spec, _ in string.Formatter().parse(template) if name is not None]
         except ValueError as exc:
             raise InputError(f"template {template!r} is not a valid format string ({exc}); use one {{}} for the label") from None
-        if fields != [""] or any(spec for _, f, spec, _ in string.Formatter().parse(template) if f is not None):
+        if fields != [("", "")]:
             raise InputError(f"template {template!r} must contain exactly one {{}} where the label goes, "
                              "e.g. 'a photo of a {}.'")
     return out

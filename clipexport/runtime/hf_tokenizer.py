@@ -11,6 +11,7 @@ are the reference library's.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterable
 
@@ -80,12 +81,15 @@ def load_tokenizer(root: Path, config: TokenizerConfig) -> "HfJsonTokenizer | ob
     return None
 
 
-def tokenizer_settings(tokenizer: object) -> dict[str, object]:
-    """What a transformers tokenizer (fast) contributes to the manifest: its tokenizer.json text and
-    the padding conventions around it. Empty when it has no `tokenizers` backend."""
+def with_tokenizer_json(config: TokenizerConfig, tokenizer: object,
+                        strip_sep_token: bool = False) -> tuple[TokenizerConfig, str | None]:
+    """For a transformers tokenizer the runtime does not reimplement: the config recording the
+    conventions around its tokenizer.json (padding and truncation sides, SEP handling) and the
+    JSON itself. Unchanged, with no JSON, for CLIP BPE or a tokenizer without a `tokenizers` backend."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None:
-        return {}
-    return {"json": backend.to_str(), "padding_side": str(getattr(tokenizer, "padding_side", "right")),
-            "truncation_side": str(getattr(tokenizer, "truncation_side", "right")),
-            "sep_id": getattr(tokenizer, "sep_token_id", None)}
+    if config.kind == TokenizerKind.CLIP_BPE.value or backend is None:
+        return config, None
+    return replace(config, kind=TokenizerKind.HF_JSON.value,
+                   padding_side=str(getattr(tokenizer, "padding_side", "right")),
+                   truncation_side=str(getattr(tokenizer, "truncation_side", "right")),
+                   sep_id=getattr(tokenizer, "sep_token_id", None), strip_sep_token=strip_sep_token), backend.to_str()

@@ -42,8 +42,8 @@ PLACEHOLDER_TOKEN = 320
 
 
 def placeholder_ids(config: TokenizerConfig, rows: int, words: int = 1) -> np.ndarray:
-    """[SOT, word x `words`, EOT, pad...] rows: example inputs for tracing and benchmarks when the
-    model's tokenizer is not at hand."""
+    """[SOT, word x `words`, EOT, pad...] rows: benchmark inputs for an artifact whose tokenizer
+    the runtime does not have."""
     ids = np.full((rows, config.context_length), config.pad_id, dtype=np.int64)
     ids[:, 0] = config.sot_id if config.sot_id is not None else config.eot_id
     ids[:, 1:1 + words] = min(PLACEHOLDER_TOKEN, max(config.vocab_size - 1, 0))

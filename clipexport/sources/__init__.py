@@ -29,9 +29,14 @@ def detect_source(model: str) -> SourceKind:
     return SourceKind.OPEN_CLIP
 
 
+def source_kind(model: str, choice: SourceChoice = SourceChoice.AUTO) -> SourceKind:
+    """The library a model reference belongs to: as chosen, or detected."""
+    return detect_source(model) if choice is SourceChoice.AUTO else SourceKind(choice.value)
+
+
 def load_model(model: str, pretrained: str | None, source: SourceChoice = SourceChoice.AUTO, *, seed: int = 0,
                tokenizer: Path | None = None) -> LoadedModel:
-    kind = detect_source(model) if source is SourceChoice.AUTO else SourceKind(source.value)
+    kind = source_kind(model, source)
     folder = Path(model).expanduser()
     if kind is SourceKind.OPEN_CLIP and folder.is_dir():
         raise SourceError(f"{model} is a folder without config.json, so it is not a Hugging Face save_pretrained "

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from clipexport._deps import require
-from clipexport.errors import OfflineError, SourceError
+from clipexport.errors import OfflineError, SourceError, first_line
 from clipexport.sources.loaded import LoadedModel, offline_hint
 from clipexport.sources.network import prepare_for_downloads
 from clipexport.sources.openclip import local_tokenizer_folder
@@ -20,10 +19,9 @@ from clipexport.artifact.manifest import (
     SourceInfo,
     SourceKind,
     TokenizerConfig,
-    TokenizerKind,
     TowerProperties,
 )
-from clipexport.runtime.hf_tokenizer import tokenizer_settings
+from clipexport.runtime.hf_tokenizer import with_tokenizer_json
 
 # model_type -> (model class, text pooling, causal text mask)
 _ARCHITECTURES = {
@@ -79,17 +77,11 @@ def reload_hf(source: SourceInfo) -> LoadedModel:
         where = source.tokenizer or source.model
         raise SourceError(f"{where} has no tokenizer files (tokenizer.json / tokenizer_config.json), so text cannot be "
                           "tokenized for export, verification or the runtime; pass --tokenizer DIR with the model's tokenizer")
-    tok_cfg = _tokenizer_config(config, tokenizer)
-    settings = tokenizer_settings(tokenizer) if tokenizer is not None and tok_cfg.kind != "clip_bpe" else {}
-    if settings:
-        tok_cfg = replace(tok_cfg, kind=TokenizerKind.HF_JSON.value, padding_side=str(settings["padding_side"]),
-                          truncation_side=str(settings["truncation_side"]), sep_id=settings["sep_id"])
+    tok_cfg, tokenizer_json = with_tokenizer_json(_tokenizer_config(config, tokenizer), tokenizer)
     torch = require("torch", "loading Hugging Face models")
     from clipexport.sources.towers import HfText, HfVision
 
     def tokenize(texts: Any) -> Any:
-        if tokenizer is None:
-            raise SourceError(f"{source.model} ships no tokenizer files; pass --texts only with a folder that has them")
         batch = tokenizer(list(texts), padding="max_length", max_length=tok_cfg.context_length,
                           truncation=True, return_tensors="np")
         return torch.from_numpy(batch["input_ids"].astype("int64"))
@@ -107,7 +99,7 @@ def reload_hf(source: SourceInfo) -> LoadedModel:
         tokenize=tokenize,
         library_versions={"transformers": transformers.__version__},
         text_properties=TowerProperties(pooling=pooling, causal_mask=causal),
-        tokenizer_json=settings.get("json"),
+        tokenizer_json=tokenizer_json,
     )
 
 
@@ -124,13 +116,12 @@ def hash_weights(folder: Path) -> str:
 
 
 def _explain(model: str, exc: BaseException) -> SourceError:
-    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     if offline_hint(exc) or "is not a local folder" in str(exc):
         return OfflineError(
             f"download of Hugging Face model '{model}' failed (offline, or not a valid hub id?): "
             "pass a local folder saved with save_pretrained"
         )
-    return SourceError(f"could not load Hugging Face model '{model}' ({first[:300]})")
+    return SourceError(f"could not load Hugging Face model '{model}' ({first_line(exc)})")
 
 
 def _image_processor(transformers: Any, model: str, config: Any) -> Any:
@@ -153,14 +144,14 @@ def _tokenizer(transformers: Any, model: str) -> Any:
     try:
         return transformers.AutoTokenizer.from_pretrained(model)
     except Exception:
-        return None  # recorded from the model config; verify then needs the user's token ids
+        return None  # the caller says which option supplies one
 
 
 def _tokenizer_config(config: Any, tokenizer: Any) -> TokenizerConfig:
     text = config.text_config
     eos = int(getattr(tokenizer, "eos_token_id", None) or text.eos_token_id)
     pad = getattr(tokenizer, "pad_token_id", None)
-    kind = "clip_bpe" if config.model_type == "clip" else f"hf:{type(tokenizer).__name__ if tokenizer else 'SiglipTokenizer'}"
+    kind = "clip_bpe" if config.model_type == "clip" else f"hf:{type(tokenizer).__name__}"
     return TokenizerConfig(
         kind=kind,
         context_length=int(text.max_position_embeddings),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import difflib
-from dataclasses import replace
 import json
 import os
 import tempfile
@@ -11,7 +10,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from clipexport._deps import require
-from clipexport.errors import OfflineError, SourceError
+from clipexport.errors import OfflineError, SourceError, first_line
 from clipexport.sources.loaded import LoadedModel, offline_hint
 from clipexport.sources.network import prepare_for_downloads
 
@@ -24,10 +23,9 @@ from clipexport.artifact.manifest import (
     SourceInfo,
     SourceKind,
     TokenizerConfig,
-    TokenizerKind,
     TowerProperties,
 )
-from clipexport.runtime.hf_tokenizer import tokenizer_settings
+from clipexport.runtime.hf_tokenizer import with_tokenizer_json
 
 RANDOM = "random"
 DEFAULT_SEED = 0
@@ -102,21 +100,17 @@ def _build(open_clip: Any, source: SourceInfo) -> LoadedModel:
         try:
             tokenizer = open_clip.get_tokenizer(source.model)
         except Exception as exc:  # an HF tokenizer (SigLIP, multilingual towers) fetched from the hub
-            name = config.get("text_cfg", {}).get("hf_tokenizer_name") or source.model
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            name = text_cfg.get("hf_tokenizer_name") or source.model
             if offline_hint(exc):
                 raise OfflineError(f"{source.model} needs the Hugging Face tokenizer '{name}', which is not cached and "
                                    "cannot be downloaded (offline?); pass a local copy with --tokenizer DIR (a folder "
                                    "saved with save_pretrained, or its tokenizer.json)") from None
-            raise SourceError(f"could not load the tokenizer '{name}' of {source.model} ({first[:300]})") from None
+            raise SourceError(f"could not load the tokenizer '{name}' of {source.model} ({first_line(exc)})") from None
     model = model.eval().float()
-    tok_cfg = _tokenizer_config(tokenizer, config)
-    inner = getattr(tokenizer, "tokenizer", None)
-    settings = tokenizer_settings(inner) if tok_cfg.kind != "clip_bpe" and inner is not None else {}
-    if settings:
-        tok_cfg = replace(tok_cfg, kind=TokenizerKind.HF_JSON.value, padding_side=str(settings["padding_side"]),
-                          truncation_side=str(settings["truncation_side"]), sep_id=settings["sep_id"],
-                          strip_sep_token=bool(getattr(tokenizer, "strip_sep_token", False)))
+    # open_clip's HFTokenizer wraps a transformers tokenizer; its SimpleTokenizer (CLIP BPE) does not.
+    tok_cfg, tokenizer_json = with_tokenizer_json(_tokenizer_config(tokenizer, config),
+                                                  getattr(tokenizer, "tokenizer", None),
+                                                  strip_sep_token=bool(getattr(tokenizer, "strip_sep_token", False)))
     pp = dict(open_clip.get_model_preprocess_cfg(model))
     from open_clip.transform import PreprocessCfg, image_transform_v2
 
@@ -135,7 +129,7 @@ def _build(open_clip: Any, source: SourceInfo) -> LoadedModel:
         text=OpenClipText(model, variable_length=trimmable),
         preprocess=_preprocess_config(pp),
         tokenizer=tok_cfg,
-        tokenizer_json=settings.get("json"),
+        tokenizer_json=tokenizer_json,
         logit_scale=float(model.logit_scale.exp().item()),
         logit_bias=None if bias is None else float(bias.item()),
         image_transform=reference_transform,
@@ -204,14 +198,14 @@ def local_tokenizer_folder(path: Path) -> Path:
 
 
 def _explain(source: SourceInfo, exc: BaseException) -> SourceError:
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    first = first_line(exc)
     if source.checkpoint:
         if any(n in str(exc) for n in ("weights_only", "Unpickl", "PytorchStreamReader", "zip archive", "unpickl",
                                         "invalid load key", "Ran out of input", "header", "EOF")):
             return SourceError(f"checkpoint {source.checkpoint} is not a valid checkpoint file (truncated, or not a "
                                "PyTorch/safetensors state dict?); re-download or re-save it")
         return SourceError(
-            f"checkpoint {source.checkpoint} could not be loaded into {source.model} ({first[:300]}); "
+            f"checkpoint {source.checkpoint} could not be loaded into {source.model} ({first}); "
             "check that it is an OpenCLIP/OpenAI state dict for this exact model"
         )
     if offline_hint(exc) or "download" in first.lower():
@@ -219,7 +213,7 @@ def _explain(source: SourceInfo, exc: BaseException) -> SourceError:
             f"download of weights for {source.model} '{source.pretrained}' failed (offline?): "
             "pass a local checkpoint with --pretrained PATH"
         )
-    return SourceError(f"could not create OpenCLIP model {source.model} ({first[:300]})")
+    return SourceError(f"could not create OpenCLIP model {source.model} ({first})")
 
 
 class _registered_config:

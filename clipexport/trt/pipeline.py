@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from clipexport.trt.profiles import TO_BE_MADE, TowerBuild, plan_builds
+from clipexport.trt.profiles import TowerBuild, plan_builds
 from clipexport.trt.recipe import Recipe, resolve_recipe
 from clipexport.artifact.provenance import EngineProvenance
 from clipexport.artifact.manifest import Manifest, Tower, check_graph_files, read_manifest
@@ -30,7 +30,7 @@ def plan_artifact(options: BuildOptions, manifest: Manifest | None = None) -> tu
 
 def graphs_to_make(builds: list[TowerBuild]) -> tuple[Tower, ...]:
     """Towers whose (FP16) graph `build` makes before compiling."""
-    return tuple(b.tower for b in builds if b.onnx_sha256 == TO_BE_MADE)
+    return tuple(b.tower for b in builds if b.made_first)
 
 
 def build_artifact(options: BuildOptions, progress: Progress = silent) -> list[EngineProvenance]:

@@ -19,8 +19,6 @@ from clipexport.trt.recipe import DeviceClass, Recipe, TowerProfile
 
 # Where trtexec lives: pip/NGC images put it on PATH; JetPack installs it here.
 TRTEXEC = {DeviceClass.SERVER: "trtexec", DeviceClass.JETSON: "/usr/src/tensorrt/bin/trtexec"}
-# The sha256 of a graph that `build` will make before compiling (FP16: no calibration needed).
-TO_BE_MADE = "(made by build first)"
 # Text graphs with a dynamic sequence axis (issue 6) default to prompts of a few words.
 DEFAULT_TEXT_OPT_TOKENS = 16
 
@@ -41,7 +39,7 @@ class TowerBuild:
     tower: Tower
     precision: Precision
     onnx: Path
-    onnx_sha256: str
+    onnx_sha256: str | None  # None: a graph `build` makes before compiling (FP16 needs no calibration)
     calibration_sha256: str | None
     engine: Path
     shapes: ProfileShapes
@@ -50,6 +48,10 @@ class TowerBuild:
     version_compatible: bool
     hardware_compatible: bool
     timing_cache: Path
+
+    @property
+    def made_first(self) -> bool:
+        return self.onnx_sha256 is None
 
     @property
     def strongly_typed(self) -> bool:
@@ -96,7 +98,7 @@ def plan_builds(artifact_dir: Path, manifest: Manifest, recipe: Recipe, precisio
             raise InputError(f"recipe {recipe.name} has no [profiles.{tower.value}]; add one or pass --towers without {tower.value}")
         if chosen not in artifact.graphs and chosen.facts.maker is Maker.AUTOCAST:
             # FP16 needs no calibration data: `build` makes the graph first (see trt/pipeline.py).
-            onnx, onnx_sha256, calibration = root / graph_file(tower.value, chosen), TO_BE_MADE, None
+            onnx, onnx_sha256, calibration = root / graph_file(tower.value, chosen), None, None
         else:
             graph = artifact.graph(chosen)
             if chosen is Precision.INT8 and graph.details.target != "tensorrt":

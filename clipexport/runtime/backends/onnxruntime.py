@@ -12,7 +12,7 @@ import numpy as np
 from clipexport._deps import require
 from clipexport.artifact.manifest import Manifest, Tower, TowerArtifact, check_graph_files
 from clipexport.artifact.precision import Precision
-from clipexport.errors import BackendError, ClipExportError, DeviceUnavailableError, ManifestError
+from clipexport.errors import BackendError, ClipExportError, DeviceUnavailableError, ManifestError, first_line
 from clipexport.runtime.backends.base import BackendOptions, Runner, missing
 
 PURPOSE = "running ONNX graphs"
@@ -91,11 +91,10 @@ class OnnxRuntimeBackend(Runner):
         try:
             self.session = ort.InferenceSession(source, sess_options=options, providers=self.requested)
         except Exception as exc:  # ORT raises its own exception types (InvalidProtobuf, Fail, ...)
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             if isinstance(graph, bytes):  # a graph we just made: our failure, not the user's
-                raise BackendError(f"onnxruntime cannot load the in-memory graph ({first[:300]})") from None
+                raise BackendError(f"onnxruntime cannot load the in-memory graph ({first_line(exc)})") from None
             # A file that matches its recorded sha256 yet does not load: damaged before it was recorded.
-            raise ManifestError(f"onnxruntime cannot load {graph} ({first[:300]}); the file is damaged: "
+            raise ManifestError(f"onnxruntime cannot load {graph} ({first_line(exc)}); the file is damaged: "
                                 "re-run the step that made it") from None
         # What ONNX Runtime actually registered: it silently drops a provider that fails to start.
         self.providers = list(self.session.get_providers())
@@ -118,8 +117,7 @@ class OnnxRuntimeBackend(Runner):
         try:
             return self.session.run([self.output_name], {self.input_name: batch})[0]
         except Exception as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise BackendError(f"onnxruntime failed on a batch of shape {list(batch.shape)}: {first[:300]}") from None
+            raise BackendError(f"onnxruntime failed on a batch of shape {list(batch.shape)}: {first_line(exc)}") from None
 
     def close(self) -> None:
         self.session = None
