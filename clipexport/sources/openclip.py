@@ -200,8 +200,7 @@ def local_tokenizer_folder(path: Path) -> Path:
 def _explain(source: SourceInfo, exc: BaseException) -> SourceError:
     first = first_line(exc)
     if source.checkpoint:
-        if any(n in str(exc) for n in ("weights_only", "Unpickl", "PytorchStreamReader", "zip archive", "unpickl",
-                                        "invalid load key", "Ran out of input", "header", "EOF")):
+        if not _loads_on_its_own(Path(source.checkpoint)):
             return SourceError(f"checkpoint {source.checkpoint} is not a valid checkpoint file (truncated, or not a "
                                "PyTorch/safetensors state dict?); re-download or re-save it")
         return SourceError(
@@ -214,6 +213,27 @@ def _explain(source: SourceInfo, exc: BaseException) -> SourceError:
             "pass a local checkpoint with --pretrained PATH"
         )
     return SourceError(f"could not create OpenCLIP model {source.model} ({first})")
+
+
+def _loads_on_its_own(path: Path) -> bool:
+    """After open_clip failed to load a checkpoint into the model: whether the file itself reads as
+    a checkpoint, deciding "damaged file" vs "wrong model" by trying it rather than by the wording
+    of whatever error the damaged bytes happened to cause. Only ever weights_only (safe) loading."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as handle:
+                handle.keys()
+        elif path.suffix == ".npz":
+            import numpy as np
+
+            np.load(path).files
+        else:
+            require("torch", "reading checkpoints").load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        return False
+    return True
 
 
 class _registered_config:
