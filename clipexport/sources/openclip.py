@@ -201,8 +201,8 @@ def _explain(source: SourceInfo, exc: BaseException) -> SourceError:
     first = first_line(exc)
     if source.checkpoint:
         if not _loads_on_its_own(Path(source.checkpoint)):
-            return SourceError(f"checkpoint {source.checkpoint} is not a valid checkpoint file (truncated, or not a "
-                               "PyTorch/safetensors state dict?); re-download or re-save it")
+            return SourceError(f"checkpoint {source.checkpoint} could not be loaded: it is not a valid checkpoint file "
+                               "(truncated, or not a PyTorch/safetensors state dict?); re-download or re-save it")
         return SourceError(
             f"checkpoint {source.checkpoint} could not be loaded into {source.model} ({first}); "
             "check that it is an OpenCLIP/OpenAI state dict for this exact model"
