@@ -120,3 +120,38 @@ def test_exif_orientation_matches_reference_by_default(tmp_path, open_clip_refer
     assert np.abs(ImagePreprocessor()(path)[0] - want).max() <= PREPROCESS_MAX_ABS
     rotated = ImagePreprocessor(exif_transpose=True)(path)[0]
     assert np.abs(rotated - want).max() > 0.1
+
+
+# open_clip's other eval transforms: (size, resize_mode, interpolation, fill_color). The non-square
+# shortest-edge target takes open_clip's ResizeKeepRatio branch; longest pads with fill_color.
+VARIANTS = {
+    "squash": ((224, 224), "squash", "bicubic", 0),
+    "squash-bilinear-nonsquare": ((160, 224), "squash", "bilinear", 0),
+    "longest": ((224, 224), "longest", "bicubic", 0),
+    "longest-fill-nonsquare": ((192, 256), "longest", "bilinear", 128),
+    "shortest-nonsquare": ((256, 192), "shortest", "bilinear", 0),
+}
+
+
+def _variant(name: str):
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+
+    from clipexport.sources.openclip import _preprocess_config
+
+    size, mode, interpolation, fill = VARIANTS[name]
+    pp = {"size": size, "mode": "RGB", "mean": (0.5, 0.4, 0.3), "std": (0.2, 0.3, 0.25),
+          "interpolation": interpolation, "resize_mode": mode, "fill_color": fill}
+    reference = image_transform_v2(PreprocessCfg(**pp), is_train=False)
+    return ImagePreprocessor(_preprocess_config(pp)), reference
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_resize_variants_match_open_clip_on_every_mode_and_size(variant: str) -> None:
+    ours, reference = _variant(variant)
+    cases = [(mode, (120, 90)) for mode in MODES] + [("RGB", size) for size in SIZES] + [("LA", (31, 200)), ("P", (500, 7))]
+    for mode, size in cases:
+        image = _image(mode, size)
+        got = ours(image)[0]
+        want = reference(image).numpy()
+        assert got.shape == want.shape, (variant, mode, size)
+        assert np.abs(got - want).max() <= PREPROCESS_MAX_ABS, (variant, mode, size)

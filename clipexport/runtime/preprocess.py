@@ -92,11 +92,8 @@ class ImagePreprocessor:
         self.limits = limits or ImageLimits.from_env()
         if self.config.interpolation not in _RESAMPLE:
             raise InputError(f"unsupported interpolation '{self.config.interpolation}' (expected one of {', '.join(_RESAMPLE)})")
-        h, w = self.config.image_size
-        if self.config.resize_mode is ResizeMode.LONGEST or (self.config.resize_mode is ResizeMode.SHORTEST and h != w
-                                                            and self.config.convention is Convention.OPEN_CLIP):
-            raise InputError(f"resize mode '{self.config.resize_mode.value}' at {h}x{w} is not implemented by the runtime yet; "
-                             "use a model with square shortest-edge or squash preprocessing")
+        if self.config.resize_mode is ResizeMode.LONGEST and self.config.convention is Convention.HF:
+            raise InputError("resize mode 'longest' is an open_clip mode; Hugging Face processors resize shortest edge or squash")
         self.exif_transpose = exif_transpose
         self._mean = np.asarray(self.config.mean, dtype=np.float32).reshape(3, 1, 1)
         self._std = np.asarray(self.config.std, dtype=np.float32).reshape(3, 1, 1)
@@ -149,12 +146,22 @@ class ImagePreprocessor:
         return self._open_clip(image)
 
     def _open_clip(self, image: Image.Image) -> np.ndarray:
-        h, w = self.config.image_size
-        resample = _RESAMPLE[self.config.interpolation]
-        if self.config.resize_mode is ResizeMode.SQUASH:
+        # open_clip.transform.image_transform (eval), branch by branch.
+        cfg = self.config
+        h, w = cfg.image_size
+        resample = _RESAMPLE[cfg.interpolation]
+        if cfg.resize_mode is ResizeMode.SQUASH:
             image = _resize(image, (w, h), resample)
-        else:
+        elif cfg.resize_mode is ResizeMode.LONGEST:  # ResizeKeepRatio(longest=1) + CenterCropOrPad(fill_color)
+            image = _resize(image, _keep_ratio_size(image.size, (h, w), longest=True), resample)
+            image = _center_crop(image, h, w, fill=cfg.fill_color)
+        elif h == w:  # Resize(int) + CenterCrop
             image = _resize(image, _shortest_edge_size(image.size, h), resample)
+            image = _center_crop(image, h, w)
+        else:
+            # A non-square target: open_clip builds ResizeKeepRatio(size) without passing the
+            # configured interpolation, so this branch is always bicubic in the reference.
+            image = _resize(image, _keep_ratio_size(image.size, (h, w), longest=False), Image.BICUBIC)
             image = _center_crop(image, h, w)
         return self._normalize(np.asarray(image.convert("RGB")))
 
@@ -243,12 +250,22 @@ def _shortest_edge_size(size: tuple[int, int], target: int) -> tuple[int, int]:
     return (target, new_long) if w <= h else (new_long, target)
 
 
-def _center_crop(image: Image.Image, h: int, w: int) -> Image.Image:
+def _keep_ratio_size(size: tuple[int, int], target_hw: tuple[int, int], longest: bool) -> tuple[int, int]:
+    """open_clip's ResizeKeepRatio (from timm): scale so the long (or short) side fits the target,
+    each side rounded with Python's round(). Returns a PIL (width, height)."""
+    w, h = size
+    ratio_h, ratio_w = h / target_hw[0], w / target_hw[1]
+    ratio = max(ratio_h, ratio_w) if longest else min(ratio_h, ratio_w)
+    return round(w / ratio), round(h / ratio)
+
+
+def _center_crop(image: Image.Image, h: int, w: int, fill: int = 0) -> Image.Image:
     width, height = image.size
-    if w > width or h > height:  # torchvision pads with zeros before cropping
+    if w > width or h > height:  # torchvision pads (with `fill`, per band) before cropping
         left, top = (w - width) // 2 if w > width else 0, (h - height) // 2 if h > height else 0
         right, bottom = (w - width + 1) // 2 if w > width else 0, (h - height + 1) // 2 if h > height else 0
-        image = ImageOps.expand(image, (left, top, right, bottom), fill=0)
+        bands = len(image.getbands())  # torchvision's _parse_fill: one value per band
+        image = ImageOps.expand(image, (left, top, right, bottom), fill=fill if bands == 1 else (fill,) * bands)
         width, height = image.size
         if (width, height) == (w, h):
             return image
