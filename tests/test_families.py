@@ -10,7 +10,7 @@ import pytest
 
 from conftest import export_dir
 from test_tokenizer import TRICKY
-from clipexport.artifact.manifest import TokenizerKind, read_manifest
+from clipexport.artifact.manifest import ResizeMode, TokenizerKind, read_manifest
 from clipexport.datasets import DEFAULT_CAPTIONS
 from clipexport.runtime import ClipRuntime
 from clipexport.verify.run import VerifyOptions, verify_artifact
@@ -80,6 +80,8 @@ def test_open_clip_siglip_exports_offline_and_verifies(open_clip_siglip: Path) -
     manifest = read_manifest(open_clip_siglip)
     assert manifest.tokenizer.kind == TokenizerKind.HF_JSON.value and manifest.tokenizer.clean == "canonicalize"
     assert not manifest.tower("text").properties.trimmable  # no causal mask: never cut
+    # The config file's preprocess_cfg (SigLIP's squash, mean/std 0.5) reaches the runtime.
+    assert manifest.preprocess.resize_mode is ResizeMode.SQUASH and manifest.preprocess.mean == (0.5, 0.5, 0.5)
     report = verify_artifact(VerifyOptions(artifact=open_clip_siglip, num_images=6))
     assert report.passed, report.table()
 

@@ -32,6 +32,9 @@ DEFAULT_SEED = 0
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz")
 
 
+PREPROCESS_KEY = "preprocess_cfg"
+
+
 def load_open_clip(model: str, pretrained: str | None, *, seed: int = DEFAULT_SEED,
                    tokenizer: Path | None = None) -> LoadedModel:
     """Load an OpenCLIP model by name (or JSON config path) with a tag, checkpoint path, or random init.
@@ -82,12 +85,15 @@ def reload_open_clip(source: SourceInfo) -> LoadedModel:
 def _build(open_clip: Any, source: SourceInfo) -> LoadedModel:
     torch = require("torch", "loading OpenCLIP models")
     config = dict(source.model_config or {})
+    # Not a model argument: open_clip applies a config file's preprocess_cfg on top of its defaults.
+    force_preprocess = config.pop(PREPROCESS_KEY, None)
     text_cfg = config.get("text_cfg", {})
     if (source.pretrained not in (None, RANDOM) and not source.checkpoint) or text_cfg.get("hf_tokenizer_name") \
             or text_cfg.get("hf_model_name"):
         prepare_for_downloads()  # weights, or an HF tokenizer / text config, may come from the hub
     with _registered_config(open_clip, source.model, config):
-        kwargs: dict[str, Any] = {"pretrained_image": False, "pretrained_text": False}
+        kwargs: dict[str, Any] = {"pretrained_image": False, "pretrained_text": False,
+                                  "force_preprocess_cfg": force_preprocess}
         if config.get("quick_gelu"):
             kwargs["force_quick_gelu"] = True
         pretrained = source.checkpoint or (None if source.pretrained == RANDOM else source.pretrained)
@@ -153,6 +159,8 @@ def _resolve_config(open_clip: Any, model: str) -> tuple[str, dict[str, Any]]:
         config = data.get("model_cfg", data)
         if not isinstance(config, dict) or "vision_cfg" not in config or "text_cfg" not in config:
             raise SourceError(f"model config {path} has no 'vision_cfg'/'text_cfg'; it is not an OpenCLIP model config")
+        if isinstance(data.get("preprocess_cfg"), dict):  # open_clip_config.json's layout: kept with the model config
+            config = {**config, PREPROCESS_KEY: data["preprocess_cfg"]}
         return path.stem, config
     if model.startswith(("hf-hub:", "local-dir:")):
         return model, {}
