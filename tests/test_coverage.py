@@ -21,6 +21,7 @@ FAMILY_TESTS = {
     "open_clip-vit-quickgelu": "test_export.py::test_family_exports_and_matches",
     "open_clip-modified-resnet": "test_export.py::test_family_exports_and_matches",
     "open_clip-timm-convnext": "test_export.py::test_family_exports_and_matches",
+    "open_clip-mobileclip": "test_families.py::test_mobileclip_is_reparameterized_and_verified_against_the_unfolded_model",
     "hf-clip": "test_export.py::test_hf_clip_folder_exports_and_matches",
     "hf-siglip": "test_families.py::test_hf_siglip_exports_and_verifies",
     "open_clip-siglip": "test_families.py::test_open_clip_siglip_exports_offline_and_verifies",

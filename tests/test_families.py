@@ -11,6 +11,7 @@ import pytest
 from conftest import export_dir
 from test_tokenizer import TRICKY
 from clipexport.artifact.manifest import ResizeMode, TokenizerKind, read_manifest
+from clipexport.artifact.precision import Precision
 from clipexport.datasets import DEFAULT_CAPTIONS
 from clipexport.runtime import ClipRuntime
 from clipexport.verify.run import VerifyOptions, verify_artifact
@@ -127,3 +128,49 @@ def test_hf_folder_without_tokenizer_is_one_line(hf_siglip_folder: Path, tmp_pat
     result = CliRunner().invoke(main, ["export", str(folder), "-o", str(tmp_path / "b"), "-q",
                                        "--tokenizer", str(hf_siglip_folder / "tokenizer.json")])
     assert result.exit_code == 0, result.output
+
+
+def _config_with(tmp_path: Path, base: str, **changes: dict) -> Path:
+    import json
+
+    from conftest import CONFIGS
+
+    config = json.loads((CONFIGS / base).read_text())
+    for section, values in changes.items():
+        config[section].update(values)
+    path = tmp_path / f"{base.removesuffix('.json')}-changed.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def test_scaled_cosine_attention_exports_and_verifies(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """open_clip's scaled_cosine_attn calls torch.bmm on 4-D tensors and fails in PyTorch itself;
+    the loader's matmul fix makes it run, export and match (the reference gets the same fix)."""
+    config = _config_with(tmp_path, "tiny-vit.json", vision_cfg={"scaled_cosine_attn": True},
+                          text_cfg={"scaled_cosine_attn": True})
+    artifact = export_dir(tmp_path_factory, "cosine-attn", str(config), "random")
+    manifest = read_manifest(artifact)
+    for tower in ("vision", "text"):
+        notes = manifest.tower(tower).graph(Precision.FP32).details.adjustments
+        assert any(n.startswith("scaled_cosine_attention_matmul (2 attention") for n in notes), notes
+    report = verify_artifact(VerifyOptions(artifact=artifact, num_images=6))
+    assert report.passed, report.table()
+
+
+def test_mobileclip_is_reparameterized_and_verified_against_the_unfolded_model(tmp_path_factory) -> None:
+    """MobileCLIP's FastViT image tower (fastvit_mci0, tiny input): exported with its branches
+    folded, recorded in the manifest, and verified against the loaded (unfolded) PyTorch model."""
+    import onnx
+
+    from conftest import CONFIGS
+
+    config = str(CONFIGS / "tiny-mobileclip.json")
+    folded = export_dir(tmp_path_factory, "mobileclip", config, "random")
+    unfolded = export_dir(tmp_path_factory, "mobileclip-unfolded", config, "random", reparameterize=False)
+    details = read_manifest(folded).tower("vision").graph(Precision.FP32).details
+    assert any(n.startswith("reparameterized (timm reparameterize_model:") for n in details.adjustments)
+    assert not read_manifest(unfolded).tower("vision").graph(Precision.FP32).details.adjustments
+    nodes = {name: len(onnx.load(str(a / "vision.onnx")).graph.node) for name, a in (("folded", folded), ("unfolded", unfolded))}
+    assert nodes["folded"] < 0.8 * nodes["unfolded"], nodes
+    report = verify_artifact(VerifyOptions(artifact=folded, num_images=6))
+    assert report.passed, report.table()

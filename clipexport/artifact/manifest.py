@@ -102,6 +102,9 @@ class GraphDetails:
     fallback_steps: tuple[Mapping[str, float], ...] = ()
     validation_parity: Mapping[str, float] = field(default_factory=dict)
     versions: Mapping[str, str] = field(default_factory=dict)
+    # Output-preserving changes made to the PyTorch module before tracing (a library bug worked
+    # around, branches folded by reparameterization); verify compares with the unchanged model.
+    adjustments: tuple[str, ...] = ()
 
     @property
     def fallback_nodes(self) -> tuple[str, ...]:
@@ -135,6 +138,7 @@ class GraphDetails:
             fallback_steps=tuple(_get(data, "fallback_steps", list, where, default=[])),
             validation_parity=dict(_get(data, "validation_parity", dict, where, default={})),
             versions=dict(_get(data, "versions", dict, where, default={})),
+            adjustments=tuple(_get(data, "adjustments", list, where, default=[])),
         )
 
 

@@ -37,7 +37,8 @@ def check_opset(opset: int) -> None:
 
 
 def export_tower(module: Any, spec: TowerSpec, example: Any, out_dir: Path, opset: int,
-                 properties: TowerProperties | None = None, trim_length: int | None = None) -> TowerArtifact:
+                 properties: TowerProperties | None = None, trim_length: int | None = None,
+                 adjustments: tuple[str, ...] = ()) -> TowerArtifact:
     """`trim_length`: for a variable-length text graph, the example cut after its last EOT, which
     the smoke run checks against the full-length output."""
     torch = require("torch", "exporting to ONNX")
@@ -54,7 +55,11 @@ def export_tower(module: Any, spec: TowerSpec, example: Any, out_dir: Path, opse
         dynamic[1] = torch.export.Dim(SEQUENCE_AXIS, min=MIN_TEXT_LENGTH, max=int(example.shape[1]))
         input_shape = (BATCH_AXIS, SEQUENCE_AXIS)
     with torch.no_grad():
-        expected = module(example).numpy()
+        try:
+            expected = module(example).numpy()
+        except Exception as exc:
+            raise ExportError(f"the {spec.tower.value} tower does not run in PyTorch itself, so it cannot be traced: "
+                              f"{_root_cause(exc)}") from exc
         try:
             # The dynamo exporter prints its own progress lines; ours are enough.
             with contextlib.redirect_stdout(io.StringIO()):
@@ -71,7 +76,8 @@ def export_tower(module: Any, spec: TowerSpec, example: Any, out_dir: Path, opse
     except Exception as exc:
         raise ExportError(f"the exported {spec.tower.value} graph fails the ONNX checker: {exc}") from exc
     _smoke_run(path, spec, example.numpy(), expected, trim_length)
-    graph = GraphFile.of(out_dir, path.name, external, GraphDetails(method="torch.onnx.export (dynamo)", made_by="export"))
+    graph = GraphFile.of(out_dir, path.name, external, GraphDetails(method="torch.onnx.export (dynamo)", made_by="export",
+                                                                         adjustments=adjustments))
     dim = int(expected.shape[-1])
     return TowerArtifact(
         inputs=(TensorSpec(spec.input_name, spec.input_dtype, input_shape),),

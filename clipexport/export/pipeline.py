@@ -37,6 +37,7 @@ class ExportOptions:
     overwrite: bool = False
     seed: int = 0
     tokenizer: Path | None = None  # a local HF tokenizer folder / tokenizer.json instead of a download
+    reparameterize: bool = True  # fold multi-branch train-time blocks (MobileCLIP) before tracing
 
 
 def export_model(options: ExportOptions, progress: Progress = silent) -> Manifest:
@@ -66,6 +67,7 @@ def export_model(options: ExportOptions, progress: Progress = silent) -> Manifes
 def _export_towers(loaded: LoadedModel, options: ExportOptions, staging: Path, progress: Progress) -> dict[Tower, TowerArtifact]:
     torch = require("torch", "exporting to ONNX")
     from clipexport.export.onnx_export import export_tower
+    from clipexport.sources.openclip_fixes import reparameterized
     from clipexport.sources.towers import exportable
 
     generator = torch.Generator().manual_seed(options.seed)
@@ -84,8 +86,12 @@ def _export_towers(loaded: LoadedModel, options: ExportOptions, staging: Path, p
             from clipexport.runtime.text_length import trimmed_length
 
             trim_length = trimmed_length(examples[tower].numpy(), str(properties.pooling), loaded.tokenizer.eot_id)
-        towers[tower] = export_tower(exportable(modules[tower], options.normalize), SPECS[tower],
-                                     examples[tower], staging, options.opset, properties, trim_length)
+        # Train-time branches live in image towers (MobileCLIP's FastViT); open_clip's text towers are transformers.
+        fold = options.reparameterize and tower is Tower.VISION
+        module, folded = reparameterized(modules[tower]) if fold else (modules[tower], ())
+        adjustments = tuple(loaded.adjustments.get(tower.value, ())) + folded
+        towers[tower] = export_tower(exportable(module, options.normalize), SPECS[tower], examples[tower], staging,
+                                     options.opset, properties, trim_length, adjustments)
     return towers
 
 

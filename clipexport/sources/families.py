@@ -21,6 +21,8 @@ FAMILIES = (
     Family("open_clip-vit-quickgelu", SourceKind.OPEN_CLIP, "ViT with QuickGELU (OpenAI weights)"),
     Family("open_clip-modified-resnet", SourceKind.OPEN_CLIP, "ModifiedResNet image tower (RN50, RN101, ...)"),
     Family("open_clip-timm-convnext", SourceKind.OPEN_CLIP, "timm towers (convnext_*)"),
+    Family("open_clip-mobileclip", SourceKind.OPEN_CLIP, "MobileCLIP: timm FastViT image tower, exported "
+           "reparameterized (branches folded), verified against the unfolded model"),
     Family("open_clip-siglip", SourceKind.OPEN_CLIP, "SigLIP layout: HF tokenizer (canonicalize), no causal mask, "
            "last pooling, logit bias"),
     Family("hf-clip", SourceKind.HF, "transformers CLIPModel"),

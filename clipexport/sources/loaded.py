@@ -26,6 +26,8 @@ class LoadedModel:
     # The source tokenizer's tokenizer.json (Hugging Face `tokenizers`), for the runtime; None for CLIP BPE
     # (reimplemented) or a tokenizer without a `tokenizers` backend.
     tokenizer_json: str | None = None
+    # Per tower ("vision"/"text"): output-preserving fixes the loader applied (recorded in the manifest).
+    adjustments: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 def offline_hint(exc: BaseException) -> bool:

@@ -113,6 +113,7 @@ def _build(open_clip: Any, source: SourceInfo) -> LoadedModel:
                                    "saved with save_pretrained, or its tokenizer.json)") from None
             raise SourceError(f"could not load the tokenizer '{name}' of {source.model} ({first_line(exc)})") from None
     model = model.eval().float()
+    adjustments = _fix_library_bugs(model)
     # open_clip's HFTokenizer wraps a transformers tokenizer; its SimpleTokenizer (CLIP BPE) does not.
     tok_cfg, tokenizer_json = with_tokenizer_json(_tokenizer_config(tokenizer, config),
                                                   getattr(tokenizer, "tokenizer", None),
@@ -136,6 +137,7 @@ def _build(open_clip: Any, source: SourceInfo) -> LoadedModel:
         preprocess=_preprocess_config(pp),
         tokenizer=tok_cfg,
         tokenizer_json=tokenizer_json,
+        adjustments=adjustments,
         logit_scale=float(model.logit_scale.exp().item()),
         logit_bias=None if bias is None else float(bias.item()),
         image_transform=reference_transform,
@@ -280,6 +282,15 @@ class _registered_config:
         else:
             factory._MODEL_CONFIGS[self.name] = self.previous
         self.tmp.cleanup()
+
+
+def _fix_library_bugs(model: Any) -> dict[str, tuple[str, ...]]:
+    from clipexport.sources.openclip_fixes import SCALED_COSINE_ATTENTION, fix_scaled_cosine_attention
+
+    in_vision = fix_scaled_cosine_attention(model.visual)
+    in_text = fix_scaled_cosine_attention(model) - in_vision
+    return {tower: (f"{SCALED_COSINE_ATTENTION} ({count} attention modules)",)
+            for tower, count in (("vision", in_vision), ("text", in_text)) if count}
 
 
 def _without_quick_gelu(config: Mapping[str, Any] | None) -> dict[str, Any] | None:
