@@ -47,12 +47,11 @@ def main() -> None:
         raise SystemExit(f"{args.artifact}'s text graph is fixed-length: re-export it with this clipexport")
     prompts = [f"a photo of a {label}." for label in LABELS]
     ids = ClipTokenizer.from_manifest(manifest.tokenizer)(prompts)
-    eot = manifest.tokenizer.eot_id
     graph = check_graph_files(args.artifact, text.graph(args.precision))
     rows = []
     with OnnxRuntimeBackend(graph, text, providers=["CPUExecutionProvider"]) as backend:
         full_out = np.concatenate([backend.run(ids[i:i + 8]) for i in range(0, len(ids), 8)])
-        cut_out = np.concatenate([backend.run(trim(ids[i:i + 8], text.properties, eot)) for i in range(0, len(ids), 8)])
+        cut_out = np.concatenate([backend.run(trim(ids[i:i + 8], text.properties, manifest.tokenizer)) for i in range(0, len(ids), 8)])
         parity = embedding_parity(full_out, cut_out)
         fixed = None
         if args.fixed_artifact:
@@ -62,7 +61,7 @@ def main() -> None:
                                        fixed_text, providers=["CPUExecutionProvider"])
         for batch in (int(b) for b in args.batch_sizes.split(",")):
             data = np.resize(ids, (batch, ids.shape[1]))
-            cut = trim(data, text.properties, eot)
+            cut = trim(data, text.properties, manifest.tokenizer)
             timings = {"full_length": best_time(lambda: backend.run(data), args.repeats),
                        "fast_path": best_time(lambda: backend.run(cut), args.repeats)}
             if fixed is not None:

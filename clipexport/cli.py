@@ -92,12 +92,16 @@ def main() -> None:
 @click.option("--tokenizer", type=click.Path(path_type=Path), default=None,
               help="A local Hugging Face tokenizer (folder saved with save_pretrained, or its tokenizer.json) for models "
                    "whose tokenizer would be downloaded (SigLIP, multilingual text towers) or an HF folder without one.")
+@click.option("--text-config", type=click.Path(path_type=Path), default=None,
+              help="A local folder with the config.json (and tokenizer files) of an OpenCLIP model's Hugging Face text "
+                   "tower (XLM-R, mT5, NLLB, RoBERTa), which open_clip would download even for random weights.")
 @click.option("--reparameterize/--no-reparameterize", default=True, show_default=True,
               help="Fold train-time multi-branch blocks (MobileCLIP's FastViT/MobileOne) into single convs before "
                    "tracing, as deployment requires; verify still compares with the unfolded model.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
 def export(model: str, pretrained: str | None, output: Path, source: str, opset: int | None,
-           normalize: bool, overwrite: bool, seed: int, tokenizer: Path | None, reparameterize: bool, quiet: bool) -> None:
+           normalize: bool, overwrite: bool, seed: int, tokenizer: Path | None, text_config: Path | None, reparameterize: bool,
+           quiet: bool) -> None:
     """Export the vision and text towers of MODEL to ONNX, with manifest.json.
 
     MODEL is an OpenCLIP name (ViT-B-32, RN50, convnext_base, ...), a JSON OpenCLIP model config,
@@ -109,7 +113,8 @@ def export(model: str, pretrained: str | None, output: Path, source: str, opset:
 
     options = ExportOptions(model=model, output=output, pretrained=pretrained, source=SourceChoice(source),
                             opset=DEFAULT_OPSET if opset is None else opset, normalize=normalize, overwrite=overwrite, seed=seed,
-                            tokenizer=tokenizer, reparameterize=reparameterize)
+                            tokenizer=tokenizer, text_config=text_config,
+                            reparameterize=reparameterize)
     manifest = export_model(options, _progress(quiet))
     towers = ", ".join(f"{t.value}: {a.graph(Precision.FP32).file}" for t, a in manifest.towers.items())
     click.echo(f"exported {model} to {output} ({towers}; embed dim {manifest.embed_dim})")

@@ -24,6 +24,11 @@ FAMILY_TESTS = {
     "open_clip-mobileclip": "test_families.py::test_mobileclip_is_reparameterized_and_verified_against_the_unfolded_model",
     "hf-clip": "test_export.py::test_hf_clip_folder_exports_and_matches",
     "hf-siglip": "test_families.py::test_hf_siglip_exports_and_verifies",
+    "hf-siglip2-fixed": "test_families.py::test_hf_siglip2_fixed_resolution_exports_and_tokenizes",
+    "hf-chinese-clip": "test_families.py::test_hf_masked_family_exports_and_verifies",
+    "hf-altclip": "test_families.py::test_hf_masked_family_exports_and_verifies",
+    "hf-metaclip-2": "test_families.py::test_hf_masked_family_exports_and_verifies",
+    "open_clip-hf-text": "test_families.py::test_open_clip_hf_text_tower_exports_offline_with_text_config",
     "open_clip-siglip": "test_families.py::test_open_clip_siglip_exports_offline_and_verifies",
 }
 # Families the sources accept that have no export+verify test yet, each with the issue that fills it.

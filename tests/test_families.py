@@ -174,3 +174,159 @@ def test_mobileclip_is_reparameterized_and_verified_against_the_unfolded_model(t
     assert nodes["folded"] < 0.8 * nodes["unfolded"], nodes
     report = verify_artifact(VerifyOptions(artifact=folded, num_images=6))
     assert report.passed, report.table()
+
+
+# Hugging Face families whose text tower takes the tokenizer's attention mask (derived in the graph).
+MASKED_HF_FAMILIES = ("chinese_clip", "altclip", "metaclip_2")
+
+
+@pytest.fixture(scope="module", params=MASKED_HF_FAMILIES)
+def hf_masked_family(request, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path, Path]:
+    from helpers import save_tiny_hf_family
+
+    family = request.param
+    folder = save_tiny_hf_family(family, tmp_path_factory.mktemp(f"hf-{family}") / family)
+    return family, folder, export_dir(tmp_path_factory, f"x-{family}", str(folder), None)
+
+
+def test_hf_masked_family_exports_and_verifies(hf_masked_family) -> None:
+    family, _, artifact = hf_masked_family
+    text = read_manifest(artifact).tower("text")
+    assert text.properties.padding_mask and text.properties.variable_length, family
+    report = verify_artifact(VerifyOptions(artifact=artifact, num_images=6))
+    assert report.passed, (family, report.table())
+
+
+def test_hf_masked_family_runtime_equals_transformers(hf_masked_family) -> None:
+    """Ids equal the transformers tokenizer's on the tricky corpus; embeddings through the
+    torch-free runtime (pad, then cut after the batch's last real token) equal the model called
+    as its card says: padding=True with the tokenizer's attention mask."""
+    import torch
+    import transformers
+
+    family, folder, artifact = hf_masked_family
+    reference = transformers.AutoTokenizer.from_pretrained(folder)
+    model = transformers.AutoModel.from_pretrained(folder).eval()
+    corpus = TRICKY + list(DEFAULT_CAPTIONS)
+    with ClipRuntime.load(artifact) as runtime:
+        length = runtime.manifest.tokenizer.context_length
+        want = reference(corpus, padding="max_length", max_length=length, truncation=True, return_tensors="np")["input_ids"]
+        got = runtime.tokenizer(corpus)
+        mismatched = [corpus[i] for i in range(len(corpus)) if not np.array_equal(got[i], want[i])]
+        assert not mismatched, (family, mismatched[:3])
+        ours = runtime.encode_text(corpus[:12])
+    batch = reference(corpus[:12], padding=True, truncation=True, max_length=length, return_tensors="pt")
+    with torch.no_grad():
+        out = model.get_text_features(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    theirs = torch.nn.functional.normalize(getattr(out, "pooler_output", out), dim=-1).numpy()
+    np.testing.assert_allclose(ours, theirs, atol=1e-5)
+
+
+def test_hf_siglip2_fixed_resolution_exports_and_tokenizes(tmp_path_factory: pytest.TempPathFactory) -> None:
+    import transformers
+
+    from helpers import save_tiny_hf_siglip2_fixed
+
+    folder = save_tiny_hf_siglip2_fixed(tmp_path_factory.mktemp("hf-siglip2") / "siglip2")
+    artifact = export_dir(tmp_path_factory, "x-siglip2", str(folder), None)
+    report = verify_artifact(VerifyOptions(artifact=artifact, num_images=6))
+    assert report.passed, report.table()
+    reference = transformers.AutoTokenizer.from_pretrained(folder)
+    corpus = TRICKY + list(DEFAULT_CAPTIONS)
+    want = reference(corpus, padding="max_length", max_length=64, truncation=True, return_tensors="np")["input_ids"]
+    with ClipRuntime.load(artifact) as runtime:
+        got = runtime.tokenizer(corpus)
+    assert [corpus[i] for i in range(len(corpus)) if not np.array_equal(got[i], want[i])] == []
+
+
+def test_unsupported_hf_types_are_one_line(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+    from transformers import Siglip2Config
+
+    from clipexport.cli import main
+
+    folder = tmp_path / "naflex"
+    Siglip2Config().save_pretrained(folder)
+    (folder / "model.safetensors").write_bytes(b"x")  # a weights file, so the type check is what refuses
+    result = CliRunner().invoke(main, ["export", str(folder), "-o", str(tmp_path / "a"), "-q"])
+    assert result.exit_code == 2 and "NaFlex" in result.output and "not supported yet" in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "a").exists()
+
+
+@pytest.fixture(scope="module")
+def xlmr_text_tower(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from helpers import save_tiny_xlmr_text_tower
+
+    return save_tiny_xlmr_text_tower(tmp_path_factory.mktemp("xlmr") / "xlm-roberta-tiny")
+
+
+def test_open_clip_hf_text_tower_exports_offline_with_text_config(xlmr_text_tower: Path,
+                                                                  tmp_path_factory: pytest.TempPathFactory) -> None:
+    """open_clip's xlm-roberta text towers (also mT5, NLLB, RoBERTa) fetch the HF config even for
+    random init; --text-config gives it locally, and its tokenizer files serve the runtime."""
+    from open_clip.tokenizer import HFTokenizer
+
+    from conftest import CONFIGS
+
+    artifact = export_dir(tmp_path_factory, "oc-xlmr", str(CONFIGS / "tiny-xlmr.json"), "random",
+                          text_config=xlmr_text_tower)
+    report = verify_artifact(VerifyOptions(artifact=artifact, num_images=6))
+    assert report.passed, report.table()
+    reference = HFTokenizer(str(xlmr_text_tower), context_length=77)
+    corpus = TRICKY + list(DEFAULT_CAPTIONS)
+    want = reference(corpus).numpy()
+    with ClipRuntime.load(artifact) as runtime:
+        got = runtime.tokenizer(corpus)
+    assert [corpus[i] for i in range(len(corpus)) if not np.array_equal(got[i], want[i])] == []
+
+
+def test_hf_text_tower_offline_names_text_config(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from conftest import CONFIGS
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "clipexport", "export", str(CONFIGS / "tiny-xlmr.json"),
+                           "-o", str(tmp_path / "a"), "-q"], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 3 and "--text-config DIR" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def _build_family(family: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh tiny export of a family (each precision test converts its own copy)."""
+    from conftest import CONFIGS
+    from helpers import save_tiny_hf_family, save_tiny_hf_siglip, train_unigram_tokenizer
+
+    folder = tmp_path_factory.mktemp(f"p-{family}")
+    if family == "open_clip-siglip":
+        train_unigram_tokenizer(64).save_pretrained(folder / "tok")
+        return export_dir(tmp_path_factory, family, str(CONFIGS / "tiny-siglip.json"), "random", tokenizer=folder / "tok")
+    if family == "open_clip-mobileclip":
+        return export_dir(tmp_path_factory, family, str(CONFIGS / "tiny-mobileclip.json"), "random")
+    if family == "hf-siglip":
+        return export_dir(tmp_path_factory, family, str(save_tiny_hf_siglip(folder / "m")), None)
+    hf_type = family.removeprefix("hf-").replace("-", "_")
+    return export_dir(tmp_path_factory, family, str(save_tiny_hf_family(hf_type, folder / "m")), None)
+
+
+# Each family row of the README's FP16 / INT8-cpu columns is one of these.
+PRECISION_FAMILIES = ("open_clip-siglip", "open_clip-mobileclip", "hf-siglip", "hf-chinese-clip", "hf-altclip",
+                      "hf-metaclip-2")
+
+
+@pytest.mark.parametrize("family", PRECISION_FAMILIES)
+def test_family_fp16_and_cpu_int8_meet_the_gates(family: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """SigLIP's layout (no causal mask, last pooling, logit bias), BERT / XLM-R towers with a
+    derived padding mask, FastViT: FP16 and INT8 (--target cpu) pass the precision gates."""
+    from clipexport.precision.calibration import CalibrationSource
+    from clipexport.precision.int8 import Target
+    from clipexport.precision.pipeline import QuantizeOptions, quantize_artifact
+
+    artifact = _build_family(family, tmp_path_factory)
+    small = CalibrationSource(size=24)
+    quantize_artifact(QuantizeOptions(artifact=artifact, precision=Precision.FP16, calibration=small))
+    quantize_artifact(QuantizeOptions(artifact=artifact, precision=Precision.INT8, calibration=small, target=Target.CPU))
+    report = verify_artifact(VerifyOptions(artifact=artifact, precisions=("fp16", "int8"), num_images=8))
+    assert report.passed, (family, report.table())

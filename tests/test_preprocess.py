@@ -55,9 +55,9 @@ def test_every_size_matches_open_clip(size, open_clip_reference) -> None:
 def test_matches_hf_clip_image_processor(mode: str, hf_clip_folder) -> None:
     import transformers
 
-    from clipexport.sources.hf import _image_processor, _preprocess_config
+    from clipexport.sources.hf import ARCHITECTURES, _image_processor, _preprocess_config
 
-    processor = _image_processor(transformers, str(hf_clip_folder), None)
+    processor = _image_processor(transformers, str(hf_clip_folder), None, ARCHITECTURES["clip"])
     ours = ImagePreprocessor(_preprocess_config(processor))
     for size in [(120, 90), (1, 1), (700, 64)]:
         image = _image(mode, size)

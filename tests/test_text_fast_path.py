@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clipexport.artifact.manifest import TowerProperties, read_manifest
+from clipexport.artifact.manifest import TokenizerConfig, TowerProperties, read_manifest
 from clipexport.runtime import ClipRuntime, ClipTokenizer
 from clipexport.runtime.text_length import trim, trimmed_length
 from clipexport.datasets import DEFAULT_CAPTIONS
@@ -16,6 +16,7 @@ from clipexport.parity.stats import embedding_parity
 
 PROMPTS = [f"a photo of a {label}." for label in ("cat", "dog", "school bus", "red fox", "hot air balloon")]
 EOT = 49407
+CLIP_TOKENS = TokenizerConfig(kind="clip_bpe", context_length=77, sot_id=49406, eot_id=EOT, pad_id=0)
 
 
 def test_open_clip_text_graph_is_variable_length(tiny_vit: Path) -> None:
@@ -33,12 +34,12 @@ def test_trimmed_equals_full_length(tiny_vit: Path) -> None:
     full = session.run(None, {"input_ids": ids})[0]
     for start in range(0, len(ids), 4):  # batches of different trimmed lengths
         batch = ids[start:start + 4]
-        cut = trim(batch, read_manifest(tiny_vit).tower("text").properties, EOT)
+        cut = trim(batch, read_manifest(tiny_vit).tower("text").properties, CLIP_TOKENS)
         assert cut.shape[1] == trimmed_length(batch, "argmax", EOT) <= 77
         got = session.run(None, {"input_ids": cut})[0]
         parity = embedding_parity(full[start:start + 4], got)
         assert parity.min_cosine >= 0.99999 and parity.max_abs_diff < 1e-5
-    short = trim(ClipTokenizer()(PROMPTS), TowerProperties(variable_length=True, causal_mask=True, pooling="argmax"), EOT)
+    short = trim(ClipTokenizer()(PROMPTS), TowerProperties(variable_length=True, causal_mask=True, pooling="argmax"), CLIP_TOKENS)
     assert short.shape[1] <= 10  # "a photo of a hot air balloon." is 10 tokens with SOT/EOT
 
 
@@ -78,11 +79,23 @@ def test_trimmed_length_rules(ids: list, pooling: str, expected: int) -> None:
     assert trimmed_length(np.array(ids), pooling, 2 if pooling == "eos" else EOT) == expected
 
 
+@pytest.mark.parametrize(("ids", "expected"), [
+    ([[101, 7, 8, 102, 0, 0], [101, 102, 0, 0, 0, 0]], 4),  # BERT: [CLS] .. [SEP] then pad 0
+    ([[101, 102, 0, 0, 0, 0]], 2),
+    ([[101, 7, 8, 9, 10, 102]], 6),
+    ([[0, 0, 0, 0, 0, 0]], 2),  # all padding: the shortest graph input
+])
+def test_padding_masked_graphs_cut_after_the_last_real_token(ids: list, expected: int) -> None:
+    bert = TokenizerConfig(kind="hf_json", context_length=6, sot_id=101, eot_id=102, pad_id=0)
+    masked = TowerProperties(pooling="first", variable_length=True, padding_mask=True)
+    assert trim(np.array(ids), masked, bert).shape[1] == expected
+
+
 def test_graphs_without_the_guarantees_are_not_cut() -> None:
     ids = ClipTokenizer()(PROMPTS)
-    assert trim(ids, TowerProperties(variable_length=True, causal_mask=False, pooling="argmax"), EOT).shape == ids.shape
-    assert trim(ids, TowerProperties(variable_length=False, causal_mask=True, pooling="argmax"), EOT).shape == ids.shape
-    assert trim(ids, TowerProperties(), EOT).shape == ids.shape
+    assert trim(ids, TowerProperties(variable_length=True, causal_mask=False, pooling="argmax"), CLIP_TOKENS).shape == ids.shape
+    assert trim(ids, TowerProperties(variable_length=False, causal_mask=True, pooling="argmax"), CLIP_TOKENS).shape == ids.shape
+    assert trim(ids, TowerProperties(), CLIP_TOKENS).shape == ids.shape
 
 
 def test_hf_export_keeps_the_fixed_length(hf_clip_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> None:

@@ -177,18 +177,23 @@ class TowerProperties:
     pooling: str | None = None  # text: argmax / eos / eot / last / first / ...
     causal_mask: bool = False
     variable_length: bool = False  # exported with a dynamic sequence axis
+    # The graph derives its attention mask from the pad id (BERT / XLM-R text towers), as the
+    # source library does with the tokenizer's mask: trailing padding never reaches the output.
+    padding_mask: bool = False
 
     @property
     def trimmable(self) -> bool:
-        """Cutting each batch after its last EOT is exact: a variable-length graph under a causal
-        mask, pooled at an EOT position (tokens after EOT cannot reach the output)."""
-        return self.variable_length and self.causal_mask and self.pooling in TRIMMABLE_POOLING
+        """Cutting each batch after its last real token is exact: a variable-length graph that
+        masks padding itself, or one under a causal mask pooled at an EOT position (tokens after
+        EOT cannot reach the output)."""
+        return self.variable_length and (self.padding_mask or (self.causal_mask and self.pooling in TRIMMABLE_POOLING))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str) -> "TowerProperties":
         return cls(pooling=_get(data, "pooling", str, where, default=None),
                    causal_mask=_get(data, "causal_mask", bool, where, default=False),
-                   variable_length=_get(data, "variable_length", bool, where, default=False))
+                   variable_length=_get(data, "variable_length", bool, where, default=False),
+                   padding_mask=_get(data, "padding_mask", bool, where, default=False))
 
 
 @dataclass(frozen=True)

@@ -96,7 +96,7 @@ def run_bench(options: BenchOptions, progress: Progress = silent) -> tuple[Bench
                     for batch in options.batch_sizes:
                         data = inputs[tower][:batch]
                         if backend != PYTORCH and tower is Tower.TEXT:
-                            data = trim(data, manifest.tower(tower).properties, manifest.tokenizer.eot_id)
+                            data = trim(data, manifest.tower(tower).properties, manifest.tokenizer)
                         progress(f"{backend} {precision} {tower.value} batch {batch}")
                         timing = measure(lambda: runner.run(data), batch, min_iterations=options.min_iterations,
                                          min_seconds=options.min_seconds)

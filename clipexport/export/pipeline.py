@@ -37,6 +37,7 @@ class ExportOptions:
     overwrite: bool = False
     seed: int = 0
     tokenizer: Path | None = None  # a local HF tokenizer folder / tokenizer.json instead of a download
+    text_config: Path | None = None  # a local HF text-tower config folder (open_clip XLM-R / mT5 / NLLB towers)
     reparameterize: bool = True  # fold multi-branch train-time blocks (MobileCLIP) before tracing
 
 
@@ -48,7 +49,8 @@ def export_model(options: ExportOptions, progress: Progress = silent) -> Manifes
     check_opset(options.opset)
     check_output(output, options.overwrite, _source_paths(options))
     progress(f"loading {options.model} ({_weights(options)})")
-    loaded = load_model(options.model, options.pretrained, options.source, seed=options.seed, tokenizer=options.tokenizer)
+    loaded = load_model(options.model, options.pretrained, options.source, seed=options.seed, tokenizer=options.tokenizer,
+                        text_config=options.text_config)
     staging = fresh_staging_dir(output.parent, f".{output.name}.partial-", "export", "choose a writable --output",
                                 progress, stale_prefixes=(f".{output.name}.old-",))
     make_public(staging, directory=True)
@@ -85,7 +87,8 @@ def _export_towers(loaded: LoadedModel, options: ExportOptions, staging: Path, p
         if properties.variable_length:
             from clipexport.runtime.text_length import trimmed_length
 
-            trim_length = trimmed_length(examples[tower].numpy(), str(properties.pooling), loaded.tokenizer.eot_id)
+            pad_id = loaded.tokenizer.pad_id if properties.padding_mask else None
+            trim_length = trimmed_length(examples[tower].numpy(), str(properties.pooling), loaded.tokenizer.eot_id, pad_id)
         # Train-time branches live in image towers (MobileCLIP's FastViT); open_clip's text towers are transformers.
         fold = options.reparameterize and tower is Tower.VISION
         module, folded = reparameterized(modules[tower]) if fold else (modules[tower], ())
@@ -136,7 +139,7 @@ def _manifest(loaded: LoadedModel, towers: dict[Tower, TowerArtifact], normalize
 
 def _source_paths(options: ExportOptions) -> list[Path]:
     """Local files the export reads from: a checkpoint, an HF folder, a JSON config."""
-    candidates = [Path(options.model).expanduser()] + [Path(p).expanduser() for p in (options.pretrained, options.tokenizer) if p]
+    candidates = [Path(options.model).expanduser()] + [Path(p).expanduser() for p in (options.pretrained, options.tokenizer, options.text_config) if p]
     return [p.resolve() for p in candidates if p.exists()]
 
 

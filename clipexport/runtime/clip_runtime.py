@@ -115,11 +115,11 @@ class ClipRuntime:
                                  "or re-export with a tokenizer that has a tokenizer.json")
             ids = self.tokenizer([texts] if isinstance(texts, str) else list(texts))
         text = self._backends[Tower.TEXT]
-        properties, eot = self.manifest.tower(Tower.TEXT).properties, self.manifest.tokenizer.eot_id
+        properties, tokenizer = self.manifest.tower(Tower.TEXT).properties, self.manifest.tokenizer
         out = []
         for i in range(0, len(ids), batch_size):
             # The fast path: each batch cut after its last end-of-text token (exact; see text_length.py).
-            out.append(text.run(trim(ids[i:i + batch_size], properties, eot)))
+            out.append(text.run(trim(ids[i:i + batch_size], properties, tokenizer)))
             if progress:
                 progress(len(ids[i:i + batch_size]))
         return self._stack(out)

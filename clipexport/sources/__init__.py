@@ -35,7 +35,7 @@ def source_kind(model: str, choice: SourceChoice = SourceChoice.AUTO) -> SourceK
 
 
 def load_model(model: str, pretrained: str | None, source: SourceChoice = SourceChoice.AUTO, *, seed: int = 0,
-               tokenizer: Path | None = None) -> LoadedModel:
+               tokenizer: Path | None = None, text_config: Path | None = None) -> LoadedModel:
     kind = source_kind(model, source)
     folder = Path(model).expanduser()
     if kind is SourceKind.OPEN_CLIP and folder.is_dir():
@@ -48,10 +48,13 @@ def load_model(model: str, pretrained: str | None, source: SourceChoice = Source
             raise SourceError(f"--pretrained does not apply to Hugging Face models: the weights come from {model} "
                               "itself; drop --pretrained (or save your fine-tune with save_pretrained and pass that folder)")
 
+        if text_config is not None:
+            raise SourceError("--text-config applies to OpenCLIP models with a Hugging Face text tower; a Hugging Face "
+                              f"folder or hub id carries its own config: drop --text-config")
         return load_hf(model, tokenizer=tokenizer)
     from clipexport.sources.openclip import load_open_clip
 
-    return load_open_clip(model, pretrained, seed=seed, tokenizer=tokenizer)
+    return load_open_clip(model, pretrained, seed=seed, tokenizer=tokenizer, text_config=text_config)
 
 
 def reload_source(source: SourceInfo) -> LoadedModel:

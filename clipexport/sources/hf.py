@@ -1,14 +1,17 @@
-"""Hugging Face transformers CLIPModel / SiglipModel as a model source (hub id or local folder)."""
+"""Hugging Face transformers dual encoders as a model source (hub id or local folder): CLIPModel,
+SiglipModel (SigLIP and fixed-resolution SigLIP 2), MetaClip2Model, ChineseCLIPModel, AltCLIPModel."""
 
 from __future__ import annotations
 
 import hashlib
+import inspect
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from clipexport._deps import require
 from clipexport.errors import OfflineError, SourceError, first_line
-from clipexport.sources.loaded import LoadedModel, offline_hint
+from clipexport.sources.loaded import LoadedModel, check_tokenizer_fits, offline_hint
 from clipexport.sources.network import prepare_for_downloads
 from clipexport.sources.openclip import local_tokenizer_folder
 from clipexport.files import sha256_file
@@ -23,10 +26,34 @@ from clipexport.artifact.manifest import (
 )
 from clipexport.runtime.hf_tokenizer import with_tokenizer_json
 
-# model_type -> (model class, text pooling, causal text mask)
-_ARCHITECTURES = {
-    "clip": ("CLIPModel", "eot", True),
-    "siglip": ("SiglipModel", "last", False),
+@dataclass(frozen=True)
+class HfArchitecture:
+    model_class: str
+    pooling: str  # where the text tower pools: eot / eos / last / first (CLS)
+    causal: bool  # causal text mask
+    # The text tower is called with the tokenizer's attention mask (BERT, XLM-R towers): the
+    # exported graph derives it from the pad id and takes any length up to the context length.
+    padding_mask: bool = False
+    position_offset: int = 0  # RoBERTa-style positions start after the pad id: usable length = max positions - offset
+    processor: str = "CLIPImageProcessor"  # the processor's defaults when the folder has no preprocessor_config.json
+
+
+ARCHITECTURES = {
+    "clip": HfArchitecture("CLIPModel", "eot", True),
+    "siglip": HfArchitecture("SiglipModel", "last", False, processor="SiglipImageProcessor"),  # SigLIP 2 fixed-res too
+    "metaclip_2": HfArchitecture("MetaClip2Model", "eos", True, padding_mask=True),
+    "chinese_clip": HfArchitecture("ChineseCLIPModel", "first", False, padding_mask=True,
+                                   processor="ChineseCLIPImageProcessor"),
+    "altclip": HfArchitecture("AltCLIPModel", "first", False, padding_mask=True, position_offset=2),
+}
+# Model types people will try, and why they are refused (one line each).
+NOT_SUPPORTED = {
+    "siglip2": "SigLIP 2 NaFlex (variable resolution: patches + spatial shapes as inputs) is not supported yet; "
+               "the fixed-resolution SigLIP 2 checkpoints (google/siglip2-*-patch16-224/256/384/512) load as "
+               "'siglip' and export",
+    "align": "ALIGN (EfficientNet + BERT, EfficientNet's offset rescaling) is not supported yet",
+    "vision-text-dual-encoder": "VisionTextDualEncoderModel (any vision + any text model) is not supported yet: "
+                                "its preprocessing and pooling depend on the towers combined",
 }
 _WEIGHT_SUFFIXES = (".safetensors", ".bin")
 _PIL_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
@@ -61,23 +88,26 @@ def reload_hf(source: SourceInfo) -> LoadedModel:
         config = transformers.AutoConfig.from_pretrained(source.model)
     except Exception as exc:
         raise _explain(source.model, exc) from exc
-    if config.model_type not in _ARCHITECTURES:
+    if config.model_type in NOT_SUPPORTED:
+        raise SourceError(f"{source.model}: {NOT_SUPPORTED[config.model_type]}")
+    if config.model_type not in ARCHITECTURES:
         raise SourceError(
-            f"{source.model} is a '{config.model_type}' model; supported Hugging Face types: {', '.join(_ARCHITECTURES)}"
+            f"{source.model} is a '{config.model_type}' model; supported Hugging Face types: {', '.join(ARCHITECTURES)}"
         )
-    class_name, pooling, causal = _ARCHITECTURES[config.model_type]
+    arch = ARCHITECTURES[config.model_type]
     try:
-        model = getattr(transformers, class_name).from_pretrained(source.model, attn_implementation="eager")
+        model = getattr(transformers, arch.model_class).from_pretrained(source.model, attn_implementation="eager")
     except Exception as exc:
         raise _explain(source.model, exc) from exc
     model = model.eval().float()
-    processor = _image_processor(transformers, source.model, config)
+    processor = _image_processor(transformers, source.model, config, arch)
     tokenizer = _tokenizer(transformers, source.tokenizer or source.model)
     if tokenizer is None:
         where = source.tokenizer or source.model
         raise SourceError(f"{where} has no tokenizer files (tokenizer.json / tokenizer_config.json), so text cannot be "
                           "tokenized for export, verification or the runtime; pass --tokenizer DIR with the model's tokenizer")
-    tok_cfg, tokenizer_json = with_tokenizer_json(_tokenizer_config(config, tokenizer), tokenizer)
+    check_tokenizer_fits(tokenizer, getattr(config.text_config, "vocab_size", None), source.model)
+    tok_cfg, tokenizer_json = with_tokenizer_json(_tokenizer_config(config, tokenizer, arch), tokenizer)
     torch = require("torch", "loading Hugging Face models")
     from clipexport.sources.towers import HfText, HfVision
 
@@ -86,11 +116,20 @@ def reload_hf(source: SourceInfo) -> LoadedModel:
                           truncation=True, return_tensors="np")
         return torch.from_numpy(batch["input_ids"].astype("int64"))
 
+    def reference_text(texts: Sequence[str]) -> Any:
+        # As the model card calls it: padding=True with the tokenizer's attention mask (and token
+        # types), not the exported graph's derived mask, so verify checks that derivation too.
+        batch = tokenizer(list(texts), padding=True, max_length=tok_cfg.context_length, truncation=True,
+                          return_tensors="pt")
+        accepted = inspect.signature(model.get_text_features).parameters
+        return model.get_text_features(**{k: v for k, v in batch.items() if k in accepted})
+
     bias = getattr(model, "logit_bias", None)
     return LoadedModel(
         source=source,
         vision=HfVision(model),
-        text=HfText(model),
+        text=HfText(model, pad_id=tok_cfg.pad_id if arch.padding_mask else None),
+        reference_text=reference_text if arch.padding_mask else None,
         preprocess=_preprocess_config(processor),
         tokenizer=tok_cfg,
         logit_scale=float(model.logit_scale.exp().item()),
@@ -98,7 +137,8 @@ def reload_hf(source: SourceInfo) -> LoadedModel:
         image_transform=lambda image: torch.from_numpy(processor(images=image, return_tensors="np")["pixel_values"][0]),
         tokenize=tokenize,
         library_versions={"transformers": transformers.__version__},
-        text_properties=TowerProperties(pooling=pooling, causal_mask=causal),
+        text_properties=TowerProperties(pooling=arch.pooling, causal_mask=arch.causal,
+                                        variable_length=arch.padding_mask, padding_mask=arch.padding_mask),
         tokenizer_json=tokenizer_json,
     )
 
@@ -124,7 +164,7 @@ def _explain(model: str, exc: BaseException) -> SourceError:
     return SourceError(f"could not load Hugging Face model '{model}' ({first_line(exc)})")
 
 
-def _image_processor(transformers: Any, model: str, config: Any) -> Any:
+def _image_processor(transformers: Any, model: str, config: Any, arch: HfArchitecture) -> Any:
     # The slow (PIL) processors are the classic reference and what a numpy runtime can match.
     for kwargs in ({"backend": "pil"}, {"use_fast": False}):  # transformers >= 5 spells it `backend`
         try:
@@ -135,9 +175,9 @@ def _image_processor(transformers: Any, model: str, config: Any) -> Any:
             break
     # No preprocessor_config.json (a bare save_pretrained of the model): the processor's defaults at the model's size.
     size = int(config.vision_config.image_size)
-    if config.model_type == "siglip":
+    if arch.processor == "SiglipImageProcessor":
         return transformers.SiglipImageProcessor(size={"height": size, "width": size})
-    return transformers.CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+    return getattr(transformers, arch.processor)(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
 
 
 def _tokenizer(transformers: Any, model: str) -> Any:
@@ -147,14 +187,22 @@ def _tokenizer(transformers: Any, model: str) -> Any:
         return None  # the caller says which option supplies one
 
 
-def _tokenizer_config(config: Any, tokenizer: Any) -> TokenizerConfig:
+# transformers' "no limit" model_max_length (int(1e30)) and anything past it is not a real limit.
+_NO_LIMIT = 1_000_000
+
+
+def _tokenizer_config(config: Any, tokenizer: Any, arch: HfArchitecture) -> TokenizerConfig:
     text = config.text_config
-    eos = int(getattr(tokenizer, "eos_token_id", None) or text.eos_token_id)
+    # BERT-style tokenizers end with [SEP]; the pad / EOS ids come from the tokenizer first.
+    eos = getattr(tokenizer, "eos_token_id", None)
+    eos = int(eos if eos is not None else getattr(tokenizer, "sep_token_id", None) or text.eos_token_id)
     pad = getattr(tokenizer, "pad_token_id", None)
     kind = "clip_bpe" if config.model_type == "clip" else f"hf:{type(tokenizer).__name__}"
+    length = int(text.max_position_embeddings) - arch.position_offset
+    limit = int(getattr(tokenizer, "model_max_length", _NO_LIMIT) or _NO_LIMIT)
     return TokenizerConfig(
         kind=kind,
-        context_length=int(text.max_position_embeddings),
+        context_length=min(length, limit) if arch.padding_mask and limit < _NO_LIMIT else length,
         sot_id=getattr(tokenizer, "bos_token_id", None) or getattr(text, "bos_token_id", None),
         eot_id=eos,
         # HF's CLIP tokenizers pad with <|endoftext|>; the model config's pad_token_id (1) is unused.

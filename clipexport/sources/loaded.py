@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
+from clipexport.errors import SourceError
 from clipexport.artifact.manifest import PreprocessConfig, SourceInfo, TokenizerConfig, TowerProperties
 
 
@@ -26,6 +27,9 @@ class LoadedModel:
     # The source tokenizer's tokenizer.json (Hugging Face `tokenizers`), for the runtime; None for CLIP BPE
     # (reimplemented) or a tokenizer without a `tokenizers` backend.
     tokenizer_json: str | None = None
+    # The source library's own text path (texts -> raw features, its tokenizer's padding and mask),
+    # when it differs from running `text` on `tokenize`'s ids; verify prefers it as the reference.
+    reference_text: Callable[[Sequence[str]], Any] | None = None
     # Per tower ("vision"/"text"): output-preserving fixes the loader applied (recorded in the manifest).
     adjustments: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
@@ -37,3 +41,14 @@ def offline_hint(exc: BaseException) -> bool:
                "localentrynotfound", "cannot find the requested files", "max retries", "name or service",
                "couldn't connect", "temporary failure", "httperror", "ssl")
     return any(n in text for n in needles)
+
+
+def check_tokenizer_fits(tokenizer: Any, model_vocab: int | None, model: str) -> None:
+    """A tokenizer whose ids run past the text tower's embedding table (another model's tokenizer
+    passed with --tokenizer) would export fine and fail later on the first long caption: refuse it."""
+    if not model_vocab or tokenizer is None or not hasattr(tokenizer, "get_vocab"):
+        return
+    size = max(tokenizer.get_vocab().values(), default=-1) + 1
+    if size > model_vocab:
+        raise SourceError(f"the tokenizer has {size} tokens but {model}'s text tower embeds only {model_vocab}: it is "
+                          "not this model's tokenizer; pass the one the model was trained with (--tokenizer DIR)")

@@ -11,7 +11,7 @@ from typing import Any, Mapping
 
 from clipexport._deps import require
 from clipexport.errors import OfflineError, SourceError, first_line
-from clipexport.sources.loaded import LoadedModel, offline_hint
+from clipexport.sources.loaded import LoadedModel, check_tokenizer_fits, offline_hint
 from clipexport.sources.network import prepare_for_downloads
 
 from clipexport.artifact.layout import TRIMMABLE_POOLING
@@ -36,12 +36,28 @@ PREPROCESS_KEY = "preprocess_cfg"
 
 
 def load_open_clip(model: str, pretrained: str | None, *, seed: int = DEFAULT_SEED,
-                   tokenizer: Path | None = None) -> LoadedModel:
+                   tokenizer: Path | None = None, text_config: Path | None = None) -> LoadedModel:
     """Load an OpenCLIP model by name (or JSON config path) with a tag, checkpoint path, or random init.
     `tokenizer`: a local folder (or tokenizer.json) for a model whose Hugging Face tokenizer
-    open_clip would otherwise download."""
+    open_clip would otherwise download. `text_config`: a local folder with the config.json of a
+    Hugging Face text tower (XLM-R, mT5, NLLB, RoBERTa), which open_clip fetches even for random
+    init; its tokenizer files, if any, serve as `tokenizer` too."""
     open_clip = require("open_clip", "loading OpenCLIP models")
     name, config = _resolve_config(open_clip, model)
+    if text_config is not None:
+        text_cfg = dict(config.get("text_cfg", {}))
+        if not text_cfg.get("hf_model_name"):
+            raise SourceError(f"--text-config applies to models with a Hugging Face text tower; {name} has open_clip's "
+                              "own text transformer: drop --text-config")
+        folder = Path(text_config).expanduser().resolve()
+        if not (folder / "config.json").is_file():
+            raise SourceError(f"--text-config {folder}: no config.json there; pass the folder of the text model's config "
+                              "(saved with save_pretrained)")
+        text_cfg["hf_model_name"] = str(folder)
+        config = {**config, "text_cfg": text_cfg}
+        if tokenizer is None and text_cfg.get("hf_tokenizer_name") and any(
+                (folder / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+            tokenizer = folder
     if tokenizer is not None:
         text_cfg = dict(config.get("text_cfg", {}))
         if not text_cfg.get("hf_tokenizer_name"):
@@ -114,6 +130,8 @@ def _build(open_clip: Any, source: SourceInfo) -> LoadedModel:
             raise SourceError(f"could not load the tokenizer '{name}' of {source.model} ({first_line(exc)})") from None
     model = model.eval().float()
     adjustments = _fix_library_bugs(model)
+    text_tower = getattr(model, "text", model)
+    check_tokenizer_fits(getattr(tokenizer, "tokenizer", None), getattr(text_tower, "vocab_size", None), source.model)
     # open_clip's HFTokenizer wraps a transformers tokenizer; its SimpleTokenizer (CLIP BPE) does not.
     tok_cfg, tokenizer_json = with_tokenizer_json(_tokenizer_config(tokenizer, config),
                                                   getattr(tokenizer, "tokenizer", None),
@@ -216,6 +234,13 @@ def _explain(source: SourceInfo, exc: BaseException) -> SourceError:
         return SourceError(
             f"checkpoint {source.checkpoint} could not be loaded into {source.model} ({first}); "
             "check that it is an OpenCLIP/OpenAI state dict for this exact model"
+        )
+    text_model = (source.model_config or {}).get("text_cfg", {}).get("hf_model_name")
+    if text_model and not Path(text_model).is_dir() and (offline_hint(exc) or "download" in first.lower()):
+        return OfflineError(
+            f"{source.model}'s text tower is the Hugging Face model '{text_model}', whose config cannot be downloaded "
+            "(offline?); pass a local copy with --text-config DIR (a folder with its config.json and, for the "
+            "tokenizer, its tokenizer files)"
         )
     if offline_hint(exc) or "download" in first.lower():
         return OfflineError(

@@ -69,15 +69,33 @@ class HfVision(nn.Module):
 
 
 class HfText(nn.Module):
-    """No attention mask is passed: CLIP's text model is causal and pools at EOT, and SigLIP was
-    trained on max-length padded text without a mask, so both equal the reference without one."""
+    """CLIP's text model is causal and pools at EOT, and SigLIP was trained on max-length padded
+    text without a mask, so both equal the reference without an attention mask. BERT / XLM-R
+    towers (Chinese-CLIP, AltCLIP) and MetaCLIP 2 are called with the tokenizer's mask: with
+    `pad_id` the graph derives it (non-pad tokens), so one int64 input still suffices."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, pad_id: int | None = None):
         super().__init__()
         self.model = model
+        self.pad_id = pad_id
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return _features(self.model.get_text_features(input_ids=input_ids))
+        if self.pad_id is None:
+            return _features(self.model.get_text_features(input_ids=input_ids))
+        mask = (input_ids != self.pad_id).to(torch.int64)
+        return _features(self.model.get_text_features(input_ids=input_ids, attention_mask=mask))
+
+
+class LibraryText(nn.Module):
+    """The source library's text path as a module (texts in): verify's reference where the
+    library tokenizes and masks differently from the exported graph's single-input form."""
+
+    def __init__(self, encode: Any):
+        super().__init__()
+        self.encode = encode
+
+    def forward(self, texts: list[str]) -> torch.Tensor:
+        return _features(self.encode(texts))
 
 
 class Normalized(nn.Module):

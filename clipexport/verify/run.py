@@ -67,10 +67,17 @@ def verify_artifact(options: VerifyOptions, progress: Progress = silent) -> Pari
     feeds = {Tower.VISION: pixels, Tower.TEXT: ids}
     towers = {Tower.VISION: exportable(loaded.vision, manifest.normalized),
               Tower.TEXT: exportable(loaded.text, manifest.normalized)}
+    reference_feeds: dict[Tower, Any] = dict(feeds)
+    if loaded.reference_text is not None:  # the library's own text path: its padding, its attention mask
+        from clipexport.sources.towers import LibraryText
+
+        towers[Tower.TEXT] = exportable(LibraryText(loaded.reference_text), manifest.normalized)
+        reference_feeds[Tower.TEXT] = list(texts)
     reference = {}
     for tower in Tower:
         progress(f"running PyTorch {tower.value} tower")
-        reference[tower] = _batched(lambda x, m=towers[tower]: _torch_run(torch, m, x), feeds[tower], REFERENCE_BATCH_SIZE)
+        reference[tower] = _batched(lambda x, m=towers[tower]: _torch_run(torch, m, x), reference_feeds[tower],
+                                    REFERENCE_BATCH_SIZE)
 
     report = ParityReport(artifact=str(Path(options.artifact).resolve()),
                           created=utc_timestamp(),
@@ -144,8 +151,8 @@ def _run_candidate(root: Path, manifest: Manifest, tower: Tower, precision: Prec
     runner: Runner = open_backend(root, manifest, tower, precision, backend, options)
     # Text runs as the runtime runs it: a variable-length graph gets each batch cut after its last
     # end-of-text token, so parity against the full-length PyTorch model covers the fast path.
-    properties, eot = manifest.tower(tower).properties, manifest.tokenizer.eot_id
-    run = (lambda batch: runner.run(trim(batch, properties, eot))) if tower is Tower.TEXT else runner.run
+    properties = manifest.tower(tower).properties
+    run = (lambda batch: runner.run(trim(batch, properties, manifest.tokenizer))) if tower is Tower.TEXT else runner.run
     with runner:
         return _batched(run, data, batch_size), runner.ran_on
 
