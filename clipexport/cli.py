@@ -356,13 +356,18 @@ class _LazyBar:
 @_runtime_options
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Inputs per run.")
 @click.option("--skip-bad", is_flag=True, help="Skip unreadable images (and list them) instead of stopping.")
+@click.option("--server", default=None,
+              help="Embed on a Triton server (clipexport serve / triton) at host:port (HTTP) or grpc://host:port; "
+                   "ARTIFACT's folder name is the served model name unless --model says otherwise.")
+@click.option("--model", "served_model", default=None, help="With --server: the served model name prefix.")
 def embed(artifact: Path, images: tuple[str, ...], texts: Path | None, output: Path, precision: str, backend: str,
-          batch_size: int, skip_bad: bool, exif_transpose: bool) -> None:
+          batch_size: int, skip_bad: bool, exif_transpose: bool, server: str | None, served_model: str | None) -> None:
     """Embed images or texts with ARTIFACT (no torch) and save float32 [N, D] to OUTPUT."""
     from clipexport.runtime.embed import EmbedRequest, embed_to_file
 
     request = EmbedRequest(artifact=artifact, output=output, images=images, texts=texts, precision=precision,
-                           backend=backend, batch_size=batch_size, skip_bad=skip_bad, exif_transpose=exif_transpose)
+                           backend=backend, batch_size=batch_size, skip_bad=skip_bad, exif_transpose=exif_transpose,
+                           server=server, model=served_model)
     with _LazyBar("embedding") as advance:
         result = embed_to_file(request, advance)
     for skipped in result.skipped:
@@ -395,6 +400,78 @@ def classify(artifact: Path, images: tuple[str, ...], labels: str | None, label_
     for path, row in zip(paths, probs):
         best = row.argsort()[::-1][:top]
         click.echo(f"{str(path):<{width}}  " + "  ".join(f"{names[i]} {100 * row[i]:5.1f}%" for i in best))
+
+
+@main.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--output", "-o", required=True, type=click.Path(path_type=Path), help="Model repository folder to create.")
+@click.option("--name", default=None, help="Model name prefix (default: the artifact folder's name).")
+@click.option("--platform", type=click.Choice(["onnxruntime", "tensorrt"]), default="onnxruntime", show_default=True,
+              help="Tower models: ONNX graphs on Triton's onnxruntime backend, or the engines from clipexport build.")
+@click.option("--precision", type=click.Choice(PRECISIONS, case_sensitive=False), default="fp32", show_default=True,
+              help="Graph or engine variant the towers serve.")
+@click.option("--max-batch", type=int, default=None,
+              help="max_batch_size of every model (default: 64; for TensorRT the engine profile's max, never more).")
+@click.option("--preferred-batch", default="", help="Comma-separated preferred batch sizes for the towers' dynamic batcher.")
+@click.option("--max-queue-delay-us", type=int, default=2000, show_default=True, help="Dynamic batcher queue delay.")
+@click.option("--instance-kind", type=click.Choice(["gpu", "cpu"]), default="gpu", show_default=True,
+              help="Where the tower instances run.")
+@click.option("--instances", type=int, default=1, show_default=True, help="Instances per tower model.")
+@click.option("--cuda-graphs", is_flag=True, help="Enable CUDA graphs for TensorRT towers.")
+@click.option("--overwrite", is_flag=True, help="Replace a repository written earlier by this command.")
+def triton(artifact: Path, output: Path, name: str | None, platform: str, precision: str, max_batch: int | None,
+           preferred_batch: str, max_queue_delay_us: int, instance_kind: str, instances: int, cuda_graphs: bool,
+           overwrite: bool) -> None:
+    """Write a Triton model repository for ARTIFACT: the two towers, python-backend preprocessing and
+    tokenizer models, and the image / text ensembles (see the README it writes)."""
+    from clipexport.errors import InputError
+    from clipexport.serving.repository import InstanceKind, RepositoryOptions, TowerPlatform, write_repository
+
+    try:
+        preferred = tuple(int(b) for b in preferred_batch.split(",") if b.strip())
+    except ValueError:
+        raise InputError(f"--preferred-batch '{preferred_batch}' is not a comma-separated list of integers") from None
+    options = RepositoryOptions(
+        artifact=artifact, output=output, name=name,
+        platform=TowerPlatform.TENSORRT if platform == "tensorrt" else TowerPlatform.ONNXRUNTIME,
+        precision=Precision.parse(precision), max_batch_size=max_batch, preferred_batch_sizes=preferred,
+        max_queue_delay_us=max_queue_delay_us, instance_kind=InstanceKind.GPU if instance_kind == "gpu" else InstanceKind.CPU,
+        instances=instances, cuda_graphs=cuda_graphs, overwrite=overwrite)
+    models = write_repository(options, _progress(False))
+    click.echo(f"wrote {output}: {', '.join(models)} (how to run it: {output / 'README.md'})")
+
+
+@main.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0 for all).")
+@click.option("--http-port", type=int, default=8000, show_default=True)
+@click.option("--grpc-port", type=int, default=8001, show_default=True)
+@click.option("--metrics-port", type=int, default=8002, show_default=True)
+@click.option("--precision", type=click.Choice(PRECISIONS, case_sensitive=False), default="fp32", show_default=True)
+@click.option("--backend", type=click.Choice(BACKENDS, case_sensitive=False), default="onnxruntime", show_default=True)
+@click.option("--max-batch", type=int, default=64, show_default=True, help="Largest batch the dynamic batcher forms.")
+@click.option("--max-queue-delay-us", type=int, default=2000, show_default=True,
+              help="How long the batcher waits for more requests.")
+@click.option("--instances", type=int, default=1, show_default=True, help="Model instances (each its own sessions).")
+@click.option("--name", default=None, help="Model name prefix (default: the artifact folder's name).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
+def serve(artifact: Path, host: str, http_port: int, grpc_port: int, metrics_port: int, precision: str, backend: str,
+          max_batch: int, max_queue_delay_us: int, instances: int, name: str | None, quiet: bool) -> None:
+    """Serve image and text embeddings of ARTIFACT on a real Triton Inference Server (NVIDIA PyTriton's
+    bundled tritonserver): KServe v2 over HTTP and gRPC, dynamic batching, /v2/health/ready, metrics.
+    Ctrl-C or SIGTERM stops it."""
+    from clipexport.serving.server import ServeOptions, serve as run_server
+
+    options = ServeOptions(artifact=artifact, host=host, http_port=http_port, grpc_port=grpc_port,
+                           metrics_port=metrics_port, precision=Precision.parse(precision), backend=backend,
+                           max_batch=max_batch, max_queue_delay_us=max_queue_delay_us, instances=instances, name=name)
+
+    def ready(models: list[str]) -> None:
+        shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
+        click.echo(f"ready: http://{shown}:{http_port} grpc://{shown}:{grpc_port} metrics http://{shown}:{metrics_port}/metrics "
+                   f"models {', '.join(models)} (Ctrl-C to stop)", err=True)
+
+    run_server(options, _progress(quiet), on_ready=ready)
 
 
 @main.command("models")

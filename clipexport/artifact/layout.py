@@ -4,10 +4,11 @@ sidecar goes through: it must resolve inside the folder. stdlib only."""
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from clipexport.artifact.precision import Precision
-from clipexport.errors import ManifestError
+from clipexport.errors import InputError, ManifestError
 
 MANIFEST_NAME = "manifest.json"
 ENGINES_DIR = "engines"
@@ -44,3 +45,11 @@ def inside(root: str | os.PathLike[str], name: str, what: str = "file") -> Path:
         raise ManifestError(f"{what} name {name!r} points outside the artifact folder {base}; refusing to use it "
                             "(re-export the artifact)")
     return base / name
+
+
+def model_prefix(name: str) -> str:
+    """A Triton model name prefix (served models are `<prefix>_image`, `<prefix>_text`, ...) from a folder name: letters, digits, '_' and '-'."""
+    cleaned = re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_-")
+    if not cleaned:
+        raise InputError(f"cannot make a Triton model name from '{name}'; pass --name")
+    return cleaned

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import platform
 import shutil
 from dataclasses import dataclass, replace
@@ -16,7 +15,7 @@ from clipexport.sources.loaded import LoadedModel
 from clipexport.sources import SourceChoice, load_model, source_kind
 from clipexport.export.onnx_export import check_opset
 from clipexport.export.specs import DEFAULT_OPSET, SPECS
-from clipexport.files import fresh_staging_dir, make_public, sha256_file, utc_timestamp
+from clipexport.files import fresh_staging_dir, make_public, publish_folder, sha256_file, utc_timestamp
 from clipexport.artifact.manifest import (Manifest, SourceKind, TokenizerConfig, Tower, TowerArtifact, TowerProperties, read_manifest,
                                           write_manifest)
 from clipexport.progress import Progress, silent
@@ -58,7 +57,7 @@ def export_model(options: ExportOptions, progress: Progress = silent) -> Manifes
         towers = _export_towers(loaded, options, staging, progress)
         manifest = _manifest(loaded, towers, options.normalize, _write_tokenizer(loaded, staging))
         write_manifest(staging, manifest)
-        _publish(staging, output)
+        publish_folder(staging, output)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -174,12 +173,3 @@ def check_output(output: Path, overwrite: bool, sources: list[Path] = ()) -> Non
                          "refusing to delete it: choose a new or empty --output") from None
 
 
-def _publish(staging: Path, output: Path) -> None:
-    """Swap the staged folder into place; the old one is removed only after the swap."""
-    old = None
-    if output.exists():
-        old = output.with_name(f".{output.name}.old-{os.getpid()}-{staging.name.rsplit('-', 1)[-1]}")
-        output.rename(old)
-    staging.rename(output)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

@@ -11,6 +11,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from clipexport.artifact.layout import model_prefix
 from clipexport.artifact.precision import Precision
 from clipexport.datasets import image_paths, read_lines
 from clipexport.errors import InputError
@@ -32,6 +33,8 @@ class EmbedRequest:
     batch_size: int = 32
     skip_bad: bool = False
     exif_transpose: bool = False
+    server: str | None = None  # a Triton server URL: embed there (ClipClient) instead of in this process
+    model: str | None = None  # the served model's name prefix (default: the artifact folder's name)
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,10 @@ def embed_to_file(request: EmbedRequest, advance: Advance | None = None) -> Embe
         paths = image_paths(request.images)
         if not paths:
             raise InputError("no images given; pass image files or folders with --images")
+    if request.server:
+        embeddings, sources, skipped = _embed_on_server(request, texts if request.texts else None,
+                                                        None if request.texts else paths, advance)
+        return _write(output, embeddings, sources, skipped)
     with ClipRuntime.load(request.artifact, backend=request.backend, precision=request.precision,
                           exif_transpose=request.exif_transpose) as runtime:
         if request.texts:
@@ -77,6 +84,47 @@ def embed_to_file(request: EmbedRequest, advance: Advance | None = None) -> Embe
                                           progress=lambda n: advance and advance(n, total))
             embeddings, skipped = result.embeddings, result.skipped
             sources = [str(paths[i]) for i in result.indices]
+    return _write(output, embeddings, sources, skipped)
+
+
+def _embed_on_server(request: EmbedRequest, texts: list[str] | None, paths: list[Path] | None,
+                     advance: Advance | None) -> tuple[np.ndarray, list[str], list[SkippedImage]]:
+    """The same rows from a Triton server; with skip_bad, a refused batch is retried item by item
+    so only the images the server cannot read are left out (and listed)."""
+    from clipexport.client import ClipClient, ServerError
+
+    model = request.model or model_prefix(Path(request.artifact).resolve().name)
+    skipped: list[SkippedImage] = []
+    with ClipClient(request.server, model=model) as client:
+        if texts is not None:
+            chunks = []
+            for start in range(0, len(texts), request.batch_size):
+                chunks.append(client.encode_text(texts[start:start + request.batch_size], request.batch_size))
+                if advance:
+                    advance(len(chunks[-1]), len(texts))
+            return np.concatenate(chunks), [f"{request.texts}:{line}" for line in range(1, len(texts) + 1)], skipped
+        assert paths is not None
+        rows, sources = [], []
+        for start in range(0, len(paths), request.batch_size):
+            part = paths[start:start + request.batch_size]
+            try:
+                rows.append(client.encode_image(part, request.batch_size))
+                sources += [str(p) for p in part]
+            except ServerError:
+                if not request.skip_bad:
+                    raise
+                for offset, path in enumerate(part):
+                    try:
+                        rows.append(client.encode_image([path]))
+                        sources.append(str(path))
+                    except ServerError as exc:
+                        skipped.append(SkippedImage(start + offset, str(path), str(exc)))
+            if advance:
+                advance(len(part), len(paths))
+        return (np.concatenate(rows) if rows else np.zeros((0, 0), np.float32)), sources, skipped
+
+
+def _write(output: Path, embeddings: np.ndarray, sources: list[str], skipped: list[SkippedImage]) -> EmbedResult:
     if not len(embeddings):
         raise InputError(f"no input could be embedded ({len(skipped)} skipped); nothing was written")
     buffer = io.BytesIO()

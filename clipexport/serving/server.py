@@ -1,0 +1,249 @@
+"""`clipexport serve`: a real NVIDIA Triton Inference Server on this machine.
+
+The server is the `tritonserver` that NVIDIA's PyTriton wheel (`nvidia-pytriton`) bundles, with
+its python backend; no container. clipexport writes a model repository into a private workspace:
+`<name>_image` (encoded image bytes -> embedding) and `<name>_text` (UTF-8 text -> embedding),
+python-backend models running `clipexport.runtime` on the artifact in place, with Triton's
+dynamic batching. It starts the server on the requested ports (KServe v2 over HTTP and gRPC,
+`/v2/health/ready`, Prometheus metrics), waits until the models are ready, and on Ctrl-C or
+SIGTERM stops it and removes the workspace.
+
+The python backend's stub embeds the shared libpython the dynamic linker finds. It must be the
+running interpreter's own: a stub that loads another build of the same Python version fails in
+the first model with errors like "'_thread.RLock' object has no attribute '_recursion_count'".
+We put this interpreter's LIBDIR first on the library path and check, before starting, which
+libpython the stub resolves to.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from clipexport._deps import require
+from clipexport.artifact.manifest import Tower, read_manifest
+from clipexport.artifact.precision import Precision
+from clipexport.errors import DeviceUnavailableError, InputError, MissingDependencyError, StepFailed
+from clipexport.progress import Progress, silent
+from clipexport.serving.pbtxt import Batching, ModelConfig, Tensor
+from clipexport.artifact.layout import model_prefix
+from clipexport.serving.repository import DEFAULT_QUEUE_DELAY_US
+
+SERVE_HINT = ("pip install 'clipexport[serve]' (NVIDIA PyTriton, which needs numpy<2) into a Python whose shared "
+              "libpython matches it, e.g. Debian's: /usr/bin/python3.11 -m venv .venv-serve && "
+              ".venv-serve/bin/pip install 'clipexport[serve]'")
+READY_TIMEOUT_S = 180.0  # model load: two ONNX Runtime sessions per instance
+STOP_TIMEOUT_S = 30.0
+
+
+class ServerFailed(StepFailed):
+    """tritonserver exited or never became ready."""
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    artifact: Path
+    host: str = "127.0.0.1"
+    http_port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    precision: Precision = Precision.FP32
+    backend: str = "onnxruntime"
+    max_batch: int = 64
+    max_queue_delay_us: int = DEFAULT_QUEUE_DELAY_US
+    instances: int = 1
+    name: str | None = None
+
+
+def serve(options: ServeOptions, progress: Progress = silent, on_ready: Callable[[list[str]], None] | None = None) -> None:
+    """Run the server until interrupted (KeyboardInterrupt, which SIGTERM also raises in the CLI)
+    or until tritonserver exits; the workspace is removed either way."""
+    artifact = Path(options.artifact).resolve()
+    manifest = read_manifest(artifact)
+    _check(options, manifest)
+    dist = _tritonserver_dist()
+    name = model_prefix(options.name or artifact.name)
+    workspace = Path(tempfile.mkdtemp(prefix="clipexport-serve-"))
+    process = None
+    try:
+        server_dir = _prepare_server(dist, workspace)
+        env = _server_env(dist)
+        check_python_backend(server_dir, env)
+        repo = workspace / "models"
+        models = _write_serving_models(repo, artifact, name, manifest, options)
+        command = [str(server_dir / "bin" / "tritonserver"), f"--model-repository={repo}",
+                   f"--backend-directory={server_dir / 'backends'}",
+                   f"--backend-config=python,shm-region-prefix-name=clipexport{os.getpid()}_",
+                   f"--http-address={options.host}", f"--http-port={options.http_port}",
+                   f"--grpc-address={options.host}", f"--grpc-port={options.grpc_port}",
+                   f"--metrics-address={options.host}", f"--metrics-port={options.metrics_port}",
+                   "--allow-metrics=true", "--allow-gpu-metrics=false", "--strict-readiness=true",
+                   "--disable-auto-complete-config", f"--exit-timeout-secs={int(STOP_TIMEOUT_S)}"]
+        log = (workspace / "tritonserver.log").open("wb")
+        progress(f"starting tritonserver ({len(models)} models: {', '.join(models)}; workspace {workspace})")
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+        _wait_ready(process, options, models, workspace / "tritonserver.log")
+        if on_ready:
+            on_ready(models)
+        code = process.wait()
+        raise ServerFailed(f"tritonserver exited with status {code}: {_last_error(workspace / 'tritonserver.log')}")
+    finally:
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGTERM)  # Triton finishes in-flight requests, then exits
+            try:
+                process.wait(STOP_TIMEOUT_S + 5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        shutil.rmtree(workspace, ignore_errors=True)
+
+
+def _check(options: ServeOptions, manifest) -> None:
+    for port, what in ((options.http_port, "--http-port"), (options.grpc_port, "--grpc-port"),
+                       (options.metrics_port, "--metrics-port")):
+        if not 0 < port < 65536:
+            raise InputError(f"{what} {port} is not a port number (1-65535)")
+    if len({options.http_port, options.grpc_port, options.metrics_port}) != 3:
+        raise InputError("--http-port, --grpc-port and --metrics-port must differ")
+    if options.max_batch < 1 or options.instances < 1 or options.max_queue_delay_us < 0:
+        raise InputError("--max-batch and --instances must be at least 1, --max-queue-delay-us at least 0")
+    for tower in Tower:
+        if options.precision not in manifest.tower(tower).graphs:
+            raise InputError(f"no {options.precision.value} graph for the {tower.value} tower; create it with: "
+                             f"clipexport quantize ARTIFACT --precision {options.precision.value}")
+    if manifest.tokenizer.kind not in ("clip_bpe", "hf_json"):
+        raise InputError(f"the artifact's tokenizer ({manifest.tokenizer.kind}) has no torch-free implementation; "
+                         "re-export with a tokenizer that has a tokenizer.json")
+
+
+def _tritonserver_dist() -> Path:
+    try:
+        require("pytriton", "serving on Triton")
+    except MissingDependencyError:
+        raise MissingDependencyError(f"clipexport serve needs NVIDIA PyTriton's bundled tritonserver: {SERVE_HINT}") from None
+    from pytriton.triton import TRITONSERVER_DIST_DIR
+
+    return Path(TRITONSERVER_DIST_DIR)
+
+
+def _prepare_server(dist: Path, workspace: Path) -> Path:
+    """tritonserver and its python backend, with the stub for this Python version (what PyTriton does)."""
+    version = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    stub = dist / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not stub.is_file():
+        raise DeviceUnavailableError(f"PyTriton has no python-backend stub for Python {version}; use Python 3.8-3.13")
+    server_dir = workspace / "tritonserver"
+    shutil.copytree(dist, server_dir, ignore=shutil.ignore_patterns("python_backend_stubs", "__pycache__"))
+    shutil.copy2(stub, server_dir / "backends" / "python" / "triton_python_backend_stub")
+    return server_dir
+
+
+def _server_env(dist: Path) -> dict[str, str]:
+    libs = dist.parent.parent / "nvidia_pytriton.libs"
+    own = sysconfig.get_config_var("LIBDIR") or ""
+    env = os.environ.copy()
+    env["LD_LIBRARY_PATH"] = ":".join(p for p in (own, str(libs), env.get("LD_LIBRARY_PATH", "")) if p)
+    # The stub's embedded Python finds this environment (its site-packages: clipexport, numpy, ...) through PATH.
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    return env
+
+
+def check_python_backend(server_dir: Path, env: dict[str, str]) -> None:
+    """The libpython the python backend's stub will load must be this interpreter's build."""
+    stub = server_dir / "backends" / "python" / "triton_python_backend_stub"
+    try:
+        out = subprocess.run(["ldd", str(stub)], capture_output=True, text=True, env=env, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return  # no ldd: the first model load reports a mismatch itself
+    match = re.search(r"libpython[\d.]+\.so[\d.]*\s+=>\s+(\S+)", out)
+    if not match or match.group(1) == "not":
+        raise DeviceUnavailableError(f"the python backend finds no shared libpython for Python "
+                                     f"{sys.version_info[0]}.{sys.version_info[1]}; {SERVE_HINT}")
+    found = _libpython_version(Path(match.group(1)))
+    running = sys.version.split()[0]
+    if found is not None and found != running:
+        raise DeviceUnavailableError(
+            f"this Python ({running}, {sys.executable}) is not the build whose shared libpython Triton's python "
+            f"backend loads ({match.group(1)} is {found}), so models would fail to start; {SERVE_HINT}")
+
+
+def _libpython_version(path: Path) -> str | None:
+    """The version string compiled into a libpython ("3.11.2"), read from the file."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    found = re.search(rb"(\d+\.\d+\.\d+)(?:[a-z]+\d*)? \((?:main|default|tags/[^,]*)?[^)]*\) \[GCC", data)
+    return found.group(1).decode() if found else None
+
+
+def _write_serving_models(repo: Path, artifact: Path, name: str, manifest, options: ServeOptions) -> list[str]:
+    batching = Batching(options.max_batch, (), options.max_queue_delay_us)
+    parameters = {"artifact": str(artifact), "precision": options.precision.value, "backend": options.backend}
+    models = [
+        (ModelConfig(f"{name}_image", [Tensor("IMAGE", "bytes", (1,))], [Tensor("EMBEDDING", "float32", (manifest.embed_dim,))],
+                     options.max_batch, backend="python", batching=batching, instance_kind="KIND_CPU",
+                     instances=options.instances, parameters=parameters), "ImageEmbedModel"),
+        (ModelConfig(f"{name}_text", [Tensor("TEXT", "bytes", (1,))], [Tensor("EMBEDDING", "float32", (manifest.embed_dim,))],
+                     options.max_batch, backend="python", batching=batching, instance_kind="KIND_CPU",
+                     instances=options.instances, parameters=parameters), "TextEmbedModel"),
+    ]
+    for config, model_class in models:
+        version = repo / config.name / "1"
+        version.mkdir(parents=True)
+        (version / "model.py").write_text(
+            f"from clipexport.serving.backend_models import {model_class} as TritonPythonModel  # noqa: F401\n",
+            encoding="utf-8")
+        (repo / config.name / "config.pbtxt").write_text(config.text(), encoding="utf-8")
+    return [config.name for config, _ in models]
+
+
+def _wait_ready(process: subprocess.Popen, options: ServeOptions, models: list[str], log: Path) -> None:
+    host = "127.0.0.1" if options.host in ("0.0.0.0", "") else options.host
+    url = f"http://{host}:{options.http_port}/v2/health/ready"
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise ServerFailed(f"tritonserver stopped while starting: {_last_error(log)}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.25)
+    raise ServerFailed(f"tritonserver was not ready after {READY_TIMEOUT_S:.0f} s: {_last_error(log)}")
+
+
+def _last_error(log: Path) -> str:
+    """The most telling line of the server's log: the last error, else the last line."""
+    try:
+        lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return "no log"
+    errors = [line for line in lines if line.startswith("E") or "error" in line.lower() or "failed" in line.lower()]
+    picked = (errors or lines or ["no output"])[-1]
+    if "Address already in use" in "\n".join(lines):
+        picked = "a port is already in use; choose free ones with --http-port / --grpc-port / --metrics-port"
+    return picked[:400]
+
+
+def _die_with_parent() -> None:
+    """The server goes when `clipexport serve` goes, even on SIGKILL (Linux prctl PR_SET_PDEATHSIG)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass

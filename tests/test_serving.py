@@ -1,0 +1,367 @@
+"""Serving: the generated Triton repository parses with Triton's own schema, and a real
+tritonserver (NVIDIA PyTriton's bundle, CPU) serves the artifact over HTTP and gRPC, batches
+concurrent requests, refuses bad requests one at a time, and stops cleanly on SIGTERM.
+
+The server needs a Python with nvidia-pytriton and numpy<2: `.venv-serve` (made by .ci/run) or
+CLIPEXPORT_SERVE_PYTHON. Without one the server tests skip, saying why."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from clipexport.runtime import ClipRuntime
+
+REPO = Path(__file__).resolve().parent.parent
+SERVE_PYTHON = Path(os.environ.get("CLIPEXPORT_SERVE_PYTHON", REPO / ".venv-serve" / "bin" / "python"))
+needs_server = pytest.mark.skipif(not SERVE_PYTHON.is_file(),
+                                  reason=f"no serving Python at {SERVE_PYTHON} (create .venv-serve as .ci/run does)")
+# In-process runtime and server run the same ONNX Runtime graph on the same CPU: only batch
+# composition differs, which moves float32 results by a few ulps.
+SERVER_MAX_ABS = 1e-6
+TEXTS = ["a photo of a cat", "a diagram", "北京欢迎你", "a very long caption " * 30, "emoji 😎"]
+
+
+def _free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def _png(seed: int, size=(80, 60)) -> bytes:
+    rng = np.random.default_rng(seed)
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+# ---- the generated repository --------------------------------------------------------------------
+
+def _parse(path: Path):
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+
+
+def test_repository_configs_parse_with_tritons_schema(tiny_vit: Path, tmp_path: Path) -> None:
+    from clipexport.serving.repository import InstanceKind, RepositoryOptions, write_repository
+
+    repo = tmp_path / "repo"
+    models = write_repository(RepositoryOptions(artifact=tiny_vit, output=repo, name="tiny", preferred_batch_sizes=(4, 16),
+                                                instance_kind=InstanceKind.CPU, instances=2))
+    assert set(models) == {f"tiny_{m}" for m in ("vision_tower", "text_tower", "preprocess", "tokenize", "image", "text")}
+    configs = {m: _parse(repo / m / "config.pbtxt") for m in models}
+    vision, text = configs["tiny_vision_tower"], configs["tiny_text_tower"]
+    assert vision.platform == "onnxruntime_onnx" and vision.max_batch_size == 64
+    assert list(vision.input[0].dims) == [3, 64, 64] and list(vision.dynamic_batching.preferred_batch_size) == [4, 16]
+    assert vision.instance_group[0].count == 2 and (repo / "tiny_vision_tower" / "1" / "model.onnx").is_file()
+    assert list(text.input[0].dims) == [-1]  # the variable-length text graph: the tokenize model buckets lengths
+    assert configs["tiny_preprocess"].backend == "python"
+    assert configs["tiny_tokenize"].parameters["buckets"].string_value == "16,32"
+    steps = configs["tiny_image"].ensemble_scheduling.step
+    assert [s.model_name for s in steps] == ["tiny_preprocess", "tiny_vision_tower"]
+    assert "docker run" in (repo / "README.md").read_text()
+
+
+def test_tensorrt_repository_pins_the_engine_to_its_gpu(tiny_vit: Path, tmp_path: Path) -> None:
+    """A (stand-in) built engine with its provenance: tensorrt_plan, the file pinned to the
+    compute capability it was built for, max batch from the profile and never above it."""
+    from clipexport.artifact.layout import engine_file
+    from clipexport.artifact.provenance import EngineProvenance, write_sidecar
+    from clipexport.errors import InputError
+    from clipexport.files import sha256_file
+    from clipexport.serving.repository import RepositoryOptions, TowerPlatform, write_repository
+
+    artifact = tmp_path / "artifact"
+    shutil.copytree(tiny_vit, artifact)
+    for tower, name, shape in (("vision", "image", [3, 64, 64]), ("text", "input_ids", [77])):
+        plan = artifact / engine_file(tower, "fp16")
+        plan.parent.mkdir(exist_ok=True)
+        plan.write_bytes(b"plan bytes")
+        write_sidecar(plan, EngineProvenance(
+            engine=plan.name, engine_sha256=sha256_file(plan), engine_bytes=plan.stat().st_size, tower=tower,
+            precision="fp16", tensorrt_version="10.3.0", gpu_name="NVIDIA L4", compute_capability="8.9",
+            onnx_file=f"{tower}.onnx", onnx_sha256="0" * 64,
+            profiles={name: {"min": [1, *shape], "opt": [8, *shape], "max": [32, *shape]}}, flags={},
+            build_seconds=1.0, created="2026-11-24T00:00:00Z", recipe="test"))
+    from clipexport.precision.pipeline import QuantizeOptions, quantize_artifact
+    from clipexport.artifact.precision import Precision
+
+    quantize_artifact(QuantizeOptions(artifact=artifact, precision=Precision.FP16))
+    repo = tmp_path / "repo"
+    write_repository(RepositoryOptions(artifact=artifact, output=repo, name="t", platform=TowerPlatform.TENSORRT,
+                                       precision=Precision.FP16, cuda_graphs=True))
+    vision = _parse(repo / "t_vision_tower" / "config.pbtxt")
+    assert vision.platform == "tensorrt_plan" and vision.max_batch_size == 32
+    assert dict(vision.cc_model_filenames) == {"8.9": "model_sm89.plan"} and vision.optimization.cuda.graphs
+    assert (repo / "t_vision_tower" / "1" / "model_sm89.plan").read_bytes() == b"plan bytes"
+    with pytest.raises(InputError, match="exceeds the vision engine's profile"):
+        write_repository(RepositoryOptions(artifact=artifact, output=tmp_path / "r2", platform=TowerPlatform.TENSORRT,
+                                           precision=Precision.FP16, max_batch_size=64))
+
+
+def test_repository_output_is_never_someone_elses_folder(tiny_vit: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from clipexport.cli import main
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    result = CliRunner().invoke(main, ["triton", str(tiny_vit), "-o", str(mine), "--overwrite"])
+    assert result.exit_code == 2 and "refusing" in result.output and (mine / "notes.txt").read_text() == "keep me"
+    result = CliRunner().invoke(main, ["triton", str(tiny_vit), "-o", str(tmp_path / "r"), "--precision", "int8"])
+    assert result.exit_code == 2 and "no int8 graph" in result.output
+    assert CliRunner().invoke(main, ["triton", str(tiny_vit), "-o", str(tmp_path / "r")]).exit_code == 0
+    assert CliRunner().invoke(main, ["triton", str(tiny_vit), "-o", str(tmp_path / "r"), "--overwrite"]).exit_code == 0
+
+
+def test_serve_without_pytriton_is_one_line(tiny_vit: Path) -> None:
+    pytest.importorskip("clipexport")
+    if __import__("importlib").util.find_spec("pytriton") is not None:
+        pytest.skip("pytriton is installed in this Python")
+    proc = subprocess.run([sys.executable, "-m", "clipexport", "serve", str(tiny_vit)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 3 and "clipexport[serve]" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+# ---- a real server ---------------------------------------------------------------------------------
+
+class Server:
+    def __init__(self, artifact: Path, *extra: str):
+        self.http, self.grpc, self.metrics = _free_ports(3)
+        self.log = artifact.parent / f"serve-{self.http}.log"
+        self.process = subprocess.Popen(
+            [str(SERVE_PYTHON), "-m", "clipexport", "serve", str(artifact), "--name", "m",
+             "--http-port", str(self.http), "--grpc-port", str(self.grpc), "--metrics-port", str(self.metrics), *extra],
+            stdout=subprocess.PIPE, stderr=self.log.open("w"), cwd=str(artifact.parent))
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, self.log.read_text()
+            if "ready:" in self.log.read_text():
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"server not ready: {self.log.read_text()}")
+
+    @property
+    def workspace(self) -> Path:
+        line = next(l for l in self.log.read_text().splitlines() if "workspace " in l)
+        return Path(line.rsplit("workspace ", 1)[1].rstrip(")"))
+
+    def stop(self) -> tuple[int, float]:
+        start = time.monotonic()
+        self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(60)
+        return code, time.monotonic() - start
+
+
+@pytest.fixture(scope="module")
+def server(tiny_vit: Path):
+    served = Server(tiny_vit, "--max-batch", "8", "--max-queue-delay-us", "20000")
+    yield served
+    if served.process.poll() is None:
+        served.stop()
+
+
+@needs_server
+def test_http_and_grpc_equal_the_runtime(server: Server, tiny_vit: Path) -> None:
+    from clipexport.client import ClipClient
+
+    images = [_png(i) for i in range(5)]
+    with ClipRuntime.load(tiny_vit) as runtime:
+        want_text, want_image = runtime.encode_text(TEXTS), runtime.encode_image(images)
+    for url in (f"localhost:{server.http}", f"grpc://localhost:{server.grpc}"):
+        with ClipClient(url, model="m") as client:
+            assert client.ready()
+            np.testing.assert_allclose(client.encode_text(TEXTS), want_text, atol=SERVER_MAX_ABS, rtol=0)
+            np.testing.assert_allclose(client.encode_image(images, batch_size=2), want_image, atol=SERVER_MAX_ABS, rtol=0)
+
+
+@needs_server
+def test_concurrent_clients_are_batched_and_all_answered(server: Server, tiny_vit: Path) -> None:
+    from clipexport.client import ClipClient
+
+    with ClipRuntime.load(tiny_vit) as runtime:
+        texts = [f"a photo of a {w}" for w in ("cat", "dog", "car", "tree", "boat", "house", "bird", "fish")]
+        want_text = dict(zip(texts, runtime.encode_text(texts)))
+        images = [_png(100 + i) for i in range(8)]
+        want_image = runtime.encode_image(images)
+
+    def client_job(k: int) -> int:
+        url = f"localhost:{server.http}" if k % 2 else f"grpc://localhost:{server.grpc}"
+        with ClipClient(url, model="m") as client:
+            for j in range(6):
+                if (k + j) % 2:
+                    text = texts[(k + j) % len(texts)]
+                    np.testing.assert_allclose(client.encode_text([text])[0], want_text[text], atol=SERVER_MAX_ABS)
+                else:
+                    i = (k * 3 + j) % len(images)
+                    np.testing.assert_allclose(client.encode_image([images[i]])[0], want_image[i], atol=SERVER_MAX_ABS)
+        return 6
+
+    before = _stats(server)
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        assert sum(pool.map(client_job, range(16))) == 96  # every response came back and was right
+    after = _stats(server)
+    for model in ("m_image", "m_text"):
+        requests = after[model]["inference_count"] - before[model]["inference_count"]
+        executions = after[model]["execution_count"] - before[model]["execution_count"]
+        assert requests == 48 and executions < requests, (model, requests, executions)  # batches of more than one
+
+
+def _stats(server: Server) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.http}/v2/models/stats", timeout=10) as response:
+        data = json.load(response)
+    return {m["name"]: m for m in data["model_stats"]}
+
+
+@needs_server
+def test_bad_requests_fail_alone(server: Server) -> None:
+    import tritonclient.http as http
+
+    from clipexport.client import ClipClient, ServerError
+
+    with ClipClient(f"localhost:{server.http}", model="m") as client:
+        with pytest.raises(ServerError, match="not a valid or complete image"):
+            client.encode_image([b"definitely not a png"])
+        assert client.encode_image([_png(1)]).shape == (1, 64)
+        with pytest.raises(ServerError, match="is empty"):
+            client.encode_text([""])
+        assert client.encode_text(["fine"]).shape == (1, 64)
+        with pytest.raises(ServerError, match="batch"):  # 9 items, the server's max batch is 8
+            client.encode_text(["x"] * 9, batch_size=9)
+        raw = http.InferenceServerClient(f"localhost:{server.http}")
+        wrong = http.InferInput("TEXT", [1, 1], "INT64")
+        wrong.set_data_from_numpy(np.zeros((1, 1), np.int64))
+        with pytest.raises(Exception, match="(?i)data.?type|datatype|expected"):
+            raw.infer("m_text", [wrong])
+        assert client.encode_text(["still fine"]).shape == (1, 64)
+
+
+@needs_server
+def test_sigterm_stops_cleanly(tiny_vit: Path) -> None:
+    served = Server(tiny_vit)
+    workspace = served.workspace
+    assert workspace.is_dir()
+    code, seconds = served.stop()
+    assert code == 130 and seconds < 40, (code, seconds)
+    assert not workspace.exists()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _listening(served.http):
+        time.sleep(0.2)
+    assert not _listening(served.http)
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@needs_server
+def test_generated_python_models_load_and_answer_in_tritonserver(tiny_vit: Path, tmp_path: Path) -> None:
+    """The repository's preprocess and tokenize models in the bundled tritonserver (its python
+    backend only: the towers' onnxruntime / TensorRT backends are what the NGC container adds)."""
+    from clipexport.runtime.text_length import trim
+    from clipexport.serving.repository import RepositoryOptions, write_repository
+
+    repo = tmp_path / "repo"
+    write_repository(RepositoryOptions(artifact=tiny_vit, output=repo, name="g"))
+    python_only = tmp_path / "python-only"
+    python_only.mkdir()
+    for model in ("g_preprocess", "g_tokenize"):
+        shutil.copytree(repo / model, python_only / model)
+    http, grpc, metrics = _free_ports(3)
+    launcher = (
+        "import subprocess, sys, tempfile, pathlib\n"
+        "from clipexport.serving import server as s\n"
+        "ws = pathlib.Path(tempfile.mkdtemp())\n"
+        "d = s._prepare_server(s._tritonserver_dist(), ws)\n"
+        "env = s._server_env(s._tritonserver_dist())\n"
+        "s.check_python_backend(d, env)\n"
+        f"sys.exit(subprocess.call([str(d / 'bin' / 'tritonserver'), '--model-repository={python_only}',"
+        f" '--backend-directory=' + str(d / 'backends'), '--http-port={http}', '--grpc-port={grpc}',"
+        f" '--metrics-port={metrics}', '--http-address=127.0.0.1', '--grpc-address=127.0.0.1'], env=env))\n")
+    log = (tmp_path / "server.log").open("w")
+    process = subprocess.Popen([str(SERVE_PYTHON), "-c", launcher], stdout=log, stderr=log, start_new_session=True)
+    try:
+        import tritonclient.http as client_lib
+
+        client = client_lib.InferenceServerClient(f"localhost:{http}")
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and not _ready(client):
+            assert process.poll() is None, (tmp_path / "server.log").read_text()
+            time.sleep(0.3)
+        assert client.is_model_ready("g_preprocess") and client.is_model_ready("g_tokenize")
+        with ClipRuntime.load(tiny_vit) as runtime:
+            image = _png(7, (123, 77))
+            pixels = _infer(client_lib, client, "g_preprocess", "IMAGE", [image], "PIXELS")
+            np.testing.assert_allclose(pixels[0], runtime.preprocessor(image)[0], atol=1e-6)
+            ids = _infer(client_lib, client, "g_tokenize", "TEXT", ["a photo of a cat", "a dog"], "INPUT_IDS")
+            full = runtime.tokenizer(["a photo of a cat", "a dog"])
+            assert ids.shape == (2, 16) and trim(full, runtime.manifest.tower("text").properties,
+                                                 runtime.manifest.tokenizer).shape[1] <= 16
+            np.testing.assert_array_equal(ids, full[:, :16])
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(60)
+
+
+def _ready(client) -> bool:
+    try:
+        return client.is_server_ready()
+    except Exception:
+        return False
+
+
+def _infer(lib, client, model: str, name: str, items: list, output: str) -> np.ndarray:
+    data = np.array([i.encode() if isinstance(i, str) else i for i in items], dtype=np.object_).reshape(-1, 1)
+    tensor = lib.InferInput(name, list(data.shape), "BYTES")
+    tensor.set_data_from_numpy(data)
+    return client.infer(model, [tensor]).as_numpy(output)
+
+
+@needs_server
+def test_embed_command_on_the_server(server: Server, tiny_vit: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from clipexport.cli import main
+
+    (tmp_path / "texts.txt").write_text("a photo of a cat\na dog\n")
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(3):
+        (folder / f"{i}.png").write_bytes(_png(i))
+    (folder / "3-bad.png").write_bytes(b"not an image")
+    url = f"grpc://localhost:{server.grpc}"
+    result = CliRunner().invoke(main, ["embed", str(tiny_vit), "--texts", str(tmp_path / "texts.txt"), "-o",
+                                       str(tmp_path / "t.npy"), "--server", url, "--model", "m"])
+    assert result.exit_code == 0, result.output
+    with ClipRuntime.load(tiny_vit) as runtime:
+        np.testing.assert_allclose(np.load(tmp_path / "t.npy"), runtime.encode_text(["a photo of a cat", "a dog"]),
+                                   atol=SERVER_MAX_ABS)
+    result = CliRunner().invoke(main, ["embed", str(tiny_vit), "--images", str(folder), "-o", str(tmp_path / "i.npy"),
+                                       "--server", url, "--model", "m", "--skip-bad"])
+    assert result.exit_code == 0 and "3-bad.png" in result.output, result.output
+    assert np.load(tmp_path / "i.npy").shape == (3, 64)
+    result = CliRunner().invoke(main, ["embed", str(tiny_vit), "--images", str(folder), "-o", str(tmp_path / "j.npy"),
+                                       "--server", url, "--model", "m"])
+    assert result.exit_code == 4 and "not a valid or complete image" in result.output and not (tmp_path / "j.npy").exists()
