@@ -132,9 +132,17 @@ def export(model: str, pretrained: str | None, output: Path, source: str, opset:
 @click.option("--backend", "backends", multiple=True, type=click.Choice(BACKENDS, case_sensitive=False),
               help="Where to run the candidate (repeatable): ONNX Runtime CPU (default), the TensorRT engines "
                    "from `clipexport build`, or ONNX Runtime's TensorRT provider.")
+@click.option("--labeled-images", type=click.Path(path_type=Path), default=None,
+              help="ImageFolder (one subfolder per class; optional classes.txt 'folder<TAB>prompt' or classes.json): "
+                   "zero-shot top-1/top-5 per variant and its drop against PyTorch FP32.")
+@click.option("--templates", type=click.Path(path_type=Path), default=None,
+              help="Prompt templates, one per line with {} (default: DIR/templates.txt, else CLIP's 7 ImageNet templates).")
+@click.option("--max-accuracy-drop", type=float, default=None,
+              help="Fail (exit 1) when a variant's top-1 is more than this many points below PyTorch FP32's.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
 def verify(artifact: Path, images: Path | None, texts: Path | None, num_images: int | None,
-           batch_size: int | None, precisions: tuple[str, ...], backends: tuple[str, ...], quiet: bool) -> None:
+           batch_size: int | None, precisions: tuple[str, ...], backends: tuple[str, ...], labeled_images: Path | None,
+           templates: Path | None, max_accuracy_drop: float | None, quiet: bool) -> None:
     """Compare ARTIFACT's graphs with the PyTorch FP32 model; write parity.json; exit 1 below a gate.
 
     Gates per tower (min / mean cosine of the embeddings): fp32 >= 0.99999, fp16 >= 0.999,
@@ -146,12 +154,13 @@ def verify(artifact: Path, images: Path | None, texts: Path | None, num_images: 
     options = VerifyOptions(artifact=artifact, images=images, texts=texts,
                             num_images=inputs.DEFAULT_NUM_IMAGES if num_images is None else num_images,
                             batch_size=DEFAULT_BATCH_SIZE if batch_size is None else batch_size,
-                            precisions=precisions or (Precision.FP32,), backends=backends or (BackendKind.ONNXRUNTIME,))
+                            precisions=precisions or (Precision.FP32,), backends=backends or (BackendKind.ONNXRUNTIME,),
+                            labeled_images=labeled_images, templates=templates, max_accuracy_drop=max_accuracy_drop)
     report = verify_artifact(options, _progress(quiet))
     click.echo(report.table())
     click.echo(f"wrote {Path(artifact) / 'parity.json'}")
     if not report.passed:
-        click.echo("error: parity below tolerance (see the table above)", err=True)
+        click.echo("error: parity or accuracy below its gate (see the table above)", err=True)
         sys.exit(1)
 
 
@@ -174,33 +183,59 @@ def verify(artifact: Path, images: Path | None, texts: Path | None, num_images: 
               help="Keep the most sensitive INT8 nodes in high precision until the accuracy target holds.")
 @click.option("--io-dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
               help="FP16 graphs' input/output type (the runtime converts either way).")
+@click.option("--labeled-images", type=click.Path(path_type=Path), default=None,
+              help="INT8: an ImageFolder (as verify's) to validate on: more nodes go back to high precision until "
+                   "zero-shot top-1 is within --max-accuracy-drop of the FP32 graphs'.")
+@click.option("--templates", type=click.Path(path_type=Path), default=None,
+              help="Prompt templates for --labeled-images, one per line with {} (default: DIR/templates.txt, else CLIP's 7).")
+@click.option("--max-accuracy-drop", type=float, default=None,
+              help="Top-1 points INT8 may lose on --labeled-images (default: 1.0).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
 def quantize(artifact: Path, precision: str, towers: str, target: str, method: str | None,
              calibration_images: Path | None, calibration_texts: Path | None, calibration_size: int | None,
-             sensitivity: bool, fallback: bool, io_dtype: str, quiet: bool) -> None:
+             sensitivity: bool, fallback: bool, io_dtype: str, labeled_images: Path | None, templates: Path | None,
+             max_accuracy_drop: float | None, quiet: bool) -> None:
     """Add FP16 or calibrated INT8 graphs to ARTIFACT (vision.<precision>.onnx, text.<precision>.onnx)."""
     from clipexport.precision.calibration import DEFAULT_CALIBRATION_SIZE, CalibrationSource
     from clipexport.precision.int8 import CalibrationMethod, Target
     from clipexport.precision.pipeline import QuantizeOptions, quantize_artifact
 
+    accuracy = None
+    if labeled_images is not None:
+        from clipexport.datasets import load_labelled_folder
+        from clipexport.precision.accuracy import DEFAULT_MAX_ACCURACY_DROP, AccuracyTarget
+
+        accuracy = AccuracyTarget(load_labelled_folder(labeled_images, templates),
+                                  DEFAULT_MAX_ACCURACY_DROP if max_accuracy_drop is None else max_accuracy_drop)
+    elif templates is not None or max_accuracy_drop is not None:
+        from clipexport.errors import InputError
+
+        raise InputError("--templates and --max-accuracy-drop need --labeled-images DIR")
     options = QuantizeOptions(
         artifact=artifact, precision=Precision.parse(precision), towers=_towers(towers), target=Target(target),
         method=CalibrationMethod(method) if method else None,
         calibration=CalibrationSource(images=calibration_images, texts=calibration_texts,
                                       size=DEFAULT_CALIBRATION_SIZE if calibration_size is None else calibration_size),
-        sensitivity=sensitivity, fallback=fallback, fp16_io=io_dtype == "float16")
+        sensitivity=sensitivity, fallback=fallback, fp16_io=io_dtype == "float16", accuracy=accuracy)
     _, outcomes = quantize_artifact(options, _progress(quiet))
     for outcome in outcomes:
         p = outcome.parity
         click.echo(f"{outcome.tower.value}: {outcome.graph.file} (validation vs FP32: min cos {p.min_cosine:.5f}, "
                    f"mean {p.mean_cosine:.5f})")
-        restored = set(outcome.graph.details.fallback_nodes)
+        details = outcome.graph.details
+        restored = set(details.fallback_nodes) | set(details.high_precision_nodes.get("accuracy_fallback", ()))
         if outcome.sensitivity:
             click.echo(f"  most sensitive of {len(outcome.sensitivity)} quantized nodes (relative output error; "
                        f"* = kept in high precision by the fallback, {len(restored)} in all):")
         for layer in outcome.sensitivity[:10]:
             mark = "*" if layer.node in restored else " "
             click.echo(f"  {mark} {layer.error:9.5f}  {layer.op_type:<10} {layer.node}")
+    record = outcomes[0].graph.details.accuracy_fallback if outcomes else {}
+    if record:
+        last = record["steps"][-1]
+        click.echo(f"labelled accuracy ({record['images']} images, {record['classes']} classes): INT8 top-1 "
+                   f"{100 * last['top1']:.2f}% vs FP32 {100 * record['fp32_top1']:.2f}% (drop {last['drop_points']:.2f} pt, "
+                   f"bound {record['max_drop_points']}); {last['restored']} more node(s) kept in high precision")
     click.echo(f"check it against PyTorch: clipexport verify {artifact} --precision {precision}")
 
 

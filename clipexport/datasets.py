@@ -8,7 +8,9 @@ short captions): parity is measured on inputs the graph was not traced with, at 
 
 from __future__ import annotations
 
+import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -167,3 +169,82 @@ def load_text_file(path: str | Path) -> list[str]:
     if not texts:
         raise InputError(f"text file {Path(path).expanduser()} has no captions; put one caption per line")
     return texts
+
+
+# CLIP's 7-template ImageNet ensemble (the CLIP authors' prompt-engineering notebook): the default
+# for --labeled-images without --templates or a templates.txt in the folder.
+DEFAULT_TEMPLATES = ("itap of a {}.", "a bad photo of the {}.", "a origami {}.", "a photo of the large {}.",
+                     "a {} in a video game.", "art of the {}.", "a photo of the small {}.")
+CLASS_MAP_FILES = ("classes.txt", "classes.json")
+TEMPLATES_FILE = "templates.txt"
+
+
+@dataclass(frozen=True)
+class LabelledSet:
+    """An ImageFolder: one subfolder per class. `prompts[i]` is the text for class i: the folder
+    name (underscores as spaces) or what classes.txt ("folder<TAB>prompt") / classes.json maps it to."""
+
+    root: Path
+    paths: tuple[Path, ...]
+    labels: tuple[int, ...]  # class index of each path
+    classes: tuple[str, ...]  # folder names
+    prompts: tuple[str, ...]
+    templates: tuple[str, ...]
+
+
+def load_labelled_folder(folder: str | Path, templates: str | Path | None = None) -> LabelledSet:
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise InputError(f"labelled image folder {root} does not exist; pass a folder with one subfolder per class")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if len(classes) < 2:
+        raise InputError(f"labelled image folder {root} has {len(classes)} class subfolders; zero-shot accuracy needs "
+                         "at least 2 (one subfolder per class, images inside)")
+    mapping = _class_prompts(root)
+    unknown = sorted(set(mapping) - set(classes))
+    if unknown:
+        raise InputError(f"{root}'s class map names folders that do not exist ({', '.join(unknown[:3])}); fix it")
+    paths, labels = [], []
+    for index, name in enumerate(classes):
+        files = sorted(p for p in (root / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if not files:
+            raise InputError(f"class folder {root / name} has no images; add some or remove the folder")
+        paths += files
+        labels += [index] * len(files)
+    prompts = tuple(mapping.get(name, name.replace("_", " ")) for name in classes)
+    if len(set(prompts)) != len(prompts):
+        raise InputError(f"two classes of {root} share a prompt text; make each class's text unique")
+    return LabelledSet(root, tuple(paths), tuple(labels), tuple(classes), prompts, _templates(root, templates))
+
+
+def _class_prompts(root: Path) -> dict[str, str]:
+    if (root / "classes.json").is_file():
+        try:
+            data = json.loads((root / "classes.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise InputError(f"{root / 'classes.json'} is not valid JSON ({exc})") from None
+        if not isinstance(data, dict) or not all(isinstance(v, str) and v.strip() for v in data.values()):
+            raise InputError(f"{root / 'classes.json'} must map folder names to non-empty prompt texts")
+        return {str(k): v.strip() for k, v in data.items()}
+    if (root / "classes.txt").is_file():
+        out = {}
+        for number, line in enumerate(read_lines(root / "classes.txt", "class map"), start=1):
+            if not line.strip():
+                continue
+            if "\t" not in line:
+                raise InputError(f"{root / 'classes.txt'} line {number}: expected 'folder<TAB>prompt text'")
+            name, prompt = line.split("\t", 1)
+            out[name.strip()] = prompt.strip()
+        return out
+    return {}
+
+
+def _templates(root: Path, templates: str | Path | None) -> tuple[str, ...]:
+    path = Path(templates).expanduser() if templates else root / TEMPLATES_FILE
+    if templates is None and not path.is_file():
+        return DEFAULT_TEMPLATES
+    lines = tuple(t.strip() for t in read_lines(path, "templates file") if t.strip())
+    bad = [t for t in lines if t.count("{}") != 1]
+    if not lines or bad:
+        raise InputError(f"templates file {path}: every line needs exactly one {{}} ({bad[0] if bad else 'no templates'})")
+    return lines

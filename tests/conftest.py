@@ -48,7 +48,7 @@ def hf_clip_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def vit_b32(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Full-size ViT-B-32 with seeded random weights: what the README's first command does."""
+    """Full-size ViT-B-32 with seeded random weights: the README's full-size example."""
     return export_dir(tmp_path_factory, "vit-b-32", "ViT-B-32", "random")
 
 

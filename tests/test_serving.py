@@ -365,3 +365,12 @@ def test_embed_command_on_the_server(server: Server, tiny_vit: Path, tmp_path: P
     result = CliRunner().invoke(main, ["embed", str(tiny_vit), "--images", str(folder), "-o", str(tmp_path / "j.npy"),
                                        "--server", url, "--model", "m"])
     assert result.exit_code == 4 and "not a valid or complete image" in result.output and not (tmp_path / "j.npy").exists()
+
+
+@needs_server
+def test_second_server_on_the_same_ports_is_one_line(server: Server, tiny_vit: Path) -> None:
+    proc = subprocess.run([str(SERVE_PYTHON), "-m", "clipexport", "serve", str(tiny_vit), "--http-port", str(server.http),
+                           "--grpc-port", str(server.grpc), "--metrics-port", str(server.metrics)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "is not free" in proc.stderr and "ready" not in proc.stdout, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and server.process.poll() is None

@@ -101,6 +101,8 @@ class GraphDetails:
     fallback_target: Mapping[str, float] = field(default_factory=dict)
     fallback_steps: tuple[Mapping[str, float], ...] = ()
     validation_parity: Mapping[str, float] = field(default_factory=dict)
+    # INT8 from `quantize --labeled-images`: the labelled folder, the bound, top-1 per fallback step
+    accuracy_fallback: Mapping[str, Any] = field(default_factory=dict)
     versions: Mapping[str, str] = field(default_factory=dict)
     # Output-preserving changes made to the PyTorch module before tracing (a library bug worked
     # around, branches folded by reparameterization); verify compares with the unchanged model.
@@ -137,6 +139,7 @@ class GraphDetails:
             fallback_target=dict(_get(data, "fallback_target", dict, where, default={})),
             fallback_steps=tuple(_get(data, "fallback_steps", list, where, default=[])),
             validation_parity=dict(_get(data, "validation_parity", dict, where, default={})),
+            accuracy_fallback=dict(_get(data, "accuracy_fallback", dict, where, default={})),
             versions=dict(_get(data, "versions", dict, where, default={})),
             adjustments=tuple(_get(data, "adjustments", list, where, default=[])),
         )

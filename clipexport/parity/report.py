@@ -12,8 +12,8 @@ from clipexport.parity.gates import Gate
 from clipexport.parity.stats import EmbeddingParity
 
 REPORT_NAME = PARITY_REPORT
-# 2: every result records what actually ran it (`ran_on`).
-REPORT_SCHEMA_VERSION = 2
+# 2: every result records what actually ran it (`ran_on`). 3: `accuracy` (--labeled-images).
+REPORT_SCHEMA_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -49,16 +49,39 @@ class ZeroShotResult:
 
 
 @dataclass(frozen=True)
+class AccuracyResult:
+    """Zero-shot accuracy on a labelled image folder, for PyTorch FP32 (backend "pytorch") or a variant."""
+
+    precision: str
+    backend: str
+    top1: float
+    top5: float
+    drop_points: float  # PyTorch FP32 top-1 minus this top-1, in percentage points (0 for the reference)
+    agreement: float  # fraction of images whose top-1 class equals PyTorch FP32's
+    per_class_agreement: dict[str, float]
+    max_drop_points: float | None = None  # the --max-accuracy-drop gate, when set
+
+    @property
+    def passed(self) -> bool:
+        return self.max_drop_points is None or self.drop_points <= self.max_drop_points
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**vars(self), "passed": self.passed}
+
+
+@dataclass(frozen=True)
 class ParityReport:
     artifact: str
     created: str
     inputs: dict[str, Any]
     results: list[TowerResult] = field(default_factory=list)
     zero_shot: list[ZeroShotResult] = field(default_factory=list)
+    accuracy: list[AccuracyResult] = field(default_factory=list)
+    accuracy_inputs: dict[str, Any] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
-        return all(r.passed for r in self.results)
+        return all(r.passed for r in self.results) and all(a.passed for a in self.accuracy)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -70,6 +93,7 @@ class ParityReport:
             "passed": self.passed,
             "results": [r.to_dict() for r in self.results],
             "zero_shot": [vars(z) for z in self.zero_shot],
+            "accuracy": {"inputs": self.accuracy_inputs, "results": [a.to_dict() for a in self.accuracy]},
         }
 
     def write(self, artifact_dir: str | Path) -> Path:
@@ -90,4 +114,15 @@ class ParityReport:
         for z in self.zero_shot:
             lines.append(f"zero-shot top-1 agreement with PyTorch ({z.precision}, {z.backend}): "
                          f"{100 * z.agreement:.1f}% ({z.images} images x {z.texts} texts)")
+        if self.accuracy:
+            a = self.accuracy_inputs
+            lines.append(f"zero-shot accuracy on {a.get('folder')} ({a.get('images')} images, {a.get('classes')} classes, "
+                         f"{a.get('templates')} templates per class):")
+            for r in self.accuracy:
+                worst = min(r.per_class_agreement.items(), key=lambda kv: kv[1]) if r.per_class_agreement else None
+                extra = "" if r.backend == "pytorch" else (
+                    f"  drop {r.drop_points:+.2f} pt, agrees with PyTorch on {100 * r.agreement:.1f}%"
+                    + (f" (lowest class: {worst[0]} {100 * worst[1]:.0f}%)" if worst else ""))
+                gate = "" if r.max_drop_points is None else ("  pass" if r.passed else f"  FAIL: drop over {r.max_drop_points} pt")
+                lines.append(f"  {r.precision:<5} {r.backend:<12} top-1 {100 * r.top1:6.2f}%  top-5 {100 * r.top5:6.2f}%{extra}{gate}")
         return "\n".join(lines)

@@ -47,3 +47,26 @@ def zero_shot_agreement(ref_images: np.ndarray, ref_texts: np.ndarray,
     ref = np.argmax(l2_normalize(ref_images, np.float64) @ l2_normalize(ref_texts, np.float64).T, axis=1)
     cand = np.argmax(l2_normalize(cand_images, np.float64) @ l2_normalize(cand_texts, np.float64).T, axis=1)
     return float(np.mean(ref == cand))
+
+
+@dataclass(frozen=True)
+class ZeroShotAccuracy:
+    top1: float
+    top5: float
+    predictions: tuple[int, ...]  # top-1 class per image
+
+
+def class_embeddings(text_embeddings: np.ndarray, templates: int) -> np.ndarray:
+    """CLIP's prompt ensembling: rows are (class, template) in class-major order; each class is the
+    normalised mean of its normalised template embeddings."""
+    per_class = l2_normalize(text_embeddings.astype(np.float64)).reshape(-1, templates, text_embeddings.shape[-1])
+    return l2_normalize(per_class.mean(axis=1))
+
+
+def zero_shot_accuracy(image_embeddings: np.ndarray, classes: np.ndarray, labels: np.ndarray) -> ZeroShotAccuracy:
+    scores = l2_normalize(image_embeddings.astype(np.float64)) @ classes.T
+    k = min(5, classes.shape[0])
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    labels = np.asarray(labels)
+    return ZeroShotAccuracy(top1=float((top[:, 0] == labels).mean()), top5=float((top == labels[:, None]).any(1).mean()),
+                            predictions=tuple(int(p) for p in top[:, 0]))

@@ -57,7 +57,7 @@ def load_calibration(manifest: Manifest, tower: Tower, source: CalibrationSource
         root = source.images or default_calibration_dir() / "images"
         paths = _image_paths(root, wanted)
         picked = _split_order(len(paths))[:wanted]
-        arrays = _preprocess([paths[i] for i in picked], manifest)
+        arrays = preprocess_images([paths[i] for i in picked], manifest)
         digest = _digest([paths[i].read_bytes() for i in picked])
         where = str(root)
     else:
@@ -66,7 +66,7 @@ def load_calibration(manifest: Manifest, tower: Tower, source: CalibrationSource
         if len(texts) < wanted:
             raise InputError(f"{file} has {len(texts)} captions but calibration needs {wanted} "
                              f"({source.size} + {source.validation_size} for validation); add captions or lower --calibration-size")
-        every = _tokenize(texts, manifest, root)
+        every = tokenize_texts(texts, manifest, root)
         picked = _length_stratified(np.sum(every != manifest.tokenizer.pad_id, axis=1), source.validation_size, source.size)
         arrays = every[picked]
         digest = _digest([texts[i].encode("utf-8") for i in picked])
@@ -104,27 +104,28 @@ def _image_paths(root: Path, wanted: int) -> list[Path]:
     return paths
 
 
-def _preprocess(paths: list[Path], manifest: Manifest) -> np.ndarray:
+def preprocess_images(paths: list[Path], manifest: Manifest, what: str = "calibration image") -> np.ndarray:
+    """The runtime's own preprocessing; an unreadable file stops the step (it would shift the set)."""
     from clipexport.runtime.preprocess import ImagePreprocessor
 
     preprocessor = ImagePreprocessor(manifest.preprocess)
     batch, skipped = preprocessor.process(paths, on_error="skip")
     if skipped:
         first = skipped[0]
-        raise InputError(f"cannot read calibration image {first.name} ({first.reason})"
+        raise InputError(f"cannot read {what} {first.name} ({first.reason})"
                          + (f" and {len(skipped) - 1} more" if len(skipped) > 1 else "")
                          + "; remove or replace the unreadable files")
     return batch
 
 
-def _tokenize(texts: list[str], manifest: Manifest, root: Path) -> np.ndarray:
+def tokenize_texts(texts: list[str], manifest: Manifest, root: Path) -> np.ndarray:
     """The runtime's own tokenizer: calibration sees the ids deployment feeds the graph."""
     from clipexport.runtime.hf_tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(root, manifest.tokenizer)
     if tokenizer is None:
         raise InputError(f"this artifact has no runtime tokenizer ({manifest.tokenizer.kind}), so captions cannot be "
-                         "turned into calibration ids; re-export the model with its tokenizer files, or quantize "
+                         "turned into ids; re-export the model with its tokenizer files, or quantize "
                          "--towers vision")
     return tokenizer(texts)
 

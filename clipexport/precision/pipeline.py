@@ -23,6 +23,8 @@ from clipexport.artifact.lock import update_manifest
 from clipexport.files import fresh_staging_dir, make_public, write_json_atomic
 from clipexport.precision import fp16 as fp16_mod
 from clipexport.precision import qdq
+from clipexport.precision.accuracy import (AccuracyTarget, LabelledInputs, TowerCandidate, fallback_for_accuracy,
+                                          labelled_inputs)
 from clipexport.precision.calibration import CalibrationData, CalibrationSource, load_calibration
 from clipexport.precision.int8 import DEFAULT_METHOD, CalibrationMethod, Target, quantize_int8, sensitive_defaults
 from clipexport.precision.sensitivity import LayerSensitivity, fallback_until, layer_sensitivity, run_model
@@ -49,6 +51,7 @@ class QuantizeOptions:
     fallback: bool = True  # restore sensitive nodes until the fallback target holds
     fp16_io: bool = False  # FP16 graph inputs/outputs (FP16 only); default keeps float32 at the boundary
     made_by: str = "quantize"  # recorded in the manifest: `build` makes FP16 graphs itself when missing
+    accuracy: AccuracyTarget | None = None  # INT8: also restore nodes until top-1 on a labelled folder holds
 
 
 @dataclass(frozen=True)
@@ -68,10 +71,16 @@ def quantize_artifact(options: QuantizeOptions, progress: Progress = silent) -> 
         raise InputError("--towers is empty; pass vision, text or vision,text")
     if options.fp16_io and precision is not Precision.FP16:
         raise InputError("--io-dtype float16 applies to --precision fp16 only; INT8 graphs keep float32 I/O")
+    if options.accuracy is not None and precision is not Precision.INT8:
+        raise InputError("--labeled-images (the accuracy-targeted fallback) applies to --precision int8")
     method = options.method or DEFAULT_METHOD[options.target]
+    # Read first: an unreadable labelled image must stop the run before the slow part.
+    labelled = labelled_inputs(manifest, root, options.accuracy.labelled) if options.accuracy is not None else None
     staging = fresh_staging_dir(root, STAGING_PREFIX, "quantize",
                                 "quantize adds graphs to the artifact folder, so it must be writable", progress)
     outcomes: list[TowerOutcome] = []
+    converted: dict[Tower, Converted] = {}
+    checks: dict[Tower, tuple[Any, Any]] = {}  # validation split and its FP32 embeddings, per tower
     try:
         for tower in options.towers:
             artifact = manifest.tower(tower)
@@ -80,10 +89,15 @@ def quantize_artifact(options: QuantizeOptions, progress: Progress = silent) -> 
             progress(f"{tower.value}: running the FP32 graph on {len(calibration.validation)} validation samples")
             expected = run_model(fp32_path, artifact, calibration.validation)
             job = _Job(onnx, fp32_path, artifact, tower, calibration, options, method, expected, progress)
-            model, details, sensitivity, parity = CONVERTERS[precision](job)
-            details = replace(details, validation_parity=parity.to_dict(), made_by=options.made_by)
-            graph = _save(onnx, model, staging, graph_file(tower.value, precision), details)
-            outcomes.append(TowerOutcome(tower, graph, parity, sensitivity))
+            checks[tower] = (calibration.validation, expected)
+            converted[tower] = CONVERTERS[precision](job)
+        if labelled is not None:
+            converted = _accuracy_fallback(converted, checks, manifest, root, staging, labelled, options, progress)
+        for tower, result in converted.items():
+            details = replace(result.details, validation_parity=result.parity.to_dict(), made_by=options.made_by)
+            graph = _save(onnx, result.model, staging, graph_file(tower.value, precision), details)
+            outcomes.append(TowerOutcome(tower, graph, result.parity, result.sensitivity))
+
         def add_graphs(current: Manifest) -> Manifest:
             for outcome in outcomes:
                 current = current.with_graph(outcome.tower, precision, outcome.graph)
@@ -99,6 +113,31 @@ def quantize_artifact(options: QuantizeOptions, progress: Progress = silent) -> 
     return manifest, outcomes
 
 
+def _accuracy_fallback(converted: dict[Tower, "Converted"], checks: dict[Tower, tuple[Any, Any]], manifest: Manifest,
+                       root: Path, staging: Path, data: LabelledInputs, options: QuantizeOptions,
+                       progress: Progress) -> dict[Tower, "Converted"]:
+    """Restore more nodes, in either tower, until INT8's top-1 on the labelled folder is within the bound."""
+    assert options.accuracy is not None
+    progress(f"labelled accuracy: {len(options.accuracy.labelled.paths)} images, "
+             f"{len(options.accuracy.labelled.classes)} classes, bound {options.accuracy.max_drop_points} pt")
+    fp32 = {tower: _working_copy(root, manifest.tower(tower).graph(Precision.FP32), staging / ".work") for tower in Tower}
+    result = fallback_for_accuracy([c.candidate for c in converted.values() if c.candidate is not None], fp32,
+                                   manifest, data, options.accuracy, progress)
+    out = {}
+    for tower, before in converted.items():
+        model, extra = result.models[tower], result.restored[tower]
+        details, parity = before.details, before.parity
+        if extra:  # re-measured on the validation split: the cosine record must describe this graph
+            validation, expected = checks[tower]
+            parity = embedding_parity(expected, run_model(model, manifest.tower(tower), validation))
+        nodes = dict(details.high_precision_nodes or {})
+        nodes["accuracy_fallback"] = extra
+        details = replace(details, high_precision_nodes=nodes, quantized_nodes=len(qdq.quantized_nodes(model)),
+                          accuracy_fallback=result.record)
+        out[tower] = replace(before, model=model, details=details, parity=parity)
+    return out
+
+
 def _calibration(manifest: Manifest, tower: Tower, options: QuantizeOptions) -> CalibrationData:
     source = options.calibration
     if Precision.parse(options.precision) is Precision.FP16:
@@ -107,7 +146,13 @@ def _calibration(manifest: Manifest, tower: Tower, options: QuantizeOptions) -> 
     return load_calibration(manifest, tower, source, Path(options.artifact).expanduser())
 
 
-Converted = tuple["onnx.ModelProto", GraphDetails, list[LayerSensitivity], EmbeddingParity]  # + validation parity
+@dataclass(frozen=True)
+class Converted:
+    model: "onnx.ModelProto"
+    details: GraphDetails
+    sensitivity: list[LayerSensitivity]
+    parity: EmbeddingParity  # on the validation split, vs the FP32 graph
+    candidate: TowerCandidate | None = None  # INT8: what the accuracy-targeted fallback may restore further
 
 
 @dataclass(frozen=True)
@@ -142,7 +187,7 @@ def _fp16(job: _Job) -> Converted:
         calibration=calibration.describe(),
         versions=installed_versions(TOOL_DISTRIBUTIONS),
     )
-    return model, details, [], embedding_parity(expected, run_model(model, artifact, calibration.validation))
+    return Converted(model, details, [], embedding_parity(expected, run_model(model, artifact, calibration.validation)))
 
 
 def _int8(job: _Job) -> Converted:
@@ -161,7 +206,7 @@ def _int8(job: _Job) -> Converted:
         progress(f"{tower.value}: INT8 with {len(qdq.quantized_nodes(quantized))} quantized nodes: "
                  f"min cos {parity.min_cosine:.5f}, mean {parity.mean_cosine:.5f} (below the fallback target)")
     sensitivity: list[LayerSensitivity] = []
-    if options.sensitivity or (failing and options.fallback):
+    if options.sensitivity or options.accuracy is not None or (failing and options.fallback):
         sensitivity = layer_sensitivity(quantized, original, calibration.validation, calibration.input_name, progress)
     restored: tuple[str, ...] = ()
     steps: tuple = ((0, parity.min_cosine, parity.mean_cosine),)
@@ -184,7 +229,10 @@ def _int8(job: _Job) -> Converted:
         fallback_steps=tuple({"restored": c, "min_cosine": lo, "mean_cosine": mean} for c, lo, mean in steps),
         versions=installed_versions(TOOL_DISTRIBUTIONS),
     )
-    return model, details, sensitivity, parity
+    remaining = tuple(s for s in sorted(sensitivity, key=lambda s: -s.error) if s.node not in set(restored))
+    candidate = TowerCandidate(tower, model, lambda extra: qdq.restore_high_precision(quantized, original, restored + extra),
+                               remaining)
+    return Converted(model, details, sensitivity, parity, candidate)
 
 
 # Which converter makes each precision that `quantize` adds (see artifact/precision.py).

@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import sysconfig
@@ -116,6 +117,16 @@ def _check(options: ServeOptions, manifest) -> None:
             raise InputError(f"{what} {port} is not a port number (1-65535)")
     if len({options.http_port, options.grpc_port, options.metrics_port}) != 3:
         raise InputError("--http-port, --grpc-port and --metrics-port must differ")
+    for port, what in ((options.http_port, "--http-port"), (options.grpc_port, "--grpc-port"),
+                       (options.metrics_port, "--metrics-port")):
+        # Before starting: another server on the port would answer our readiness probe.
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((options.host, port))
+            except OSError as exc:
+                raise InputError(f"{what} {port} on {options.host} is not free ({exc.strerror}); another server "
+                                 f"(a second clipexport serve?) uses it: choose a free port with {what}") from None
     if options.max_batch < 1 or options.instances < 1 or options.max_queue_delay_us < 0:
         raise InputError("--max-batch and --instances must be at least 1, --max-queue-delay-us at least 0")
     for tower in Tower:

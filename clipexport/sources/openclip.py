@@ -33,6 +33,18 @@ _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz")
 
 
 PREPROCESS_KEY = "preprocess_cfg"
+DEMO_NAME = "demo"  # `clipexport export demo`: the small CLIP trained in this repository (clipexport/demo)
+
+
+def demo_files() -> tuple[Path, Path, Path]:
+    """(config, checkpoint, tokenizer folder) of the shipped demo model."""
+    folder = Path(__file__).resolve().parent.parent / "data" / "demo"
+    files = (folder / "demo-clip.json", folder / "demo-clip.safetensors", folder / "tokenizer")
+    missing = [str(f) for f in files if not f.exists()]
+    if missing:
+        raise SourceError(f"the demo model's files are missing ({missing[0]}); reinstall clipexport, or train them with "
+                          "python -m clipexport.demo.train")
+    return files
 
 
 def load_open_clip(model: str, pretrained: str | None, *, seed: int = DEFAULT_SEED,
@@ -43,6 +55,10 @@ def load_open_clip(model: str, pretrained: str | None, *, seed: int = DEFAULT_SE
     Hugging Face text tower (XLM-R, mT5, NLLB, RoBERTa), which open_clip fetches even for random
     init; its tokenizer files, if any, serve as `tokenizer` too."""
     open_clip = require("open_clip", "loading OpenCLIP models")
+    if model == DEMO_NAME:  # the shipped demo CLIP: its config, trained weights and tokenizer are package data
+        model, checkpoint_file, tokenizer_dir = (str(p) for p in demo_files())
+        pretrained = pretrained or checkpoint_file
+        tokenizer = tokenizer or Path(tokenizer_dir)
     name, config = _resolve_config(open_clip, model)
     if text_config is not None:
         text_cfg = dict(config.get("text_cfg", {}))

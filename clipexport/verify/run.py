@@ -17,8 +17,8 @@ from clipexport.datasets import heldout_image_dir
 from clipexport.errors import InputError, ParityError
 from clipexport.files import utc_timestamp
 from clipexport.parity.gates import GATES
-from clipexport.parity.report import ParityReport, TowerResult, ZeroShotResult
-from clipexport.parity.stats import embedding_parity, zero_shot_agreement
+from clipexport.parity.report import AccuracyResult, ParityReport, TowerResult, ZeroShotResult
+from clipexport.parity.stats import class_embeddings, embedding_parity, zero_shot_accuracy, zero_shot_agreement
 from clipexport.progress import Progress, silent
 from clipexport.runtime.backends import BackendKind, BackendOptions, Runner, open_backend, require_available
 from clipexport.runtime.text_length import trim
@@ -40,6 +40,9 @@ class VerifyOptions:
     precisions: tuple[Precision | str, ...] = (Precision.FP32,)  # or ALL
     backends: tuple[BackendKind | str, ...] = (BackendKind.ONNXRUNTIME,)
     write_report: bool = True
+    labeled_images: Path | None = None  # an ImageFolder: zero-shot accuracy per variant, vs PyTorch FP32
+    templates: Path | None = None  # prompt templates, one per line with {} (default: DIR/templates.txt, else CLIP's 7)
+    max_accuracy_drop: float | None = None  # gate: top-1 points a variant may lose against PyTorch FP32
 
 
 def verify_artifact(options: VerifyOptions, progress: Progress = silent) -> ParityReport:
@@ -48,6 +51,9 @@ def verify_artifact(options: VerifyOptions, progress: Progress = silent) -> Pari
         raise InputError("--batch-size and --num-images must be at least 1")
     manifest = read_manifest(options.artifact)
     precisions = resolve_precisions(manifest, options.precisions)
+    if options.max_accuracy_drop is not None and (options.labeled_images is None or options.max_accuracy_drop < 0):
+        raise InputError("--max-accuracy-drop needs --labeled-images DIR and a number of points >= 0")
+    labelled = inputs.load_labelled_folder(options.labeled_images, options.templates) if options.labeled_images else None
     backends = tuple(dict.fromkeys(BackendKind.parse(b) for b in options.backends))
     for backend in backends:  # a backend that cannot run here stops the run before the slow part
         require_available(backend)
@@ -74,10 +80,13 @@ def verify_artifact(options: VerifyOptions, progress: Progress = silent) -> Pari
         towers[Tower.TEXT] = exportable(LibraryText(loaded.reference_text), manifest.normalized)
         reference_feeds[Tower.TEXT] = list(texts)
     reference = {}
+
+    def run_reference(tower: Tower, feed: Any) -> np.ndarray:
+        return _batched(lambda x, m=towers[tower]: _torch_run(torch, m, x), feed, REFERENCE_BATCH_SIZE)
+
     for tower in Tower:
         progress(f"running PyTorch {tower.value} tower")
-        reference[tower] = _batched(lambda x, m=towers[tower]: _torch_run(torch, m, x), reference_feeds[tower],
-                                    REFERENCE_BATCH_SIZE)
+        reference[tower] = run_reference(tower, reference_feeds[tower])
 
     report = ParityReport(artifact=str(Path(options.artifact).resolve()),
                           created=utc_timestamp(),
@@ -96,10 +105,52 @@ def verify_artifact(options: VerifyOptions, progress: Progress = silent) -> Pari
                 precision.value, backend.value,
                 zero_shot_agreement(reference[Tower.VISION], reference[Tower.TEXT], candidate[Tower.VISION], candidate[Tower.TEXT]),
                 images=len(images), texts=len(texts)))
+    if labelled is not None:
+        accuracy, described_set = _labelled_accuracy(options, manifest, loaded, labelled, precisions, backends,
+                                                     run_reference, progress)
+        report.accuracy.extend(accuracy)
+        report.accuracy_inputs.update(described_set)
     if options.write_report:
         with artifact_lock(options.artifact):  # one report at a time; each write is a whole, atomic file
             report.write(options.artifact)
     return report
+
+
+def _labelled_accuracy(options: VerifyOptions, manifest: Manifest, loaded: Any, labelled: inputs.LabelledSet,
+                       precisions: tuple[Precision, ...], backends: tuple[BackendKind, ...],
+                       run_reference: Callable[[Tower, Any], np.ndarray], progress: Progress
+                       ) -> tuple[list[AccuracyResult], dict[str, Any]]:
+    """Zero-shot top-1/top-5 on an ImageFolder for PyTorch FP32 and every variant checked, with
+    CLIP's prompt ensembling; the variants see the source library's pixels and token ids."""
+    from clipexport.runtime.preprocess import open_image
+
+    torch = require("torch", "verifying against PyTorch")
+    progress(f"zero-shot accuracy: {len(labelled.paths)} images, {len(labelled.classes)} classes, "
+             f"{len(labelled.templates)} templates")
+    pixels = torch.stack([loaded.image_transform(open_image(p, f"image {p}")) for p in labelled.paths]).float()
+    texts = [template.format(prompt) for prompt in labelled.prompts for template in labelled.templates]
+    ids = loaded.tokenize(texts).long()
+    labels = np.asarray(labelled.labels)
+    text_feed = list(texts) if loaded.reference_text is not None else ids
+    reference = zero_shot_accuracy(run_reference(Tower.VISION, pixels),
+                                   class_embeddings(run_reference(Tower.TEXT, text_feed), len(labelled.templates)), labels)
+    results = [AccuracyResult(Precision.FP32.value, "pytorch", reference.top1, reference.top5, 0.0, 1.0, {})]
+    for backend in backends:
+        for precision in precisions:
+            progress(f"zero-shot accuracy of {precision.value} on {backend.value}")
+            image, _ = _run_candidate(Path(options.artifact), manifest, Tower.VISION, precision, backend,
+                                      pixels.numpy(), options.batch_size)
+            text, _ = _run_candidate(Path(options.artifact), manifest, Tower.TEXT, precision, backend,
+                                     ids.numpy(), options.batch_size)
+            got = zero_shot_accuracy(image, class_embeddings(text, len(labelled.templates)), labels)
+            same = np.asarray(got.predictions) == np.asarray(reference.predictions)
+            per_class = {name: float(same[labels == i].mean()) for i, name in enumerate(labelled.classes)}
+            results.append(AccuracyResult(precision.value, backend.value, got.top1, got.top5,
+                                          round(100 * (reference.top1 - got.top1), 6), float(same.mean()), per_class,
+                                          options.max_accuracy_drop))
+    described = {"folder": str(labelled.root), "images": len(labelled.paths), "classes": len(labelled.classes),
+                 "templates": len(labelled.templates), "template_list": list(labelled.templates)}
+    return results, described
 
 
 def resolve_precisions(manifest: Manifest, requested: tuple[Precision | str, ...]) -> tuple[Precision, ...]:
