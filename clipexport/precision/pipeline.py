@@ -122,14 +122,15 @@ def _accuracy_fallback(converted: dict[Tower, "Converted"], checks: dict[Tower, 
              f"{len(options.accuracy.labelled.classes)} classes, bound {options.accuracy.max_drop_points} pt")
     fp32 = {tower: _working_copy(root, manifest.tower(tower).graph(Precision.FP32), staging / ".work") for tower in Tower}
     result = fallback_for_accuracy([c.candidate for c in converted.values() if c.candidate is not None], fp32,
-                                   manifest, data, options.accuracy, progress)
+                                   manifest, data, options.accuracy, progress, options.target is Target.TENSORRT)
     out = {}
     for tower, before in converted.items():
         model, extra = result.models[tower], result.restored[tower]
         details, parity = before.details, before.parity
         if extra:  # re-measured on the validation split: the cosine record must describe this graph
             validation, expected = checks[tower]
-            parity = embedding_parity(expected, run_model(model, manifest.tower(tower), validation))
+            parity = embedding_parity(expected, run_model(model, manifest.tower(tower), validation,
+                                                          options.target is Target.TENSORRT))
         nodes = dict(details.high_precision_nodes or {})
         nodes["accuracy_fallback"] = extra
         details = replace(details, high_precision_nodes=nodes, quantized_nodes=len(qdq.quantized_nodes(model)),
@@ -199,7 +200,8 @@ def _int8(job: _Job) -> Converted:
     original = onnx.load(str(fp32_path))
     defaults = sensitive_defaults(original, tower)
     quantized = quantize_int8(fp32_path, calibration, options.target, method, defaults)
-    parity = embedding_parity(expected, run_model(quantized, artifact, calibration.validation))
+    trt_placement = options.target is Target.TENSORRT
+    parity = embedding_parity(expected, run_model(quantized, artifact, calibration.validation, trt_placement))
     target = INT8_FALLBACK_TARGET
     failing = bool(target.failures(parity.min_cosine, parity.mean_cosine, parity.max_abs_diff))
     if failing:  # otherwise this is the final result, which the caller reports
@@ -213,7 +215,7 @@ def _int8(job: _Job) -> Converted:
     model = quantized
     if failing and options.fallback:
         result = fallback_until(quantized, original, artifact, calibration.validation, expected,
-                                [s.node for s in sensitivity], target, progress)
+                                [s.node for s in sensitivity], target, progress, trt_placement)
         model, restored, steps, parity = result.model, result.restored, steps + result.steps, result.parity
     details = GraphDetails(
         method=("modelopt.onnx.quantization int8 (TensorRT Q/DQ placement)" if options.target is Target.TENSORRT

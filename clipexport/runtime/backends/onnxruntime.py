@@ -74,15 +74,26 @@ def unavailable() -> ClipExportError | None:
     return missing("onnxruntime", purpose=PURPOSE)
 
 
+def trt_placement_optimization(ort: Any) -> Any:
+    """Graph optimization for INT8 graphs with TensorRT's Q/DQ placement (FP16 between the Q/DQ
+    pairs). onnxruntime 1.24 segfaults while creating a CPU session at ORT_ENABLE_ALL for some of
+    them (seen on the demo ViT with 16 attention nodes restored by the fallback; EXTENDED and below
+    load and run). These graphs are for TensorRT; on ONNX Runtime they are only checked, so the
+    layout-level optimizations ALL adds are not worth a crash."""
+    return ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+
+
 class OnnxRuntimeBackend(Runner):
     backend = "onnxruntime"
 
     def __init__(self, graph: Path | bytes, tower: TowerArtifact, providers: Sequence[Provider] | None = None,
-                 threads: int | None = None):
+                 threads: int | None = None, trt_placement: bool = False):
         super().__init__(tower)
         ort = require("onnxruntime", PURPOSE)
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only: provider fallbacks are decided above
+        if trt_placement:
+            options.graph_optimization_level = trt_placement_optimization(ort)
         if threads:
             options.intra_op_num_threads = threads
         self.requested = choose_providers(ort.get_available_providers(), providers)
@@ -125,7 +136,9 @@ class OnnxRuntimeBackend(Runner):
 
 def open_tower(root: Path, manifest: Manifest, tower: Tower, precision: Precision,
                options: BackendOptions) -> OnnxRuntimeBackend:
-    graph = check_graph_files(root, manifest.tower(tower).graph(precision))
+    record = manifest.tower(tower).graph(precision)
+    graph = check_graph_files(root, record)
     providers = [CPU] if options.cpu_only else options.providers
-    return OnnxRuntimeBackend(graph, manifest.tower(tower), providers=providers, threads=options.threads)
+    return OnnxRuntimeBackend(graph, manifest.tower(tower), providers=providers, threads=options.threads,
+                              trt_placement=record.details.target == "tensorrt")
 
