@@ -79,6 +79,20 @@ def main() -> None:
     sigterm_as_interrupt()
 
 
+def _labelled_options(folder_help: str, drop_help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """--labeled-images, --templates and --max-accuracy-drop, shared by verify and quantize."""
+    def apply(command: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed((
+                click.option("--labeled-images", type=click.Path(path_type=Path), default=None, help=folder_help),
+                click.option("--templates", type=click.Path(path_type=Path), default=None,
+                             help="Prompt templates for --labeled-images, one per line with {} "
+                                  "(default: DIR/templates.txt, else CLIP's 7 ImageNet templates)."),
+                click.option("--max-accuracy-drop", type=float, default=None, help=drop_help))):
+            command = option(command)
+        return command
+    return apply
+
+
 @main.command()
 @click.argument("model")
 @click.option("--pretrained", default=None, help="OpenCLIP pretrained tag (e.g. openai, laion2b_s34b_b79k), a local checkpoint file, or 'random'. Default: random.")
@@ -132,13 +146,9 @@ def export(model: str, pretrained: str | None, output: Path, source: str, opset:
 @click.option("--backend", "backends", multiple=True, type=click.Choice(BACKENDS, case_sensitive=False),
               help="Where to run the candidate (repeatable): ONNX Runtime CPU (default), the TensorRT engines "
                    "from `clipexport build`, or ONNX Runtime's TensorRT provider.")
-@click.option("--labeled-images", type=click.Path(path_type=Path), default=None,
-              help="ImageFolder (one subfolder per class; optional classes.txt 'folder<TAB>prompt' or classes.json): "
-                   "zero-shot top-1/top-5 per variant and its drop against PyTorch FP32.")
-@click.option("--templates", type=click.Path(path_type=Path), default=None,
-              help="Prompt templates, one per line with {} (default: DIR/templates.txt, else CLIP's 7 ImageNet templates).")
-@click.option("--max-accuracy-drop", type=float, default=None,
-              help="Fail (exit 1) when a variant's top-1 is more than this many points below PyTorch FP32's.")
+@_labelled_options("ImageFolder (one subfolder per class; optional classes.txt 'folder<TAB>prompt' or classes.json): "
+                   "zero-shot top-1/top-5 per variant and its drop against PyTorch FP32.",
+                   "Fail (exit 1) when a variant's top-1 is more than this many points below PyTorch FP32's.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
 def verify(artifact: Path, images: Path | None, texts: Path | None, num_images: int | None,
            batch_size: int | None, precisions: tuple[str, ...], backends: tuple[str, ...], labeled_images: Path | None,
@@ -183,13 +193,9 @@ def verify(artifact: Path, images: Path | None, texts: Path | None, num_images: 
               help="Keep the most sensitive INT8 nodes in high precision until the accuracy target holds.")
 @click.option("--io-dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
               help="FP16 graphs' input/output type (the runtime converts either way).")
-@click.option("--labeled-images", type=click.Path(path_type=Path), default=None,
-              help="INT8: an ImageFolder (as verify's) to validate on: more nodes go back to high precision until "
-                   "zero-shot top-1 is within --max-accuracy-drop of the FP32 graphs'.")
-@click.option("--templates", type=click.Path(path_type=Path), default=None,
-              help="Prompt templates for --labeled-images, one per line with {} (default: DIR/templates.txt, else CLIP's 7).")
-@click.option("--max-accuracy-drop", type=float, default=None,
-              help="Top-1 points INT8 may lose on --labeled-images (default: 1.0).")
+@_labelled_options("INT8: an ImageFolder (as verify's) to validate on: more nodes go back to high precision until "
+                   "zero-shot top-1 is within --max-accuracy-drop of the FP32 graphs'.",
+                   "Top-1 points INT8 may lose on --labeled-images (default: 1.0).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
 def quantize(artifact: Path, precision: str, towers: str, target: str, method: str | None,
              calibration_images: Path | None, calibration_texts: Path | None, calibration_size: int | None,
