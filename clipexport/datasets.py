@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import string
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -175,7 +176,6 @@ def load_text_file(path: str | Path) -> list[str]:
 # for --labeled-images without --templates or a templates.txt in the folder.
 DEFAULT_TEMPLATES = ("itap of a {}.", "a bad photo of the {}.", "a origami {}.", "a photo of the large {}.",
                      "a {} in a video game.", "art of the {}.", "a photo of the small {}.")
-CLASS_MAP_FILES = ("classes.txt", "classes.json")
 TEMPLATES_FILE = "templates.txt"
 
 
@@ -244,7 +244,25 @@ def _templates(root: Path, templates: str | Path | None) -> tuple[str, ...]:
     if templates is None and not path.is_file():
         return DEFAULT_TEMPLATES
     lines = tuple(t.strip() for t in read_lines(path, "templates file") if t.strip())
-    bad = [t for t in lines if t.count("{}") != 1]
-    if not lines or bad:
-        raise InputError(f"templates file {path}: every line needs exactly one {{}} ({bad[0] if bad else 'no templates'})")
-    return lines
+    if not lines:
+        raise InputError(f"templates file {path} has no templates; put one per line, each with exactly one {{}}")
+    try:
+        return check_templates(lines)
+    except InputError as exc:
+        raise InputError(f"templates file {path}: {exc}") from None
+
+
+def check_templates(templates: Sequence[str]) -> tuple[str, ...]:
+    """Each template has exactly one `{}` placeholder for the label (CLIP's prompt format)."""
+    if isinstance(templates, str):
+        templates = (templates,)
+    out = tuple(templates)
+    for template in out:
+        try:
+            fields = [(name, spec) for _, name, spec, _ in string.Formatter().parse(template) if name is not None]
+        except ValueError as exc:
+            raise InputError(f"template {template!r} is not a valid format string ({exc}); use one {{}} for the label") from None
+        if fields != [("", "")]:
+            raise InputError(f"template {template!r} must contain exactly one {{}} where the label goes, "
+                             "e.g. 'a photo of a {}.'")
+    return out

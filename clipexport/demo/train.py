@@ -22,6 +22,7 @@ import torch
 
 from clipexport.demo.shapes import CLASSES, ZERO_SHOT_TEMPLATES, caption, pairs, random_scene, render
 from clipexport.demo.tokenizer import build_tokenizer
+from clipexport.parity import stats
 
 CONFIG = Path(__file__).resolve().parent.parent / "data" / "demo" / "demo-clip.json"
 MEAN = torch.tensor((0.48145466, 0.4578275, 0.40821073)).view(1, 3, 1, 1)  # open_clip's defaults: the eval transform
@@ -45,18 +46,13 @@ def build_model(tokenizer_dir: Path):
 
 
 def zero_shot_accuracy(model, tokenizer, images: torch.Tensor, labels: np.ndarray) -> tuple[float, float]:
+    """Top-1/top-5 with CLIP's prompt ensembling: the same statistics verify --labeled-images reports."""
     with torch.no_grad():
-        classes = []
-        for name in CLASSES:
-            t = model.encode_text(tokenizer([tpl.format(name) for tpl in ZERO_SHOT_TEMPLATES]))
-            t = torch.nn.functional.normalize(t, dim=-1).mean(0)
-            classes.append(torch.nn.functional.normalize(t, dim=0))
-        classes = torch.stack(classes)
-        feats = torch.cat([torch.nn.functional.normalize(model.encode_image(images[i:i + 256]), dim=-1)
-                           for i in range(0, len(images), 256)])
-        scores = feats @ classes.T
-    top5 = scores.topk(5, dim=1).indices.numpy()
-    return float((top5[:, 0] == labels).mean()), float((top5 == labels[:, None]).any(1).mean())
+        texts = model.encode_text(tokenizer([tpl.format(name) for name in CLASSES for tpl in ZERO_SHOT_TEMPLATES]))
+        feats = torch.cat([model.encode_image(images[i:i + 256]) for i in range(0, len(images), 256)])
+    result = stats.zero_shot_accuracy(feats.numpy(), stats.class_embeddings(texts.numpy(), len(ZERO_SHOT_TEMPLATES)),
+                                      labels)
+    return result.top1, result.top5
 
 
 def main() -> None:

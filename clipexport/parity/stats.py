@@ -56,10 +56,11 @@ class ZeroShotAccuracy:
     predictions: tuple[int, ...]  # top-1 class per image
 
 
-def class_embeddings(text_embeddings: np.ndarray, templates: int) -> np.ndarray:
+def class_embeddings(text_embeddings: np.ndarray, templates: int, dtype: type = np.float64) -> np.ndarray:
     """CLIP's prompt ensembling: rows are (class, template) in class-major order; each class is the
-    normalised mean of its normalised template embeddings."""
-    per_class = l2_normalize(text_embeddings.astype(np.float64)).reshape(-1, templates, text_embeddings.shape[-1])
+    normalised mean of its normalised template embeddings (in float64 for statistics; the runtime
+    keeps float32)."""
+    per_class = l2_normalize(text_embeddings, dtype).reshape(-1, templates, text_embeddings.shape[-1])
     return l2_normalize(per_class.mean(axis=1))
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import string
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -12,8 +11,9 @@ import numpy as np
 
 from clipexport.artifact.manifest import Manifest, Tower, read_manifest
 from clipexport.artifact.precision import Precision
+from clipexport.datasets import check_templates
 from clipexport.errors import InputError
-from clipexport.parity.stats import l2_normalize
+from clipexport.parity.stats import class_embeddings, l2_normalize
 from clipexport.runtime.backends import BackendKind, BackendOptions, Runner, open_backend
 from clipexport.runtime.preprocess import ImageInput, ImagePreprocessor, SkippedImage
 from clipexport.runtime.text_length import trim
@@ -143,8 +143,7 @@ class ClipRuntime:
         key = (labels, templates)
         if key not in self._label_cache:
             prompts = [t.format(label) for label in labels for t in templates]
-            embeds = l2_normalize(self.encode_text(prompts)).reshape(len(labels), len(templates), -1).mean(axis=1)
-            self._label_cache[key] = l2_normalize(embeds)
+            self._label_cache[key] = class_embeddings(self.encode_text(prompts), len(templates), np.float32)
         return self._label_cache[key]
 
     def _stack(self, chunks: list[np.ndarray]) -> np.ndarray:
@@ -187,22 +186,6 @@ def check_labels(labels: Sequence[str]) -> tuple[str, ...]:
     duplicates = sorted({label for label in out if out.count(label) > 1})
     if duplicates:
         raise InputError(f"duplicate label(s) {', '.join(map(repr, duplicates))}: each class must appear once")
-    return out
-
-
-def check_templates(templates: Sequence[str]) -> tuple[str, ...]:
-    """Each template has exactly one `{}` placeholder for the label (CLIP's prompt format)."""
-    if isinstance(templates, str):
-        templates = (templates,)
-    out = tuple(templates)
-    for template in out:
-        try:
-            fields = [(name, spec) for _, name, spec, _ in string.Formatter().parse(template) if name is not None]
-        except ValueError as exc:
-            raise InputError(f"template {template!r} is not a valid format string ({exc}); use one {{}} for the label") from None
-        if fields != [("", "")]:
-            raise InputError(f"template {template!r} must contain exactly one {{}} where the label goes, "
-                             "e.g. 'a photo of a {}.'")
     return out
 
 
