@@ -53,6 +53,11 @@ class QuantizeOptions:
     made_by: str = "quantize"  # recorded in the manifest: `build` makes FP16 graphs itself when missing
     accuracy: AccuracyTarget | None = None  # INT8: also restore nodes until top-1 on a labelled folder holds
 
+    @property
+    def trt_placement(self) -> bool:
+        """INT8 graphs with TensorRT's Q/DQ placement (checked on ONNX Runtime; see run_model)."""
+        return Precision.parse(self.precision) is Precision.INT8 and self.target is Target.TENSORRT
+
 
 @dataclass(frozen=True)
 class TowerOutcome:
@@ -80,7 +85,7 @@ def quantize_artifact(options: QuantizeOptions, progress: Progress = silent) -> 
                                 "quantize adds graphs to the artifact folder, so it must be writable", progress)
     outcomes: list[TowerOutcome] = []
     converted: dict[Tower, Converted] = {}
-    checks: dict[Tower, tuple[Any, Any]] = {}  # validation split and its FP32 embeddings, per tower
+    jobs: dict[Tower, _Job] = {}
     try:
         for tower in options.towers:
             artifact = manifest.tower(tower)
@@ -89,10 +94,10 @@ def quantize_artifact(options: QuantizeOptions, progress: Progress = silent) -> 
             progress(f"{tower.value}: running the FP32 graph on {len(calibration.validation)} validation samples")
             expected = run_model(fp32_path, artifact, calibration.validation)
             job = _Job(onnx, fp32_path, artifact, tower, calibration, options, method, expected, progress)
-            checks[tower] = (calibration.validation, expected)
+            jobs[tower] = job
             converted[tower] = CONVERTERS[precision](job)
         if labelled is not None:
-            converted = _accuracy_fallback(converted, checks, manifest, root, staging, labelled, options, progress)
+            converted = _accuracy_fallback(converted, jobs, manifest, root, labelled, options, progress)
         for tower, result in converted.items():
             details = replace(result.details, validation_parity=result.parity.to_dict(), made_by=options.made_by)
             graph = _save(onnx, result.model, staging, graph_file(tower.value, precision), details)
@@ -113,25 +118,27 @@ def quantize_artifact(options: QuantizeOptions, progress: Progress = silent) -> 
     return manifest, outcomes
 
 
-def _accuracy_fallback(converted: dict[Tower, "Converted"], checks: dict[Tower, tuple[Any, Any]], manifest: Manifest,
-                       root: Path, staging: Path, data: LabelledInputs, options: QuantizeOptions,
+def _accuracy_fallback(converted: dict[Tower, "Converted"], jobs: dict[Tower, "_Job"], manifest: Manifest,
+                       root: Path, data: LabelledInputs, options: QuantizeOptions,
                        progress: Progress) -> dict[Tower, "Converted"]:
     """Restore more nodes, in either tower, until INT8's top-1 on the labelled folder is within the bound."""
     assert options.accuracy is not None
     progress(f"labelled accuracy: {len(options.accuracy.labelled.paths)} images, "
              f"{len(options.accuracy.labelled.classes)} classes, bound {options.accuracy.max_drop_points} pt")
-    fp32 = {tower: _working_copy(root, manifest.tower(tower).graph(Precision.FP32), staging / ".work") for tower in Tower}
+    # The artifact's own FP32 graphs, read in place (checked against their sha256): the working
+    # copies may have been rewritten by ModelOpt, and onnxruntime only reads.
+    fp32 = {tower: check_graph_files(root, manifest.tower(tower).graph(Precision.FP32)) for tower in Tower}
     result = fallback_for_accuracy([c.candidate for c in converted.values() if c.candidate is not None], fp32,
-                                   manifest, data, options.accuracy, progress, options.target is Target.TENSORRT)
+                                   manifest, data, options.accuracy, progress, options.trt_placement)
     out = {}
     for tower, before in converted.items():
         model, extra = result.models[tower], result.restored[tower]
         details, parity = before.details, before.parity
         if extra:  # re-measured on the validation split: the cosine record must describe this graph
-            validation, expected = checks[tower]
-            parity = embedding_parity(expected, run_model(model, manifest.tower(tower), validation,
-                                                          options.target is Target.TENSORRT))
-        nodes = dict(details.high_precision_nodes or {})
+            job = jobs[tower]
+            parity = embedding_parity(job.expected, run_model(model, job.artifact, job.calibration.validation,
+                                                              options.trt_placement))
+        nodes = dict(details.high_precision_nodes)
         nodes["accuracy_fallback"] = extra
         details = replace(details, high_precision_nodes=nodes, quantized_nodes=len(qdq.quantized_nodes(model)),
                           accuracy_fallback=result.record)
@@ -200,7 +207,7 @@ def _int8(job: _Job) -> Converted:
     original = onnx.load(str(fp32_path))
     defaults = sensitive_defaults(original, tower)
     quantized = quantize_int8(fp32_path, calibration, options.target, method, defaults)
-    trt_placement = options.target is Target.TENSORRT
+    trt_placement = options.trt_placement
     parity = embedding_parity(expected, run_model(quantized, artifact, calibration.validation, trt_placement))
     target = INT8_FALLBACK_TARGET
     failing = bool(target.failures(parity.min_cosine, parity.mean_cosine, parity.max_abs_diff))
@@ -231,7 +238,7 @@ def _int8(job: _Job) -> Converted:
         fallback_steps=tuple({"restored": c, "min_cosine": lo, "mean_cosine": mean} for c, lo, mean in steps),
         versions=installed_versions(TOOL_DISTRIBUTIONS),
     )
-    remaining = tuple(s for s in sorted(sensitivity, key=lambda s: -s.error) if s.node not in set(restored))
+    remaining = tuple(s for s in sensitivity if s.node not in restored)  # layer_sensitivity ranks worst first
     candidate = TowerCandidate(tower, model, lambda extra: qdq.restore_high_precision(quantized, original, restored + extra),
                                remaining)
     return Converted(model, details, sensitivity, parity, candidate)
