@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,16 +27,6 @@ import numpy as np
 from precision import machine, write_result
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def _ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def _images(n: int) -> list[bytes]:
@@ -118,7 +107,9 @@ def main() -> None:
     texts = [f"a photo of a {w}, taken at dusk" for w in ("cat", "dog", "car", "tree", "boat", "house", "bird", "fish")]
     result = {"artifact": str(args.artifact), "machine": machine(), "seconds_per_point": args.seconds,
               "max_queue_delay_us": args.max_queue_delay_us, "in_process": _in_process(args.artifact, images, texts, args.seconds)}
-    http, grpc, metrics = _ports(3)
+    from clipexport.serving.server import free_local_ports
+
+    http, grpc, metrics = free_local_ports(3)
     server = subprocess.Popen([str(args.serve_python), "-m", "clipexport", "serve", str(args.artifact), "--name", "bench",
                                "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics),
                                "--max-batch", "32", "--max-queue-delay-us", str(args.max_queue_delay_us), "-q"],

@@ -25,6 +25,7 @@ import pytest
 from PIL import Image
 
 from clipexport.runtime import ClipRuntime
+from clipexport.serving.server import free_local_ports
 
 REPO = Path(__file__).resolve().parent.parent
 SERVE_PYTHON = Path(os.environ.get("CLIPEXPORT_SERVE_PYTHON", REPO / ".venv-serve" / "bin" / "python"))
@@ -34,16 +35,6 @@ needs_server = pytest.mark.skipif(not SERVE_PYTHON.is_file(),
 # composition differs, which moves float32 results by a few ulps.
 SERVER_MAX_ABS = 1e-6
 TEXTS = ["a photo of a cat", "a diagram", "北京欢迎你", "a very long caption " * 30, "emoji 😎"]
-
-
-def _free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def _png(seed: int, size=(80, 60)) -> bytes:
@@ -148,7 +139,7 @@ def test_serve_without_pytriton_is_one_line(tiny_vit: Path) -> None:
 
 class Server:
     def __init__(self, artifact: Path, *extra: str):
-        self.http, self.grpc, self.metrics = _free_ports(3)
+        self.http, self.grpc, self.metrics = free_local_ports(3)
         self.log = artifact.parent / f"serve-{self.http}.log"
         self.process = subprocess.Popen(
             [str(SERVE_PYTHON), "-m", "clipexport", "serve", str(artifact), "--name", "m",
@@ -289,7 +280,7 @@ def test_generated_python_models_load_and_answer_in_tritonserver(tiny_vit: Path,
     python_only.mkdir()
     for model in ("g_preprocess", "g_tokenize"):
         shutil.copytree(repo / model, python_only / model)
-    http, grpc, metrics = _free_ports(3)
+    http, grpc, metrics = free_local_ports(3)
     launcher = (
         "import subprocess, sys, tempfile, pathlib\n"
         "from clipexport.serving import server as s\n"

@@ -110,6 +110,19 @@ def serve(options: ServeOptions, progress: Progress = silent, on_ready: Callable
         shutil.rmtree(workspace, ignore_errors=True)
 
 
+def free_local_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """`count` distinct ports the OS has free right now (for --http-port and friends in tests and
+    benchmarks: several servers side by side)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind((host, 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
 def _check(options: ServeOptions, manifest) -> None:
     for port, what in ((options.http_port, "--http-port"), (options.grpc_port, "--grpc-port"),
                        (options.metrics_port, "--metrics-port")):
