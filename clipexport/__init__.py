@@ -4,4 +4,6 @@ Importing the package is cheap and side-effect free; heavy libraries load inside
 functions that need them.
 """
 
-__version__ = "0.1.0"
+from clipexport._version import __version__
+
+__all__ = ["__version__"]

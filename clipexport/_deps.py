@@ -21,7 +21,18 @@ _HINTS: dict[str, tuple[str, str]] = {
     "modelopt": ("nvidia-modelopt[onnx]", "precision"),
     "polygraphy": ("polygraphy", "precision"),
     "tensorrt": ("tensorrt (on Jetson: JetPack's python3-libnvinfer, `sudo apt install python3-libnvinfer`)", "tensorrt"),
+    "matplotlib": ("matplotlib", "bench"),
+    "tritonclient": ("tritonclient[http,grpc]", "client"),
+    "pytriton": ("nvidia-pytriton", "serve"),
 }
+# Extras a machine may lack while everything else works (the tests skip, naming the extra).
+OPTIONAL_EXTRAS = ("precision", "bench", "client", "serve", "tensorrt")
+
+
+def extra_of(module: str) -> str | None:
+    """The clipexport extra that installs `module`, where we know it."""
+    hint = _HINTS.get(module.split(".")[0])
+    return hint[1] if hint else None
 
 
 def installed_versions(distributions: Iterable[str]) -> dict[str, str]:
@@ -45,7 +56,9 @@ def require(module: str, purpose: str) -> ModuleType:
     except ImportError as exc:
         top = module.split(".")[0]
         dist, extra = _HINTS.get(top, (top, "export"))
-        raise MissingDependencyError(
+        error = MissingDependencyError(
             f"{purpose} needs the Python package '{dist}', which is not importable ({exc}); "
             f"install it with: pip install 'clipexport[{extra}]'"
-        ) from exc
+        )
+        error.extra = extra
+        raise error from exc

@@ -12,9 +12,10 @@ from typing import Any, Callable
 
 import click
 
-from clipexport import __version__
+from clipexport._version import __version__
 from clipexport.artifact.precision import QUANTIZED, Precision
 from clipexport.errors import ClipExportError
+from clipexport.inputs import DEFAULT_MAX_REQUEST_BYTES
 from clipexport.progress import StepPrinter
 from clipexport.runtime.backends import BackendKind
 
@@ -495,20 +496,24 @@ def triton(artifact: Path, output: Path, name: str | None, platform: str, precis
               help="How long the batcher waits for more requests.")
 @click.option("--instances", type=int, default=1, show_default=True, help="Model instances (each its own sessions).")
 @click.option("--name", default=None, help="Model name prefix (default: the artifact folder's name).")
+@click.option("--max-request-bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES, show_default=True,
+              help="Largest request (all its items together); larger ones are refused with HTTP 413 / 400.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
 def serve(artifact: Path, host: str, http_port: int, grpc_port: int, metrics_port: int, precision: str, backend: str,
-          max_batch: int, max_queue_delay_us: int, instances: int, name: str | None, quiet: bool) -> None:
+          max_batch: int, max_queue_delay_us: int, instances: int, name: str | None, max_request_bytes: int,
+          quiet: bool) -> None:
     """Serve image and text embeddings of ARTIFACT on a real Triton Inference Server (NVIDIA PyTriton's
     bundled tritonserver): KServe v2 over HTTP and gRPC, dynamic batching, /v2/health/ready, metrics.
     Ctrl-C or SIGTERM stops it."""
-    from clipexport.serving.server import ServeOptions, serve as run_server
+    from clipexport.serving.server import ServeOptions, client_host, serve as run_server
 
     options = ServeOptions(artifact=artifact, host=host, http_port=http_port, grpc_port=grpc_port,
                            metrics_port=metrics_port, precision=Precision.parse(precision), backend=backend,
-                           max_batch=max_batch, max_queue_delay_us=max_queue_delay_us, instances=instances, name=name)
+                           max_batch=max_batch, max_queue_delay_us=max_queue_delay_us, instances=instances, name=name,
+                           max_request_bytes=max_request_bytes)
 
     def ready(models: list[str]) -> None:
-        shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
+        shown = client_host(host)
         click.echo(f"ready: http://{shown}:{http_port} grpc://{shown}:{grpc_port} metrics http://{shown}:{metrics_port}/metrics "
                    f"models {', '.join(models)} (Ctrl-C to stop)", err=True)
 

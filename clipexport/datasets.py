@@ -211,7 +211,11 @@ def load_labelled_folder(folder: str | Path, templates: str | Path | None = None
             raise InputError(f"class folder {root / name} has no images; add some or remove the folder")
         paths += files
         labels += [index] * len(files)
-    prompts = tuple(mapping.get(name, name.replace("_", " ")) for name in classes)
+    prompts = tuple(mapping.get(name, name.replace("_", " ").strip()) for name in classes)
+    blank = [name for name, prompt in zip(classes, prompts) if not prompt]
+    if blank:
+        raise InputError(f"class folder '{blank[0]}' of {root} gives an empty prompt (underscores become spaces); "
+                         "rename it or map it to a text in classes.txt ('folder<TAB>prompt text')")
     if len(set(prompts)) != len(prompts):
         raise InputError(f"two classes of {root} share a prompt text; make each class's text unique")
     return LabelledSet(root, tuple(paths), tuple(labels), tuple(classes), prompts, _templates(root, templates))
@@ -234,6 +238,9 @@ def _class_prompts(root: Path) -> dict[str, str]:
             if "\t" not in line:
                 raise InputError(f"{root / 'classes.txt'} line {number}: expected 'folder<TAB>prompt text'")
             name, prompt = line.split("\t", 1)
+            if not name.strip() or not prompt.strip():
+                raise InputError(f"{root / 'classes.txt'} line {number}: the folder name and the prompt text must "
+                                 "both be non-empty ('folder<TAB>prompt text')")
             out[name.strip()] = prompt.strip()
         return out
     return {}

@@ -10,9 +10,20 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-from clipexport.errors import InputError
+from clipexport.errors import ClipExportError, InputError, ManifestError
 
 _CHUNK = 1 << 20
+
+
+DATA_DIR = Path(__file__).resolve().parent / "data"
+
+
+def package_data(*parts: str) -> Path:
+    """A file shipped in clipexport/data. Found from this module's own file, not through
+    importlib.resources: a folder named `clipexport` in the working directory (the parent of a
+    clone, with an editable install) turns the package into a namespace package, whose resources
+    are a MultiplexedPath that cannot join several parts."""
+    return DATA_DIR.joinpath(*parts)
 
 
 def _umask() -> int:
@@ -32,6 +43,18 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
         while chunk := handle.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def check_recorded_sha256(path: str | os.PathLike[str], expected: str | None, fix: str, *, actual: str | None = None,
+                          recorded_in: str = "the manifest", error: type[ClipExportError] = ManifestError) -> None:
+    """The one check of a file (or folder: pass its `actual` digest) against the sha256 recorded
+    when it was made: a changed file is reported, never used. No record, nothing to check."""
+    if not expected:
+        return
+    actual = actual if actual is not None else sha256_file(path)
+    if actual != expected:
+        raise error(f"{path} does not match {recorded_in} (sha256 {actual[:12]}… vs recorded {expected[:12]}…): "
+                    f"it changed since it was recorded; {fix}")
 
 
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
@@ -96,14 +119,15 @@ def remove_stale_staging(parent: Path, prefix: str) -> list[Path]:
         return removed
     for path in parent.glob(f"{prefix}*"):
         pid_text = path.name[len(prefix):].split("-", 1)[0]
-        if not path.is_dir() or path.is_symlink() or not pid_text.isdigit() or _alive(int(pid_text)):
+        if not path.is_dir() or path.is_symlink() or not pid_text.isdigit() or pid_alive(int(pid_text)):
             continue
         shutil.rmtree(path, ignore_errors=True)
         removed.append(path)
     return removed
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` still runs (someone else's counts as running)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

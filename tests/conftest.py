@@ -57,3 +57,52 @@ def hf_siglip_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from helpers import save_tiny_hf_siglip
 
     return save_tiny_hf_siglip(tmp_path_factory.mktemp("hf-siglip") / "tiny-hf-siglip")
+
+
+# ---- optional extras: a test that needs one this machine lacks skips, naming it ------------------
+
+def _missing_extra(error: BaseException) -> str | None:
+    from clipexport._deps import OPTIONAL_EXTRAS, extra_of
+    from clipexport.errors import MissingDependencyError
+
+    if isinstance(error, MissingDependencyError):
+        extra = getattr(error, "extra", None)
+    elif isinstance(error, ImportError) and getattr(error, "name", None):
+        extra = extra_of(error.name)
+    else:
+        return None
+    return extra if extra in OPTIONAL_EXTRAS else None
+
+
+def _skip_for_missing_extra(outcome) -> None:
+    error = outcome.excinfo[1] if outcome.excinfo else None
+    extra = _missing_extra(error) if error is not None else None
+    if extra is not None:
+        outcome.force_exception(pytest.skip.Exception(
+            f"needs the optional '{extra}' extra, not installed here (pip install 'clipexport[{extra}]'): "
+            f"{str(error).splitlines()[0][:200]}", _use_item_location=True))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item):
+    outcome = yield
+    _skip_for_missing_extra(outcome)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item):
+    outcome = yield
+    _skip_for_missing_extra(outcome)
+
+
+@pytest.fixture(scope="session")
+def serve_python() -> Path:
+    """The serving venv (.venv-serve: nvidia-pytriton with numpy<2 on a Python whose shared
+    libpython is its own), built here on first use exactly as .ci/run builds it, then reused;
+    skips only where this machine has no such Python."""
+    from serve_env import ensure_serve_python
+
+    python, reason = ensure_serve_python()
+    if python is None:
+        pytest.skip(reason)
+    return python

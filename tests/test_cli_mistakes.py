@@ -41,6 +41,13 @@ def workspace(tiny_vit: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
     manifest = json.loads((damaged / "manifest.json").read_text())
     manifest["towers"]["text"]["graphs"]["fp32"]["sha256"] = hashlib.sha256(b"not an onnx protobuf").hexdigest()
     (damaged / "manifest.json").write_text(json.dumps(manifest))
+    for name, classes, map_text in (("labelled", ("red", "blue"), None), ("labelled_tab", ("red", "blue"), "red\t\n"),
+                                    ("labelled_underscore", ("_", "blue"), None)):
+        for folder in classes:
+            (root / name / folder).mkdir(parents=True)
+            Image.new("RGB", (40, 30), (200, 0, 0)).save(root / name / folder / "1.png")
+        if map_text is not None:
+            (root / name / "classes.txt").write_text(map_text)
     (root / "empty_manifest").mkdir()
     (root / "empty_manifest" / "manifest.json").write_text("{}")
     return {"root": root, "art": tiny_vit}
@@ -121,6 +128,21 @@ MISTAKES: list[tuple[str, Args, str]] = [
     ("build-unknown-recipe", lambda w: ["build", str(w["art"]), "--recipe", "no-such", "--dry-run"], "not found"),
     ("build-unknown-tower", lambda w: ["build", str(w["art"]), "--towers", "audio", "--dry-run"], "--towers"),
     ("recipes-unknown", lambda w: ["recipes", "no-such"], "not found"),
+    ("verify-accuracy-drop-nan", lambda w: ["verify", str(w["art"]), "--labeled-images", str(w["root"] / "labelled"),
+                                            "--max-accuracy-drop", "nan"], "finite number of points"),
+    ("quantize-accuracy-drop-nan", lambda w: ["quantize", str(w["art"]), "--precision", "int8", "--labeled-images",
+                                              str(w["root"] / "labelled"), "--max-accuracy-drop", "nan"],
+     "finite number of points"),
+    ("verify-classes-txt-empty-prompt", lambda w: ["verify", str(w["art"]), "--labeled-images",
+                                                   str(w["root"] / "labelled_tab")], "must both be non-empty"),
+    ("verify-class-folder-underscore", lambda w: ["verify", str(w["art"]), "--labeled-images",
+                                                  str(w["root"] / "labelled_underscore")], "gives an empty prompt"),
+    ("triton-name-not-ascii", lambda w: ["triton", str(w["art"]), "-o", str(w["root"] / "r1"), "--name", "ünï"],
+     "not a usable model name"),
+    ("triton-name-too-long", lambda w: ["triton", str(w["art"]), "-o", str(w["root"] / "r2"), "--name", "x" * 300],
+     "not a usable model name"),
+    ("embed-server-url-malformed", lambda w: ["embed", str(w["art"]), "--texts", str(w["root"] / "a_file.txt"), "-o",
+                                              str(w["root"] / "e.npy"), "--server", "https://"], "is not host:port"),
 ]
 
 

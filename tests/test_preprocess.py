@@ -65,6 +65,32 @@ def test_matches_hf_clip_image_processor(mode: str, hf_clip_folder) -> None:
         assert np.abs(ours(image)[0] - want).max() <= PREPROCESS_MAX_ABS
 
 
+# Odd and even crop margins in both orientations (transformers floors the crop offset where
+# torchvision rounds it), already-square, and already at the crop size.
+HF_SIZES = [(448, 172), (172, 448), (221, 256), (256, 221), (301, 225), (225, 301), (257, 257), (300, 300),
+            (640, 480), (480, 640), (224, 224), (65, 64), (64, 65), (50, 40)]
+
+
+@pytest.mark.parametrize("processor_class", ["CLIPImageProcessor", "ChineseCLIPImageProcessor", "SiglipImageProcessor"])
+def test_hf_processors_match_at_odd_and_even_sizes(processor_class: str, tmp_path) -> None:
+    import transformers
+
+    from clipexport.sources.hf import _preprocess_config
+
+    kwargs = {"size": {"height": 224, "width": 224}} if "Siglip" in processor_class else {}
+    getattr(transformers, processor_class)(**kwargs).save_pretrained(tmp_path)
+    try:  # the reference export records: transformers' PIL backend (what sources/hf.py loads)
+        processor = transformers.AutoImageProcessor.from_pretrained(tmp_path, backend="pil")
+    except TypeError:
+        processor = transformers.AutoImageProcessor.from_pretrained(tmp_path, use_fast=False)
+    ours = ImagePreprocessor(_preprocess_config(processor))
+    for index, size in enumerate(HF_SIZES):
+        image = _image("RGB", size, seed=index)
+        want = processor(images=image, return_tensors="np")["pixel_values"][0]
+        got = ours(image)[0]
+        assert got.shape == want.shape and np.abs(got - want).max() <= PREPROCESS_MAX_ABS, (processor_class, size)
+
+
 def test_accepts_paths_bytes_arrays(tmp_path, open_clip_reference) -> None:
     image = _image("RGB", (300, 200))
     path = tmp_path / "x.png"
@@ -101,12 +127,41 @@ def test_skip_bad_items_and_say_which(tmp_path) -> None:
     assert [(s.index, "bad.png" in s.name) for s in skipped] == [(1, True)]
 
 
+def _claimed_png(path, width: int, height: int) -> None:
+    """A small PNG whose header claims width x height (its pixel data is for 8x8)."""
+    import struct
+    import zlib
+
+    buffer = io.BytesIO()
+    _image("RGB", (8, 8)).save(buffer, format="PNG")
+    data = bytearray(buffer.getvalue())
+    ihdr = data[12:29]
+    ihdr[4:12] = struct.pack(">II", width, height)
+    data[12:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)))
+    path.write_bytes(bytes(data))
+
+
 def test_decompression_bombs_stay_refused(tmp_path, monkeypatch) -> None:
     path = tmp_path / "big.png"
-    _image("RGB", (64, 64)).save(path)
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # PIL refuses > 2x this
-    with pytest.raises(InputError, match="decompression bomb"):
+    _claimed_png(path, 40000, 40000)  # 1.6 gigapixels from a 100-byte file
+    with pytest.raises(InputError, match="over the limit of 100 Mpx; raise it with CLIPEXPORT_MAX_IMAGE_PIXELS"):
         ImagePreprocessor()(path)
+    monkeypatch.setenv("CLIPEXPORT_MAX_IMAGE_PIXELS", "100")
+    small = tmp_path / "small.png"
+    _image("RGB", (64, 64)).save(small)
+    with pytest.raises(InputError, match="over the limit"):
+        ImagePreprocessor()(small)
+
+
+def test_raising_our_pixel_limit_lifts_pils_own(tmp_path, monkeypatch) -> None:
+    """PIL refuses over 179 Mpx with a message that names no way out; our variable governs both."""
+    path = tmp_path / "panorama.png"
+    _claimed_png(path, 15000, 13000)  # 195 Mpx: over PIL's default, under the raised limit
+    monkeypatch.setenv("CLIPEXPORT_MAX_IMAGE_PIXELS", "500000000")
+    with pytest.raises(InputError) as caught:
+        ImagePreprocessor()(path)
+    assert "not a valid or complete image" in str(caught.value) and "bomb" not in str(caught.value)
 
 
 def test_exif_orientation_matches_reference_by_default(tmp_path, open_clip_reference) -> None:

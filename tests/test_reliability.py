@@ -354,3 +354,74 @@ def test_build_makes_the_missing_fp16_graph_itself(tiny_vit: Path, tmp_path: Pat
                                                           towers=(pipeline.Tower.VISION,)), lines.append)
     assert built == ["vision.fp16.onnx"] and any("making the fp16 graph of vision first" in line for line in lines)
     assert read_manifest(artifact).tower("vision").graph("fp16").details.made_by == "build"
+
+
+# ---- round 2: one set of input rules, checked where every caller passes ------------------------
+
+def test_token_ids_are_checked_before_the_backend_runs(tiny_vit: Path) -> None:
+    """Negative, fractional, boolean, out-of-vocabulary and too-long ids: one InputError line each
+    (they used to embed like other ids, or end in an ONNX Runtime Gather error)."""
+    from clipexport.errors import InputError
+    from clipexport.runtime import ClipRuntime
+
+    with ClipRuntime.load(tiny_vit) as runtime:
+        good = runtime.tokenizer(["a photo of a cat"])
+        assert runtime.encode_text(good).shape == (1, 64)
+        assert runtime.encode_text(good.astype(np.int32)).shape == (1, 64)
+        cases = [(np.array([[49406, -59, 49407]]), "token id -59, outside the vocabulary"),
+                 (good.astype(np.float64) + 0.9, "must be integer token ids"),
+                 (good.astype(bool), "must be integer token ids"),
+                 (np.array([[49406, 60000, 49407]]), "token id 60000, outside the vocabulary"),
+                 (np.full((1, 78), 320), "more than the model's context of 77")]
+        for ids, message in cases:
+            with pytest.raises(InputError, match=message):
+                runtime.encode_text(ids)
+        for call, message in ((lambda: runtime.encode_text(None), "texts is None"),
+                              (lambda: runtime.encode_text(["a \ud800"]), "lone surrogate"),
+                              (lambda: runtime.encode_image(None), "images is None")):
+            with pytest.raises(InputError, match=message):
+                call()
+    with pytest.raises(InputError, match="was closed"):
+        runtime.encode_text(["after close"])
+    with pytest.raises(InputError, match="must be a path"):
+        ClipRuntime.load(None)
+
+
+def test_an_edited_embed_dim_is_refused_at_load(tiny_vit: Path, tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    from clipexport.errors import ManifestError
+    from clipexport.runtime import ClipRuntime
+
+    edited = tmp_path / "edited"
+    shutil.copytree(tiny_vit, edited)
+    manifest = json.loads((edited / "manifest.json").read_text())
+    manifest["embed_dim"] = 999
+    (edited / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ManifestError, match="output is 64-d but the manifest says embed_dim 999"):
+        ClipRuntime.load(edited)
+
+
+def test_a_runtime_with_one_tower_refuses_the_other(tiny_vit: Path) -> None:
+    from clipexport.errors import InputError
+    from clipexport.runtime import ClipRuntime
+
+    with ClipRuntime.load(tiny_vit, towers=("text",)) as runtime:
+        assert runtime.encode_text(["a"]).shape == (1, 64)
+        with pytest.raises(InputError, match="without the vision tower"):
+            runtime.encode_image([np.zeros((8, 8, 3), np.uint8)])
+
+
+def test_a_clipexport_folder_in_the_working_directory_changes_nothing(tiny_vit: Path, tmp_path: Path) -> None:
+    """The parent of a clone named clipexport: the package becomes a namespace package there;
+    package data, the version and the runtime still load."""
+    (tmp_path / "clipexport").mkdir()
+    code = ("from clipexport.runtime import ClipRuntime\n"
+            f"r = ClipRuntime.load({str(tiny_vit)!r})\n"
+            "print(r.encode_text(['a photo of a cat']).shape)\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "(1, 64)" in done.stdout, done.stderr
+    done = subprocess.run([sys.executable, "-m", "clipexport", "--version"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0 and "clipexport" in done.stdout, done.stderr

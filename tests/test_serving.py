@@ -2,8 +2,10 @@
 tritonserver (NVIDIA PyTriton's bundle, CPU) serves the artifact over HTTP and gRPC, batches
 concurrent requests, refuses bad requests one at a time, and stops cleanly on SIGTERM.
 
-The server needs a Python with nvidia-pytriton and numpy<2: `.venv-serve` (made by .ci/run) or
-CLIPEXPORT_SERVE_PYTHON. Without one the server tests skip, saying why."""
+The server needs a Python with nvidia-pytriton and numpy<2: the `serve_python` fixture builds
+`.venv-serve` (tests/serve_env.py) when it is missing, and skips only where this machine has no
+suitable system Python. The module's server starts from a folder holding a `clipexport` folder (the
+parent of a clone), which once made the package a namespace package."""
 
 from __future__ import annotations
 
@@ -28,9 +30,7 @@ from clipexport.runtime import ClipRuntime
 from clipexport.serving.server import free_local_ports
 
 REPO = Path(__file__).resolve().parent.parent
-SERVE_PYTHON = Path(os.environ.get("CLIPEXPORT_SERVE_PYTHON", REPO / ".venv-serve" / "bin" / "python"))
-needs_server = pytest.mark.skipif(not SERVE_PYTHON.is_file(),
-                                  reason=f"no serving Python at {SERVE_PYTHON} (create .venv-serve as .ci/run does)")
+MAX_REQUEST_BYTES = 2_000_000  # the module server's --max-request-bytes
 # In-process runtime and server run the same ONNX Runtime graph on the same CPU: only batch
 # composition differs, which moves float32 results by a few ulps.
 SERVER_MAX_ABS = 1e-6
@@ -138,13 +138,13 @@ def test_serve_without_pytriton_is_one_line(tiny_vit: Path) -> None:
 # ---- a real server ---------------------------------------------------------------------------------
 
 class Server:
-    def __init__(self, artifact: Path, *extra: str):
+    def __init__(self, artifact: Path, python: Path, *extra: str, cwd: Path | None = None):
         self.http, self.grpc, self.metrics = free_local_ports(3)
         self.log = artifact.parent / f"serve-{self.http}.log"
         self.process = subprocess.Popen(
-            [str(SERVE_PYTHON), "-m", "clipexport", "serve", str(artifact), "--name", "m",
+            [str(python), "-m", "clipexport", "serve", str(artifact), "--name", "m",
              "--http-port", str(self.http), "--grpc-port", str(self.grpc), "--metrics-port", str(self.metrics), *extra],
-            stdout=subprocess.PIPE, stderr=self.log.open("w"), cwd=str(artifact.parent))
+            stdout=subprocess.PIPE, stderr=self.log.open("w"), cwd=str(cwd or artifact.parent))
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
             assert self.process.poll() is None, self.log.read_text()
@@ -166,14 +166,16 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def server(tiny_vit: Path):
-    served = Server(tiny_vit, "--max-batch", "8", "--max-queue-delay-us", "20000")
+def server(tiny_vit: Path, serve_python: Path, tmp_path_factory: pytest.TempPathFactory):
+    parent = tmp_path_factory.mktemp("clone-parent")
+    (parent / "clipexport").mkdir()  # a clone named clipexport beside the working directory
+    served = Server(tiny_vit, serve_python, "--max-batch", "8", "--max-queue-delay-us", "20000",
+                    "--max-request-bytes", str(MAX_REQUEST_BYTES), cwd=parent)
     yield served
     if served.process.poll() is None:
         served.stop()
 
 
-@needs_server
 def test_http_and_grpc_equal_the_runtime(server: Server, tiny_vit: Path) -> None:
     from clipexport.client import ClipClient
 
@@ -187,7 +189,6 @@ def test_http_and_grpc_equal_the_runtime(server: Server, tiny_vit: Path) -> None
             np.testing.assert_allclose(client.encode_image(images, batch_size=2), want_image, atol=SERVER_MAX_ABS, rtol=0)
 
 
-@needs_server
 def test_concurrent_clients_are_batched_and_all_answered(server: Server, tiny_vit: Path) -> None:
     from clipexport.client import ClipClient
 
@@ -225,32 +226,149 @@ def _stats(server: Server) -> dict:
     return {m["name"]: m for m in data["model_stats"]}
 
 
-@needs_server
 def test_bad_requests_fail_alone(server: Server) -> None:
+    """Every per-item client mistake is 400 / INVALID_ARGUMENT with the runtime's one-line reason,
+    and the next request is answered."""
     import tritonclient.http as http
 
-    from clipexport.client import ClipClient, ServerError
+    from clipexport.client import ClipClient, RequestRefused
 
+    for url in (f"localhost:{server.http}", f"grpc://localhost:{server.grpc}"):
+        with ClipClient(url, model="m") as client:
+            with pytest.raises(RequestRefused, match="b.png: not a valid or complete image"):
+                client.encode_image([_png(1), b"definitely not a png"], names=["a.png", "b.png"])
+            with pytest.raises(RequestRefused, match="is empty"):
+                client.encode_image([b""])
+            with pytest.raises(RequestRefused, match="decompression bomb|over the limit"):
+                client.encode_image([_bomb()])
+            assert client.encode_image([_png(1)]).shape == (1, 64)
+            assert client.encode_text(["x"] * 9, batch_size=9).shape == (9, 64)  # split to the max batch of 8
+            assert client.encode_text([]).shape == (0, 64)
+    raw = http.InferenceServerClient(f"localhost:{server.http}")
+    wrong = http.InferInput("TEXT", [1, 1], "INT64")
+    wrong.set_data_from_numpy(np.zeros((1, 1), np.int64))
+    with pytest.raises(Exception, match="(?i)data.?type|datatype|expected"):
+        raw.infer("m_text", [wrong])
+    for body in (b"{not json", b"", b'{"inputs": 5}'):
+        assert _post(server, "/v2/models/m_text/infer", body)[0] == 400, body
+    status, answer = _post(server, "/v2/models/m_text/infer", _text_body(b"\xff\xfe not utf-8"))
+    assert status == 400 and "not valid UTF-8" in answer, answer
     with ClipClient(f"localhost:{server.http}", model="m") as client:
-        with pytest.raises(ServerError, match="not a valid or complete image"):
-            client.encode_image([b"definitely not a png"])
-        assert client.encode_image([_png(1)]).shape == (1, 64)
-        with pytest.raises(ServerError, match="is empty"):
-            client.encode_text([""])
-        assert client.encode_text(["fine"]).shape == (1, 64)
-        with pytest.raises(ServerError, match="batch"):  # 9 items, the server's max batch is 8
-            client.encode_text(["x"] * 9, batch_size=9)
-        raw = http.InferenceServerClient(f"localhost:{server.http}")
-        wrong = http.InferInput("TEXT", [1, 1], "INT64")
-        wrong.set_data_from_numpy(np.zeros((1, 1), np.int64))
-        with pytest.raises(Exception, match="(?i)data.?type|datatype|expected"):
-            raw.infer("m_text", [wrong])
         assert client.encode_text(["still fine"]).shape == (1, 64)
 
 
-@needs_server
-def test_sigterm_stops_cleanly(tiny_vit: Path) -> None:
-    served = Server(tiny_vit)
+def test_blank_texts_embed_on_the_server_as_in_the_runtime(server: Server, tiny_vit: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from clipexport.cli import main
+
+    texts = ["a cat", "", "   ", "\u00a0", "a dog"]
+    (tmp_path / "texts.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    for server_args in ((), ("--server", f"localhost:{server.http}", "--model", "m")):
+        out = tmp_path / f"t{len(server_args)}.npy"
+        result = CliRunner().invoke(main, ["embed", str(tiny_vit), "--texts", str(tmp_path / "texts.txt"), "-o", str(out),
+                                           "--batch-size", "32", *server_args])
+        assert result.exit_code == 0, result.output
+    np.testing.assert_allclose(np.load(tmp_path / "t4.npy"), np.load(tmp_path / "t0.npy"), atol=SERVER_MAX_ABS)
+
+
+def _bomb() -> bytes:
+    """A small PNG whose header claims 40000x40000 pixels: refused from the header, never decoded."""
+    import struct
+    import zlib
+
+    data = bytearray(_png(3, (8, 8)))
+    ihdr = data[12:29]  # b"IHDR" + width, height, depth, colour, compression, filter, interlace
+    ihdr[4:12] = struct.pack(">II", 40000, 40000)
+    data[12:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)))
+    return bytes(data)
+
+
+def _text_body(raw: bytes) -> bytes:
+    """A KServe v2 binary-tensor request with one BYTES item (any bytes, not only valid UTF-8)."""
+    tensor = len(raw).to_bytes(4, "little") + raw
+    header = json.dumps({"inputs": [{"name": "TEXT", "shape": [1, 1], "datatype": "BYTES",
+                                     "parameters": {"binary_data_size": len(tensor)}}]}).encode()
+    return header + tensor, len(header)
+
+
+def _post(server: Server, path: str, body, content_type: str | None = "application/json") -> tuple[int, str]:
+    headers = {} if content_type is None else {"Content-Type": content_type}
+    if isinstance(body, tuple):
+        body, header_length = body
+        headers = {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(header_length)}
+    request = urllib.request.Request(f"http://127.0.0.1:{server.http}{path}", data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, response.read().decode(errors="replace")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode(errors="replace")
+
+
+def test_requests_that_crashed_or_held_the_server_are_refused(server: Server) -> None:
+    """A 5 MB form-encoded body (urllib's default type) used to segfault tritonserver; a request
+    over --max-request-bytes is 413 over HTTP, INVALID_ARGUMENT over gRPC; a long text under the
+    bound costs what its first words cost; and the server keeps answering."""
+    from clipexport.client import ClipClient, RequestRefused
+
+    text = json.dumps({"inputs": [{"name": "TEXT", "shape": [1, 1], "datatype": "BYTES", "data": ["x " * 2_500_000]}]})
+    status, answer = _post(server, "/v2/models/m_text/infer", text.encode(), content_type=None)  # urllib's form default
+    assert status == 415 and "application/json" in answer, (status, answer)
+    status, answer = _post(server, "/v2/models/m_text/infer", text.encode())
+    assert status == 413 and "--max-request-bytes" in answer, (status, answer)
+    with ClipClient(f"grpc://localhost:{server.grpc}", model="m") as client:
+        with pytest.raises(RequestRefused, match="over the server's limit"):
+            client.encode_text(["y" * (MAX_REQUEST_BYTES + 10)])
+        start = time.monotonic()
+        long_text = client.encode_text(["a photo of a cat " * 100_000])  # 1.7 MB, under the bound
+        assert time.monotonic() - start < 10 and long_text.shape == (1, 64)
+    for url in (f"localhost:{server.http}", f"grpc://localhost:{server.grpc}"):
+        with ClipClient(url, model="m") as client:
+            assert client.encode_text(["still serving"]).shape == (1, 64)
+    assert server.process.poll() is None
+
+
+def test_one_http_client_shared_by_eight_threads(server: Server, tiny_vit: Path) -> None:
+    from clipexport.client import ClipClient
+
+    texts = [f"a photo of a {w}" for w in ("cat", "dog", "car", "tree")]
+    with ClipRuntime.load(tiny_vit) as runtime:
+        want = runtime.encode_text(texts)
+    shared = ClipClient(f"localhost:{server.http}", model="m", timeout=20)
+
+    def job(k: int) -> int:
+        for j in range(10):
+            count = 1 + (k + j) % len(texts)
+            np.testing.assert_allclose(shared.encode_text(texts[:count]), want[:count], atol=SERVER_MAX_ABS)
+        return 10
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(job, k) for k in range(8)]
+        assert sum(f.result(timeout=90) for f in futures) == 80
+    shared.close()
+
+
+def test_client_mistakes_and_unreachable_servers_have_their_exit_codes(server: Server, tiny_vit: Path,
+                                                                       tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from clipexport.cli import main
+
+    (tmp_path / "t.txt").write_text("a\n")
+    cases = [(("--server", f"localhost:{free_local_ports(1)[0]}"), 3, "no answer from a Triton server"),
+             (("--server", f"localhost:{server.http}", "--model", "other"), 3, "does not serve other_text"),
+             (("--server", "https://"), 2, "is not host:port"),
+             (("--server", "localhost:8000/v2"), 2, "is not host:port")]
+    for args, code, message in cases:
+        result = CliRunner().invoke(main, ["embed", str(tiny_vit), "--texts", str(tmp_path / "t.txt"), "-o",
+                                           str(tmp_path / "o.npy"), *args])
+        assert result.exit_code == code and message in result.output, (args, result.output)
+        assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "o.npy").exists()
+
+
+def test_sigterm_stops_cleanly(tiny_vit: Path, serve_python: Path) -> None:
+    served = Server(tiny_vit, serve_python)
     workspace = served.workspace
     assert workspace.is_dir()
     code, seconds = served.stop()
@@ -267,8 +385,8 @@ def _listening(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-@needs_server
-def test_generated_python_models_load_and_answer_in_tritonserver(tiny_vit: Path, tmp_path: Path) -> None:
+def test_generated_python_models_load_and_answer_in_tritonserver(tiny_vit: Path, tmp_path: Path,
+                                                                 serve_python: Path) -> None:
     """The repository's preprocess and tokenize models in the bundled tritonserver (its python
     backend only: the towers' onnxruntime / TensorRT backends are what the NGC container adds)."""
     from clipexport.runtime.text_length import trim
@@ -292,7 +410,7 @@ def test_generated_python_models_load_and_answer_in_tritonserver(tiny_vit: Path,
         f" '--backend-directory=' + str(d / 'backends'), '--http-port={http}', '--grpc-port={grpc}',"
         f" '--metrics-port={metrics}', '--http-address=127.0.0.1', '--grpc-address=127.0.0.1'], env=env))\n")
     log = (tmp_path / "server.log").open("w")
-    process = subprocess.Popen([str(SERVE_PYTHON), "-c", launcher], stdout=log, stderr=log, start_new_session=True)
+    process = subprocess.Popen([str(serve_python), "-c", launcher], stdout=log, stderr=log, start_new_session=True)
     try:
         import tritonclient.http as client_lib
 
@@ -330,7 +448,6 @@ def _infer(lib, client, model: str, name: str, items: list, output: str) -> np.n
     return client.infer(model, [tensor]).as_numpy(output)
 
 
-@needs_server
 def test_embed_command_on_the_server(server: Server, tiny_vit: Path, tmp_path: Path) -> None:
     from click.testing import CliRunner
 
@@ -354,14 +471,54 @@ def test_embed_command_on_the_server(server: Server, tiny_vit: Path, tmp_path: P
     assert result.exit_code == 0 and "3-bad.png" in result.output, result.output
     assert np.load(tmp_path / "i.npy").shape == (3, 64)
     result = CliRunner().invoke(main, ["embed", str(tiny_vit), "--images", str(folder), "-o", str(tmp_path / "j.npy"),
-                                       "--server", url, "--model", "m"])
-    assert result.exit_code == 4 and "not a valid or complete image" in result.output and not (tmp_path / "j.npy").exists()
+                                       "--server", url, "--model", "m", "--batch-size", "32"])
+    assert result.exit_code == 2 and f"{folder / '3-bad.png'}: not a valid or complete image" in result.output
+    assert not (tmp_path / "j.npy").exists()
 
 
-@needs_server
-def test_second_server_on_the_same_ports_is_one_line(server: Server, tiny_vit: Path) -> None:
-    proc = subprocess.run([str(SERVE_PYTHON), "-m", "clipexport", "serve", str(tiny_vit), "--http-port", str(server.http),
+def test_second_server_on_the_same_ports_is_one_line(server: Server, tiny_vit: Path, serve_python: Path) -> None:
+    proc = subprocess.run([str(serve_python), "-m", "clipexport", "serve", str(tiny_vit), "--http-port", str(server.http),
                            "--grpc-port", str(server.grpc), "--metrics-port", str(server.metrics)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "is not free" in proc.stderr and "ready" not in proc.stdout, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and server.process.poll() is None
+
+
+def test_serve_refuses_what_the_runtime_refuses_with_the_same_line(tiny_vit: Path, serve_python: Path,
+                                                                   tmp_path: Path) -> None:
+    """A tampered graph (2), a backend that cannot run here (3), an edited embed_dim (2) and a bad
+    --name (2): the in-process line and exit code, not "failed to load all models"."""
+    ports = [str(p) for p in free_local_ports(3)]
+    port_args = ["--http-port", ports[0], "--grpc-port", ports[1], "--metrics-port", ports[2]]
+    tampered = tmp_path / "tampered"
+    shutil.copytree(tiny_vit, tampered)
+    with open(tampered / "text.onnx", "ab") as handle:
+        handle.write(b"x")
+    edited = tmp_path / "edited"
+    shutil.copytree(tiny_vit, edited)
+    manifest = json.loads((edited / "manifest.json").read_text())
+    manifest["embed_dim"] = 999
+    (edited / "manifest.json").write_text(json.dumps(manifest))
+    cases = [((str(tampered),), 2, "does not match the manifest"),
+             ((str(tiny_vit), "--backend", "tensorrt"), 3, "clipexport[tensorrt]"),
+             ((str(edited), "--name", "e"), 2, "manifest says embed_dim 999"),
+             ((str(tiny_vit), "--name", "ünï"), 2, "is not a usable model name"),
+             ((str(tiny_vit), "--name", "x" * 300), 2, "is not a usable model name")]
+    for args, code, message in cases:
+        proc = subprocess.run([str(serve_python), "-m", "clipexport", "serve", *args, *port_args, "-q"],
+                              capture_output=True, text=True, timeout=180)
+        assert proc.returncode == code and message in proc.stderr, (args, proc.returncode, proc.stderr)
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_sigkill_leftovers_are_removed_at_the_next_start(tiny_vit: Path, serve_python: Path) -> None:
+    first = Server(tiny_vit, serve_python)
+    workspace = first.workspace
+    first.process.kill()  # SIGKILL: no cleanup runs
+    first.process.wait(30)
+    assert workspace.is_dir()
+    second = Server(tiny_vit, serve_python)
+    try:
+        assert not workspace.exists() and f"removed {workspace.name}" in second.log.read_text()
+    finally:
+        second.stop()

@@ -47,9 +47,9 @@ def inside(root: str | os.PathLike[str], name: str, what: str = "file") -> Path:
     return base / name
 
 
-def model_prefix(name: str) -> str:
-    """A Triton model name prefix (served models are `<prefix>_image`, `<prefix>_text`, ...) from a folder name: letters, digits, '_' and '-'."""
-    cleaned = re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_-")
-    if not cleaned:
-        raise InputError(f"cannot make a Triton model name from '{name}'; pass --name")
-    return cleaned
+def model_prefix(name: str, explicit: bool = False) -> str:
+    """A Triton model name prefix (served models are `<prefix>_image`, `<prefix>_text`, ...): an
+    explicit --name is checked as it is, a folder name is cleaned into one (`inputs.check_model_name`)."""
+    from clipexport.inputs import check_model_name
+
+    return check_model_name(name, derived=not explicit)

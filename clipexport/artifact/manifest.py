@@ -17,7 +17,7 @@ from clipexport.artifact.fields import FieldReader
 from clipexport.artifact.layout import MANIFEST_NAME, TRIMMABLE_POOLING, inside
 from clipexport.artifact.precision import Precision
 from clipexport.errors import ManifestError
-from clipexport.files import sha256_file, write_json_atomic
+from clipexport.files import check_recorded_sha256, sha256_file, write_json_atomic
 
 # Bump when a reader of the previous version would misread a new manifest.
 # 2: graph details and tower properties are typed records (1 had free-form dicts of the same keys).
@@ -465,12 +465,7 @@ def check_graph_files(artifact_dir: str | os.PathLike[str], graph: GraphFile) ->
         path = inside(root, name, "graph file")
         if not path.is_file():
             raise ManifestError(f"{path} is listed in the manifest but missing; re-run the step that made it")
-        actual = sha256_file(path)
-        if actual != expected:
-            raise ManifestError(
-                f"{path} does not match the manifest (sha256 {actual[:12]}… vs recorded {str(expected)[:12]}…): "
-                "the file changed after export; re-export or restore the original file"
-            )
+        check_recorded_sha256(path, expected or "missing", "re-export or restore the original file")
     return inside(root, graph.file, "graph file")
 
 

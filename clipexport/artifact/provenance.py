@@ -17,7 +17,7 @@ from typing import Any, Mapping
 
 from clipexport.artifact.fields import FieldReader
 from clipexport.errors import ManifestError
-from clipexport.files import sha256_file, write_json_atomic
+from clipexport.files import check_recorded_sha256, sha256_file, write_json_atomic
 
 SIDECAR_SCHEMA_VERSION = 1
 # hardware_compatibility_level = AMPERE_PLUS: any discrete GPU of compute capability 8.0 or newer.
@@ -96,10 +96,8 @@ def check_plan_file(plan: Path, provenance: EngineProvenance, rebuild: str) -> N
     if size != provenance.engine_bytes:
         raise ManifestError(f"engine {plan.name} is {size} bytes but was built as {provenance.engine_bytes}: "
                             f"the file is truncated or replaced; rebuild it with: {rebuild}")
-    digest = sha256_file(plan)
-    if digest != provenance.engine_sha256:
-        raise ManifestError(f"engine {plan.name} does not match its provenance (sha256 {digest[:12]}… vs "
-                            f"{provenance.engine_sha256[:12]}…): the file is corrupt or replaced; rebuild it with: {rebuild}")
+    check_recorded_sha256(plan, provenance.engine_sha256 or "missing", f"the file is corrupt or replaced; rebuild it with: {rebuild}",
+                          recorded_in="its provenance sidecar")
 
 
 def check_compatible(provenance: EngineProvenance, tensorrt_version: str, compute_capability: str,

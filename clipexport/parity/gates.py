@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from clipexport.artifact.precision import Precision
@@ -43,3 +44,13 @@ INT8 = Gate(min_cosine=0.98, mean_cosine=0.99)
 INT8_FALLBACK_TARGET = Gate(min_cosine=0.99, mean_cosine=0.995)
 
 GATES: dict[Precision, Gate] = {Precision.FP32: FP32, Precision.FP16: FP16, Precision.INT8: INT8}
+
+
+def check_accuracy_drop(points: float) -> float:
+    """--max-accuracy-drop, for verify's gate and quantize's fallback alike: a finite number of
+    top-1 points >= 0 (NaN would pass every comparison and fail every gate)."""
+    from clipexport.errors import InputError
+
+    if isinstance(points, bool) or not isinstance(points, (int, float)) or not math.isfinite(points) or points < 0:
+        raise InputError(f"--max-accuracy-drop must be a finite number of points >= 0, got {points!r}")
+    return float(points)

@@ -21,7 +21,8 @@ import numpy as np
 
 from clipexport.artifact.manifest import Manifest, Tower
 from clipexport.datasets import LabelledSet
-from clipexport.errors import ExportError, InputError
+from clipexport.errors import ExportError
+from clipexport.parity.gates import check_accuracy_drop
 from clipexport.parity.stats import class_embeddings, zero_shot_accuracy
 from clipexport.precision.sensitivity import LayerSensitivity, run_model
 from clipexport.progress import Progress, silent
@@ -39,8 +40,7 @@ class AccuracyTarget:
     max_drop_points: float  # top-1 points INT8 may lose against the FP32 graphs
 
     def __post_init__(self) -> None:
-        if not self.max_drop_points >= 0:
-            raise InputError("--max-accuracy-drop must be a number of points >= 0")
+        check_accuracy_drop(self.max_drop_points)
 
 
 @dataclass(frozen=True)

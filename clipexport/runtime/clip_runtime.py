@@ -46,24 +46,28 @@ class ClipRuntime:
     def load(cls, artifact_dir: str | os.PathLike, backend: BackendKind | str = BackendKind.ONNXRUNTIME,
              precision: Precision | str | Mapping[str, Precision | str] = Precision.FP32,
              providers: Sequence[str] | None = None, threads: int | None = None,
-             exif_transpose: bool = False) -> "ClipRuntime":
+             exif_transpose: bool = False, towers: Sequence[Tower | str] | None = None) -> "ClipRuntime":
         """Open both towers of an artifact folder; the files are checked against the manifest's sha256.
 
         `precision` picks the graph variant ("fp32", "fp16", "int8") for both towers, or per tower:
         {"vision": "int8", "text": "fp16"} (a tower left out runs fp32). `backend` is one of
         `BackendKind`; a backend that cannot run here fails with one line, never falls back quietly.
         `exif_transpose` rotates photos by their EXIF orientation first (open_clip does not).
+        `towers` opens only those (a server's image model needs no text tower); the others refuse.
         """
+        if not isinstance(artifact_dir, (str, os.PathLike)):
+            raise InputError(f"artifact_dir must be a path to an artifact folder, got {type(artifact_dir).__name__}")
         root = Path(artifact_dir)
         manifest = read_manifest(root)
         kind = BackendKind.parse(backend)
         chosen = per_tower_precision(precision)
+        wanted = [Tower(t) for t in towers] if towers is not None else list(Tower)
         backends: dict[Tower, Runner] = {}
         try:  # a tower or the tokenizer failing to open closes what did open
-            for tower in Tower:
+            for tower in wanted:
                 backends[tower] = open_backend(root, manifest, tower, chosen[tower], kind,
                                                BackendOptions(providers=providers, threads=threads))
-            tokenizer = load_tokenizer(root, manifest.tokenizer)
+            tokenizer = load_tokenizer(root, manifest.tokenizer) if Tower.TEXT in wanted else None
         except BaseException:
             for runner in backends.values():
                 runner.close()
@@ -72,12 +76,19 @@ class ClipRuntime:
 
     def ran_on(self, tower: Tower | str) -> str:
         """What actually runs `tower` (backend and providers/engine)."""
-        return self._backends[Tower(tower)].ran_on
+        return self._runner(Tower(tower)).ran_on
+
+    def _runner(self, tower: Tower) -> Runner:
+        if tower not in self._backends:
+            raise InputError(f"this runtime was loaded without the {tower.value} tower (ClipRuntime.load(..., towers=...))")
+        return self._backends[tower]
 
     def encode_image(self, images: ImageInput | Sequence[ImageInput], batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
+        if images is None:
+            raise InputError("images is None; pass a path, bytes, a PIL image, an array, or a list of them")
         items = [images] if not isinstance(images, (list, tuple)) else list(images)
         _check_batch_size(batch_size)
-        vision = self._backends[Tower.VISION]
+        vision = self._runner(Tower.VISION)
         return self._stack([vision.run(self.preprocessor(items[i:i + batch_size])) for i in range(0, len(items), batch_size)])
 
     def embed_images(self, images: Sequence[ImageInput], batch_size: int = DEFAULT_BATCH_SIZE, skip_bad: bool = False,
@@ -94,27 +105,28 @@ class ClipRuntime:
             missing = {s.index for s in bad}
             indices += [start + i for i in range(len(part)) if start + i not in missing]
             if len(batch):
-                chunks.append(self._backends[Tower.VISION].run(batch))
+                chunks.append(self._runner(Tower.VISION).run(batch))
             if progress:
                 progress(len(part))
         return ImageEmbeddings(self._stack(chunks), np.asarray(indices, np.int64), skipped)
 
     def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """Embed an already preprocessed float32 [N,3,H,W] batch."""
-        return self._stack([self._backends[Tower.VISION].run(pixels)])
+        return self._stack([self._runner(Tower.VISION).run(pixels)])
 
     def encode_text(self, texts: str | Sequence[str] | np.ndarray, batch_size: int = DEFAULT_BATCH_SIZE,
-                    progress: Callable[[int], None] | None = None) -> np.ndarray:
-        """Texts, or token ids int64 [N, context_length] for tokenizers the runtime does not implement."""
+                    progress: Callable[[int], None] | None = None, names: Sequence[str] | None = None) -> np.ndarray:
+        """Texts, or token ids int64 [N, <= context_length] for tokenizers the runtime does not implement.
+        `names` (a file:line per text) is what an error names instead of `text #i`."""
         _check_batch_size(batch_size)
+        text = self._runner(Tower.TEXT)
         if isinstance(texts, np.ndarray):
-            ids = texts.astype(np.int64, copy=False)
+            ids = text.check_ids(texts)  # dtype, vocabulary range and length, before the fast path cuts it
         else:
             if self.tokenizer is None:
                 raise InputError(f"this artifact has no runtime tokenizer ({self.manifest.tokenizer.kind}); pass token ids, "
                                  "or re-export with a tokenizer that has a tokenizer.json")
-            ids = self.tokenizer([texts] if isinstance(texts, str) else list(texts))
-        text = self._backends[Tower.TEXT]
+            ids = self.tokenizer(texts, names)
         properties, tokenizer = self.manifest.tower(Tower.TEXT).properties, self.manifest.tokenizer
         out = []
         for i in range(0, len(ids), batch_size):
@@ -153,6 +165,7 @@ class ClipRuntime:
     def close(self) -> None:
         for backend in self._backends.values():
             backend.close()
+        self._label_cache.clear()
 
     def __enter__(self) -> "ClipRuntime":
         return self

@@ -76,7 +76,8 @@ def embed_to_file(request: EmbedRequest, advance: Advance | None = None) -> Embe
                           exif_transpose=request.exif_transpose) as runtime:
         if request.texts:
             total = len(texts)
-            embeddings = runtime.encode_text(texts, request.batch_size, progress=lambda n: advance and advance(n, total))
+            embeddings = runtime.encode_text(texts, request.batch_size, progress=lambda n: advance and advance(n, total),
+                                             names=sources)
             skipped: list[SkippedImage] = []
         else:
             total = len(paths)
@@ -89,20 +90,23 @@ def embed_to_file(request: EmbedRequest, advance: Advance | None = None) -> Embe
 
 def _embed_on_server(request: EmbedRequest, texts: list[str] | None, paths: list[Path] | None,
                      advance: Advance | None) -> tuple[np.ndarray, list[str], list[SkippedImage]]:
-    """The same rows from a Triton server; with skip_bad, a refused batch is retried item by item
-    so only the images the server cannot read are left out (and listed)."""
-    from clipexport.client import ClipClient, ServerError
+    """The same rows from a Triton server; errors name the file:line or path. With skip_bad, a
+    refused batch is retried item by item so only the images the server cannot read are left out
+    (and listed); a server that is down or fails is never 'skipped'."""
+    from clipexport.client import ClipClient, RequestRefused
 
-    model = request.model or model_prefix(Path(request.artifact).resolve().name)
+    model = model_prefix(request.model, explicit=True) if request.model else model_prefix(Path(request.artifact).resolve().name)
     skipped: list[SkippedImage] = []
     with ClipClient(request.server, model=model) as client:
         if texts is not None:
+            names = [f"{request.texts}:{line}" for line in range(1, len(texts) + 1)]
             chunks = []
             for start in range(0, len(texts), request.batch_size):
-                chunks.append(client.encode_text(texts[start:start + request.batch_size], request.batch_size))
+                part = slice(start, start + request.batch_size)
+                chunks.append(client.encode_text(texts[part], request.batch_size, names=names[part]))
                 if advance:
                     advance(len(chunks[-1]), len(texts))
-            return np.concatenate(chunks), [f"{request.texts}:{line}" for line in range(1, len(texts) + 1)], skipped
+            return np.concatenate(chunks), names, skipped
         assert paths is not None
         rows, sources = [], []
         for start in range(0, len(paths), request.batch_size):
@@ -110,14 +114,14 @@ def _embed_on_server(request: EmbedRequest, texts: list[str] | None, paths: list
             try:
                 rows.append(client.encode_image(part, request.batch_size))
                 sources += [str(p) for p in part]
-            except ServerError:
+            except RequestRefused:
                 if not request.skip_bad:
                     raise
                 for offset, path in enumerate(part):
                     try:
                         rows.append(client.encode_image([path]))
                         sources.append(str(path))
-                    except ServerError as exc:
+                    except RequestRefused as exc:
                         skipped.append(SkippedImage(start + offset, str(path), str(exc)))
             if advance:
                 advance(len(part), len(paths))

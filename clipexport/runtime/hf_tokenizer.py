@@ -21,8 +21,9 @@ from clipexport._deps import require
 from clipexport.artifact.layout import inside
 from clipexport.artifact.manifest import TokenizerConfig, TokenizerKind
 from clipexport.errors import InputError, ManifestError
-from clipexport.files import sha256_file
-from clipexport.runtime.tokenizer import CLEANERS
+from clipexport.files import check_recorded_sha256
+from clipexport.inputs import check_texts
+from clipexport.runtime.tokenizer import CLEANERS, bounded_text
 
 TOKENIZER_FILE = "tokenizer.json"
 
@@ -45,6 +46,10 @@ class HfJsonTokenizer:
         pad_token = self.backend.id_to_token(config.pad_id) or ""
         self.backend.enable_padding(length=config.context_length, pad_id=config.pad_id, pad_token=pad_token,
                                     direction=config.padding_side)
+        # Counts a long text's tokens for `bounded_text` (no truncation, no padding).
+        self._counter = tokenizers.Tokenizer.from_str(self.backend.to_str())
+        self._counter.no_truncation()
+        self._counter.no_padding()
 
     @classmethod
     def from_artifact(cls, root: Path, config: TokenizerConfig) -> "HfJsonTokenizer":
@@ -53,20 +58,22 @@ class HfJsonTokenizer:
         path = inside(root, config.file, "tokenizer file")
         if not path.is_file():
             raise ManifestError(f"{path} is listed in the manifest but missing; re-export the model")
-        if config.sha256 and sha256_file(path) != config.sha256:
-            raise ManifestError(f"{path} does not match the manifest (sha256 differs); re-export or restore it")
+        check_recorded_sha256(path, config.sha256, "re-export or restore it")
         return cls(path, config)
 
-    def __call__(self, texts: str | Iterable[str]) -> np.ndarray:
-        items = [texts] if isinstance(texts, str) else list(texts)
-        for index, text in enumerate(items):
-            if not isinstance(text, str):
-                raise InputError(f"text #{index} is a {type(text).__name__}, not a string")
+    def __call__(self, texts: str | Iterable[str], names: list[str] | None = None) -> np.ndarray:
+        items = [self._bounded(text) for text in check_texts(texts, names)]
         encodings = self.backend.encode_batch([self._clean(text) for text in items])
         ids = np.asarray([e.ids for e in encodings], dtype=np.int64).reshape(len(items), self.context_length)
         if self.config.strip_sep_token and self.config.sep_id is not None:
             ids[ids == self.config.sep_id] = 0
         return ids
+
+
+    def _bounded(self, text: str) -> str:
+        """Only as much of a long text as can reach the context (`bounded_text`)."""
+        count = lambda piece: len(self._counter.encode(self._clean(piece)).ids)  # noqa: E731
+        return bounded_text(text, self.context_length, count, from_end=self.config.truncation_side == "left")
 
 
 def load_tokenizer(root: Path, config: TokenizerConfig) -> "HfJsonTokenizer | object | None":

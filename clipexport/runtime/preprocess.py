@@ -178,7 +178,7 @@ class ImagePreprocessor:
         else:
             image = image.resize(_shortest_edge_size(image.size, int(cfg.resize_size or h)), resample)
             if cfg.center_crop:
-                image = _center_crop(image, h, w)
+                image = _hf_center_crop(image, h, w)
         # transformers rescales and normalises in float64 before casting to float32.
         pixels = np.asarray(image).astype(np.float64) * cfg.rescale_factor
         mean, std = np.asarray(cfg.mean).reshape(3, 1, 1), np.asarray(cfg.std).reshape(3, 1, 1)
@@ -194,6 +194,7 @@ def open_image(item: ImageInput, name: str = "image", limits: ImageLimits | None
     """A loaded PIL image, or InputError naming the input. Its size is checked against `limits`
     from the header, before any pixel is decoded; decompression bombs stay refused."""
     limits = limits or ImageLimits()
+    _lift_pil_limit(limits)
     try:
         if isinstance(item, Image.Image):
             limits.check(item.size, name)
@@ -226,6 +227,14 @@ def open_image(item: ImageInput, name: str = "image", limits: ImageLimits | None
         raise InputError(f"{name} refused as a possible decompression bomb ({exc})") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise InputError(f"cannot read {name}: not a valid or complete image ({type(exc).__name__}: {exc})") from None
+
+
+def _lift_pil_limit(limits: ImageLimits) -> None:
+    """PIL refuses images over its own MAX_IMAGE_PIXELS (179 Mpx) with a message that names no
+    way out; ours is checked first and says how to raise it, so PIL's follows ours (its bomb
+    check fires at twice the limit)."""
+    if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < limits.max_pixels:
+        Image.MAX_IMAGE_PIXELS = limits.max_pixels
 
 
 def _from_array(array: np.ndarray, name: str) -> Image.Image:
@@ -270,6 +279,21 @@ def _center_crop(image: Image.Image, h: int, w: int, fill: int = 0) -> Image.Ima
         if (width, height) == (w, h):
             return image
     top, left = int(round((height - h) / 2.0)), int(round((width - w) / 2.0))
+    return image.crop((left, top, left + w, top + h))
+
+
+def _hf_center_crop(image: Image.Image, h: int, w: int) -> Image.Image:
+    """transformers' center_crop: offsets floor((size - crop) / 2), where torchvision rounds them
+    (they differ by a pixel when the margin is odd); a smaller image is zero-padded, ceil on the
+    top/left, first."""
+    width, height = image.size
+    if w > width or h > height:
+        left, top = -((width - max(w, width)) // 2), -((height - max(h, height)) // 2)  # ceil(pad / 2)
+        canvas = Image.new(image.mode, (max(w, width), max(h, height)), 0)
+        canvas.paste(image, (left, top))
+        left, top = left + (width - w) // 2, top + (height - h) // 2
+        return canvas.crop((max(0, left), max(0, top), max(0, left) + w, max(0, top) + h))
+    top, left = (height - h) // 2, (width - w) // 2
     return image.crop((left, top, left + w, top + h))
 
 

@@ -5,20 +5,30 @@ from __future__ import annotations
 
 import gzip
 import html
+import re
 import string
 import unicodedata
 from functools import lru_cache
-from importlib import resources
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
 from clipexport.errors import InputError
+from clipexport.files import package_data
+from clipexport.inputs import check_texts
 
 DEFAULT_CONTEXT_LENGTH = 77
 # The merges the original CLIP vocabulary uses: 49152 - 256 byte tokens - 2 specials.
 _NUM_MERGES = 49152 - 256 - 2
 _SPECIALS = ("<start_of_text>", "<end_of_text>")
+# Hugging Face's CLIPTokenizer spells them so and splits them out of the raw text, case-sensitively,
+# before its normaliser runs (open_clip matches its own spelling, case-insensitively, after cleaning).
+_HF_SPECIALS = ("<|startoftext|>", "<|endoftext|>")
+_HF_SPECIAL_SPLIT = re.compile("(" + "|".join(map(re.escape, _HF_SPECIALS)) + ")")
+# How many tokens past the context a cut text must still give (see `bounded_text`): a word cut off
+# at the end can only change the tokens of that last word, and no CLIP word is this many tokens.
+CUT_MARGIN = 16
+_WORD = re.compile(r"\S+")
 _TOKEN_PATTERN = r"""|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
 
@@ -39,7 +49,7 @@ def _bytes_to_unicode() -> dict[int, str]:
 
 @lru_cache(maxsize=1)
 def _vocabulary() -> tuple[dict[str, int], dict[tuple[str, str], int]]:
-    data = resources.files("clipexport").joinpath("data", "bpe_simple_vocab_16e6.txt.gz").read_bytes()
+    data = package_data("bpe_simple_vocab_16e6.txt.gz").read_bytes()
     lines = gzip.decompress(data).decode("utf-8").split("\n")[1:_NUM_MERGES + 1]
     merges = [tuple(line.split()) for line in lines]
     byte_tokens = list(_bytes_to_unicode().values())
@@ -89,8 +99,10 @@ class ClipTokenizer:
         self.pad_id = pad_id
         self.clean_name = clean
         self._clean = CLEANERS[clean]
-        # open_clip matches its special-token spellings inside text too; HF's tokenizer does not.
-        specials = "|".join(_SPECIALS) if clean != "whitespace_lower" else "(?!x)x"
+        # open_clip matches its special-token spellings inside the cleaned text; HF splits its own
+        # spellings out of the raw text first (`encode`), so its pattern has none.
+        self._hf = clean == "whitespace_lower"
+        specials = "|".join(_SPECIALS) if not self._hf else "(?!x)x"
         self._pattern = regex.compile(specials + _TOKEN_PATTERN, regex.IGNORECASE)
         self._cache: dict[str, tuple[int, ...]] = {}
 
@@ -135,20 +147,30 @@ class ClipTokenizer:
 
     def encode(self, text: str) -> list[int]:
         """BPE ids of one text, without SOT/EOT."""
+        if not self._hf:
+            return self._encode_clean(text)
+        out: list[int] = []
+        for piece in _HF_SPECIAL_SPLIT.split(text):
+            if piece == _HF_SPECIALS[0]:
+                out.append(self.sot_id)
+            elif piece == _HF_SPECIALS[1]:
+                out.append(self.eot_id)
+            elif piece:
+                out.extend(self._encode_clean(piece))
+        return out
+
+    def _encode_clean(self, text: str) -> list[int]:
         out: list[int] = []
         for token in self._pattern.findall(self._clean(text)):
             out.extend(self._bpe("".join(self.byte_encoder[b] for b in token.encode("utf-8"))))
         return out
 
-    def __call__(self, texts: str | Iterable[str]) -> np.ndarray:
-        if isinstance(texts, str):
-            texts = [texts]
-        texts = list(texts)
-        for index, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise InputError(f"text #{index} is a {type(text).__name__}, not a string")
+    def __call__(self, texts: str | Iterable[str], names: list[str] | None = None) -> np.ndarray:
+        texts = check_texts(texts, names)
         result = np.full((len(texts), self.context_length), self.pad_id, dtype=np.int64)
+        budget = self.context_length - 2  # SOT and EOT
         for row, text in enumerate(texts):
+            text = bounded_text(text, budget, lambda piece: len(self.encode(piece)))
             ids = [self.sot_id, *self.encode(text), self.eot_id]
             if len(ids) > self.context_length:
                 ids = ids[:self.context_length]
@@ -159,3 +181,36 @@ class ClipTokenizer:
     def eot_positions(self, ids: np.ndarray) -> np.ndarray:
         """Index of the first end-of-text token per row."""
         return np.argmax(ids == self.eot_id, axis=1)
+
+
+def bounded_text(text: str, tokens: int, count: Callable[[str], int], from_end: bool = False) -> str:
+    """The part of `text` that can reach the first `tokens` tokens (the last ones, `from_end`, for
+    a tokenizer that truncates on the left), so a 50 MB text costs what its first words cost.
+
+    The cut falls between whitespace-separated words and keeps twice as many words until the part
+    alone gives `tokens + CUT_MARGIN` tokens: no tokenizer here lets a token cross whitespace (CLIP's
+    pattern, Hugging Face's pre-tokenizers), cleaning (ftfy, html entities, case, NFC) works within
+    words, so the tokens of the kept words are those of the full text, and truncation keeps only
+    them. tests/test_tokenizer.py proves it on long texts of the tricky corpus."""
+    if len(text) <= 8 * (tokens + CUT_MARGIN):
+        return text
+    words = tokens + CUT_MARGIN
+    source = text[::-1] if from_end else text
+    while True:
+        end = _end_of_words(source, words)
+        if end is None:
+            return text
+        piece = source[:end][::-1] if from_end else source[:end]
+        if count(piece) >= tokens + CUT_MARGIN:
+            return piece
+        words *= 2
+
+
+def _end_of_words(text: str, words: int) -> int | None:
+    """Where the `words`-th whitespace-separated word of `text` ends, or None when no word follows it."""
+    end = None
+    for number, match in enumerate(_WORD.finditer(text), start=1):
+        if number > words:
+            return end
+        end = match.end()
+    return None

@@ -7,7 +7,12 @@ and the others in the batch still get their answer; the good items of all reques
 one batch through `clipexport.runtime`.
 
 Settings come from the model config's `parameters`: `artifact` (the artifact folder, relative to
-the model's version folder unless absolute), `precision`, `backend`, `buckets` (tokenize only).
+the model's version folder unless absolute), `precision`, `backend`, `buckets` (tokenize only),
+`max_request_bytes` (the bound on one request's items together).
+
+A client's mistake (an unreadable image, text that is not UTF-8, a request over the byte bound)
+is answered INVALID_ARG: HTTP 400 / gRPC INVALID_ARGUMENT, with the runtime's own one-line reason
+(the rules live in `clipexport.inputs` and the runtime, not here). Anything else is INTERNAL.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from clipexport.errors import ClipExportError, InputError
+from clipexport.inputs import DEFAULT_MAX_REQUEST_BYTES, check_request_bytes, decode_text, item_name
 
 # Text lengths the tokenize model pads each request to (then the context length): Triton's dynamic
 # batcher only batches requests whose tensors have the same shape, so a handful of lengths keep
@@ -39,7 +45,22 @@ class _BatchedModel:
         version_dir = Path(args["model_repository"]) / str(args["model_version"])
         artifact = Path(self.parameters.get("artifact", "artifact"))
         self.artifact = artifact if artifact.is_absolute() else version_dir / artifact
-        self.setup()
+        self.max_request_bytes = int(self.parameters.get("max_request_bytes") or DEFAULT_MAX_REQUEST_BYTES)
+        try:
+            self.setup()
+        except ClipExportError as exc:  # `clipexport serve` reads this line back: same message and exit code
+            import sys
+
+            print(f"clipexport-error: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+            raise
+
+    def _error(self, exc: Exception) -> Any:
+        """The client's mistakes are INVALID_ARG (400); a failure of ours is INTERNAL (500)."""
+        pb = self.pb
+        code = getattr(pb.TritonError, "INVALID_ARG" if isinstance(exc, InputError) else "INTERNAL", None)
+        message = f"{exc}" if isinstance(exc, ClipExportError) else f"{type(exc).__name__}: {exc}"
+        message = message.splitlines()[0] if message.strip() else type(exc).__name__
+        return pb.TritonError(message) if code is None else pb.TritonError(message, code)
 
     def setup(self) -> None:
         raise NotImplementedError
@@ -62,9 +83,11 @@ class _BatchedModel:
         for r, request in enumerate(requests):
             try:
                 values = pb.get_input_tensor_by_name(request, self.input_name).as_numpy().reshape(-1)
+                check_request_bytes(sum(len(v) for v in values if isinstance(v, (bytes, np.bytes_))),
+                                    self.max_request_bytes, "the request's items")
                 decoded = [self.decode(value, i) for i, value in enumerate(values)]
             except ClipExportError as exc:
-                responses[r] = pb.InferenceResponse(error=pb.TritonError(str(exc)))
+                responses[r] = pb.InferenceResponse(error=self._error(exc))
                 continue
             owners.append((r, len(items), len(decoded)))
             items.extend(decoded)
@@ -72,9 +95,8 @@ class _BatchedModel:
             try:
                 outputs = self.compute(items)
             except Exception as exc:  # the runtime failed on good input: every request of this batch says why
-                message = f"{type(exc).__name__}: {exc}".splitlines()[0]
                 for r, _, _ in owners:
-                    responses[r] = pb.InferenceResponse(error=pb.TritonError(message))
+                    responses[r] = pb.InferenceResponse(error=self._error(exc))
                 return responses
             for r, start, count in owners:
                 tensor = pb.Tensor(self.output_name, self.respond(outputs[start:start + count]))
@@ -90,24 +112,20 @@ class _BatchedModel:
 def _image_bytes(item: Any, index: int) -> bytes:
     if isinstance(item, (bytes, np.bytes_)) and len(item):
         return bytes(item)
-    raise InputError(f"image #{index} is empty: send the encoded image file's bytes (JPEG, PNG, ...)")
+    raise InputError(f"{item_name('image', index)} is empty: send the encoded image file's bytes (JPEG, PNG, ...)")
 
 
 def _text(item: Any, index: int) -> str:
-    try:
-        text = item.decode("utf-8") if isinstance(item, (bytes, np.bytes_)) else str(item)
-    except UnicodeDecodeError:
-        raise InputError(f"text #{index} is not valid UTF-8") from None
-    if not text.strip():
-        raise InputError(f"text #{index} is empty: send the text to embed")
-    return text
+    """The runtime's rule: any UTF-8 text, the empty one included (it embeds like open_clip's)."""
+    return decode_text(bytes(item), item_name("text", index)) if isinstance(item, (bytes, np.bytes_)) else str(item)
 
 
-def _open_runtime(model: _BatchedModel) -> Any:
+def _open_runtime(model: _BatchedModel, tower: str) -> Any:
+    """The runtime with only the tower this model runs (an image model holds no text session)."""
     from clipexport.runtime import ClipRuntime
 
     return ClipRuntime.load(model.artifact, backend=model.parameters.get("backend", "onnxruntime"),
-                            precision=model.parameters.get("precision", "fp32"))
+                            precision=model.parameters.get("precision", "fp32"), towers=(tower,))
 
 
 class ImageEmbedModel(_BatchedModel):
@@ -116,10 +134,10 @@ class ImageEmbedModel(_BatchedModel):
     input_name, output_name = "IMAGE", "EMBEDDING"
 
     def setup(self) -> None:
-        self.runtime = _open_runtime(self)
+        self.runtime = _open_runtime(self, "vision")
 
     def decode(self, item: Any, index: int) -> np.ndarray:
-        return self.runtime.preprocessor.one(_image_bytes(item, index), name=f"image #{index}")
+        return self.runtime.preprocessor.one(_image_bytes(item, index), name=item_name("image", index))
 
     def compute(self, items: list[np.ndarray]) -> np.ndarray:
         return self.runtime.encode_pixels(np.stack(items))
@@ -131,7 +149,7 @@ class TextEmbedModel(_BatchedModel):
     input_name, output_name = "TEXT", "EMBEDDING"
 
     def setup(self) -> None:
-        self.runtime = _open_runtime(self)
+        self.runtime = _open_runtime(self, "text")
         if self.runtime.tokenizer is None:
             raise InputError(f"{self.artifact}'s tokenizer ({self.runtime.manifest.tokenizer.kind}) has no "
                              "torch-free implementation; re-export with a tokenizer that has a tokenizer.json")
@@ -154,7 +172,7 @@ class PreprocessModel(_BatchedModel):
         self.preprocessor = ImagePreprocessor.from_manifest(self.artifact)
 
     def decode(self, item: Any, index: int) -> np.ndarray:
-        return self.preprocessor.one(_image_bytes(item, index), name=f"image #{index}")
+        return self.preprocessor.one(_image_bytes(item, index), name=item_name("image", index))
 
     def compute(self, items: list[np.ndarray]) -> np.ndarray:
         return np.stack(items)

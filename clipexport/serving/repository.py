@@ -65,7 +65,7 @@ def write_repository(options: RepositoryOptions, progress: Progress = silent) ->
     """Write the repository; returns the model names."""
     artifact = Path(options.artifact)
     manifest = read_manifest(artifact)
-    name = model_prefix(options.name or artifact.resolve().name)
+    name = model_prefix(options.name, explicit=True) if options.name is not None else model_prefix(artifact.resolve().name)
     _check_options(options, manifest)
     output = Path(options.output).expanduser().absolute()
     _check_output(output, options.overwrite, artifact.resolve())
@@ -135,7 +135,7 @@ def _write_models(root: Path, artifact: Path, manifest: Manifest, name: str, opt
                            instance_kind=InstanceKind.CPU.value, instances=options.python_instances,
                            parameters={"artifact": ARTIFACT_COPY, "buckets": ",".join(map(str, options.buckets))})
     for config, model_class in ((preprocess, "PreprocessModel"), (tokenize, "TokenizeModel")):
-        _write_python_model(root, config, model_class, artifact, manifest)
+        write_python_model(root, config, model_class, artifact, manifest)
     image = ModelConfig(f"{name}_image", [Tensor("IMAGE", "bytes", (1,))], [Tensor("EMBEDDING", "float32", (dim,))],
                         towers[Tower.VISION].max_batch_size, platform="ensemble",
                         steps=[Step(preprocess.name, {"IMAGE": "IMAGE"}, {"PIXELS": "pixels"}),
@@ -194,13 +194,19 @@ def _write_tower(root: Path, artifact: Path, manifest: Manifest, name: str, towe
     return config
 
 
-def _write_python_model(root: Path, config: ModelConfig, model_class: str, artifact: Path, manifest: Manifest) -> None:
+def write_python_model(root: Path, config: ModelConfig, model_class: str, artifact: Path | None = None,
+                       manifest: Manifest | None = None) -> None:
+    """A python-backend model: config.pbtxt and a one-line model.py naming the class in
+    `serving.backend_models` (the logic stays in the installed package). With `artifact`, the
+    manifest (and tokenizer.json) are copied beside it, for a repository that travels."""
     version = root / config.name / "1"
-    copy = version / ARTIFACT_COPY
-    copy.mkdir(parents=True)
-    shutil.copy2(artifact / "manifest.json", copy / "manifest.json")
-    if manifest.tokenizer.file:
-        shutil.copy2(artifact / manifest.tokenizer.file, copy / manifest.tokenizer.file)
+    version.mkdir(parents=True)
+    if artifact is not None and manifest is not None:
+        copy = version / ARTIFACT_COPY
+        copy.mkdir()
+        shutil.copy2(artifact / "manifest.json", copy / "manifest.json")
+        if manifest.tokenizer.file:
+            shutil.copy2(artifact / manifest.tokenizer.file, copy / manifest.tokenizer.file)
     (version / "model.py").write_text(
         f'"""Written by clipexport: the logic lives in the installed clipexport package (pip install \'clipexport[runtime]\')."""\n'
         f"from clipexport.serving.backend_models import {model_class} as TritonPythonModel  # noqa: F401\n",

@@ -6,7 +6,13 @@ its python backend; no container. clipexport writes a model repository into a pr
 python-backend models running `clipexport.runtime` on the artifact in place, with Triton's
 dynamic batching. It starts the server on the requested ports (KServe v2 over HTTP and gRPC,
 `/v2/health/ready`, Prometheus metrics), waits until the models are ready, and on Ctrl-C or
-SIGTERM stops it and removes the workspace.
+SIGTERM stops it and removes the workspace. Clients reach HTTP through `proxy.HttpFront`, which
+refuses what would crash or hold the server (form-encoded bodies, requests over
+`--max-request-bytes`); tritonserver's own HTTP listens on a private loopback port.
+
+The workspace (`$TMPDIR/clipexport-serve-<pid>-*`) and the python backend's shared-memory regions
+(`/dev/shm/clipexport<pid>_*`) carry the pid, so a start after a `kill -9` removes what the dead
+run left, as export's staging folders are cleaned.
 
 The python backend's stub embeds the shared libpython the dynamic linker finds. It must be the
 running interpreter's own: a stub that loads another build of the same Python version fails in
@@ -35,17 +41,22 @@ from typing import Callable
 from clipexport._deps import require
 from clipexport.artifact.manifest import Tower, read_manifest
 from clipexport.artifact.precision import Precision
-from clipexport.errors import DeviceUnavailableError, InputError, MissingDependencyError, StepFailed
+from clipexport.errors import ClipExportError, DeviceUnavailableError, InputError, MissingDependencyError, StepFailed
+from clipexport.files import fresh_staging_dir, pid_alive
+from clipexport.inputs import DEFAULT_MAX_REQUEST_BYTES
 from clipexport.progress import Progress, silent
 from clipexport.serving.pbtxt import Batching, ModelConfig, Tensor
 from clipexport.artifact.layout import model_prefix
-from clipexport.serving.repository import DEFAULT_QUEUE_DELAY_US
+from clipexport.serving.repository import DEFAULT_QUEUE_DELAY_US, write_python_model
 
 SERVE_HINT = ("pip install 'clipexport[serve]' (NVIDIA PyTriton, which needs numpy<2) into a Python whose shared "
               "libpython matches it, e.g. Debian's: /usr/bin/python3.11 -m venv .venv-serve && "
               ".venv-serve/bin/pip install 'clipexport[serve]'")
 READY_TIMEOUT_S = 180.0  # model load: two ONNX Runtime sessions per instance
 STOP_TIMEOUT_S = 30.0
+WORKSPACE_PREFIX = "clipexport-serve-"
+MIN_REQUEST_BYTES = 64 * 1024  # below this even a small JPEG would be refused
+SHM_PREFIX = "clipexport"  # + pid + "_": the python backend's shared-memory regions in /dev/shm
 
 
 class ServerFailed(StepFailed):
@@ -65,6 +76,13 @@ class ServeOptions:
     max_queue_delay_us: int = DEFAULT_QUEUE_DELAY_US
     instances: int = 1
     name: str | None = None
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+
+
+def client_host(host: str) -> str:
+    """The address a client on this machine uses for a server listening on `host` (0.0.0.0 and
+    :: listen everywhere, so loopback reaches them)."""
+    return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
 
 
 def serve(options: ServeOptions, progress: Progress = silent, on_ready: Callable[[list[str]], None] | None = None) -> None:
@@ -73,32 +91,48 @@ def serve(options: ServeOptions, progress: Progress = silent, on_ready: Callable
     artifact = Path(options.artifact).resolve()
     manifest = read_manifest(artifact)
     _check(options, manifest)
+    _check_artifact(artifact, manifest, options)
     dist = _tritonserver_dist()
-    name = model_prefix(options.name or artifact.name)
-    workspace = Path(tempfile.mkdtemp(prefix="clipexport-serve-"))
+    name = model_prefix(options.name, explicit=True) if options.name is not None else model_prefix(artifact.name)
+    _remove_stale_shm(progress)
+    workspace = fresh_staging_dir(Path(tempfile.gettempdir()), WORKSPACE_PREFIX, "clipexport serve",
+                                  "set TMPDIR to a writable folder", progress)
     process = None
+    front = None
     try:
         server_dir = _prepare_server(dist, workspace)
         env = _server_env(dist)
         check_python_backend(server_dir, env)
         repo = workspace / "models"
         models = _write_serving_models(repo, artifact, name, manifest, options)
+        internal_http = free_local_ports(1)[0]
         command = [str(server_dir / "bin" / "tritonserver"), f"--model-repository={repo}",
                    f"--backend-directory={server_dir / 'backends'}",
-                   f"--backend-config=python,shm-region-prefix-name=clipexport{os.getpid()}_",
-                   f"--http-address={options.host}", f"--http-port={options.http_port}",
+                   f"--backend-config=python,shm-region-prefix-name={SHM_PREFIX}{os.getpid()}_",
+                   "--http-address=127.0.0.1", f"--http-port={internal_http}",
                    f"--grpc-address={options.host}", f"--grpc-port={options.grpc_port}",
                    f"--metrics-address={options.host}", f"--metrics-port={options.metrics_port}",
                    "--allow-metrics=true", "--allow-gpu-metrics=false", "--strict-readiness=true",
                    "--disable-auto-complete-config", f"--exit-timeout-secs={int(STOP_TIMEOUT_S)}"]
+        from clipexport.serving.proxy import HttpFront, ProxyOptions
+
+        front = HttpFront(ProxyOptions(options.host, options.http_port, internal_http, options.max_request_bytes))
+        try:
+            front.start()
+        except OSError as exc:
+            raise InputError(f"--http-port {options.http_port} on {options.host} is not free ({exc.strerror}); "
+                             "choose a free port with --http-port") from None
         log = (workspace / "tritonserver.log").open("wb")
         progress(f"starting tritonserver ({len(models)} models: {', '.join(models)}; workspace {workspace})")
-        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
-        _wait_ready(process, options, models, workspace / "tritonserver.log")
+        # cwd: the workspace, so the python models never import a `clipexport` folder from the caller's directory.
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=str(workspace),
+                                   preexec_fn=_die_with_parent)
+        _wait_ready(process, internal_http, workspace / "tritonserver.log")
         if on_ready:
             on_ready(models)
         code = process.wait()
-        raise ServerFailed(f"tritonserver exited with status {code}: {_last_error(workspace / 'tritonserver.log')}")
+        raise ServerFailed(f"{_how_it_ended(process.pid, code)}; its last log line: "
+                           f"{_last_error(workspace / 'tritonserver.log')}")
     finally:
         if process is not None and process.poll() is None:
             process.send_signal(signal.SIGTERM)  # Triton finishes in-flight requests, then exits
@@ -107,7 +141,48 @@ def serve(options: ServeOptions, progress: Progress = silent, on_ready: Callable
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+        if front is not None:
+            front.stop()
         shutil.rmtree(workspace, ignore_errors=True)
+
+
+def _how_it_ended(pid: int, code: int) -> str:
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"tritonserver (pid {pid}) was killed by {name}"
+    return f"tritonserver (pid {pid}) exited with status {code}"
+
+
+def _check_artifact(artifact: Path, manifest, options: ServeOptions) -> None:
+    """What the python models would fail on, checked here where the error keeps its one line and
+    exit code: the graphs against their sha256, the backend's libraries, the tokenizer."""
+    from clipexport.artifact.manifest import check_graph_files
+    from clipexport.runtime.backends import require_available
+    from clipexport.runtime.hf_tokenizer import load_tokenizer
+
+    require_available(options.backend)
+    for tower in Tower:
+        check_graph_files(artifact, manifest.tower(tower).graph(options.precision))
+    load_tokenizer(artifact, manifest.tokenizer)
+
+
+def _remove_stale_shm(progress: Progress, root: Path = Path("/dev/shm")) -> None:
+    """Shared-memory regions of a serve that was killed (its pid is gone)."""
+    try:
+        regions = list(root.glob(f"{SHM_PREFIX}*_*"))
+    except OSError:
+        return
+    for region in regions:
+        pid = region.name[len(SHM_PREFIX):].split("_", 1)[0]
+        if pid.isdigit() and not pid_alive(int(pid)) and region.is_file():
+            try:
+                region.unlink()
+                progress(f"removed {region}, left by an interrupted clipexport serve")
+            except OSError:
+                pass
 
 
 def free_local_ports(count: int, host: str = "127.0.0.1") -> list[int]:
@@ -142,6 +217,9 @@ def _check(options: ServeOptions, manifest) -> None:
                                  f"(a second clipexport serve?) uses it: choose a free port with {what}") from None
     if options.max_batch < 1 or options.instances < 1 or options.max_queue_delay_us < 0:
         raise InputError("--max-batch and --instances must be at least 1, --max-queue-delay-us at least 0")
+    if options.max_request_bytes < MIN_REQUEST_BYTES:
+        raise InputError(f"--max-request-bytes {options.max_request_bytes} is too small to carry an image; "
+                         f"use at least {MIN_REQUEST_BYTES}")
     for tower in Tower:
         if options.precision not in manifest.tower(tower).graphs:
             raise InputError(f"no {options.precision.value} graph for the {tower.value} tower; create it with: "
@@ -214,7 +292,8 @@ def _libpython_version(path: Path) -> str | None:
 
 def _write_serving_models(repo: Path, artifact: Path, name: str, manifest, options: ServeOptions) -> list[str]:
     batching = Batching(options.max_batch, (), options.max_queue_delay_us)
-    parameters = {"artifact": str(artifact), "precision": options.precision.value, "backend": options.backend}
+    parameters = {"artifact": str(artifact), "precision": options.precision.value, "backend": options.backend,
+                  "max_request_bytes": str(options.max_request_bytes)}
     models = [
         (ModelConfig(f"{name}_image", [Tensor("IMAGE", "bytes", (1,))], [Tensor("EMBEDDING", "float32", (manifest.embed_dim,))],
                      options.max_batch, backend="python", batching=batching, instance_kind="KIND_CPU",
@@ -224,22 +303,16 @@ def _write_serving_models(repo: Path, artifact: Path, name: str, manifest, optio
                      instances=options.instances, parameters=parameters), "TextEmbedModel"),
     ]
     for config, model_class in models:
-        version = repo / config.name / "1"
-        version.mkdir(parents=True)
-        (version / "model.py").write_text(
-            f"from clipexport.serving.backend_models import {model_class} as TritonPythonModel  # noqa: F401\n",
-            encoding="utf-8")
-        (repo / config.name / "config.pbtxt").write_text(config.text(), encoding="utf-8")
+        write_python_model(repo, config, model_class)
     return [config.name for config, _ in models]
 
 
-def _wait_ready(process: subprocess.Popen, options: ServeOptions, models: list[str], log: Path) -> None:
-    host = "127.0.0.1" if options.host in ("0.0.0.0", "") else options.host
-    url = f"http://{host}:{options.http_port}/v2/health/ready"
+def _wait_ready(process: subprocess.Popen, port: int, log: Path) -> None:
+    url = f"http://127.0.0.1:{port}/v2/health/ready"
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise ServerFailed(f"tritonserver stopped while starting: {_last_error(log)}")
+            raise _load_failure(log) or ServerFailed(f"tritonserver stopped while starting: {_last_error(log)}")
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
                 if response.status == 200:
@@ -248,6 +321,24 @@ def _wait_ready(process: subprocess.Popen, options: ServeOptions, models: list[s
             pass
         time.sleep(0.25)
     raise ServerFailed(f"tritonserver was not ready after {READY_TIMEOUT_S:.0f} s: {_last_error(log)}")
+
+
+def _load_failure(log: Path) -> ClipExportError | None:
+    """A python model that failed to initialize raised one of our errors: the same line and exit
+    code as in-process (the model writes `clipexport-error: <Class>: <message>` to the log)."""
+    import clipexport.errors as errors
+
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        return None
+    found = re.search(r"clipexport-error: (\w+): ([^\n\"]+)", text)
+    if not found:
+        return None
+    kind = getattr(errors, found.group(1), None)
+    if not (isinstance(kind, type) and issubclass(kind, ClipExportError)):
+        kind = ServerFailed
+    return kind(found.group(2).strip())
 
 
 def _last_error(log: Path) -> str:

@@ -14,7 +14,8 @@ from clipexport.errors import OfflineError, SourceError, first_line
 from clipexport.sources.loaded import LoadedModel, check_tokenizer_fits, offline_hint
 from clipexport.sources.network import prepare_for_downloads
 from clipexport.sources.openclip import local_tokenizer_folder
-from clipexport.files import sha256_file
+from clipexport.files import check_recorded_sha256, sha256_file
+from clipexport.artifact.layout import TRIMMABLE_POOLING
 from clipexport.artifact.manifest import (
     Convention,
     PreprocessConfig,
@@ -82,8 +83,9 @@ def reload_hf(source: SourceInfo) -> LoadedModel:
         folder = Path(source.checkpoint)
         if not folder.is_dir():
             raise SourceError(f"model folder {folder} recorded in the manifest no longer exists; restore it or re-export")
-        if source.checkpoint_sha256 and hash_weights(folder) != source.checkpoint_sha256:
-            raise SourceError(f"weights in {folder} changed since export (sha256 differs); re-export from the current folder")
+        if source.checkpoint_sha256:
+            check_recorded_sha256(folder, source.checkpoint_sha256, "re-export from the current folder",
+                                  actual=hash_weights(folder), error=SourceError)
     try:
         config = transformers.AutoConfig.from_pretrained(source.model)
     except Exception as exc:
@@ -137,8 +139,7 @@ def reload_hf(source: SourceInfo) -> LoadedModel:
         image_transform=lambda image: torch.from_numpy(processor(images=image, return_tensors="np")["pixel_values"][0]),
         tokenize=tokenize,
         library_versions={"transformers": transformers.__version__},
-        text_properties=TowerProperties(pooling=arch.pooling, causal_mask=arch.causal,
-                                        variable_length=arch.padding_mask, padding_mask=arch.padding_mask),
+        text_properties=_text_properties(config, arch),
         tokenizer_json=tokenizer_json,
     )
 
@@ -162,6 +163,20 @@ def _explain(model: str, exc: BaseException) -> SourceError:
             "pass a local folder saved with save_pretrained"
         )
     return SourceError(f"could not load Hugging Face model '{model}' ({first_line(exc)})")
+
+
+def _text_properties(config: Any, arch: HfArchitecture) -> TowerProperties:
+    """How the text tower pools, and whether its graph may take shorter inputs. CLIP's text model
+    pools at the first EOS (or, with the pre-2023 eos_token_id 2, at the largest id) under a causal
+    mask: padding after it cannot reach the output, so the graph is exported variable-length and
+    the runtime cuts each batch after its last EOS, as for open_clip (exact; the export's smoke run
+    compares the cut and the full-length output)."""
+    pooling = arch.pooling
+    if pooling == "eot":
+        pooling = "argmax" if getattr(config.text_config, "eos_token_id", None) == 2 else "eos"
+    variable = arch.padding_mask or (arch.causal and pooling in TRIMMABLE_POOLING)
+    return TowerProperties(pooling=pooling, causal_mask=arch.causal, variable_length=variable,
+                           padding_mask=arch.padding_mask)
 
 
 def _image_processor(transformers: Any, model: str, config: Any, arch: HfArchitecture) -> Any:

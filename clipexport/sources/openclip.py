@@ -15,7 +15,7 @@ from clipexport.sources.loaded import LoadedModel, check_tokenizer_fits, offline
 from clipexport.sources.network import prepare_for_downloads
 
 from clipexport.artifact.layout import TRIMMABLE_POOLING
-from clipexport.files import sha256_file
+from clipexport.files import check_recorded_sha256, sha256_file
 from clipexport.artifact.manifest import (
     Convention,
     PreprocessConfig,
@@ -109,8 +109,7 @@ def reload_open_clip(source: SourceInfo) -> LoadedModel:
         path = Path(source.checkpoint)
         if not path.is_file():
             raise SourceError(f"checkpoint {path} recorded in the manifest no longer exists; restore it or re-export")
-        if source.checkpoint_sha256 and sha256_file(path) != source.checkpoint_sha256:
-            raise SourceError(f"checkpoint {path} changed since export (sha256 differs); re-export from the current file")
+        check_recorded_sha256(path, source.checkpoint_sha256, "re-export from the current file", error=SourceError)
     return _build(open_clip, source)
 
 

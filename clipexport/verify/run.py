@@ -16,7 +16,7 @@ from clipexport.artifact.precision import Precision
 from clipexport.datasets import heldout_image_dir
 from clipexport.errors import InputError, ParityError
 from clipexport.files import utc_timestamp
-from clipexport.parity.gates import GATES
+from clipexport.parity.gates import GATES, check_accuracy_drop
 from clipexport.parity.report import AccuracyResult, ParityReport, TowerResult, ZeroShotResult
 from clipexport.parity.stats import class_embeddings, embedding_parity, zero_shot_accuracy, zero_shot_agreement
 from clipexport.progress import Progress, silent
@@ -51,8 +51,10 @@ def verify_artifact(options: VerifyOptions, progress: Progress = silent) -> Pari
         raise InputError("--batch-size and --num-images must be at least 1")
     manifest = read_manifest(options.artifact)
     precisions = resolve_precisions(manifest, options.precisions)
-    if options.max_accuracy_drop is not None and (options.labeled_images is None or options.max_accuracy_drop < 0):
-        raise InputError("--max-accuracy-drop needs --labeled-images DIR and a number of points >= 0")
+    if options.max_accuracy_drop is not None:
+        check_accuracy_drop(options.max_accuracy_drop)
+        if options.labeled_images is None:
+            raise InputError("--max-accuracy-drop needs --labeled-images DIR")
     labelled = inputs.load_labelled_folder(options.labeled_images, options.templates) if options.labeled_images else None
     backends = tuple(dict.fromkeys(BackendKind.parse(b) for b in options.backends))
     for backend in backends:  # a backend that cannot run here stops the run before the slow part

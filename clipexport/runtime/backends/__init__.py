@@ -18,7 +18,7 @@ from types import ModuleType
 from clipexport.artifact.manifest import Manifest, Tower
 from clipexport.artifact.precision import Precision
 from clipexport.errors import ClipExportError, InputError
-from clipexport.runtime.backends.base import BackendOptions, Runner
+from clipexport.runtime.backends.base import BackendOptions, Expected, Runner
 
 
 class BackendKind(str, Enum):
@@ -68,7 +68,15 @@ def open_backend(root: Path, manifest: Manifest, tower: Tower, precision: Precis
     cannot run what was asked, instead of quietly running something else."""
     chosen = Precision.parse(precision)
     manifest.tower(tower).graph(chosen)  # a clear error when the precision was never made
-    return backend_module(backend).open_tower(Path(root), manifest, tower, chosen, options or BackendOptions())
+    runner = backend_module(backend).open_tower(Path(root), manifest, tower, chosen, options or BackendOptions())
+    text = tower is Tower.TEXT
+    try:
+        runner.expect(Expected(manifest.embed_dim, manifest.tokenizer.vocab_size if text else None,
+                               manifest.tokenizer.context_length if text else None))
+    except BaseException:
+        runner.close()
+        raise
+    return runner
 
 
 __all__ = ["BackendKind", "BackendOptions", "Runner", "open_backend", "unavailable", "require_available", "backend_module"]

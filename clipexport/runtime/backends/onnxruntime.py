@@ -111,7 +111,7 @@ class OnnxRuntimeBackend(Runner):
         self.providers = list(self.session.get_providers())
         dropped = [_name(p) for p in self.requested if _name(p) not in self.providers]
         if dropped:
-            self.close()
+            self.session = None
             raise DeviceUnavailableError(f"onnxruntime could not start {', '.join(dropped)} (it would have run on "
                                          f"{', '.join(self.providers)} instead); check the GPU driver and libraries")
         # An FP16 graph built with FP16 I/O (`quantize --io-dtype float16`) still takes and gives
@@ -130,7 +130,12 @@ class OnnxRuntimeBackend(Runner):
         except Exception as exc:
             raise BackendError(f"onnxruntime failed on a batch of shape {list(batch.shape)}: {first_line(exc)}") from None
 
-    def close(self) -> None:
+    @property
+    def output_dim(self) -> int | None:
+        shape = self.session.get_outputs()[0].shape if self.session is not None else None
+        return shape[-1] if shape and isinstance(shape[-1], int) else None
+
+    def _close_impl(self) -> None:
         self.session = None
 
 

@@ -93,7 +93,7 @@ class TensorRTBackend(Runner):
         self._stream.synchronize()
         return host_out[: chunk.shape[0]].astype(np.float32, copy=False)
 
-    def close(self) -> None:
+    def _close_impl(self) -> None:
         for resource in (getattr(self, "_device_in", None), getattr(self, "_device_out", None), getattr(self, "_stream", None)):
             if resource is not None:
                 resource.free()

@@ -1,0 +1,96 @@
+"""The input rules that every surface applies, in one place: the runtime's tokenizers, the
+server's python models and `ClipClient` call these functions, so a text the runtime embeds is
+a text the server embeds, and a mistake gets the same one-line reason everywhere.
+
+Texts: any `str` is a text, the empty string and whitespace included (open_clip and Hugging Face
+embed them: SOT, EOT, padding); what is refused is a non-string, bytes that are not UTF-8, and
+a string that cannot be UTF-8 encoded (a lone surrogate). Names say which input it was: a
+`file:line`, a path, or `text #i` when the caller has nothing better.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Sequence
+
+from clipexport.errors import InputError
+
+# What one served request may carry (all its items together), unless `serve --max-request-bytes`
+# says otherwise: a 12-megapixel JPEG is 3-6 MB, so a batch of eight camera photos fits; a text
+# needs far less (see `tokenizable_prefix`).
+DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024
+# Triton model names become folder names and URL path parts.
+MAX_MODEL_NAME = 64
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+
+
+def item_name(kind: str, index: int, names: Sequence[str] | None = None) -> str:
+    """How an error names item `index`: the caller's name for it (a file:line, a path), else `kind #index`."""
+    if names is not None and 0 <= index < len(names):
+        return str(names[index])
+    return f"{kind} #{index}"
+
+
+def check_text(value: Any, name: str) -> str:
+    """`value` as a text the tokenizers can take, or one InputError line naming it."""
+    if isinstance(value, (bytes, bytearray)):
+        return decode_text(bytes(value), name)
+    if not isinstance(value, str):
+        raise InputError(f"{name} is a {type(value).__name__}, not a string; pass texts as str")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InputError(f"{name} is not valid Unicode (a lone surrogate at character {exc.start}); "
+                         "decode the text with errors='replace' or fix its source") from None
+    return value
+
+
+def decode_text(raw: bytes, name: str) -> str:
+    """UTF-8 bytes (what a client sends) as a text, or one InputError line."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{name} is not valid UTF-8 (byte {exc.start}); send the text UTF-8 encoded") from None
+
+
+def check_texts(values: Any, names: Sequence[str] | None = None) -> list[str]:
+    """A list of texts from one string or a sequence of them; every item checked by `check_text`."""
+    if values is None:
+        raise InputError("texts is None; pass a string or a list of strings")
+    if isinstance(values, (str, bytes, bytearray)):
+        values = [values]
+    try:
+        items = list(values)
+    except TypeError:
+        raise InputError(f"texts must be a string or a list of strings, got {type(values).__name__}") from None
+    return [check_text(value, item_name("text", i, names)) for i, value in enumerate(items)]
+
+
+def check_model_name(name: Any, derived: bool = False) -> str:
+    """A Triton model name prefix: letters, digits, '_' and '-', starting with a letter or digit,
+    at most MAX_MODEL_NAME characters. An explicit --name must already be one (it is what clients
+    call, so it is never silently changed); a name derived from a folder is cleaned into one."""
+    if not isinstance(name, str):
+        raise InputError(f"model name must be a string, got {type(name).__name__}")
+    if derived:
+        cleaned = re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_-")[:MAX_MODEL_NAME].strip("_-")
+        if not cleaned:
+            raise InputError(f"cannot make a Triton model name from the folder name '{name[:80]}'; pass --name NAME")
+        return cleaned
+    if len(name) > MAX_MODEL_NAME or not _MODEL_NAME.fullmatch(name):
+        shown = name if len(name) <= 80 else name[:77] + "..."
+        raise InputError(f"--name '{shown}' is not a usable model name: use at most {MAX_MODEL_NAME} ASCII letters, "
+                         "digits, '_' or '-', starting with a letter or digit (clients call <name>_image, <name>_text)")
+    return name
+
+
+def too_large(size: int, limit: int, what: str) -> str:
+    """The one wording of the request-size rule (the HTTP front's 413 and the python models' 400)."""
+    return (f"{what} is {size / 1e6:.1f} MB, over the server's limit of {limit / 1e6:.1f} MB per request; send fewer "
+            "or smaller items per request (the operator can raise it with clipexport serve --max-request-bytes)")
+
+
+def check_request_bytes(size: int, limit: int, what: str) -> None:
+    """A request over the byte bound is the client's mistake (HTTP 400 / gRPC INVALID_ARGUMENT)."""
+    if size > limit:
+        raise InputError(too_large(size, limit, what))
