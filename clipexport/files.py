@@ -8,7 +8,8 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 from clipexport.errors import ClipExportError, InputError, ManifestError
 
@@ -107,6 +108,22 @@ def fresh_staging_dir(parent: Path, prefix: str, what: str, fix: str, announce: 
         return make_staging_dir(parent, prefix)
     except OSError as exc:
         raise InputError(f"cannot write into {parent} ({exc.strerror or exc}); {fix}") from None
+
+
+@contextmanager
+def staging_folder(parent: Path, prefix: str, what: str, fix: str, announce: Callable[[str], None],
+                   stale_prefixes: tuple[str, ...] = (), public: bool = False) -> Iterator[Path]:
+    """The one staging / publish / roll-back shape of every step that writes a folder: a fresh
+    staging folder (`fresh_staging_dir`) for the block, removed when it ends. A block that
+    succeeded has published (renamed) it, so nothing is left either way; one that failed or was
+    interrupted leaves nothing half-written. `public`: readable by others (umask), as artifacts are."""
+    path = fresh_staging_dir(parent, prefix, what, fix, announce, stale_prefixes)
+    try:
+        if public:
+            make_public(path, directory=True)
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def remove_stale_staging(parent: Path, prefix: str) -> list[Path]:

@@ -71,24 +71,55 @@ HF_SIZES = [(448, 172), (172, 448), (221, 256), (256, 221), (301, 225), (225, 30
             (640, 480), (480, 640), (224, 224), (65, 64), (64, 65), (50, 40)]
 
 
+@pytest.mark.parametrize("backend", ["torchvision", "pil"])
 @pytest.mark.parametrize("processor_class", ["CLIPImageProcessor", "ChineseCLIPImageProcessor", "SiglipImageProcessor"])
-def test_hf_processors_match_at_odd_and_even_sizes(processor_class: str, tmp_path) -> None:
+def test_hf_processors_match_at_odd_and_even_sizes(processor_class: str, backend: str, tmp_path) -> None:
+    """transformers 5's default (torchvision) backend and its PIL backend, each reproduced exactly,
+    on every mode, at odd and even crop margins in both orientations; export records which one
+    the installed transformers gives by default (`sources/hf.py`)."""
     import transformers
 
-    from clipexport.sources.hf import _preprocess_config
+    from clipexport.artifact.manifest import Convention
+    from clipexport.sources.hf import _preprocess_config, _reproducible, _torchvision_backend
 
     kwargs = {"size": {"height": 224, "width": 224}} if "Siglip" in processor_class else {}
     getattr(transformers, processor_class)(**kwargs).save_pretrained(tmp_path)
-    try:  # the reference export records: transformers' PIL backend (what sources/hf.py loads)
-        processor = transformers.AutoImageProcessor.from_pretrained(tmp_path, backend="pil")
+    choice = {} if backend == "torchvision" else {"backend": "pil"}
+    try:
+        processor = transformers.AutoImageProcessor.from_pretrained(tmp_path, **choice)
     except TypeError:
-        processor = transformers.AutoImageProcessor.from_pretrained(tmp_path, use_fast=False)
-    ours = ImagePreprocessor(_preprocess_config(processor))
+        processor = transformers.AutoImageProcessor.from_pretrained(tmp_path, use_fast=backend == "torchvision")
+    if backend == "torchvision" and not (_torchvision_backend(processor) and _reproducible(processor)):
+        pytest.skip(f"this transformers / CPU gives no reproducible torchvision-backend {processor_class}")
+    config = _preprocess_config(processor)
+    assert config.convention is (Convention.HF_TORCHVISION if backend == "torchvision" else Convention.HF)
+    ours = ImagePreprocessor(config)
     for index, size in enumerate(HF_SIZES):
-        image = _image("RGB", size, seed=index)
-        want = processor(images=image, return_tensors="np")["pixel_values"][0]
-        got = ours(image)[0]
-        assert got.shape == want.shape and np.abs(got - want).max() <= PREPROCESS_MAX_ABS, (processor_class, size)
+        for mode in ("RGB", "L", "RGBA", "P", "CMYK") if index < 3 else ("RGB",):
+            image = _image(mode, size, seed=index)
+            want = processor(images=image, return_tensors="np")["pixel_values"][0]
+            got = ours(image)[0]
+            assert got.shape == want.shape and np.abs(got - want).max() <= PREPROCESS_MAX_ABS, (processor_class, size, mode)
+
+
+@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear"])
+def test_torch_uint8_resize_is_torchvisions_bit_for_bit(interpolation: str) -> None:
+    import torch
+    import torchvision.transforms.v2.functional as F
+    from torchvision.transforms import InterpolationMode
+
+    from clipexport.runtime.preprocess import torch_uint8_resize
+    from clipexport.sources.hf import _reproducible
+
+    if interpolation == "bilinear" and not _reproducible(type("P", (), {"resample": 2})()):
+        pytest.skip("torchvision resizes uint8 bilinear through float32 on this CPU (no AVX2)")
+    rng = np.random.default_rng(3)
+    mode = InterpolationMode.BICUBIC if interpolation == "bicubic" else InterpolationMode.BILINEAR
+    for (h, w), (oh, ow) in [((172, 448), (224, 583)), ((480, 640), (224, 298)), ((1, 1), (224, 224)),
+                             ((1500, 2000), (224, 298)), ((64, 64), (100, 100)), ((300, 301), (224, 224)), ((7, 500), (3, 9))]:
+        pixels = rng.integers(0, 256, (3, h, w), dtype=np.uint8)
+        want = F.resize(torch.from_numpy(pixels)[None], [oh, ow], interpolation=mode, antialias=True)[0].numpy()
+        np.testing.assert_array_equal(torch_uint8_resize(pixels, (ow, oh), interpolation), want)
 
 
 def test_accepts_paths_bytes_arrays(tmp_path, open_clip_reference) -> None:

@@ -14,6 +14,9 @@ from clipexport.runtime.text_length import trim, trimmed_length
 from clipexport.datasets import DEFAULT_CAPTIONS
 from clipexport.parity.stats import embedding_parity
 
+# The same graph at two sequence lengths: the softmax over masked positions sums in another order,
+# a few float32 ulps of a unit vector.
+TRIM_MAX_ABS = 1e-6
 PROMPTS = [f"a photo of a {label}." for label in ("cat", "dog", "school bus", "red fox", "hot air balloon")]
 EOT = 49407
 CLIP_TOKENS = TokenizerConfig(kind="clip_bpe", context_length=77, sot_id=49406, eot_id=EOT, pad_id=0)
@@ -98,9 +101,23 @@ def test_graphs_without_the_guarantees_are_not_cut() -> None:
     assert trim(ids, TowerProperties(), CLIP_TOKENS).shape == ids.shape
 
 
-def test_hf_export_keeps_the_fixed_length(hf_clip_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_hf_clip_text_gets_the_fast_path_exactly(hf_clip_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """HF CLIPModel's text tower is causal and pools at the first EOS, like open_clip's: exported
+    variable-length, and each batch cut after its last EOS gives the full-length embeddings."""
     from conftest import export_dir
 
-    artifact = export_dir(tmp_path_factory, "hf-fixed", str(hf_clip_folder), None)
+    from clipexport.runtime import ClipRuntime
+
+    artifact = export_dir(tmp_path_factory, "hf-variable", str(hf_clip_folder), None)
     text = read_manifest(artifact).tower("text")
-    assert isinstance(text.inputs[0].shape[1], int) and not text.properties.variable_length
+    assert text.properties.variable_length and text.properties.pooling == "eos" and text.properties.trimmable
+    assert text.inputs[0].shape[1] == "sequence"
+    with ClipRuntime.load(artifact) as runtime:
+        ids = runtime.tokenizer(PROMPTS)
+        cut = trim(ids, text.properties, runtime.manifest.tokenizer)
+        assert cut.shape[1] < ids.shape[1]
+        from clipexport.artifact.manifest import Tower
+
+        runner = runtime._runner(Tower.TEXT)
+        full = runner.run(ids)
+        np.testing.assert_allclose(runner.run(cut), full, atol=TRIM_MAX_ABS, rtol=0)

@@ -4,11 +4,10 @@ sidecar goes through: it must resolve inside the folder. stdlib only."""
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 from clipexport.artifact.precision import Precision
-from clipexport.errors import InputError, ManifestError
+from clipexport.errors import ManifestError
 
 MANIFEST_NAME = "manifest.json"
 ENGINES_DIR = "engines"

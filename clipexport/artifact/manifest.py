@@ -278,7 +278,10 @@ class Convention(str, Enum):
     """Whose implementation the runtime must reproduce bit-for-bit: they round differently."""
 
     OPEN_CLIP = "open_clip"  # torchvision transforms on a PIL image
-    HF = "hf"  # transformers' CLIPImageProcessor / SiglipImageProcessor
+    HF = "hf"  # transformers' PIL-backend image processors (CLIPImageProcessor in transformers 4, `backend="pil"` in 5)
+    # transformers 5's default (torchvision-backend) processors: the image as a uint8 tensor, resized by
+    # torch's antialiased uint8 kernel (fixed-point, not PIL's), floor crop offsets, float32 normalisation.
+    HF_TORCHVISION = "hf_torchvision"
 
 
 @dataclass(frozen=True)

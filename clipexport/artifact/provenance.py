@@ -17,7 +17,7 @@ from typing import Any, Mapping
 
 from clipexport.artifact.fields import FieldReader
 from clipexport.errors import ManifestError
-from clipexport.files import check_recorded_sha256, sha256_file, write_json_atomic
+from clipexport.files import check_recorded_sha256, write_json_atomic
 
 SIDECAR_SCHEMA_VERSION = 1
 # hardware_compatibility_level = AMPERE_PLUS: any discrete GPU of compute capability 8.0 or newer.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import platform
-import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from clipexport.sources.loaded import LoadedModel
 from clipexport.sources import SourceChoice, load_model, source_kind
 from clipexport.export.onnx_export import check_opset
 from clipexport.export.specs import DEFAULT_OPSET, SPECS
-from clipexport.files import fresh_staging_dir, make_public, publish_folder, sha256_file, utc_timestamp
+from clipexport.files import publish_folder, sha256_file, staging_folder, utc_timestamp
 from clipexport.artifact.manifest import (Manifest, SourceKind, TokenizerConfig, Tower, TowerArtifact, TowerProperties, read_manifest,
                                           write_manifest)
 from clipexport.progress import Progress, silent
@@ -50,17 +49,12 @@ def export_model(options: ExportOptions, progress: Progress = silent) -> Manifes
     progress(f"loading {options.model} ({_weights(options)})")
     loaded = load_model(options.model, options.pretrained, options.source, seed=options.seed, tokenizer=options.tokenizer,
                         text_config=options.text_config)
-    staging = fresh_staging_dir(output.parent, f".{output.name}.partial-", "export", "choose a writable --output",
-                                progress, stale_prefixes=(f".{output.name}.old-",))
-    make_public(staging, directory=True)
-    try:
+    with staging_folder(output.parent, f".{output.name}.partial-", "export", "choose a writable --output", progress,
+                        stale_prefixes=(f".{output.name}.old-",), public=True) as staging:
         towers = _export_towers(loaded, options, staging, progress)
         manifest = _manifest(loaded, towers, options.normalize, _write_tokenizer(loaded, staging))
         write_manifest(staging, manifest)
         publish_folder(staging, output)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     progress(f"wrote {output}")
     return manifest
 

@@ -20,7 +20,7 @@ from clipexport.artifact.manifest import (GraphDetails, GraphFile, Manifest, Tow
                                           read_manifest)
 from clipexport.artifact.precision import QUANTIZED, Precision
 from clipexport.artifact.lock import update_manifest
-from clipexport.files import fresh_staging_dir, make_public, write_json_atomic
+from clipexport.files import make_public, staging_folder, write_json_atomic
 from clipexport.precision import fp16 as fp16_mod
 from clipexport.precision import qdq
 from clipexport.precision.accuracy import (AccuracyTarget, LabelledInputs, TowerCandidate, fallback_for_accuracy,
@@ -81,12 +81,11 @@ def quantize_artifact(options: QuantizeOptions, progress: Progress = silent) -> 
     method = options.method or DEFAULT_METHOD[options.target]
     # Read first: an unreadable labelled image must stop the run before the slow part.
     labelled = labelled_inputs(manifest, root, options.accuracy.labelled) if options.accuracy is not None else None
-    staging = fresh_staging_dir(root, STAGING_PREFIX, "quantize",
-                                "quantize adds graphs to the artifact folder, so it must be writable", progress)
-    outcomes: list[TowerOutcome] = []
-    converted: dict[Tower, Converted] = {}
-    jobs: dict[Tower, _Job] = {}
-    try:
+    with staging_folder(root, STAGING_PREFIX, "quantize", "quantize adds graphs to the artifact folder, so it must be writable",
+                        progress) as staging:
+        outcomes: list[TowerOutcome] = []
+        converted: dict[Tower, Converted] = {}
+        jobs: dict[Tower, _Job] = {}
         for tower in options.towers:
             artifact = manifest.tower(tower)
             fp32_path = _working_copy(root, artifact.graph(Precision.FP32), staging / ".work")
@@ -113,8 +112,6 @@ def quantize_artifact(options: QuantizeOptions, progress: Progress = silent) -> 
         manifest = update_manifest(root, add_graphs, publish=lambda: _publish(staging, root))
         if options.sensitivity:
             write_json_atomic(root / SENSITIVITY_REPORT, {o.tower.value: [s.to_dict() for s in o.sensitivity] for o in outcomes})
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return manifest, outcomes
 
 

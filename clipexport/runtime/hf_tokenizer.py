@@ -20,7 +20,7 @@ import numpy as np
 from clipexport._deps import require
 from clipexport.artifact.layout import inside
 from clipexport.artifact.manifest import TokenizerConfig, TokenizerKind
-from clipexport.errors import InputError, ManifestError
+from clipexport.errors import ManifestError
 from clipexport.files import check_recorded_sha256
 from clipexport.inputs import check_texts
 from clipexport.runtime.tokenizer import CLEANERS, bounded_text

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import warnings
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
@@ -92,8 +94,12 @@ class ImagePreprocessor:
         self.limits = limits or ImageLimits.from_env()
         if self.config.interpolation not in _RESAMPLE:
             raise InputError(f"unsupported interpolation '{self.config.interpolation}' (expected one of {', '.join(_RESAMPLE)})")
-        if self.config.resize_mode is ResizeMode.LONGEST and self.config.convention is Convention.HF:
+        hf = self.config.convention in (Convention.HF, Convention.HF_TORCHVISION)
+        if self.config.resize_mode is ResizeMode.LONGEST and hf:
             raise InputError("resize mode 'longest' is an open_clip mode; Hugging Face processors resize shortest edge or squash")
+        if self.config.convention is Convention.HF_TORCHVISION and self.config.interpolation not in _TORCH_FILTERS:
+            raise InputError(f"interpolation '{self.config.interpolation}' of a torchvision-backend processor is not "
+                             "reproduced (bilinear and bicubic are); re-export with transformers' PIL backend")
         self.exif_transpose = exif_transpose
         self._mean = np.asarray(self.config.mean, dtype=np.float32).reshape(3, 1, 1)
         self._std = np.asarray(self.config.std, dtype=np.float32).reshape(3, 1, 1)
@@ -143,6 +149,8 @@ class ImagePreprocessor:
             image = ImageOps.exif_transpose(image)
         if self.config.convention is Convention.HF:
             return self._hf(image)
+        if self.config.convention is Convention.HF_TORCHVISION:
+            return self._hf_torchvision(image)
         return self._open_clip(image)
 
     def _open_clip(self, image: Image.Image) -> np.ndarray:
@@ -168,9 +176,7 @@ class ImagePreprocessor:
     def _hf(self, image: Image.Image) -> np.ndarray:
         # transformers' PIL processors convert to RGB first, resize, crop, then rescale/normalise in float.
         cfg = self.config
-        if image.mode != "RGB":  # transformers' convert_to_rgb: composite on white through RGBA
-            rgba = image.convert("RGBA")
-            image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255)), rgba).convert("RGB")
+        image = _hf_rgb(image)
         resample = _RESAMPLE[cfg.interpolation]
         h, w = cfg.image_size
         if cfg.resize_mode is ResizeMode.SQUASH:
@@ -183,6 +189,27 @@ class ImagePreprocessor:
         pixels = np.asarray(image).astype(np.float64) * cfg.rescale_factor
         mean, std = np.asarray(cfg.mean).reshape(3, 1, 1), np.asarray(cfg.std).reshape(3, 1, 1)
         return ((pixels.transpose(2, 0, 1) - mean) / std).astype(np.float32)
+
+    def _hf_torchvision(self, image: Image.Image) -> np.ndarray:
+        # transformers 5's TorchvisionBackend: PIL's RGB conversion (white under transparency), the
+        # uint8 CHW tensor resized by torch's antialiased uint8 kernel, crop, then (x - 255 mean) / (255 std)
+        # in float32 (rescale and normalise fused).
+        cfg = self.config
+        image = _hf_rgb(image)
+        pixels = np.asarray(image).transpose(2, 0, 1)
+        h, w = cfg.image_size
+        if cfg.resize_mode is ResizeMode.SQUASH:
+            size = (w, h)
+        else:
+            size = _shortest_edge_size(image.size, int(cfg.resize_size or h))
+        if size != image.size:
+            pixels = torch_uint8_resize(pixels, size, cfg.interpolation)
+        if cfg.resize_mode is not ResizeMode.SQUASH and cfg.center_crop:
+            pixels = _tv_center_crop(pixels, h, w)
+        scale = np.float32(1.0 / cfg.rescale_factor)
+        mean = (np.asarray(cfg.mean, np.float32) * scale).reshape(3, 1, 1)
+        std = (np.asarray(cfg.std, np.float32) * scale).reshape(3, 1, 1)
+        return (pixels.astype(np.float32) - mean) / std
 
     def _normalize(self, rgb: np.ndarray) -> np.ndarray:
         # torchvision's to_tensor divides uint8 by 255 in float32, then Normalize subtracts and divides.
@@ -223,8 +250,11 @@ def open_image(item: ImageInput, name: str = "image", limits: ImageLimits | None
         return handle
     except InputError:
         raise
-    except Image.DecompressionBombError as exc:
-        raise InputError(f"{name} refused as a possible decompression bomb ({exc})") from None
+    except Image.DecompressionBombError as exc:  # PIL's own check fired first (over twice our limit)
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f" ({int(found.group(1)) / 1e6:.0f} Mpx)" if found else ""
+        raise InputError(f"{name}{size} is over the limit of {limits.max_pixels / 1e6:.0f} Mpx; raise it with "
+                         f"{MAX_PIXELS_ENV}=N if the image is real (refused as a possible decompression bomb)") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise InputError(f"cannot read {name}: not a valid or complete image ({type(exc).__name__}: {exc})") from None
 
@@ -280,6 +310,103 @@ def _center_crop(image: Image.Image, h: int, w: int, fill: int = 0) -> Image.Ima
             return image
     top, left = int(round((height - h) / 2.0)), int(round((width - w) / 2.0))
     return image.crop((left, top, left + w, top + h))
+
+
+def _hf_rgb(image: Image.Image) -> Image.Image:
+    """transformers' convert_to_rgb: composite on white through RGBA (a no-op for opaque images)."""
+    if image.mode == "RGB":
+        return image
+    rgba = image.convert("RGBA")
+    return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255)), rgba).convert("RGB")
+
+
+def _bicubic_filter(x: np.ndarray) -> np.ndarray:
+    a = -0.5  # the antialiased kernels' (PIL's) cubic coefficient
+    x = np.abs(x)
+    return np.where(x < 1, ((a + 2) * x - (a + 3)) * x * x + 1,
+                    np.where(x < 2, (((x - 5) * x + 8) * x - 4) * a, 0.0))
+
+
+def _bilinear_filter(x: np.ndarray) -> np.ndarray:
+    return np.clip(1.0 - np.abs(x), 0.0, None)
+
+
+# name -> (filter, support at scale 1)
+_TORCH_FILTERS = {"bicubic": (_bicubic_filter, 2.0), "bilinear": (_bilinear_filter, 1.0)}
+
+
+@lru_cache(maxsize=64)
+def _torch_weights(in_size: int, out_size: int, interpolation: str) -> tuple[np.ndarray, int]:
+    """torch's antialiased uint8 resize weights as an [in, out] matrix, and their precision (ATen's
+    `_compute_index_ranges_int16_weights`): float64 filter weights normalised per output pixel, then
+    int16 fixed point at the largest precision that keeps the biggest weight under 2^15."""
+    filter_fn, base = _TORCH_FILTERS[interpolation]
+    scale = in_size / out_size
+    support = base * scale if scale >= 1.0 else base
+    invscale = 1.0 / scale if scale >= 1.0 else 1.0
+    centers = scale * (np.arange(out_size) + 0.5)
+    xmin = np.maximum(np.trunc(centers - support + 0.5).astype(np.int64), 0)
+    xmax = np.minimum(np.trunc(centers + support + 0.5).astype(np.int64), in_size)
+    taps = int((xmax - xmin).max())
+    index = xmin[:, None] + np.arange(taps)
+    valid = index < xmax[:, None]
+    weights = np.where(valid, filter_fn((index - centers[:, None] + 0.5) * invscale), 0.0)
+    totals = weights.sum(axis=1, keepdims=True)
+    weights = np.divide(weights, totals, out=weights, where=totals != 0)
+    largest = float(weights.max())
+    precision = 0
+    for precision in range(22):
+        if int(0.5 + largest * (1 << (precision + 1))) >= (1 << 15):
+            break
+    scaled = weights * (1 << precision)
+    fixed = np.trunc(np.where(scaled >= 0, scaled + 0.5, scaled - 0.5))
+    matrix = np.zeros((in_size, out_size), np.float64)
+    rows = np.broadcast_to(np.arange(out_size)[:, None], index.shape)
+    matrix[index[valid], rows[valid]] = fixed[valid]
+    matrix.flags.writeable = False
+    return matrix, precision
+
+
+def _torch_pass(pixels: np.ndarray, out_size: int, interpolation: str) -> np.ndarray:
+    """One separable pass along the last axis: ATen's integer sum of uint8 x int16 products, its
+    rounding shift and clamp to uint8. Done as one float64 matrix product, which is exact here:
+    every partial sum is an integer far below 2^53 (255 x 2^15 x taps), and the shift is a
+    division by a power of two."""
+    in_size = pixels.shape[-1]
+    matrix, precision = _torch_weights(in_size, out_size, interpolation)
+    flat = pixels.reshape(-1, in_size)
+    out = np.empty((len(flat), out_size), np.uint8)
+    rounding, divisor = (1 << (precision - 1) if precision else 0), float(1 << precision)
+    step = max(1, (1 << 22) // max(in_size, 1))  # rows per product: float64 copies stay near 32 MB
+    for start in range(0, len(flat), step):
+        acc = flat[start:start + step].astype(np.float64) @ matrix + rounding
+        out[start:start + step] = np.clip(np.floor(acc / divisor), 0, 255)
+    return out.reshape(pixels.shape[:-1] + (out_size,))
+
+
+def torch_uint8_resize(pixels: np.ndarray, size: tuple[int, int], interpolation: str) -> np.ndarray:
+    """torchvision's `resize(uint8 CHW tensor, antialias=True)` on CPU for bilinear / bicubic, bit for
+    bit: the native uint8 kernel (fixed-point weights, horizontal pass, uint8 intermediate, vertical
+    pass). `size` is PIL's (width, height). tests/test_preprocess.py compares it with torch."""
+    width, height = size
+    out = pixels
+    if out.shape[2] != width:
+        out = _torch_pass(out, width, interpolation)
+    if out.shape[1] != height:
+        out = _torch_pass(out.transpose(0, 2, 1), height, interpolation).transpose(0, 2, 1)
+    return np.ascontiguousarray(out)
+
+
+def _tv_center_crop(pixels: np.ndarray, h: int, w: int) -> np.ndarray:
+    """transformers' torchvision-backend center_crop: zero padding floor-left/top, then floor offsets."""
+    _, height, width = pixels.shape
+    if w > width or h > height:
+        left, top = ((w - width) // 2 if w > width else 0), ((h - height) // 2 if h > height else 0)
+        right, bottom = ((w - width + 1) // 2 if w > width else 0), ((h - height + 1) // 2 if h > height else 0)
+        pixels = np.pad(pixels, ((0, 0), (top, bottom), (left, right)))
+        _, height, width = pixels.shape
+    top, left = int((height - h) / 2.0), int((width - w) / 2.0)
+    return pixels[:, top:top + h, left:left + w]
 
 
 def _hf_center_crop(image: Image.Image, h: int, w: int) -> Image.Image:

@@ -21,8 +21,8 @@ from clipexport.artifact.layout import engine_file, model_prefix
 from clipexport.artifact.manifest import Manifest, Tower, check_graph_files, read_manifest
 from clipexport.artifact.precision import Precision
 from clipexport.artifact.provenance import read_sidecar
-from clipexport.errors import InputError, ManifestError
-from clipexport.files import fresh_staging_dir, make_public, publish_folder, write_json_atomic
+from clipexport.errors import InputError
+from clipexport.files import publish_folder, staging_folder, write_json_atomic
 from clipexport.progress import Progress, silent
 from clipexport.serving.backend_models import DEFAULT_BUCKETS
 from clipexport.serving.pbtxt import Batching, ModelConfig, Step, Tensor
@@ -69,16 +69,12 @@ def write_repository(options: RepositoryOptions, progress: Progress = silent) ->
     _check_options(options, manifest)
     output = Path(options.output).expanduser().absolute()
     _check_output(output, options.overwrite, artifact.resolve())
-    staging = fresh_staging_dir(output.parent, f".{output.name}.partial-", "triton", "choose a writable --output", progress)
-    make_public(staging, directory=True)
-    try:
+    with staging_folder(output.parent, f".{output.name}.partial-", "triton", "choose a writable --output", progress,
+                        public=True) as staging:
         models = _write_models(staging, artifact, manifest, name, options, progress)
         (staging / "README.md").write_text(_readme(name, manifest, options), encoding="utf-8")
         write_json_atomic(staging / MARKER, {"artifact": str(artifact.resolve()), "models": models})
         publish_folder(staging, output)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return models
 
 

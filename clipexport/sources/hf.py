@@ -180,8 +180,17 @@ def _text_properties(config: Any, arch: HfArchitecture) -> TowerProperties:
 
 
 def _image_processor(transformers: Any, model: str, config: Any, arch: HfArchitecture) -> Any:
-    # The slow (PIL) processors are the classic reference and what a numpy runtime can match.
-    for kwargs in ({"backend": "pil"}, {"use_fast": False}):  # transformers >= 5 spells it `backend`
+    """The processor a user of the installed transformers gets by default: transformers 5's
+    torchvision backend (which the runtime reproduces bit for bit for bilinear and bicubic, see
+    `Convention.HF_TORCHVISION`), else the PIL backend (transformers 4's default, `Convention.HF`)."""
+    processor = _load_processor(transformers, model, config, arch, {})
+    if processor is not None and _torchvision_backend(processor) and not _reproducible(processor):
+        processor = _load_processor(transformers, model, config, arch, {"backend": "pil"}, {"use_fast": False})
+    return processor
+
+
+def _load_processor(transformers: Any, model: str, config: Any, arch: HfArchitecture, *choices: dict) -> Any:
+    for kwargs in choices or ({},):  # transformers >= 5 spells the PIL choice `backend`, 4 `use_fast`
         try:
             return transformers.AutoImageProcessor.from_pretrained(model, **kwargs)
         except TypeError:
@@ -193,6 +202,30 @@ def _image_processor(transformers: Any, model: str, config: Any, arch: HfArchite
     if arch.processor == "SiglipImageProcessor":
         return transformers.SiglipImageProcessor(size={"height": size, "width": size})
     return getattr(transformers, arch.processor)(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+
+
+def _torchvision_backend(processor: Any) -> bool:
+    """transformers 5's TorchvisionBackend, or 4's BaseImageProcessorFast: torch tensors, torchvision resize."""
+    names = {cls.__name__ for cls in type(processor).__mro__}
+    return bool(names & {"TorchvisionBackend", "BaseImageProcessorFast"})
+
+
+def _reproducible(processor: Any) -> bool:
+    """What the runtime matches bit for bit: torch's native antialiased uint8 kernel, which
+    torchvision uses for bicubic on every CPU and for bilinear on AVX2 / AVX512 / Arm (elsewhere
+    bilinear goes through float32 and rounds)."""
+    name = _PIL_RESAMPLE.get(int(getattr(processor, "resample", 3)), "bicubic")
+    if name == "bicubic":
+        return True
+    if name != "bilinear":
+        return False
+    try:
+        from torchvision.transforms import InterpolationMode
+        from torchvision.transforms.v2.functional._geometry import _do_native_uint8_resize_on_cpu
+
+        return bool(_do_native_uint8_resize_on_cpu(InterpolationMode.BILINEAR))
+    except ImportError:
+        return False
 
 
 def _tokenizer(transformers: Any, model: str) -> Any:
@@ -246,7 +279,7 @@ def _preprocess_config(processor: Any) -> PreprocessConfig:
         std=tuple(float(x) for x in processor.image_std),
         interpolation=_PIL_RESAMPLE.get(int(resample), "bicubic"),
         resize_mode=mode,
-        convention=Convention.HF,
+        convention=Convention.HF_TORCHVISION if _torchvision_backend(processor) else Convention.HF,
         resize_size=resize_size,
         center_crop=do_crop,
         rescale_factor=float(getattr(processor, "rescale_factor", 1 / 255)),
