@@ -24,9 +24,11 @@ _HINTS: dict[str, tuple[str, str]] = {
     "matplotlib": ("matplotlib", "bench"),
     "tritonclient": ("tritonclient[http,grpc]", "client"),
     "pytriton": ("nvidia-pytriton", "serve"),
+    "pyarrow": ("pyarrow", "bulk"),
+    "ray": ("ray[data]", "ray"),
 }
 # Extras a machine may lack while everything else works (the tests skip, naming the extra).
-OPTIONAL_EXTRAS = ("precision", "bench", "client", "serve", "tensorrt")
+OPTIONAL_EXTRAS = ("precision", "bench", "client", "serve", "tensorrt", "bulk", "ray")
 
 
 def extra_of(module: str) -> str | None:

@@ -17,6 +17,7 @@ from clipexport.artifact.precision import QUANTIZED, Precision
 from clipexport.errors import ClipExportError
 from clipexport.inputs import DEFAULT_MAX_REQUEST_BYTES
 from clipexport.progress import StepPrinter
+from clipexport.bulk.job import Engine
 from clipexport.runtime.backends import BackendKind
 
 EXIT_INTERRUPTED = 130  # the shell's code for SIGINT
@@ -368,17 +369,31 @@ def _runtime_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 class _LazyBar:
-    """A progress bar on stderr that appears with the first finished batch, so a run that fails
-    while checking its inputs prints only its error line."""
+    """A progress bar on stderr (items/s and ETA) that appears with the first finished batch, so a
+    run that fails while checking its inputs prints only its error line."""
 
-    def __init__(self, label: str):
-        self.label, self.bar = label, None
+    def __init__(self, label: str, quiet: bool = False):
+        self.label, self.bar, self.quiet = label, None, quiet
+        self.done, self.started = 0, 0.0
 
     def __call__(self, done: int, total: int) -> None:
+        import time
+
+        if self.quiet:
+            return
         if self.bar is None:
-            self.bar = click.progressbar(length=total, label=self.label, file=sys.stderr)
+            self.started = time.monotonic()
+            self.bar = click.progressbar(length=total, label=self.label, file=sys.stderr, show_eta=True,
+                                         item_show_func=lambda _: self._rate())
             self.bar.__enter__()
-        self.bar.update(done)
+        self.done += done
+        self.bar.update(done, self.done)
+
+    def _rate(self) -> str:
+        import time
+
+        elapsed = time.monotonic() - self.started
+        return f"{self.done / elapsed:.1f}/s" if elapsed > 0 and self.done else ""
 
     def __enter__(self) -> "_LazyBar":
         return self
@@ -390,31 +405,81 @@ class _LazyBar:
 
 @main.command()
 @click.argument("artifact", type=click.Path(path_type=Path))
-@click.option("--images", multiple=True, help="Image file or folder (repeatable).")
+@click.option("--images", multiple=True, help="Image file, folder, or .tar shard of images (webdataset layout; repeatable).")
+@click.option("--image-list", type=click.Path(path_type=Path), default=None, help="Text file, one image path or URI per line.")
+@click.option("--image-table", type=click.Path(path_type=Path), default=None,
+              help="Parquet / CSV / TSV file with a column of image paths or URIs (--path-column).")
+@click.option("--path-column", default="path", show_default=True, help="The --image-table column that holds the paths.")
 @click.option("--texts", type=click.Path(path_type=Path), default=None,
               help="UTF-8 file, one text per line; every line is a row, blank lines included (the empty caption).")
+@click.option("--text-table", type=click.Path(path_type=Path), default=None,
+              help="Parquet / CSV / TSV file with a column of texts (--text-column).")
+@click.option("--text-column", default="text", show_default=True, help="The --text-table column that holds the texts.")
 @click.option("--output", "-o", required=True, type=click.Path(path_type=Path),
-              help="Where to write the .npy embeddings; OUTPUT.index.txt names the input of every row.")
+              help="A folder: the sharded, resumable Parquet dataset (_embeddings.json + part-*.parquet). "
+                   "A .npy path: one float32 [N, D] file, with OUTPUT.index.txt naming the input of every row.")
 @_runtime_options
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Inputs per run.")
 @click.option("--skip-bad", is_flag=True, help="Skip unreadable images (and list them) instead of stopping.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Decode processes (default: the cores the backend's threads leave free, at least 1).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="The backend's intra-op threads.")
+@click.option("--shard-size", type=click.IntRange(min=1), default=10_000, show_default=True, help="Rows per Parquet shard.")
+@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
+              help="Stored embedding type (float16 halves the dataset).")
+@click.option("--overwrite", is_flag=True, help="Start the dataset over (only a folder this command wrote).")
+@click.option("--engine", type=click.Choice([e.value for e in Engine]), default="local", show_default=True,
+              help="local: decode workers + the backend here; ray: the same job on Ray Data (pip install 'clipexport[ray]').")
+@click.option("--ray-address", default=None, help="With --engine ray: the cluster (default: RAY_ADDRESS, else a local one).")
+@click.option("--ray-actors", type=click.IntRange(min=1), default=1, show_default=True,
+              help="With --engine ray: embedding actors (one runtime each; one per GPU on GPU nodes).")
+@click.option("--ray-gpus-per-actor", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="With --engine ray: GPUs per embedding actor.")
 @click.option("--server", default=None,
-              help="Embed on a Triton server (clipexport serve / triton) at host:port (HTTP) or grpc://host:port; "
-                   "ARTIFACT's folder name is the served model name unless --model says otherwise.")
+              help="Embed on a Triton server (clipexport serve / triton) at host:port (HTTP) or grpc://host:port "
+                   "(.npy output); ARTIFACT's folder name is the served model name unless --model says otherwise.")
 @click.option("--model", "served_model", default=None, help="With --server: the served model name prefix.")
-def embed(artifact: Path, images: tuple[str, ...], texts: Path | None, output: Path, precision: str, backend: str,
-          batch_size: int, skip_bad: bool, exif_transpose: bool, server: str | None, served_model: str | None) -> None:
-    """Embed images or texts with ARTIFACT (no torch) and save float32 [N, D] to OUTPUT."""
-    from clipexport.runtime.embed import EmbedRequest, embed_to_file
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def embed(artifact: Path, images: tuple[str, ...], image_list: Path | None, image_table: Path | None, path_column: str,
+          texts: Path | None, text_table: Path | None, text_column: str, output: Path, precision: str, backend: str,
+          batch_size: int, skip_bad: bool, exif_transpose: bool, workers: int | None, threads: int | None, shard_size: int,
+          dtype: str, overwrite: bool, engine: str, ray_address: str | None, ray_actors: int, ray_gpus_per_actor: float,
+          server: str | None, served_model: str | None, quiet: bool) -> None:
+    """Embed images or texts with ARTIFACT (no torch): a folder OUTPUT gets a sharded Parquet dataset
+    that a rerun of the same command resumes; a .npy OUTPUT gets one array."""
+    from clipexport.bulk.sources import InputSpec
 
-    request = EmbedRequest(artifact=artifact, output=output, images=images, texts=texts, precision=precision,
-                           backend=backend, batch_size=batch_size, skip_bad=skip_bad, exif_transpose=exif_transpose,
-                           server=server, model=served_model)
-    with _LazyBar("embedding") as advance:
-        result = embed_to_file(request, advance)
+    spec = InputSpec(images=images, image_list=image_list, image_table=image_table, path_column=path_column,
+                     texts=texts, text_table=text_table, text_column=text_column)
+    if output.suffix.lower() == ".npy":
+        from clipexport.bulk.npy import EmbedRequest, embed_to_file
+
+        request = EmbedRequest(artifact=artifact, output=output, inputs=spec, precision=precision, backend=backend,
+                               batch_size=batch_size, skip_bad=skip_bad, exif_transpose=exif_transpose, server=server,
+                               model=served_model, workers=workers, threads=threads)
+        with _LazyBar("embedding", quiet) as advance:
+            result = embed_to_file(request, advance)
+        for skipped in result.skipped:
+            click.echo(f"skipped {skipped.name}: {skipped.reason}", err=True)
+        click.echo(f"wrote {result.output}: {result.rows} x {result.dim} float32 (row sources: {result.index})")
+        return
+    from clipexport.bulk.job import BulkOptions, RayOptions, embed_dataset
+    from clipexport.errors import InputError
+
+    if server:
+        raise InputError("--server writes a .npy file; pass -o NAME.npy (the sharded dataset runs here or on Ray)")
+    options = BulkOptions(artifact=artifact, output=output, inputs=spec, precision=precision, backend=backend,
+                          batch_size=batch_size, workers=workers, threads=threads, shard_size=shard_size, dtype=dtype,
+                          skip_bad=skip_bad, exif_transpose=exif_transpose, overwrite=overwrite, engine=Engine(engine),
+                          ray=RayOptions(address=ray_address, actors=ray_actors, gpus_per_actor=ray_gpus_per_actor))
+    with _LazyBar("embedding", quiet) as advance:
+        result = embed_dataset(options, advance, _progress(quiet))
     for skipped in result.skipped:
-        click.echo(f"skipped {skipped.name}: {skipped.reason}", err=True)
-    click.echo(f"wrote {result.output}: {result.rows} x {result.dim} float32 (row sources: {result.index})")
+        click.echo(f"skipped {skipped.id}: {skipped.reason}", err=True)
+    resumed = f", {result.shards_resumed} resumed" if result.shards_resumed else ""
+    click.echo(f"wrote {result.output}: {result.rows} rows of {result.inputs} inputs ({len(result.skipped)} skipped); "
+               f"{result.shards_written} shards computed{resumed}; {result.computed} inputs in {result.seconds:.1f} s "
+               f"({result.per_second:.1f}/s)")
 
 
 @main.command()
@@ -432,7 +497,7 @@ def classify(artifact: Path, images: tuple[str, ...], labels: str | None, label_
     """Zero-shot classify IMAGES (files or folders) among the labels."""
     from clipexport.datasets import image_paths
     from clipexport.runtime import ClipRuntime
-    from clipexport.runtime.embed import collect_labels
+    from clipexport.datasets import collect_labels
 
     names = collect_labels(labels, label_list, labels_file)
     paths = image_paths(images)

@@ -273,3 +273,14 @@ def check_templates(templates: Sequence[str]) -> tuple[str, ...]:
             raise InputError(f"template {template!r} must contain exactly one {{}} where the label goes, "
                              "e.g. 'a photo of a {}.'")
     return out
+
+
+def collect_labels(labels: str | None, label_list: Sequence[str], labels_file: Path | None) -> list[str]:
+    """Class names from --labels (comma-separated), repeatable --label, and --labels-file, in that order."""
+    names = [label.strip() for label in (labels or "").split(",") if label.strip()]
+    names += [label.strip() for label in label_list]
+    if labels_file is not None:
+        names += [line.strip() for line in read_lines(labels_file, "labels file") if line.strip()]
+    if not names:
+        raise InputError("no labels given; pass --labels cat,dog, --label NAME (repeatable) or --labels-file FILE")
+    return names

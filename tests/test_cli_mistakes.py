@@ -28,6 +28,7 @@ def workspace(tiny_vit: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
     (root / "user_dir" / "notes.txt").write_text("mine")
     (root / "a_file.txt").write_text("not a folder")
     (root / "empty.txt").write_text("")
+    (root / "paths.csv").write_text("path\nok.png\n")
     (root / "corrupt.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
     Image.new("RGB", (40, 30), (0, 200, 0)).save(root / "ok.png")
     (root / "no_config").mkdir()
@@ -87,8 +88,16 @@ MISTAKES: list[tuple[str, Args, str]] = [
                                                      "--calibration-images", str(w["root"] / "empty_dir")], "has no images"),
     ("embed-batch-size-zero", lambda w: ["embed", str(w["art"]), "--texts", str(w["root"] / "a_file.txt"),
                                          "-o", str(w["root"] / "e1.npy"), "--batch-size", "0"], "--batch-size"),
-    ("embed-output-is-folder", lambda w: ["embed", str(w["art"]), "--texts", str(w["root"] / "a_file.txt"),
-                                          "-o", str(w["root"] / "empty_dir")], "is a folder"),
+    ("embed-output-is-a-user-folder", lambda w: ["embed", str(w["art"]), "--texts", str(w["root"] / "a_file.txt"),
+                                                 "-o", str(w["root"] / "user_dir")], "holds other files"),
+    ("embed-output-is-a-file", lambda w: ["embed", str(w["art"]), "--texts", str(w["root"] / "a_file.txt"),
+                                          "-o", str(w["root"] / "a_file.txt")], "is a file"),
+    ("embed-duplicate-inputs", lambda w: ["embed", str(w["art"]), "--images", str(w["root"] / "ok.png"), "--images",
+                                          str(w["root"] / "ok.png"), "-o", str(w["root"] / "d1")], "listed twice"),
+    ("embed-table-without-the-column", lambda w: ["embed", str(w["art"]), "--image-table", str(w["root"] / "paths.csv"),
+                                                  "--path-column", "url", "-o", str(w["root"] / "d2")], "has no column 'url'"),
+    ("embed-dataset-with-server", lambda w: ["embed", str(w["art"]), "--texts", str(w["root"] / "a_file.txt"), "-o",
+                                             str(w["root"] / "d3"), "--server", "localhost:8000"], "writes a .npy file"),
     ("embed-images-and-texts", lambda w: ["embed", str(w["art"]), "--texts", str(w["root"] / "a_file.txt"),
                                           "--images", str(w["root"] / "ok.png"), "-o", str(w["root"] / "e2.npy")], "either"),
     ("embed-texts-missing", lambda w: ["embed", str(w["art"]), "--texts", str(w["root"] / "nope.txt"),

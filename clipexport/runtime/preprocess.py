@@ -367,20 +367,39 @@ def _torch_weights(in_size: int, out_size: int, interpolation: str) -> tuple[np.
     return matrix, precision
 
 
+_BLOCK = 32  # output pixels per banded product: each block reads only the input span its weights cover
+
+
+@lru_cache(maxsize=64)
+def _torch_blocks(in_size: int, out_size: int, interpolation: str) -> tuple[tuple[tuple[int, int, int, np.ndarray], ...], int]:
+    """The weight matrix cut into blocks of _BLOCK output pixels with the input span each needs
+    (the matrix is banded: a dense product would multiply mostly zeros)."""
+    matrix, precision = _torch_weights(in_size, out_size, interpolation)
+    blocks = []
+    for start in range(0, out_size, _BLOCK):
+        part = matrix[:, start:start + _BLOCK]
+        rows = np.nonzero(part.any(axis=1))[0]
+        low, high = (int(rows[0]), int(rows[-1]) + 1) if len(rows) else (0, 1)
+        blocks.append((start, low, high, np.ascontiguousarray(part[low:high])))
+    return tuple(blocks), precision
+
+
 def _torch_pass(pixels: np.ndarray, out_size: int, interpolation: str) -> np.ndarray:
     """One separable pass along the last axis: ATen's integer sum of uint8 x int16 products, its
-    rounding shift and clamp to uint8. Done as one float64 matrix product, which is exact here:
+    rounding shift and clamp to uint8. Done as float64 matrix products, which are exact here:
     every partial sum is an integer far below 2^53 (255 x 2^15 x taps), and the shift is a
     division by a power of two."""
     in_size = pixels.shape[-1]
-    matrix, precision = _torch_weights(in_size, out_size, interpolation)
+    blocks, precision = _torch_blocks(in_size, out_size, interpolation)
     flat = pixels.reshape(-1, in_size)
     out = np.empty((len(flat), out_size), np.uint8)
     rounding, divisor = (1 << (precision - 1) if precision else 0), float(1 << precision)
     step = max(1, (1 << 22) // max(in_size, 1))  # rows per product: float64 copies stay near 32 MB
-    for start in range(0, len(flat), step):
-        acc = flat[start:start + step].astype(np.float64) @ matrix + rounding
-        out[start:start + step] = np.clip(np.floor(acc / divisor), 0, 255)
+    for first in range(0, len(flat), step):
+        rows = flat[first:first + step].astype(np.float64)
+        for start, low, high, weights in blocks:
+            acc = rows[:, low:high] @ weights + rounding
+            out[first:first + step, start:start + weights.shape[1]] = np.clip(np.floor(acc / divisor), 0, 255)
     return out.reshape(pixels.shape[:-1] + (out_size,))
 
 

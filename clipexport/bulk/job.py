@@ -1,0 +1,165 @@
+"""`embed --output DIR`: a bulk job from an input list to a sharded, resumable embeddings dataset,
+on the pipelined local engine or on Ray Data (`engine="ray"`); both write the same shards with the
+same manifest, through the one writer in `dataset.py`."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from clipexport.artifact.manifest import Tower, read_manifest
+from clipexport.bulk.dataset import (DEFAULT_SHARD_SIZE, DTYPES, MANIFEST, DatasetState, FolderLock, Identity, Skipped,
+                                     open_dataset, write_shard)
+from clipexport.bulk.sources import InputList, InputSpec, Kind, default_workers, list_inputs
+from clipexport.errors import InputError
+from clipexport.files import sha256_file
+from clipexport.progress import Progress, silent
+
+Advance = Callable[[int, int], None]
+
+
+class Engine(str, Enum):
+    LOCAL = "local"  # decode workers + the backend in this process
+    RAY = "ray"  # Ray Data: CPU map_batches to decode, an actor pool to embed
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    address: str | None = None  # ray.init(address=...); else RAY_ADDRESS, else a local cluster
+    actors: int = 1  # embedding actors (one ClipRuntime each)
+    gpus_per_actor: float = 0.0
+    cpus_per_actor: float = 1.0
+
+
+@dataclass(frozen=True)
+class BulkOptions:
+    artifact: Path
+    output: Path
+    inputs: InputSpec
+    precision: str = "fp32"
+    backend: str = "onnxruntime"
+    batch_size: int = 32
+    workers: int | None = None  # decode processes; default: the cores the backend's threads leave free
+    threads: int | None = None  # the backend's intra-op threads; default: the backend's own
+    shard_size: int = DEFAULT_SHARD_SIZE
+    dtype: str = "float32"
+    skip_bad: bool = False
+    exif_transpose: bool = False
+    overwrite: bool = False
+    engine: Engine = Engine.LOCAL
+    ray: RayOptions = field(default_factory=RayOptions)
+
+
+@dataclass(frozen=True)
+class BulkResult:
+    output: Path
+    inputs: int
+    rows: int
+    skipped: list[Skipped]
+    shards_written: int
+    shards_resumed: int
+    computed: int  # inputs processed by this run
+    seconds: float
+
+    @property
+    def per_second(self) -> float:
+        return self.computed / self.seconds if self.seconds > 0 else 0.0
+
+
+def check_options(options: BulkOptions) -> None:
+    for value, what in ((options.batch_size, "--batch-size"), (options.shard_size, "--shard-size")):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InputError(f"{what} must be a positive integer, got {value!r}")
+    if options.workers is not None and options.workers < 1:
+        raise InputError("--workers must be at least 1")
+    if options.dtype not in DTYPES:
+        raise InputError(f"--dtype must be one of {', '.join(DTYPES)}, got {options.dtype!r}")
+    if options.ray.actors < 1 or options.ray.gpus_per_actor < 0 or options.ray.cpus_per_actor <= 0:
+        raise InputError("--ray-actors must be at least 1, --ray-gpus-per-actor >= 0 and --ray-cpus-per-actor > 0")
+
+
+def embed_dataset(options: BulkOptions, advance: Advance | None = None, progress: Progress = silent) -> BulkResult:
+    check_options(options)
+    artifact = Path(options.artifact)
+    manifest = read_manifest(artifact)
+    output = Path(options.output).expanduser()
+    if output.exists() and not output.is_dir():
+        raise InputError(f"--output {output} is a file; pass a folder for the sharded dataset (or a .npy path)")
+    if output.resolve() == artifact.resolve() or artifact.resolve() in output.resolve().parents:
+        raise InputError(f"--output {output} is inside the artifact; choose another folder")
+    inputs = list_inputs(options.inputs)
+    tower = Tower.TEXT if inputs.kind is Kind.TEXT else Tower.VISION
+    manifest.tower(tower).graph(options.precision)  # the precision exists, or one line naming the fix
+    identity = Identity(kind=inputs.kind.value, artifact_manifest_sha256=sha256_file(artifact / "manifest.json"),
+                        precision=str(options.precision), backend=str(options.backend), normalized=manifest.normalized,
+                        dim=manifest.embed_dim, dtype=options.dtype, inputs_sha256=inputs.sha256, inputs=len(inputs),
+                        shard_size=options.shard_size)
+    begin = time.monotonic()
+    with FolderLock(output):
+        state, kept = open_dataset(output, identity, str(artifact.resolve()), options.overwrite)
+        todo = [index for index in range(state.shard_count) if index not in state.shards]
+        if kept:
+            progress(f"resuming: {len(kept)} of {state.shard_count} shards already done")
+        ranges = [state.shard_range(index) for index in todo]
+        if ranges:
+            writer = _ShardWriter(state, inputs, todo)
+            if options.engine is Engine.RAY:
+                from clipexport.bulk.ray_engine import run_on_ray
+
+                run_on_ray(options, inputs, ranges, advance, writer.on_batch)
+            else:
+                _run_local(options, artifact, tower, inputs, ranges, advance, writer.on_batch)
+            writer.finish()
+        elif not (output / MANIFEST).is_file() or not state.complete:
+            state.save()
+        else:
+            state.save()
+    rows = sum(s.rows for s in state.shards.values())
+    skipped = [s for index in sorted(state.shards) for s in state.shards[index].skipped]
+    if rows == 0:
+        raise InputError(f"no input could be embedded ({len(skipped)} skipped, listed in {output / MANIFEST})")
+    return BulkResult(output, len(inputs), rows, skipped, len(todo), len(kept),
+                      sum(end - first for first, end in ranges), time.monotonic() - begin)
+
+
+def _run_local(options: BulkOptions, artifact: Path, tower: Tower, inputs: InputList, ranges: list[tuple[int, int]],
+               advance: Advance | None, on_batch: Callable) -> None:
+    from clipexport.bulk.local import embed_ranges
+    from clipexport.runtime.clip_runtime import ClipRuntime
+
+    workers = options.workers or default_workers(options.threads)
+    with ClipRuntime.load(artifact, backend=options.backend, precision={tower.value: options.precision},
+                          threads=options.threads, exif_transpose=options.exif_transpose, towers=(tower,)) as runtime:
+        embed_ranges(runtime, inputs, ranges, options.batch_size, workers, options.exif_transpose, options.skip_bad,
+                     advance, on_batch)
+
+
+class _ShardWriter:
+    """Gathers each shard's batches (they arrive in input order) and writes it when it is whole."""
+
+    def __init__(self, state: DatasetState, inputs: InputList, todo: list[int]):
+        self.state, self.inputs = state, inputs
+        self.pending = {index: {"ids": [], "rows": [], "skipped": [], "seen": 0} for index in todo}
+
+    def on_batch(self, start: int, kept: list[int], rows: np.ndarray, skipped: list[tuple[int, str]]) -> None:
+        index = start // self.state.identity.shard_size
+        shard = self.pending[index]
+        shard["ids"] += [self.inputs.items[i].id for i in kept]
+        shard["rows"].append(np.asarray(rows, np.float32))
+        shard["skipped"] += [Skipped(self.inputs.items[i].id, reason) for i, reason in skipped]
+        shard["seen"] += len(kept) + len(skipped)
+        first, end = self.state.shard_range(index)
+        if shard["seen"] == end - first:
+            embeddings = np.concatenate(shard["rows"]) if shard["rows"] else np.zeros((0, self.state.identity.dim))
+            write_shard(self.state, index, shard["ids"], embeddings, shard["skipped"])
+            del self.pending[index]
+
+    def finish(self) -> None:
+        if self.pending:  # an engine that stopped early without raising would be a bug: never claim it finished
+            raise InputError(f"the run ended with shards {sorted(self.pending)} unfinished; run the same command again "
+                             "to finish them")
