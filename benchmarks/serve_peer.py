@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import base64
 import http.client
-import io
 import json
 import os
 import statistics
@@ -27,9 +26,8 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
-
 from precision import machine, write_result
+from serve import _images
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
@@ -55,18 +53,6 @@ def _model_folder(folder: Path) -> Path:
     data["max_length"] = 77
     (folder / "config.json").write_text(json.dumps(data, indent=2))
     return folder
-
-
-def _images(n: int) -> list[bytes]:
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    out = []
-    for _ in range(n):
-        buffer = io.BytesIO()
-        Image.fromarray(rng.integers(0, 256, (240, 320, 3), dtype=np.uint8)).save(buffer, format="JPEG", quality=90)
-        out.append(buffer.getvalue())
-    return out
 
 
 def _tree_rss_mb(pid: int) -> float:

@@ -139,18 +139,25 @@ def _shards_done(folder: Path) -> int:
         return 0
 
 
-def test_sigkill_loses_at_most_the_shards_in_flight_and_a_rerun_resumes(tiny_vit: Path, tmp_path: Path) -> None:
+def _running_job(tiny_vit: Path, tmp_path: Path, count: int, seed: int, shards: int) -> tuple[Path, Path, list[str],
+                                                                                         subprocess.Popen]:
+    """`embed -o DIR` on `count` 640x480 photos in a subprocess, once `shards` shards are done."""
     photos = tmp_path / "photos"
     photos.mkdir()
-    for i in range(120):
-        _photo(photos / f"{i:03d}.jpg", 1000 + i, size=(640, 480))
+    for i in range(count):
+        _photo(photos / f"{i:03d}.jpg", seed + i, size=(640, 480))
     out = tmp_path / "ds"
     args = [str(tiny_vit), "--images", str(photos), "-o", str(out), "--shard-size", "10", "--batch-size", "5", "-q"]
     run = _cli(*args)
     deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and _shards_done(out) < 2:
+    while time.monotonic() < deadline and _shards_done(out) < shards:
         assert run.poll() is None, run.stderr.read()
         time.sleep(0.05)
+    return photos, out, args, run
+
+
+def test_sigkill_loses_at_most_the_shards_in_flight_and_a_rerun_resumes(tiny_vit: Path, tmp_path: Path) -> None:
+    photos, out, args, run = _running_job(tiny_vit, tmp_path, 120, 1000, 2)
     run.kill()  # SIGKILL, mid-run
     run.wait(30)
     done = json.loads((out / MANIFEST).read_text())["shards"]
@@ -169,16 +176,7 @@ def test_sigkill_loses_at_most_the_shards_in_flight_and_a_rerun_resumes(tiny_vit
 
 
 def test_sigterm_leaves_nothing_half_written_and_two_runs_at_once_are_refused(tiny_vit: Path, tmp_path: Path) -> None:
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    for i in range(80):
-        _photo(photos / f"{i:03d}.jpg", 2000 + i, size=(640, 480))
-    out = tmp_path / "ds"
-    args = [str(tiny_vit), "--images", str(photos), "-o", str(out), "--shard-size", "10", "--batch-size", "5", "-q"]
-    run = _cli(*args)
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and _shards_done(out) < 1:
-        time.sleep(0.05)
+    _, out, args, run = _running_job(tiny_vit, tmp_path, 80, 2000, 1)
     second = _cli(*args)
     _, stderr = second.communicate(timeout=120)
     assert second.returncode == 2 and "another clipexport embed is writing to" in stderr, stderr

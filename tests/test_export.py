@@ -50,7 +50,11 @@ def test_hf_clip_folder_exports_and_matches(hf_clip_folder: Path, tmp_path_facto
     manifest = read_manifest(artifact)
     assert manifest.source.kind.value == "hf"
     assert manifest.tokenizer.pad_id == 49407  # HF's CLIP tokenizers pad with <|endoftext|>
-    assert manifest.preprocess.convention.value == "hf" and manifest.preprocess.resize_size == 64
+    # transformers 5 gives the torchvision backend by default (4: the PIL one); the manifest records which
+    import transformers
+
+    expected = "hf_torchvision" if int(transformers.__version__.split(".")[0]) >= 5 else "hf"
+    assert manifest.preprocess.convention.value == expected and manifest.preprocess.resize_size == 64
     _assert_parity(artifact)
 
 

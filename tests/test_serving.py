@@ -315,7 +315,8 @@ def test_requests_that_crashed_or_held_the_server_are_refused(server: Server) ->
     text = json.dumps({"inputs": [{"name": "TEXT", "shape": [1, 1], "datatype": "BYTES", "data": ["x " * 2_500_000]}]})
     status, answer = _post(server, "/v2/models/m_text/infer", text.encode(), content_type=None)  # urllib's form default
     assert status == 415 and "application/json" in answer, (status, answer)
-    status, answer = _post(server, "/v2/models/m_text/infer", text.encode())
+    huge = json.dumps({"inputs": [{"name": "TEXT", "shape": [1, 1], "datatype": "BYTES", "data": ["x " * 25_000_000]}]})
+    status, answer = _post(server, "/v2/models/m_text/infer", huge.encode())  # 50 MB
     assert status == 413 and "--max-request-bytes" in answer, (status, answer)
     with ClipClient(f"grpc://localhost:{server.grpc}", model="m") as client:
         with pytest.raises(RequestRefused, match="over the server's limit"):

@@ -153,13 +153,7 @@ class HttpFront:
             up_writer.write(head + body)
         else:
             up_writer.write(head)
-            remaining = length
-            while remaining:
-                part = await reader.read(min(CHUNK, remaining))
-                if not part:
-                    raise ConnectionError("client went away mid-body")
-                up_writer.write(part)
-                remaining -= len(part)
+            await _copy(reader, up_writer, length, "client")
         await up_writer.drain()
         response_head = await up_reader.readuntil(b"\r\n\r\n")
         _, response_headers = _parse_head(response_head, response=True)
@@ -241,11 +235,16 @@ async def _relay_body(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
             writer.write(await reader.readexactly(size + 2))
             if size == 0:
                 return
-    remaining = int(headers.get("content-length", "0") or 0)
+    await _copy(reader, writer, int(headers.get("content-length", "0") or 0), "upstream")
+
+
+async def _copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, length: int, side: str) -> None:
+    """`length` bytes from one stream to the other, CHUNK at a time, never buffering much more."""
+    remaining = length
     while remaining:
         part = await reader.read(min(CHUNK, remaining))
         if not part:
-            raise ConnectionError("upstream went away mid-response")
+            raise ConnectionError(f"{side} went away mid-body")
         writer.write(part)
         remaining -= len(part)
         if writer.transport.get_write_buffer_size() > 4 * CHUNK:

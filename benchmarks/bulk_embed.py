@@ -1,0 +1,243 @@
+"""Bulk embedding on this machine, in one run: the pipelined `clipexport embed -o DIR` against this
+machine's ideal, against today's serial loop (`ClipRuntime.embed_images`, what `embed` did before),
+against `clip-retrieval inference` (torch DataLoader workers) on the same images and weights, and
+on Ray Data against the local engine; peak RSS of each process tree. Writes
+benchmarks/results/bulk-embed.json.
+
+    .venv/bin/python benchmarks/bulk_embed.py [--photos 2000] [--big 200] \\
+        [--clip-retrieval /tmp/venv-cr/bin/clip-retrieval]
+
+The ideal: 2 cores / (decode+preprocess CPU-seconds per image + model CPU-seconds per image),
+each measured alone (process CPU time, all threads). Photos are generated: smooth colour fields
+with edges and noise, JPEG quality 90, 0.5 MP (800x600) and 12 MP (4000x3000), so decoding costs
+what a camera photo costs. clip-retrieval lives in its own venv (it pins numpy<2 through
+autofaiss): python3 -m venv /tmp/venv-cr && /tmp/venv-cr/bin/pip install clip-retrieval 'setuptools<81'.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from precision import machine, write_result
+from serve_peer import _tree_rss_mb
+
+REPO = Path(__file__).resolve().parent.parent
+CORES = len(os.sched_getaffinity(0))
+
+
+def _photos(folder: Path, count: int, size: tuple[int, int], seed: int) -> list[Path]:
+    from PIL import Image, ImageFilter
+
+    folder.mkdir(parents=True, exist_ok=True)
+    existing = sorted(folder.glob("*.jpg"))
+    if len(existing) >= count:
+        return existing[:count]
+    rng = np.random.default_rng(seed)
+    w, h = size
+    for i in range(count):
+        path = folder / f"{i:05d}.jpg"
+        if path.exists():
+            continue
+        small = rng.integers(0, 256, (h // 64 + 1, w // 64 + 1, 3), dtype=np.uint8)
+        image = Image.fromarray(small).resize((w, h), Image.BICUBIC)
+        noise = rng.normal(0, 12, (h, w, 3))
+        pixels = np.clip(np.asarray(image, np.float32) + noise, 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).filter(ImageFilter.EDGE_ENHANCE).save(path, quality=90)
+    return sorted(folder.glob("*.jpg"))[:count]
+
+
+def _checkpoint_and_artifacts(work: Path) -> tuple[Path, Path]:
+    """One random ViT-B-32 checkpoint that both tools load; our artifact (fp32 + int8 cpu) from it."""
+    ckpt = work / "vit-b-32-random.pt"
+    artifact = work / "vit-b-32"
+    if not ckpt.is_file():
+        import open_clip
+        import torch
+
+        torch.manual_seed(0)
+        model = open_clip.create_model("ViT-B-32")
+        torch.save(model.state_dict(), ckpt)
+    if not (artifact / "manifest.json").is_file():
+        subprocess.run([sys.executable, "-m", "clipexport", "export", "ViT-B-32", "--pretrained", str(ckpt), "-o",
+                        str(artifact), "-q"], check=True)
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    if "int8" not in manifest["towers"]["vision"]["graphs"]:
+        subprocess.run([sys.executable, "-m", "clipexport", "quantize", str(artifact), "--precision", "int8",
+                        "--target", "cpu", "--towers", "vision", "-q"], check=True)
+    return ckpt, artifact
+
+
+def _cpu_seconds_per_image(artifact: Path, photos: list[Path], precision: str) -> tuple[float, float]:
+    """(decode+preprocess, model) CPU-seconds per image, each measured alone in this process."""
+    from clipexport.runtime import ClipRuntime
+
+    with ClipRuntime.load(artifact, precision={"vision": precision}, towers=("vision",)) as runtime:
+        sample = photos[:64]
+        runtime.preprocessor(sample[:2])
+        start = time.process_time()
+        pixels = runtime.preprocessor(sample)
+        decode = (time.process_time() - start) / len(sample)
+        runtime.encode_pixels(pixels[:32])
+        start = time.process_time()
+        for _ in range(2):
+            runtime.encode_pixels(pixels[:32])
+        model = (time.process_time() - start) / 64
+    return decode, model
+
+
+def _watched(command: list[str], env: dict | None = None) -> tuple[float, float, subprocess.CompletedProcess]:
+    """(wall seconds, peak RSS MB of the process tree, the finished process)."""
+    start = time.monotonic()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    peak = [0.0]
+
+    def sample() -> None:
+        while process.poll() is None:
+            peak[0] = max(peak[0], _tree_rss_mb(process.pid))
+            time.sleep(0.2)
+
+    watcher = threading.Thread(target=sample)
+    watcher.start()
+    stdout, stderr = process.communicate()
+    watcher.join()
+    if process.returncode != 0:
+        sys.exit(f"{' '.join(command[:4])} failed ({process.returncode}): {stderr[-2000:]}")
+    return time.monotonic() - start, peak[0], subprocess.CompletedProcess(command, 0, stdout, stderr)
+
+
+def _ours(artifact: Path, folder: Path, out: Path, precision: str, *extra: str) -> dict:
+    shutil.rmtree(out, ignore_errors=True)
+    seconds, peak, done = _watched([str(REPO / ".venv" / "bin" / "clipexport"), "embed", str(artifact), "--images",
+                                    str(folder), "-o", str(out), "--precision", precision, "-q", *extra])
+    rows = json.loads((out / "_embeddings.json").read_text())["rows"]
+    return {"seconds": seconds, "images_per_s": rows / seconds, "peak_rss_mb": peak, "rows": rows}
+
+
+def _serial(artifact: Path, photos: list[Path], precision: str) -> dict:
+    """Today's serial loop (what embed did before the pipeline): decode a batch, then run it."""
+    code = ("import sys, time\nfrom clipexport.runtime import ClipRuntime\n"
+            f"paths = {[str(p) for p in photos]!r}\n"
+            f"r = ClipRuntime.load({str(artifact)!r}, precision={{'vision': {precision!r}}}, towers=('vision',))\n"
+            "t = time.monotonic(); out = r.embed_images(paths, 32)\n"
+            "print(len(out.indices), time.monotonic() - t)\n")
+    seconds, peak, done = _watched([sys.executable, "-c", code])
+    rows, inner = done.stdout.split()
+    return {"seconds": float(inner), "images_per_s": int(rows) / float(inner), "peak_rss_mb": peak}
+
+
+def _clip_retrieval(executable: Path, ckpt: Path, folder: Path, out: Path) -> dict:
+    shutil.rmtree(out, ignore_errors=True)
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    seconds, peak, _ = _watched([str(executable), "inference", "--input_dataset", str(folder), "--output_folder",
+                                 str(out), "--input_format", "files", "--clip_model", f"open_clip:ViT-B-32/{ckpt}",
+                                 "--batch_size", "64", "--num_prepro_workers", str(CORES), "--enable_text", "False",
+                                 "--enable_metadata", "False", "--write_batch_size", "100000"], env)
+    import pyarrow.parquet as pq
+
+    embeddings = np.concatenate([np.load(p) for p in sorted((out / "img_emb").glob("*.npy"))])
+    paths = [path for p in sorted((out / "metadata").glob("*.parquet")) for path in pq.read_table(p).column("image_path").to_pylist()]
+    return {"seconds": seconds, "images_per_s": len(embeddings) / seconds, "peak_rss_mb": peak,
+            "embeddings": dict(zip(paths, embeddings))}
+
+
+def _ray(artifact: Path, folder: Path, out: Path) -> dict:
+    shutil.rmtree(out, ignore_errors=True)
+    code = ("import ray, time\nfrom pathlib import Path\n"
+            f"ray.init(num_cpus={CORES}, include_dashboard=False, log_to_driver=False)\n"
+            "from clipexport.bulk.job import BulkOptions, Engine, RayOptions, embed_dataset\n"
+            "from clipexport.bulk.sources import InputSpec\n"
+            f"o = BulkOptions(artifact=Path({str(artifact)!r}), output=Path({str(out)!r}), "
+            f"inputs=InputSpec(images=[{str(folder)!r}]), engine=Engine.RAY, ray=RayOptions(actors=1))\n"
+            "t = time.monotonic(); r = embed_dataset(o); print(r.rows, time.monotonic() - t)\n")
+    seconds, peak, done = _watched([sys.executable, "-c", code])
+    rows, inner = done.stdout.split()[-2:]
+    return {"seconds": float(inner), "images_per_s": int(rows) / float(inner), "peak_rss_mb": peak}
+
+
+def _links(folder: Path, photos: list[Path], count: int) -> Path:
+    """`count` distinct paths over `photos` (symlinks), for a corpus larger than the photos on disk."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        link = folder / f"{i:06d}.jpg"
+        if not link.exists():
+            link.symlink_to(photos[i % len(photos)])
+    return folder
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/clipexport-bulk-bench"))
+    parser.add_argument("--photos", type=int, default=2000)
+    parser.add_argument("--big", type=int, default=200)
+    parser.add_argument("--clip-retrieval", type=Path, default=None)
+    args = parser.parse_args()
+    work = args.work
+    small = _photos(work / "photos-0.5mp", args.photos, (800, 600), 1)
+    big = _photos(work / "photos-12mp", args.big, (4000, 3000), 2)
+    ckpt, artifact = _checkpoint_and_artifacts(work)
+    result: dict = {"machine": machine(), "cores": CORES, "photos": {"0.5mp": len(small), "12mp": len(big)}, "runs": {}}
+    for label, photos in (("0.5mp", small), ("12mp", big)):
+        for precision in ("fp32", "int8"):
+            decode, model = _cpu_seconds_per_image(artifact, photos, precision)
+            ideal = CORES / (decode + model)
+            run = _ours(artifact, photos[0].parent, work / f"out-{label}-{precision}", precision)
+            run.update(decode_cpu_ms=1e3 * decode, model_cpu_ms=1e3 * model, ideal_images_per_s=ideal,
+                       fraction_of_ideal=run["images_per_s"] / ideal)
+            result["runs"][f"ours/{label}/{precision}"] = run
+            print(label, precision, {k: round(v, 3) for k, v in run.items()}, flush=True)
+    serial = _serial(artifact, big, "fp32")
+    result["runs"]["serial/12mp/fp32"] = serial
+    result["pipelined_over_serial_12mp"] = result["runs"]["ours/12mp/fp32"]["images_per_s"] / serial["images_per_s"]
+    print("serial 12mp", serial, "ratio", result["pipelined_over_serial_12mp"], flush=True)
+    ray_run = _ray(artifact, small[0].parent, work / "out-ray")
+    result["runs"]["ray/0.5mp/fp32"] = ray_run
+    result["ray_overhead"] = 1 - ray_run["images_per_s"] / result["runs"]["ours/0.5mp/fp32"]["images_per_s"]
+    print("ray", ray_run, "overhead", result["ray_overhead"], flush=True)
+    demo = work / "demo"
+    if not (demo / "manifest.json").is_file():
+        subprocess.run([sys.executable, "-m", "clipexport", "export", "demo", "-o", str(demo), "-q"], check=True)
+    few = _links(work / "links-2k", small, 2000)
+    many = _links(work / "links-20k", small, 20000)
+    rss = {n: _ours(demo, folder, work / f"out-rss-{n}", "fp32")["peak_rss_mb"] for n, folder in (("2000", few), ("20000", many))}
+    result["peak_rss_mb_by_corpus"] = rss
+    result["rss_20k_over_2k"] = rss["20000"] / rss["2000"]
+    print("rss", rss, flush=True)
+    if args.clip_retrieval and not args.clip_retrieval.is_file():
+        print(f"clip-retrieval not installed at {args.clip_retrieval}; skipped", flush=True)
+    elif args.clip_retrieval:
+        peer = _clip_retrieval(args.clip_retrieval, ckpt, small[0].parent, work / "out-clip-retrieval")
+        from clipexport.bulk.dataset import read_dataset
+
+        _, shards = read_dataset(work / "out-0.5mp-fp32")
+        ids, rows = [], []
+        for shard_ids, shard_rows in shards:
+            ids += shard_ids
+            rows.append(shard_rows)
+        ours = np.concatenate(rows)
+        theirs_by_path = peer.pop("embeddings")
+        matched = [i for i, path in enumerate(ids) if path in theirs_by_path]
+        theirs = np.stack([theirs_by_path[ids[i]] for i in matched]).astype(np.float32)
+        theirs /= np.linalg.norm(theirs, axis=1, keepdims=True)
+        peer["rows_matched"] = len(matched)
+        peer["min_cosine_vs_ours"] = float((ours[matched] * theirs).sum(axis=1).min()) if matched else None
+        result["runs"]["clip-retrieval/0.5mp/fp32"] = peer
+        for precision in ("fp32", "int8"):
+            result[f"ours_over_clip_retrieval_{precision}"] = (result["runs"][f"ours/0.5mp/{precision}"]["images_per_s"]
+                                                               / peer["images_per_s"])
+        print("clip-retrieval", peer, flush=True)
+    print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=1))
+    print(write_result("bulk-embed", result))
+
+
+if __name__ == "__main__":
+    main()
