@@ -134,7 +134,8 @@ def _run_local(options: BulkOptions, artifact: Path, tower: Tower, inputs: Input
 
     workers = options.workers or default_workers(options.threads)
     with ClipRuntime.load(artifact, backend=options.backend, precision={tower.value: options.precision},
-                          threads=options.threads, exif_transpose=options.exif_transpose, towers=(tower,)) as runtime:
+                          threads=options.threads, exif_transpose=options.exif_transpose, towers=(tower,),
+                          spin=False) as runtime:
         embed_ranges(runtime, inputs, ranges, options.batch_size, workers, options.exif_transpose, options.skip_bad,
                      advance, on_batch)
 

@@ -90,7 +90,8 @@ def embed_to_file(request: EmbedRequest, advance: Advance | None = None) -> Embe
         skipped.extend(SkippedImage(i, inputs.items[i].id, reason) for i, reason in bad)
 
     with ClipRuntime.load(request.artifact, backend=request.backend, precision={tower: request.precision},
-                          threads=request.threads, exif_transpose=request.exif_transpose, towers=(tower,)) as runtime:
+                          threads=request.threads, exif_transpose=request.exif_transpose, towers=(tower,),
+                          spin=False) as runtime:
         embed_ranges(runtime, inputs, [(0, len(inputs))], request.batch_size,
                      request.workers or default_workers(request.threads), request.exif_transpose, request.skip_bad,
                      advance, collect)

@@ -34,7 +34,7 @@ class _Embedder:
         tower = "text" if kind == Kind.TEXT.value else "vision"
         self.kind = kind
         self.runtime = ClipRuntime.load(artifact, backend=backend, precision={tower: precision}, threads=threads,
-                                        towers=(tower,))
+                                        towers=(tower,), spin=False)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ok = batch["ok"].astype(bool)

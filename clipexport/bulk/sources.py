@@ -213,6 +213,10 @@ def read_item_bytes(item: Item) -> bytes:
 
 
 def default_workers(backend_threads: int | None = None) -> int:
-    """Decode workers: the cores the backend's threads leave free, at least one."""
+    """Decode workers: the cores the backend's own threads leave free, where --threads pins them;
+    otherwise every core. The backend's threads run only while a batch runs and sleep between
+    batches (no spin-waiting in bulk jobs), so decoding can take every core the model leaves idle:
+    on 12 MP photos, where decoding costs twice the model, one worker capped the pipeline at half of
+    this machine (benchmarks/results/bulk-embed.json)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores - (backend_threads or 0)) if backend_threads else max(1, cores - 1)
+    return max(1, cores - backend_threads) if backend_threads else cores

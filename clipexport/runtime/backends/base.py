@@ -19,6 +19,9 @@ class BackendOptions:
     providers: Sequence[Any] | None = None  # onnxruntime: provider names or (name, options)
     threads: int | None = None  # onnxruntime: intra-op threads
     cpu_only: bool = False  # onnxruntime: pin the CPU provider (parity is certified against a CPU reference)
+    # onnxruntime: let idle intra-op threads spin (lowest latency when the backend has the cores to
+    # itself); off when decode workers share the cores (bulk embedding), so waiting threads yield them.
+    spin: bool = True
 
 
 def missing(*modules: str, purpose: str) -> ClipExportError | None:

@@ -87,7 +87,7 @@ class OnnxRuntimeBackend(Runner):
     backend = "onnxruntime"
 
     def __init__(self, graph: Path | bytes, tower: TowerArtifact, providers: Sequence[Provider] | None = None,
-                 threads: int | None = None, trt_placement: bool = False):
+                 threads: int | None = None, trt_placement: bool = False, spin: bool = True):
         super().__init__(tower)
         ort = require("onnxruntime", PURPOSE)
         options = ort.SessionOptions()
@@ -96,6 +96,8 @@ class OnnxRuntimeBackend(Runner):
             options.graph_optimization_level = trt_placement_optimization(ort)
         if threads:
             options.intra_op_num_threads = threads
+        if not spin:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.requested = choose_providers(ort.get_available_providers(), providers)
         # bytes: a graph held in memory (the precision step evaluates candidates without writing them).
         source = graph if isinstance(graph, bytes) else str(graph)
@@ -144,6 +146,6 @@ def open_tower(root: Path, manifest: Manifest, tower: Tower, precision: Precisio
     record = manifest.tower(tower).graph(precision)
     graph = check_graph_files(root, record)
     providers = [CPU] if options.cpu_only else options.providers
-    return OnnxRuntimeBackend(graph, manifest.tower(tower), providers=providers, threads=options.threads,
+    return OnnxRuntimeBackend(graph, manifest.tower(tower), providers=providers, threads=options.threads, spin=options.spin,
                               trt_placement=record.details.target == "tensorrt")
 
