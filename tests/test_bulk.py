@@ -177,9 +177,14 @@ def test_sigkill_loses_at_most_the_shards_in_flight_and_a_rerun_resumes(tiny_vit
 
 def test_sigterm_leaves_nothing_half_written_and_two_runs_at_once_are_refused(tiny_vit: Path, tmp_path: Path) -> None:
     _, out, args, run = _running_job(tiny_vit, tmp_path, 80, 2000, 1)
-    second = _cli(*args)
-    _, stderr = second.communicate(timeout=120)
-    assert second.returncode == 2 and "another clipexport embed is writing to" in stderr, stderr
+    run.send_signal(signal.SIGSTOP)  # paused mid-run, holding the folder
+    try:
+        assert run.poll() is None and _shards_done(out) < 8, "the first run finished too early to test"
+        second = _cli(*args)
+        _, stderr = second.communicate(timeout=120)
+        assert second.returncode == 2 and "another clipexport embed is writing to" in stderr, stderr
+    finally:
+        run.send_signal(signal.SIGCONT)
     run.send_signal(signal.SIGTERM)
     _, stderr = run.communicate(timeout=60)
     assert run.returncode == 130 and "interrupted" in stderr and "Traceback" not in stderr, stderr
