@@ -100,6 +100,24 @@ def embed_dataset(options: BulkOptions, advance: Advance | None = None, progress
                         dim=manifest.embed_dim, dtype=options.dtype, inputs_sha256=inputs.sha256, inputs=len(inputs),
                         shard_size=options.shard_size)
     begin = time.monotonic()
+    created = not output.exists()
+    try:
+        return _embed(options, artifact, output, inputs, tower, identity, begin, advance, progress)
+    except BaseException:
+        # A run that made the folder and finished no shard leaves nothing behind.
+        if created and output.is_dir() and not list(output.glob("part-*.parquet")):
+            for path in output.iterdir():
+                if path.name in (MANIFEST,) or path.name.startswith("."):
+                    path.unlink(missing_ok=True)
+            try:
+                output.rmdir()
+            except OSError:
+                pass
+        raise
+
+
+def _embed(options: BulkOptions, artifact: Path, output: Path, inputs: InputList, tower: Tower, identity: Identity,
+           begin: float, advance: Advance | None, progress: Progress) -> BulkResult:
     with FolderLock(output):
         state, kept = open_dataset(output, identity, str(artifact.resolve()), options.overwrite)
         todo = [index for index in range(state.shard_count) if index not in state.shards]
