@@ -66,13 +66,18 @@ def _load(url: str, kind: str, payload: list, concurrency: int, seconds: float) 
                     latencies.append(time.perf_counter() - start)
                 i += concurrency
 
+    return _summary(latencies, len(latencies), run_threads(worker, concurrency))
+
+
+def run_threads(worker, count: int) -> float:
+    """worker(0..count-1) on as many threads at once; the seconds until the last one is done."""
     begin = time.monotonic()
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(concurrency)]
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(count)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    return _summary(latencies, len(latencies), time.monotonic() - begin)
+    return time.monotonic() - begin
 
 
 def _in_process(artifact: Path, images: list[bytes], texts: list[str], seconds: float) -> dict:

@@ -19,7 +19,6 @@ import base64
 import http.client
 import json
 import os
-import statistics
 import subprocess
 import sys
 import threading
@@ -27,7 +26,7 @@ import time
 from pathlib import Path
 
 from precision import machine, write_result
-from serve import _images
+from serve import _images, _summary, run_threads
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
@@ -172,16 +171,8 @@ def _load(target: Target, kind: str, payload: list, concurrency: int, seconds: f
                 failures[0] += not ok
             i += concurrency
 
-    begin = time.monotonic()
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(concurrency)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    ordered = sorted(latencies)
-    return {"items_per_s": len(ordered) / (time.monotonic() - begin), "p50_ms": 1e3 * statistics.median(ordered),
-            "p99_ms": 1e3 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))], "requests": len(ordered),
-            "failed": failures[0]}
+    seconds = run_threads(worker, concurrency)
+    return {**_summary(latencies, len(latencies), seconds), "failed": failures[0]}
 
 
 def main() -> None:

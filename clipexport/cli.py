@@ -422,7 +422,7 @@ class _LazyBar:
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Inputs per run.")
 @click.option("--skip-bad", is_flag=True, help="Skip unreadable images (and list them) instead of stopping.")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
-              help="Decode processes (default: the cores the backend's threads leave free, at least 1).")
+              help="Decode processes (default: every core, or the cores --threads leaves free, at least 1).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="The backend's intra-op threads.")
 @click.option("--shard-size", type=click.IntRange(min=1), default=10_000, show_default=True, help="Rows per Parquet shard.")
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,

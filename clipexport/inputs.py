@@ -17,7 +17,7 @@ from clipexport.errors import InputError
 
 # What one served request may carry (all its items together), unless `serve --max-request-bytes`
 # says otherwise: a 12-megapixel JPEG is 3-6 MB, so a batch of eight camera photos fits; a text
-# needs far less (see `tokenizable_prefix`).
+# needs far less (see `runtime.tokenizer.bounded_text`).
 DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024
 # Triton model names become folder names and URL path parts.
 MAX_MODEL_NAME = 64

@@ -15,7 +15,7 @@ import numpy as np
 from clipexport.artifact.manifest import Tower, read_manifest
 from clipexport.bulk.dataset import (DEFAULT_SHARD_SIZE, DTYPES, MANIFEST, DatasetState, FolderLock, Identity, Skipped,
                                      open_dataset, write_shard)
-from clipexport.bulk.sources import InputList, InputSpec, Kind, default_workers, list_inputs
+from clipexport.bulk.sources import InputList, InputSpec, Kind, list_inputs
 from clipexport.errors import InputError
 from clipexport.files import sha256_file
 from clipexport.progress import Progress, silent
@@ -131,10 +131,12 @@ def _embed(options: BulkOptions, artifact: Path, output: Path, inputs: InputList
 
                 run_on_ray(options, inputs, ranges, advance, writer.on_batch)
             else:
-                _run_local(options, artifact, tower, inputs, ranges, advance, writer.on_batch)
+                from clipexport.bulk.local import run_local
+
+                run_local(artifact, options.backend, options.precision, options.threads, options.workers,
+                          options.exif_transpose, options.skip_bad, inputs, ranges, options.batch_size, advance,
+                          writer.on_batch)
             writer.finish()
-        elif not (output / MANIFEST).is_file() or not state.complete:
-            state.save()
         else:
             state.save()
     rows = sum(s.rows for s in state.shards.values())
@@ -143,19 +145,6 @@ def _embed(options: BulkOptions, artifact: Path, output: Path, inputs: InputList
         raise InputError(f"no input could be embedded ({len(skipped)} skipped, listed in {output / MANIFEST})")
     return BulkResult(output, len(inputs), rows, skipped, len(todo), len(kept),
                       sum(end - first for first, end in ranges), time.monotonic() - begin)
-
-
-def _run_local(options: BulkOptions, artifact: Path, tower: Tower, inputs: InputList, ranges: list[tuple[int, int]],
-               advance: Advance | None, on_batch: Callable) -> None:
-    from clipexport.bulk.local import embed_ranges
-    from clipexport.runtime.clip_runtime import ClipRuntime
-
-    workers = options.workers or default_workers(options.threads)
-    with ClipRuntime.load(artifact, backend=options.backend, precision={tower.value: options.precision},
-                          threads=options.threads, exif_transpose=options.exif_transpose, towers=(tower,),
-                          spin=False) as runtime:
-        embed_ranges(runtime, inputs, ranges, options.batch_size, workers, options.exif_transpose, options.skip_bad,
-                     advance, on_batch)
 
 
 class _ShardWriter:

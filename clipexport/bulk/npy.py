@@ -65,9 +65,8 @@ def index_path(output: Path) -> Path:
 def embed_to_file(request: EmbedRequest, advance: Advance | None = None) -> EmbedResult:
     """One .npy of every row (and its index file), through the same pipelined engine as the sharded
     dataset (decode workers ahead of the backend), or through a Triton server."""
-    from clipexport.bulk.local import embed_ranges
-    from clipexport.bulk.sources import Kind, default_workers, list_inputs
-    from clipexport.runtime.clip_runtime import ClipRuntime
+    from clipexport.bulk.local import run_local
+    from clipexport.bulk.sources import list_inputs
 
     output = Path(request.output).expanduser()
     if output.is_dir():
@@ -79,7 +78,6 @@ def embed_to_file(request: EmbedRequest, advance: Advance | None = None) -> Embe
     if request.server:
         embeddings, sources, skipped = _embed_on_server(request, inputs, advance)
         return _write(output, embeddings, sources, skipped)
-    tower = "text" if inputs.kind is Kind.TEXT else "vision"
     rows: list[np.ndarray] = []
     sources: list[str] = []
     skipped: list[SkippedImage] = []
@@ -89,13 +87,9 @@ def embed_to_file(request: EmbedRequest, advance: Advance | None = None) -> Embe
         sources.extend(inputs.items[i].id for i in kept)
         skipped.extend(SkippedImage(i, inputs.items[i].id, reason) for i, reason in bad)
 
-    with ClipRuntime.load(request.artifact, backend=request.backend, precision={tower: request.precision},
-                          threads=request.threads, exif_transpose=request.exif_transpose, towers=(tower,),
-                          spin=False) as runtime:
-        embed_ranges(runtime, inputs, [(0, len(inputs))], request.batch_size,
-                     request.workers or default_workers(request.threads), request.exif_transpose, request.skip_bad,
-                     advance, collect)
-        dim = runtime.manifest.embed_dim
+    dim = run_local(request.artifact, request.backend, request.precision, request.threads, request.workers,
+                    request.exif_transpose, request.skip_bad, inputs, [(0, len(inputs))], request.batch_size, advance,
+                    collect)
     embeddings = np.concatenate(rows) if rows else np.zeros((0, dim), np.float32)
     return _write(output, embeddings, sources, skipped)
 

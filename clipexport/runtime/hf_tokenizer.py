@@ -55,11 +55,7 @@ class HfJsonTokenizer:
     def from_artifact(cls, root: Path, config: TokenizerConfig) -> "HfJsonTokenizer":
         if config.kind != TokenizerKind.HF_JSON.value or not config.file:
             raise ManifestError(f"the manifest's tokenizer is '{config.kind}', not a tokenizer.json; re-export the model")
-        path = inside(root, config.file, "tokenizer file")
-        if not path.is_file():
-            raise ManifestError(f"{path} is listed in the manifest but missing; re-export the model")
-        check_recorded_sha256(path, config.sha256, "re-export or restore it")
-        return cls(path, config)
+        return cls(check_tokenizer_file(root, config), config)
 
     def __call__(self, texts: str | Iterable[str], names: list[str] | None = None) -> np.ndarray:
         items = [self._bounded(text) for text in check_texts(texts, names)]
@@ -74,6 +70,15 @@ class HfJsonTokenizer:
         """Only as much of a long text as can reach the context (`bounded_text`)."""
         count = lambda piece: len(self._counter.encode(self._clean(piece)).ids)  # noqa: E731
         return bounded_text(text, self.context_length, count, from_end=self.config.truncation_side == "left")
+
+
+def check_tokenizer_file(root: Path, config: TokenizerConfig) -> Path:
+    """The artifact's tokenizer.json, there and unchanged (its recorded sha256), without loading it."""
+    path = inside(root, config.file, "tokenizer file")
+    if not path.is_file():
+        raise ManifestError(f"{path} is listed in the manifest but missing; re-export the model")
+    check_recorded_sha256(path, config.sha256, "re-export or restore it")
+    return path
 
 
 def load_tokenizer(root: Path, config: TokenizerConfig) -> "HfJsonTokenizer | object | None":

@@ -161,12 +161,13 @@ def _check_artifact(artifact: Path, manifest, options: ServeOptions) -> None:
     exit code: the graphs against their sha256, the backend's libraries, the tokenizer."""
     from clipexport.artifact.manifest import check_graph_files
     from clipexport.runtime.backends import require_available
-    from clipexport.runtime.hf_tokenizer import load_tokenizer
+    from clipexport.runtime.hf_tokenizer import check_tokenizer_file
 
     require_available(options.backend)
     for tower in Tower:
         check_graph_files(artifact, manifest.tower(tower).graph(options.precision))
-    load_tokenizer(artifact, manifest.tokenizer)
+    if manifest.tokenizer.file:  # the file is what can be damaged; the parent needs no tokenizer of its own
+        check_tokenizer_file(artifact, manifest.tokenizer)
 
 
 def _remove_stale_shm(progress: Progress, root: Path = Path("/dev/shm")) -> None:
