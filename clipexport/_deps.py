@@ -26,9 +26,10 @@ _HINTS: dict[str, tuple[str, str]] = {
     "pytriton": ("nvidia-pytriton", "serve"),
     "pyarrow": ("pyarrow", "bulk"),
     "ray": ("ray[data]", "ray"),
+    "faiss": ("faiss-cpu (or faiss-gpu)", "search"),
 }
 # Extras a machine may lack while everything else works (the tests skip, naming the extra).
-OPTIONAL_EXTRAS = ("precision", "bench", "client", "serve", "tensorrt", "bulk", "ray")
+OPTIONAL_EXTRAS = ("precision", "bench", "client", "serve", "tensorrt", "bulk", "ray", "search")
 
 
 def extra_of(module: str) -> str | None:

@@ -19,6 +19,7 @@ from clipexport.inputs import DEFAULT_MAX_REQUEST_BYTES
 from clipexport.progress import StepPrinter
 from clipexport.bulk.job import Engine
 from clipexport.runtime.backends import BackendKind
+from clipexport.search.plan import EXACT_MAX_ROWS, IndexKind
 
 EXIT_INTERRUPTED = 130  # the shell's code for SIGINT
 EXIT_CODES = """\b
@@ -151,10 +152,17 @@ def export(model: str, pretrained: str | None, output: Path, source: str, opset:
 @_labelled_options("ImageFolder (one subfolder per class; optional classes.txt 'folder<TAB>prompt' or classes.json): "
                    "zero-shot top-1/top-5 per variant and its drop against PyTorch FP32.",
                    "Fail (exit 1) when a variant's top-1 is more than this many points below PyTorch FP32's.")
+@click.option("--retrieval", default=None,
+              help="Retrieval drift: a folder with captions.tsv (image<TAB>caption) and/or class subfolders, or 'demo' "
+                   "(the shipped demo scenes). Prints the index precision x query precision matrix of R@1/5/10 and "
+                   "top-10 overlap, for the exact and the approximate index.")
+@click.option("--max-recall-drop", type=float, default=None,
+              help="With --retrieval: fail (exit 1) when any cell's R@k is more than this many points below fp32/fp32's.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
 def verify(artifact: Path, images: Path | None, texts: Path | None, num_images: int | None,
            batch_size: int | None, precisions: tuple[str, ...], backends: tuple[str, ...], labeled_images: Path | None,
-           templates: Path | None, max_accuracy_drop: float | None, quiet: bool) -> None:
+           templates: Path | None, max_accuracy_drop: float | None, retrieval: str | None,
+           max_recall_drop: float | None, quiet: bool) -> None:
     """Compare ARTIFACT's graphs with the PyTorch FP32 model; write parity.json; exit 1 below a gate.
 
     Gates per tower (min / mean cosine of the embeddings): fp32 >= 0.99999, fp16 >= 0.999,
@@ -167,12 +175,13 @@ def verify(artifact: Path, images: Path | None, texts: Path | None, num_images: 
                             num_images=inputs.DEFAULT_NUM_IMAGES if num_images is None else num_images,
                             batch_size=DEFAULT_BATCH_SIZE if batch_size is None else batch_size,
                             precisions=precisions or (Precision.FP32,), backends=backends or (BackendKind.ONNXRUNTIME,),
-                            labeled_images=labeled_images, templates=templates, max_accuracy_drop=max_accuracy_drop)
+                            labeled_images=labeled_images, templates=templates, max_accuracy_drop=max_accuracy_drop,
+                            retrieval=retrieval, max_recall_drop=max_recall_drop)
     report = verify_artifact(options, _progress(quiet))
     click.echo(report.table())
     click.echo(f"wrote {Path(artifact) / 'parity.json'}")
     if not report.passed:
-        click.echo("error: parity or accuracy below its gate (see the table above)", err=True)
+        click.echo("error: parity, accuracy or retrieval below its gate (see the table above)", err=True)
         sys.exit(1)
 
 
@@ -480,6 +489,75 @@ def embed(artifact: Path, images: tuple[str, ...], image_list: Path | None, imag
     click.echo(f"wrote {result.output}: {result.rows} rows of {result.inputs} inputs ({len(result.skipped)} skipped); "
                f"{result.shards_written} shards computed{resumed}; {result.computed} inputs in {result.seconds:.1f} s "
                f"({result.per_second:.1f}/s)")
+
+
+@main.command()
+@click.argument("dataset", type=click.Path(path_type=Path))
+@click.option("--output", "-o", required=True, type=click.Path(path_type=Path), help="Index folder to create.")
+@click.option("--kind", type=click.Choice([k.value for k in IndexKind]), default="auto", show_default=True,
+              help=f"auto: exact up to {EXACT_MAX_ROWS:,} rows (and within --max-memory), else IVF (PQ codes when the "
+                   "vectors do not fit --max-memory); exact or approximate to choose yourself.")
+@click.option("--max-memory", default=None, help="Memory budget of the index, e.g. 4G or 512M (default: none).")
+@click.option("--target-recall", type=float, default=0.95, show_default=True,
+              help="Approximate indexes: the smallest nprobe whose recall@10 against exact search reaches this.")
+@click.option("--queries", type=click.Path(path_type=Path), default=None,
+              help="An embeddings dataset of queries (e.g. texts, same artifact): recall is measured for them too.")
+@click.option("--overwrite", is_flag=True, help="Replace an index of another dataset (only a folder this command wrote).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress.")
+def index(dataset: Path, output: Path, kind: str, max_memory: str | None, target_recall: float, queries: Path | None,
+          overwrite: bool, quiet: bool) -> None:
+    """Build a FAISS index over DATASET (the folder `embed -o DIR` wrote), with its measured recall;
+    a rerun of an interrupted build resumes it."""
+    from clipexport.search.index import IndexOptions, build_index
+    from clipexport.search.plan import parse_memory
+
+    options = IndexOptions(dataset=dataset, output=output, kind=IndexKind(kind), max_memory=parse_memory(max_memory),
+                           target_recall=target_recall, queries=queries, overwrite=overwrite)
+    with _LazyBar("indexing", quiet) as advance:
+        result = build_index(options, advance, _progress(quiet))
+    recall = ", ".join(f"{name} {value:.3f}" for name, value in result.recall.items())
+    state = "already built" if result.already else ("resumed and built" if result.resumed else "built")
+    probe = f", nprobe {result.nprobe}" if result.nprobe else ""
+    click.echo(f"{state} {result.output}: {result.rows} rows, {result.plan.factory}{probe}; recall@10 vs exact: {recall} "
+               f"({result.seconds:.1f} s)")
+
+
+@main.command()
+@click.argument("index_dir", metavar="INDEX", type=click.Path(path_type=Path))
+@click.option("--text", "texts", multiple=True, help="A text query (repeatable).")
+@click.option("--image", "images", multiple=True, help="An image file query (repeatable).")
+@click.option("-k", "k", type=int, default=10, show_default=True, help="Hits per query.")
+@click.option("--artifact", type=click.Path(path_type=Path), default=None,
+              help="The model that embeds the queries (default: the one the dataset was embedded with).")
+@click.option("--precision", type=click.Choice(PRECISIONS, case_sensitive=False), default=None,
+              help="Query precision (default: the index's; another one is allowed, and said).")
+@click.option("--backend", type=click.Choice(BACKENDS, case_sensitive=False), default=None,
+              help="Where the query model runs (default: the dataset's).")
+@click.option("--nprobe", type=int, default=None, help="Approximate indexes: lists to scan (default: the tuned value).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per query on stdout.")
+def search(index_dir: Path, texts: tuple[str, ...], images: tuple[str, ...], k: int, artifact: Path | None,
+           precision: str | None, backend: str | None, nprobe: int | None, as_json: bool) -> None:
+    """Top-k rows of INDEX for each --text / --image query: score (cosine) and id."""
+    import json
+
+    from clipexport.errors import InputError
+    from clipexport.search.searcher import Searcher
+
+    if not texts and not images:
+        raise InputError("pass a query: --text \"...\" or --image PATH (repeatable)")
+    with Searcher(index_dir, artifact=artifact, precision=precision, backend=backend, nprobe=nprobe) as searcher:
+        queries = [("text", t) for t in texts] + [("image", i) for i in images]
+        hits = (searcher.search_text(list(texts), k) if texts else []) + \
+               (searcher.search_images(list(images), k) if images else [])
+        for note in searcher.notes:
+            click.echo(f"note: {note}", err=True)
+    for (kind, query), found in zip(queries, hits):
+        if as_json:
+            click.echo(json.dumps({kind: query, "hits": [{"id": h.id, "score": h.score} for h in found]}))
+            continue
+        click.echo(f"{kind}: {query}")
+        for rank, hit in enumerate(found, start=1):
+            click.echo(f"  {rank:>3}  {hit.score:.4f}  {hit.id}")
 
 
 @main.command()

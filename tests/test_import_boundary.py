@@ -41,5 +41,6 @@ def test_runtime_backends_and_build_planning_import_nothing_heavy() -> None:
         "clipexport.runtime", "clipexport.runtime.backends.onnxruntime", "clipexport.runtime.backends.tensorrt",
         "clipexport.runtime.backends.onnxruntime_trt", "clipexport.bulk.npy", "clipexport.bulk.job", "clipexport.bulk.local",
         "clipexport.trt.recipe", "clipexport.trt.profiles", "clipexport.artifact.provenance", "clipexport.trt.pipeline",
-        "clipexport.gpu", "clipexport.precision.calibration",
+        "clipexport.gpu", "clipexport.precision.calibration", "clipexport.search.index", "clipexport.search.searcher",
+        "clipexport.verify.retrieval", "clipexport.parity.retrieval",
     ) == ""

@@ -18,7 +18,7 @@ LAYERS = {
     "_version": 0, "inputs": 0,
     "artifact": 1,
     "parity": 2, "datasets": 2,
-    "runtime": 3, "client": 3, "demo": 2, "bulk": 4,
+    "runtime": 3, "client": 3, "demo": 2, "bulk": 4, "search": 4,
     "sources": 4, "export": 4, "precision": 4, "trt": 4,
     "verify": 5, "bench": 5, "serving": 5,
     "cli": 6, "__main__": 7,

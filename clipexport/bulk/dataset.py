@@ -230,8 +230,8 @@ def _remove_stale_temps(folder: Path) -> None:
 class FolderLock:
     """One job per output folder: a second run is refused at once instead of writing beside it."""
 
-    def __init__(self, folder: Path):
-        self.folder = folder
+    def __init__(self, folder: Path, command: str = "clipexport embed", option: str = "--output"):
+        self.folder, self.command, self.option = folder, command, option
         self.fd: int | None = None
 
     def __enter__(self) -> "FolderLock":
@@ -244,8 +244,8 @@ class FolderLock:
         except BlockingIOError:
             os.close(self.fd)
             self.fd = None
-            raise InputError(f"another clipexport embed is writing to {self.folder}; wait for it to finish "
-                             "(a rerun afterwards resumes) or choose another --output") from None
+            raise InputError(f"another {self.command} is writing to {self.folder}; wait for it to finish "
+                             f"(a rerun afterwards resumes) or choose another {self.option}") from None
         return self
 
     def __exit__(self, *exc: object) -> None:

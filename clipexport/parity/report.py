@@ -9,11 +9,13 @@ from typing import Any
 from clipexport.artifact.layout import PARITY_REPORT
 from clipexport.files import write_json_atomic
 from clipexport.parity.gates import Gate
+from clipexport.parity.retrieval import RetrievalReport
 from clipexport.parity.stats import EmbeddingParity
 
 REPORT_NAME = PARITY_REPORT
 # 2: every result records what actually ran it (`ran_on`). 3: `accuracy` (--labeled-images).
-REPORT_SCHEMA_VERSION = 3
+# 4: `retrieval` (--retrieval: the index precision x query precision drift matrix).
+REPORT_SCHEMA_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -78,10 +80,12 @@ class ParityReport:
     zero_shot: list[ZeroShotResult] = field(default_factory=list)
     accuracy: list[AccuracyResult] = field(default_factory=list)
     accuracy_inputs: dict[str, Any] = field(default_factory=dict)
+    retrieval: RetrievalReport | None = None
 
     @property
     def passed(self) -> bool:
-        return all(r.passed for r in self.results) and all(a.passed for a in self.accuracy)
+        return (all(r.passed for r in self.results) and all(a.passed for a in self.accuracy)
+                and (self.retrieval is None or self.retrieval.passed))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -94,6 +98,7 @@ class ParityReport:
             "results": [r.to_dict() for r in self.results],
             "zero_shot": [vars(z) for z in self.zero_shot],
             "accuracy": {"inputs": self.accuracy_inputs, "results": [a.to_dict() for a in self.accuracy]},
+            "retrieval": self.retrieval.to_dict() if self.retrieval is not None else None,
         }
 
     def write(self, artifact_dir: str | Path) -> Path:
@@ -125,4 +130,6 @@ class ParityReport:
                     + (f" (lowest class: {worst[0]} {100 * worst[1]:.0f}%)" if worst else ""))
                 gate = "" if r.max_drop_points is None else ("  pass" if r.passed else f"  FAIL: drop over {r.max_drop_points} pt")
                 lines.append(f"  {r.precision:<5} {r.backend:<12} top-1 {100 * r.top1:6.2f}%  top-5 {100 * r.top5:6.2f}%{extra}{gate}")
+        if self.retrieval is not None:
+            lines.append(self.retrieval.table())
         return "\n".join(lines)

@@ -27,6 +27,7 @@ from clipexport.runtime.text_length import trim
 # so dynamic batch handling is exercised at several sizes in every run.
 DEFAULT_BATCH_SIZE = 5
 REFERENCE_BATCH_SIZE = 16
+RETRIEVAL_BATCH_SIZE = 32  # the retrieval set is embedded as `embed` would (its default batch)
 ALL = "all"  # --precision all: every variant both towers have
 
 
@@ -43,6 +44,8 @@ class VerifyOptions:
     labeled_images: Path | None = None  # an ImageFolder: zero-shot accuracy per variant, vs PyTorch FP32
     templates: Path | None = None  # prompt templates, one per line with {} (default: DIR/templates.txt, else CLIP's 7)
     max_accuracy_drop: float | None = None  # gate: top-1 points a variant may lose against PyTorch FP32
+    retrieval: Path | str | None = None  # a retrieval set (captions.tsv and/or class folders) or "demo"
+    max_recall_drop: float | None = None  # gate: R@k points an index x query cell may lose against fp32/fp32
 
 
 def verify_artifact(options: VerifyOptions, progress: Progress = silent) -> ParityReport:
@@ -56,6 +59,17 @@ def verify_artifact(options: VerifyOptions, progress: Progress = silent) -> Pari
         if options.labeled_images is None:
             raise InputError("--max-accuracy-drop needs --labeled-images DIR")
     labelled = inputs.load_labelled_folder(options.labeled_images, options.templates) if options.labeled_images else None
+    if options.max_recall_drop is not None:
+        from clipexport.verify.retrieval import check_recall_drop
+
+        check_recall_drop(options.max_recall_drop)
+        if options.retrieval is None:
+            raise InputError("--max-recall-drop needs --retrieval DIR")
+    retrieval = inputs.load_retrieval_set(options.retrieval) if options.retrieval is not None else None
+    if retrieval is not None:
+        from clipexport._deps import require as _require
+
+        _require("faiss", "verify --retrieval (pip install 'clipexport[search]')")
     backends = tuple(dict.fromkeys(BackendKind.parse(b) for b in options.backends))
     for backend in backends:  # a backend that cannot run here stops the run before the slow part
         require_available(backend)
@@ -112,6 +126,14 @@ def verify_artifact(options: VerifyOptions, progress: Progress = silent) -> Pari
                                                      run_reference, progress)
         report.accuracy.extend(accuracy)
         report.accuracy_inputs.update(described_set)
+    if retrieval is not None:
+        from dataclasses import replace
+
+        from clipexport.verify.retrieval import drift_matrix, embed_variants, variants_for
+
+        embedded = embed_variants(retrieval, variants_for(Path(options.artifact), precisions, backends),
+                                  RETRIEVAL_BATCH_SIZE, progress)
+        report = replace(report, retrieval=drift_matrix(retrieval, embedded, options.max_recall_drop, progress))
     if options.write_report:
         with artifact_lock(options.artifact):  # one report at a time; each write is a whole, atomic file
             report.write(options.artifact)

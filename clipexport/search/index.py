@@ -1,0 +1,341 @@
+"""`clipexport index DATASET -o INDEX`: a FAISS index over the sharded dataset `embed -o DIR` wrote.
+
+    INDEX/_index.json     the dataset (path and the sha256 of its _embeddings.json), the model artifact,
+                          precision, backend, kind, dim, rows; the index plan (factory string, why),
+                          nprobe, and its recall@10 against exact search measured on its own rows
+                          (and on text queries, with --queries); every file's sha256
+    INDEX/index.faiss     the index (inner product on L2-normalised rows = cosine)
+    INDEX/ids.parquet     column `id`: row r of the index is that input
+
+Built in passes over the shards: a training sample (approximate indexes), then shard by shard
+into the index, checkpointed in INDEX/.building/ (the trained index once, then the filled one
+at most every CHECKPOINT_SECONDS), so a killed run resumes where the last checkpoint left it;
+the published files and _index.json appear only when the index is whole.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from clipexport.bulk.dataset import MANIFEST as DATASET_MANIFEST
+from clipexport.bulk.dataset import FolderLock
+from clipexport.errors import InputError
+from clipexport.files import sha256_file, utc_timestamp, write_bytes_atomic, write_json_atomic
+from clipexport.parity.retrieval import RECALL_KS, TopK
+from clipexport.parity.stats import l2_normalize
+from clipexport.progress import Progress, silent
+from clipexport.search.plan import (DEFAULT_TARGET_RECALL, RECALL_K, RECALL_SAMPLE, IndexKind, IndexPlan, faiss_module,
+                                    new_index, plan_index, training_rows, tune_nprobe)
+
+FORMAT = "clipexport-index"
+VERSION = 1
+MANIFEST = "_index.json"
+INDEX_FILE = "index.faiss"
+IDS_FILE = "ids.parquet"
+BUILDING = ".building"
+CHECKPOINT_SECONDS = float(os.environ.get("CLIPEXPORT_INDEX_CHECKPOINT_SECONDS", "60"))
+SEED = 0  # the training sample and the recall sample
+Advance = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class IndexOptions:
+    dataset: Path
+    output: Path
+    kind: IndexKind = IndexKind.AUTO
+    max_memory: int | None = None  # bytes
+    target_recall: float = DEFAULT_TARGET_RECALL
+    queries: Path | None = None  # another dataset (texts, same artifact) to measure recall with
+    overwrite: bool = False
+
+
+@dataclass(frozen=True)
+class IndexResult:
+    output: Path
+    rows: int
+    plan: IndexPlan
+    nprobe: int
+    recall: dict[str, float]
+    seconds: float
+    resumed: bool
+    already: bool = False
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A finished embeddings dataset, read shard by shard."""
+
+    folder: Path
+    manifest: dict[str, Any]
+    manifest_sha256: str
+
+    @property
+    def rows(self) -> int:
+        return int(self.manifest["rows"])
+
+    @property
+    def dim(self) -> int:
+        return int(self.manifest["dim"])
+
+    def shards(self, start: int = 0) -> Iterator[tuple[int, list[str], np.ndarray]]:
+        """(first row, ids, unit float32 rows) per shard, from shard `start`, each checked by sha256."""
+        import pyarrow.parquet as pq
+
+        row = 0
+        for number, entry in enumerate(self.manifest["shards"]):
+            if number >= start:
+                path = self.folder / entry["file"]
+                if not path.is_file() or sha256_file(path) != entry["sha256"]:
+                    raise InputError(f"{path} is missing or does not match {self.folder / DATASET_MANIFEST} (sha256); "
+                                     "rerun the embed command that made the dataset")
+                table = pq.read_table(path)
+                values = table.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+                vectors = l2_normalize(values.reshape(len(table), -1).astype(np.float32), np.float32)
+                if vectors.shape[1] != self.dim:
+                    raise InputError(f"{path} holds {vectors.shape[1]}-d rows, not the {self.dim} its manifest says; "
+                                     "rerun the embed command")
+                yield row, table.column("id").to_pylist(), vectors
+            row += int(entry["rows"])
+
+    def ids(self) -> list[str]:
+        import pyarrow.parquet as pq
+
+        out: list[str] = []
+        for entry in self.manifest["shards"]:
+            out += pq.read_table(self.folder / entry["file"], columns=["id"]).column("id").to_pylist()
+        return out
+
+
+def open_dataset(folder: Path, what: str = "DATASET") -> Dataset:
+    from clipexport._deps import require
+
+    require("pyarrow", "reading the embeddings dataset (pip install 'clipexport[bulk]')")
+    folder = Path(folder).expanduser()
+    manifest_path = folder / DATASET_MANIFEST
+    if not manifest_path.is_file():
+        raise InputError(f"{what} {folder} is not an embeddings dataset (no {DATASET_MANIFEST}); make one with "
+                         "`clipexport embed ARTIFACT --images ... -o DIR`")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        if manifest.get("format") != "clipexport-embeddings":
+            raise ValueError("not a clipexport embeddings manifest")
+        int(manifest["rows"]), int(manifest["dim"]), list(manifest["shards"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"{manifest_path} is damaged ({exc}); rerun the embed command that made it") from None
+    if not manifest.get("complete"):
+        raise InputError(f"{what} {folder} is not finished ({len(manifest['shards'])} shards done); run the same "
+                         "embed command again to finish it, then index it")
+    if int(manifest["rows"]) == 0:
+        raise InputError(f"{what} {folder} has no rows (every input was skipped); nothing to index")
+    return Dataset(folder, manifest, sha256_file(manifest_path))
+
+
+def build_index(options: IndexOptions, advance: Advance | None = None, progress: Progress = silent) -> IndexResult:
+    begin = time.monotonic()
+    if not 0 < options.target_recall <= 1:
+        raise InputError(f"--target-recall must be in (0, 1], got {options.target_recall}")
+    dataset = open_dataset(options.dataset)
+    queries = open_dataset(options.queries, "--queries") if options.queries is not None else None
+    if queries is not None and queries.dim != dataset.dim:
+        raise InputError(f"--queries {queries.folder} holds {queries.dim}-d embeddings, the dataset {dataset.dim}-d; "
+                         "embed the queries with the same artifact")
+    plan = plan_index(dataset.rows, dataset.dim, options.kind, options.max_memory)
+    output = Path(options.output).expanduser()
+    if output.exists() and not output.is_dir():
+        raise InputError(f"-o {output} is a file; pass a folder for the index")
+    if output.resolve() == dataset.folder.resolve():
+        raise InputError("-o is the dataset folder; choose a separate folder for the index")
+    identity = {"dataset_manifest_sha256": dataset.manifest_sha256, "factory": plan.factory, "seed": SEED,
+                "queries_manifest_sha256": queries.manifest_sha256 if queries else None,
+                "target_recall": options.target_recall}
+    created = not output.exists()
+    try:
+        with FolderLock(output, "clipexport index", "-o"):
+            done = _existing(output, identity, options.overwrite)
+            if done is not None:
+                return IndexResult(output, dataset.rows, plan, int(done["index"]["nprobe"]), done["recall_at_10"],
+                                   time.monotonic() - begin, False, already=True)
+            return _build(dataset, queries, plan, output, identity, options, begin, advance, progress)
+    except BaseException:
+        if created and output.is_dir() and not any(p for p in output.iterdir() if p.name != BUILDING):
+            if not (output / BUILDING).exists():
+                shutil.rmtree(output, ignore_errors=True)
+        raise
+
+
+def _existing(output: Path, identity: dict[str, Any], overwrite: bool) -> dict[str, Any] | None:
+    """The finished index of this same job (nothing to do), or None after clearing the way."""
+    ours = {MANIFEST, INDEX_FILE, IDS_FILE, BUILDING}
+    others = [p.name for p in output.iterdir() if p.name not in ours and not p.name.startswith(".")]
+    if others:
+        raise InputError(f"-o {output} holds other files ({others[0]}, ...), not an index; choose a new or empty folder")
+    manifest = output / MANIFEST
+    if manifest.is_file():
+        try:
+            data = json.loads(manifest.read_text(encoding="utf-8"))
+            same = data.get("format") == FORMAT and data.get("identity") == identity
+        except ValueError:
+            data, same = {}, False
+        if same and not overwrite and all((output / f).is_file() for f in (INDEX_FILE, IDS_FILE)):
+            return data
+        if not same and not overwrite:
+            raise InputError(f"-o {output} holds an index of another dataset or plan; pass --overwrite to replace it, "
+                             "or choose another folder")
+        for name in (MANIFEST, INDEX_FILE, IDS_FILE):
+            (output / name).unlink(missing_ok=True)
+    building = output / BUILDING
+    if building.is_dir():
+        try:
+            state = json.loads((building / "identity.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            state = None
+        if state != identity or overwrite:
+            shutil.rmtree(building)
+    return None
+
+
+def _serialize(index: Any) -> bytes:
+    return faiss_module().serialize_index(index).tobytes()
+
+
+def _deserialize(data: bytes) -> Any:
+    return faiss_module().deserialize_index(np.frombuffer(data, dtype=np.uint8))
+
+
+def _build(dataset: Dataset, queries: Dataset | None, plan: IndexPlan, output: Path, identity: dict[str, Any],
+           options: IndexOptions, begin: float, advance: Advance | None, progress: Progress) -> IndexResult:
+    building = output / BUILDING
+    building.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(building / "identity.json", identity)
+    shards_done, resumed = 0, False
+    if (building / "filled.json").is_file() and (building / "filled.faiss").is_file():
+        state = json.loads((building / "filled.json").read_text(encoding="utf-8"))
+        index = _deserialize((building / "filled.faiss").read_bytes())
+        shards_done, resumed = int(state["shards"]), True
+        progress(f"resuming: {shards_done} of {len(dataset.manifest['shards'])} shards already in the index")
+    elif (building / "trained.faiss").is_file():
+        index, resumed = _deserialize((building / "trained.faiss").read_bytes()), True
+        progress("resuming: the index is already trained")
+    else:
+        index = new_index(plan, dataset.dim)
+        if not plan.exact:
+            count = training_rows(plan, dataset.rows)
+            progress(f"training {plan.factory} on {count} of {dataset.rows} rows")
+            index.train(_sample(dataset, count, np.random.default_rng(SEED)))
+            write_bytes_atomic(building / "trained.faiss", _serialize(index))
+    progress(f"adding {dataset.rows} rows to {plan.factory} ({plan.reason})")
+    last_checkpoint = time.monotonic()
+    total_shards = len(dataset.manifest["shards"])
+    number = shards_done
+    for first, ids, vectors in dataset.shards(start=shards_done):
+        index.add(vectors)
+        number += 1
+        if advance:
+            advance(len(vectors), dataset.rows)
+        if number < total_shards and time.monotonic() - last_checkpoint >= CHECKPOINT_SECONDS:
+            write_bytes_atomic(building / "filled.faiss", _serialize(index))
+            write_json_atomic(building / "filled.json", {"shards": number, "rows": int(index.ntotal)})
+            last_checkpoint = time.monotonic()
+    if index.ntotal != dataset.rows:
+        raise InputError(f"the index holds {index.ntotal} rows, the dataset {dataset.rows}; rerun with --overwrite")
+    samples_names = _sample_names(dataset, queries)
+    tuned_nprobe, recall, curve = 0, {name: 1.0 for name in samples_names}, []
+    if not plan.exact:
+        progress(f"measuring recall@{RECALL_K} against exact search on {min(RECALL_SAMPLE, dataset.rows)} rows")
+        tuned = tune_nprobe(index, plan, _recall_samples(dataset, queries), options.target_recall)
+        tuned_nprobe, recall, curve = tuned.nprobe, tuned.recall, tuned.curve
+    index_bytes = _serialize(index)
+    write_bytes_atomic(output / INDEX_FILE, index_bytes)
+    _write_ids(output / IDS_FILE, dataset.ids())
+    import hashlib
+
+    manifest = {
+        "format": FORMAT, "version": VERSION, "created": utc_timestamp(), "identity": identity,
+        "dataset": str(dataset.folder.resolve()), "dataset_manifest_sha256": dataset.manifest_sha256,
+        "artifact": dataset.manifest.get("artifact"),
+        "artifact_manifest_sha256": dataset.manifest.get("artifact_manifest_sha256"),
+        "precision": dataset.manifest.get("precision"), "backend": dataset.manifest.get("backend"),
+        "kind": dataset.manifest.get("kind"), "dim": dataset.dim, "rows": dataset.rows,
+        "metric": "inner product on L2-normalised rows (cosine)",
+        "index": {**plan.to_dict(), "nprobe": tuned_nprobe, "target_recall": options.target_recall,
+                  "bytes": len(index_bytes)},
+        "recall_at_10": recall, "recall_sample": min(RECALL_SAMPLE, dataset.rows), "recall_curve": curve,
+        "recall_definition": f"|found@{RECALL_K} ∩ exact@{RECALL_K}| / {RECALL_K}; own row excluded for the index's rows",
+        "files": {INDEX_FILE: hashlib.sha256(index_bytes).hexdigest(), IDS_FILE: sha256_file(output / IDS_FILE)},
+        "build_seconds": round(time.monotonic() - begin, 3),
+    }
+    write_json_atomic(output / MANIFEST, manifest)
+    shutil.rmtree(building, ignore_errors=True)
+    return IndexResult(output, dataset.rows, plan, tuned_nprobe, recall, time.monotonic() - begin, resumed)
+
+
+def _sample(dataset: Dataset, count: int, rng: np.random.Generator) -> np.ndarray:
+    """`count` rows picked uniformly from the whole dataset, read shard by shard."""
+    picks = np.sort(rng.choice(dataset.rows, count, replace=False))
+    out = []
+    for first, _, vectors in dataset.shards():
+        local = picks[(picks >= first) & (picks < first + len(vectors))] - first
+        out.append(vectors[local])
+    return np.ascontiguousarray(np.concatenate(out), np.float32)
+
+
+def _sample_names(dataset: Dataset, queries: Dataset | None) -> tuple[str, ...]:
+    """The recall figures' names: the index's own kind ("image" queries on an image index), then
+    the --queries kind ("text"), each measured separately (clip-retrieval #76: an approximate
+    index can keep image -> image recall and lose text -> image)."""
+    own = str(dataset.manifest.get("kind", "rows"))
+    if queries is None:
+        return (own,)
+    other = str(queries.manifest.get("kind", "queries"))
+    return own, other if other != own else f"{other}_queries"
+
+
+def _recall_samples(dataset: Dataset, queries: Dataset | None) -> dict[str, tuple[np.ndarray, np.ndarray, Any]]:
+    """Exact answers for a sample of the index's own rows (own row excluded) and of --queries,
+    computed shard by shard (the dataset is never in memory whole)."""
+    rng = np.random.default_rng(SEED + 1)
+    own = np.sort(rng.choice(dataset.rows, min(RECALL_SAMPLE, dataset.rows), replace=False))
+    k = min(RECALL_K, dataset.rows - 1)
+    names = _sample_names(dataset, queries)
+    sets: dict[str, tuple[np.ndarray, Any]] = {names[0]: (_sample_rows(dataset, own), own)}
+    if queries is not None:
+        picked = np.sort(rng.choice(queries.rows, min(RECALL_SAMPLE, queries.rows), replace=False))
+        sets[names[1]] = (_sample_rows(queries, picked), None)
+    tops = {name: TopK(q, k if own_rows is not None else min(RECALL_K, dataset.rows), own_rows)
+            for name, (q, own_rows) in sets.items()}
+    for first, _, vectors in dataset.shards():
+        for top in tops.values():
+            top.add(vectors, first)
+    return {name: (sets[name][0], tops[name].result(), None if sets[name][1] is None else sets[name][1].tolist())
+            for name in sets}
+
+
+def _sample_rows(dataset: Dataset, rows: np.ndarray) -> np.ndarray:
+    out = []
+    for first, _, vectors in dataset.shards():
+        local = rows[(rows >= first) & (rows < first + len(vectors))] - first
+        out.append(vectors[local])
+    return np.concatenate(out)
+
+
+def _write_ids(path: Path, ids: list[str]) -> None:
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    buffer = io.BytesIO()
+    pq.write_table(pa.table({"id": pa.array(ids, type=pa.string())}), buffer, compression="zstd")
+    write_bytes_atomic(path, buffer.getvalue())
+
+
+__all__ = ["Dataset", "IDS_FILE", "INDEX_FILE", "IndexOptions", "IndexResult", "MANIFEST", "RECALL_KS", "build_index",
+           "open_dataset"]
