@@ -61,7 +61,7 @@ def run(name: str, pretrained: str | None, tmp: Path, repeats: int) -> dict:
     from clipexport.datasets import load_labelled_folder
     from clipexport.demo.shapes import CLASSES, write_labelled_folder
     from clipexport.precision.accuracy import DEFAULT_MAX_ACCURACY_DROP, AccuracyTarget
-    from clipexport.runtime.backends.onnxruntime import trt_placement_optimization
+    from clipexport.runtime.backends.onnxruntime import _level, graph_optimization
     from clipexport.export.pipeline import ExportOptions, export_model
     from clipexport.precision.int8 import Target
     from clipexport.precision.pipeline import QuantizeOptions, quantize_artifact
@@ -102,8 +102,9 @@ def run(name: str, pretrained: str | None, tmp: Path, repeats: int) -> dict:
             for tower, x in feeds.items():
                 graph = artifact / manifest.tower(tower).graph(precision).file
                 so = ort.SessionOptions()
-                if precision == "int8" and target is Target.TENSORRT:  # as the runtime loads these graphs
-                    so.graph_optimization_level = trt_placement_optimization(ort)
+                level = graph_optimization(Precision(precision), target)
+                if level:  # as the runtime loads these graphs
+                    so.graph_optimization_level = _level(ort, level)
                 session = ort.InferenceSession(str(graph), so, providers=["CPUExecutionProvider"])
                 feed = {session.get_inputs()[0].name: x}
                 timing.setdefault(precision, {})[tower] = 32 / best_time(lambda: session.run(None, feed), repeats)

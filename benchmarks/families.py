@@ -1,6 +1,7 @@
 """Every model family end to end on tiny random models built offline (the same builders the
 tests use): export, verify at FP32 (and FP16 / INT8 --target cpu where the README claims them),
-and the runtime tokenizer's ids against the source library's on the tricky corpus.
+and the runtime tokenizer's ids against the source library's on the tricky corpus; verified on
+ONNX Runtime and on OpenVINO (CPU).
 Writes benchmarks/results/families.json; the README's family table quotes it.
 
     .venv/bin/python benchmarks/families.py
@@ -18,6 +19,8 @@ TESTS = Path(__file__).resolve().parent.parent / "tests"
 sys.path.insert(0, str(TESTS))
 
 from precision import machine, write_result  # noqa: E402
+
+BACKENDS = ("onnxruntime", "openvino")  # every family on both CPU runtimes
 
 
 def _artifacts(tmp: Path) -> dict[str, tuple[Path, object]]:
@@ -86,14 +89,18 @@ def main() -> None:
                 quantize_artifact(QuantizeOptions(artifact=artifact, precision=Precision.INT8, calibration=small,
                                                   target=Target.CPU))
                 precisions += ["fp16", "int8"]
-            report = verify_artifact(VerifyOptions(artifact=artifact, precisions=tuple(precisions), num_images=8))
+            report = verify_artifact(VerifyOptions(artifact=artifact, precisions=tuple(precisions), num_images=8,
+                                                   backends=BACKENDS))
             with ClipRuntime.load(artifact) as runtime:
                 got = runtime.tokenizer(corpus)
             want = reference(corpus)
             equal = sum(np.array_equal(got[i], want[i]) for i in range(len(corpus)))
             rows[family] = {
                 "passed": report.passed,
-                "min_cosine": {f"{r.tower}/{r.precision}": r.parity.min_cosine for r in report.results},
+                "passed_by_backend": {b: all(r.passed for r in report.results if r.backend == b) for b in BACKENDS},
+                "failures": [f"{r.backend} {r.tower}/{r.precision}: {'; '.join(r.failures)}"
+                             for r in report.results if not r.passed],
+                "min_cosine": {f"{r.backend}:{r.tower}/{r.precision}": r.parity.min_cosine for r in report.results},
                 "token_ids_equal": f"{equal}/{len(corpus)}",
             }
             print(family, rows[family], flush=True)

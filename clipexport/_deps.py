@@ -27,9 +27,10 @@ _HINTS: dict[str, tuple[str, str]] = {
     "pyarrow": ("pyarrow", "bulk"),
     "ray": ("ray[data]", "ray"),
     "faiss": ("faiss-cpu (or faiss-gpu)", "search"),
+    "openvino": ("openvino", "openvino"),
 }
 # Extras a machine may lack while everything else works (the tests skip, naming the extra).
-OPTIONAL_EXTRAS = ("precision", "bench", "client", "serve", "tensorrt", "bulk", "ray", "search")
+OPTIONAL_EXTRAS = ("precision", "bench", "client", "serve", "tensorrt", "bulk", "ray", "search", "openvino")
 
 
 def extra_of(module: str) -> str | None:

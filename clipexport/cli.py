@@ -13,12 +13,12 @@ from typing import Any, Callable
 import click
 
 from clipexport._version import __version__
-from clipexport.artifact.precision import QUANTIZED, Precision
+from clipexport.artifact.precision import QUANTIZED, CalibrationMethod, Precision, Target
 from clipexport.errors import ClipExportError
 from clipexport.inputs import DEFAULT_MAX_REQUEST_BYTES
 from clipexport.progress import StepPrinter
 from clipexport.bulk.job import Engine
-from clipexport.runtime.backends import BackendKind
+from clipexport.runtime.backends import BackendKind, triton_serving
 from clipexport.search.plan import EXACT_MAX_ROWS, IndexKind
 
 EXIT_INTERRUPTED = 130  # the shell's code for SIGINT
@@ -33,6 +33,7 @@ Exit codes:
 
 PRECISIONS = [p.value for p in Precision]
 BACKENDS = [b.value for b in BackendKind]
+TRITON_PLATFORMS = [b.value for b in BackendKind if triton_serving(b) is not None]
 
 
 class _Cli(click.Group):
@@ -190,10 +191,11 @@ def verify(artifact: Path, images: Path | None, texts: Path | None, num_images: 
 @click.option("--precision", type=click.Choice([p.value for p in QUANTIZED], case_sensitive=False), required=True,
               help="Variant to add to ARTIFACT.")
 @click.option("--towers", default="vision,text", show_default=True, help="Comma-separated towers to convert.")
-@click.option("--target", type=click.Choice(["tensorrt", "cpu"]), default="tensorrt", show_default=True,
-              help="INT8 Q/DQ placement: TensorRT's (ModelOpt, FP16 elsewhere) or ONNX Runtime CPU's (MatMul/Gemm S8S8).")
-@click.option("--method", type=click.Choice(["entropy", "max", "percentile"]), default=None,
-              help="INT8 calibration method. Default: entropy for tensorrt, max for cpu.")
+@click.option("--target", type=click.Choice([t.value for t in Target]), default=None,
+              help="Q/DQ placement: TensorRT's (ModelOpt, FP16 elsewhere; the default) or ONNX Runtime CPU's "
+                   "(INT8 only: MatMul/Gemm S8S8).")
+@click.option("--method", type=click.Choice([m.value for m in CalibrationMethod]), default=None,
+              help="Calibration method. Default: entropy for INT8 on tensorrt, max for cpu and for FP8.")
 @click.option("--calibration-images", type=click.Path(path_type=Path), default=None,
               help="Folder of images like the ones you will serve (default: the repo's calibration/images).")
 @click.option("--calibration-texts", type=click.Path(path_type=Path), default=None,
@@ -208,13 +210,12 @@ def verify(artifact: Path, images: Path | None, texts: Path | None, num_images: 
                    "zero-shot top-1 is within --max-accuracy-drop of the FP32 graphs'.",
                    "Top-1 points INT8 may lose on --labeled-images (default: 1.0).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
-def quantize(artifact: Path, precision: str, towers: str, target: str, method: str | None,
+def quantize(artifact: Path, precision: str, towers: str, target: str | None, method: str | None,
              calibration_images: Path | None, calibration_texts: Path | None, calibration_size: int | None,
              sensitivity: bool, fallback: bool, io_dtype: str, labeled_images: Path | None, templates: Path | None,
              max_accuracy_drop: float | None, quiet: bool) -> None:
-    """Add FP16 or calibrated INT8 graphs to ARTIFACT (vision.<precision>.onnx, text.<precision>.onnx)."""
+    """Add FP16, or calibrated INT8 / FP8, graphs to ARTIFACT (vision.<precision>.onnx, text.<precision>.onnx)."""
     from clipexport.precision.calibration import DEFAULT_CALIBRATION_SIZE, CalibrationSource
-    from clipexport.precision.int8 import CalibrationMethod, Target
     from clipexport.precision.pipeline import QuantizeOptions, quantize_artifact
 
     accuracy = None
@@ -229,7 +230,8 @@ def quantize(artifact: Path, precision: str, towers: str, target: str, method: s
 
         raise InputError("--templates and --max-accuracy-drop need --labeled-images DIR")
     options = QuantizeOptions(
-        artifact=artifact, precision=Precision.parse(precision), towers=_towers(towers), target=Target(target),
+        artifact=artifact, precision=Precision.parse(precision), towers=_towers(towers),
+        target=Target(target) if target else None,
         method=CalibrationMethod(method) if method else None,
         calibration=CalibrationSource(images=calibration_images, texts=calibration_texts,
                                       size=DEFAULT_CALIBRATION_SIZE if calibration_size is None else calibration_size),
@@ -372,6 +374,8 @@ def _runtime_options(command: Callable[..., Any]) -> Callable[..., Any]:
                      show_default=True, help="Where to run the graphs."),
         click.option("--exif-transpose", is_flag=True,
                      help="Rotate photos by their EXIF orientation first (open_clip does not)."),
+        click.option("--device", default=None,
+                     help="With --backend openvino: CPU (default), GPU, NPU or AUTO (else CLIPEXPORT_OPENVINO_DEVICE)."),
     ]):
         command = option(command)
     return command
@@ -451,7 +455,8 @@ class _LazyBar:
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def embed(artifact: Path, images: tuple[str, ...], image_list: Path | None, image_table: Path | None, path_column: str,
           texts: Path | None, text_table: Path | None, text_column: str, output: Path, precision: str, backend: str,
-          batch_size: int, skip_bad: bool, exif_transpose: bool, workers: int | None, threads: int | None, shard_size: int,
+          batch_size: int, skip_bad: bool, exif_transpose: bool, device: str | None, workers: int | None,
+          threads: int | None, shard_size: int,
           dtype: str, overwrite: bool, engine: str, ray_address: str | None, ray_actors: int, ray_gpus_per_actor: float,
           server: str | None, served_model: str | None, quiet: bool) -> None:
     """Embed images or texts with ARTIFACT (no torch): a folder OUTPUT gets a sharded Parquet dataset
@@ -465,7 +470,7 @@ def embed(artifact: Path, images: tuple[str, ...], image_list: Path | None, imag
 
         request = EmbedRequest(artifact=artifact, output=output, inputs=spec, precision=precision, backend=backend,
                                batch_size=batch_size, skip_bad=skip_bad, exif_transpose=exif_transpose, server=server,
-                               model=served_model, workers=workers, threads=threads)
+                               model=served_model, workers=workers, threads=threads, device=device)
         with _LazyBar("embedding", quiet) as advance:
             result = embed_to_file(request, advance)
         for skipped in result.skipped:
@@ -478,7 +483,8 @@ def embed(artifact: Path, images: tuple[str, ...], image_list: Path | None, imag
     if server:
         raise InputError("--server writes a .npy file; pass -o NAME.npy (the sharded dataset runs here or on Ray)")
     options = BulkOptions(artifact=artifact, output=output, inputs=spec, precision=precision, backend=backend,
-                          batch_size=batch_size, workers=workers, threads=threads, shard_size=shard_size, dtype=dtype,
+                          batch_size=batch_size, workers=workers, threads=threads, device=device,
+                          shard_size=shard_size, dtype=dtype,
                           skip_bad=skip_bad, exif_transpose=exif_transpose, overwrite=overwrite, engine=Engine(engine),
                           ray=RayOptions(address=ray_address, actors=ray_actors, gpus_per_actor=ray_gpus_per_actor))
     with _LazyBar("embedding", quiet) as advance:
@@ -571,7 +577,7 @@ def search(index_dir: Path, texts: tuple[str, ...], images: tuple[str, ...], k: 
 @click.option("--top", type=click.IntRange(min=1), default=3, show_default=True, help="How many classes to print per image.")
 def classify(artifact: Path, images: tuple[str, ...], labels: str | None, label_list: tuple[str, ...],
              labels_file: Path | None, templates: tuple[str, ...], precision: str, backend: str, top: int,
-             exif_transpose: bool) -> None:
+             exif_transpose: bool, device: str | None) -> None:
     """Zero-shot classify IMAGES (files or folders) among the labels."""
     from clipexport.datasets import image_paths
     from clipexport.runtime import ClipRuntime
@@ -579,7 +585,8 @@ def classify(artifact: Path, images: tuple[str, ...], labels: str | None, label_
 
     names = collect_labels(labels, label_list, labels_file)
     paths = image_paths(images)
-    with ClipRuntime.load(artifact, backend=backend, precision=precision, exif_transpose=exif_transpose) as runtime:
+    with ClipRuntime.load(artifact, backend=backend, precision=precision, exif_transpose=exif_transpose,
+                          device=device) as runtime:
         probs = runtime.classify(paths, names, templates=templates or None)
     width = max(len(str(p)) for p in paths)
     for path, row in zip(paths, probs):
@@ -591,8 +598,9 @@ def classify(artifact: Path, images: tuple[str, ...], labels: str | None, label_
 @click.argument("artifact", type=click.Path(path_type=Path))
 @click.option("--output", "-o", required=True, type=click.Path(path_type=Path), help="Model repository folder to create.")
 @click.option("--name", default=None, help="Model name prefix (default: the artifact folder's name).")
-@click.option("--platform", type=click.Choice(["onnxruntime", "tensorrt"]), default="onnxruntime", show_default=True,
-              help="Tower models: ONNX graphs on Triton's onnxruntime backend, or the engines from clipexport build.")
+@click.option("--platform", type=click.Choice(TRITON_PLATFORMS), default="onnxruntime", show_default=True,
+              help="Tower models: ONNX graphs on Triton's onnxruntime or openvino backend, or the engines from "
+                   "clipexport build (tensorrt).")
 @click.option("--precision", type=click.Choice(PRECISIONS, case_sensitive=False), default="fp32", show_default=True,
               help="Graph or engine variant the towers serve.")
 @click.option("--max-batch", type=int, default=None,
@@ -610,7 +618,7 @@ def triton(artifact: Path, output: Path, name: str | None, platform: str, precis
     """Write a Triton model repository for ARTIFACT: the two towers, python-backend preprocessing and
     tokenizer models, and the image / text ensembles (see the README it writes)."""
     from clipexport.errors import InputError
-    from clipexport.serving.repository import InstanceKind, RepositoryOptions, TowerPlatform, write_repository
+    from clipexport.serving.repository import InstanceKind, RepositoryOptions, write_repository
 
     try:
         preferred = tuple(int(b) for b in preferred_batch.split(",") if b.strip())
@@ -618,7 +626,7 @@ def triton(artifact: Path, output: Path, name: str | None, platform: str, precis
         raise InputError(f"--preferred-batch '{preferred_batch}' is not a comma-separated list of integers") from None
     options = RepositoryOptions(
         artifact=artifact, output=output, name=name,
-        platform=TowerPlatform.TENSORRT if platform == "tensorrt" else TowerPlatform.ONNXRUNTIME,
+        platform=BackendKind.parse(platform, "--platform"),
         precision=Precision.parse(precision), max_batch_size=max_batch, preferred_batch_sizes=preferred,
         max_queue_delay_us=max_queue_delay_us, instance_kind=InstanceKind.GPU if instance_kind == "gpu" else InstanceKind.CPU,
         instances=instances, cuda_graphs=cuda_graphs, overwrite=overwrite)

@@ -58,6 +58,19 @@ def check_recorded_sha256(path: str | os.PathLike[str], expected: str | None, fi
                     f"it changed since it was recorded; {fix}")
 
 
+def read_format_json(path: Path, fmt: str, check: Callable[[dict], Any], fix: str) -> dict:
+    """A JSON manifest of ours (`"format": fmt`), with `check(data)` raising KeyError / TypeError /
+    ValueError on a missing or mistyped field; a damaged one is one InputError line ending in `fix`."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        if not isinstance(data, dict) or data.get("format") != fmt:
+            raise ValueError(f"not a {fmt} manifest")
+        check(data)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"{path} is damaged ({exc}); {fix}") from None
+    return data
+
+
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
     """Write to a temp file in the same folder, fsync, then rename over `path`."""
     target = Path(path)

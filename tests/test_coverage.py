@@ -41,16 +41,77 @@ def _test_functions(file: str) -> set[str]:
 
 
 def test_every_precision_has_a_gate_and_a_maker() -> None:
+    from clipexport.parity.gates import FALLBACK_TARGETS
     from clipexport.precision.pipeline import CONVERTERS
 
     assert set(GATES) == set(Precision)
-    assert set(CONVERTERS) == set(QUANTIZED)
+    assert set(CONVERTERS) == {p.facts.maker for p in QUANTIZED}
+    calibrated = {p for p in Precision if p.facts.calibrated}
+    assert set(FALLBACK_TARGETS) == calibrated
+    assert all(p.facts.targets for p in calibrated), "a calibrated precision names its Q/DQ placements"
+
+
+# Files that may name a Precision or BackendKind member in a comparison: the registries themselves.
+REGISTRY_FILES = {"artifact/precision.py", "parity/gates.py", "runtime/backends/__init__.py"}
+PACKAGE = TESTS.parent / "clipexport"
+
+
+def _member_comparisons(tree: ast.AST) -> list[tuple[int, str]]:
+    """`x is Precision.INT8`, `kind == BackendKind.TENSORRT`, `p in (Precision.FP16, ...)`, and
+    `{Precision.INT8: ...}` keys: a branch on a member by name, which facts or a module should make."""
+    def member(node: ast.AST) -> str | None:
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) \
+                and node.value.id in ("Precision", "BackendKind") and node.attr.isupper():
+            return f"{node.value.id}.{node.attr}"
+        return None
+
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare):
+            for side in [node.left, *node.comparators]:
+                items = side.elts if isinstance(side, (ast.Tuple, ast.List, ast.Set)) else [side]
+                found += [(node.lineno, name) for name in map(member, items) if name]
+        elif isinstance(node, ast.Dict):
+            found += [(node.lineno, name) for name in map(member, [k for k in node.keys if k is not None]) if name]
+    return found
+
+
+def test_no_file_outside_the_registries_branches_on_a_member() -> None:
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        rel = path.relative_to(PACKAGE).as_posix()
+        if rel in REGISTRY_FILES or rel.startswith("data/"):
+            continue
+        offenders += [f"{rel}:{line} {name}" for line, name in _member_comparisons(ast.parse(path.read_text("utf-8")))]
+    assert not offenders, "branch on PrecisionFacts / the backend module instead: " + ", ".join(offenders)
+
+
+def test_the_member_check_sees_branches() -> None:
+    source = ("if p is Precision.INT8: pass\nok = kind in (BackendKind.TENSORRT, x)\nd = {Precision.FP16: 1}\n"
+              "default = Precision.FP32\n")
+    assert [name for _, name in _member_comparisons(ast.parse(source))] == [
+        "Precision.INT8", "BackendKind.TENSORRT", "Precision.FP16"]
+
+
+# Each Hugging Face model type `sources/hf.py` accepts -> the family whose test exports and verifies it.
+HF_TYPES = {"clip": "hf-clip", "siglip": "hf-siglip", "metaclip_2": "hf-metaclip-2", "chinese_clip": "hf-chinese-clip",
+            "altclip": "hf-altclip"}
+
+
+def test_every_hf_architecture_is_a_tested_family() -> None:
+    from clipexport.sources.hf import ARCHITECTURES
+
+    assert set(HF_TYPES) == set(ARCHITECTURES), "an HF model type without a tested family (or a stale entry here)"
+    assert set(HF_TYPES.values()) <= set(FAMILY_TESTS)
 
 
 @pytest.mark.parametrize("kind", list(BackendKind))
 def test_every_backend_has_the_verbs(kind: BackendKind) -> None:
+    from clipexport.runtime.backends import TritonServing
+
     module = backend_module(kind)
     assert callable(module.unavailable) and callable(module.open_tower)
+    assert getattr(module, "TRITON", None) is None or isinstance(module.TRITON, TritonServing)
 
 
 def test_every_family_has_an_export_and_verify_test() -> None:

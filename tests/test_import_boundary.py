@@ -39,7 +39,7 @@ def test_runtime_backends_and_build_planning_import_nothing_heavy() -> None:
     # The TensorRT backend and `build --dry-run` must load where only the runtime is installed.
     assert _loaded_after_import(
         "clipexport.runtime", "clipexport.runtime.backends.onnxruntime", "clipexport.runtime.backends.tensorrt",
-        "clipexport.runtime.backends.onnxruntime_trt", "clipexport.bulk.npy", "clipexport.bulk.job", "clipexport.bulk.local",
+        "clipexport.runtime.backends.onnxruntime_trt", "clipexport.runtime.backends.openvino", "clipexport.bulk.npy", "clipexport.bulk.job", "clipexport.bulk.local",
         "clipexport.trt.recipe", "clipexport.trt.profiles", "clipexport.artifact.provenance", "clipexport.trt.pipeline",
         "clipexport.gpu", "clipexport.precision.calibration", "clipexport.search.index", "clipexport.search.searcher",
         "clipexport.verify.retrieval", "clipexport.parity.retrieval",

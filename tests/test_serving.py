@@ -80,7 +80,8 @@ def test_tensorrt_repository_pins_the_engine_to_its_gpu(tiny_vit: Path, tmp_path
     from clipexport.artifact.provenance import EngineProvenance, write_sidecar
     from clipexport.errors import InputError
     from clipexport.files import sha256_file
-    from clipexport.serving.repository import RepositoryOptions, TowerPlatform, write_repository
+    from clipexport.runtime.backends import BackendKind
+    from clipexport.serving.repository import RepositoryOptions, write_repository
 
     artifact = tmp_path / "artifact"
     shutil.copytree(tiny_vit, artifact)
@@ -99,14 +100,14 @@ def test_tensorrt_repository_pins_the_engine_to_its_gpu(tiny_vit: Path, tmp_path
 
     quantize_artifact(QuantizeOptions(artifact=artifact, precision=Precision.FP16))
     repo = tmp_path / "repo"
-    write_repository(RepositoryOptions(artifact=artifact, output=repo, name="t", platform=TowerPlatform.TENSORRT,
+    write_repository(RepositoryOptions(artifact=artifact, output=repo, name="t", platform=BackendKind.TENSORRT,
                                        precision=Precision.FP16, cuda_graphs=True))
     vision = _parse(repo / "t_vision_tower" / "config.pbtxt")
     assert vision.platform == "tensorrt_plan" and vision.max_batch_size == 32
     assert dict(vision.cc_model_filenames) == {"8.9": "model_sm89.plan"} and vision.optimization.cuda.graphs
     assert (repo / "t_vision_tower" / "1" / "model_sm89.plan").read_bytes() == b"plan bytes"
     with pytest.raises(InputError, match="exceeds the vision engine's profile"):
-        write_repository(RepositoryOptions(artifact=artifact, output=tmp_path / "r2", platform=TowerPlatform.TENSORRT,
+        write_repository(RepositoryOptions(artifact=artifact, output=tmp_path / "r2", platform=BackendKind.TENSORRT,
                                            precision=Precision.FP16, max_batch_size=64))
 
 

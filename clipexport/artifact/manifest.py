@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 from clipexport.artifact.fields import FieldReader
 from clipexport.artifact.layout import MANIFEST_NAME, TRIMMABLE_POOLING, inside
-from clipexport.artifact.precision import Precision
+from clipexport.artifact.precision import CalibrationMethod, MadeBy, Precision, Target
 from clipexport.errors import ManifestError
 from clipexport.files import check_recorded_sha256, sha256_file, write_json_atomic
 
@@ -54,6 +54,18 @@ def _get(data: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where
     return _FIELDS.get(data, key, kind, prefix=prefix, default=default)
 
 
+def _enum(data: Mapping[str, Any], key: str, kind: type[Enum], where: str) -> Any:
+    """An optional enum field: its value string in the JSON, the member here."""
+    value = _get(data, key, str, where, default=None)
+    if value is None:
+        return None
+    try:
+        return kind(value)
+    except ValueError:
+        choices = ", ".join(m.value for m in kind)
+        raise _FIELDS.fail(f"'{where}.{key}' must be one of {choices}, got {value!r}") from None
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     name: str
@@ -86,9 +98,9 @@ class GraphDetails:
     """How a graph was made; read by build (calibration hash), the CLI and people."""
 
     method: str
-    made_by: str | None = None  # the command that made it: export, quantize, build
-    target: str | None = None  # INT8 Q/DQ placement: tensorrt or cpu
-    calibration_method: str | None = None
+    made_by: MadeBy | None = None  # the command that made it
+    target: Target | None = None  # a Q/DQ graph's placement
+    calibration_method: CalibrationMethod | None = None
     calibration: SampleSet | None = None  # INT8: calibration set; FP16: autocast's reference samples
     io_dtype: str = "float32"
     unquantized_dtype: str | None = None  # what an INT8 graph keeps its other nodes in
@@ -124,9 +136,9 @@ class GraphDetails:
         calibration = data.get("calibration")
         return cls(
             method=_get(data, "method", str, where),
-            made_by=_get(data, "made_by", str, where, default=None),
-            target=_get(data, "target", str, where, default=None),
-            calibration_method=_get(data, "calibration_method", str, where, default=None),
+            made_by=_enum(data, "made_by", MadeBy, where),
+            target=_enum(data, "target", Target, where),
+            calibration_method=_enum(data, "calibration_method", CalibrationMethod, where),
             calibration=SampleSet.from_dict(calibration, f"{where}.calibration") if calibration else None,
             io_dtype=_get(data, "io_dtype", str, where, default="float32"),
             unquantized_dtype=_get(data, "unquantized_dtype", str, where, default=None),

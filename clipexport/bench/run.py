@@ -177,10 +177,13 @@ def _runner(backend: str, root: Path, manifest: Manifest, tower: Tower, precisio
 
         torch = require("torch", "the PyTorch baseline")
         device = "cuda" if torch.cuda.is_available() and not cpu_only else "cpu"
-        if precision is Precision.INT8:
-            raise InputError("PyTorch eager has no INT8 baseline here (use fp32 / fp16)")
-        if precision is Precision.FP16 and device == "cpu":
-            raise InputError("PyTorch eager FP16 needs a GPU (CPU half-precision kernels are not a fair baseline)")
+        dtype = precision.facts.torch_dtype
+        if dtype is None:
+            eager = ", ".join(p.value for p in Precision if p.facts.torch_dtype)
+            raise InputError(f"PyTorch eager has no {precision.value} baseline here (use {eager})")
+        if dtype != "float32" and device == "cpu":
+            raise InputError(f"PyTorch eager {precision.value} needs a GPU (CPU half-precision kernels are not a fair "
+                             "baseline)")
         from clipexport.sources import reload_source
         from clipexport.sources.towers import exportable
 
@@ -188,7 +191,7 @@ def _runner(backend: str, root: Path, manifest: Manifest, tower: Tower, precisio
             torch_model["loaded"] = reload_source(manifest.source)
         loaded = torch_model["loaded"]
         module = exportable(loaded.vision if tower is Tower.VISION else loaded.text, manifest.normalized)
-        return _TorchRunner(module, torch, device, half=precision is Precision.FP16)
+        return _TorchRunner(module, torch, device, half=dtype == "float16")
     return open_backend(root, manifest, tower, precision, backend, BackendOptions(cpu_only=cpu_only))
 
 

@@ -46,6 +46,7 @@ class BulkOptions:
     batch_size: int = 32
     workers: int | None = None  # decode processes; default: the cores the backend's threads leave free
     threads: int | None = None  # the backend's intra-op threads; default: the backend's own
+    device: str | None = None  # backends that take one (openvino: CPU, GPU, NPU, AUTO)
     shard_size: int = DEFAULT_SHARD_SIZE
     dtype: str = "float32"
     skip_bad: bool = False
@@ -135,7 +136,7 @@ def _embed(options: BulkOptions, artifact: Path, output: Path, inputs: InputList
 
                 run_local(artifact, options.backend, options.precision, options.threads, options.workers,
                           options.exif_transpose, options.skip_bad, inputs, ranges, options.batch_size, advance,
-                          writer.on_batch)
+                          writer.on_batch, device=options.device)
             writer.finish()
         else:
             state.save()

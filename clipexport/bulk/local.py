@@ -114,7 +114,8 @@ class Throughput:
 def run_local(artifact: Any, backend: str, precision: str, threads: int | None, workers: int | None,
               exif_transpose: bool, skip_bad: bool, inputs: InputList, ranges: Sequence[tuple[int, int]],
               batch_size: int, advance: Advance | None,
-              on_batch: Callable[[int, list[int], np.ndarray, list[tuple[int, str]]], None]) -> int:
+              on_batch: Callable[[int, list[int], np.ndarray, list[tuple[int, str]]], None],
+              device: str | None = None) -> int:
     """Open the one tower the inputs need (backend threads that sleep between batches, so decode
     workers get the cores) and embed the ranges; returns the embedding width."""
     from clipexport.bulk.sources import default_workers
@@ -122,7 +123,7 @@ def run_local(artifact: Any, backend: str, precision: str, threads: int | None, 
 
     tower = "text" if inputs.kind is Kind.TEXT else "vision"
     with ClipRuntime.load(artifact, backend=backend, precision={tower: precision}, threads=threads,
-                          exif_transpose=exif_transpose, towers=(tower,), spin=False) as runtime:
+                          exif_transpose=exif_transpose, towers=(tower,), spin=False, device=device) as runtime:
         embed_ranges(runtime, inputs, ranges, batch_size, workers or default_workers(threads), exif_transpose,
                      skip_bad, advance, on_batch)
         return runtime.manifest.embed_dim

@@ -41,6 +41,7 @@ class EmbedRequest:
     model: str | None = None  # the served model's name prefix (default: the artifact folder's name)
     workers: int | None = None  # decode processes (the pipelined engine); default: the cores the backend leaves free
     threads: int | None = None  # the backend's intra-op threads
+    device: str | None = None  # backends that take one (openvino)
 
     def spec(self) -> "InputSpec":
         from clipexport.bulk.sources import InputSpec
@@ -89,7 +90,7 @@ def embed_to_file(request: EmbedRequest, advance: Advance | None = None) -> Embe
 
     dim = run_local(request.artifact, request.backend, request.precision, request.threads, request.workers,
                     request.exif_transpose, request.skip_bad, inputs, [(0, len(inputs))], request.batch_size, advance,
-                    collect)
+                    collect, device=request.device)
     embeddings = np.concatenate(rows) if rows else np.zeros((0, dim), np.float32)
     return _write(output, embeddings, sources, skipped)
 

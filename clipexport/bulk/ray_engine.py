@@ -28,13 +28,14 @@ RAY_HINT = "running bulk embedding on Ray (pip install 'clipexport[ray]')"
 class _Embedder:
     """A Ray Data actor: one ClipRuntime, loaded once, embedding the decoded batches it is given."""
 
-    def __init__(self, artifact: str, precision: str, backend: str, kind: str, threads: int | None):
+    def __init__(self, artifact: str, precision: str, backend: str, kind: str, threads: int | None,
+                 device: str | None = None):
         from clipexport.runtime.clip_runtime import ClipRuntime
 
         tower = "text" if kind == Kind.TEXT.value else "vision"
         self.kind = kind
         self.runtime = ClipRuntime.load(artifact, backend=backend, precision={tower: precision}, threads=threads,
-                                        towers=(tower,), spin=False)
+                                        towers=(tower,), spin=False, device=device)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ok = batch["ok"].astype(bool)
@@ -109,7 +110,8 @@ def run_on_ray(options: Any, inputs: InputList, ranges: Sequence[tuple[int, int]
         _Embedder, batch_size=batch, batch_format="numpy", concurrency=options.ray.actors,
         num_gpus=options.ray.gpus_per_actor or None, num_cpus=options.ray.cpus_per_actor,
         fn_constructor_kwargs={"artifact": str(Path(options.artifact).resolve()), "precision": str(options.precision),
-                               "backend": str(options.backend), "kind": inputs.kind.value, "threads": options.threads},
+                               "backend": str(options.backend), "kind": inputs.kind.value, "threads": options.threads,
+                               "device": options.device},
         max_restarts=-1, max_task_retries=-1)
     total = len(indices)
     shard_size = options.shard_size

@@ -14,7 +14,7 @@ from clipexport.errors import ExportError, InputError, first_line
 from clipexport.export.specs import BATCH_AXIS, MIN_OPSET, SEQUENCE_AXIS, TowerSpec
 from clipexport.artifact.layout import MIN_TEXT_LENGTH
 from clipexport.artifact.manifest import GraphDetails, GraphFile, TensorSpec, TowerArtifact, TowerProperties
-from clipexport.artifact.precision import Precision
+from clipexport.artifact.precision import EXPORTED, MadeBy
 from clipexport.parity.stats import l2_normalize
 
 # A protobuf cannot exceed 2 GiB; leave headroom for the graph itself.
@@ -76,14 +76,14 @@ def export_tower(module: Any, spec: TowerSpec, example: Any, out_dir: Path, opse
     except Exception as exc:
         raise ExportError(f"the exported {spec.tower.value} graph fails the ONNX checker: {exc}") from exc
     _smoke_run(path, spec, example.numpy(), expected, trim_length)
-    graph = GraphFile.of(out_dir, path.name, external, GraphDetails(method="torch.onnx.export (dynamo)", made_by="export",
+    graph = GraphFile.of(out_dir, path.name, external, GraphDetails(method="torch.onnx.export (dynamo)", made_by=MadeBy.EXPORT,
                                                                          adjustments=adjustments))
     dim = int(expected.shape[-1])
     return TowerArtifact(
         inputs=(TensorSpec(spec.input_name, spec.input_dtype, input_shape),),
         outputs=(TensorSpec(spec.output_name, spec.output_dtype, (BATCH_AXIS, dim)),),
         opset=opset,
-        graphs={Precision.FP32: graph},
+        graphs={EXPORTED: graph},
         properties=properties,
     )
 

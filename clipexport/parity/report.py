@@ -8,7 +8,7 @@ from typing import Any
 
 from clipexport.artifact.layout import PARITY_REPORT
 from clipexport.files import write_json_atomic
-from clipexport.parity.gates import Gate
+from clipexport.parity.gates import DropGated, Gate
 from clipexport.parity.retrieval import RetrievalReport
 from clipexport.parity.stats import EmbeddingParity
 
@@ -51,7 +51,7 @@ class ZeroShotResult:
 
 
 @dataclass(frozen=True)
-class AccuracyResult:
+class AccuracyResult(DropGated):
     """Zero-shot accuracy on a labelled image folder, for PyTorch FP32 (backend "pytorch") or a variant."""
 
     precision: str
@@ -62,13 +62,6 @@ class AccuracyResult:
     agreement: float  # fraction of images whose top-1 class equals PyTorch FP32's
     per_class_agreement: dict[str, float]
     max_drop_points: float | None = None  # the --max-accuracy-drop gate, when set
-
-    @property
-    def passed(self) -> bool:
-        return self.max_drop_points is None or self.drop_points <= self.max_drop_points
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**vars(self), "passed": self.passed}
 
 
 @dataclass(frozen=True)

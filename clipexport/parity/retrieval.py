@@ -12,6 +12,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from clipexport.parity.gates import DropGated
+
 RECALL_KS = (1, 5, 10)  # recall@1/5/10, the figures retrieval papers and clip-retrieval report
 OVERLAP_K = 10
 
@@ -84,7 +86,7 @@ def recall_at_k(found: np.ndarray, relevant: Sequence[set[int] | frozenset[int]]
 
 
 @dataclass(frozen=True)
-class RetrievalCell:
+class RetrievalCell(DropGated):
     """One cell of the drift matrix: an index built from one variant's image embeddings, queried
     with another variant's embeddings (captions: text -> image; images: image -> image)."""
 
@@ -98,13 +100,6 @@ class RetrievalCell:
     overlap_at_10: dict[str, float]  # "text"/"image": top-10 overlap with the exact fp32/fp32 result
     drop_points: float  # the largest r@k loss against fp32/fp32 of the same index type, in points
     max_drop_points: float | None = None  # --max-recall-drop, when set
-
-    @property
-    def passed(self) -> bool:
-        return self.max_drop_points is None or self.drop_points <= self.max_drop_points
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**vars(self), "passed": self.passed}
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Runs ModelOpt's INT8 quantizer in its own process.
+"""Runs ModelOpt's INT8 / FP8 quantizer in its own process.
 
 ModelOpt patches onnxruntime.quantization's classes in place when it quantizes (ort_patching in
 0.47), after which ONNX Runtime's own quantizer fails in the same process. A child process keeps
@@ -21,12 +21,13 @@ def main(job_path: str) -> None:
 
     with quiet_libraries():
         quantize(
-            job["fp32"], quantize_mode="int8",
+            job["fp32"], quantize_mode=job.get("mode", "int8"),
             calibration_data={job["input_name"]: np.load(job["data"])},
             calibration_method=job["method"],
             calibration_shapes=job["shapes"],
             calibration_eps=job["eps"],
             nodes_to_exclude=job["exclude"],
+            op_types_to_exclude=job.get("exclude_ops") or None,
             high_precision_dtype="fp16",  # what TensorRT runs the unquantized layers in
             output_path=job["out"], log_level="ERROR",
         )

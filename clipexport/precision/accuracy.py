@@ -85,7 +85,7 @@ class AccuracyFallback:
 
 def fallback_for_accuracy(candidates: list[TowerCandidate], fp32: dict[Tower, "onnx.ModelProto | Path"],
                           manifest: Manifest, data: LabelledInputs, target: AccuracyTarget,
-                          progress: Progress = silent, trt_placement: bool = False) -> AccuracyFallback:
+                          progress: Progress = silent, optimization: str | None = None) -> AccuracyFallback:
     feeds = {Tower.VISION: data.pixels, Tower.TEXT: data.ids}
     reference = {tower: run_model(fp32[tower], manifest.tower(tower), feeds[tower]) for tower in Tower}
     reference_top1 = data.top1(reference[Tower.VISION], reference[Tower.TEXT])
@@ -100,7 +100,7 @@ def fallback_for_accuracy(candidates: list[TowerCandidate], fp32: dict[Tower, "o
         extra = {tower: tuple(node for _, t, node in ranking[:count] if t is tower) for tower in by_tower}
         if count:
             models = {tower: by_tower[tower].restore(extra[tower]) for tower in by_tower}
-        got = {tower: run_model(models[tower], manifest.tower(tower), feeds[tower], trt_placement) if tower in models
+        got = {tower: run_model(models[tower], manifest.tower(tower), feeds[tower], optimization) if tower in models
                else reference[tower] for tower in Tower}
         top1 = data.top1(got[Tower.VISION], got[Tower.TEXT])
         drop = round(100 * (reference_top1 - top1), 6)

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import tempfile
-from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -20,6 +19,7 @@ import numpy as np
 from clipexport._deps import require
 from clipexport.errors import ExportError, InputError
 from clipexport.artifact.manifest import Tower
+from clipexport.artifact.precision import CalibrationMethod, Precision, Target
 from clipexport.precision._quiet import exact_name, quiet_libraries
 from clipexport.precision.calibration import CalibrationData
 
@@ -31,17 +31,6 @@ CPU_OP_TYPES = ("MatMul", "Gemm")
 # Percentile calibration clips the top 0.001% of |activation|: CLIP's residual stream carries a
 # few huge outlier channels, and MinMax/percentile differ only in how much of that tail to keep.
 PERCENTILE = 99.999
-
-
-class Target(str, Enum):
-    TENSORRT = "tensorrt"
-    CPU = "cpu"
-
-
-class CalibrationMethod(str, Enum):
-    ENTROPY = "entropy"
-    MAX = "max"
-    PERCENTILE = "percentile"
 
 
 DEFAULT_METHOD = {Target.TENSORRT: CalibrationMethod.ENTROPY, Target.CPU: CalibrationMethod.MAX}
@@ -59,43 +48,48 @@ def sensitive_defaults(model: "onnx.ModelProto", tower: Tower) -> list[str]:
     return keep
 
 
-def quantize_int8(fp32_path: Path, data: CalibrationData, target: Target, method: CalibrationMethod,
-                  exclude: list[str]) -> "onnx.ModelProto":
-    onnx = require("onnx", "INT8 quantization")
+def quantize_qdq(fp32_path: Path, data: CalibrationData, precision: Precision, target: Target,
+                 method: CalibrationMethod, exclude: list[str]) -> "onnx.ModelProto":
+    """A calibrated Q/DQ graph of `precision` (INT8, FP8) with `target`'s placement."""
+    onnx = require("onnx", "Q/DQ quantization")
+    name = precision.value.upper()
     if target is Target.TENSORRT and method is CalibrationMethod.PERCENTILE:
         raise InputError("percentile calibration is available with --target cpu; ModelOpt's TensorRT placement "
                          "calibrates with --method entropy or max")
     with tempfile.TemporaryDirectory(prefix="clipexport-int8-") as tmp:
         out = Path(tmp) / "quantized.onnx"
         if target is Target.TENSORRT:
-            _modelopt(fp32_path, out, data, method, exclude)
+            _modelopt(fp32_path, out, data, method, exclude, precision.facts.modelopt_mode or "int8",
+                      precision.facts.high_precision_ops)
         else:
             quantization = require("onnxruntime.quantization", "INT8 quantization for the CPU")
             with quiet_libraries():
                 _onnxruntime(quantization, fp32_path, out, data, method, exclude)
         if not out.is_file():
-            raise ExportError(f"the {target.value} INT8 quantizer wrote no graph for the {data.tower.value} tower")
+            raise ExportError(f"the {target.value} {name} quantizer wrote no graph for the {data.tower.value} tower")
         return onnx.load(str(out))
 
 
-def _modelopt(fp32_path: Path, out: Path, data: CalibrationData, method: CalibrationMethod, exclude: list[str]) -> None:
+def _modelopt(fp32_path: Path, out: Path, data: CalibrationData, method: CalibrationMethod, exclude: list[str],
+              mode: str, exclude_ops: tuple[str, ...] = ()) -> None:
     import json
     import subprocess
     import sys
 
-    require("modelopt.onnx.quantization", "INT8 quantization for TensorRT")
+    require("modelopt.onnx.quantization", f"{mode.upper()} quantization for TensorRT")
     sample_shape = "x".join(str(d) for d in (CALIBRATION_BATCH_SIZE, *data.calibration.shape[1:]))
     np.save(out.parent / "calibration.npy", data.calibration)
     job = {"fp32": str(fp32_path), "out": str(out), "input_name": data.input_name,
            "data": str(out.parent / "calibration.npy"), "method": method.value,
            "shapes": f"{data.input_name}:{sample_shape}", "eps": _calibration_eps(),
-           "exclude": [exact_name(name) for name in exclude]}
+           "exclude": [exact_name(name) for name in exclude], "mode": mode,
+           "exclude_ops": list(exclude_ops)}
     (out.parent / "job.json").write_text(json.dumps(job), encoding="utf-8")
     done = subprocess.run([sys.executable, "-m", "clipexport.precision._modelopt_worker", str(out.parent / "job.json")],
                           capture_output=True, text=True)
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise ExportError(f"ModelOpt INT8 quantization of the {data.tower.value} tower failed: {last[:400]}")
+        raise ExportError(f"ModelOpt {mode.upper()} quantization of the {data.tower.value} tower failed: {last[:400]}")
 
 
 def _onnxruntime(quantization: Any, fp32_path: Path, out: Path, data: CalibrationData, method: CalibrationMethod,

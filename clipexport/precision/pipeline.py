@@ -18,7 +18,7 @@ from clipexport.export.onnx_export import EXTERNAL_DATA_THRESHOLD_BYTES
 from clipexport.artifact.layout import SENSITIVITY_REPORT, graph_file
 from clipexport.artifact.manifest import (GraphDetails, GraphFile, Manifest, Tower, TowerArtifact, check_graph_files,
                                           read_manifest)
-from clipexport.artifact.precision import QUANTIZED, Precision
+from clipexport.artifact.precision import QUANTIZED, CalibrationMethod, MadeBy, Maker, Precision, Target
 from clipexport.artifact.lock import update_manifest
 from clipexport.files import make_public, staging_folder, write_json_atomic
 from clipexport.precision import fp16 as fp16_mod
@@ -26,10 +26,10 @@ from clipexport.precision import qdq
 from clipexport.precision.accuracy import (AccuracyTarget, LabelledInputs, TowerCandidate, fallback_for_accuracy,
                                           labelled_inputs)
 from clipexport.precision.calibration import CalibrationData, CalibrationSource, load_calibration
-from clipexport.precision.int8 import DEFAULT_METHOD, CalibrationMethod, Target, quantize_int8, sensitive_defaults
+from clipexport.precision.int8 import DEFAULT_METHOD, quantize_qdq, sensitive_defaults
 from clipexport.precision.sensitivity import LayerSensitivity, fallback_until, layer_sensitivity, run_model
 from clipexport.progress import Progress, silent
-from clipexport.parity.gates import INT8_FALLBACK_TARGET
+from clipexport.parity.gates import FALLBACK_TARGETS
 from clipexport.parity.stats import EmbeddingParity, embedding_parity
 
 if TYPE_CHECKING:
@@ -44,19 +44,27 @@ class QuantizeOptions:
     artifact: Path
     precision: Precision
     towers: tuple[Tower, ...] = (Tower.VISION, Tower.TEXT)
-    target: Target = Target.TENSORRT
+    target: Target | None = None  # Q/DQ placement; None: the precision's first (PrecisionFacts.targets)
     method: CalibrationMethod | None = None  # None: the target's default
     calibration: CalibrationSource = field(default_factory=CalibrationSource)
     sensitivity: bool = False  # write sensitivity.json with every quantized node's error
     fallback: bool = True  # restore sensitive nodes until the fallback target holds
     fp16_io: bool = False  # FP16 graph inputs/outputs (FP16 only); default keeps float32 at the boundary
-    made_by: str = "quantize"  # recorded in the manifest: `build` makes FP16 graphs itself when missing
+    made_by: MadeBy = MadeBy.QUANTIZE  # recorded in the manifest: `build` makes FP16 graphs itself when missing
     accuracy: AccuracyTarget | None = None  # INT8: also restore nodes until top-1 on a labelled folder holds
 
     @property
-    def trt_placement(self) -> bool:
-        """INT8 graphs with TensorRT's Q/DQ placement (checked on ONNX Runtime; see run_model)."""
-        return Precision.parse(self.precision) is Precision.INT8 and self.target is Target.TENSORRT
+    def placement(self) -> Target | None:
+        """The Q/DQ placement asked for, or the precision's default one (None: not a Q/DQ precision)."""
+        facts = Precision.parse(self.precision).facts
+        return (self.target or facts.targets[0]) if facts.calibrated else None
+
+    @property
+    def ort_optimization(self) -> str | None:
+        """How ONNX Runtime must run the graphs it checks (see onnxruntime.graph_optimization)."""
+        from clipexport.runtime.backends.onnxruntime import graph_optimization
+
+        return graph_optimization(Precision.parse(self.precision), self.placement)
 
 
 @dataclass(frozen=True)
@@ -74,11 +82,16 @@ def quantize_artifact(options: QuantizeOptions, progress: Progress = silent) -> 
     precision = Precision.parse(options.precision, allowed=QUANTIZED)
     if not options.towers:
         raise InputError("--towers is empty; pass vision, text or vision,text")
-    if options.fp16_io and precision is not Precision.FP16:
-        raise InputError("--io-dtype float16 applies to --precision fp16 only; INT8 graphs keep float32 I/O")
-    if options.accuracy is not None and precision is not Precision.INT8:
-        raise InputError("--labeled-images (the accuracy-targeted fallback) applies to --precision int8")
-    method = options.method or DEFAULT_METHOD[options.target]
+    facts = precision.facts
+    if options.fp16_io and not facts.autocast:
+        raise InputError(f"--io-dtype float16 applies to autocast precisions ({_names(lambda f: f.autocast)}); "
+                         f"{precision.value} graphs keep float32 I/O")
+    if options.accuracy is not None and not facts.calibrated:
+        raise InputError(f"--labeled-images (the accuracy-targeted fallback) applies to {_names(lambda f: f.calibrated)}")
+    if options.target is not None and options.target not in facts.targets:
+        raise InputError(f"--target {options.target.value} does not apply to {precision.value} (its targets: "
+                         f"{', '.join(t.value for t in facts.targets) or 'none'})")
+    method = _method(precision, options)
     # Read first: an unreadable labelled image must stop the run before the slow part.
     labelled = labelled_inputs(manifest, root, options.accuracy.labelled) if options.accuracy is not None else None
     with staging_folder(root, STAGING_PREFIX, "quantize", "quantize adds graphs to the artifact folder, so it must be writable",
@@ -94,7 +107,7 @@ def quantize_artifact(options: QuantizeOptions, progress: Progress = silent) -> 
             expected = run_model(fp32_path, artifact, calibration.validation)
             job = _Job(onnx, fp32_path, artifact, tower, calibration, options, method, expected, progress)
             jobs[tower] = job
-            converted[tower] = CONVERTERS[precision](job)
+            converted[tower] = CONVERTERS[facts.maker](job)
         if labelled is not None:
             converted = _accuracy_fallback(converted, jobs, manifest, root, labelled, options, progress)
         for tower, result in converted.items():
@@ -126,7 +139,7 @@ def _accuracy_fallback(converted: dict[Tower, "Converted"], jobs: dict[Tower, "_
     # copies may have been rewritten by ModelOpt, and onnxruntime only reads.
     fp32 = {tower: check_graph_files(root, manifest.tower(tower).graph(Precision.FP32)) for tower in Tower}
     result = fallback_for_accuracy([c.candidate for c in converted.values() if c.candidate is not None], fp32,
-                                   manifest, data, options.accuracy, progress, options.trt_placement)
+                                   manifest, data, options.accuracy, progress, options.ort_optimization)
     out = {}
     for tower, before in converted.items():
         model, extra = result.models[tower], result.restored[tower]
@@ -134,7 +147,7 @@ def _accuracy_fallback(converted: dict[Tower, "Converted"], jobs: dict[Tower, "_
         if extra:  # re-measured on the validation split: the cosine record must describe this graph
             job = jobs[tower]
             parity = embedding_parity(job.expected, run_model(model, job.artifact, job.calibration.validation,
-                                                              options.trt_placement))
+                                                              options.ort_optimization))
         nodes = dict(details.high_precision_nodes)
         nodes["accuracy_fallback"] = extra
         details = replace(details, high_precision_nodes=nodes, quantized_nodes=len(qdq.quantized_nodes(model)),
@@ -145,7 +158,7 @@ def _accuracy_fallback(converted: dict[Tower, "Converted"], jobs: dict[Tower, "_
 
 def _calibration(manifest: Manifest, tower: Tower, options: QuantizeOptions) -> CalibrationData:
     source = options.calibration
-    if Precision.parse(options.precision) is Precision.FP16:
+    if Precision.parse(options.precision).facts.autocast:
         # FP16 needs no ranges, only real samples for autocast's overflow check.
         source = replace(source, size=min(source.size, fp16_mod.REFERENCE_SAMPLES))
     return load_calibration(manifest, tower, source, Path(options.artifact).expanduser())
@@ -183,7 +196,7 @@ def _fp16(job: _Job) -> Converted:
                                         keep_io_types=not fp16_io)
     details = GraphDetails(
         method="modelopt.onnx.autocast.convert_to_mixed_precision (fp16)",
-        made_by="quantize",
+        made_by=MadeBy.QUANTIZE,
         io_dtype="float16" if fp16_io else "float32",
         fp32_op_types=tuple(fp16_mod.FP32_OP_TYPES),
         fp32_tail_nodes=tuple(tail),
@@ -195,21 +208,26 @@ def _fp16(job: _Job) -> Converted:
     return Converted(model, details, [], embedding_parity(expected, run_model(model, artifact, calibration.validation)))
 
 
-def _int8(job: _Job) -> Converted:
+def _calibrated_qdq(job: _Job) -> Converted:
+    """INT8 or FP8 Q/DQ from calibration data, then the sensitivity fallback."""
     onnx, fp32_path, artifact, tower, calibration, options, method, expected, progress = (
         job.onnx, job.fp32_path, job.artifact, job.tower, job.calibration, job.options, job.method, job.expected,
         job.progress)
-    progress(f"{tower.value}: calibrating INT8 for {options.target.value} ({method.value}, "
+    precision = Precision.parse(options.precision)
+    placement = options.placement
+    assert placement is not None
+    name = precision.value.upper()
+    progress(f"{tower.value}: calibrating {name} for {placement.value} ({method.value}, "
              f"{len(calibration.calibration)} samples)")
     original = onnx.load(str(fp32_path))
     defaults = sensitive_defaults(original, tower)
-    quantized = quantize_int8(fp32_path, calibration, options.target, method, defaults)
-    trt_placement = options.trt_placement
-    parity = embedding_parity(expected, run_model(quantized, artifact, calibration.validation, trt_placement))
-    target = INT8_FALLBACK_TARGET
+    quantized = quantize_qdq(fp32_path, calibration, precision, placement, method, defaults)
+    optimization = options.ort_optimization
+    parity = embedding_parity(expected, run_model(quantized, artifact, calibration.validation, optimization))
+    target = FALLBACK_TARGETS[precision]
     failing = bool(target.failures(parity.min_cosine, parity.mean_cosine, parity.max_abs_diff))
     if failing:  # otherwise this is the final result, which the caller reports
-        progress(f"{tower.value}: INT8 with {len(qdq.quantized_nodes(quantized))} quantized nodes: "
+        progress(f"{tower.value}: {name} with {len(qdq.quantized_nodes(quantized))} quantized nodes: "
                  f"min cos {parity.min_cosine:.5f}, mean {parity.mean_cosine:.5f} (below the fallback target)")
     sensitivity: list[LayerSensitivity] = []
     if options.sensitivity or options.accuracy is not None or (failing and options.fallback):
@@ -219,16 +237,19 @@ def _int8(job: _Job) -> Converted:
     model = quantized
     if failing and options.fallback:
         result = fallback_until(quantized, original, artifact, calibration.validation, expected,
-                                [s.node for s in sensitivity], target, progress, trt_placement)
+                                [s.node for s in sensitivity], target, progress, optimization)
         model, restored, steps, parity = result.model, result.restored, steps + result.steps, result.parity
+    kept_ops = precision.facts.high_precision_ops
+    unquantized = f"; {', '.join(kept_ops)} unquantized" if kept_ops else ""
     details = GraphDetails(
-        method=("modelopt.onnx.quantization int8 (TensorRT Q/DQ placement)" if options.target is Target.TENSORRT
+        method=(f"modelopt.onnx.quantization {precision.facts.modelopt_mode} (TensorRT Q/DQ placement{unquantized})"
+                if placement is Target.TENSORRT
                 else "onnxruntime.quantization quantize_static QDQ (MatMul/Gemm, per-channel S8S8)"),
-        made_by="quantize",
-        target=options.target.value,
-        calibration_method=method.value,
+        made_by=MadeBy.QUANTIZE,
+        target=placement,
+        calibration_method=method,
         calibration=calibration.describe(),
-        unquantized_dtype="float16" if options.target is Target.TENSORRT else "float32",
+        unquantized_dtype="float16" if placement is Target.TENSORRT else "float32",
         quantized_nodes=len(qdq.quantized_nodes(model)),
         high_precision_nodes={"sensitive_by_default": tuple(defaults), "fallback": tuple(restored)},
         fallback_target={"min_cosine": target.min_cosine, "mean_cosine": target.mean_cosine},
@@ -241,8 +262,26 @@ def _int8(job: _Job) -> Converted:
     return Converted(model, details, sensitivity, parity, candidate)
 
 
-# Which converter makes each precision that `quantize` adds (see artifact/precision.py).
-CONVERTERS = {Precision.FP16: _fp16, Precision.INT8: _int8}
+# Which converter makes the precisions of each maker (PrecisionFacts.maker): a new precision made
+# the way an existing one is (FP8 as INT8: calibrated Q/DQ) needs no line here.
+CONVERTERS = {Maker.AUTOCAST: _fp16, Maker.CALIBRATED_QDQ: _calibrated_qdq}
+
+
+def _names(test: Any) -> str:
+    return ", ".join(p.value for p in QUANTIZED if test(p.facts))
+
+
+def _method(precision: Precision, options: QuantizeOptions) -> CalibrationMethod:
+    """--method, or the placement's default when the precision's quantizer offers it."""
+    allowed = precision.facts.methods
+    placement = options.placement
+    if options.method is not None:
+        if allowed and options.method not in allowed:
+            raise InputError(f"--method {options.method.value} does not apply to {precision.value} "
+                             f"(it calibrates with {', '.join(m.value for m in allowed)})")
+        return options.method
+    default = DEFAULT_METHOD[placement] if placement is not None else CalibrationMethod.MAX
+    return default if not allowed or default in allowed else allowed[0]
 
 
 def _save(onnx: Any, model: "onnx.ModelProto", staging: Path, name: str, details: GraphDetails) -> GraphFile:

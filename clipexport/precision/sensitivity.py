@@ -49,13 +49,13 @@ class FallbackResult:
 
 
 def run_model(model: "onnx.ModelProto | Path", tower: TowerArtifact, data: np.ndarray,
-              trt_placement: bool = False) -> np.ndarray:
+              optimization: str | None = None) -> np.ndarray:
     """Embeddings of `data` from a graph file or an in-memory graph, on ONNX Runtime's CPU provider
-    (`trt_placement`: an INT8 graph with TensorRT's Q/DQ placement; see trt_placement_optimization)."""
+    (`optimization`: the graph optimisation cap, see onnxruntime.graph_optimization)."""
     from clipexport.runtime.backends.onnxruntime import OnnxRuntimeBackend
 
     graph = model if isinstance(model, Path) else model.SerializeToString()
-    with OnnxRuntimeBackend(graph, tower, providers=["CPUExecutionProvider"], trt_placement=trt_placement) as backend:  # checks outputs are finite
+    with OnnxRuntimeBackend(graph, tower, providers=["CPUExecutionProvider"], optimization=optimization) as backend:  # checks outputs are finite
         return np.concatenate([backend.run(data[i:i + EVAL_BATCH_SIZE]) for i in range(0, len(data), EVAL_BATCH_SIZE)])
 
 
@@ -151,7 +151,7 @@ def _node_errors(quantized: "onnx.ModelProto", nodes: list[str], plans: dict[str
 
 def fallback_until(quantized: "onnx.ModelProto", original: "onnx.ModelProto", tower: TowerArtifact,
                    validation: np.ndarray, expected: np.ndarray, ranking: list[str], target: Gate,
-                   progress: Progress = silent, trt_placement: bool = False) -> FallbackResult:
+                   progress: Progress = silent, optimization: str | None = None) -> FallbackResult:
     """Restore the 1, 2, 4, ... most sensitive nodes until `target` holds on the validation split
     (called once the fully quantized graph has missed it)."""
     steps = []
@@ -159,7 +159,7 @@ def fallback_until(quantized: "onnx.ModelProto", original: "onnx.ModelProto", to
     for count in dict.fromkeys(counts):
         restored = tuple(ranking[:count])
         candidate = qdq.restore_high_precision(quantized, original, restored)
-        parity = embedding_parity(expected, run_model(candidate, tower, validation, trt_placement))
+        parity = embedding_parity(expected, run_model(candidate, tower, validation, optimization))
         steps.append((count, parity.min_cosine, parity.mean_cosine))
         progress(f"validation with {count} node(s) in high precision: min cos {parity.min_cosine:.5f}, "
                  f"mean {parity.mean_cosine:.5f}")

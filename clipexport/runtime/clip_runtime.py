@@ -47,7 +47,7 @@ class ClipRuntime:
              precision: Precision | str | Mapping[str, Precision | str] = Precision.FP32,
              providers: Sequence[str] | None = None, threads: int | None = None,
              exif_transpose: bool = False, towers: Sequence[Tower | str] | None = None,
-             spin: bool = True) -> "ClipRuntime":
+             spin: bool = True, device: str | None = None) -> "ClipRuntime":
         """Open both towers of an artifact folder; the files are checked against the manifest's sha256.
 
         `precision` picks the graph variant ("fp32", "fp16", "int8") for both towers, or per tower:
@@ -55,6 +55,7 @@ class ClipRuntime:
         `BackendKind`; a backend that cannot run here fails with one line, never falls back quietly.
         `exif_transpose` rotates photos by their EXIF orientation first (open_clip does not).
         `towers` opens only those (a server's image model needs no text tower); the others refuse.
+        `device` is for backends that take one (openvino: "CPU", "GPU", "NPU", "AUTO").
         `spin=False` makes idle backend threads sleep instead of spinning (when other processes, such
         as decode workers, share the cores).
         """
@@ -69,7 +70,8 @@ class ClipRuntime:
         try:  # a tower or the tokenizer failing to open closes what did open
             for tower in wanted:
                 backends[tower] = open_backend(root, manifest, tower, chosen[tower], kind,
-                                               BackendOptions(providers=providers, threads=threads, spin=spin))
+                                               BackendOptions(providers=providers, threads=threads, spin=spin,
+                                                              device=device))
             tokenizer = load_tokenizer(root, manifest.tokenizer) if Tower.TEXT in wanted else None
         except BaseException:
             for runner in backends.values():

@@ -28,7 +28,7 @@ import numpy as np
 from clipexport.bulk.dataset import MANIFEST as DATASET_MANIFEST
 from clipexport.bulk.dataset import FolderLock
 from clipexport.errors import InputError
-from clipexport.files import sha256_file, utc_timestamp, write_bytes_atomic, write_json_atomic
+from clipexport.files import read_format_json, sha256_file, utc_timestamp, write_bytes_atomic, write_json_atomic
 from clipexport.parity.retrieval import RECALL_KS, TopK
 from clipexport.parity.stats import l2_normalize
 from clipexport.progress import Progress, silent
@@ -123,13 +123,9 @@ def open_dataset(folder: Path, what: str = "DATASET") -> Dataset:
     if not manifest_path.is_file():
         raise InputError(f"{what} {folder} is not an embeddings dataset (no {DATASET_MANIFEST}); make one with "
                          "`clipexport embed ARTIFACT --images ... -o DIR`")
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        if manifest.get("format") != "clipexport-embeddings":
-            raise ValueError("not a clipexport embeddings manifest")
-        int(manifest["rows"]), int(manifest["dim"]), list(manifest["shards"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise InputError(f"{manifest_path} is damaged ({exc}); rerun the embed command that made it") from None
+    manifest = read_format_json(manifest_path, "clipexport-embeddings",
+                                lambda m: (int(m["rows"]), int(m["dim"]), list(m["shards"])),
+                                "rerun the embed command that made it")
     if not manifest.get("complete"):
         raise InputError(f"{what} {folder} is not finished ({len(manifest['shards'])} shards done); run the same "
                          "embed command again to finish it, then index it")

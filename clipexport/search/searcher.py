@@ -11,7 +11,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from clipexport.errors import InputError
-from clipexport.files import check_recorded_sha256, sha256_file
+from clipexport.files import check_recorded_sha256, read_format_json, sha256_file
 from clipexport.parity.stats import l2_normalize
 from clipexport.search.index import DATASET_MANIFEST, IDS_FILE, INDEX_FILE, MANIFEST
 from clipexport.search.plan import faiss_module, search, set_nprobe
@@ -41,14 +41,9 @@ def read_index_manifest(folder: Path) -> dict[str, Any]:
             if (folder / ".building").is_dir() else ""
         raise InputError(f"{folder} is not an index (no {MANIFEST}){hint}; make one with "
                          "`clipexport index DATASET -o INDEX`")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if data.get("format") != "clipexport-index":
-            raise ValueError("not a clipexport index manifest")
-        int(data["rows"]), int(data["dim"]), dict(data["files"]), dict(data["index"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise InputError(f"{path} is damaged ({exc}); rebuild the index with `clipexport index ... --overwrite`") from None
-    return data
+    return read_format_json(path, "clipexport-index",
+                            lambda d: (int(d["rows"]), int(d["dim"]), dict(d["files"]), dict(d["index"])),
+                            "rebuild the index with `clipexport index ... --overwrite`")
 
 
 class Searcher:

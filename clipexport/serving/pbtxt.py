@@ -61,6 +61,7 @@ class ModelConfig:
     steps: Sequence[Step] = ()
     cc_model_filenames: Mapping[str, str] = field(default_factory=dict)
     cuda_graphs: bool = False
+    default_model_filename: str | None = None  # Triton's OpenVINO backend reads model.xml unless told
 
     def text(self) -> str:
         lines = [f'name: "{self.name}"']
@@ -68,6 +69,8 @@ class ModelConfig:
             lines.append(f'platform: "{self.platform}"')
         if self.backend:
             lines.append(f'backend: "{self.backend}"')
+        if self.default_model_filename:
+            lines.append(f'default_model_filename: "{self.default_model_filename}"')
         lines.append(f"max_batch_size: {self.max_batch_size}")
         lines.append("input [\n  " + ",\n  ".join(t.text() for t in self.inputs) + "\n]")
         lines.append("output [\n  " + ",\n  ".join(t.text() for t in self.outputs) + "\n]")

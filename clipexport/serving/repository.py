@@ -24,6 +24,7 @@ from clipexport.artifact.provenance import read_sidecar
 from clipexport.errors import InputError
 from clipexport.files import publish_folder, staging_folder, write_json_atomic
 from clipexport.progress import Progress, silent
+from clipexport.runtime.backends import BackendKind, TritonServing, triton_serving
 from clipexport.serving.backend_models import DEFAULT_BUCKETS
 from clipexport.serving.pbtxt import Batching, ModelConfig, Step, Tensor
 
@@ -31,11 +32,6 @@ MARKER = ".clipexport-repository.json"  # what makes a folder one `--overwrite` 
 ARTIFACT_COPY = "artifact"  # the python models' copy of manifest.json (+ tokenizer.json), in their version folder
 DEFAULT_MAX_BATCH = 64
 DEFAULT_QUEUE_DELAY_US = 2000
-
-
-class TowerPlatform(str, Enum):
-    ONNXRUNTIME = "onnxruntime_onnx"
-    TENSORRT = "tensorrt_plan"
 
 
 class InstanceKind(str, Enum):
@@ -48,7 +44,7 @@ class RepositoryOptions:
     artifact: Path
     output: Path
     name: str | None = None  # default: the artifact folder's name
-    platform: TowerPlatform = TowerPlatform.ONNXRUNTIME
+    platform: BackendKind = BackendKind.ONNXRUNTIME  # what runs the towers: its module's TRITON says how
     precision: Precision = Precision.FP32
     max_batch_size: int | None = None  # default: 64, or the engine profile's max batch for TensorRT
     preferred_batch_sizes: tuple[int, ...] = ()
@@ -78,7 +74,21 @@ def write_repository(options: RepositoryOptions, progress: Progress = silent) ->
     return models
 
 
+def servable_backends() -> tuple[BackendKind, ...]:
+    """The backends Triton can serve towers with (`triton --platform` choices)."""
+    return tuple(kind for kind in BackendKind if triton_serving(kind) is not None)
+
+
+def tower_serving(kind: BackendKind | str) -> TritonServing:
+    serving = triton_serving(kind)
+    if serving is None:
+        raise InputError(f"Triton cannot serve towers on {BackendKind.parse(kind).value}; pass --platform "
+                         f"{' or '.join(k.value for k in servable_backends())}")
+    return serving
+
+
 def _check_options(options: RepositoryOptions, manifest: Manifest) -> None:
+    tower_serving(options.platform)
     for value, what in ((options.instances, "--instances"), (options.python_instances, "--python-instances"),
                         (options.max_batch_size or 1, "--max-batch")):
         if value < 1:
@@ -158,7 +168,8 @@ def _write_tower(root: Path, artifact: Path, manifest: Manifest, name: str, towe
     outputs = [Tensor(o.name, o.dtype, (manifest.embed_dim,)) for o in spec.outputs]
     max_batch = options.max_batch_size or DEFAULT_MAX_BATCH
     cc_files: dict[str, str] = {}
-    if options.platform is TowerPlatform.TENSORRT:
+    serving = tower_serving(options.platform)
+    if serving.engine:
         plan = artifact / engine_file(tower.value, options.precision)
         rebuild = f"clipexport build {artifact} --precision {options.precision.value}"
         provenance = read_sidecar(plan, rebuild)
@@ -181,11 +192,12 @@ def _write_tower(root: Path, artifact: Path, manifest: Manifest, name: str, towe
         if graph.external_data:  # the graph names its data file; it keeps that name beside model.onnx
             shutil.copy2(artifact / graph.external_data, version / Path(graph.external_data).name)
     preferred = tuple(b for b in options.preferred_batch_sizes if b <= max_batch)
-    config = ModelConfig(model, inputs, outputs, max_batch, platform=options.platform.value,
+    config = ModelConfig(model, inputs, outputs, max_batch, platform=serving.platform, backend=serving.backend,
+                         default_model_filename=serving.default_model_filename,
                          batching=Batching(max_batch, preferred, options.max_queue_delay_us),
                          instance_kind=options.instance_kind.value, instances=options.instances,
                          cc_model_filenames=cc_files,
-                         cuda_graphs=options.cuda_graphs and options.platform is TowerPlatform.TENSORRT)
+                         cuda_graphs=options.cuda_graphs and serving.engine)
     _write_config(root, config)
     return config
 
@@ -223,7 +235,7 @@ def _readme(name: str, manifest: Manifest, options: RepositoryOptions) -> str:
 Models: `{name}_image` (encoded image bytes -> {manifest.embed_dim}-d embedding) and `{name}_text`
 (UTF-8 text -> embedding) are ensembles of `{name}_preprocess` / `{name}_tokenize` (python backend,
 clipexport's torch-free preprocessing and tokenizer) and `{name}_vision_tower` / `{name}_text_tower`
-({options.platform.value}, {options.precision.value}). Embeddings are L2-normalised
+({tower_serving(options.platform).platform or tower_serving(options.platform).backend}, {options.precision.value}). Embeddings are L2-normalised
 (manifest: normalized={manifest.normalized}).
 
 ## Run it

@@ -9,7 +9,7 @@ from clipexport.trt.profiles import TowerBuild, plan_builds
 from clipexport.trt.recipe import Recipe, resolve_recipe
 from clipexport.artifact.provenance import EngineProvenance
 from clipexport.artifact.manifest import Manifest, Tower, check_graph_files, read_manifest
-from clipexport.artifact.precision import Precision
+from clipexport.artifact.precision import MadeBy, Precision
 from clipexport.progress import Progress, silent
 
 
@@ -39,6 +39,12 @@ def build_artifact(options: BuildOptions, progress: Progress = silent) -> list[E
     require_tensorrt()  # fail before any work when TensorRT is missing
     manifest = read_manifest(options.artifact)
     recipe, builds = plan_artifact(options, manifest)
+    if builds:
+        from clipexport.gpu import gpu_info
+        from clipexport.trt.profiles import check_gpu_supports
+
+        gpu = gpu_info()
+        check_gpu_supports(builds[0].precision, gpu.name, gpu.compute_capability)
     missing = graphs_to_make(builds)
     if missing:
         from clipexport.precision.pipeline import QuantizeOptions, quantize_artifact
@@ -47,7 +53,7 @@ def build_artifact(options: BuildOptions, progress: Progress = silent) -> list[E
         progress(f"making the {precision.value} graph of {', '.join(t.value for t in missing)} first "
                  f"(same as: clipexport quantize {options.artifact} --precision {precision.value})")
         quantize_artifact(QuantizeOptions(artifact=options.artifact, precision=precision, towers=missing,
-                                          made_by="build"), progress)
+                                          made_by=MadeBy.BUILD), progress)
         manifest = read_manifest(options.artifact)
         recipe, builds = plan_artifact(options, manifest)
     out = []

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from clipexport.artifact.layout import ENGINES_DIR, MIN_TEXT_LENGTH, TIMING_CACHE, engine_file, graph_file, inside
 from clipexport.artifact.manifest import Manifest, TensorSpec, Tower
-from clipexport.artifact.precision import Maker, Precision
+from clipexport.artifact.precision import Maker, Precision, Target
 from clipexport.errors import InputError
 from clipexport.trt.recipe import DeviceClass, Recipe, TowerProfile
 
@@ -101,14 +101,14 @@ def plan_builds(artifact_dir: Path, manifest: Manifest, recipe: Recipe, precisio
             onnx, onnx_sha256, calibration = root / graph_file(tower.value, chosen), None, None
         else:
             graph = artifact.graph(chosen)
-            if chosen is Precision.INT8 and graph.details.target != "tensorrt":
-                raise InputError(f"the {tower.value} int8 graph was quantized for --target {graph.details.target}, whose "
-                                 "Q/DQ placement TensorRT does not fuse; make TensorRT's with: clipexport quantize "
-                                 f"{root} --precision int8 --target tensorrt")
+            if chosen.facts.calibrated and graph.details.target is not Target.TENSORRT:
+                raise InputError(f"the {tower.value} {chosen.value} graph was quantized for --target {graph.details.target}, "
+                                 "whose Q/DQ placement TensorRT does not fuse; make TensorRT's with: clipexport quantize "
+                                 f"{root} --precision {chosen.value} --target tensorrt")
             onnx, onnx_sha256, calibration = inside(root, graph.file, "graph file"), graph.sha256, graph.details.calibration
         out.append(TowerBuild(
             tower=tower, precision=chosen, onnx=onnx, onnx_sha256=onnx_sha256,
-            calibration_sha256=calibration.sha256 if calibration and chosen is Precision.INT8 else None,
+            calibration_sha256=calibration.sha256 if calibration and chosen.facts.calibrated else None,
             engine=root / engine_file(tower.value, chosen),
             shapes=profile_shapes(artifact.inputs[0], profile, manifest.tokenizer.context_length, recipe.name),
             workspace_mib=recipe.workspace_mib, optimization_level=recipe.optimization_level,
@@ -116,6 +116,21 @@ def plan_builds(artifact_dir: Path, manifest: Manifest, recipe: Recipe, precisio
             timing_cache=root / ENGINES_DIR / TIMING_CACHE,
         ))
     return out
+
+
+def check_gpu_supports(precision: Precision, gpu_name: str, compute_capability: str) -> None:
+    """One line when this GPU has no TensorRT kernels for the precision (FP8: compute capability
+    8.9+, Ada / Hopper / Blackwell; Jetson Orin is 8.7), before any build starts."""
+    need = precision.facts.min_compute_capability
+    if need is None:
+        return
+    have = tuple(int(x) for x in compute_capability.split(".")[:2])
+    if have < need:
+        from clipexport.errors import DeviceUnavailableError
+
+        raise DeviceUnavailableError(
+            f"{precision.value} engines need compute capability {need[0]}.{need[1]}+ (Ada, Hopper, Blackwell); "
+            f"{gpu_name} is {compute_capability}: build --precision int8 or fp16 for it")
 
 
 def profile_shapes(spec: TensorSpec, profile: TowerProfile, context_length: int, recipe_name: str) -> ProfileShapes:

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from clipexport.artifact.precision import Precision
+from clipexport.artifact.precision import EXPORTED, Precision
 from clipexport.datasets import RetrievalSet
 from clipexport.parity.retrieval import (OVERLAP_K, RECALL_KS, RetrievalCell, RetrievalReport, overlap_at_k,
                                          recall_at_k)
@@ -127,11 +127,11 @@ def variants_for(artifact: Path, precisions: Sequence[Precision], backends: Sequ
     """Every precision × backend, fp32 on the first backend first (the reference), labelled by
     precision alone when one backend runs."""
     several = len(backends) > 1
-    ordered = [Precision.FP32] + [p for p in precisions if p is not Precision.FP32]
+    ordered = [EXPORTED] + [p for p in precisions if not p.made_by_export]
     out = []
     for backend in backends:
         for precision in ordered:
-            if precision is Precision.FP32 and backend is not backends[0] and Precision.FP32 not in precisions:
+            if precision.made_by_export and backend is not backends[0] and EXPORTED not in precisions:
                 continue
             label = f"{precision.value}/{backend.value}" if several else precision.value
             out.append(Variant(label, artifact, precision, backend))

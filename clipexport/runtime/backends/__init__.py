@@ -4,8 +4,9 @@ bindings' numpy/torch/flax modules are the model):
 - `unavailable() -> ClipExportError | None`: why this machine cannot run it (one line with the fix), or None;
 - `open_tower(root, manifest, tower, precision, options) -> Runner`: one tower's graph, ready to run.
 
-Adding a backend (openvino, coreml): one module with those verbs, one member in `BackendKind`,
-one line in `_MODULES`; every CLI `--backend` choice derives from `BackendKind`.
+A module may also say how Triton serves its towers (`TRITON`, a `TritonServing`; absent: Triton
+cannot). Adding a backend (coreml, ...): one module with those verbs, one member in `BackendKind`,
+one line in `_MODULES`; every CLI `--backend` / `triton --platform` choice derives from them.
 """
 
 from __future__ import annotations
@@ -18,13 +19,14 @@ from types import ModuleType
 from clipexport.artifact.manifest import Manifest, Tower
 from clipexport.artifact.precision import Precision
 from clipexport.errors import ClipExportError, InputError
-from clipexport.runtime.backends.base import BackendOptions, Expected, Runner
+from clipexport.runtime.backends.base import BackendOptions, Expected, Runner, TritonServing
 
 
 class BackendKind(str, Enum):
     ONNXRUNTIME = "onnxruntime"  # the ONNX graphs on ONNX Runtime (CUDA provider when usable, else CPU)
     TENSORRT = "tensorrt"  # the engines from `clipexport build`
     ONNXRUNTIME_TRT = "onnxruntime-trt"  # the ONNX graphs on ONNX Runtime's TensorRT provider
+    OPENVINO = "openvino"  # the ONNX graphs on OpenVINO (Intel CPUs, iGPUs, NPUs)
 
     def __str__(self) -> str:  # f-strings and messages show the value, on every Python
         return self.value
@@ -42,11 +44,17 @@ _MODULES = {
     BackendKind.ONNXRUNTIME: "clipexport.runtime.backends.onnxruntime",
     BackendKind.TENSORRT: "clipexport.runtime.backends.tensorrt",
     BackendKind.ONNXRUNTIME_TRT: "clipexport.runtime.backends.onnxruntime_trt",
+    BackendKind.OPENVINO: "clipexport.runtime.backends.openvino",
 }
 
 
 def backend_module(kind: BackendKind | str) -> ModuleType:
     return importlib.import_module(_MODULES[BackendKind.parse(kind)])
+
+
+def triton_serving(kind: BackendKind | str) -> TritonServing | None:
+    """How Triton serves this backend's towers (the module's `TRITON`), or None where it cannot."""
+    return getattr(backend_module(kind), "TRITON", None)
 
 
 def unavailable(kind: BackendKind | str) -> ClipExportError | None:
@@ -68,7 +76,12 @@ def open_backend(root: Path, manifest: Manifest, tower: Tower, precision: Precis
     cannot run what was asked, instead of quietly running something else."""
     chosen = Precision.parse(precision)
     manifest.tower(tower).graph(chosen)  # a clear error when the precision was never made
-    runner = backend_module(backend).open_tower(Path(root), manifest, tower, chosen, options or BackendOptions())
+    module = backend_module(backend)
+    if options is not None and options.device and not getattr(module, "TAKES_DEVICE", False):
+        takes = [k.value for k in BackendKind if getattr(backend_module(k), "TAKES_DEVICE", False)]
+        raise InputError(f"--device applies to --backend {' or '.join(takes)}; {BackendKind.parse(backend).value} picks "
+                         "its device itself")
+    runner = module.open_tower(Path(root), manifest, tower, chosen, options or BackendOptions())
     text = tower is Tower.TEXT
     try:
         runner.expect(Expected(manifest.embed_dim, manifest.tokenizer.vocab_size if text else None,
@@ -79,4 +92,4 @@ def open_backend(root: Path, manifest: Manifest, tower: Tower, precision: Precis
     return runner
 
 
-__all__ = ["BackendKind", "BackendOptions", "Runner", "open_backend", "unavailable", "require_available", "backend_module"]
+__all__ = ["BackendKind", "BackendOptions", "Runner", "TritonServing", "open_backend", "triton_serving", "unavailable", "require_available", "backend_module"]

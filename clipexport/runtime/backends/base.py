@@ -22,6 +22,19 @@ class BackendOptions:
     # onnxruntime: let idle intra-op threads spin (lowest latency when the backend has the cores to
     # itself); off when decode workers share the cores (bulk embedding), so waiting threads yield them.
     spin: bool = True
+    device: str | None = None  # openvino: CPU, GPU, NPU, AUTO (default CPU, or CLIPEXPORT_OPENVINO_DEVICE)
+
+
+@dataclass(frozen=True)
+class TritonServing:
+    """How Triton serves a tower of a backend (a backend module's `TRITON`; None: Triton cannot):
+    a `platform` (onnxruntime_onnx, tensorrt_plan) or a Triton `backend` (openvino), and whether
+    it serves the engine from `clipexport build` instead of the ONNX graph."""
+
+    platform: str | None = None
+    backend: str | None = None
+    engine: bool = False
+    default_model_filename: str | None = None  # when the Triton backend does not look for model.onnx itself
 
 
 def missing(*modules: str, purpose: str) -> ClipExportError | None:

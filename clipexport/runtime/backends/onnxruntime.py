@@ -11,9 +11,9 @@ import numpy as np
 
 from clipexport._deps import require
 from clipexport.artifact.manifest import Manifest, Tower, TowerArtifact, check_graph_files
-from clipexport.artifact.precision import Precision
+from clipexport.artifact.precision import Precision, Target
 from clipexport.errors import BackendError, ClipExportError, DeviceUnavailableError, ManifestError, first_line
-from clipexport.runtime.backends.base import BackendOptions, Runner, missing
+from clipexport.runtime.backends.base import BackendOptions, Runner, TritonServing, missing
 
 PURPOSE = "running ONNX graphs"
 CPU = "CPUExecutionProvider"
@@ -22,6 +22,7 @@ TENSORRT = "TensorrtExecutionProvider"
 # What a plain `onnxruntime` backend tries, best first. TensorRT's provider is its own backend
 # (onnxruntime-trt): its first run builds engines for minutes, which nobody should get by surprise.
 PREFERRED_PROVIDERS = (CUDA, CPU)
+TRITON = TritonServing(platform="onnxruntime_onnx")
 
 _ORT_TYPES = {"tensor(float)": np.dtype(np.float32), "tensor(float16)": np.dtype(np.float16),
               "tensor(int64)": np.dtype(np.int64), "tensor(int32)": np.dtype(np.int32)}
@@ -74,26 +75,38 @@ def unavailable() -> ClipExportError | None:
     return missing("onnxruntime", purpose=PURPOSE)
 
 
-def trt_placement_optimization(ort: Any) -> Any:
-    """Graph optimization for INT8 graphs with TensorRT's Q/DQ placement (FP16 between the Q/DQ
-    pairs). onnxruntime 1.24 segfaults while creating a CPU session at ORT_ENABLE_ALL for some of
-    them (seen on the demo ViT with 16 attention nodes restored by the fallback; EXTENDED and below
-    load and run). These graphs are for TensorRT; on ONNX Runtime they are only checked, so the
-    layout-level optimizations ALL adds are not worth a crash."""
-    return ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+_LEVELS = ("basic", "extended")  # lowest first; None: ONNX Runtime's default (all)
+
+
+def graph_optimization(precision: Precision, target: Target | None) -> str | None:
+    """The highest graph optimisation that runs this graph correctly here (None: the default).
+
+    - Q/DQ graphs with TensorRT's placement (FP16 between the Q/DQ pairs): "extended".
+      onnxruntime 1.24 segfaults while creating a CPU session at ORT_ENABLE_ALL for some of them
+      (seen on the demo ViT with 16 attention nodes restored by the fallback); these graphs are
+      for TensorRT and only checked here, so ALL's layout optimizations are not worth a crash.
+    - a precision's own cap (`PrecisionFacts.ort_max_optimization`: FP8's is "basic")."""
+    caps = [precision.facts.ort_max_optimization, "extended" if target is Target.TENSORRT else None]
+    known = [c for c in caps if c is not None]
+    return min(known, key=_LEVELS.index) if known else None
+
+
+def _level(ort: Any, name: str) -> Any:
+    return {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED}[name]
 
 
 class OnnxRuntimeBackend(Runner):
     backend = "onnxruntime"
 
     def __init__(self, graph: Path | bytes, tower: TowerArtifact, providers: Sequence[Provider] | None = None,
-                 threads: int | None = None, trt_placement: bool = False, spin: bool = True):
+                 threads: int | None = None, optimization: str | None = None, spin: bool = True):
         super().__init__(tower)
         ort = require("onnxruntime", PURPOSE)
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only: provider fallbacks are decided above
-        if trt_placement:
-            options.graph_optimization_level = trt_placement_optimization(ort)
+        if optimization:
+            options.graph_optimization_level = _level(ort, optimization)
         if threads:
             options.intra_op_num_threads = threads
         if not spin:
@@ -147,5 +160,5 @@ def open_tower(root: Path, manifest: Manifest, tower: Tower, precision: Precisio
     graph = check_graph_files(root, record)
     providers = [CPU] if options.cpu_only else options.providers
     return OnnxRuntimeBackend(graph, manifest.tower(tower), providers=providers, threads=options.threads, spin=options.spin,
-                              trt_placement=record.details.target == "tensorrt")
+                              optimization=graph_optimization(precision, record.details.target))
 

@@ -15,8 +15,12 @@ from clipexport.artifact.layout import ORT_TRT_CACHE_DIR
 from clipexport.artifact.manifest import Manifest, Tower, check_graph_files
 from clipexport.artifact.precision import Precision
 from clipexport.errors import ClipExportError, DeviceUnavailableError, MissingDependencyError
-from clipexport.runtime.backends.base import BackendOptions
+from clipexport.runtime.backends.base import BackendOptions, TritonServing
 from clipexport.runtime.backends.onnxruntime import CUDA, PURPOSE, TENSORRT, OnnxRuntimeBackend, Provider, provider_usable
+
+# Triton serves ONNX graphs with its onnxruntime backend, or engines with tensorrt_plan: serve
+# with --platform onnxruntime or tensorrt.
+TRITON: TritonServing | None = None
 
 
 def tensorrt_provider(cache_dir: Path) -> Provider:

@@ -19,9 +19,10 @@ from clipexport.artifact.manifest import Manifest, Tower, TowerArtifact
 from clipexport.artifact.precision import Precision
 from clipexport.artifact.provenance import check_compatible, check_plan_file, read_sidecar
 from clipexport.errors import BackendError, ClipExportError, InputError, ManifestError
-from clipexport.runtime.backends.base import BackendOptions, Runner, missing
+from clipexport.runtime.backends.base import BackendOptions, Runner, TritonServing, missing
 
 PURPOSE = "running TensorRT engines"
+TRITON = TritonServing(platform="tensorrt_plan", engine=True)  # the engines `clipexport build` made
 
 
 def unavailable() -> ClipExportError | None:
