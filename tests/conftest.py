@@ -47,6 +47,19 @@ def hf_clip_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def demo_quantized(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo CLIP with every precision this CPU makes: fp16, int8 (--target cpu) and fp8
+    (shared by the search and the new-target tests; none of them changes its graphs)."""
+    from clipexport.artifact.precision import Precision, Target
+    from clipexport.precision.pipeline import QuantizeOptions, quantize_artifact
+
+    artifact = export_dir(tmp_path_factory, "demo-quantized", "demo", None)
+    for precision, target in ((Precision.FP16, None), (Precision.INT8, Target.CPU), (Precision.FP8, None)):
+        quantize_artifact(QuantizeOptions(artifact=artifact, precision=precision, target=target))
+    return artifact
+
+
+@pytest.fixture(scope="session")
 def vit_b32(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Full-size ViT-B-32 with seeded random weights: the README's full-size example."""
     return export_dir(tmp_path_factory, "vit-b-32", "ViT-B-32", "random")

@@ -214,7 +214,7 @@ def test_quantize_targets_labelled_accuracy(tiny_vit: Path, tmp_path: Path) -> N
 
 
 @pytest.mark.parametrize("args, needle", [
-    (["--precision", "fp16", "--labeled-images", "LABELLED"], "applies to --precision int8"),
+    (["--precision", "fp16", "--labeled-images", "LABELLED"], "applies to int8, fp8"),
     (["--precision", "int8", "--max-accuracy-drop", "1"], "need --labeled-images"),
     (["--precision", "int8", "--labeled-images", "LABELLED", "--max-accuracy-drop", "-1"], ">= 0"),
     (["--precision", "int8", "--labeled-images", "nowhere"], "does not exist"),

@@ -17,6 +17,7 @@ from clipexport.cli import main
 from clipexport.errors import ClipExportError, InputError, ManifestError, MissingDependencyError
 from clipexport.files import sha256_file
 from clipexport.artifact.manifest import TensorSpec, Tower, read_manifest
+from clipexport.artifact.precision import Precision, Target
 
 REBUILD = "clipexport build DIR --precision fp16 --towers vision"
 
@@ -41,13 +42,15 @@ def test_dry_run_commands_for_every_recipe(tiny_vit: Path, recipe_path: Path) ->
     recipe = load_recipe(recipe_path)
     manifest = read_manifest(tiny_vit)
     # The tiny artifact has only FP32 graphs: plan the recipe's towers at fp32 and at its own
-    # precision through a manifest that claims the variant (dry-run never opens the graph).
+    # precision through a manifest that claims the variant (dry-run never opens the graph); a
+    # calibrated (INT8 / FP8) claim carries TensorRT's Q/DQ placement.
     for precision in dict.fromkeys(["fp32", recipe.precision]):
         fake = manifest
         for tower in Tower:
             graph = manifest.tower(tower).graphs["fp32"]  # an int8 claim carries TensorRT's Q/DQ placement
             fake = fake.with_graph(tower, precision, dataclasses.replace(
-                graph, details=dataclasses.replace(graph.details, target="tensorrt" if precision == "int8" else None)))
+                graph, details=dataclasses.replace(
+                    graph.details, target=Target.TENSORRT if Precision(precision).facts.calibrated else None)))
         for build in plan_builds(tiny_vit, fake, recipe, precision, tuple(Tower)):
             command = build.trtexec(recipe.device_class)
             assert command[0] == TRTEXEC[recipe.device_class]

@@ -70,15 +70,8 @@ def test_streamed_top_k_equals_a_full_sort_and_the_metrics_count_right() -> None
 # ---- the demo CLIP end to end --------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from conftest import export_dir
-
-    from clipexport.artifact.precision import Precision
-    from clipexport.precision.pipeline import QuantizeOptions, Target, quantize_artifact
-
-    artifact = export_dir(tmp_path_factory, "demo-search", "demo", None)
-    quantize_artifact(QuantizeOptions(artifact=artifact, precision=Precision.INT8, target=Target.CPU))
-    return artifact
+def demo(demo_quantized: Path) -> Path:
+    return demo_quantized
 
 
 @pytest.fixture(scope="module")
@@ -174,14 +167,18 @@ def test_interrupted_build_resumes_from_its_checkpoint(scenes: Path, tmp_path: P
 
 def test_another_precision_is_said_with_its_measured_drift(demo: Path, scenes: Path, tmp_path: Path) -> None:
     build_index(IndexOptions(dataset=scenes, output=tmp_path / "idx"))
-    result = CliRunner().invoke(main, ["verify", str(demo), "--precision", "all", "--retrieval", "demo",
-                                       "--max-recall-drop", "50", "-q"])
-    assert result.exit_code == 0, result.output
+    # One run with the strictest gate: any cell that loses a point fails it (exit 1), the report is written.
+    result = CliRunner().invoke(main, ["verify", str(demo), "--precision", "fp32", "--precision", "int8",
+                                       "--retrieval", "demo", "--max-recall-drop", "0", "-q"])
     assert "t->i R@1" in result.output and "approximate" in result.output
     report = json.loads((demo / "parity.json").read_text())
     assert report["schema_version"] == 4
     cells = report["retrieval"]["cells"]
     assert len(cells) == 2 * 2 * 2  # {exact, approximate} x index {fp32, int8} x query {fp32, int8}
+    worst = max(c["drop_points"] for c in cells)
+    assert result.exit_code == (1 if worst > 0 else 0), result.output
+    assert ("FAIL: over 0.0 pt" in result.output) == (worst > 0)
+    assert [c["passed"] for c in cells] == [c["drop_points"] <= 0 for c in cells]
     reference = next(c for c in cells if c["index_type"] == "exact" and c["index_variant"] == c["query_variant"] == "fp32")
     assert reference["drop_points"] == 0 and reference["overlap_at_10"] == {"text": 1.0, "image": 1.0}
     assert 0.3 < reference["text_to_image"]["r@1"] < 0.95  # the scenes are not trivially perfect
@@ -191,12 +188,6 @@ def test_another_precision_is_said_with_its_measured_drift(demo: Path, scenes: P
     with Searcher(tmp_path / "idx", precision="int8") as searcher:
         searcher.search_text(["a red circle"], k=3)
         assert len(searcher.notes) == 1 and "measured by verify --retrieval" in searcher.notes[0]
-    # The gate: a cell that loses any point fails the run.
-    worst = max(c["drop_points"] for c in cells)
-    if worst > 0:
-        gated = CliRunner().invoke(main, ["verify", str(demo), "--precision", "all", "--retrieval", "demo",
-                                          "--max-recall-drop", "0", "-q"])
-        assert gated.exit_code == 1 and "FAIL" in gated.output
 
 
 def test_cli_embed_index_search(demo: Path, scenes: Path, tmp_path: Path) -> None:

@@ -24,16 +24,8 @@ FP32_BETWEEN_RUNTIMES = 1e-5
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from conftest import export_dir
-
-    from clipexport.precision.pipeline import QuantizeOptions, quantize_artifact
-
-    artifact = export_dir(tmp_path_factory, "demo-targets", "demo", None)
-    quantize_artifact(QuantizeOptions(artifact=artifact, precision=Precision.FP16))
-    quantize_artifact(QuantizeOptions(artifact=artifact, precision=Precision.INT8, target=Target.CPU))
-    quantize_artifact(QuantizeOptions(artifact=artifact, precision=Precision.FP8))
-    return artifact
+def demo(demo_quantized: Path) -> Path:
+    return demo_quantized
 
 
 def test_fp8_graph_is_recorded_like_int8(demo: Path) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 import clipexport
 from clipexport._deps import require
 from clipexport.gpu import gpu_info
-from clipexport.trt.profiles import TowerBuild
+from clipexport.trt.profiles import TowerBuild, check_gpu_supports
 from clipexport.artifact.lock import artifact_lock
 from clipexport.artifact.provenance import EngineProvenance, sidecar_path, write_sidecar
 from clipexport.errors import BuildError
@@ -31,6 +31,7 @@ def tensorrt_major(version: str) -> int:
 def build_engine(build: TowerBuild, recipe: str, progress: Progress = silent) -> EngineProvenance:
     trt = require_tensorrt()
     gpu = gpu_info()
+    check_gpu_supports(build.precision, gpu.name, gpu.compute_capability)  # before minutes of building
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     # TensorRT 11 builds strongly typed networks only; on 10.x the FP32 graph is built weakly

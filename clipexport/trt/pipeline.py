@@ -39,12 +39,6 @@ def build_artifact(options: BuildOptions, progress: Progress = silent) -> list[E
     require_tensorrt()  # fail before any work when TensorRT is missing
     manifest = read_manifest(options.artifact)
     recipe, builds = plan_artifact(options, manifest)
-    if builds:
-        from clipexport.gpu import gpu_info
-        from clipexport.trt.profiles import check_gpu_supports
-
-        gpu = gpu_info()
-        check_gpu_supports(builds[0].precision, gpu.name, gpu.compute_capability)
     missing = graphs_to_make(builds)
     if missing:
         from clipexport.precision.pipeline import QuantizeOptions, quantize_artifact

@@ -3,7 +3,7 @@ and text towers, FP32 and INT8 (`quantize --target cpu`, the Q/DQ graph both run
 1/8/32, through `clipexport bench` (same inputs, same timing loop, alternating order per point).
 Writes benchmarks/results/openvino-vs-onnxruntime.json.
 
-    .venv/bin/python benchmarks/openvino.py [--artifact DIR] [--min-seconds 3]
+    .venv/bin/python benchmarks/openvino_vs_onnxruntime.py [--artifact DIR] [--min-seconds 3]
 
 The documented default for x86 CPUs becomes OpenVINO only if it wins on both towers at every
 precision and batch measured (the issue's rule); otherwise ONNX Runtime stays the default.
