@@ -1,6 +1,6 @@
 """OpenVINO against ONNX Runtime on this CPU, in one run: ViT-B-32 (seeded random weights) vision
 and text towers, FP32 and INT8 (`quantize --target cpu`, the Q/DQ graph both runtimes load), batch
-1/8/32, through `clipexport bench` (same inputs, same timing loop, alternating order per point).
+1/8/32, through `clipexport bench` (same inputs, same timing loop; ONNX Runtime's points first, then OpenVINO's).
 Writes benchmarks/results/openvino-vs-onnxruntime.json.
 
     .venv/bin/python benchmarks/openvino_vs_onnxruntime.py [--artifact DIR] [--min-seconds 3]

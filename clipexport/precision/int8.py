@@ -1,8 +1,11 @@
-"""Calibrated INT8 with explicit Q/DQ nodes, placed for one of two targets.
+"""Calibrated Q/DQ graphs (INT8, FP8: the precisions whose `PrecisionFacts.maker` is
+CALIBRATED_QDQ), placed for one of two targets.
 
-- Target.TENSORRT: NVIDIA ModelOpt's ONNX quantizer, which places Q/DQ where TensorRT fuses
-  them and stores the rest in FP16: the graph a strongly typed TensorRT build compiles as is.
-- Target.CPU: ONNX Runtime's quantizer on MatMul/Gemm only, per-channel symmetric S8S8, FP32
+- Target.TENSORRT: NVIDIA ModelOpt's ONNX quantizer (`quantize_mode` from the precision's facts:
+  "int8" or "fp8"), which places Q/DQ where TensorRT fuses them and stores the rest in FP16: the
+  graph a strongly typed TensorRT build compiles as is. FP8 also leaves its `high_precision_ops`
+  (Add, LayerNormalization) unquantized.
+- Target.CPU (INT8 only): ONNX Runtime's quantizer on MatMul/Gemm only, per-channel symmetric S8S8, FP32
   elsewhere: ONNX Runtime fuses these into integer GEMMs, the part of CLIP where the FLOPs are.
   (Measured on a 2-core AVX2 machine: ~2x FP32 for the ViT-B-32 image tower, while the TensorRT
   placement runs slower than FP32 on ONNX Runtime's CPU provider.)
