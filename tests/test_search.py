@@ -198,6 +198,13 @@ def test_cli_embed_index_search(demo: Path, scenes: Path, tmp_path: Path) -> Non
     assert found.exit_code == 0, found.output
     hits = json.loads(found.output.splitlines()[0])["hits"]
     assert len(hits) == 3 and hits[0]["score"] >= hits[1]["score"] and "retrieval" in hits[0]["id"]
+    # Rerunning the finished embed is a no-op that leaves the dataset as it was: the index still opens.
+    before = (scenes / "_embeddings.json").read_bytes()
+    rerun = embed_dataset(BulkOptions(artifact=demo, output=scenes, inputs=InputSpec(images=(str(SCENES),)),
+                                      shard_size=128))
+    assert rerun.shards_written == 0 and (scenes / "_embeddings.json").read_bytes() == before
+    again = runner.invoke(main, ["index", str(scenes), "-o", str(tmp_path / "idx"), "-q"])
+    assert again.exit_code == 0 and "already built" in again.output
 
 
 # ---- bad input: one line each, nothing half-written ----------------------------------------------

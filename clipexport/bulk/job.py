@@ -138,8 +138,10 @@ def _embed(options: BulkOptions, artifact: Path, output: Path, inputs: InputList
                           options.exif_transpose, options.skip_bad, inputs, ranges, options.batch_size, advance,
                           writer.on_batch, device=options.device)
             writer.finish()
-        else:
+        elif not (output / MANIFEST).is_file():
             state.save()
+        # A rerun with nothing left to do leaves _embeddings.json as it was: an index built from the
+        # dataset records its sha256, and a no-op must not look like a change.
     rows = sum(s.rows for s in state.shards.values())
     skipped = [s for index in sorted(state.shards) for s in state.shards[index].skipped]
     if rows == 0:
