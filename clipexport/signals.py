@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import signal
 import threading
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:
@@ -17,3 +18,24 @@ def sigterm_as_interrupt() -> None:
     """Install once, from the main thread (signal handlers cannot be set elsewhere)."""
     if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _raise_interrupt)
+
+
+@contextmanager
+def deferred_interrupts() -> Iterator[None]:
+    """Hold Ctrl-C / SIGTERM until the block ends, then raise it: for a pair of writes that must
+    both happen or neither (a dataset shard and the manifest that lists it). Outside the main
+    thread, or where no handler can be set, the block runs as is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in previous:
+        signal.signal(s, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if received:
+            raise KeyboardInterrupt(f"signal {received[0]}")

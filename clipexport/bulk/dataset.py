@@ -179,24 +179,27 @@ def write_shard(state: DatasetState, index: int, ids: list[str], embeddings: np.
     data = buffer.getvalue()
     first, last = state.shard_range(index)
     name = shard_file(index)
-    try:
-        write_bytes_atomic(state.folder / name, data)
-    except OSError as exc:
-        if getattr(exc, "errno", None) == 28:  # ENOSPC
-            raise DiskFull(f"no space left on the device of {state.folder} while writing {name}; free space and run "
-                           "the same command again: finished shards are kept") from None
-        raise
     import hashlib
 
-    shard = Shard(index, name, first, last - first, len(ids), hashlib.sha256(data).hexdigest(), tuple(skipped))
-    state.shards[index] = shard
-    try:
-        state.save()
-    except OSError as exc:
-        if getattr(exc, "errno", None) == 28:
-            raise DiskFull(f"no space left on the device of {state.folder} while updating {MANIFEST}; free space "
-                           "and run the same command again") from None
-        raise
+    from clipexport.signals import deferred_interrupts
+
+    with deferred_interrupts():  # the shard and the manifest that lists it: both, or neither
+        try:
+            write_bytes_atomic(state.folder / name, data)
+        except OSError as exc:
+            if getattr(exc, "errno", None) == 28:  # ENOSPC
+                raise DiskFull(f"no space left on the device of {state.folder} while writing {name}; free space and "
+                               "run the same command again: finished shards are kept") from None
+            raise
+        shard = Shard(index, name, first, last - first, len(ids), hashlib.sha256(data).hexdigest(), tuple(skipped))
+        state.shards[index] = shard
+        try:
+            state.save()
+        except OSError as exc:
+            if getattr(exc, "errno", None) == 28:
+                raise DiskFull(f"no space left on the device of {state.folder} while updating {MANIFEST}; free "
+                               "space and run the same command again") from None
+            raise
     return shard
 
 
