@@ -58,6 +58,14 @@ def exact_top_k(queries: np.ndarray, gallery: np.ndarray, k: int, exclude: Seque
     return top.result()
 
 
+def without_own(found: np.ndarray, own: Sequence[int], k: int) -> np.ndarray:
+    """Results of queries that are rows of the gallery, with each query's own row taken out, k per
+    query (asked for k + 1; -1 pads where the own row was not among them)."""
+    if not len(own):
+        return np.zeros((0, k), np.int64)
+    return np.stack([np.concatenate([r[r != o], np.full(1, -1)])[:k] for r, o in zip(found, own)])
+
+
 def recall_against_exact(found: np.ndarray, exact: np.ndarray, k: int = 10) -> float:
     """|found@k ∩ exact@k| / k, averaged over queries: how much of the exact answer an approximate
     index returns (the figure FAISS and autofaiss call recall@k, or 'k-recall@k')."""
@@ -145,4 +153,4 @@ class RetrievalReport:
         return "\n".join(lines)
 
 
-__all__ = ["OVERLAP_K", "RECALL_KS", "RetrievalCell", "RetrievalReport", "TopK", "exact_top_k", "overlap_at_k", "recall_against_exact", "recall_at_k"]
+__all__ = ["OVERLAP_K", "RECALL_KS", "RetrievalCell", "RetrievalReport", "TopK", "exact_top_k", "overlap_at_k", "recall_against_exact", "recall_at_k", "without_own"]

@@ -275,12 +275,8 @@ def _build(dataset: Dataset, queries: Dataset | None, plan: IndexPlan, output: P
 
 def _sample(dataset: Dataset, count: int, rng: np.random.Generator) -> np.ndarray:
     """`count` rows picked uniformly from the whole dataset, read shard by shard."""
-    picks = np.sort(rng.choice(dataset.rows, count, replace=False))
-    out = []
-    for first, _, vectors in dataset.shards():
-        local = picks[(picks >= first) & (picks < first + len(vectors))] - first
-        out.append(vectors[local])
-    return np.ascontiguousarray(np.concatenate(out), np.float32)
+    return np.ascontiguousarray(_sample_rows(dataset, np.sort(rng.choice(dataset.rows, count, replace=False))),
+                                np.float32)
 
 
 def _sample_names(dataset: Dataset, queries: Dataset | None) -> tuple[str, ...]:

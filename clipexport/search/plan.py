@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from clipexport.errors import InputError
-from clipexport.parity.retrieval import exact_top_k, recall_against_exact
+from clipexport.parity.retrieval import exact_top_k, recall_against_exact, without_own
 
 # Exact search costs N*D multiply-adds per query. benchmarks/retrieval.py measured, on this repo's
 # 2-core CI machine: 100k x 512 exact batch-1 p50 in the tens of ms, 1M in hundreds — past 200k
@@ -217,7 +217,7 @@ def _recall(index: Any, queries: np.ndarray, exact: np.ndarray, own: Sequence[in
     k = exact.shape[1]
     _, found = search(index, queries, k + (1 if own is not None else 0))
     if own is not None:
-        found = np.stack([np.concatenate([r[r != o], [-1]])[:k] for r, o in zip(found, own)])
+        found = without_own(found, own, k)
     return recall_against_exact(found, exact, k)
 
 

@@ -20,7 +20,7 @@ import numpy as np
 from clipexport.artifact.precision import EXPORTED, Precision
 from clipexport.datasets import RetrievalSet
 from clipexport.parity.retrieval import (OVERLAP_K, RECALL_KS, RetrievalCell, RetrievalReport, overlap_at_k,
-                                         recall_at_k)
+                                         recall_at_k, without_own)
 from clipexport.parity.stats import l2_normalize
 from clipexport.progress import Progress, silent
 from clipexport.runtime.backends import BackendKind
@@ -90,7 +90,7 @@ def drift_matrix(retrieval: RetrievalSet, embedded: Sequence[Embedded], max_drop
                                      "recall": {q: round(v, 4) for q, v in tuned.recall.items()} if tuned.recall else None}
             for query in embedded:
                 text_rows = search(index, query.captions, min(K, rows))[1] if len(query.captions) else np.zeros((0, K), int)
-                image_rows = _without_own(search(index, query.images[image_queries], k + 1)[1], image_queries, k)
+                image_rows = without_own(search(index, query.images[image_queries], k + 1)[1], image_queries, k)
                 results[(kind, built.variant.label, query.variant.label)] = (text_rows, image_rows)
     reference = embedded[0].variant.label
     cells = []
@@ -114,13 +114,6 @@ def drift_matrix(retrieval: RetrievalSet, embedded: Sequence[Embedded], max_drop
     inputs = {"folder": str(retrieval.root), "images": len(retrieval.images), "captions": len(retrieval.captions),
               "classes": len(retrieval.classes), "image_queries": len(image_queries)}
     return RetrievalReport(inputs, index_types, reference, cells)
-
-
-def _without_own(found: np.ndarray, own: Sequence[int], k: int) -> np.ndarray:
-    """Image -> image results with the query's own row taken out, k per query."""
-    if not len(own):
-        return np.zeros((0, k), np.int64)
-    return np.stack([np.concatenate([r[r != o], np.full(1, -1)])[:k] for r, o in zip(found, own)])
 
 
 def variants_for(artifact: Path, precisions: Sequence[Precision], backends: Sequence[BackendKind]) -> list[Variant]:
