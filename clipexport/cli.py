@@ -475,6 +475,8 @@ def embed(artifact: Path, images: tuple[str, ...], image_list: Path | None, imag
             result = embed_to_file(request, advance)
         for skipped in result.skipped:
             click.echo(f"skipped {skipped.name}: {skipped.reason}", err=True)
+        for note in result.notes:
+            click.echo(f"warning: {note}", err=True)
         click.echo(f"wrote {result.output}: {result.rows} x {result.dim} float32 (row sources: {result.index})")
         return
     from clipexport.bulk.job import BulkOptions, RayOptions, embed_dataset
@@ -491,6 +493,8 @@ def embed(artifact: Path, images: tuple[str, ...], image_list: Path | None, imag
         result = embed_dataset(options, advance, _progress(quiet))
     for skipped in result.skipped:
         click.echo(f"skipped {skipped.id}: {skipped.reason}", err=True)
+    for note in result.notes:
+        click.echo(f"warning: {note}", err=True)
     resumed = f", {result.shards_resumed} resumed" if result.shards_resumed else ""
     click.echo(f"wrote {result.output}: {result.rows} rows of {result.inputs} inputs ({len(result.skipped)} skipped); "
                f"{result.shards_written} shards computed{resumed}; {result.computed} inputs in {result.seconds:.1f} s "
@@ -509,16 +513,20 @@ def embed(artifact: Path, images: tuple[str, ...], image_list: Path | None, imag
 @click.option("--queries", type=click.Path(path_type=Path), default=None,
               help="An embeddings dataset of queries (e.g. texts, same artifact): recall is measured for them too.")
 @click.option("--overwrite", is_flag=True, help="Replace an index of another dataset (only a folder this command wrote).")
+@click.option("--accept-low-recall", is_flag=True,
+              help="Keep an approximate index whose measured recall@10 misses --target-recall even when every list is "
+                   "scanned, and exit 0 (without it: the index is written, and the command exits 1 saying so).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress.")
 def index(dataset: Path, output: Path, kind: str, max_memory: str | None, target_recall: float, queries: Path | None,
-          overwrite: bool, quiet: bool) -> None:
+          overwrite: bool, accept_low_recall: bool, quiet: bool) -> None:
     """Build a FAISS index over DATASET (the folder `embed -o DIR` wrote), with its measured recall;
     a rerun of an interrupted build resumes it."""
     from clipexport.search.index import IndexOptions, build_index
     from clipexport.search.plan import parse_memory
 
     options = IndexOptions(dataset=dataset, output=output, kind=IndexKind(kind), max_memory=parse_memory(max_memory),
-                           target_recall=target_recall, queries=queries, overwrite=overwrite)
+                           target_recall=target_recall, queries=queries, overwrite=overwrite,
+                           accept_low_recall=accept_low_recall)
     with _LazyBar("indexing", quiet) as advance:
         result = build_index(options, advance, _progress(quiet))
     recall = ", ".join(f"{name} {value:.3f}" for name, value in result.recall.items())
@@ -588,10 +596,12 @@ def classify(artifact: Path, images: tuple[str, ...], labels: str | None, label_
     with ClipRuntime.load(artifact, backend=backend, precision=precision, exif_transpose=exif_transpose,
                           device=device) as runtime:
         probs = runtime.classify(paths, names, templates=templates or None)
-    width = max(len(str(p)) for p in paths)
+    from clipexport.inputs import shown
+
+    width = max(len(shown(p)) for p in paths)
     for path, row in zip(paths, probs):
         best = row.argsort()[::-1][:top]
-        click.echo(f"{str(path):<{width}}  " + "  ".join(f"{names[i]} {100 * row[i]:5.1f}%" for i in best))
+        click.echo(f"{shown(path):<{width}}  " + "  ".join(f"{names[i]} {100 * row[i]:5.1f}%" for i in best))
 
 
 @main.command()

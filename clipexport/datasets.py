@@ -117,13 +117,22 @@ def image_files(folder: str | Path, option: str = "--images", what: str = "image
     return paths
 
 
+def is_folder(path: Path) -> bool:
+    """Path.is_dir that answers False, not OSError, for a name the file system cannot even look up
+    (ENAMETOOLONG): reading the file then says why in one line."""
+    try:
+        return path.is_dir()
+    except OSError:
+        return False
+
+
 def image_paths(items: Iterable[str | os.PathLike[str]]) -> list[Path]:
     """Files as given and every image file inside folders (sorted by name), in argument order:
     what `embed --images` and `classify` take."""
     paths: list[Path] = []
     for item in items:
         path = Path(item).expanduser()
-        if path.is_dir():
+        if is_folder(path):
             paths.extend(image_files(path, "IMAGES", "image folder"))
         else:
             paths.append(path)
@@ -154,7 +163,7 @@ def read_lines(path: str | Path, what: str = "text file") -> list[str]:
     if not file.is_file():
         raise InputError(f"{what} {file} does not exist; pass a UTF-8 file with one text per line")
     try:
-        text = file.read_text(encoding="utf-8")
+        text = file.read_text(encoding="utf-8-sig")  # a byte-order mark is not part of the first line
     except UnicodeDecodeError as exc:
         raise InputError(f"{what} {file} is not UTF-8 ({exc}); re-save it as UTF-8") from None
     except OSError as exc:

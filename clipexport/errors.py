@@ -55,6 +55,10 @@ class DeviceUnavailableError(EnvironmentProblem):
     """No GPU (or no driver) visible to this process, or the GPU cannot run what was asked."""
 
 
+class DiskFull(EnvironmentProblem):
+    """The output's disk filled up (ENOSPC) while a file was written."""
+
+
 class OfflineError(EnvironmentProblem, SourceError):
     """A download was needed and the network (or the hub) is not reachable."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -9,9 +10,9 @@ import shutil
 import tempfile
 from pathlib import Path
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
-from clipexport.errors import ClipExportError, InputError, ManifestError
+from clipexport.errors import ClipExportError, DiskFull, InputError, ManifestError
 
 _CHUNK = 1 << 20
 
@@ -58,17 +59,60 @@ def check_recorded_sha256(path: str | os.PathLike[str], expected: str | None, fi
                     f"it changed since it was recorded; {fix}")
 
 
-def read_format_json(path: Path, fmt: str, check: Callable[[dict], Any], fix: str) -> dict:
-    """A JSON manifest of ours (`"format": fmt`), with `check(data)` raising KeyError / TypeError /
-    ValueError on a missing or mistyped field; a damaged one is one InputError line ending in `fix`."""
+Schema = Mapping[str, "type | tuple[type, ...] | Schema"]
+
+
+def check_fields(data: Any, schema: Schema, where: str = "") -> None:
+    """Raise TypeError / KeyError naming the first field of `data` that is missing or not of its
+    type in `schema` (key -> type, tuple of types, or a nested schema for a JSON object). JSON's
+    booleans are never numbers here, and `float` takes an int."""
+    if not isinstance(data, dict):
+        raise TypeError(f"{where or 'the document'} must be a JSON object, got {type(data).__name__}")
+    for key, kind in schema.items():
+        if key not in data:
+            raise KeyError(f"missing '{where}{key}'")
+        value = data[key]
+        if isinstance(kind, Mapping):
+            check_fields(value, kind, f"{where}{key}.")
+            continue
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        kinds = kinds + ((int,) if float in kinds else ())
+        if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
+            expected = "/".join("null" if k is type(None) else k.__name__ for k in kinds)
+            raise TypeError(f"'{where}{key}' must be {expected}, got {type(value).__name__} {str(value)[:40]!r}")
+
+
+def read_format_json(path: Path, fmt: str, check: Callable[[dict], Any] | Schema, fix: str) -> dict:
+    """A JSON manifest of ours (`"format": fmt`): the one validating reader of our manifests.
+    `check` is a schema (`check_fields`) or a function raising KeyError / TypeError / ValueError on
+    a missing or mistyped field; a damaged file is one InputError line ending in `fix`."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
         if not isinstance(data, dict) or data.get("format") != fmt:
             raise ValueError(f"not a {fmt} manifest")
-        check(data)
+        if isinstance(check, Mapping):
+            check_fields(data, check)
+        else:
+            check(data)
     except (ValueError, KeyError, TypeError) as exc:
-        raise InputError(f"{path} is damaged ({exc}); {fix}") from None
+        raise InputError(f"{path} is damaged ({str(exc).strip(chr(39))}); {fix}") from None
+    except OSError as exc:
+        raise InputError(f"cannot read {path} ({exc.strerror or exc}); {fix}") from None
     return data
+
+
+def foreign_entries(folder: Path, ours: Callable[[str], bool]) -> list[str]:
+    """The names in `folder` that `ours` does not claim (hidden ones aside: editors' and
+    file managers' files, and our own temp files): what an output folder must not hold."""
+    if not folder.is_dir():
+        return []
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith(".") and not ours(p.name))
+
+
+def inside(path: Path, folder: Path) -> bool:
+    """Whether `path` is `folder` or lies under it (both resolved): an output inside an input."""
+    path, folder = Path(path).expanduser().resolve(), Path(folder).expanduser().resolve()
+    return path == folder or folder in path.parents
 
 
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
@@ -78,6 +122,9 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFull(f"no space left on the device of {target.parent} while writing {target.name}; free space "
+                           "and run the same command again") from None
         raise InputError(f"cannot write {target} ({exc.strerror or exc}); choose a writable location") from None
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -86,8 +133,11 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
             os.fsync(handle.fileno())
         make_public(tmp)
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFull(f"no space left on the device of {target.parent} while writing {target.name}; free space "
+                           "and run the same command again") from None
         raise
 
 

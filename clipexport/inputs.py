@@ -94,3 +94,65 @@ def check_request_bytes(size: int, limit: int, what: str) -> None:
     """A request over the byte bound is the client's mistake (HTTP 400 / gRPC INVALID_ARGUMENT)."""
     if size > limit:
         raise InputError(too_large(size, limit, what))
+
+
+# -- names and files ----------------------------------------------------------------------------
+_UNSHOWABLE = re.compile(r"[\x00-\x1f\x7f\\\ud800-\udfff]")
+_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    if char in _ESCAPES:
+        return _ESCAPES[char]
+    code = ord(char)
+    if 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8 (surrogateescape)
+        return f"\\x{code - 0xDC00:02x}"
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def shown(name: Any) -> str:
+    """A name (a path, an id) as it can be printed, stored in Parquet/JSON and read back line by
+    line: bytes that were not UTF-8 (`surrogateescape`, how Python hands them over) become `\\xNN`,
+    control characters and the backslash are backslash-escaped, so a file name holding a newline
+    can never split a line of an index file into two rows. Plain names are unchanged."""
+    text = str(name)
+    return _UNSHOWABLE.sub(_escape, text) if _UNSHOWABLE.search(text) else text
+
+
+def regular_file(path: Any, what: str = "image") -> int:
+    """The size of `path`, a regular file, or one InputError line: a missing file, a folder, a FIFO,
+    socket or device (never opened: reading a FIFO waits forever), a name too long for the file
+    system, or any other reason the OS gives."""
+    import errno
+    import os
+    import stat
+
+    name = shown(path)
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise InputError(f"{what} {name} does not exist") from None
+    except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:
+            raise InputError(f"{what} {name[:120]}... has a file name too long for the file system; rename it") from None
+        raise InputError(f"cannot read {what} {name} ({exc.strerror or exc})") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise InputError(f"{what} {name} is a folder; pass image files (or the folder where folders are accepted)")
+    if not stat.S_ISREG(info.st_mode):
+        kind = ("a FIFO" if stat.S_ISFIFO(info.st_mode) else "a socket" if stat.S_ISSOCK(info.st_mode)
+                else "a device" if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode) else "not a regular file")
+        raise InputError(f"{what} {name} is {kind}, not a regular file; pass files only")
+    return int(info.st_size)
+
+
+def read_regular_file(path: Any, what: str = "image") -> bytes:
+    """The bytes of a regular file (see `regular_file`); an empty one is refused."""
+    size = regular_file(path, what)
+    if size == 0:
+        raise InputError(f"{what} {shown(path)} is empty (0 bytes)")
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError as exc:
+        raise InputError(f"cannot read {what} {shown(path)} ({exc.strerror or exc})") from None

@@ -10,14 +10,23 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 
+_installed = False  # whether this process chose SIGTERM-as-Ctrl-C (the CLI does; a library caller may not)
+
+
 def _raise_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def sigterm_as_interrupt() -> None:
-    """Install once, from the main thread (signal handlers cannot be set elsewhere)."""
-    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+def sigterm_as_interrupt(force: bool = False) -> None:
+    """Install once, from the main thread (signal handlers cannot be set elsewhere). `force`: take
+    SIGTERM back, where this process had chosen it, from a library that installed its own (ray.init's handler exits with status 15
+    and no word, skipping every cleanup)."""
+    global _installed
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if (force and _installed) or signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _raise_interrupt)
+        _installed = True
 
 
 @contextmanager

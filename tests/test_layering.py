@@ -15,7 +15,7 @@ PACKAGE = Path(clipexport.__file__).parent
 LAYERS = {
     # leaves: stdlib (numpy for parity/datasets)
     "errors": 0, "files": 0, "progress": 0, "_deps": 0, "gpu": 0, "signals": 0, "__init__": 0,
-    "_version": 0, "inputs": 0,
+    "_version": 0, "inputs": 0, "process": 0,
     "artifact": 1,
     "parity": 2, "datasets": 2,
     "runtime": 3, "client": 3, "demo": 2, "bulk": 4, "search": 4,

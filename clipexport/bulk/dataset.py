@@ -15,27 +15,26 @@ and computes the rest. One job at a time per folder (an flock on it).
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
-from clipexport.errors import EnvironmentProblem, InputError
-from clipexport.files import sha256_file, utc_timestamp, write_bytes_atomic, write_json_atomic
+from clipexport.errors import DiskFull, InputError
+from clipexport.files import (check_fields, foreign_entries, read_format_json, sha256_file, utc_timestamp,
+                              write_bytes_atomic, write_json_atomic)
 
 FORMAT = "clipexport-embeddings"
 VERSION = 1
 MANIFEST = "_embeddings.json"  # the leading underscore: pandas, pyarrow and Spark skip it when reading the folder
 DEFAULT_SHARD_SIZE = 10_000
 DTYPES = ("float32", "float16")
-
-
-class DiskFull(EnvironmentProblem):
-    """The output's disk filled up while a shard was written."""
 
 
 @dataclass(frozen=True)
@@ -115,50 +114,104 @@ def shard_file(index: int) -> str:
     return f"part-{index:05d}.parquet"
 
 
+SHARD_NAME = re.compile(r"part-\d{5,}\.parquet")
+_SHARD_SCHEMA = {"index": int, "file": str, "first": int, "count": int, "rows": int, "sha256": str, "skipped": list}
+_SCHEMA = {**{name: (bool if name == "normalized" else int if name in ("dim", "inputs", "shard_size") else str)
+              for name in Identity.__dataclass_fields__},
+           "artifact": str, "rows": int, "complete": bool, "shards": list}
+
+
+def _ours(name: str) -> bool:
+    return name == MANIFEST or bool(SHARD_NAME.fullmatch(name))
+
+
+def _check_manifest(data: dict[str, Any]) -> None:
+    """The embeddings manifest's schema: every field typed, every shard entry whole and named as
+    this module names shards (so a listed file can only be one of ours, inside the folder)."""
+    check_fields(data, _SCHEMA)
+    if data["dim"] < 1 or data["shard_size"] < 1 or data["inputs"] < 0 or data["dtype"] not in DTYPES:
+        raise ValueError("dim, shard_size, inputs or dtype out of range")
+    for number, entry in enumerate(data["shards"]):
+        check_fields(entry, _SHARD_SCHEMA, f"shards[{number}].")
+        if entry["file"] != shard_file(entry["index"]) or not 0 <= entry["rows"] <= entry["count"]:
+            raise ValueError(f"shards[{number}] names {entry['file']!r} with {entry['rows']} of {entry['count']} rows")
+        for skipped in entry["skipped"]:
+            check_fields(skipped, {"id": str, "reason": str}, f"shards[{number}].skipped[].")
+
+
+def read_state(folder: Path, fix: str = "rerun the embed command that made it") -> DatasetState:
+    """The one reader of `_embeddings.json`: schema-checked, one InputError line on any damage."""
+    data = read_format_json(Path(folder) / MANIFEST, FORMAT, _check_manifest, fix)
+    identity = Identity(**{k: data[k] for k in Identity.__dataclass_fields__})
+    state = DatasetState(Path(folder), identity, data["artifact"], created=str(data.get("created") or utc_timestamp()))
+    for entry in data["shards"]:
+        shard = Shard.from_dict(entry)
+        state.shards[shard.index] = shard
+    return state
+
+
+def _clear(folder: Path) -> None:
+    """Remove the files a dataset of ours is made of (and nothing else)."""
+    for path in folder.iterdir():
+        if _ours(path.name) and path.is_file():
+            path.unlink()
+
+
 def open_dataset(folder: Path, identity: Identity, artifact: str, overwrite: bool) -> tuple[DatasetState, list[int]]:
-    """The folder's state for this job and the shards kept from an earlier run of it. A folder of
-    another job is refused (or, with --overwrite, its shards and manifest removed); a folder of
-    someone else's files is never touched."""
+    """The folder's state for this job and the shards kept from an earlier run of it.
+
+    The owned-folder rule: the folder is new, empty, or carries our manifest; anything else in it
+    is refused, naming the file (a `part-00000.parquet` without a manifest may be someone else's,
+    or the rest of another job: never replaced, never mixed with this one). A dataset of another
+    job is refused, or with --overwrite its shards and manifest are removed; a damaged manifest is
+    replaced by --overwrite only where every file in the folder is named as ours."""
     folder.mkdir(parents=True, exist_ok=True)
     _remove_stale_temps(folder)
     manifest = folder / MANIFEST
+    foreign = foreign_entries(folder, _ours)
+    if foreign:
+        what = "is not part of an embeddings dataset" if manifest.is_file() else "and no embeddings dataset"
+        raise InputError(f"--output {folder} holds {foreign[0]}{', ...' if len(foreign) > 1 else ''}, {what} "
+                         "(readers of the folder would take it for data); move it out, or choose a new or empty folder")
     if not manifest.is_file():
-        ours = {MANIFEST, *(p.name for p in folder.glob("part-*.parquet"))}
-        others = [p.name for p in folder.iterdir() if p.name not in ours and not p.name.startswith(".")]
-        if others:
-            raise InputError(f"--output {folder} holds other files ({others[0]}, ...), not an embeddings dataset; "
-                             "choose a new or empty folder")
+        shards = sorted(p.name for p in folder.iterdir() if _ours(p.name))
+        if shards:
+            raise InputError(f"--output {folder} holds {shards[0]} but no {MANIFEST}: Parquet files that this command "
+                             "did not write, or a dataset whose manifest was lost; they are never replaced or mixed "
+                             "with a new job: remove them yourself, or choose a new or empty folder")
         return DatasetState(folder, identity, artifact), []
     try:
-        data = json.loads(manifest.read_text(encoding="utf-8"))
-        if data.get("format") != FORMAT:
-            raise ValueError("not a clipexport embeddings manifest")
-        earlier = Identity(**{k: data[k] for k in Identity.__dataclass_fields__})
-    except (ValueError, KeyError, TypeError) as exc:
-        raise InputError(f"{manifest} is damaged or not ours ({exc}); pass --overwrite to start over, or "
-                         "choose another --output") from None
-    if earlier != identity:
+        earlier = read_state(folder, "pass --overwrite to start over (it removes only this dataset's part-*.parquet "
+                                     "files and its manifest), or choose another --output")
+    except InputError:
         if not overwrite:
-            differ = [k for k in Identity.__dataclass_fields__ if getattr(earlier, k) != getattr(identity, k)]
+            raise
+        _clear(folder)
+        return DatasetState(folder, identity, artifact), []
+    if earlier.identity != identity:
+        if not overwrite:
+            differ = [k for k in Identity.__dataclass_fields__
+                      if getattr(earlier.identity, k) != getattr(identity, k)]
             raise InputError(f"--output {folder} holds embeddings of another job ({', '.join(differ)} differ); "
                              "pass --overwrite to start over, or choose another --output")
-        for path in folder.glob("part-*.parquet"):
-            path.unlink()
-        manifest.unlink()
+        _clear(folder)
         return DatasetState(folder, identity, artifact), []
-    state = DatasetState(folder, identity, artifact, created=str(data.get("created") or utc_timestamp()))
+    state = DatasetState(folder, identity, artifact, created=earlier.created)
     if overwrite:
-        for path in folder.glob("part-*.parquet"):
-            path.unlink()
+        _clear(folder)
         return state, []
     kept = []
-    for entry in data.get("shards", []):
-        shard = Shard.from_dict(entry)
+    for shard in earlier.shards.values():
         path = folder / shard.file
-        if path.is_file() and path.name == shard_file(shard.index) and sha256_file(path) == shard.sha256:
+        if shard.index < state.shard_count and path.is_file() and sha256_file(path) == shard.sha256:
             state.shards[shard.index] = shard
             kept.append(shard.index)
-    return state, kept
+    # Shard files the manifest does not keep (a run killed between a shard and its manifest, a
+    # changed file) are recomputed; readers of the folder must never see them meanwhile.
+    for path in folder.iterdir():
+        if SHARD_NAME.fullmatch(path.name) and path.name not in {state.shards[i].file for i in kept}:
+            path.unlink()
+    return state, sorted(kept)
 
 
 def write_shard(state: DatasetState, index: int, ids: list[str], embeddings: np.ndarray,
@@ -186,20 +239,14 @@ def write_shard(state: DatasetState, index: int, ids: list[str], embeddings: np.
     with deferred_interrupts():  # the shard and the manifest that lists it: both, or neither
         try:
             write_bytes_atomic(state.folder / name, data)
-        except OSError as exc:
-            if getattr(exc, "errno", None) == 28:  # ENOSPC
-                raise DiskFull(f"no space left on the device of {state.folder} while writing {name}; free space and "
-                               "run the same command again: finished shards are kept") from None
-            raise
-        shard = Shard(index, name, first, last - first, len(ids), hashlib.sha256(data).hexdigest(), tuple(skipped))
-        state.shards[index] = shard
-        try:
+            shard = Shard(index, name, first, last - first, len(ids), hashlib.sha256(data).hexdigest(), tuple(skipped))
+            state.shards[index] = shard
             state.save()
-        except OSError as exc:
-            if getattr(exc, "errno", None) == 28:
-                raise DiskFull(f"no space left on the device of {state.folder} while updating {MANIFEST}; free "
-                               "space and run the same command again") from None
-            raise
+        except (DiskFull, OSError) as exc:
+            if not isinstance(exc, DiskFull) and exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise DiskFull(f"no space left on the device of {state.folder} while writing {name}; free space and "
+                           "run the same command again: finished shards are kept") from None
     return shard
 
 
@@ -208,6 +255,7 @@ def read_dataset(folder: Path) -> tuple[dict[str, Any], Iterator[tuple[list[str]
     against its sha256."""
     import pyarrow.parquet as pq
 
+    read_state(folder)  # schema-checked first
     manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
 
     def shards() -> Iterator[tuple[list[str], np.ndarray]]:
@@ -258,4 +306,4 @@ class FolderLock:
 
 
 __all__ = ["DEFAULT_SHARD_SIZE", "DTYPES", "DatasetState", "DiskFull", "FolderLock", "Identity", "MANIFEST", "Shard",
-           "Skipped", "open_dataset", "read_dataset", "shard_file", "write_shard"]
+           "Skipped", "open_dataset", "read_dataset", "read_state", "shard_file", "write_shard"]

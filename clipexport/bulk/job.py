@@ -16,8 +16,9 @@ from clipexport.artifact.manifest import Tower, read_manifest
 from clipexport.bulk.dataset import (DEFAULT_SHARD_SIZE, DTYPES, MANIFEST, DatasetState, FolderLock, Identity, Skipped,
                                      open_dataset, write_shard)
 from clipexport.bulk.sources import InputList, InputSpec, Kind, list_inputs
+from clipexport.datasets import is_folder
 from clipexport.errors import InputError
-from clipexport.files import sha256_file
+from clipexport.files import inside, sha256_file
 from clipexport.progress import Progress, silent
 
 Advance = Callable[[int, int], None]
@@ -66,6 +67,7 @@ class BulkResult:
     shards_resumed: int
     computed: int  # inputs processed by this run
     seconds: float
+    notes: tuple[str, ...] = ()  # what the input list left out (a truncated tar with --skip-bad)
 
     @property
     def per_second(self) -> float:
@@ -93,7 +95,10 @@ def embed_dataset(options: BulkOptions, advance: Advance | None = None, progress
         raise InputError(f"--output {output} is a file; pass a folder for the sharded dataset (or a .npy path)")
     if output.resolve() == artifact.resolve() or artifact.resolve() in output.resolve().parents:
         raise InputError(f"--output {output} is inside the artifact; choose another folder")
-    inputs = list_inputs(options.inputs)
+    for argument in options.inputs.images:
+        if is_folder(Path(argument)) and inside(output, Path(argument)):
+            raise InputError(f"--output {output} is inside the input folder {argument}; choose a folder outside it")
+    inputs = list_inputs(options.inputs, strict=not options.skip_bad)
     tower = Tower.TEXT if inputs.kind is Kind.TEXT else Tower.VISION
     manifest.tower(tower).graph(options.precision)  # the precision exists, or one line naming the fix
     identity = Identity(kind=inputs.kind.value, artifact_manifest_sha256=sha256_file(artifact / "manifest.json"),
@@ -147,7 +152,7 @@ def _embed(options: BulkOptions, artifact: Path, output: Path, inputs: InputList
     if rows == 0:
         raise InputError(f"no input could be embedded ({len(skipped)} skipped, listed in {output / MANIFEST})")
     return BulkResult(output, len(inputs), rows, skipped, len(todo), len(kept),
-                      sum(end - first for first, end in ranges), time.monotonic() - begin)
+                      sum(end - first for first, end in ranges), time.monotonic() - begin, inputs.notes)
 
 
 class _ShardWriter:

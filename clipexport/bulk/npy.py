@@ -56,6 +56,7 @@ class EmbedResult:
     rows: int
     dim: int
     skipped: list[SkippedImage]
+    notes: tuple[str, ...] = ()
 
 
 def index_path(output: Path) -> Path:
@@ -75,10 +76,10 @@ def embed_to_file(request: EmbedRequest, advance: Advance | None = None) -> Embe
                          "or a new folder for the sharded dataset")
     if request.batch_size < 1:
         raise InputError("--batch-size must be at least 1")
-    inputs = list_inputs(request.spec())
+    inputs = list_inputs(request.spec(), strict=not request.skip_bad)
     if request.server:
         embeddings, sources, skipped = _embed_on_server(request, inputs, advance)
-        return _write(output, embeddings, sources, skipped)
+        return _write(output, embeddings, sources, skipped, inputs.notes)
     rows: list[np.ndarray] = []
     sources: list[str] = []
     skipped: list[SkippedImage] = []
@@ -92,7 +93,7 @@ def embed_to_file(request: EmbedRequest, advance: Advance | None = None) -> Embe
                     request.exif_transpose, request.skip_bad, inputs, [(0, len(inputs))], request.batch_size, advance,
                     collect, device=request.device)
     embeddings = np.concatenate(rows) if rows else np.zeros((0, dim), np.float32)
-    return _write(output, embeddings, sources, skipped)
+    return _write(output, embeddings, sources, skipped, inputs.notes)
 
 
 def _embed_on_server(request: EmbedRequest, inputs: "InputList", advance: Advance | None
@@ -146,12 +147,18 @@ def _embed_on_server(request: EmbedRequest, inputs: "InputList", advance: Advanc
         return (np.concatenate(rows) if rows else np.zeros((0, 0), np.float32)), sources, skipped
 
 
-def _write(output: Path, embeddings: np.ndarray, sources: list[str], skipped: list[SkippedImage]) -> EmbedResult:
+def _write(output: Path, embeddings: np.ndarray, sources: list[str], skipped: list[SkippedImage],
+           notes: tuple[str, ...] = ()) -> EmbedResult:
     if not len(embeddings):
         raise InputError(f"no input could be embedded ({len(skipped)} skipped); nothing was written")
     buffer = io.BytesIO()
     np.save(buffer, embeddings)
     index = index_path(output)
-    write_bytes_atomic(index, ("\n".join(sources) + "\n").encode("utf-8"))
+    # Line i names row i: ids are `inputs.shown` names (a newline in a file name is written `\n`),
+    # so no name can split a line and shift every later row onto the wrong file.
+    lines = list(sources)
+    if len(lines) != len(embeddings) or any("\n" in line or "\r" in line for line in lines):
+        raise InputError(f"{len(embeddings)} rows but {len(lines)} names; nothing was written")
+    write_bytes_atomic(index, "".join(line + "\n" for line in lines).encode("utf-8"))
     write_bytes_atomic(output, buffer.getvalue())
-    return EmbedResult(output, index, int(embeddings.shape[0]), int(embeddings.shape[1]), skipped)
+    return EmbedResult(output, index, int(embeddings.shape[0]), int(embeddings.shape[1]), skipped, notes)

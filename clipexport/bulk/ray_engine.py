@@ -83,6 +83,9 @@ def _connect(address: str | None) -> Any:
 
             raise EnvironmentProblem(f"cannot reach the Ray cluster at {target} ({exc}); check --ray-address / "
                                      "RAY_ADDRESS, or leave both unset for a local cluster") from None
+    from clipexport.signals import sigterm_as_interrupt
+
+    sigterm_as_interrupt(force=True)  # ray.init replaced it: SIGTERM stops the driver like Ctrl-C (exit 130)
     return ray
 
 

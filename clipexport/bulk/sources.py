@@ -8,7 +8,8 @@ a table column (`--text-table`, `--text-column`). Paths may be anything pyarrow'
 (`s3://`, `gs://`, ...) as well as local files.
 
 Ids: the path as given, `shard.tar:member` for a tar member, `file:line` for a text line,
-`table:row` for a table's text. The list's sha256 (over kind and ids) is the job's identity: a
+`table:row` for a table's text; shown with `inputs.shown` (bytes that are not UTF-8 as `\\xNN`,
+control characters escaped), so every id can be printed, stored and read back as one line. The list's sha256 (over kind and ids) is the job's identity: a
 resumed run must have the same one. Duplicate ids are refused: an id names one row.
 """
 
@@ -22,10 +23,12 @@ from enum import Enum
 from pathlib import Path
 from typing import Sequence
 
-from clipexport.datasets import IMAGE_SUFFIXES, image_paths, read_lines
+from clipexport.datasets import IMAGE_SUFFIXES, image_paths, is_folder, read_lines
 from clipexport.errors import InputError
+from clipexport.inputs import read_regular_file, regular_file, shown
 
 TABLE_SUFFIXES = (".parquet", ".csv", ".tsv")
+CSV_MAX_BLOCK = 256 << 20  # the largest CSV row read (pyarrow's reader needs a row inside one block)
 
 
 class Kind(str, Enum):
@@ -49,6 +52,7 @@ class InputList:
     kind: Kind
     items: tuple[Item, ...]
     sha256: str
+    notes: tuple[str, ...] = ()  # what the list left out and why (a truncated tar's lost members)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -67,7 +71,10 @@ class InputSpec:
     text_column: str = "text"
 
 
-def list_inputs(spec: InputSpec) -> InputList:
+def list_inputs(spec: InputSpec, strict: bool = True) -> InputList:
+    """The inputs of `spec` in a fixed order. `strict` (no --skip-bad): a damaged tar shard is
+    refused; otherwise its readable members are kept and `notes` says what was lost."""
+    notes: list[str] = []
     image_sources = bool(spec.images) or spec.image_list is not None or spec.image_table is not None
     text_sources = spec.texts is not None or spec.text_table is not None
     if image_sources == text_sources:
@@ -81,11 +88,11 @@ def list_inputs(spec: InputSpec) -> InputList:
     else:
         items = []
         if spec.images:
-            items += _image_arguments(spec.images)
+            items += _image_arguments(spec.images, strict, notes)
         if spec.image_list is not None:
-            items += [Item(p, p) for p in _path_lines(spec.image_list)]
+            items += [Item(shown(p), p) for p in _path_lines(spec.image_list)]
         if spec.image_table is not None:
-            items += [Item(p, p) for p in _table_column(spec.image_table, spec.path_column, "path")]
+            items += [Item(shown(p), p) for p in _table_column(spec.image_table, spec.path_column, "path")]
         kind = Kind.IMAGE
     if not items:
         raise InputError("no inputs found: the files, folders, lists or tables given hold no "
@@ -94,30 +101,49 @@ def list_inputs(spec: InputSpec) -> InputList:
     digest = hashlib.sha256(kind.value.encode())
     for item in items:
         digest.update(b"\0" + item.id.encode("utf-8", "surrogateescape"))
-    return InputList(kind, tuple(items), digest.hexdigest())
+    return InputList(kind, tuple(items), digest.hexdigest(), tuple(notes))
 
 
-def _image_arguments(arguments: Sequence[str]) -> list[Item]:
+def _image_arguments(arguments: Sequence[str], strict: bool = True, notes: list[str] | None = None) -> list[Item]:
     out: list[Item] = []
     plain: list[str] = []
     for argument in arguments:
-        if str(argument).endswith(".tar") and Path(argument).is_file():
-            out += [Item(str(p), str(p)) for p in image_paths(plain)]
+        if str(argument).lower().endswith(".tar") and not is_folder(Path(argument)):
+            out += [Item(shown(p), str(p)) for p in image_paths(plain)]
             plain = []
-            out += _tar_members(Path(argument))
+            out += _tar_members(Path(argument), strict, notes if notes is not None else [])
         else:
             plain.append(argument)
-    return out + [Item(str(p), str(p)) for p in image_paths(plain)]
+    return out + [Item(shown(p), str(p)) for p in image_paths(plain)]
 
 
-def _tar_members(path: Path) -> list[Item]:
-    """The image members of a webdataset-style tar, with their byte ranges (read without extracting)."""
+TAR_BLOCK = 512
+
+
+def _tar_members(path: Path, strict: bool = True, notes: list[str] | None = None) -> list[Item]:
+    """The image members of a webdataset-style tar, with their byte ranges (read without extracting).
+    Python's tarfile stops quietly at a header cut short, so a tar truncated there would lose its
+    remaining members unsaid: the archive must end in its end-of-archive (zero) block, and every
+    member's data must lie inside the file."""
+    size = regular_file(path, "tar shard")
     try:
         with tarfile.open(path, "r:") as tar:  # uncompressed: members are byte ranges of the file
             members = [m for m in tar.getmembers() if m.isfile()]
+            end = tar.offset
+        with open(path, "rb") as handle:
+            handle.seek(end)
+            marker = handle.read(TAR_BLOCK)
     except (tarfile.TarError, OSError) as exc:
-        raise InputError(f"cannot read tar shard {path} ({exc}); pass an uncompressed .tar of image files") from None
-    return [Item(f"{path}:{m.name}", str(path), m.offset_data, m.size) for m in members
+        raise InputError(f"cannot read tar shard {shown(path)} ({exc}); pass an uncompressed .tar of image files") from None
+    whole = [m for m in members if m.offset_data + m.size <= size]
+    if len(whole) < len(members) or len(marker) < TAR_BLOCK or marker.count(0) != TAR_BLOCK:
+        last = whole[-1].name if whole else None
+        where = f"after member {last} ({len(whole)} whole members)" if last else "before its first whole member"
+        message = f"tar shard {shown(path)} is truncated {where}: the members after that are lost"
+        if strict:
+            raise InputError(f"{message}; re-create or re-download it, or pass --skip-bad to embed the whole members")
+        (notes if notes is not None else []).append(message)
+    return [Item(shown(f"{path}:{m.name}"), str(path), m.offset_data, m.size) for m in whole
             if m.name.lower().endswith(IMAGE_SUFFIXES)]
 
 
@@ -132,7 +158,7 @@ def _text_lines(path: Path) -> list[Item]:
     lines = read_lines(path, "text file")
     if not lines:
         raise InputError(f"text file {path} is empty; put one text per line")
-    return [Item(f"{path}:{number}", text=line) for number, line in enumerate(lines, start=1)]
+    return [Item(shown(f"{path}:{number}"), text=line) for number, line in enumerate(lines, start=1)]
 
 
 def _read_table(path: Path):
@@ -151,9 +177,16 @@ def _read_table(path: Path):
             return pyarrow.parquet.read_table(file)
         if suffix in (".csv", ".tsv"):
             options = pyarrow.csv.ParseOptions(delimiter="\t" if suffix == ".tsv" else ",")
-            return pyarrow.csv.read_csv(file, parse_options=options)
+            # A row must fit in one block of pyarrow's reader (1 MiB by default): a long caption or
+            # a JSON cell can be larger, so the block grows with the file, up to CSV_MAX_BLOCK.
+            block = min(max(file.stat().st_size + 1, 1 << 20), CSV_MAX_BLOCK)
+            return pyarrow.csv.read_csv(file, parse_options=options,
+                                        read_options=pyarrow.csv.ReadOptions(block_size=block))
     except Exception as exc:  # pyarrow's ArrowInvalid and friends
-        raise InputError(f"cannot read table {file} ({str(exc).splitlines()[0][:200]})") from None
+        reason = str(exc).splitlines()[0][:200]
+        if "straddling" in reason or "block size" in reason:
+            reason = f"a row is larger than {CSV_MAX_BLOCK >> 20} MiB; convert the table to Parquet"
+        raise InputError(f"cannot read table {file} ({reason})") from None
     raise InputError(f"table {file} is not .parquet, .csv or .tsv")
 
 
@@ -170,7 +203,7 @@ def _table_column(path: Path, column: str, what: str) -> list[str]:
 
 
 def _table_texts(path: Path, column: str) -> list[Item]:
-    return [Item(f"{path}:{row}", text=value) for row, value in enumerate(_table_column(path, column, "text"), start=1)]
+    return [Item(shown(f"{path}:{row}"), text=value) for row, value in enumerate(_table_column(path, column, "text"), start=1)]
 
 
 def _refuse_duplicates(items: list[Item]) -> None:
@@ -185,9 +218,13 @@ def _refuse_duplicates(items: list[Item]) -> None:
 def read_item_bytes(item: Item) -> bytes:
     """The encoded bytes of an image item: a local file, a tar member's byte range, or a URI."""
     if item.offset >= 0:
-        with open(item.where, "rb") as handle:
-            handle.seek(item.offset)
-            data = handle.read(item.size)
+        regular_file(item.where, "tar shard")
+        try:
+            with open(item.where, "rb") as handle:
+                handle.seek(item.offset)
+                data = handle.read(item.size)
+        except OSError as exc:
+            raise InputError(f"cannot read tar member {item.id} ({exc.strerror or exc})") from None
         if len(data) != item.size:
             raise InputError(f"tar member {item.id} is truncated ({len(data)} of {item.size} bytes)")
         return data
@@ -201,15 +238,7 @@ def read_item_bytes(item: Item) -> bytes:
                 return stream.read()
         except Exception as exc:
             raise InputError(f"cannot read image {item.where} ({str(exc).splitlines()[0][:200]})") from None
-    path = Path(item.where.removeprefix("file://")).expanduser()
-    if path.is_dir():
-        raise InputError(f"image {path} is a folder; pass image files (or the folder where folders are accepted)")
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise InputError(f"image {path} does not exist") from None
-    except OSError as exc:
-        raise InputError(f"cannot read image {path} ({exc.strerror or exc})") from None
+    return read_regular_file(Path(item.where.removeprefix("file://")).expanduser(), "image")
 
 
 def default_workers(backend_threads: int | None = None) -> int:

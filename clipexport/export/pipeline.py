@@ -132,7 +132,10 @@ def _manifest(loaded: LoadedModel, towers: dict[Tower, TowerArtifact], normalize
 
 def _source_paths(options: ExportOptions) -> list[Path]:
     """Local files the export reads from: a checkpoint, an HF folder, a JSON config."""
-    candidates = [Path(options.model).expanduser()] + [Path(p).expanduser() for p in (options.pretrained, options.tokenizer, options.text_config) if p]
+    from clipexport.sources import DEMO_MODEL
+
+    model = [] if options.model == DEMO_MODEL else [Path(options.model).expanduser()]  # package data, not ./demo
+    candidates = model + [Path(p).expanduser() for p in (options.pretrained, options.tokenizer, options.text_config) if p]
     return [p.resolve() for p in candidates if p.exists()]
 
 

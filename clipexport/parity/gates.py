@@ -59,10 +59,20 @@ class DropGated:
 
     drop_points: float
     max_drop_points: float | None
+    measured: int  # queries or images the drop was measured on: a gate over none fails
 
     @property
     def passed(self) -> bool:
-        return self.max_drop_points is None or self.drop_points <= self.max_drop_points
+        return self.max_drop_points is None or (self.measured > 0 and self.drop_points <= self.max_drop_points)
+
+    @property
+    def verdict(self) -> str:
+        """The table's gate column: empty without a gate."""
+        if self.max_drop_points is None:
+            return ""
+        if self.measured <= 0:
+            return "  FAIL: nothing measured, so the gate cannot pass"
+        return "  pass" if self.passed else f"  FAIL: drop over {self.max_drop_points} pt"
 
     def to_dict(self) -> dict:
         return {**vars(self), "passed": self.passed}

@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from clipexport.errors import InputError
+from clipexport.inputs import regular_file, shown
 from clipexport.artifact.manifest import Convention, PreprocessConfig, ResizeMode
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -38,6 +39,7 @@ DEFAULT_MAX_PIXELS = 100_000_000
 DEFAULT_MAX_ASPECT_RATIO = 300.0
 # Modes PIL reads with more than 8 bits per channel; open_clip's convert("RGB") clips them to 255
 # (a 16-bit grayscale photo turns almost white). Parity means doing the same, and saying so.
+_OBJECT_REPR = re.compile(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>")
 _HIGH_BIT_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 _warned_modes: set[str] = set()
 
@@ -236,12 +238,8 @@ def open_image(item: ImageInput, name: str = "image", limits: ImageLimits | None
             handle = Image.open(io.BytesIO(item))
         elif isinstance(item, (str, os.PathLike)):
             path = Path(item)
-            if path.is_dir():
-                raise InputError(f"image {path} is a folder; pass image files (or the folder where folders are accepted)")
-            if not path.is_file():
-                raise InputError(f"image {path} does not exist")
-            if path.stat().st_size == 0:
-                raise InputError(f"image {path} is empty (0 bytes)")
+            if regular_file(path) == 0:  # a FIFO, a folder, a name too long: one line, never opened
+                raise InputError(f"image {shown(path)} is empty (0 bytes)")
             handle = Image.open(path)
         else:
             raise InputError(f"{name} is a {type(item).__name__}; pass a path, bytes, a PIL image or an HxWxC uint8 array")
@@ -256,7 +254,10 @@ def open_image(item: ImageInput, name: str = "image", limits: ImageLimits | None
         raise InputError(f"{name}{size} is over the limit of {limits.max_pixels / 1e6:.0f} Mpx; raise it with "
                          f"{MAX_PIXELS_ENV}=N if the image is real (refused as a possible decompression bomb)") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise InputError(f"cannot read {name}: not a valid or complete image ({type(exc).__name__}: {exc})") from None
+        # PIL names a bytes input by its object repr (`<_io.BytesIO object at 0x7f…>`): an address that
+        # would make two identical runs record different reasons.
+        reason = shown(_OBJECT_REPR.sub("", str(exc)).strip())
+        raise InputError(f"cannot read {name}: not a valid or complete image ({type(exc).__name__}: {reason})") from None
 
 
 def _lift_pil_limit(limits: ImageLimits) -> None:
@@ -449,5 +450,5 @@ def _is_single(images: Any) -> bool:
 
 def _describe(item: Any, index: int) -> str:
     if isinstance(item, (str, os.PathLike)):
-        return f"image {item}"
+        return f"image {shown(item)}"
     return f"image #{index} ({type(item).__name__})"

@@ -26,9 +26,11 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from clipexport.bulk.dataset import MANIFEST as DATASET_MANIFEST
-from clipexport.bulk.dataset import FolderLock
+from clipexport.bulk.dataset import FolderLock, read_state
 from clipexport.errors import InputError
-from clipexport.files import read_format_json, sha256_file, utc_timestamp, write_bytes_atomic, write_json_atomic
+from clipexport.errors import ParityError
+from clipexport.files import (foreign_entries, inside, read_format_json, sha256_file, utc_timestamp, write_bytes_atomic,
+                              write_json_atomic)
 from clipexport.parity.retrieval import RECALL_KS, TopK
 from clipexport.parity.stats import l2_normalize
 from clipexport.progress import Progress, silent
@@ -43,6 +45,13 @@ IDS_FILE = "ids.parquet"
 BUILDING = ".building"
 CHECKPOINT_SECONDS = float(os.environ.get("CLIPEXPORT_INDEX_CHECKPOINT_SECONDS", "60"))
 SEED = 0  # the training sample and the recall sample
+# A row shorter than this is no direction (embeddings are unit vectors or raw projections of norm ~1-100).
+MIN_ROW_NORM = 1e-12
+# The schema of _index.json, checked before any field is used (`clipexport search`, a rerun of `index`).
+INDEX_SCHEMA = {"rows": int, "dim": int, "files": dict, "identity": dict, "recall_at_10": dict,
+                "precision": (str, type(None)), "backend": (str, type(None)), "artifact": (str, type(None)),
+                "dataset": str, "dataset_manifest_sha256": str,
+                "index": {"factory": str, "exact": bool, "nlist": int, "nprobe": int, "target_recall": float}}
 Advance = Callable[[int, int], None]
 
 
@@ -55,6 +64,7 @@ class IndexOptions:
     target_recall: float = DEFAULT_TARGET_RECALL
     queries: Path | None = None  # another dataset (texts, same artifact) to measure recall with
     overwrite: bool = False
+    accept_low_recall: bool = False  # publish an index whose recall misses target_recall without failing
 
 
 @dataclass(frozen=True)
@@ -67,6 +77,11 @@ class IndexResult:
     seconds: float
     resumed: bool
     already: bool = False
+    target_recall: float = DEFAULT_TARGET_RECALL
+
+    @property
+    def target_met(self) -> bool:
+        return all(value >= self.target_recall for value in self.recall.values())
 
 
 @dataclass(frozen=True)
@@ -98,11 +113,13 @@ class Dataset:
                                      "rerun the embed command that made the dataset")
                 table = pq.read_table(path)
                 values = table.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-                vectors = l2_normalize(values.reshape(len(table), -1).astype(np.float32), np.float32)
-                if vectors.shape[1] != self.dim:
-                    raise InputError(f"{path} holds {vectors.shape[1]}-d rows, not the {self.dim} its manifest says; "
+                raw = values.reshape(len(table), -1).astype(np.float32)
+                if raw.shape[1] != self.dim:
+                    raise InputError(f"{path} holds {raw.shape[1]}-d rows, not the {self.dim} its manifest says; "
                                      "rerun the embed command")
-                yield row, table.column("id").to_pylist(), vectors
+                ids = table.column("id").to_pylist()
+                _check_rows(raw, ids, path)
+                yield row, ids, l2_normalize(raw, np.float32)
             row += int(entry["rows"])
 
     def ids(self) -> list[str]:
@@ -114,6 +131,20 @@ class Dataset:
         return out
 
 
+def _check_rows(raw: np.ndarray, ids: list[str], path: Path) -> None:
+    """Every row is a direction: finite, with a norm (a NaN row would stop FAISS's k-means with a
+    traceback, and a zero row has no cosine with anything)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        norms = np.linalg.norm(raw.astype(np.float64), axis=1)
+    bad = ~np.isfinite(norms) | (norms < MIN_ROW_NORM)
+    if bad.any():
+        first = int(np.argmax(bad))
+        what = "NaN or infinity" if not np.isfinite(raw[first]).all() else "a zero vector"
+        raise InputError(f"row {first} of {path.name} ({ids[first]}) is {what}"
+                         f"{f' (and {int(bad.sum()) - 1} more rows)' if bad.sum() > 1 else ''}, which no index can "
+                         "rank; re-embed that input (clipexport embed checks every output) or leave it out")
+
+
 def open_dataset(folder: Path, what: str = "DATASET") -> Dataset:
     from clipexport._deps import require
 
@@ -123,9 +154,8 @@ def open_dataset(folder: Path, what: str = "DATASET") -> Dataset:
     if not manifest_path.is_file():
         raise InputError(f"{what} {folder} is not an embeddings dataset (no {DATASET_MANIFEST}); make one with "
                          "`clipexport embed ARTIFACT --images ... -o DIR`")
-    manifest = read_format_json(manifest_path, "clipexport-embeddings",
-                                lambda m: (int(m["rows"]), int(m["dim"]), list(m["shards"])),
-                                "rerun the embed command that made it")
+    read_state(folder)  # the one schema-checked reader of _embeddings.json
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     if not manifest.get("complete"):
         raise InputError(f"{what} {folder} is not finished ({len(manifest['shards'])} shards done); run the same "
                          "embed command again to finish it, then index it")
@@ -147,8 +177,11 @@ def build_index(options: IndexOptions, advance: Advance | None = None, progress:
     output = Path(options.output).expanduser()
     if output.exists() and not output.is_dir():
         raise InputError(f"-o {output} is a file; pass a folder for the index")
-    if output.resolve() == dataset.folder.resolve():
-        raise InputError("-o is the dataset folder; choose a separate folder for the index")
+    if inside(output, dataset.folder):
+        raise InputError(f"-o {output} is inside the dataset {dataset.folder} (readers of the dataset would take the "
+                         "index files for data); choose a folder outside it")
+    if inside(dataset.folder, output):
+        raise InputError(f"-o {output} holds the dataset {dataset.folder}; choose a separate folder for the index")
     identity = {"dataset_manifest_sha256": dataset.manifest_sha256, "factory": plan.factory, "seed": SEED,
                 "queries_manifest_sha256": queries.manifest_sha256 if queries else None,
                 "target_recall": options.target_recall}
@@ -157,37 +190,78 @@ def build_index(options: IndexOptions, advance: Advance | None = None, progress:
         with FolderLock(output, "clipexport index", "-o"):
             done = _existing(output, identity, options.overwrite)
             if done is not None:
-                return IndexResult(output, dataset.rows, plan, int(done["index"]["nprobe"]), done["recall_at_10"],
-                                   time.monotonic() - begin, False, already=True)
-            return _build(dataset, queries, plan, output, identity, options, begin, advance, progress)
-    except BaseException:
-        if created and output.is_dir() and not any(p for p in output.iterdir() if p.name != BUILDING):
-            if not (output / BUILDING).exists():
-                shutil.rmtree(output, ignore_errors=True)
+                result = IndexResult(output, dataset.rows, plan, int(done["index"]["nprobe"]), done["recall_at_10"],
+                                     time.monotonic() - begin, False, already=True, target_recall=options.target_recall)
+            else:
+                result = _build(dataset, queries, plan, output, identity, options, begin, advance, progress)
+    except BaseException as exc:
+        # A folder this run made goes again: at once when nothing was built, and also with its build
+        # state after a failure that a rerun would meet again (a NaN row, a full disk); an interrupted
+        # build keeps .building, which the rerun resumes.
+        keep = isinstance(exc, KeyboardInterrupt) and (output / BUILDING).exists()
+        if created and output.is_dir() and not keep and not any(p for p in output.iterdir() if not _ours(p.name)
+                                                                and p.name != BUILDING):
+            shutil.rmtree(output, ignore_errors=True)
         raise
+    if not result.target_met and not options.accept_low_recall:
+        measured = ", ".join(f"{name} {value:.3f}" for name, value in result.recall.items())
+        raise ParityError(f"the index {output} ({plan.factory}) reaches recall@10 {measured} against exact search even "
+                          f"at nprobe {result.nprobe}, below --target-recall {options.target_recall}"
+                          f"{' (its codes are too coarse for this --max-memory: raise it)' if plan.pq_m else ''}; "
+                          "it was written, but searches will miss that many true neighbours: pass --accept-low-recall "
+                          "to use it anyway, or --kind exact")
+    return result
+
+
+def _ours(name: str) -> bool:
+    return name in (MANIFEST, INDEX_FILE, IDS_FILE)
+
+
+def read_index_manifest_file(path: Path, fix: str) -> dict[str, Any]:
+    """The one reader of _index.json: every field `search` and a rerun use, typed (INDEX_SCHEMA)."""
+    def check(data: dict[str, Any]) -> None:
+        from clipexport.files import check_fields
+
+        check_fields(data, INDEX_SCHEMA)
+        if data["rows"] < 1 or data["dim"] < 1 or data["index"]["nprobe"] < 0:
+            raise ValueError("rows, dim or nprobe out of range")
+        for name, value in data["recall_at_10"].items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"'recall_at_10.{name}' must be a number")
+
+    return read_format_json(path, FORMAT, check, fix)
 
 
 def _existing(output: Path, identity: dict[str, Any], overwrite: bool) -> dict[str, Any] | None:
-    """The finished index of this same job (nothing to do), or None after clearing the way."""
-    ours = {MANIFEST, INDEX_FILE, IDS_FILE, BUILDING}
-    others = [p.name for p in output.iterdir() if p.name not in ours and not p.name.startswith(".")]
-    if others:
-        raise InputError(f"-o {output} holds other files ({others[0]}, ...), not an index; choose a new or empty folder")
+    """The finished index of this same job (nothing to do), or None after clearing the way. The
+    owned-folder rule: the folder is empty, or carries our _index.json (or our build state);
+    anything else is refused naming the file, and --overwrite removes only our own files."""
+    foreign = foreign_entries(output, _ours)
+    if foreign:
+        raise InputError(f"-o {output} holds {foreign[0]}{', ...' if len(foreign) > 1 else ''}, which is not part of an "
+                         "index; choose a new or empty folder")
     manifest = output / MANIFEST
-    if manifest.is_file():
+    building = output / BUILDING
+    if not manifest.is_file():
+        stray = [name for name in (INDEX_FILE, IDS_FILE) if (output / name).exists()]
+        if stray and not building.is_dir():
+            raise InputError(f"-o {output} holds {stray[0]} but no {MANIFEST}: not an index this command wrote; remove "
+                             "it yourself, or choose a new or empty folder")
+    else:
         try:
-            data = json.loads(manifest.read_text(encoding="utf-8"))
-            same = data.get("format") == FORMAT and data.get("identity") == identity
-        except ValueError:
-            data, same = {}, False
+            data = read_index_manifest_file(manifest, "pass --overwrite to rebuild it, or choose another folder")
+        except InputError:
+            if not overwrite:
+                raise
+            data = {}
+        same = data.get("identity") == identity
         if same and not overwrite and all((output / f).is_file() for f in (INDEX_FILE, IDS_FILE)):
             return data
-        if not same and not overwrite:
+        if data and not same and not overwrite:
             raise InputError(f"-o {output} holds an index of another dataset or plan; pass --overwrite to replace it, "
                              "or choose another folder")
         for name in (MANIFEST, INDEX_FILE, IDS_FILE):
             (output / name).unlink(missing_ok=True)
-    building = output / BUILDING
     if building.is_dir():
         try:
             state = json.loads((building / "identity.json").read_text(encoding="utf-8"))
@@ -263,14 +337,16 @@ def _build(dataset: Dataset, queries: Dataset | None, plan: IndexPlan, output: P
         "metric": "inner product on L2-normalised rows (cosine)",
         "index": {**plan.to_dict(), "nprobe": tuned_nprobe, "target_recall": options.target_recall,
                   "bytes": len(index_bytes)},
-        "recall_at_10": recall, "recall_sample": min(RECALL_SAMPLE, dataset.rows), "recall_curve": curve,
+        "recall_at_10": recall, "target_met": all(v >= options.target_recall for v in recall.values()),
+        "recall_sample": min(RECALL_SAMPLE, dataset.rows), "recall_curve": curve,
         "recall_definition": f"|found@{RECALL_K} ∩ exact@{RECALL_K}| / {RECALL_K}; own row excluded for the index's rows",
         "files": {INDEX_FILE: hashlib.sha256(index_bytes).hexdigest(), IDS_FILE: sha256_file(output / IDS_FILE)},
         "build_seconds": round(time.monotonic() - begin, 3),
     }
     write_json_atomic(output / MANIFEST, manifest)
     shutil.rmtree(building, ignore_errors=True)
-    return IndexResult(output, dataset.rows, plan, tuned_nprobe, recall, time.monotonic() - begin, resumed)
+    return IndexResult(output, dataset.rows, plan, tuned_nprobe, recall, time.monotonic() - begin, resumed,
+                       target_recall=options.target_recall)
 
 
 def _sample(dataset: Dataset, count: int, rng: np.random.Generator) -> np.ndarray:
@@ -330,4 +406,4 @@ def _write_ids(path: Path, ids: list[str]) -> None:
 
 
 __all__ = ["Dataset", "IDS_FILE", "INDEX_FILE", "IndexOptions", "IndexResult", "MANIFEST", "RECALL_KS", "build_index",
-           "open_dataset"]
+           "open_dataset", "read_index_manifest_file"]

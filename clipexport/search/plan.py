@@ -39,6 +39,7 @@ RECALL_SAMPLE = 1000  # query rows drawn from the index's own rows to measure re
 RECALL_K = 10
 PQ_CODEBOOK = 256  # 8-bit sub-quantizer codes
 ID_BYTES = 8  # FAISS stores an int64 id per IVF entry
+MAX_MEMORY = 1 << 60  # 1 EiB: a --max-memory past this is a typo (1e999 would overflow an int)
 
 
 class IndexKind(str, Enum):
@@ -70,6 +71,9 @@ def parse_memory(text: str | int | None) -> int | None:
     if not match:
         raise InputError(f"--max-memory '{text}' is not a size; write e.g. 4G, 512M or a number of bytes")
     value = float(match.group(1)) * 1024 ** "_kmgt".index(match.group(2) or "_")
+    if not math.isfinite(value) or value > MAX_MEMORY:
+        raise InputError(f"--max-memory '{text}' is larger than any machine ({_size(MAX_MEMORY)} at most); write e.g. "
+                         "64G, or leave it out for no budget")
     if value < 1:
         raise InputError(f"--max-memory must be positive, got '{text}'")
     return int(value)

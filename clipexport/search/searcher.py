@@ -11,9 +11,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from clipexport.errors import InputError
-from clipexport.files import check_recorded_sha256, read_format_json, sha256_file
+from clipexport.files import check_recorded_sha256, sha256_file
 from clipexport.parity.stats import l2_normalize
-from clipexport.search.index import DATASET_MANIFEST, IDS_FILE, INDEX_FILE, MANIFEST
+from clipexport.search.index import DATASET_MANIFEST, IDS_FILE, INDEX_FILE, MANIFEST, read_index_manifest_file
 from clipexport.search.plan import faiss_module, search, set_nprobe
 
 
@@ -41,9 +41,7 @@ def read_index_manifest(folder: Path) -> dict[str, Any]:
             if (folder / ".building").is_dir() else ""
         raise InputError(f"{folder} is not an index (no {MANIFEST}){hint}; make one with "
                          "`clipexport index DATASET -o INDEX`")
-    return read_format_json(path, "clipexport-index",
-                            lambda d: (int(d["rows"]), int(d["dim"]), dict(d["files"]), dict(d["index"])),
-                            "rebuild the index with `clipexport index ... --overwrite`")
+    return read_index_manifest_file(path, "rebuild the index with `clipexport index ... --overwrite`")
 
 
 class Searcher:
@@ -89,6 +87,10 @@ class Searcher:
                 raise InputError(f"--nprobe must be in 1..{self.manifest['index']['nlist']} (the index's lists), got {nprobe}")
             chosen = nprobe
         set_nprobe(self.index, chosen)
+        if self.manifest.get("target_met") is False:
+            self.notes.append(f"this index's measured recall@10 ({self.manifest['recall_at_10']}) is below the target it "
+                              f"was built for ({self.manifest['index']['target_recall']}); it was kept with "
+                              "--accept-low-recall")
         self.artifact = Path(artifact).expanduser() if artifact is not None else (
             Path(self.manifest["artifact"]) if self.manifest.get("artifact") else None)
         from clipexport.artifact.precision import Precision

@@ -342,13 +342,23 @@ def _load_failure(log: Path) -> ClipExportError | None:
     return kind(found.group(2).strip())
 
 
+_GLOG_LINE = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d")
+_GLOG_ERROR = re.compile(r"^[EF]\d{4} \d\d:\d\d:\d\d")
+
+
 def _last_error(log: Path) -> str:
     """The most telling line of the server's log: the last error, else the last line."""
     try:
         lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
     except OSError:
         return "no log"
-    errors = [line for line in lines if line.startswith("E") or "error" in line.lower() or "failed" in line.lower()]
+    # Triton logs in glog's format: `E1204 15:01:02.123 ...` is an error, `I...` / `W...` info and
+    # warnings, whose text may well say "error" (a config dump, a start-up notice): the last
+    # error-level line first; lines outside the log format (a Python traceback's last line) next.
+    errors = [line for line in lines if _GLOG_ERROR.match(line)]
+    if not errors:
+        errors = [line for line in lines if not _GLOG_LINE.match(line)
+                  and ("error" in line.lower() or "failed" in line.lower())]
     picked = (errors or lines or ["no output"])[-1]
     if "Address already in use" in "\n".join(lines):
         picked = "a port is already in use; choose free ones with --http-port / --grpc-port / --metrics-port"
@@ -357,9 +367,6 @@ def _last_error(log: Path) -> str:
 
 def _die_with_parent() -> None:
     """The server goes when `clipexport serve` goes, even on SIGKILL (Linux prctl PR_SET_PDEATHSIG)."""
-    try:
-        import ctypes
+    from clipexport.process import die_with_parent
 
-        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)
-    except (OSError, AttributeError):
-        pass
+    die_with_parent(signal.SIGTERM)

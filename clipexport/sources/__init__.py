@@ -10,6 +10,7 @@ from clipexport.errors import SourceError
 from clipexport.sources.loaded import LoadedModel
 from clipexport.artifact.manifest import SourceInfo, SourceKind
 
+DEMO_MODEL = "demo"  # `export demo`: the shipped demo CLIP, whatever folders the working directory holds
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
@@ -20,7 +21,10 @@ class SourceChoice(str, Enum):
 
 
 def detect_source(model: str) -> SourceKind:
-    """A folder with config.json or an `org/name` hub id is Hugging Face; the rest is OpenCLIP."""
+    """A folder with config.json or an `org/name` hub id is Hugging Face; the rest is OpenCLIP.
+    `demo` is always the shipped demo CLIP (a folder of that name is `./demo`)."""
+    if model == DEMO_MODEL:
+        return SourceKind.OPEN_CLIP
     path = Path(model).expanduser()
     if path.is_dir():
         return SourceKind.HF if (path / "config.json").is_file() else SourceKind.OPEN_CLIP
@@ -38,7 +42,7 @@ def load_model(model: str, pretrained: str | None, source: SourceChoice = Source
                tokenizer: Path | None = None, text_config: Path | None = None) -> LoadedModel:
     kind = source_kind(model, source)
     folder = Path(model).expanduser()
-    if kind is SourceKind.OPEN_CLIP and folder.is_dir():
+    if kind is SourceKind.OPEN_CLIP and folder.is_dir() and model != DEMO_MODEL:
         raise SourceError(f"{model} is a folder without config.json, so it is not a Hugging Face save_pretrained "
                           "folder; for OpenCLIP pass a model name or a JSON model config, with --pretrained CHECKPOINT")
     if kind is SourceKind.HF:

@@ -33,7 +33,7 @@ _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz")
 
 
 PREPROCESS_KEY = "preprocess_cfg"
-DEMO_NAME = "demo"  # `clipexport export demo`: the small CLIP trained in this repository (clipexport/demo)
+from clipexport.sources import DEMO_MODEL as DEMO_NAME  # `export demo`: the small CLIP trained here (clipexport/demo)
 
 
 def demo_files() -> tuple[Path, Path, Path]:

@@ -110,7 +110,8 @@ def drift_matrix(retrieval: RetrievalSet, embedded: Sequence[Embedded], max_drop
         variants = {e.variant.label: e.variant for e in embedded}
         cells.append(RetrievalCell(kind, built_label, query_label, variants[built_label].precision.value,
                                    variants[query_label].precision.value, t2i, i2i, overlap,
-                                   round(max(drops, default=0.0), 6), max_drop))
+                                   round(max(drops, default=0.0), 6), max_drop,
+                                   measured=len(text_rows) + len(image_queries)))
     inputs = {"folder": str(retrieval.root), "images": len(retrieval.images), "captions": len(retrieval.captions),
               "classes": len(retrieval.classes), "image_queries": len(image_queries)}
     return RetrievalReport(inputs, index_types, reference, cells)

@@ -158,7 +158,8 @@ def _labelled_accuracy(options: VerifyOptions, manifest: Manifest, loaded: Any, 
     text_feed = list(texts) if loaded.reference_text is not None else ids
     reference = zero_shot_accuracy(run_reference(Tower.VISION, pixels),
                                    class_embeddings(run_reference(Tower.TEXT, text_feed), len(labelled.templates)), labels)
-    results = [AccuracyResult(Precision.FP32.value, "pytorch", reference.top1, reference.top5, 0.0, 1.0, {})]
+    results = [AccuracyResult(Precision.FP32.value, "pytorch", reference.top1, reference.top5, 0.0, 1.0, {},
+                              measured=len(labelled.paths))]
     for backend in backends:
         for precision in precisions:
             progress(f"zero-shot accuracy of {precision.value} on {backend.value}")
@@ -171,7 +172,7 @@ def _labelled_accuracy(options: VerifyOptions, manifest: Manifest, loaded: Any, 
             per_class = {name: float(same[labels == i].mean()) for i, name in enumerate(labelled.classes)}
             results.append(AccuracyResult(precision.value, backend.value, got.top1, got.top5,
                                           round(100 * (reference.top1 - got.top1), 6), float(same.mean()), per_class,
-                                          options.max_accuracy_drop))
+                                          options.max_accuracy_drop, measured=len(labelled.paths)))
     described = {"folder": str(labelled.root), "images": len(labelled.paths), "classes": len(labelled.classes),
                  "templates": len(labelled.templates), "template_list": list(labelled.templates)}
     return results, described

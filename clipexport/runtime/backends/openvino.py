@@ -20,7 +20,8 @@ from clipexport._deps import require
 from clipexport.artifact.layout import ENGINES_DIR
 from clipexport.artifact.manifest import Manifest, Tower, TowerArtifact, check_graph_files
 from clipexport.artifact.precision import Precision
-from clipexport.errors import BackendError, ClipExportError, DeviceUnavailableError, ManifestError, first_line
+from clipexport.errors import (BackendError, ClipExportError, DeviceUnavailableError, InputError, ManifestError,
+                               first_line)
 from clipexport.runtime.backends.base import BackendOptions, Runner, TritonServing, missing
 
 PURPOSE = "running ONNX graphs on OpenVINO (pip install 'clipexport[openvino]')"
@@ -45,15 +46,28 @@ def device_for(options: BackendOptions) -> str:
     return (options.device or os.environ.get(DEVICE_ENV) or DEFAULT_DEVICE).upper()
 
 
+# OpenVINO's device names (its plugins): a name outside these is a typo (exit 2), one of these
+# that this machine lacks is the environment (exit 3).
+DEVICE_KINDS = ("CPU", "GPU", "NPU")
+VIRTUAL_DEVICES = ("AUTO", "MULTI", "HETERO", "BATCH")
+
+
 def _check_device(core: Any, device: str) -> None:
-    """AUTO / MULTI / HETERO pick among the devices themselves; a named device must be present."""
+    """A named device must be present; AUTO / MULTI / HETERO pick among the devices they list
+    (`AUTO:GPU,CPU`), each of which must be present too (AUTO alone picks among what is here)."""
     available = list(core.available_devices)
-    base = device.split(":")[0].split(".")[0]
-    if base in ("AUTO", "MULTI", "HETERO"):
-        return
-    if not any(d == device or d.split(".")[0] == base for d in available):
-        raise DeviceUnavailableError(f"OpenVINO sees no {device} device here (it has: {', '.join(available) or 'none'}); "
-                                     f"pass one of those with --device (or {DEVICE_ENV})")
+    base, _, listed = device.partition(":")
+    names = [d.strip() for d in listed.split(",") if d.strip()] if base in VIRTUAL_DEVICES else [device]
+    for name in names:
+        kind = name.split(".")[0].split(":")[0]
+        if kind not in DEVICE_KINDS:
+            raise InputError(f"--device {device}: {name} is not an OpenVINO device; pass one of "
+                             f"{', '.join(DEVICE_KINDS + VIRTUAL_DEVICES)} (this machine has: "
+                             f"{', '.join(available) or 'none'})")
+        if not any(d == name or d.split(".")[0] == kind for d in available):
+            raise DeviceUnavailableError(f"OpenVINO sees no {name} device here (it has: "
+                                         f"{', '.join(available) or 'none'}); pass one of those with --device "
+                                         f"(or {DEVICE_ENV})")
 
 
 class OpenVinoBackend(Runner):
