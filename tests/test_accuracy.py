@@ -83,8 +83,8 @@ def test_prompt_ensembling_and_top_k() -> None:
 
 
 def test_accuracy_gate_fails_the_report() -> None:
-    ok = AccuracyResult("fp16", "onnxruntime", 0.9, 1.0, 0.05, 1.0, {}, max_drop_points=1.0)
-    bad = AccuracyResult("int8", "onnxruntime", 0.8, 1.0, 10.0, 0.9, {"x": 0.9}, max_drop_points=1.0)
+    ok = AccuracyResult("fp16", "onnxruntime", 0.9, 1.0, 0.05, 1.0, {}, max_drop_points=1.0, measured=40)
+    bad = AccuracyResult("int8", "onnxruntime", 0.8, 1.0, 10.0, 0.9, {"x": 0.9}, max_drop_points=1.0, measured=40)
     assert ParityReport("a", "now", {}, accuracy=[ok]).passed
     report = ParityReport("a", "now", {}, accuracy=[ok, bad])
     assert not report.passed and "FAIL: drop over 1.0 pt" in report.table()

@@ -383,7 +383,10 @@ def test_skip_reasons_are_the_same_in_two_identical_runs(tiny_vit: Path, tmp_pat
 
 # -- 21, 22: exit codes and messages ----------------------------------------------------------
 def test_devices_tables_and_the_demo_name(tiny_vit: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
     photos = _photos(tmp_path / "photos", 1)
+    tiny_vit = Path(shutil.copytree(tiny_vit, tmp_path / "artifact"))  # OpenVINO may add its cache folder
     import importlib.util
 
     if importlib.util.find_spec("openvino") is not None:  # the openvino extra
@@ -418,3 +421,43 @@ def test_the_last_error_line_of_a_dead_tritonserver() -> None:
         assert _last_error(path).startswith("E1204 10:00:01") and "boom" in _last_error(path)
     finally:
         path.unlink()
+
+
+# -- what held in this round, kept as tests ------------------------------------------------------
+def test_deleted_corrupted_and_swapped_shards_are_redone(tiny_vit: Path, tmp_path: Path) -> None:
+    import pandas as pd
+
+    photos = _photos(tmp_path / "photos", 12)
+    out = tmp_path / "ds"
+    args = ["embed", tiny_vit, "--images", photos, "-o", out, "--shard-size", "3", "-q"]
+    _cli(args, 0)
+    fresh = pd.read_parquet(out)
+    (out / "part-00000.parquet").unlink()
+    corrupt = bytearray((out / "part-00001.parquet").read_bytes())
+    corrupt[len(corrupt) // 2] ^= 0xFF
+    (out / "part-00001.parquet").write_bytes(bytes(corrupt))
+    two, three = (out / "part-00002.parquet").read_bytes(), (out / "part-00003.parquet").read_bytes()
+    (out / "part-00002.parquet").write_bytes(three)
+    (out / "part-00003.parquet").write_bytes(two)
+    printed = _cli(args[:-1], 0)
+    assert "4 shards computed" in printed, printed
+    again = pd.read_parquet(out)
+    assert list(again["id"]) == list(fresh["id"])
+    np.testing.assert_allclose(np.stack(again["embedding"]), np.stack(fresh["embedding"]), atol=1e-6)
+
+
+def test_a_garbage_openvino_cache_still_answers_right(tiny_vit: Path, tmp_path: Path) -> None:
+    pytest.importorskip("openvino", reason="the openvino extra (pip install 'clipexport[openvino]') is not installed")
+    import shutil
+
+    artifact = tmp_path / "artifact"
+    shutil.copytree(tiny_vit, artifact)
+    photos = _photos(tmp_path / "photos", 2)
+    args = ["classify", artifact, photos, "--labels", "a,b,c", "--backend", "openvino"]
+    first = _cli(args, 0)
+    cache = artifact / "engines" / "openvino"
+    files = [p for p in cache.rglob("*") if p.is_file()]
+    assert files
+    for path in files:
+        path.write_bytes(b"garbage" * 100)
+    assert _cli(args, 0) == first

@@ -170,9 +170,10 @@ def open_dataset(folder: Path, identity: Identity, artifact: str, overwrite: boo
     manifest = folder / MANIFEST
     foreign = foreign_entries(folder, _ours)
     if foreign:
-        what = "is not part of an embeddings dataset" if manifest.is_file() else "and no embeddings dataset"
-        raise InputError(f"--output {folder} holds {foreign[0]}{', ...' if len(foreign) > 1 else ''}, {what} "
-                         "(readers of the folder would take it for data); move it out, or choose a new or empty folder")
+        what = "beside an embeddings dataset" if manifest.is_file() else "not an embeddings dataset"
+        raise InputError(f"--output {folder} holds other files ({foreign[0]}{', ...' if len(foreign) > 1 else ''}), "
+                         f"{what} (readers of the folder would take them for data); move them out, or choose a new or "
+                         "empty folder")
     if not manifest.is_file():
         shards = sorted(p.name for p in folder.iterdir() if _ours(p.name))
         if shards:

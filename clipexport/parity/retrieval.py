@@ -109,6 +109,7 @@ class RetrievalCell(DropGated):
     drop_points: float  # the largest r@k loss against fp32/fp32 of the same index type, in points
     max_drop_points: float | None = None  # --max-recall-drop, when set
     measured: int = 0  # caption queries + image queries (an image with another of its class)
+    over = "over"
 
 
 @dataclass(frozen=True)

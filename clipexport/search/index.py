@@ -179,7 +179,7 @@ def build_index(options: IndexOptions, advance: Advance | None = None, progress:
         raise InputError(f"-o {output} is a file; pass a folder for the index")
     if inside(output, dataset.folder):
         raise InputError(f"-o {output} is inside the dataset {dataset.folder} (readers of the dataset would take the "
-                         "index files for data); choose a folder outside it")
+                         "index files for data); choose a separate folder for the index")
     if inside(dataset.folder, output):
         raise InputError(f"-o {output} holds the dataset {dataset.folder}; choose a separate folder for the index")
     identity = {"dataset_manifest_sha256": dataset.manifest_sha256, "factory": plan.factory, "seed": SEED,
@@ -238,7 +238,7 @@ def _existing(output: Path, identity: dict[str, Any], overwrite: bool) -> dict[s
     anything else is refused naming the file, and --overwrite removes only our own files."""
     foreign = foreign_entries(output, _ours)
     if foreign:
-        raise InputError(f"-o {output} holds {foreign[0]}{', ...' if len(foreign) > 1 else ''}, which is not part of an "
+        raise InputError(f"-o {output} holds other files ({foreign[0]}{', ...' if len(foreign) > 1 else ''}), not an "
                          "index; choose a new or empty folder")
     manifest = output / MANIFEST
     building = output / BUILDING
