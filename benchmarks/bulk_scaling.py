@@ -1,0 +1,191 @@
+"""Bulk embedding against this machine's ideal, on however many cores it has (written for the
+16-core GPU machine the device tool lends, where issue 30 measured 76% / 44% of the ideal), and
+the `bench` ordering effect (ONNX Runtime measured after PyTorch in one process). One run, JSON:
+
+    python benchmarks/bulk_scaling.py --out benchmarks/results/bulk-scaling-16core.json [--photos 3000 --big 160]
+
+ViT-B-32 with seeded random weights, ONNX Runtime CPU FP32. Photos are generated as in
+bulk_embed.py (smooth colour fields with edges and noise, JPEG quality 90; 0.5 MP and 12 MP).
+- decode ceiling: every core runs the runtime's exact preprocessing alone (img/s, wall);
+- model alone: the vision graph at batch 32 on every core's threads (img/s);
+- ideal = cores / (decode + model CPU-seconds per image, each measured alone in one process);
+- `clipexport embed -o DIR` with its defaults: img/s and the fraction of the ideal;
+- bench order: ONNX Runtime FP32 vision at batch 1, items/s, alone vs after a PyTorch eager run in
+  the same process (and the same with OMP_WAIT_POLICY=PASSIVE), each in a fresh process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+CORES = len(os.sched_getaffinity(0))
+
+
+def _make_photo(job: tuple[str, int, int, int]) -> None:
+    from PIL import Image, ImageFilter
+
+    path, w, h, seed = job
+    if os.path.exists(path):
+        return
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (h // 64 + 1, w // 64 + 1, 3), dtype=np.uint8)
+    image = Image.fromarray(small).resize((w, h), Image.BICUBIC)
+    pixels = np.clip(np.asarray(image, np.float32) + rng.normal(0, 12, (h, w, 3)), 0, 255).astype(np.uint8)
+    Image.fromarray(pixels).filter(ImageFilter.EDGE_ENHANCE).save(path, quality=90)
+
+
+def _photos(folder: Path, count: int, size: tuple[int, int], seed: int) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    jobs = [(str(folder / f"{i:05d}.jpg"), size[0], size[1], seed * 100_000 + i) for i in range(count)]
+    with get_context("spawn").Pool(CORES) as pool:
+        pool.map(_make_photo, jobs, chunksize=8)
+    return [Path(j[0]) for j in jobs]
+
+
+def _decode_slice(job: tuple[str, list[str]]) -> int:
+    from clipexport.runtime.preprocess import ImagePreprocessor
+
+    artifact, paths = job
+    pre = ImagePreprocessor.from_manifest(artifact)
+    for path in paths:
+        pre.one(path)
+    return len(paths)
+
+
+def _decode_ceiling(artifact: Path, photos: list[Path]) -> float:
+    slices = [(str(artifact), [str(p) for p in photos[i::CORES]]) for i in range(CORES)]
+    with get_context("spawn").Pool(CORES) as pool:
+        pool.map(_decode_slice, [(str(artifact), [str(photos[0])])] * CORES)  # warm the workers
+        start = time.monotonic()
+        done = sum(pool.map(_decode_slice, slices))
+    return done / (time.monotonic() - start)
+
+
+def _costs(artifact: Path, photos: list[Path]) -> dict:
+    """Per-image CPU seconds of decode and of the model, each alone; the model alone on every core."""
+    from clipexport.runtime import ClipRuntime
+
+    with ClipRuntime.load(artifact, towers=("vision",)) as runtime:
+        sample = [str(p) for p in photos[:48]]
+        runtime.preprocessor(sample[:2])
+        start = time.process_time()
+        pixels = runtime.preprocessor(sample)
+        decode = (time.process_time() - start) / len(sample)
+        batch = np.repeat(pixels, 1 + 32 // len(pixels), axis=0)[:32]
+        runtime.encode_pixels(batch)
+        cpu, wall = time.process_time(), time.monotonic()
+        for _ in range(4):
+            runtime.encode_pixels(batch)
+        model = (time.process_time() - cpu) / 128
+        model_alone = 128 / (time.monotonic() - wall)
+    return {"decode_cpu_ms": 1e3 * decode, "model_cpu_ms": 1e3 * model, "model_alone_images_per_s": model_alone,
+            "ideal_images_per_s": CORES / (decode + model)}
+
+
+def _embed(artifact: Path, folder: Path, out: Path) -> dict:
+    shutil.rmtree(out, ignore_errors=True)
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "clipexport", "embed", str(artifact), "--images", str(folder), "-o",
+                           str(out), "-q"], capture_output=True, text=True)
+    seconds = time.monotonic() - start
+    if done.returncode != 0:
+        return {"error": done.stderr[-1500:]}
+    rows = json.loads((out / "_embeddings.json").read_text())["rows"]
+    return {"rows": rows, "seconds": seconds, "images_per_s": rows / seconds, "summary": done.stdout.strip()}
+
+
+BENCH_ORDER = r"""
+import json, sys, time
+import numpy as np
+torch_first = sys.argv[2] == "torch-first"
+if torch_first:
+    import open_clip, torch
+    torch.manual_seed(0)
+    model = open_clip.create_model("ViT-B-32").eval()
+    x = torch.randn(1, 3, 224, 224)
+    with torch.inference_mode():
+        for _ in range(10):
+            model.encode_image(x)
+from clipexport.runtime import ClipRuntime
+r = ClipRuntime.load(sys.argv[1], towers=("vision",))
+h, w = r.manifest.preprocess.image_size
+batch = np.random.default_rng(0).standard_normal((1, 3, h, w)).astype(np.float32)
+for _ in range(5):
+    r.encode_pixels(batch)
+n, start = 0, time.monotonic()
+while time.monotonic() - start < 4:
+    r.encode_pixels(batch); n += 1
+print(json.dumps({"items_per_s": n / (time.monotonic() - start)}))
+"""
+
+
+def _bench_order(artifact: Path) -> dict:
+    out = {}
+    for label, order, env in (("onnxruntime_alone", "alone", {}), ("after_pytorch", "torch-first", {}),
+                              ("after_pytorch_omp_passive", "torch-first", {"OMP_WAIT_POLICY": "PASSIVE"})):
+        done = subprocess.run([sys.executable, "-c", BENCH_ORDER, str(artifact), order], capture_output=True,
+                              text=True, env={**os.environ, **env})
+        out[label] = json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else {"error": done.stderr[-800:]}
+        print(label, out[label], flush=True)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/clipexport-bulk-scaling"))
+    parser.add_argument("--photos", type=int, default=3000)
+    parser.add_argument("--big", type=int, default=160)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--artifact", type=Path, default=None, help="an exported artifact (default: export ViT-B-32)")
+    args = parser.parse_args()
+    work = args.work
+    begin = time.monotonic()
+    small = _photos(work / "photos-0.5mp", args.photos, (800, 600), 1)
+    big = _photos(work / "photos-12mp", args.big, (4000, 3000), 2)
+    print(f"photos ready ({time.monotonic() - begin:.0f} s)", flush=True)
+    artifact = args.artifact or work / "vit-b-32"
+    if not (artifact / "manifest.json").is_file():
+        subprocess.run([sys.executable, "-m", "clipexport", "export", "ViT-B-32", "--pretrained", "random", "-o",
+                        str(artifact), "-q"], check=True)
+    print(f"artifact ready ({time.monotonic() - begin:.0f} s)", flush=True)
+    result: dict = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": CORES,
+                                "python": platform.python_version()},
+                    "model": "ViT-B-32 (random weights), ONNX Runtime CPU FP32", "runs": {}}
+    try:
+        import onnxruntime
+
+        result["machine"]["onnxruntime"] = onnxruntime.__version__
+        result["machine"]["cpu_model"] = next((line.split(":", 1)[1].strip() for line in
+                                               Path("/proc/cpuinfo").read_text().splitlines()
+                                               if line.startswith("model name")), "")
+    except Exception:
+        pass
+    for label, photos in (("0.5mp", small), ("12mp", big)):
+        run = _costs(artifact, photos)
+        run["decode_ceiling_images_per_s"] = _decode_ceiling(artifact, photos)
+        run.update(_embed(artifact, photos[0].parent, work / f"out-{label}"))
+        if "images_per_s" in run:
+            run["fraction_of_ideal"] = run["images_per_s"] / run["ideal_images_per_s"]
+        result["runs"][label] = run
+        print(label, {k: (round(v, 3) if isinstance(v, float) else v) for k, v in run.items()}, flush=True)
+    result["bench_order"] = _bench_order(artifact)
+    result["seconds"] = time.monotonic() - begin
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
