@@ -34,6 +34,9 @@ Exit codes:
 PRECISIONS = [p.value for p in Precision]
 BACKENDS = [b.value for b in BackendKind]
 TRITON_PLATFORMS = [b.value for b in BackendKind if triton_serving(b) is not None]
+FAST_DECODE_HELP = ("Decode JPEGs at the largest DCT scale that keeps the short side >= 2x the model's input (PIL "
+                    "draft), then resize exactly: faster on camera photos, not bit-exact with PyTorch's preprocessing "
+                    "(measured in the README). Recorded in the dataset: a run made one way never resumes the other.")
 
 
 class _Cli(click.Group):
@@ -56,10 +59,33 @@ class _Cli(click.Group):
             click.echo(f"error: {exc}", err=True)
             code = exc.exit_code
         except (click.exceptions.Abort, KeyboardInterrupt):
+            # The run is over: a second Ctrl-C / SIGTERM (or a library re-raising the first one as
+            # SIGINT while the interpreter shuts down) must not turn exit 130 into death by signal.
+            if args is None:  # the process's own entry point, not a caller's CliRunner
+                from clipexport.signals import ignore_interrupts
+
+                ignore_interrupts()
             click.echo("error: interrupted; nothing half-written was left behind", err=True)
             code = EXIT_INTERRUPTED
         if not standalone_mode:
             return code
+        if code == EXIT_INTERRUPTED and args is None:
+            # Every cleanup of ours ran while the interrupt unwound the stack. What is left is the
+            # interpreter's shutdown, where a library's thread or finalizer can still raise the
+            # interrupt again and end the process by SIGINT (-2) instead of 130: exit now.
+            # The atexit handlers still run (Ray's shutdown, temp files), each allowed to fail.
+            import atexit
+
+            try:
+                atexit._run_exitfuncs()
+            except BaseException:
+                pass
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except (OSError, ValueError):
+                    pass
+            os._exit(EXIT_INTERRUPTED)
         sys.exit(code if isinstance(code, int) else 0)
 
 
@@ -437,6 +463,7 @@ class _LazyBar:
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Decode processes (default: every core, or the cores --threads leaves free, at least 1).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="The backend's intra-op threads.")
+@click.option("--fast-decode", is_flag=True, help=FAST_DECODE_HELP)
 @click.option("--shard-size", type=click.IntRange(min=1), default=10_000, show_default=True, help="Rows per Parquet shard.")
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
               help="Stored embedding type (float16 halves the dataset).")
@@ -456,7 +483,7 @@ class _LazyBar:
 def embed(artifact: Path, images: tuple[str, ...], image_list: Path | None, image_table: Path | None, path_column: str,
           texts: Path | None, text_table: Path | None, text_column: str, output: Path, precision: str, backend: str,
           batch_size: int, skip_bad: bool, exif_transpose: bool, device: str | None, workers: int | None,
-          threads: int | None, shard_size: int,
+          threads: int | None, fast_decode: bool, shard_size: int,
           dtype: str, overwrite: bool, engine: str, ray_address: str | None, ray_actors: int, ray_gpus_per_actor: float,
           server: str | None, served_model: str | None, quiet: bool) -> None:
     """Embed images or texts with ARTIFACT (no torch): a folder OUTPUT gets a sharded Parquet dataset
@@ -470,7 +497,8 @@ def embed(artifact: Path, images: tuple[str, ...], image_list: Path | None, imag
 
         request = EmbedRequest(artifact=artifact, output=output, inputs=spec, precision=precision, backend=backend,
                                batch_size=batch_size, skip_bad=skip_bad, exif_transpose=exif_transpose, server=server,
-                               model=served_model, workers=workers, threads=threads, device=device)
+                               model=served_model, workers=workers, threads=threads, device=device,
+                               fast_decode=fast_decode)
         with _LazyBar("embedding", quiet) as advance:
             result = embed_to_file(request, advance)
         for skipped in result.skipped:
@@ -486,7 +514,7 @@ def embed(artifact: Path, images: tuple[str, ...], image_list: Path | None, imag
         raise InputError("--server writes a .npy file; pass -o NAME.npy (the sharded dataset runs here or on Ray)")
     options = BulkOptions(artifact=artifact, output=output, inputs=spec, precision=precision, backend=backend,
                           batch_size=batch_size, workers=workers, threads=threads, device=device,
-                          shard_size=shard_size, dtype=dtype,
+                          shard_size=shard_size, dtype=dtype, fast_decode=fast_decode,
                           skip_bad=skip_bad, exif_transpose=exif_transpose, overwrite=overwrite, engine=Engine(engine),
                           ray=RayOptions(address=ray_address, actors=ray_actors, gpus_per_actor=ray_gpus_per_actor))
     with _LazyBar("embedding", quiet) as advance:

@@ -48,3 +48,11 @@ def deferred_interrupts() -> Iterator[None]:
             signal.signal(s, handler)
         if received:
             raise KeyboardInterrupt(f"signal {received[0]}")
+
+
+def ignore_interrupts() -> None:
+    """From here on Ctrl-C and SIGTERM do nothing (the main thread only): for a process that has
+    already handled one and is exiting with 130."""
+    if threading.current_thread() is threading.main_thread():
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, signal.SIG_IGN)

@@ -35,6 +35,7 @@ VERSION = 1
 MANIFEST = "_embeddings.json"  # the leading underscore: pandas, pyarrow and Spark skip it when reading the folder
 DEFAULT_SHARD_SIZE = 10_000
 DTYPES = ("float32", "float16")
+DECODES = ("exact", "fast")
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class Identity:
     inputs_sha256: str
     inputs: int
     shard_size: int
+    decode: str = "exact"  # "fast": JPEGs decoded at a reduced DCT scale (--fast-decode); never mixed
 
 
 @dataclass(frozen=True)
@@ -117,7 +119,7 @@ def shard_file(index: int) -> str:
 SHARD_NAME = re.compile(r"part-\d{5,}\.parquet")
 _SHARD_SCHEMA = {"index": int, "file": str, "first": int, "count": int, "rows": int, "sha256": str, "skipped": list}
 _SCHEMA = {**{name: (bool if name == "normalized" else int if name in ("dim", "inputs", "shard_size") else str)
-              for name in Identity.__dataclass_fields__},
+              for name in Identity.__dataclass_fields__ if name != "decode"},
            "artifact": str, "rows": int, "complete": bool, "shards": list}
 
 
@@ -131,6 +133,8 @@ def _check_manifest(data: dict[str, Any]) -> None:
     check_fields(data, _SCHEMA)
     if data["dim"] < 1 or data["shard_size"] < 1 or data["inputs"] < 0 or data["dtype"] not in DTYPES:
         raise ValueError("dim, shard_size, inputs or dtype out of range")
+    if data.setdefault("decode", "exact") not in DECODES:  # datasets made before --fast-decode: exact
+        raise ValueError(f"'decode' must be one of {', '.join(DECODES)}")
     for number, entry in enumerate(data["shards"]):
         check_fields(entry, _SHARD_SCHEMA, f"shards[{number}].")
         if entry["file"] != shard_file(entry["index"]) or not 0 <= entry["rows"] <= entry["count"]:

@@ -15,6 +15,7 @@ import numpy as np
 from clipexport.artifact.manifest import Tower, read_manifest
 from clipexport.bulk.dataset import (DEFAULT_SHARD_SIZE, DTYPES, MANIFEST, DatasetState, FolderLock, Identity, Skipped,
                                      open_dataset, write_shard)
+from clipexport.bulk.local import PipelineStats
 from clipexport.bulk.sources import InputList, InputSpec, Kind, list_inputs
 from clipexport.datasets import is_folder
 from clipexport.errors import InputError
@@ -52,6 +53,7 @@ class BulkOptions:
     dtype: str = "float32"
     skip_bad: bool = False
     exif_transpose: bool = False
+    fast_decode: bool = False  # JPEGs at a reduced DCT scale, then the exact resize (not bit-exact; README)
     overwrite: bool = False
     engine: Engine = Engine.LOCAL
     ray: RayOptions = field(default_factory=RayOptions)
@@ -68,6 +70,7 @@ class BulkResult:
     computed: int  # inputs processed by this run
     seconds: float
     notes: tuple[str, ...] = ()  # what the input list left out (a truncated tar with --skip-bad)
+    stats: PipelineStats | None = None  # what the local engine measured about itself
 
     @property
     def per_second(self) -> float:
@@ -104,7 +107,7 @@ def embed_dataset(options: BulkOptions, advance: Advance | None = None, progress
     identity = Identity(kind=inputs.kind.value, artifact_manifest_sha256=sha256_file(artifact / "manifest.json"),
                         precision=str(options.precision), backend=str(options.backend), normalized=manifest.normalized,
                         dim=manifest.embed_dim, dtype=options.dtype, inputs_sha256=inputs.sha256, inputs=len(inputs),
-                        shard_size=options.shard_size)
+                        shard_size=options.shard_size, decode="fast" if options.fast_decode else "exact")
     begin = time.monotonic()
     created = not output.exists()
     try:
@@ -130,6 +133,7 @@ def _embed(options: BulkOptions, artifact: Path, output: Path, inputs: InputList
         if kept:
             progress(f"resuming: {len(kept)} of {state.shard_count} shards already done")
         ranges = [state.shard_range(index) for index in todo]
+        stats = None
         if ranges:
             writer = _ShardWriter(state, inputs, todo)
             if options.engine is Engine.RAY:
@@ -139,9 +143,11 @@ def _embed(options: BulkOptions, artifact: Path, output: Path, inputs: InputList
             else:
                 from clipexport.bulk.local import run_local
 
-                run_local(artifact, options.backend, options.precision, options.threads, options.workers,
-                          options.exif_transpose, options.skip_bad, inputs, ranges, options.batch_size, advance,
-                          writer.on_batch, device=options.device)
+                stats = run_local(artifact, options.backend, options.precision, options.threads, options.workers,
+                                  options.exif_transpose, options.skip_bad, inputs, ranges, options.batch_size,
+                                  advance, writer.on_batch, device=options.device, fast_decode=options.fast_decode)
+                if stats.split:
+                    progress(f"cores shared by measured cost: {stats.split}")
             writer.finish()
         elif not (output / MANIFEST).is_file():
             state.save()
@@ -152,7 +158,16 @@ def _embed(options: BulkOptions, artifact: Path, output: Path, inputs: InputList
     if rows == 0:
         raise InputError(f"no input could be embedded ({len(skipped)} skipped, listed in {output / MANIFEST})")
     return BulkResult(output, len(inputs), rows, skipped, len(todo), len(kept),
-                      sum(end - first for first, end in ranges), time.monotonic() - begin, inputs.notes)
+                      sum(end - first for first, end in ranges), time.monotonic() - begin,
+                      inputs.notes + _fast_decode_note(options, stats), stats)
+
+
+def _fast_decode_note(options: BulkOptions, stats: PipelineStats | None) -> tuple[str, ...]:
+    """--fast-decode applies to JPEGs: say once when it left some (or all) images as they were."""
+    if not options.fast_decode or stats is None or stats.drafted == stats.images:
+        return ()
+    return (f"--fast-decode applies to JPEGs only: {stats.images - stats.drafted} of {stats.images} images were "
+            "decoded in full",)
 
 
 class _ShardWriter:

@@ -1,5 +1,17 @@
-"""The pipelined local engine: images decode and preprocess in a pool of worker processes while
-the backend runs, batch k on the backend while batches k+1... decode; rows keep input order.
+"""The pipelined local engine: images decode and preprocess in worker processes while the backend
+runs, batch k on the backend while batches k+1... decode; rows keep input order.
+
+What crosses a process boundary is each image's resized, cropped **uint8** pixels (3 x 224 x 224 =
+147 KiB, a quarter of the float32 tensor), on the worker's own pipe; the parent normalises a whole
+batch at once through a 3 x 256 lookup table that holds the source library's own arithmetic for
+every byte value (`ImagePreprocessor.normalize`: the same bits, a fraction of the cost).
+
+How the cores are shared follows from measured costs, not fixed defaults: the first batches
+measure the workers' decode CPU and the backend's CPU per image; the decode share of the machine
+is then `cores x decode / (decode + model)`: that many workers (rounded up) keep decoding, and the
+backend gets the cores they leave (its threads re-opened once). Decoding in bursts on every core
+stalls a backend whose threads split each layer evenly (one descheduled thread holds the rest).
+`--workers` / `--threads` pin either side instead.
 
 Memory is bounded by the batches in flight (2 per worker), never by the corpus. The decode code
 is the runtime's own `ImagePreprocessor` (exact), with the same skip / refuse rule for unreadable
@@ -9,9 +21,12 @@ images. Texts need no pool: the tokenizer is cheap next to the text tower.
 from __future__ import annotations
 
 import collections
+import math
+import os
+import pickle
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
@@ -22,8 +37,13 @@ from clipexport.errors import InputError, StepFailed
 Advance = Callable[[int, int], None]  # (inputs done in this step, total inputs of the run)
 IN_FLIGHT_PER_WORKER = 2
 MAX_BATCH_DEATHS = 3  # a batch whose decoding kills this many workers is reported, not retried forever
+# The split of the cores is decided once this many images have been through both decode and the
+# backend (the first batch of each is a warm-up: the session's first run, the workers' imports).
+CALIBRATION_IMAGES = 64
+JPEG_MAGIC = b"\xff\xd8"
 
 _worker_preprocessor: Any = None
+_worker_fast_decode = False
 
 
 @dataclass(frozen=True)
@@ -32,17 +52,44 @@ class Batch:
 
     start: int  # input index of the batch's first item
     count: int
-    pixels: np.ndarray
+    pixels: np.ndarray  # float32 [kept, 3, H, W] (uint8 while it travels from a worker)
     kept: tuple[int, ...]
     skipped: tuple[tuple[int, str], ...]
+    decode_seconds: float = 0.0  # the worker's CPU time for the batch
+    drafted: int = 0  # JPEGs decoded at a reduced DCT scale (--fast-decode)
 
 
-def _init_worker(preprocess: Any, exif_transpose: bool) -> None:
+@dataclass
+class PipelineStats:
+    """What a run measured about itself (benchmarks/bulk_embed.py reports it)."""
+
+    images: int = 0
+    batches: int = 0
+    bytes_received: int = 0  # from the decode workers, pickled batches
+    parent_cpu_s: float = 0.0  # the parent's main thread outside the backend: receive, normalise, write
+    backend_cpu_s: float = 0.0  # the process's CPU during the backend's runs (all its threads)
+    decode_cpu_s: float = 0.0  # the workers' CPU, summed
+    drafted: int = 0
+    workers: int = 0
+    threads: int | None = None
+    split: str = ""  # how the cores were shared, and why
+    dim: int = 0
+
+    @property
+    def parent_ms_per_image(self) -> float:
+        return 1e3 * self.parent_cpu_s / self.images if self.images else 0.0
+
+    @property
+    def bytes_per_image(self) -> float:
+        return self.bytes_received / self.images if self.images else 0.0
+
+
+def _init_worker(preprocess: Any, exif_transpose: bool, fast_decode: bool = False) -> None:
     """A decode worker ignores Ctrl-C and SIGTERM: both reach the whole process group (a terminal's
     Ctrl-C, `timeout`, systemd, Kubernetes), and a worker that died of one would leave the pool
-    waiting forever for its batch. The parent handles them and stops the pool (SIGKILL, see
+    waiting forever for its batch. The parent handles them and stops the workers (SIGKILL, see
     `ImagePipeline.close`); a worker also dies with its parent, by SIGKILL, which it cannot ignore."""
-    global _worker_preprocessor
+    global _worker_preprocessor, _worker_fast_decode
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     from clipexport.process import die_with_parent
@@ -51,26 +98,36 @@ def _init_worker(preprocess: Any, exif_transpose: bool) -> None:
     from clipexport.runtime.preprocess import ImagePreprocessor
 
     _worker_preprocessor = ImagePreprocessor(preprocess, exif_transpose=exif_transpose)
+    _worker_fast_decode = fast_decode
 
 
-def decode_batch(start: int, items: Sequence[Item], preprocessor: Any = None) -> Batch:
-    """Read and preprocess `items`; an unreadable one is reported with its id, not raised."""
+def decode_batch(start: int, items: Sequence[Item], preprocessor: Any = None, fast_decode: bool | None = None,
+                 normalized: bool = True) -> Batch:
+    """Read and preprocess `items`; an unreadable one is reported with its id, not raised.
+    `normalized=False`: uint8 pixels, as a worker sends them."""
     preprocessor = preprocessor or _worker_preprocessor
+    fast = _worker_fast_decode if fast_decode is None else fast_decode
     h, w = preprocessor.config.image_size
-    pixels = np.empty((len(items), 3, h, w), np.float32)
-    kept, skipped = [], []
+    began = time.process_time()
+    pixels = np.empty((len(items), 3, h, w), np.uint8)
+    kept, skipped, drafted = [], [], 0
     for offset, item in enumerate(items):
         try:
-            pixels[len(kept)] = preprocessor.one(read_item_bytes(item), name=f"image {item.id}")
+            data = read_item_bytes(item)
+            pixels[len(kept)] = preprocessor.pixels(data, name=f"image {item.id}", fast_decode=fast)
             kept.append(offset)
+            drafted += fast and data[:2] == JPEG_MAGIC
         except InputError as exc:
             skipped.append((offset, str(exc)))
-    return Batch(start, len(items), pixels[:len(kept)], tuple(kept), tuple(skipped))
+    out = pixels[:len(kept)]
+    if normalized:
+        out = preprocessor.normalize(out)
+    return Batch(start, len(items), out, tuple(kept), tuple(skipped), time.process_time() - began, drafted)
 
 
-def _worker_main(connection: Any, preprocess: Any, exif_transpose: bool) -> None:
-    """A decode worker's loop: (start, items) in, a decoded `Batch` out, over its own pipe."""
-    _init_worker(preprocess, exif_transpose)
+def _worker_main(connection: Any, preprocess: Any, exif_transpose: bool, fast_decode: bool) -> None:
+    """A decode worker's loop: (start, items) in, a decoded uint8 `Batch` out, over its own pipe."""
+    _init_worker(preprocess, exif_transpose, fast_decode)
     while True:
         try:
             task = connection.recv()
@@ -78,7 +135,7 @@ def _worker_main(connection: Any, preprocess: Any, exif_transpose: bool) -> None
             return
         if task is None:
             return
-        connection.send(decode_batch(*task))
+        connection.send(decode_batch(*task, normalized=False))
 
 
 @dataclass
@@ -97,13 +154,19 @@ class ImagePipeline:
     worker is replaced and its unanswered batches are sent again (rows are keyed by input index,
     so none is lost or doubled); one batch that kills MAX_BATCH_DEATHS workers stops the run."""
 
-    def __init__(self, preprocess: Any, exif_transpose: bool, workers: int):
+    def __init__(self, preprocess: Any, exif_transpose: bool, workers: int, fast_decode: bool = False,
+                 stats: PipelineStats | None = None):
         import multiprocessing
+
+        from clipexport.runtime.preprocess import ImagePreprocessor
 
         # spawn: the workers start clean, whatever threads the backend has (ONNX Runtime's pools).
         self.context = multiprocessing.get_context("spawn")
-        self.args = (preprocess, exif_transpose)
+        self.args = (preprocess, exif_transpose, fast_decode)
+        self.normalizer = ImagePreprocessor(preprocess)
+        self.stats = stats if stats is not None else PipelineStats()
         self.workers: list[_Worker] = []
+        self.active = workers  # workers beyond this many get no new batches, and stop once idle
         self.deaths: collections.Counter = collections.Counter()
         try:
             for _ in range(workers):
@@ -143,6 +206,28 @@ class ImagePipeline:
         for task in worker.in_flight:
             self._send(fresh, task)
 
+    def shrink(self, workers: int) -> None:
+        """Keep `workers` decoding; the others finish what they hold and stop."""
+        self.active = max(1, min(workers, len(self.workers)))
+        self._retire_idle()
+
+    def _retire_idle(self) -> None:
+        for worker in list(self.workers[self.active:]):
+            if not worker.in_flight:
+                self.workers.remove(worker)
+                worker.process.kill()
+                worker.process.join(timeout=5)
+                worker.connection.close()
+
+    def _receive(self, worker: _Worker) -> Batch:
+        data = worker.connection.recv_bytes()
+        batch = pickle.loads(data)
+        worker.in_flight.popleft()
+        self.stats.bytes_received += len(data)
+        self.stats.decode_cpu_s += batch.decode_seconds
+        self.stats.drafted += batch.drafted
+        return batch
+
     def batches(self, inputs: InputList, ranges: Sequence[tuple[int, int]], batch_size: int) -> Iterator[Batch]:
         from multiprocessing.connection import wait
 
@@ -150,20 +235,22 @@ class ImagePipeline:
                  for first, end in ranges for start in range(first, end, batch_size))
         order: collections.deque = collections.deque()  # batch starts, in input order
         done: dict[int, Batch] = {}
-        limit = len(self.workers) * IN_FLIGHT_PER_WORKER
 
         def fill() -> None:
-            while len(order) < limit:
+            while len(order) < self.active * IN_FLIGHT_PER_WORKER:
                 task = next(tasks, None)
                 if task is None:
                     return
-                self._send(min(self.workers, key=lambda w: len(w.in_flight)), task)
+                self._send(min(self.workers[:self.active], key=lambda w: len(w.in_flight)), task)
                 order.append(task[0])
 
         fill()
         while order:
             if order[0] in done:
-                yield done.pop(order.popleft())
+                raw = done.pop(order.popleft())
+                yield Batch(raw.start, raw.count, self.normalizer.normalize(raw.pixels), raw.kept, raw.skipped,
+                            raw.decode_seconds, raw.drafted)
+                self._retire_idle()
                 fill()
                 continue
             by_handle = {}
@@ -176,13 +263,11 @@ class ImagePipeline:
                     continue
                 try:
                     if handle is worker.connection:
-                        batch = worker.connection.recv()
-                        worker.in_flight.popleft()
+                        batch = self._receive(worker)
                         done[batch.start] = batch
                         continue
                     while worker.connection.poll():  # answers sent before it died still count
-                        batch = worker.connection.recv()
-                        worker.in_flight.popleft()
+                        batch = self._receive(worker)
                         done[batch.start] = batch
                 except (EOFError, OSError):
                     pass
@@ -215,51 +300,130 @@ class Throughput:
         return self.done / elapsed if elapsed > 0 else 0.0
 
 
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def measured_split(machine_cores: int, decode_cpu: float, model_cpu: float) -> tuple[int, int]:
+    """(decode workers, backend threads) for per-image CPU costs: the decode share of the machine,
+    cores x decode / (decode + model), rounded up for the workers and down for what the backend
+    gives up, so the fractional core is shared (both sides sleep when they wait)."""
+    need = machine_cores * decode_cpu / max(decode_cpu + model_cpu, 1e-12)
+    workers = max(1, min(machine_cores, math.ceil(need - 1e-9)))
+    threads = max(1, min(machine_cores, machine_cores - math.floor(need + 1e-9)))
+    return workers, threads
+
+
+@dataclass
+class _Open:
+    """The runtime of a run, re-opened once when the measured split changes its threads."""
+
+    load: Callable[[int | None], Any]
+    threads: int | None
+    runtime: Any = None
+    stats: PipelineStats = field(default_factory=PipelineStats)
+
+    def open(self, threads: int | None) -> Any:
+        if self.runtime is not None:
+            self.runtime.close()
+        self.runtime, self.threads = None, threads
+        self.runtime = self.load(threads)
+        return self.runtime
+
+
 def run_local(artifact: Any, backend: str, precision: str, threads: int | None, workers: int | None,
               exif_transpose: bool, skip_bad: bool, inputs: InputList, ranges: Sequence[tuple[int, int]],
               batch_size: int, advance: Advance | None,
               on_batch: Callable[[int, list[int], np.ndarray, list[tuple[int, str]]], None],
-              device: str | None = None) -> int:
+              device: str | None = None, fast_decode: bool = False) -> PipelineStats:
     """Open the one tower the inputs need (backend threads that sleep between batches, so decode
-    workers get the cores) and embed the ranges; returns the embedding width."""
-    from clipexport.bulk.sources import default_workers
+    workers get the cores) and embed the ranges; returns what the run measured (with `dim`, the
+    embedding width)."""
     from clipexport.runtime.clip_runtime import ClipRuntime
 
     tower = "text" if inputs.kind is Kind.TEXT else "vision"
-    with ClipRuntime.load(artifact, backend=backend, precision={tower: precision}, threads=threads,
-                          exif_transpose=exif_transpose, towers=(tower,), spin=False, device=device) as runtime:
-        embed_ranges(runtime, inputs, ranges, batch_size, workers or default_workers(threads), exif_transpose,
-                     skip_bad, advance, on_batch)
-        return runtime.manifest.embed_dim
+    auto = workers is None and threads is None and inputs.kind is Kind.IMAGE
+    machine = cores()
+
+    def load(count: int | None) -> Any:
+        return ClipRuntime.load(artifact, backend=backend, precision={tower: precision}, threads=count,
+                                exif_transpose=exif_transpose, towers=(tower,), spin=False, device=device)
+
+    state = _Open(load, threads)
+    state.open(machine if auto and backend_takes_threads(backend) else threads)
+    try:
+        first_workers = workers or (machine if auto else max(1, machine - threads) if threads else machine)
+        embed_ranges(state, inputs, ranges, batch_size, first_workers, exif_transpose, skip_bad, advance, on_batch,
+                     fast_decode=fast_decode, auto=auto, machine=machine)
+        state.stats.dim = state.runtime.manifest.embed_dim
+        state.stats.threads = state.threads
+        return state.stats
+    finally:
+        if state.runtime is not None:
+            state.runtime.close()
+
+
+def backend_takes_threads(backend: Any) -> bool:
+    """ONNX Runtime and OpenVINO on the CPU split a batch over threads; a GPU backend does not."""
+    return str(getattr(backend, "value", backend)) in ("onnxruntime", "openvino")
 
 
 def embed_ranges(runtime: Any, inputs: InputList, ranges: Sequence[tuple[int, int]], batch_size: int, workers: int,
                  exif_transpose: bool, skip_bad: bool, advance: Advance | None,
-                 on_batch: Callable[[int, list[int], np.ndarray, list[tuple[int, str]]], None]) -> None:
+                 on_batch: Callable[[int, list[int], np.ndarray, list[tuple[int, str]]], None],
+                 fast_decode: bool = False, auto: bool = False, machine: int = 0) -> PipelineStats:
     """Embed the inputs of each (first, end) range in order: `on_batch(start, kept input indices,
     embeddings, skipped (input index, reason))` per batch. An unreadable image stops the run
-    unless `skip_bad` (then it is reported and left out)."""
+    unless `skip_bad` (then it is reported and left out). `runtime` is a ClipRuntime, or the
+    run's `_Open` holder (which `auto` may re-open with other threads after measuring)."""
+    state = runtime if isinstance(runtime, _Open) else _Open(lambda _: runtime, None, runtime)
+    stats = state.stats
     total = sum(end - first for first, end in ranges)
     if inputs.kind is Kind.TEXT:
         for first, end in ranges:
             for start in range(first, end, batch_size):
                 part = inputs.items[start:min(start + batch_size, end)]
                 names = [item.id for item in part]
-                rows = runtime.encode_text([item.text for item in part], batch_size, names=names)
+                rows = state.runtime.encode_text([item.text for item in part], batch_size, names=names)
                 on_batch(start, list(range(start, start + len(part))), rows, [])
                 if advance:
                     advance(len(part), total)
-        return
-    pipeline = ImagePipeline(runtime.manifest.preprocess, exif_transpose, workers)
+        return stats
+    stats.workers = workers
+    pipeline = ImagePipeline(state.runtime.manifest.preprocess, exif_transpose, workers, fast_decode, stats)
+    decided = not auto
+    model_images = 0
     try:
-        for batch in pipeline.batches(inputs, ranges, batch_size):
+        began = time.thread_time()
+        for number, batch in enumerate(pipeline.batches(inputs, ranges, batch_size)):
             if batch.skipped and not skip_bad:
                 raise InputError(f"{batch.skipped[0][1]} (pass --skip-bad to leave unreadable images out and list them)")
-            rows = runtime.encode_pixels(batch.pixels) if len(batch.pixels) else np.zeros((0, runtime.manifest.embed_dim),
-                                                                                          np.float32)
+            if len(batch.pixels):
+                inside, cpu = time.thread_time(), time.process_time()
+                rows = state.runtime.encode_pixels(batch.pixels)
+                stats.parent_cpu_s -= time.thread_time() - inside  # the calling thread works in the backend too
+                if number:  # the first run of a session warms it up
+                    stats.backend_cpu_s += time.process_time() - cpu
+                    model_images += len(batch.pixels)
+            else:
+                rows = np.zeros((0, state.runtime.manifest.embed_dim), np.float32)
             on_batch(batch.start, [batch.start + k for k in batch.kept], rows,
                      [(batch.start + k, reason) for k, reason in batch.skipped])
+            stats.images += batch.count
+            stats.batches += 1
             if advance:
                 advance(batch.count, total)
+            if not decided and model_images >= CALIBRATION_IMAGES and stats.decode_cpu_s > 0:
+                decided = True
+                decode, model = stats.decode_cpu_s / stats.images, stats.backend_cpu_s / model_images
+                count, threads = measured_split(machine, decode, model)
+                stats.split = (f"decode {1e3 * decode:.1f} ms + model {1e3 * model:.1f} ms CPU per image on {machine} "
+                               f"cores: {count} decode workers, {threads} backend threads")
+                pipeline.shrink(count)
+                stats.workers = count
+                if state.threads is not None and threads != state.threads:  # a CPU backend opened with all cores
+                    state.open(threads)
+        stats.parent_cpu_s += time.thread_time() - began
     finally:
         pipeline.close()
+    return stats

@@ -42,6 +42,7 @@ class EmbedRequest:
     workers: int | None = None  # decode processes (the pipelined engine); default: the cores the backend leaves free
     threads: int | None = None  # the backend's intra-op threads
     device: str | None = None  # backends that take one (openvino)
+    fast_decode: bool = False  # JPEGs at a reduced DCT scale, then the exact resize (not bit-exact)
 
     def spec(self) -> "InputSpec":
         from clipexport.bulk.sources import InputSpec
@@ -91,7 +92,7 @@ def embed_to_file(request: EmbedRequest, advance: Advance | None = None) -> Embe
 
     dim = run_local(request.artifact, request.backend, request.precision, request.threads, request.workers,
                     request.exif_transpose, request.skip_bad, inputs, [(0, len(inputs))], request.batch_size, advance,
-                    collect, device=request.device)
+                    collect, device=request.device, fast_decode=request.fast_decode).dim
     embeddings = np.concatenate(rows) if rows else np.zeros((0, dim), np.float32)
     return _write(output, embeddings, sources, skipped, inputs.notes)
 

@@ -49,7 +49,8 @@ class _Embedder:
         return {"index": batch["index"], "ok": ok, "reason": batch["reason"], "embedding": out}
 
 
-def _decode(batch: dict[str, np.ndarray], preprocess: Any, exif_transpose: bool, kind: str) -> dict[str, np.ndarray]:
+def _decode(batch: dict[str, np.ndarray], preprocess: Any, exif_transpose: bool, kind: str,
+            fast_decode: bool = False) -> dict[str, np.ndarray]:
     """CPU map_batches: the runtime's preprocessing of each item; an unreadable one is marked, not raised."""
     count = len(batch["index"])
     ok = np.ones(count, bool)
@@ -62,7 +63,7 @@ def _decode(batch: dict[str, np.ndarray], preprocess: Any, exif_transpose: bool,
     preprocessor = ImagePreprocessor(preprocess, exif_transpose=exif_transpose)
     items = [Item(str(batch["id"][i]), str(batch["where"][i]), int(batch["offset"][i]), int(batch["size"][i]))
              for i in range(count)]
-    decoded = decode_batch(0, items, preprocessor)
+    decoded = decode_batch(0, items, preprocessor, fast_decode=fast_decode)
     h, w = preprocessor.config.image_size
     pixels = np.zeros((count, 3, h, w), np.float32)
     pixels[list(decoded.kept)] = decoded.pixels
@@ -108,7 +109,7 @@ def run_on_ray(options: Any, inputs: InputList, ranges: Sequence[tuple[int, int]
     dataset = ray.data.from_items(rows, override_num_blocks=max(1, len(rows) // (batch * 4)))
     dataset = dataset.map_batches(_decode, batch_size=batch, batch_format="numpy", num_cpus=1,
                                   fn_kwargs={"preprocess": manifest.preprocess, "exif_transpose": options.exif_transpose,
-                                             "kind": inputs.kind.value})
+                                             "kind": inputs.kind.value, "fast_decode": options.fast_decode})
     dataset = dataset.map_batches(
         _Embedder, batch_size=batch, batch_format="numpy", concurrency=options.ray.actors,
         num_gpus=options.ray.gpus_per_actor or None, num_cpus=options.ray.cpus_per_actor,

@@ -36,6 +36,9 @@ ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray
 # banner strips; both limits can be raised through the environment.
 MAX_PIXELS_ENV, MAX_ASPECT_RATIO_ENV = "CLIPEXPORT_MAX_IMAGE_PIXELS", "CLIPEXPORT_MAX_ASPECT_RATIO"
 DEFAULT_MAX_PIXELS = 100_000_000
+# --fast-decode: the JPEG's DCT scale keeps its short side at least this many times the model's
+# input (224 -> >= 448 px), so the exact resize that follows still has 2x the pixels it samples.
+FAST_DECODE_FACTOR = 2
 DEFAULT_MAX_ASPECT_RATIO = 300.0
 # Modes PIL reads with more than 8 bits per channel; open_clip's convert("RGB") clips them to 255
 # (a 16-bit grayscale photo turns almost white). Parity means doing the same, and saying so.
@@ -105,6 +108,7 @@ class ImagePreprocessor:
         self.exif_transpose = exif_transpose
         self._mean = np.asarray(self.config.mean, dtype=np.float32).reshape(3, 1, 1)
         self._std = np.asarray(self.config.std, dtype=np.float32).reshape(3, 1, 1)
+        self._lut: np.ndarray | None = None
 
     @classmethod
     def from_manifest(cls, manifest: str | os.PathLike | Mapping[str, Any] | Any, exif_transpose: bool = False) -> "ImagePreprocessor":
@@ -141,7 +145,17 @@ class ImagePreprocessor:
         return out[:kept], skipped
 
     def one(self, item: ImageInput, name: str = "image") -> np.ndarray:
-        image = open_image(item, name, self.limits)
+        """float32 [3, H, W]: the model's input, exactly as the source library makes it."""
+        return self.normalize(self.pixels(item, name))
+
+    def pixels(self, item: ImageInput, name: str = "image", fast_decode: bool = False) -> np.ndarray:
+        """uint8 [3, H, W]: the resized and cropped image, before normalisation. Every convention
+        ends in an elementwise normalisation of these bytes (`normalize`), so decode workers can
+        send a quarter of the float32 bytes and the parent normalises whole batches at once.
+        `fast_decode`: a JPEG is decoded at a reduced DCT scale (PIL `draft`) that keeps its short
+        side at least FAST_DECODE_FACTOR x the model's input, then resized exactly: faster on
+        camera photos, not bit-exact (see README "--fast-decode")."""
+        image = open_image(item, name, self.limits, draft=self._draft_size() if fast_decode else None)
         if image.mode in _HIGH_BIT_DEPTH_MODES and image.mode not in _warned_modes:
             _warned_modes.add(image.mode)
             warnings.warn(f"{name} has {image.mode} pixels (more than 8 bits); like open_clip, preprocessing "
@@ -173,7 +187,7 @@ class ImagePreprocessor:
             # configured interpolation, so this branch is always bicubic in the reference.
             image = _resize(image, _keep_ratio_size(image.size, (h, w), longest=False), Image.BICUBIC)
             image = _center_crop(image, h, w)
-        return self._normalize(np.asarray(image.convert("RGB")))
+        return np.asarray(image.convert("RGB")).transpose(2, 0, 1)
 
     def _hf(self, image: Image.Image) -> np.ndarray:
         # transformers' PIL processors convert to RGB first, resize, crop, then rescale/normalise in float.
@@ -187,10 +201,7 @@ class ImagePreprocessor:
             image = image.resize(_shortest_edge_size(image.size, int(cfg.resize_size or h)), resample)
             if cfg.center_crop:
                 image = _hf_center_crop(image, h, w)
-        # transformers rescales and normalises in float64 before casting to float32.
-        pixels = np.asarray(image).astype(np.float64) * cfg.rescale_factor
-        mean, std = np.asarray(cfg.mean).reshape(3, 1, 1), np.asarray(cfg.std).reshape(3, 1, 1)
-        return ((pixels.transpose(2, 0, 1) - mean) / std).astype(np.float32)
+        return np.asarray(image).transpose(2, 0, 1)
 
     def _hf_torchvision(self, image: Image.Image) -> np.ndarray:
         # transformers 5's TorchvisionBackend: PIL's RGB conversion (white under transparency), the
@@ -208,20 +219,49 @@ class ImagePreprocessor:
             pixels = torch_uint8_resize(pixels, size, cfg.interpolation)
         if cfg.resize_mode is not ResizeMode.SQUASH and cfg.center_crop:
             pixels = _tv_center_crop(pixels, h, w)
-        scale = np.float32(1.0 / cfg.rescale_factor)
-        mean = (np.asarray(cfg.mean, np.float32) * scale).reshape(3, 1, 1)
-        std = (np.asarray(cfg.std, np.float32) * scale).reshape(3, 1, 1)
-        return (pixels.astype(np.float32) - mean) / std
+        return pixels
 
-    def _normalize(self, rgb: np.ndarray) -> np.ndarray:
+    def _normalize_exact(self, chw: np.ndarray) -> np.ndarray:
+        """The source library's own normalisation of uint8 [..., 3, H, W], operation for operation."""
+        cfg = self.config
+        if cfg.convention is Convention.HF:
+            # transformers rescales and normalises in float64 before casting to float32.
+            mean, std = np.asarray(cfg.mean).reshape(3, 1, 1), np.asarray(cfg.std).reshape(3, 1, 1)
+            return ((chw.astype(np.float64) * cfg.rescale_factor - mean) / std).astype(np.float32)
+        if cfg.convention is Convention.HF_TORCHVISION:
+            # (x - 255 mean) / (255 std) in float32: rescale and normalise fused.
+            scale = np.float32(1.0 / cfg.rescale_factor)
+            mean = (np.asarray(cfg.mean, np.float32) * scale).reshape(3, 1, 1)
+            std = (np.asarray(cfg.std, np.float32) * scale).reshape(3, 1, 1)
+            return (chw.astype(np.float32) - mean) / std
         # torchvision's to_tensor divides uint8 by 255 in float32, then Normalize subtracts and divides.
-        chw = rgb.transpose(2, 0, 1).astype(np.float32) / np.float32(255)
-        return (chw - self._mean) / self._std
+        return (chw.astype(np.float32) / np.float32(255) - self._mean) / self._std
+
+    def normalize(self, pixels: np.ndarray) -> np.ndarray:
+        """float32 [..., 3, H, W] from uint8 [..., 3, H, W]. The normalisation is elementwise and per
+        channel, so it is a table of 3 x 256 values, each computed by `_normalize_exact` itself:
+        one lookup per byte gives the same bits as the arithmetic (a test checks every value), at a
+        fraction of its cost (the parent of a bulk job normalises every image)."""
+        if self._lut is None:
+            every = np.broadcast_to(np.arange(256, dtype=np.uint8), (3, 1, 256))
+            self._lut = self._normalize_exact(np.ascontiguousarray(every))[:, 0, :]
+        out = np.empty(pixels.shape, np.float32)
+        for channel in range(3):
+            np.take(self._lut[channel], pixels[..., channel, :, :], out=out[..., channel, :, :])
+        return out
+
+    def _draft_size(self) -> tuple[int, int]:
+        h, w = self.config.image_size
+        side = FAST_DECODE_FACTOR * max(h, w, int(self.config.resize_size or 0))
+        return side, side
 
 
-def open_image(item: ImageInput, name: str = "image", limits: ImageLimits | None = None) -> Image.Image:
+def open_image(item: ImageInput, name: str = "image", limits: ImageLimits | None = None,
+               draft: tuple[int, int] | None = None) -> Image.Image:
     """A loaded PIL image, or InputError naming the input. Its size is checked against `limits`
-    from the header, before any pixel is decoded; decompression bombs stay refused."""
+    from the header, before any pixel is decoded; decompression bombs stay refused. `draft`: a
+    JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) that keeps both sides at least
+    that size; a draft decode that fails falls back to the full decode."""
     limits = limits or ImageLimits()
     _lift_pil_limit(limits)
     try:
@@ -244,6 +284,13 @@ def open_image(item: ImageInput, name: str = "image", limits: ImageLimits | None
         else:
             raise InputError(f"{name} is a {type(item).__name__}; pass a path, bytes, a PIL image or an HxWxC uint8 array")
         limits.check(handle.size, name)
+        if draft is not None and handle.format == "JPEG":
+            try:
+                handle.draft(None, draft)
+                handle.load()
+                return handle
+            except (OSError, SyntaxError, ValueError):  # the reduced decode failed: decode in full
+                handle = Image.open(io.BytesIO(item) if isinstance(item, (bytes, bytearray)) else Path(item))
         handle.load()
         return handle
     except InputError:

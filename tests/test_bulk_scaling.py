@@ -1,0 +1,149 @@
+"""Bulk embedding that scales (issue 30): uint8 pixels from the decode workers and one exact
+lookup-table normalisation in the parent, the measured split of the cores, a worker killed
+mid-batch, and `--fast-decode` (recorded, never mixed, said once for non-JPEGs)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import multiprocessing
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from clipexport.artifact.manifest import Convention, ResizeMode
+from clipexport.bulk.job import BulkOptions, embed_dataset
+from clipexport.bulk.local import measured_split
+from clipexport.bulk.sources import InputSpec
+from clipexport.cli import main
+from clipexport.runtime import ClipRuntime
+from clipexport.runtime.preprocess import ImagePreprocessor, default_config
+
+# The same graph and preprocessing in one process or another: a few float32 ulps (test_bulk.py).
+ROWS_MAX_ABS = 1e-6
+# --fast-decode on these smooth 1600x1200 JPEGs: the 4x DCT-reduced decode then the exact resize
+# lands within a few grey levels of the full decode; the tiny random model maps that to cosines of
+# 0.99+ (the README's figures for ViT-B-32 and the demo scenes come from benchmarks/bulk_embed.py).
+FAST_DECODE_MIN_COSINE = 0.99
+
+
+def _photo(path: Path, seed: int, size=(96, 72), fmt: str = "JPEG") -> Path:
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (size[1] // 32 + 1, size[0] // 32 + 1, 3), dtype=np.uint8)
+    Image.fromarray(small).resize(size, Image.BICUBIC).save(path, format=fmt, quality=92)
+    return path
+
+
+@pytest.mark.parametrize("convention", [Convention.OPEN_CLIP, Convention.HF, Convention.HF_TORCHVISION])
+def test_the_lookup_table_gives_the_arithmetic_bits_for_every_byte(convention: Convention) -> None:
+    config = dataclasses.replace(default_config(8), convention=convention,
+                                 resize_mode=ResizeMode.SHORTEST, mean=(0.48145466, 0.4578275, 0.40821073),
+                                 std=(0.26862954, 0.26130258, 0.27577711))
+    pre = ImagePreprocessor(config)
+    pixels = np.random.default_rng(0).integers(0, 256, (5, 3, 8, 8), dtype=np.uint8)
+    every = np.broadcast_to(np.arange(256, dtype=np.uint8).reshape(1, 1, 16, 16), (1, 3, 16, 16)).copy()
+    for batch in (pixels, every):
+        assert np.array_equal(pre.normalize(batch).view(np.uint32), pre._normalize_exact(batch).view(np.uint32))
+    assert pre.normalize(pixels).dtype == np.float32
+
+
+def test_the_split_follows_the_measured_costs() -> None:
+    # (cores, decode ms, model ms) -> (decode workers, backend threads), from the figures measured in
+    # benchmarks/results: the model dominates at 0.5 MP, decoding is half of the work at 12 MP.
+    assert measured_split(2, 16.7, 160.6) == (1, 2)
+    assert measured_split(16, 13.7, 241.9) == (1, 16)
+    assert measured_split(16, 252.3, 231.5) == (9, 8)
+    assert measured_split(2, 290.4, 148.0) == (2, 1)
+    assert measured_split(4, 0.0, 10.0) == (1, 4) and measured_split(4, 10.0, 0.0) == (4, 1)
+
+
+def _options(artifact: Path, output: Path, folder: Path, **kwargs) -> BulkOptions:
+    return BulkOptions(artifact=artifact, output=output, inputs=InputSpec(images=[str(folder)]),
+                       batch_size=kwargs.pop("batch_size", 4), shard_size=kwargs.pop("shard_size", 8), **kwargs)
+
+
+def test_uint8_transfer_measured_split_and_stats(tiny_vit: Path, tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    paths = [_photo(photos / f"{i:03d}.jpg", i) for i in range(80)]  # past CALIBRATION_IMAGES
+    result = embed_dataset(_options(tiny_vit, tmp_path / "ds", photos, batch_size=8))
+    stats = result.stats
+    h, w = 64, 64
+    # uint8 pixels, pickled: the image's bytes and a little framing, not 4 bytes per value.
+    assert 3 * h * w <= stats.bytes_per_image < 3 * h * w * 1.25, stats
+    assert stats.split and stats.images == 80 and stats.parent_cpu_s > 0, stats
+    import pyarrow.parquet as pq
+
+    rows = np.stack(pq.read_table(tmp_path / "ds").column("embedding").to_pylist())
+    with ClipRuntime.load(tiny_vit) as runtime:
+        np.testing.assert_allclose(rows, runtime.encode_image([str(p) for p in paths]), atol=ROWS_MAX_ABS, rtol=0)
+
+
+def test_a_decode_worker_killed_mid_run_is_replaced_and_every_row_kept(tiny_vit: Path, tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    paths = [_photo(photos / f"{i:03d}.jpg", 100 + i, size=(640, 480)) for i in range(48)]
+    killed = []
+
+    def advance(done: int, total: int) -> None:
+        if not killed:
+            workers = [p for p in multiprocessing.active_children() if p.name == "clipexport-decode" and p.is_alive()]
+            for process in workers[:1]:
+                os.kill(process.pid, signal.SIGKILL)
+                killed.append(process.pid)
+
+    result = embed_dataset(_options(tiny_vit, tmp_path / "ds", photos, workers=2, batch_size=4), advance)
+    assert killed and result.rows == 48
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(tmp_path / "ds")
+    assert table.column("id").to_pylist() == [str(p) for p in paths]
+    with ClipRuntime.load(tiny_vit) as runtime:
+        reference = runtime.encode_image([str(p) for p in paths])
+    np.testing.assert_allclose(np.stack(table.column("embedding").to_pylist()), reference, atol=ROWS_MAX_ABS, rtol=0)
+
+
+def test_fast_decode_is_close_recorded_and_never_mixed(tiny_vit: Path, tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(6):
+        _photo(photos / f"{i:03d}.jpg", 200 + i, size=(1600, 1200))
+    exact = embed_dataset(_options(tiny_vit, tmp_path / "exact", photos))
+    fast = embed_dataset(_options(tiny_vit, tmp_path / "fast", photos, fast_decode=True))
+    assert fast.stats.drafted == 6 and not fast.notes
+    import pyarrow.parquet as pq
+
+    a, b = (np.stack(pq.read_table(tmp_path / d).column("embedding").to_pylist()) for d in ("exact", "fast"))
+    cosines = np.sum(a * b, axis=1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cosines.min() >= FAST_DECODE_MIN_COSINE and not np.array_equal(a, b), cosines
+    assert json.loads((tmp_path / "fast" / "_embeddings.json").read_text())["decode"] == "fast"
+    # A dataset made one way never resumes the other.
+    refused = CliRunner().invoke(main, ["embed", str(tiny_vit), "--images", str(photos), "-o", str(tmp_path / "exact"),
+                                        "--shard-size", "8", "--batch-size", "4", "--fast-decode"])
+    assert refused.exit_code == 2 and "decode" in refused.output, refused.output
+    # PNGs: no effect, said once.
+    pngs = tmp_path / "pngs"
+    pngs.mkdir()
+    for i in range(3):
+        _photo(pngs / f"{i}.png", i, fmt="PNG")
+    said = embed_dataset(_options(tiny_vit, tmp_path / "png-ds", pngs, fast_decode=True))
+    assert said.notes == ("--fast-decode applies to JPEGs only: 3 of 3 images were decoded in full",), said.notes
+
+
+def test_a_failing_draft_decode_falls_back_to_the_full_decode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import JpegImagePlugin
+
+    path = _photo(tmp_path / "a.jpg", 1, size=(1200, 900))
+    pre = ImagePreprocessor(default_config(64))
+    full = pre.pixels(str(path))
+
+    def broken(self, mode, size):
+        raise OSError("draft failed")
+
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", broken)
+    assert np.array_equal(pre.pixels(str(path), fast_decode=True), full)
