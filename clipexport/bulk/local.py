@@ -21,6 +21,7 @@ images. Texts need no pool: the tokenizer is cheap next to the text tower.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import math
 import os
 import pickle
@@ -57,6 +58,7 @@ class Batch:
     skipped: tuple[tuple[int, str], ...]
     decode_seconds: float = 0.0  # the worker's CPU time for the batch
     drafted: int = 0  # JPEGs decoded at a reduced DCT scale (--fast-decode)
+    warm: bool = False  # decoded by a worker that had decoded before (its first task pays its imports)
 
 
 @dataclass
@@ -69,6 +71,8 @@ class PipelineStats:
     parent_cpu_s: float = 0.0  # the parent's main thread outside the backend: receive, normalise, write
     backend_cpu_s: float = 0.0  # the process's CPU during the backend's runs (all its threads)
     decode_cpu_s: float = 0.0  # the workers' CPU, summed
+    warm_decode_cpu_s: float = 0.0  # the same, over warm workers' batches only (what the split uses)
+    warm_decode_images: int = 0
     drafted: int = 0
     workers: int = 0
     threads: int | None = None
@@ -128,6 +132,7 @@ def decode_batch(start: int, items: Sequence[Item], preprocessor: Any = None, fa
 def _worker_main(connection: Any, preprocess: Any, exif_transpose: bool, fast_decode: bool) -> None:
     """A decode worker's loop: (start, items) in, a decoded uint8 `Batch` out, over its own pipe."""
     _init_worker(preprocess, exif_transpose, fast_decode)
+    warm = False
     while True:
         try:
             task = connection.recv()
@@ -135,7 +140,9 @@ def _worker_main(connection: Any, preprocess: Any, exif_transpose: bool, fast_de
             return
         if task is None:
             return
-        connection.send(decode_batch(*task, normalized=False))
+        batch = decode_batch(*task, normalized=False)
+        connection.send(dataclasses.replace(batch, warm=warm) if warm else batch)
+        warm = True
 
 
 @dataclass
@@ -225,31 +232,56 @@ class ImagePipeline:
         worker.in_flight.popleft()
         self.stats.bytes_received += len(data)
         self.stats.decode_cpu_s += batch.decode_seconds
+        if batch.warm:
+            self.stats.warm_decode_cpu_s += batch.decode_seconds
+            self.stats.warm_decode_images += batch.count
         self.stats.drafted += batch.drafted
         return batch
 
     def batches(self, inputs: InputList, ranges: Sequence[tuple[int, int]], batch_size: int) -> Iterator[Batch]:
+        """Model batches of `batch_size` (never across a range's end), in input order. Workers decode
+        chunks of a batch (batch_size / workers images), so every worker has work even when the
+        run has fewer batches than workers (160 camera photos are 5 batches of 32), and the parent
+        assembles each batch from its chunks."""
         from multiprocessing.connection import wait
 
-        tasks = ((start, inputs.items[start:min(start + batch_size, end)])
-                 for first, end in ranges for start in range(first, end, batch_size))
-        order: collections.deque = collections.deque()  # batch starts, in input order
+        chunk = max(1, -(-batch_size // max(1, self.active)))
+        chunks_per_batch = -(-batch_size // chunk)
+        tasks = ((c, b, inputs.items[c:min(c + chunk, b + batch_size, end)])
+                 for first, end in ranges for b in range(first, end, batch_size)
+                 for c in range(b, min(b + batch_size, end), chunk))
+        order: collections.deque = collections.deque()  # (chunk start, its batch's start), in input order
         done: dict[int, Batch] = {}
+        parts: list[Batch] = []  # the chunks of the batch being assembled
 
         def fill() -> None:
-            while len(order) < self.active * IN_FLIGHT_PER_WORKER:
+            while len(order) < max(self.active * IN_FLIGHT_PER_WORKER, 2 * chunks_per_batch):
                 task = next(tasks, None)
                 if task is None:
                     return
-                self._send(min(self.workers[:self.active], key=lambda w: len(w.in_flight)), task)
-                order.append(task[0])
+                start, batch_start, items = task
+                self._send(min(self.workers[:self.active], key=lambda w: len(w.in_flight)), (start, items))
+                order.append((start, batch_start))
+
+        def assembled() -> Batch:
+            first = parts[0].start
+            pixels = np.concatenate([p.pixels for p in parts]) if len(parts) > 1 else parts[0].pixels
+            kept = tuple(p.start - first + k for p in parts for k in p.kept)
+            skipped = tuple((p.start - first + k, reason) for p in parts for k, reason in p.skipped)
+            out = Batch(first, sum(p.count for p in parts), self.normalizer.normalize(pixels), kept, skipped,
+                        sum(p.decode_seconds for p in parts), sum(p.drafted for p in parts))
+            parts.clear()
+            return out
 
         fill()
         while order:
-            if order[0] in done:
-                raw = done.pop(order.popleft())
-                yield Batch(raw.start, raw.count, self.normalizer.normalize(raw.pixels), raw.kept, raw.skipped,
-                            raw.decode_seconds, raw.drafted)
+            if order[0][0] in done:
+                start, batch_start = order.popleft()
+                if parts and parts[0].start != batch_start:
+                    yield assembled()
+                parts.append(done.pop(start))
+                if not order or order[0][1] != batch_start:
+                    yield assembled()
                 self._retire_idle()
                 fill()
                 continue
@@ -273,6 +305,8 @@ class ImagePipeline:
                     pass
                 if not worker.process.is_alive():
                     self._replace(worker)
+        if parts:
+            yield assembled()
 
     def close(self) -> None:
         """Stop every worker at once. SIGKILL: they ignore SIGTERM and SIGINT (see _init_worker), and
@@ -413,9 +447,10 @@ def embed_ranges(runtime: Any, inputs: InputList, ranges: Sequence[tuple[int, in
             stats.batches += 1
             if advance:
                 advance(batch.count, total)
-            if not decided and model_images >= CALIBRATION_IMAGES and stats.decode_cpu_s > 0:
+            if not decided and model_images >= CALIBRATION_IMAGES and stats.warm_decode_images >= CALIBRATION_IMAGES:
                 decided = True
-                decode, model = stats.decode_cpu_s / stats.images, stats.backend_cpu_s / model_images
+                decode = stats.warm_decode_cpu_s / stats.warm_decode_images
+                model = stats.backend_cpu_s / model_images
                 count, threads = measured_split(machine, decode, model)
                 stats.split = (f"decode {1e3 * decode:.1f} ms + model {1e3 * model:.1f} ms CPU per image on {machine} "
                                f"cores: {count} decode workers, {threads} backend threads")
