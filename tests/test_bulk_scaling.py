@@ -60,6 +60,8 @@ def test_the_split_follows_the_measured_costs() -> None:
     assert measured_split(16, 252.3, 231.5) == (9, 8)
     assert measured_split(2, 290.4, 148.0) == (2, 1)
     assert measured_split(4, 0.0, 10.0) == (1, 4) and measured_split(4, 10.0, 0.0) == (4, 1)
+    # 16 vCPUs on 8 physical cores: the backend gives up physical cores in the same proportion.
+    assert measured_split(16, 252.3, 231.5, backend_cores=8) == (9, 4)
 
 
 def _options(artifact: Path, output: Path, folder: Path, **kwargs) -> BulkOptions:
