@@ -61,3 +61,22 @@ def test_latency_statistics() -> None:
     timing = summarize([0.001] * 98 + [0.010, 0.020], batch=4)
     assert timing.p50_ms == pytest.approx(1.0) and timing.p99_ms > 9.0 and timing.iterations == 100
     assert timing.items_per_s == pytest.approx(4 / np.mean([0.001] * 98 + [0.010, 0.020]))
+
+
+def test_each_backend_is_measured_in_a_process_of_its_own(tiny_vit: Path, tmp_path: Path) -> None:
+    """ONNX Runtime measured after PyTorch in one process ran 3x slower at batch 1 (issue 30): the
+    caller's process never loads PyTorch for the baseline, whichever order the backends come in."""
+    import subprocess
+    import sys
+
+    code = ("import json, sys\nfrom pathlib import Path\nfrom clipexport.bench.run import BenchOptions, run_bench\n"
+            "result, _ = run_bench(BenchOptions(artifact=Path(sys.argv[1]), backends=tuple(sys.argv[2].split(',')), "
+            "batch_sizes=(1,), min_iterations=2, min_seconds=0, cpu_only=True, output=Path(sys.argv[3])))\n"
+            "print(json.dumps({'torch_loaded_here': 'torch' in sys.modules, "
+            "'backends': sorted({r['backend'] for r in result.rows})}))\n")
+    for order in ("pytorch,onnxruntime", "onnxruntime,pytorch"):
+        done = subprocess.run([sys.executable, "-c", code, str(tiny_vit), order, str(tmp_path / order)],
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        report = json.loads(done.stdout.strip().splitlines()[-1])
+        assert report == {"torch_loaded_here": False, "backends": ["onnxruntime", "pytorch"]}, report

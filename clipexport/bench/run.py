@@ -80,32 +80,11 @@ def run_bench(options: BenchOptions, progress: Progress = silent) -> tuple[Bench
     result = BenchResult(settings=_settings(options, manifest, precisions), machine=_machine(peak))
     inputs = _inputs(root, manifest, max(options.batch_sizes))
     problems: list[ClipExportError] = []
-    torch_model: dict[str, Any] = {}  # the PyTorch source, loaded once per run, on first use
-    flops_at: dict[tuple[Tower, tuple[int, ...]], int] = {}
     for backend in options.backends:
-        for precision in precisions:
-            for tower in options.towers:
-                try:
-                    runner = _runner(backend, root, manifest, tower, precision, options.cpu_only, torch_model)
-                except ClipExportError as exc:
-                    problems.append(exc)
-                    result.skipped.append(f"{backend}/{precision}/{tower.value}: {exc}")
-                    progress(f"skipping {backend} {precision} {tower.value}: {exc}")
-                    continue
-                try:
-                    for batch in options.batch_sizes:
-                        data = inputs[tower][:batch]
-                        if backend != PYTORCH and tower is Tower.TEXT:
-                            data = trim(data, manifest.tower(tower).properties, manifest.tokenizer)
-                        progress(f"{backend} {precision} {tower.value} batch {batch}")
-                        timing = measure(lambda: runner.run(data), batch, min_iterations=options.min_iterations,
-                                         min_seconds=options.min_seconds)
-                        if (tower, data.shape) not in flops_at:
-                            flops_at[tower, data.shape] = _flops(root, manifest, tower, data.shape)
-                        flops = flops_at[tower, data.shape]
-                        result.rows.append(_row(backend, precision, tower, timing, data.shape, flops, peak))
-                finally:
-                    runner.close()
+        rows, skipped, failed = _measure_isolated(backend, options, precisions, root, manifest, inputs, peak, progress)
+        result.rows += rows
+        result.skipped += skipped
+        problems += failed
     if not result.rows:
         # Nothing was measured: say why, and leave earlier results where they are.
         kind = type(problems[0]) if problems and all(type(p) is type(problems[0]) for p in problems) else InputError
@@ -114,6 +93,87 @@ def run_bench(options: BenchOptions, progress: Progress = silent) -> tuple[Bench
     _ratios(result.rows)
     write_reports(result, out)
     return result, out
+
+
+Measured = tuple[list[dict[str, Any]], list[str], list[ClipExportError]]
+
+
+def _measure_backend(backend: str, options: BenchOptions, precisions: tuple[Precision, ...], root: Path,
+                     manifest: Manifest, inputs: dict[Tower, np.ndarray], peak: float, progress: Progress) -> Measured:
+    """(rows, skipped lines, problems) of one backend over every precision, tower and batch size."""
+    rows: list[dict[str, Any]] = []
+    skipped: list[str] = []
+    problems: list[ClipExportError] = []
+    torch_model: dict[str, Any] = {}  # the PyTorch source, loaded once per backend, on first use
+    flops_at: dict[tuple[Tower, tuple[int, ...]], int] = {}
+    for precision in precisions:
+        for tower in options.towers:
+            try:
+                runner = _runner(backend, root, manifest, tower, precision, options.cpu_only, torch_model)
+            except ClipExportError as exc:
+                problems.append(exc)
+                skipped.append(f"{backend}/{precision}/{tower.value}: {exc}")
+                progress(f"skipping {backend} {precision} {tower.value}: {exc}")
+                continue
+            try:
+                for batch in options.batch_sizes:
+                    data = inputs[tower][:batch]
+                    if backend != PYTORCH and tower is Tower.TEXT:
+                        data = trim(data, manifest.tower(tower).properties, manifest.tokenizer)
+                    progress(f"{backend} {precision} {tower.value} batch {batch}")
+                    timing = measure(lambda: runner.run(data), batch, min_iterations=options.min_iterations,
+                                     min_seconds=options.min_seconds)
+                    if (tower, data.shape) not in flops_at:
+                        flops_at[tower, data.shape] = _flops(root, manifest, tower, data.shape)
+                    rows.append(_row(backend, precision, tower, timing, data.shape, flops_at[tower, data.shape], peak))
+            finally:
+                runner.close()
+    return rows, skipped, problems
+
+
+def _child(connection: Any, *args: Any) -> None:
+    """A spawned process measuring one backend: progress lines, then the result, on its pipe."""
+    try:
+        result = _measure_backend(*args, progress=lambda line: connection.send(("progress", line)))
+        connection.send(("done", result))
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises it there
+        connection.send(("error", exc if isinstance(exc, ClipExportError) else InputError(
+            f"measuring {args[0]} failed ({type(exc).__name__}: {str(exc)[:200]})")))
+    finally:
+        connection.close()
+
+
+def _measure_isolated(backend: str, *args: Any) -> Measured:
+    """Each backend is measured in a process of its own. In one process, ONNX Runtime at batch 1
+    ran 3x slower after the PyTorch baseline had run there (issue 30, on a 2-core machine; on a
+    16-core one the two orders agreed): PyTorch's thread pools, its OpenMP runtime and allocator
+    stay behind in a process. A fresh spawned process per backend leaves nothing to share."""
+    import multiprocessing
+
+    *rest, progress = args
+    context = multiprocessing.get_context("spawn")
+    parent, child = context.Pipe(duplex=False)
+    process = context.Process(target=_child, args=(child, backend, *rest), name=f"clipexport-bench-{backend}")
+    process.start()
+    child.close()
+    try:
+        while True:
+            try:
+                kind, payload = parent.recv()
+            except EOFError:
+                raise InputError(f"measuring {backend} ended without a result (exit code {process.exitcode}); "
+                                 "run the same command again with --backends " + backend) from None
+            if kind == "progress":
+                progress(payload)
+            elif kind == "error":
+                raise payload
+            else:
+                return payload
+    finally:
+        if process.is_alive():
+            process.kill()
+        process.join()
+        parent.close()
 
 
 def _row(backend: str, precision: Precision, tower: Tower, timing: Timing, shape: tuple[int, ...], flops: int,
