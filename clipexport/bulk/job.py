@@ -141,7 +141,11 @@ def _embed(options: BulkOptions, artifact: Path, output: Path, inputs: InputList
 
                 run_on_ray(options, inputs, ranges, advance, writer.on_batch)
             else:
+                from clipexport._deps import require
                 from clipexport.bulk.local import run_local
+
+                # The shard writer's library, imported before the run: a start-up cost, not a per-image one.
+                require("pyarrow.parquet", "writing the sharded embeddings dataset (pip install 'clipexport[bulk]')")
 
                 stats = run_local(artifact, options.backend, options.precision, options.threads, options.workers,
                                   options.exif_transpose, options.skip_bad, inputs, ranges, options.batch_size,
