@@ -58,6 +58,7 @@ def test_hf_clip_folder_exports_and_matches(hf_clip_folder: Path, tmp_path_facto
     _assert_parity(artifact)
 
 
+@pytest.mark.fullsize
 def test_vit_b32_full_size(vit_b32: Path) -> None:
     manifest = read_manifest(vit_b32)
     assert manifest.embed_dim == 512

@@ -234,6 +234,7 @@ def test_cli_quantize_prints_parity_and_next_step(tiny_vit: Path, tmp_path: Path
     assert a.dtype == np.float32 and np.sum(a * b, axis=1).min() > GATES["fp16"].min_cosine
 
 
+@pytest.mark.fullsize
 def test_vit_b32_fp16_and_cpu_int8_meet_the_gates(vit_b32: Path, tmp_path: Path) -> None:
     """Full-size ViT-B-32 (random weights), the default calibration set, held-out verification."""
     artifact = _copy(vit_b32, tmp_path)

@@ -276,6 +276,7 @@ def test_retrieval_set_mistakes(demo: Path, tmp_path: Path) -> None:
     assert len(loaded.captions) == 1 and loaded.caption_images == (0,) and loaded.labels[0] == 0
 
 
+@pytest.mark.fullsize
 def test_vit_b32_random_embed_index_search(vit_b32: Path, tmp_path: Path) -> None:
     """The README's full-size path on CI: ViT-B-32 (random weights) embed -> index -> search."""
     images = sorted(SCENES.rglob("*.png"))[:12]
