@@ -29,29 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
+from bulk_embed import _photos
+
 REPO = Path(__file__).resolve().parent.parent
 CORES = len(os.sched_getaffinity(0))
-
-
-def _make_photo(job: tuple[str, int, int, int]) -> None:
-    from PIL import Image, ImageFilter
-
-    path, w, h, seed = job
-    if os.path.exists(path):
-        return
-    rng = np.random.default_rng(seed)
-    small = rng.integers(0, 256, (h // 64 + 1, w // 64 + 1, 3), dtype=np.uint8)
-    image = Image.fromarray(small).resize((w, h), Image.BICUBIC)
-    pixels = np.clip(np.asarray(image, np.float32) + rng.normal(0, 12, (h, w, 3)), 0, 255).astype(np.uint8)
-    Image.fromarray(pixels).filter(ImageFilter.EDGE_ENHANCE).save(path, quality=90)
-
-
-def _photos(folder: Path, count: int, size: tuple[int, int], seed: int) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    jobs = [(str(folder / f"{i:05d}.jpg"), size[0], size[1], seed * 100_000 + i) for i in range(count)]
-    with get_context("spawn").Pool(CORES) as pool:
-        pool.map(_make_photo, jobs, chunksize=8)
-    return [Path(j[0]) for j in jobs]
 
 
 def _decode_slice(job: tuple[str, list[str]]) -> int:

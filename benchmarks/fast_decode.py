@@ -16,7 +16,6 @@ process, and the cosines of the embeddings.
 from __future__ import annotations
 
 import argparse
-import shutil
 import subprocess
 import sys
 import tempfile

@@ -101,12 +101,16 @@ def read_format_json(path: Path, fmt: str, check: Callable[[dict], Any] | Schema
     return data
 
 
-def foreign_entries(folder: Path, ours: Callable[[str], bool]) -> list[str]:
-    """The names in `folder` that `ours` does not claim (hidden ones aside: editors' and
-    file managers' files, and our own temp files): what an output folder must not hold."""
+def refuse_foreign(folder: Path, ours: Callable[[str], bool], option: str, what: str) -> None:
+    """The owned-folder rule's first half: an output folder holds nothing that `ours` does not
+    claim (hidden names aside: editors' and file managers' files, and our own temp files); one
+    InputError line naming the first such file otherwise. `what` says what the folder is not."""
     if not folder.is_dir():
-        return []
-    return sorted(p.name for p in folder.iterdir() if not p.name.startswith(".") and not ours(p.name))
+        return
+    foreign = sorted(p.name for p in folder.iterdir() if not p.name.startswith(".") and not ours(p.name))
+    if foreign:
+        raise InputError(f"{option} {folder} holds other files ({foreign[0]}{', ...' if len(foreign) > 1 else ''}), "
+                         f"{what}; move them out, or choose a new or empty folder")
 
 
 def inside(path: Path, folder: Path) -> bool:
@@ -122,9 +126,8 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise DiskFull(f"no space left on the device of {target.parent} while writing {target.name}; free space "
-                           "and run the same command again") from None
+        if is_disk_full(exc):
+            raise disk_full(target) from None
         raise InputError(f"cannot write {target} ({exc.strerror or exc}); choose a writable location") from None
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -135,10 +138,20 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
         os.replace(tmp, target)
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise DiskFull(f"no space left on the device of {target.parent} while writing {target.name}; free space "
-                           "and run the same command again") from None
+        if is_disk_full(exc):
+            raise disk_full(target) from None
         raise
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """A write that failed for want of space (ENOSPC) or quota (EDQUOT)."""
+    return isinstance(exc, DiskFull) or (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT))
+
+
+def disk_full(target: Path, kept: str = "") -> DiskFull:
+    """The one wording of a full disk (exit 3), with what a rerun keeps when there is something."""
+    return DiskFull(f"no space left on the device of {target.parent} while writing {target.name}; free space and run "
+                    f"the same command again{kept}")
 
 
 def write_json_atomic(path: str | os.PathLike[str], payload: Any) -> None:

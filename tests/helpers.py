@@ -5,6 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def random_photo(path: Path, seed: int, size: tuple[int, int] = (96, 72), quality: int = 92) -> Path:
+    """A JPEG of seeded random pixels (what the bulk tests embed)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path, quality=quality)
+    return path
+
+
 def save_tiny_hf_clip(folder: Path, seed: int = 11) -> Path:
     """A tiny random transformers CLIPModel with real CLIP tokenizer files and an image processor,
     saved with save_pretrained: the layout of a hub snapshot, made offline."""

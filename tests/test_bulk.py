@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+
+from helpers import random_photo
 
 from clipexport.bulk.dataset import MANIFEST, read_dataset
 from clipexport.bulk.job import BulkOptions, Engine, RayOptions, embed_dataset
@@ -30,10 +31,7 @@ from clipexport.runtime import ClipRuntime
 ROWS_MAX_ABS = 1e-6
 
 
-def _photo(path: Path, seed: int, size=(96, 72)) -> Path:
-    rng = np.random.default_rng(seed)
-    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path, quality=92)
-    return path
+_photo = random_photo
 
 
 @pytest.fixture(scope="module")

@@ -128,7 +128,7 @@ def test_fast_decode_is_close_recorded_and_never_mixed(tiny_vit: Path, tmp_path:
     photos.mkdir()
     for i in range(6):
         _photo(photos / f"{i:03d}.jpg", 200 + i, size=(1600, 1200))
-    exact = embed_dataset(_options(tiny_vit, tmp_path / "exact", photos))
+    embed_dataset(_options(tiny_vit, tmp_path / "exact", photos))
     fast = embed_dataset(_options(tiny_vit, tmp_path / "fast", photos, fast_decode=True))
     assert fast.stats.drafted == 6 and not fast.notes
     import pyarrow.parquet as pq

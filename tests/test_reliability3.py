@@ -20,15 +20,15 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from helpers import random_photo
+
 from clipexport.cli import main
 
 CLI = [sys.executable, "-m", "clipexport"]
 
 
 def _photo(path: Path, seed: int, size=(64, 48)) -> Path:
-    rng = np.random.default_rng(seed)
-    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path, quality=90)
-    return path
+    return random_photo(path, seed, size, quality=90)
 
 
 def _photos(folder: Path, count: int, seed: int = 0, size=(64, 48)) -> Path:

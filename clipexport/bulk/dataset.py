@@ -15,9 +15,7 @@ and computes the rest. One job at a time per folder (an flock on it).
 
 from __future__ import annotations
 
-import errno
 import io
-import json
 import os
 import re
 from dataclasses import asdict, dataclass, field
@@ -26,9 +24,10 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from clipexport.errors import DiskFull, InputError
-from clipexport.files import (check_fields, foreign_entries, read_format_json, sha256_file, utc_timestamp,
-                              write_bytes_atomic, write_json_atomic)
+from clipexport.errors import DiskFull, InputError  # DiskFull: re-exported
+from clipexport.files import (check_fields, disk_full, is_disk_full, read_format_json, sha256_file,
+                              refuse_foreign, utc_timestamp, write_bytes_atomic,
+                              write_json_atomic)
 
 FORMAT = "clipexport-embeddings"
 VERSION = 1
@@ -143,9 +142,15 @@ def _check_manifest(data: dict[str, Any]) -> None:
             check_fields(skipped, {"id": str, "reason": str}, f"shards[{number}].skipped[].")
 
 
+def read_manifest_data(folder: Path, fix: str = "rerun the embed command that made it") -> dict[str, Any]:
+    """The one reader of `_embeddings.json`: schema-checked (every field typed, every shard entry
+    whole), one InputError line on any damage; the manifest as a dict."""
+    return read_format_json(Path(folder) / MANIFEST, FORMAT, _check_manifest, fix)
+
+
 def read_state(folder: Path, fix: str = "rerun the embed command that made it") -> DatasetState:
-    """The one reader of `_embeddings.json`: schema-checked, one InputError line on any damage."""
-    data = read_format_json(Path(folder) / MANIFEST, FORMAT, _check_manifest, fix)
+    """The manifest (`read_manifest_data`) as the writer's typed state."""
+    data = read_manifest_data(folder, fix)
     identity = Identity(**{k: data[k] for k in Identity.__dataclass_fields__})
     state = DatasetState(Path(folder), identity, data["artifact"], created=str(data.get("created") or utc_timestamp()))
     for entry in data["shards"]:
@@ -172,12 +177,8 @@ def open_dataset(folder: Path, identity: Identity, artifact: str, overwrite: boo
     folder.mkdir(parents=True, exist_ok=True)
     _remove_stale_temps(folder)
     manifest = folder / MANIFEST
-    foreign = foreign_entries(folder, _ours)
-    if foreign:
-        what = "beside an embeddings dataset" if manifest.is_file() else "not an embeddings dataset"
-        raise InputError(f"--output {folder} holds other files ({foreign[0]}{', ...' if len(foreign) > 1 else ''}), "
-                         f"{what} (readers of the folder would take them for data); move them out, or choose a new or "
-                         "empty folder")
+    refuse_foreign(folder, _ours, "--output", f"{'beside' if manifest.is_file() else 'not'} an embeddings dataset "
+                   "(readers of the folder would take them for data)")
     if not manifest.is_file():
         shards = sorted(p.name for p in folder.iterdir() if _ours(p.name))
         if shards:
@@ -247,11 +248,10 @@ def write_shard(state: DatasetState, index: int, ids: list[str], embeddings: np.
             shard = Shard(index, name, first, last - first, len(ids), hashlib.sha256(data).hexdigest(), tuple(skipped))
             state.shards[index] = shard
             state.save()
-        except (DiskFull, OSError) as exc:
-            if not isinstance(exc, DiskFull) and exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        except (DiskFull, OSError) as exc:  # DiskFull from write_bytes_atomic, or a raw ENOSPC
+            if not is_disk_full(exc):
                 raise
-            raise DiskFull(f"no space left on the device of {state.folder} while writing {name}; free space and "
-                           "run the same command again: finished shards are kept") from None
+            raise disk_full(state.folder / name, ": finished shards are kept") from None
     return shard
 
 
@@ -260,8 +260,7 @@ def read_dataset(folder: Path) -> tuple[dict[str, Any], Iterator[tuple[list[str]
     against its sha256."""
     import pyarrow.parquet as pq
 
-    read_state(folder)  # schema-checked first
-    manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    manifest = read_manifest_data(folder)
 
     def shards() -> Iterator[tuple[list[str], np.ndarray]]:
         for entry in manifest["shards"]:
@@ -311,4 +310,4 @@ class FolderLock:
 
 
 __all__ = ["DEFAULT_SHARD_SIZE", "DTYPES", "DatasetState", "DiskFull", "FolderLock", "Identity", "MANIFEST", "Shard",
-           "Skipped", "open_dataset", "read_dataset", "read_state", "shard_file", "write_shard"]
+           "Skipped", "open_dataset", "read_dataset", "read_manifest_data", "read_state", "shard_file", "write_shard"]

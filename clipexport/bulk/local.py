@@ -138,10 +138,8 @@ def _worker_main(connection: Any, preprocess: Any, exif_transpose: bool, fast_de
             task = connection.recv()
         except (EOFError, OSError):
             return
-        if task is None:
-            return
         batch = decode_batch(*task, normalized=False)
-        connection.send(dataclasses.replace(batch, warm=warm) if warm else batch)
+        connection.send(dataclasses.replace(batch, warm=warm))
         warm = True
 
 
@@ -335,6 +333,7 @@ class Throughput:
 
 
 def cores() -> int:
+    """The CPUs this process may use (its affinity)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
@@ -406,7 +405,10 @@ def run_local(artifact: Any, backend: str, precision: str, threads: int | None, 
     if auto and backend_takes_threads(backend):
         state.threads = physical_cores()  # what that default is, to compare the measured split with
     try:
-        first_workers = workers or (machine if auto else max(1, machine - threads) if threads else machine)
+        # Until a split is measured (or without one): decoding takes every core, or those --threads
+        # leaves; the backend's threads sleep between batches, so decoding can use what the model
+        # leaves idle.
+        first_workers = workers or (max(1, machine - threads) if threads else machine)
         embed_ranges(state, inputs, ranges, batch_size, first_workers, exif_transpose, skip_bad, advance, on_batch,
                      fast_decode=fast_decode, auto=auto, machine=machine)
         state.stats.dim = state.runtime.manifest.embed_dim
@@ -422,15 +424,14 @@ def backend_takes_threads(backend: Any) -> bool:
     return str(getattr(backend, "value", backend)) in ("onnxruntime", "openvino")
 
 
-def embed_ranges(runtime: Any, inputs: InputList, ranges: Sequence[tuple[int, int]], batch_size: int, workers: int,
+def embed_ranges(state: _Open, inputs: InputList, ranges: Sequence[tuple[int, int]], batch_size: int, workers: int,
                  exif_transpose: bool, skip_bad: bool, advance: Advance | None,
                  on_batch: Callable[[int, list[int], np.ndarray, list[tuple[int, str]]], None],
                  fast_decode: bool = False, auto: bool = False, machine: int = 0) -> PipelineStats:
     """Embed the inputs of each (first, end) range in order: `on_batch(start, kept input indices,
     embeddings, skipped (input index, reason))` per batch. An unreadable image stops the run
-    unless `skip_bad` (then it is reported and left out). `runtime` is a ClipRuntime, or the
-    run's `_Open` holder (which `auto` may re-open with other threads after measuring)."""
-    state = runtime if isinstance(runtime, _Open) else _Open(lambda _: runtime, None, runtime)
+    unless `skip_bad` (then it is reported and left out). `state` holds the run's runtime, which
+    `auto` may re-open once with other threads after measuring."""
     stats = state.stats
     total = sum(end - first for first, end in ranges)
     if inputs.kind is Kind.TEXT:

@@ -16,7 +16,6 @@ resumed run must have the same one. Duplicate ids are refused: an id names one r
 from __future__ import annotations
 
 import hashlib
-import os
 import tarfile
 from dataclasses import dataclass
 from enum import Enum
@@ -104,14 +103,14 @@ def list_inputs(spec: InputSpec, strict: bool = True) -> InputList:
     return InputList(kind, tuple(items), digest.hexdigest(), tuple(notes))
 
 
-def _image_arguments(arguments: Sequence[str], strict: bool = True, notes: list[str] | None = None) -> list[Item]:
+def _image_arguments(arguments: Sequence[str], strict: bool, notes: list[str]) -> list[Item]:
     out: list[Item] = []
     plain: list[str] = []
     for argument in arguments:
         if str(argument).lower().endswith(".tar") and not is_folder(Path(argument)):
             out += [Item(shown(p), str(p)) for p in image_paths(plain)]
             plain = []
-            out += _tar_members(Path(argument), strict, notes if notes is not None else [])
+            out += _tar_members(Path(argument), strict, notes)
         else:
             plain.append(argument)
     return out + [Item(shown(p), str(p)) for p in image_paths(plain)]
@@ -120,7 +119,7 @@ def _image_arguments(arguments: Sequence[str], strict: bool = True, notes: list[
 TAR_BLOCK = 512
 
 
-def _tar_members(path: Path, strict: bool = True, notes: list[str] | None = None) -> list[Item]:
+def _tar_members(path: Path, strict: bool, notes: list[str]) -> list[Item]:
     """The image members of a webdataset-style tar, with their byte ranges (read without extracting).
     Python's tarfile stops quietly at a header cut short, so a tar truncated there would lose its
     remaining members unsaid: the archive must end in its end-of-archive (zero) block, and every
@@ -142,7 +141,7 @@ def _tar_members(path: Path, strict: bool = True, notes: list[str] | None = None
         message = f"tar shard {shown(path)} is truncated {where}: the members after that are lost"
         if strict:
             raise InputError(f"{message}; re-create or re-download it, or pass --skip-bad to embed the whole members")
-        (notes if notes is not None else []).append(message)
+        notes.append(message)
     return [Item(shown(f"{path}:{m.name}"), str(path), m.offset_data, m.size) for m in whole
             if m.name.lower().endswith(IMAGE_SUFFIXES)]
 
@@ -240,12 +239,3 @@ def read_item_bytes(item: Item) -> bytes:
             raise InputError(f"cannot read image {item.where} ({str(exc).splitlines()[0][:200]})") from None
     return read_regular_file(Path(item.where.removeprefix("file://")).expanduser(), "image")
 
-
-def default_workers(backend_threads: int | None = None) -> int:
-    """Decode workers: the cores the backend's own threads leave free, where --threads pins them;
-    otherwise every core. The backend's threads run only while a batch runs and sleep between
-    batches (no spin-waiting in bulk jobs), so decoding can take every core the model leaves idle:
-    on 12 MP photos, where decoding costs twice the model, one worker capped the pipeline at half of
-    this machine (benchmarks/results/bulk-embed.json)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores - backend_threads) if backend_threads else cores

@@ -26,10 +26,10 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from clipexport.bulk.dataset import MANIFEST as DATASET_MANIFEST
-from clipexport.bulk.dataset import FolderLock, read_state
+from clipexport.bulk.dataset import FolderLock, read_manifest_data
 from clipexport.errors import InputError
 from clipexport.errors import ParityError
-from clipexport.files import (foreign_entries, inside, read_format_json, sha256_file, utc_timestamp, write_bytes_atomic,
+from clipexport.files import (inside, refuse_foreign, read_format_json, sha256_file, utc_timestamp, write_bytes_atomic,
                               write_json_atomic)
 from clipexport.parity.retrieval import RECALL_KS, TopK
 from clipexport.parity.stats import l2_normalize
@@ -67,6 +67,11 @@ class IndexOptions:
     accept_low_recall: bool = False  # publish an index whose recall misses target_recall without failing
 
 
+def meets_target(recall: dict[str, float], target: float) -> bool:
+    """Every query kind's measured recall@10 reaches --target-recall."""
+    return all(value >= target for value in recall.values())
+
+
 @dataclass(frozen=True)
 class IndexResult:
     output: Path
@@ -81,7 +86,7 @@ class IndexResult:
 
     @property
     def target_met(self) -> bool:
-        return all(value >= self.target_recall for value in self.recall.values())
+        return meets_target(self.recall, self.target_recall)
 
 
 @dataclass(frozen=True)
@@ -154,8 +159,7 @@ def open_dataset(folder: Path, what: str = "DATASET") -> Dataset:
     if not manifest_path.is_file():
         raise InputError(f"{what} {folder} is not an embeddings dataset (no {DATASET_MANIFEST}); make one with "
                          "`clipexport embed ARTIFACT --images ... -o DIR`")
-    read_state(folder)  # the one schema-checked reader of _embeddings.json
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    manifest = read_manifest_data(folder)
     if not manifest.get("complete"):
         raise InputError(f"{what} {folder} is not finished ({len(manifest['shards'])} shards done); run the same "
                          "embed command again to finish it, then index it")
@@ -236,10 +240,7 @@ def _existing(output: Path, identity: dict[str, Any], overwrite: bool) -> dict[s
     """The finished index of this same job (nothing to do), or None after clearing the way. The
     owned-folder rule: the folder is empty, or carries our _index.json (or our build state);
     anything else is refused naming the file, and --overwrite removes only our own files."""
-    foreign = foreign_entries(output, _ours)
-    if foreign:
-        raise InputError(f"-o {output} holds other files ({foreign[0]}{', ...' if len(foreign) > 1 else ''}), not an "
-                         "index; choose a new or empty folder")
+    refuse_foreign(output, _ours, "-o", "not an index")
     manifest = output / MANIFEST
     building = output / BUILDING
     if not manifest.is_file():
@@ -337,7 +338,7 @@ def _build(dataset: Dataset, queries: Dataset | None, plan: IndexPlan, output: P
         "metric": "inner product on L2-normalised rows (cosine)",
         "index": {**plan.to_dict(), "nprobe": tuned_nprobe, "target_recall": options.target_recall,
                   "bytes": len(index_bytes)},
-        "recall_at_10": recall, "target_met": all(v >= options.target_recall for v in recall.values()),
+        "recall_at_10": recall, "target_met": meets_target(recall, options.target_recall),
         "recall_sample": min(RECALL_SAMPLE, dataset.rows), "recall_curve": curve,
         "recall_definition": f"|found@{RECALL_K} ∩ exact@{RECALL_K}| / {RECALL_K}; own row excluded for the index's rows",
         "files": {INDEX_FILE: hashlib.sha256(index_bytes).hexdigest(), IDS_FILE: sha256_file(output / IDS_FILE)},
