@@ -18,7 +18,8 @@ from PIL import Image
 
 from clipexport.artifact.manifest import Convention, ResizeMode
 from clipexport.bulk.job import BulkOptions, embed_dataset
-from clipexport.bulk.local import measured_split
+from clipexport.bulk import local
+from clipexport.bulk.local import Split, choose_split, measured_split
 from clipexport.bulk.sources import InputSpec
 from clipexport.cli import main
 from clipexport.runtime import ClipRuntime
@@ -75,6 +76,47 @@ def test_the_split_follows_the_measured_costs() -> None:
     assert measured_split(4, 0.0, 10.0) == (1, 4) and measured_split(4, 10.0, 0.0) == (4, 1)
     # 16 vCPUs on 8 physical cores: the backend gives up physical cores in the same proportion.
     assert measured_split(16, 252.3, 231.5, backend_cores=8) == (9, 4)
+
+
+def test_the_sides_are_pinned_to_separate_cpus_where_that_pays() -> None:
+    # The costs of benchmarks/results/bulk-scaling-16core-pinned.json (16 vCPUs) and bulk-scaling-2core.json.
+    sixteen = list(range(16))
+    assert choose_split(15.1, 153.0, 16, sixteen) == Split(2, 14, tuple(range(14)), (14, 15))  # 0.5 MP
+    assert choose_split(298.8, 124.4, 16, sixteen) == Split(11, 5, tuple(range(5)), tuple(range(5, 16)))  # 12 MP
+    # On 2 cores one CPU each halves the model (0.5 MP) or starves decoding (12 MP): both share.
+    assert choose_split(8.2, 94.1, 2, [0, 1]) == Split(1, 2)
+    assert choose_split(169.0, 98.0, 2, [0, 1]) == Split(*measured_split(2, 169.0, 98.0))
+    assert choose_split(10.0, 10.0, 1, [0]) == Split(1, 1)  # one CPU: nothing to separate
+    # Hyper-thread siblings come last, so the backend's CPUs are distinct cores.
+    order = local.cpu_order()
+    assert sorted(order) == sorted(os.sched_getaffinity(0))
+
+
+def test_a_pinned_run_keeps_every_row_and_gives_the_caller_its_cpus_back(
+        tiny_vit: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("pinning needs 2 CPUs; this process may use 1")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    paths = [_photo(photos / f"{i:03d}.jpg", 200 + i) for i in range(80)]  # past CALIBRATION_IMAGES
+    calls = []
+    real = local.set_cpus
+    monkeypatch.setattr(local, "PIN_MIN_FRACTION", 0.0)  # pin whatever the costs
+    monkeypatch.setattr(local, "set_cpus", lambda pid, cpus: (calls.append((pid, tuple(cpus))), real(pid, cpus)))
+    before = os.sched_getaffinity(0)
+    result = embed_dataset(_options(tiny_vit, tmp_path / "ds", photos, batch_size=8))
+    assert "pinned to" in result.stats.split, result.stats.split
+    assert os.sched_getaffinity(0) == before
+    backend = [cpus for pid, cpus in calls if pid == 0][0]
+    workers = {cpus for pid, cpus in calls if pid != 0 and cpus}
+    assert len(workers) == 1 and not set(backend) & set(next(iter(workers))), calls
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(tmp_path / "ds")
+    assert table.column("id").to_pylist() == [str(p) for p in paths]
+    with ClipRuntime.load(tiny_vit) as runtime:
+        reference = runtime.encode_image([str(p) for p in paths])
+    np.testing.assert_allclose(np.stack(table.column("embedding").to_pylist()), reference, atol=ROWS_MAX_ABS, rtol=0)
 
 
 def _options(artifact: Path, output: Path, folder: Path, **kwargs) -> BulkOptions:

@@ -11,7 +11,11 @@ measure the workers' decode CPU and the backend's CPU per image; the decode shar
 is then `cores x decode / (decode + model)`: that many workers (rounded up) keep decoding, and the
 backend gets the cores they leave (its threads re-opened once). Decoding in bursts on every core
 stalls a backend whose threads split each layer evenly (one descheduled thread holds the rest).
-`--workers` / `--threads` pin either side instead.
+Where separate CPUs for each side come within PIN_MIN_FRACTION of that ideal (many cores: the
+16-vCPU machine at both photo sizes; never on 2), the sides are pinned apart (`choose_split`) and
+the backend's threads may spin: measured there, 14 pinned spinning threads keep 55 img/s beside
+2 decoders, against 48 sharing every CPU without spinning.
+`--workers` / `--threads` set either side instead.
 
 Memory is bounded by the batches in flight (2 per worker), never by the corpus. The decode code
 is the runtime's own `ImagePreprocessor` (exact), with the same skip / refuse rule for unreadable
@@ -173,6 +177,7 @@ class ImagePipeline:
         self.workers: list[_Worker] = []
         self.active = workers  # workers beyond this many get no new batches, and stop once idle
         self.deaths: collections.Counter = collections.Counter()
+        self.cpus: tuple[int, ...] = ()  # where the workers run once pinned (see pin)
         try:
             for _ in range(workers):
                 self.workers.append(self._start())
@@ -186,7 +191,14 @@ class ImagePipeline:
                                        name="clipexport-decode")
         process.start()
         child.close()
+        set_cpus(process.pid, self.cpus)
         return _Worker(process, parent, collections.deque())
+
+    def pin(self, cpus: Sequence[int]) -> None:
+        """Run the workers (and any that replace one) on `cpus` only."""
+        self.cpus = tuple(cpus)
+        for worker in self.workers:
+            set_cpus(worker.process.pid, self.cpus)
 
     def _send(self, worker: _Worker, task: tuple[int, Sequence[Item]]) -> None:
         worker.in_flight.append(task)
@@ -354,10 +366,10 @@ def physical_cores() -> int:
 
 def measured_split(machine_cores: int, decode_cpu: float, model_cpu: float,
                    backend_cores: int | None = None) -> tuple[int, int]:
-    """(decode workers, backend threads) for per-image CPU costs: the decode share of the machine,
-    cores x decode / (decode + model), rounded up for the workers (of `machine_cores`, logical) and
-    down for what the backend gives up (of `backend_cores`, physical), so the fractional core is
-    shared (both sides sleep when they wait)."""
+    """(decode workers, backend threads) for per-image CPU costs when both sides share every core:
+    the decode share of the machine, cores x decode / (decode + model), rounded up for the workers
+    (of `machine_cores`, logical) and down for what the backend gives up (of `backend_cores`,
+    physical), so the fractional core is shared (both sides sleep when they wait)."""
     share = decode_cpu / max(decode_cpu + model_cpu, 1e-12)
     backend_cores = backend_cores or machine_cores
     workers = max(1, min(machine_cores, math.ceil(machine_cores * share - 1e-9)))
@@ -365,20 +377,89 @@ def measured_split(machine_cores: int, decode_cpu: float, model_cpu: float,
     return workers, threads
 
 
+# Pin the two sides to separate CPUs when that split is predicted to reach at least this fraction of
+# the shared ideal (cores / (decode + model) per image). Shared cores lose more than this on a
+# machine with many: ONNX Runtime's threads split every layer evenly, so one of 15 threads
+# descheduled by a decode worker holds the other 14 (16-vCPU Xeon, 0.5 MP: 53-77% of the ideal
+# shared); on 2 cores, sharing reached 93% (benchmarks/results/bulk-scaling-*.json).
+PIN_MIN_FRACTION = 0.85
+
+
+@dataclass(frozen=True)
+class Split:
+    """How a run shares the CPUs: decode workers and backend threads, and with `pinned`, which CPUs
+    each side runs on (the backend's threads may then spin: no decode worker waits for their core)."""
+
+    workers: int
+    threads: int
+    backend_cpus: tuple[int, ...] = ()
+    decode_cpus: tuple[int, ...] = ()
+
+    @property
+    def pinned(self) -> bool:
+        return bool(self.backend_cpus)
+
+
+def cpu_order() -> list[int]:
+    """This process's CPUs, one per physical core first, then their hyper-thread siblings, so a
+    side given the first k CPUs gets k distinct cores where the machine has them."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    seen: collections.Counter = collections.Counter()
+    ranked = []
+    for cpu in cpus:
+        try:
+            topology = f"/sys/devices/system/cpu/cpu{cpu}/topology"
+            with open(f"{topology}/physical_package_id") as package, open(f"{topology}/core_id") as core:
+                key = (package.read().strip(), core.read().strip())
+        except OSError:
+            key = ("", str(cpu))
+        ranked.append((seen[key], cpu))
+        seen[key] += 1
+    return [cpu for _, cpu in sorted(ranked)]
+
+
+def choose_split(decode_cpu: float, model_cpu: float, backend_cores: int | None = None,
+                 cpus: Sequence[int] | None = None) -> Split:
+    """Pinned when separate CPUs for each side come within PIN_MIN_FRACTION of the shared ideal:
+    the workers count that maximises min(workers / decode, threads / model) over the CPUs.
+    Otherwise `measured_split`, both sides on every CPU."""
+    order = list(cpus) if cpus is not None else cpu_order()
+    n = len(order)
+    ideal = n / max(decode_cpu + model_cpu, 1e-12)
+    best, rate = 0, 0.0
+    for workers in range(1, n):
+        predicted = min(workers / max(decode_cpu, 1e-12), (n - workers) / max(model_cpu, 1e-12))
+        if predicted > rate + 1e-12:
+            best, rate = workers, predicted
+    if best and rate >= PIN_MIN_FRACTION * ideal:
+        threads = n - best
+        return Split(best, threads, tuple(sorted(order[:threads])), tuple(sorted(order[threads:])))
+    return Split(*measured_split(n, decode_cpu, model_cpu, backend_cores))
+
+
+def set_cpus(pid: int, cpus: Sequence[int]) -> None:
+    """Run `pid` (0: the calling thread) on `cpus`; a platform without affinity is left as it is."""
+    if cpus and hasattr(os, "sched_setaffinity"):
+        try:
+            os.sched_setaffinity(pid, cpus)
+        except OSError:  # the process is gone, or a cpuset forbids it: it runs where it may
+            pass
+
+
 @dataclass
 class _Open:
     """The runtime of a run, re-opened once when the measured split changes its threads."""
 
-    load: Callable[[int | None], Any]
+    load: Callable[[int | None, bool], Any]  # (threads, spin) -> an open runtime
     threads: int | None
     runtime: Any = None
     stats: PipelineStats = field(default_factory=PipelineStats)
 
-    def open(self, threads: int | None) -> Any:
+    def open(self, threads: int | None, spin: bool = False) -> Any:
         if self.runtime is not None:
             self.runtime.close()
         self.runtime, self.threads = None, threads
-        self.runtime = self.load(threads)
+        self.runtime = self.load(threads, spin)
         return self.runtime
 
 
@@ -396,11 +477,12 @@ def run_local(artifact: Any, backend: str, precision: str, threads: int | None, 
     auto = workers is None and threads is None and inputs.kind is Kind.IMAGE
     machine = cores()
 
-    def load(count: int | None) -> Any:
+    def load(count: int | None, spin: bool) -> Any:
         return ClipRuntime.load(artifact, backend=backend, precision={tower: precision}, threads=count,
-                                exif_transpose=exif_transpose, towers=(tower,), spin=False, device=device)
+                                exif_transpose=exif_transpose, towers=(tower,), spin=spin, device=device)
 
     state = _Open(load, threads)
+    own_cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
     state.open(threads)  # auto: the backend's own default (ONNX Runtime: the physical cores)
     if auto and backend_takes_threads(backend):
         state.threads = physical_cores()  # what that default is, to compare the measured split with
@@ -417,6 +499,8 @@ def run_local(artifact: Any, backend: str, precision: str, threads: int | None, 
     finally:
         if state.runtime is not None:
             state.runtime.close()
+        if own_cpus is not None:
+            set_cpus(0, sorted(own_cpus))  # a pinned run gives the caller's thread its CPUs back
 
 
 def backend_takes_threads(backend: Any) -> bool:
@@ -472,13 +556,22 @@ def embed_ranges(state: _Open, inputs: InputList, ranges: Sequence[tuple[int, in
                 decided = True
                 decode = stats.warm_decode_cpu_s / stats.warm_decode_images
                 model = stats.backend_cpu_s / model_images
-                count, threads = measured_split(machine, decode, model, state.threads)
+                split = choose_split(decode, model, state.threads) if state.threads is not None else \
+                    Split(*measured_split(machine, decode, model))
                 stats.split = (f"decode {1e3 * decode:.1f} ms + model {1e3 * model:.1f} ms CPU per image on {machine} "
-                               f"cores: {count} decode workers, {threads} backend threads")
-                pipeline.shrink(count)
-                stats.workers = count
-                if state.threads is not None and threads < state.threads:  # a CPU backend gives cores to decoding
-                    state.open(threads)
+                               f"cores: {split.workers} decode workers, {split.threads} backend threads"
+                               + (f", pinned to {len(split.decode_cpus)} + {len(split.backend_cpus)} CPUs"
+                                  if split.pinned else ""))
+                pipeline.shrink(split.workers)
+                stats.workers = split.workers
+                if split.pinned:
+                    # The backend's threads start on the caller's CPUs: pin it, then re-open with spinning
+                    # threads (nothing else runs on those CPUs now); the workers move to the rest.
+                    pipeline.pin(split.decode_cpus)
+                    set_cpus(0, split.backend_cpus)
+                    state.open(split.threads, spin=True)
+                elif state.threads is not None and split.threads < state.threads:  # a CPU backend gives cores to decoding
+                    state.open(split.threads)
         stats.parent_cpu_s += time.thread_time() - began
     finally:
         pipeline.close()
