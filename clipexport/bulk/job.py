@@ -14,7 +14,7 @@ import numpy as np
 
 from clipexport.artifact.manifest import Tower, read_manifest
 from clipexport.bulk.dataset import (DEFAULT_SHARD_SIZE, DTYPES, MANIFEST, DatasetState, FolderLock, Identity, Skipped,
-                                     open_dataset, write_shard)
+                                     open_dataset, prepare_writer, write_shard)
 from clipexport.bulk.local import PipelineStats
 from clipexport.bulk.sources import InputList, InputSpec, Kind, list_inputs
 from clipexport.datasets import is_folder
@@ -141,11 +141,9 @@ def _embed(options: BulkOptions, artifact: Path, output: Path, inputs: InputList
 
                 run_on_ray(options, inputs, ranges, advance, writer.on_batch)
             else:
-                from clipexport._deps import require
                 from clipexport.bulk.local import run_local
 
-                # The shard writer's library, imported before the run: a start-up cost, not a per-image one.
-                require("pyarrow.parquet", "writing the sharded embeddings dataset (pip install 'clipexport[bulk]')")
+                prepare_writer(identity)  # the writer's start-up, paid before the run (not per image)
 
                 stats = run_local(artifact, options.backend, options.precision, options.threads, options.workers,
                                   options.exif_transpose, options.skip_bad, inputs, ranges, options.batch_size,

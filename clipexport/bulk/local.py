@@ -263,6 +263,7 @@ class ImagePipeline:
         order: collections.deque = collections.deque()  # (chunk start, its batch's start), in input order
         done: dict[int, Batch] = {}
         parts: list[Batch] = []  # the chunks of the batch being assembled
+        buffers: collections.deque = collections.deque([None, None])
 
         def fill() -> None:
             while len(order) < max(self.active * IN_FLIGHT_PER_WORKER, 2 * chunks_per_batch):
@@ -278,7 +279,11 @@ class ImagePipeline:
             pixels = np.concatenate([p.pixels for p in parts]) if len(parts) > 1 else parts[0].pixels
             kept = tuple(p.start - first + k for p in parts for k in p.kept)
             skipped = tuple((p.start - first + k, reason) for p in parts for k, reason in p.skipped)
-            out = Batch(first, sum(p.count for p in parts), self.normalizer.normalize(pixels), kept, skipped,
+            # Two float buffers in turn: the consumer is done with batch k when it asks for batch k + 2.
+            buffers.rotate()
+            if buffers[0] is None or buffers[0].shape != pixels.shape:
+                buffers[0] = np.empty(pixels.shape, np.float32)
+            out = Batch(first, sum(p.count for p in parts), self.normalizer.normalize(pixels, buffers[0]), kept, skipped,
                         sum(p.decode_seconds for p in parts), sum(p.drafted for p in parts))
             parts.clear()
             return out
@@ -564,6 +569,7 @@ def embed_ranges(state: _Open, inputs: InputList, ranges: Sequence[tuple[int, in
                                   if split.pinned else ""))
                 pipeline.shrink(split.workers)
                 stats.workers = split.workers
+                reopening = time.thread_time()
                 if split.pinned:
                     # The backend's threads start on the caller's CPUs: pin it, then re-open with spinning
                     # threads (nothing else runs on those CPUs now); the workers move to the rest.
@@ -572,6 +578,7 @@ def embed_ranges(state: _Open, inputs: InputList, ranges: Sequence[tuple[int, in
                     state.open(split.threads, spin=True)
                 elif state.threads is not None and split.threads < state.threads:  # a CPU backend gives cores to decoding
                     state.open(split.threads)
+                stats.parent_cpu_s -= time.thread_time() - reopening  # the backend's load, once: not per image
         stats.parent_cpu_s += time.thread_time() - began
     finally:
         pipeline.close()

@@ -220,11 +220,13 @@ class ImagePreprocessor:
             pixels = _tv_center_crop(pixels, h, w)
         return pixels
 
-    def normalize(self, pixels: np.ndarray) -> np.ndarray:
+    def normalize(self, pixels: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """float32 [..., 3, H, W] from uint8 [..., 3, H, W]: the source library's own normalisation,
         operation for operation (so the same bits), done in place on one float copy of the batch —
         the parent of a bulk job normalises every image (measured: 0.09 ms per 224 px image, a third
-        of the same arithmetic with a temporary per operation; a lookup table was slower still)."""
+        of the same arithmetic with a temporary per operation; a lookup table was slower still).
+        `out`: a float32 array of the same shape to write into (a caller reusing one skips the page
+        faults of a fresh 19 MB batch every time; ignored where the arithmetic is float64)."""
         cfg = self.config
         if cfg.convention is Convention.HF:
             # transformers rescales and normalises in float64 before casting to float32.
@@ -233,7 +235,10 @@ class ImagePreprocessor:
             wide -= np.asarray(cfg.mean).reshape(3, 1, 1)
             wide /= np.asarray(cfg.std).reshape(3, 1, 1)
             return wide.astype(np.float32)
-        out = pixels.astype(np.float32)
+        if out is None or out.shape != pixels.shape or out.dtype != np.float32:
+            out = pixels.astype(np.float32)
+        else:
+            np.copyto(out, pixels, casting="unsafe")  # uint8 -> float32: exact, as astype
         if cfg.convention is Convention.HF_TORCHVISION:
             # (x - 255 mean) / (255 std) in float32: rescale and normalise fused.
             scale = np.float32(1.0 / cfg.rescale_factor)
