@@ -32,7 +32,7 @@ SCENE_SIDE = 1024
 
 def _embed(runtime, pre, paths: list[Path], fast: bool) -> tuple[np.ndarray, float]:
     """(unit embeddings, decode + preprocess seconds per image)."""
-    from clipexport.parity.stats import l2_normalize
+    from clipexport.vectors import l2_normalize
 
     rows, spent = [], 0.0
     for start in range(0, len(paths), 32):
@@ -70,7 +70,7 @@ def _scenes(work: Path) -> Path:
 def scenes_part(work: Path) -> dict:
     from clipexport.artifact.precision import Precision
     from clipexport.datasets import load_retrieval_set
-    from clipexport.parity.stats import l2_normalize
+    from clipexport.vectors import l2_normalize
     from clipexport.runtime import ClipRuntime
     from clipexport.runtime.backends import BackendKind
     from clipexport.runtime.preprocess import ImagePreprocessor

@@ -8,7 +8,8 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from enum import Enum
+from typing import Any, Callable, Iterable
 
 import click
 
@@ -16,6 +17,7 @@ from clipexport._version import __version__
 from clipexport.artifact.precision import QUANTIZED, CalibrationMethod, Precision, Target
 from clipexport.errors import ClipExportError
 from clipexport.inputs import DEFAULT_MAX_REQUEST_BYTES
+from clipexport.parity.gates import gates_summary
 from clipexport.progress import StepPrinter
 from clipexport.bulk.job import Engine
 from clipexport.runtime.backends import BackendKind, triton_serving
@@ -33,7 +35,31 @@ Exit codes:
 
 PRECISIONS = [p.value for p in Precision]
 BACKENDS = [b.value for b in BackendKind]
-TRITON_PLATFORMS = [b.value for b in BackendKind if triton_serving(b) is not None]
+TRITON_PLATFORMS = [b for b in BackendKind if triton_serving(b) is not None]
+
+
+def _doc(**fields: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Fill a command's help text from the registries (so it cannot go stale)."""
+    def fill(command: Callable[..., Any]) -> Callable[..., Any]:
+        command.__doc__ = (command.__doc__ or "").format(**fields)
+        return command
+    return fill
+
+
+class Member(click.Choice):
+    """A choice among enum members, given to the command as the member: every name on the command
+    line is parsed here, once, and the options classes below hold members only. `extra` values
+    (verify's "all") pass through as strings."""
+
+    def __init__(self, members: Iterable[Enum], extra: tuple[str, ...] = ()):
+        self.members = {m.value: m for m in members}
+        super().__init__([*self.members, *extra], case_sensitive=False)
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        if isinstance(value, Enum):
+            return value
+        chosen = super().convert(value, param, ctx)
+        return self.members.get(chosen, chosen)
 FAST_DECODE_HELP = ("Decode JPEGs at the largest DCT scale that keeps the short side >= 2x the model's input (PIL "
                     "draft), then resize exactly: 12 MP photos decode 2.4x faster (embed 1.46x on 2 cores); cosine "
                     "to the exact path >= 0.9995, retrieval recall within 0.2 pt on the demo scenes (README); not "
@@ -173,11 +199,10 @@ def export(model: str, pretrained: str | None, output: Path, source: str, opset:
 @click.option("--texts", type=click.Path(path_type=Path), default=None, help="UTF-8 file, one caption per line (default: built-in captions).")
 @click.option("--num-images", type=click.IntRange(min=1), default=None, help="How many synthetic images (without --images).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Batch size for the exported graphs.")
-@click.option("--precision", "precisions", multiple=True, type=click.Choice([*PRECISIONS, "all"], case_sensitive=False),
+@click.option("--precision", "precisions", multiple=True, type=Member(Precision, extra=("all",)),
               help="Graph variant(s) to check (repeatable); all = every variant in the manifest. Default: fp32.")
-@click.option("--backend", "backends", multiple=True, type=click.Choice(BACKENDS, case_sensitive=False),
-              help="Where to run the candidate (repeatable): ONNX Runtime CPU (default), the TensorRT engines "
-                   "from `clipexport build`, or ONNX Runtime's TensorRT provider.")
+@click.option("--backend", "backends", multiple=True, type=Member(BackendKind),
+              help=f"Where to run the candidate (repeatable; default onnxruntime): {', '.join(BACKENDS)}.")
 @_labelled_options("ImageFolder (one subfolder per class; optional classes.txt 'folder<TAB>prompt' or classes.json): "
                    "zero-shot top-1/top-5 per variant and its drop against PyTorch FP32.",
                    "Fail (exit 1) when a variant's top-1 is more than this many points below PyTorch FP32's.")
@@ -188,14 +213,16 @@ def export(model: str, pretrained: str | None, output: Path, source: str, opset:
 @click.option("--max-recall-drop", type=float, default=None,
               help="With --retrieval: fail (exit 1) when any cell's R@k is more than this many points below fp32/fp32's.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
+@_doc(gates=gates_summary())
 def verify(artifact: Path, images: Path | None, texts: Path | None, num_images: int | None,
-           batch_size: int | None, precisions: tuple[str, ...], backends: tuple[str, ...], labeled_images: Path | None,
+           batch_size: int | None, precisions: tuple[Precision | str, ...], backends: tuple[BackendKind, ...],
+           labeled_images: Path | None,
            templates: Path | None, max_accuracy_drop: float | None, retrieval: str | None,
            max_recall_drop: float | None, quiet: bool) -> None:
     """Compare ARTIFACT's graphs with the PyTorch FP32 model; write parity.json; exit 1 below a gate.
 
-    Gates per tower (min / mean cosine of the embeddings): fp32 >= 0.99999, fp16 >= 0.999,
-    int8 >= 0.98 / 0.99. Zero-shot top-1 agreement with PyTorch is reported for each variant.
+    Gates per tower (min / mean cosine of the embeddings): {gates}. Zero-shot top-1 agreement with
+    PyTorch is reported for each variant.
     """
     from clipexport import datasets as inputs
     from clipexport.verify.run import DEFAULT_BATCH_SIZE, VerifyOptions, verify_artifact
@@ -216,13 +243,13 @@ def verify(artifact: Path, images: Path | None, texts: Path | None, num_images: 
 
 @main.command()
 @click.argument("artifact", type=click.Path(path_type=Path))
-@click.option("--precision", type=click.Choice([p.value for p in QUANTIZED], case_sensitive=False), required=True,
+@click.option("--precision", type=Member(QUANTIZED), required=True,
               help="Variant to add to ARTIFACT.")
 @click.option("--towers", default="vision,text", show_default=True, help="Comma-separated towers to convert.")
-@click.option("--target", type=click.Choice([t.value for t in Target]), default=None,
+@click.option("--target", type=Member(Target), default=None,
               help="Q/DQ placement: TensorRT's (ModelOpt, FP16 elsewhere; the default) or ONNX Runtime CPU's "
                    "(INT8 only: MatMul/Gemm S8S8).")
-@click.option("--method", type=click.Choice([m.value for m in CalibrationMethod]), default=None,
+@click.option("--method", type=Member(CalibrationMethod), default=None,
               help="Calibration method. Default: entropy for INT8 on tensorrt, max for cpu and for FP8.")
 @click.option("--calibration-images", type=click.Path(path_type=Path), default=None,
               help="Folder of images like the ones you will serve (default: the repo's calibration/images).")
@@ -238,7 +265,7 @@ def verify(artifact: Path, images: Path | None, texts: Path | None, num_images: 
                    "zero-shot top-1 is within --max-accuracy-drop of the FP32 graphs'.",
                    "Top-1 points INT8 may lose on --labeled-images (default: 1.0).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
-def quantize(artifact: Path, precision: str, towers: str, target: str | None, method: str | None,
+def quantize(artifact: Path, precision: Precision, towers: str, target: Target | None, method: CalibrationMethod | None,
              calibration_images: Path | None, calibration_texts: Path | None, calibration_size: int | None,
              sensitivity: bool, fallback: bool, io_dtype: str, labeled_images: Path | None, templates: Path | None,
              max_accuracy_drop: float | None, quiet: bool) -> None:
@@ -258,9 +285,7 @@ def quantize(artifact: Path, precision: str, towers: str, target: str | None, me
 
         raise InputError("--templates and --max-accuracy-drop need --labeled-images DIR")
     options = QuantizeOptions(
-        artifact=artifact, precision=Precision.parse(precision), towers=_towers(towers),
-        target=Target(target) if target else None,
-        method=CalibrationMethod(method) if method else None,
+        artifact=artifact, precision=precision, towers=_towers(towers), target=target, method=method,
         calibration=CalibrationSource(images=calibration_images, texts=calibration_texts,
                                       size=DEFAULT_CALIBRATION_SIZE if calibration_size is None else calibration_size),
         sensitivity=sensitivity, fallback=fallback, fp16_io=io_dtype == "float16", accuracy=accuracy)
@@ -299,7 +324,7 @@ def _towers(value: str) -> tuple[Any, ...]:
 
 @main.command()
 @click.argument("artifact", type=click.Path(path_type=Path))
-@click.option("--precision", type=click.Choice(PRECISIONS, case_sensitive=False), default=None,
+@click.option("--precision", type=Member(Precision), default=None,
               help="Which ONNX variant to compile (default: the recipe's).")
 @click.option("--recipe", default=None, help="A shipped recipe name (see `clipexport recipes`) or a TOML file. "
                                              "Default: server GPU, batch 1-128.")
@@ -307,7 +332,7 @@ def _towers(value: str) -> tuple[Any, ...]:
 @click.option("--dry-run", is_flag=True, help="Print the resolved settings and the equivalent trtexec commands; "
                                               "build nothing (works without TensorRT).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
-def build(artifact: Path, precision: str | None, recipe: str | None, towers: str, dry_run: bool, quiet: bool) -> None:
+def build(artifact: Path, precision: Precision | None, recipe: str | None, towers: str, dry_run: bool, quiet: bool) -> None:
     """Compile ARTIFACT's ONNX graphs into TensorRT engines: engines/<tower>.<precision>.plan + .json provenance."""
     from clipexport.trt.pipeline import BuildOptions, build_artifact, graphs_to_make, plan_artifact
 
@@ -396,9 +421,9 @@ def _csv(value: str) -> tuple[str, ...]:
 def _runtime_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """The ClipRuntime.load settings shared by the commands that run an artifact."""
     for option in reversed([
-        click.option("--precision", type=click.Choice(PRECISIONS, case_sensitive=False), default="fp32",
+        click.option("--precision", type=Member(Precision), default="fp32",
                      show_default=True, help="Graph variant to run."),
-        click.option("--backend", type=click.Choice(BACKENDS, case_sensitive=False), default="onnxruntime",
+        click.option("--backend", type=Member(BackendKind), default="onnxruntime",
                      show_default=True, help="Where to run the graphs."),
         click.option("--exif-transpose", is_flag=True,
                      help="Rotate photos by their EXIF orientation first (open_clip does not)."),
@@ -483,8 +508,8 @@ class _LazyBar:
 @click.option("--model", "served_model", default=None, help="With --server: the served model name prefix.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def embed(artifact: Path, images: tuple[str, ...], image_list: Path | None, image_table: Path | None, path_column: str,
-          texts: Path | None, text_table: Path | None, text_column: str, output: Path, precision: str, backend: str,
-          batch_size: int, skip_bad: bool, exif_transpose: bool, device: str | None, workers: int | None,
+          texts: Path | None, text_table: Path | None, text_column: str, output: Path, precision: Precision,
+          backend: BackendKind, batch_size: int, skip_bad: bool, exif_transpose: bool, device: str | None, workers: int | None,
           threads: int | None, fast_decode: bool, shard_size: int,
           dtype: str, overwrite: bool, engine: str, ray_address: str | None, ray_actors: int, ray_gpus_per_actor: float,
           server: str | None, served_model: str | None, quiet: bool) -> None:
@@ -573,14 +598,14 @@ def index(dataset: Path, output: Path, kind: str, max_memory: str | None, target
 @click.option("-k", "k", type=int, default=10, show_default=True, help="Hits per query.")
 @click.option("--artifact", type=click.Path(path_type=Path), default=None,
               help="The model that embeds the queries (default: the one the dataset was embedded with).")
-@click.option("--precision", type=click.Choice(PRECISIONS, case_sensitive=False), default=None,
+@click.option("--precision", type=Member(Precision), default=None,
               help="Query precision (default: the index's; another one is allowed, and said).")
-@click.option("--backend", type=click.Choice(BACKENDS, case_sensitive=False), default=None,
+@click.option("--backend", type=Member(BackendKind), default=None,
               help="Where the query model runs (default: the dataset's).")
 @click.option("--nprobe", type=int, default=None, help="Approximate indexes: lists to scan (default: the tuned value).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per query on stdout.")
 def search(index_dir: Path, texts: tuple[str, ...], images: tuple[str, ...], k: int, artifact: Path | None,
-           precision: str | None, backend: str | None, nprobe: int | None, as_json: bool) -> None:
+           precision: Precision | None, backend: BackendKind | None, nprobe: int | None, as_json: bool) -> None:
     """Top-k rows of INDEX for each --text / --image query: score (cosine) and id."""
     import json
 
@@ -614,7 +639,7 @@ def search(index_dir: Path, texts: tuple[str, ...], images: tuple[str, ...], k: 
 @_runtime_options
 @click.option("--top", type=click.IntRange(min=1), default=3, show_default=True, help="How many classes to print per image.")
 def classify(artifact: Path, images: tuple[str, ...], labels: str | None, label_list: tuple[str, ...],
-             labels_file: Path | None, templates: tuple[str, ...], precision: str, backend: str, top: int,
+             labels_file: Path | None, templates: tuple[str, ...], precision: Precision, backend: BackendKind, top: int,
              exif_transpose: bool, device: str | None) -> None:
     """Zero-shot classify IMAGES (files or folders) among the labels."""
     from clipexport.datasets import image_paths
@@ -638,10 +663,10 @@ def classify(artifact: Path, images: tuple[str, ...], labels: str | None, label_
 @click.argument("artifact", type=click.Path(path_type=Path))
 @click.option("--output", "-o", required=True, type=click.Path(path_type=Path), help="Model repository folder to create.")
 @click.option("--name", default=None, help="Model name prefix (default: the artifact folder's name).")
-@click.option("--platform", type=click.Choice(TRITON_PLATFORMS), default="onnxruntime", show_default=True,
+@click.option("--platform", type=Member(TRITON_PLATFORMS), default="onnxruntime", show_default=True,
               help="Tower models: ONNX graphs on Triton's onnxruntime or openvino backend, or the engines from "
                    "clipexport build (tensorrt).")
-@click.option("--precision", type=click.Choice(PRECISIONS, case_sensitive=False), default="fp32", show_default=True,
+@click.option("--precision", type=Member(Precision), default="fp32", show_default=True,
               help="Graph or engine variant the towers serve.")
 @click.option("--max-batch", type=int, default=None,
               help="max_batch_size of every model (default: 64; for TensorRT the engine profile's max, never more).")
@@ -652,7 +677,7 @@ def classify(artifact: Path, images: tuple[str, ...], labels: str | None, label_
 @click.option("--instances", type=int, default=1, show_default=True, help="Instances per tower model.")
 @click.option("--cuda-graphs", is_flag=True, help="Enable CUDA graphs for TensorRT towers.")
 @click.option("--overwrite", is_flag=True, help="Replace a repository written earlier by this command.")
-def triton(artifact: Path, output: Path, name: str | None, platform: str, precision: str, max_batch: int | None,
+def triton(artifact: Path, output: Path, name: str | None, platform: BackendKind, precision: Precision, max_batch: int | None,
            preferred_batch: str, max_queue_delay_us: int, instance_kind: str, instances: int, cuda_graphs: bool,
            overwrite: bool) -> None:
     """Write a Triton model repository for ARTIFACT: the two towers, python-backend preprocessing and
@@ -666,8 +691,8 @@ def triton(artifact: Path, output: Path, name: str | None, platform: str, precis
         raise InputError(f"--preferred-batch '{preferred_batch}' is not a comma-separated list of integers") from None
     options = RepositoryOptions(
         artifact=artifact, output=output, name=name,
-        platform=BackendKind.parse(platform, "--platform"),
-        precision=Precision.parse(precision), max_batch_size=max_batch, preferred_batch_sizes=preferred,
+        platform=platform,
+        precision=precision, max_batch_size=max_batch, preferred_batch_sizes=preferred,
         max_queue_delay_us=max_queue_delay_us, instance_kind=InstanceKind.GPU if instance_kind == "gpu" else InstanceKind.CPU,
         instances=instances, cuda_graphs=cuda_graphs, overwrite=overwrite)
     models = write_repository(options, _progress(False))
@@ -680,8 +705,8 @@ def triton(artifact: Path, output: Path, name: str | None, platform: str, precis
 @click.option("--http-port", type=int, default=8000, show_default=True)
 @click.option("--grpc-port", type=int, default=8001, show_default=True)
 @click.option("--metrics-port", type=int, default=8002, show_default=True)
-@click.option("--precision", type=click.Choice(PRECISIONS, case_sensitive=False), default="fp32", show_default=True)
-@click.option("--backend", type=click.Choice(BACKENDS, case_sensitive=False), default="onnxruntime", show_default=True)
+@click.option("--precision", type=Member(Precision), default="fp32", show_default=True)
+@click.option("--backend", type=Member(BackendKind), default="onnxruntime", show_default=True)
 @click.option("--max-batch", type=int, default=64, show_default=True, help="Largest batch the dynamic batcher forms.")
 @click.option("--max-queue-delay-us", type=int, default=2000, show_default=True,
               help="How long the batcher waits for more requests.")
@@ -690,7 +715,8 @@ def triton(artifact: Path, output: Path, name: str | None, platform: str, precis
 @click.option("--max-request-bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES, show_default=True,
               help="Largest request (all its items together); larger ones are refused with HTTP 413 / 400.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
-def serve(artifact: Path, host: str, http_port: int, grpc_port: int, metrics_port: int, precision: str, backend: str,
+def serve(artifact: Path, host: str, http_port: int, grpc_port: int, metrics_port: int, precision: Precision,
+          backend: BackendKind,
           max_batch: int, max_queue_delay_us: int, instances: int, name: str | None, max_request_bytes: int,
           quiet: bool) -> None:
     """Serve image and text embeddings of ARTIFACT on a real Triton Inference Server (NVIDIA PyTriton's
@@ -699,7 +725,7 @@ def serve(artifact: Path, host: str, http_port: int, grpc_port: int, metrics_por
     from clipexport.serving.server import ServeOptions, client_host, serve as run_server
 
     options = ServeOptions(artifact=artifact, host=host, http_port=http_port, grpc_port=grpc_port,
-                           metrics_port=metrics_port, precision=Precision.parse(precision), backend=backend,
+                           metrics_port=metrics_port, precision=precision, backend=backend,
                            max_batch=max_batch, max_queue_delay_us=max_queue_delay_us, instances=instances, name=name,
                            max_request_bytes=max_request_bytes)
 

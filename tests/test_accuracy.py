@@ -113,10 +113,9 @@ needs_demo = pytest.mark.skipif(not (DEMO / "demo-clip.safetensors").is_file(), 
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from conftest import export_dir
-
-    return export_dir(tmp_path_factory, "demo", "demo", None)
+def demo(demo_quantized: Path) -> Path:
+    """The demo CLIP exported and quantized once per test run (conftest): fp16, int8 --target cpu, fp8."""
+    return demo_quantized
 
 
 @needs_demo
@@ -145,12 +144,14 @@ def test_demo_classifies_the_shipped_examples(demo: Path) -> None:
 @needs_demo
 def test_demo_accuracy_per_precision_on_the_shipped_heldout(demo: Path) -> None:
     """The trained model where FP16 and INT8 actually bite: each variant keeps its accuracy."""
-    from clipexport.precision.int8 import Target
-    from clipexport.precision.pipeline import Precision, QuantizeOptions, quantize_artifact
+    from clipexport.artifact.manifest import Tower, read_manifest
+    from clipexport.artifact.precision import Precision, Target
 
-    quantize_artifact(QuantizeOptions(artifact=demo, precision=Precision.FP16))
-    quantize_artifact(QuantizeOptions(artifact=demo, precision=Precision.INT8, target=Target.CPU))
-    report = verify_artifact(VerifyOptions(artifact=demo, precisions=("fp32", "fp16", "int8"), labeled_images=HELDOUT))
+    manifest = read_manifest(demo)  # made by the shared fixture exactly as these calls would make them
+    for precision, target in ((Precision.FP16, None), (Precision.INT8, Target.CPU)):
+        assert manifest.tower(Tower.VISION).graph(precision).details.target == target
+    report = verify_artifact(VerifyOptions(artifact=demo, precisions=("fp32", "fp16", "int8"), labeled_images=HELDOUT,
+                                           write_report=False))  # the shared artifact's parity.json is search's
     accuracy = {a.precision if a.backend != "pytorch" else "pytorch": a for a in report.accuracy}
     assert accuracy["pytorch"].top1 >= DEMO_MIN_TOP1, report.table()
     assert accuracy["fp32"].drop_points == 0
@@ -239,9 +240,13 @@ def test_demo_training_is_reproducible(tmp_path: Path) -> None:
     import sys
 
     digests = []
-    for run in ("a", "b"):
-        subprocess.run([sys.executable, "-m", "clipexport.demo.train", "--steps", "6", "--batch", "32", "--pool", "256",
-                        "--eval-every", "3", "--out", str(tmp_path / run)], check=True, capture_output=True, timeout=600)
+    runs = {run: subprocess.Popen([sys.executable, "-m", "clipexport.demo.train", "--steps", "6", "--batch", "32",
+                                   "--pool", "256", "--eval-every", "3", "--out", str(tmp_path / run)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            for run in ("a", "b")}  # at once: the same thread count in each, so contention changes time, not weights
+    for run, process in runs.items():
+        _, err = process.communicate(timeout=600)
+        assert process.returncode == 0, err.decode(errors="replace")[-2000:]
         record = json.loads((tmp_path / run / "training.json").read_text())
         assert record["steps"] == 6 and [p["step"] for p in record["curve"]] == list(range(1, 7))
         digests.append(record["sha256"])

@@ -51,7 +51,7 @@ def test_dry_run_commands_for_every_recipe(tiny_vit: Path, recipe_path: Path) ->
             fake = fake.with_graph(tower, precision, dataclasses.replace(
                 graph, details=dataclasses.replace(
                     graph.details, target=Target.TENSORRT if Precision(precision).facts.calibrated else None)))
-        for build in plan_builds(tiny_vit, fake, recipe, precision, tuple(Tower)):
+        for build in plan_builds(tiny_vit, fake, recipe, Precision(precision), tuple(Tower)):
             command = build.trtexec(recipe.device_class)
             assert command[0] == TRTEXEC[recipe.device_class]
             args = _args(command)
@@ -266,4 +266,17 @@ def test_build_and_verify_engines_on_gpu(tiny_vit: Path, tmp_path: Path) -> None
     provenance = build_artifact(BuildOptions(artifact=artifact, precision="fp32"))
     assert {p.tower for p in provenance} == {"vision", "text"}
     report = verify_artifact(VerifyOptions(artifact=artifact, backends=("tensorrt",)))
+    assert report.passed, report.table()
+
+
+@pytest.mark.tensorrt
+def test_onnxruntime_trt_meets_the_gates_on_a_gpu(tiny_vit: Path) -> None:
+    """Needs onnxruntime-gpu with its TensorRT provider and a GPU: parity of the graphs run there."""
+    from clipexport.runtime.backends import unavailable
+    from clipexport.verify.run import VerifyOptions, verify_artifact
+
+    problem = unavailable("onnxruntime-trt")
+    if problem is not None:
+        pytest.skip(f"ONNX Runtime's TensorRT provider cannot run here: {problem}")
+    report = verify_artifact(VerifyOptions(artifact=tiny_vit, backends=("onnxruntime-trt",), write_report=False))
     assert report.passed, report.table()

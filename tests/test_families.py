@@ -17,9 +17,19 @@ from clipexport.runtime import ClipRuntime
 from clipexport.verify.run import VerifyOptions, verify_artifact
 
 
+# Families this module has exported, by PRECISION_FAMILIES name: the precision test copies one
+# instead of exporting the same model with the same settings again.
+_EXPORTED: dict[str, Path] = {}
+
+
+def _exported(family: str, artifact: Path) -> Path:
+    _EXPORTED[family] = artifact
+    return artifact
+
+
 @pytest.fixture(scope="module")
 def hf_siglip(hf_siglip_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return export_dir(tmp_path_factory, "hf-siglip", str(hf_siglip_folder), None)
+    return _exported("hf-siglip", export_dir(tmp_path_factory, "hf-siglip", str(hf_siglip_folder), None))
 
 
 def test_hf_siglip_exports_and_verifies(hf_siglip: Path) -> None:
@@ -73,8 +83,8 @@ def open_clip_siglip(siglip_tokenizer_dir: Path, tmp_path_factory: pytest.TempPa
     canonicalize cleaning), random weights, the tokenizer from a local folder: no network."""
     from conftest import CONFIGS
 
-    return export_dir(tmp_path_factory, "oc-siglip", str(CONFIGS / "tiny-siglip.json"), "random",
-                      tokenizer=siglip_tokenizer_dir)
+    return _exported("open_clip-siglip", export_dir(tmp_path_factory, "oc-siglip", str(CONFIGS / "tiny-siglip.json"),
+                                                    "random", tokenizer=siglip_tokenizer_dir))
 
 
 def test_open_clip_siglip_exports_offline_and_verifies(open_clip_siglip: Path) -> None:
@@ -165,7 +175,7 @@ def test_mobileclip_is_reparameterized_and_verified_against_the_unfolded_model(t
     from conftest import CONFIGS
 
     config = str(CONFIGS / "tiny-mobileclip.json")
-    folded = export_dir(tmp_path_factory, "mobileclip", config, "random")
+    folded = _exported("open_clip-mobileclip", export_dir(tmp_path_factory, "mobileclip", config, "random"))
     unfolded = export_dir(tmp_path_factory, "mobileclip-unfolded", config, "random", reparameterize=False)
     details = read_manifest(folded).tower("vision").graph(Precision.FP32).details
     assert any(n.startswith("reparameterized (timm reparameterize_model:") for n in details.adjustments)
@@ -186,7 +196,8 @@ def hf_masked_family(request, tmp_path_factory: pytest.TempPathFactory) -> tuple
 
     family = request.param
     folder = save_tiny_hf_family(family, tmp_path_factory.mktemp(f"hf-{family}") / family)
-    return family, folder, export_dir(tmp_path_factory, f"x-{family}", str(folder), None)
+    artifact = _exported(f"hf-{family.replace('_', '-')}", export_dir(tmp_path_factory, f"x-{family}", str(folder), None))
+    return family, folder, artifact
 
 
 def test_hf_masked_family_exports_and_verifies(hf_masked_family) -> None:
@@ -295,11 +306,18 @@ def test_hf_text_tower_offline_names_text_config(tmp_path: Path) -> None:
 
 
 def _build_family(family: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh tiny export of a family (each precision test converts its own copy)."""
+    """A fresh tiny export of a family (each precision test converts its own copy): a copy of the
+    module's export of it when a test above made one, the same model with the same settings."""
+    import shutil
+
     from conftest import CONFIGS
     from helpers import save_tiny_hf_family, save_tiny_hf_siglip, train_unigram_tokenizer
 
     folder = tmp_path_factory.mktemp(f"p-{family}")
+    if family in _EXPORTED:
+        copy = folder / "artifact"
+        shutil.copytree(_EXPORTED[family], copy, ignore=shutil.ignore_patterns("parity.json"))
+        return copy
     if family == "open_clip-siglip":
         train_unigram_tokenizer(64).save_pretrained(folder / "tok")
         return export_dir(tmp_path_factory, family, str(CONFIGS / "tiny-siglip.json"), "random", tokenizer=folder / "tok")

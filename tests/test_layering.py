@@ -17,7 +17,7 @@ LAYERS = {
     "errors": 0, "files": 0, "progress": 0, "_deps": 0, "gpu": 0, "signals": 0, "__init__": 0,
     "_version": 0, "inputs": 0, "process": 0,
     "artifact": 1,
-    "parity": 2, "datasets": 2,
+    "parity": 2, "datasets": 2, "vectors": 2,
     "runtime": 3, "client": 3, "demo": 2, "bulk": 4, "search": 4,
     "sources": 4, "export": 4, "precision": 4, "trt": 4,
     "verify": 5, "bench": 5, "serving": 5,

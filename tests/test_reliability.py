@@ -173,7 +173,7 @@ def test_onnxruntime_trt_without_tensorrt_fails_instead_of_running_on_cpu(tiny_v
     artifact = _copy(tiny_vit, tmp_path)
     (artifact / "parity.json").write_text('{"earlier": true}')
     code, out = _cli("verify", str(artifact), "--backend", "onnxruntime-trt", "-q")
-    assert code == 3 and len([l for l in out.splitlines() if l.strip()]) == 1, out
+    assert code == 3 and len([line for line in out.splitlines() if line.strip()]) == 1, out
     assert (artifact / "parity.json").read_text() == '{"earlier": true}'  # no report claims it ran
     with pytest.raises((DeviceUnavailableError, MissingDependencyError)):
         ClipRuntime.load(artifact, backend="onnxruntime-trt")

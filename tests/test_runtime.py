@@ -30,7 +30,7 @@ def _reference(artifact: Path, images, texts):
     return img, txt
 
 
-@pytest.mark.parametrize("artifact_name", ["tiny_vit", "vit_b32"])
+@pytest.mark.parametrize("artifact_name", ["tiny_vit", pytest.param("vit_b32", marks=pytest.mark.fullsize)])
 def test_runtime_matches_pytorch(artifact_name: str, request) -> None:
     artifact = request.getfixturevalue(artifact_name)
     images, texts = synthetic_images(9, seed=99), list(DEFAULT_CAPTIONS)

@@ -18,7 +18,8 @@ from clipexport.bulk.sources import InputSpec
 from clipexport.cli import main
 from clipexport.datasets import load_retrieval_set, retrieval_set_dir
 from clipexport.errors import InputError
-from clipexport.parity.retrieval import TopK, exact_top_k, overlap_at_k, recall_against_exact, recall_at_k
+from clipexport.parity.retrieval import overlap_at_k, recall_against_exact, recall_at_k
+from clipexport.vectors import TopK, exact_top_k
 from clipexport.search import index as index_module
 from clipexport.search.index import IndexOptions, build_index
 from clipexport.search.plan import EXACT_MAX_ROWS, IndexKind, parse_memory, plan_index
@@ -117,7 +118,7 @@ def test_embed_index_search_equals_brute_force(demo: Path, scenes: Path, tmp_pat
 
 def test_approximate_index_measures_recall_for_image_and_text_queries(demo: Path, scenes: Path, tmp_path: Path) -> None:
     texts = tmp_path / "captions.txt"
-    texts.write_text("\n".join(l.split("\t")[1] for l in (SCENES / "captions.tsv").read_text().splitlines()) + "\n")
+    texts.write_text("\n".join(row.split("\t")[1] for row in (SCENES / "captions.tsv").read_text().splitlines()) + "\n")
     queries = tmp_path / "qs"
     embed_dataset(BulkOptions(artifact=demo, output=queries, inputs=InputSpec(texts=texts)))
     result = build_index(IndexOptions(dataset=scenes, output=tmp_path / "ivf", kind=IndexKind.APPROXIMATE,

@@ -156,7 +156,7 @@ class Server:
 
     @property
     def workspace(self) -> Path:
-        line = next(l for l in self.log.read_text().splitlines() if "workspace " in l)
+        line = next(x for x in self.log.read_text().splitlines() if "workspace " in x)
         return Path(line.rsplit("workspace ", 1)[1].rstrip(")"))
 
     def stop(self) -> tuple[int, float]:

@@ -104,8 +104,11 @@ class PrecisionFacts:
     # Op types the quantizer must leave unquantized (ModelOpt's op_types_to_exclude): FP8 keeps the
     # residual adds and LayerNorms in high precision, as NVIDIA's CLIP FP8 recipe does.
     high_precision_ops: tuple[str, ...] = ()
-    # The type PyTorch eager runs for `bench`'s baseline of this precision (None: there is none).
+    # The type PyTorch eager runs for `bench`'s baseline of this precision (a torch dtype's name;
+    # None: there is none).
     torch_dtype: str | None = None
+    # Autocast precisions: ModelOpt autocast's low_precision_type ("fp16", "bf16").
+    autocast_type: str | None = None
     # The lowest CUDA compute capability whose TensorRT kernels run it (None: any).
     min_compute_capability: tuple[int, int] | None = None
     # ONNX Runtime's highest graph optimisation that keeps the graph valid ("basic": its Q/DQ
@@ -123,7 +126,8 @@ class PrecisionFacts:
 
 _FACTS = {
     Precision.FP32: PrecisionFacts(Maker.EXPORT, strongly_typed=False, allow_tf32=False, torch_dtype="float32"),
-    Precision.FP16: PrecisionFacts(Maker.AUTOCAST, strongly_typed=True, allow_tf32=True, torch_dtype="float16"),
+    Precision.FP16: PrecisionFacts(Maker.AUTOCAST, strongly_typed=True, allow_tf32=True, torch_dtype="float16",
+                                   autocast_type="fp16"),
     Precision.INT8: PrecisionFacts(Maker.CALIBRATED_QDQ, strongly_typed=True, allow_tf32=True,
                                    targets=(Target.TENSORRT, Target.CPU), modelopt_mode="int8"),
     # NVIDIA's FP8 (E4M3) kernels start at Ada (sm_89) and Hopper (sm_90); Orin (8.7) has none.

@@ -40,13 +40,17 @@ PROMPT_LABELS = ("cat", "dog", "school bus", "red fox", "hot air balloon", "espr
 class BenchOptions:
     artifact: Path
     backends: tuple[str, ...] = ("pytorch", "onnxruntime")
-    precisions: tuple[str, ...] = ("fp32",)
+    precisions: tuple[Precision, ...] = (Precision.FP32,)
     batch_sizes: tuple[int, ...] = (1, 8, 32)
     towers: tuple[Tower, ...] = (Tower.VISION, Tower.TEXT)
     min_iterations: int = 10
     min_seconds: float = 1.0
     cpu_only: bool = False  # pin ONNX Runtime to its CPU provider
     output: Path | None = None  # default: ARTIFACT/bench
+
+    def __post_init__(self) -> None:  # names parsed here, once
+        object.__setattr__(self, "precisions",
+                           tuple(dict.fromkeys(Precision.parse(p, "--precisions") for p in self.precisions)))
 
 
 @dataclass
@@ -66,7 +70,7 @@ def run_bench(options: BenchOptions, progress: Progress = silent) -> tuple[Bench
         raise InputError(f"unknown backend(s) {', '.join(unknown)} (available: {', '.join(BACKENDS)})")
     if not options.batch_sizes or min(options.batch_sizes) < 1:
         raise InputError("--batch-sizes must be positive integers, e.g. 1,8,32")
-    precisions = tuple(dict.fromkeys(Precision.parse(p, "--precisions") for p in options.precisions))
+    precisions = options.precisions
     root = Path(options.artifact)
     manifest = read_manifest(root)
     out = Path(options.output) if options.output else root / BENCH_DIR
@@ -211,16 +215,17 @@ def _inputs(root: Path, manifest: Manifest, batch: int) -> dict[Tower, np.ndarra
 
 
 class _TorchRunner:
-    def __init__(self, module: Any, torch: Any, device: str, half: bool):
-        self.torch, self.device, self.half = torch, device, half
-        self.module = module.to(device).half() if half else module.to(device)
+    def __init__(self, module: Any, torch: Any, device: str, dtype: str):
+        """`dtype`: the precision's `PrecisionFacts.torch_dtype`, a torch dtype's name."""
+        self.torch, self.device, self.dtype = torch, device, getattr(torch, dtype)
+        self.module = module.to(device=device, dtype=self.dtype)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         torch = self.torch
         with torch.inference_mode():
             x = torch.from_numpy(batch).to(self.device)
-            if self.half and x.is_floating_point():
-                x = x.half()
+            if x.is_floating_point():
+                x = x.to(self.dtype)
             out = self.module(x)
             if self.device != "cpu":
                 torch.cuda.synchronize()
@@ -251,7 +256,7 @@ def _runner(backend: str, root: Path, manifest: Manifest, tower: Tower, precisio
             torch_model["loaded"] = reload_source(manifest.source)
         loaded = torch_model["loaded"]
         module = exportable(loaded.vision if tower is Tower.VISION else loaded.text, manifest.normalized)
-        return _TorchRunner(module, torch, device, half=dtype == "float16")
+        return _TorchRunner(module, torch, device, dtype)
     return open_backend(root, manifest, tower, precision, backend, BackendOptions(cpu_only=cpu_only))
 
 

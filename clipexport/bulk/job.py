@@ -13,6 +13,7 @@ from typing import Callable
 import numpy as np
 
 from clipexport.artifact.manifest import Tower, read_manifest
+from clipexport.artifact.precision import Precision
 from clipexport.bulk.dataset import (DEFAULT_SHARD_SIZE, DTYPES, MANIFEST, DatasetState, FolderLock, Identity, Skipped,
                                      open_dataset, prepare_writer, write_shard)
 from clipexport.bulk.local import PipelineStats
@@ -21,6 +22,7 @@ from clipexport.datasets import is_folder
 from clipexport.errors import InputError
 from clipexport.files import inside, sha256_file
 from clipexport.progress import Progress, silent
+from clipexport.runtime.backends import BackendKind
 
 Advance = Callable[[int, int], None]
 
@@ -43,8 +45,8 @@ class BulkOptions:
     artifact: Path
     output: Path
     inputs: InputSpec
-    precision: str = "fp32"
-    backend: str = "onnxruntime"
+    precision: Precision = Precision.FP32
+    backend: BackendKind = BackendKind.ONNXRUNTIME
     batch_size: int = 32
     workers: int | None = None  # decode processes; default: the cores the backend's threads leave free
     threads: int | None = None  # the backend's intra-op threads; default: the backend's own
@@ -57,6 +59,10 @@ class BulkOptions:
     overwrite: bool = False
     engine: Engine = Engine.LOCAL
     ray: RayOptions = field(default_factory=RayOptions)
+
+    def __post_init__(self) -> None:  # Python callers may pass names: parsed here, once
+        object.__setattr__(self, "precision", Precision.parse(self.precision))
+        object.__setattr__(self, "backend", BackendKind.parse(self.backend))
 
 
 @dataclass(frozen=True)
@@ -105,7 +111,7 @@ def embed_dataset(options: BulkOptions, advance: Advance | None = None, progress
     tower = Tower.TEXT if inputs.kind is Kind.TEXT else Tower.VISION
     manifest.tower(tower).graph(options.precision)  # the precision exists, or one line naming the fix
     identity = Identity(kind=inputs.kind.value, artifact_manifest_sha256=sha256_file(artifact / "manifest.json"),
-                        precision=str(options.precision), backend=str(options.backend), normalized=manifest.normalized,
+                        precision=options.precision.value, backend=options.backend.value, normalized=manifest.normalized,
                         dim=manifest.embed_dim, dtype=options.dtype, inputs_sha256=inputs.sha256, inputs=len(inputs),
                         shard_size=options.shard_size, decode="fast" if options.fast_decode else "exact")
     begin = time.monotonic()

@@ -32,8 +32,8 @@ class EmbedRequest:
     inputs: "InputSpec | None" = None  # where the inputs come from (clipexport.bulk.sources)
     images: Sequence[str] = ()  # shorthand for InputSpec(images=...)
     texts: Path | None = None  # shorthand for InputSpec(texts=...)
-    precision: Precision | str = Precision.FP32
-    backend: BackendKind | str = BackendKind.ONNXRUNTIME
+    precision: Precision = Precision.FP32
+    backend: BackendKind = BackendKind.ONNXRUNTIME
     batch_size: int = 32
     skip_bad: bool = False
     exif_transpose: bool = False
@@ -43,6 +43,10 @@ class EmbedRequest:
     threads: int | None = None  # the backend's intra-op threads
     device: str | None = None  # backends that take one (openvino)
     fast_decode: bool = False  # JPEGs at a reduced DCT scale, then the exact resize (not bit-exact)
+
+    def __post_init__(self) -> None:  # Python callers may pass names: parsed here, once
+        object.__setattr__(self, "precision", Precision.parse(self.precision))
+        object.__setattr__(self, "backend", BackendKind.parse(self.backend))
 
     def spec(self) -> "InputSpec":
         from clipexport.bulk.sources import InputSpec

@@ -94,11 +94,10 @@ def run_on_ray(options: Any, inputs: InputList, ranges: Sequence[tuple[int, int]
                on_batch: Callable[[int, list[int], np.ndarray, list[tuple[int, str]]], None]) -> None:
     from clipexport.artifact.manifest import read_manifest
 
-    ray = _connect(options.ray.address)
-    require("ray.data", RAY_HINT)
-    import ray.data
+    _connect(options.ray.address)
+    data = require("ray.data", RAY_HINT)
 
-    context = ray.data.DataContext.get_current()
+    context = data.DataContext.get_current()
     context.execution_options.preserve_order = True  # rows come back in input order
     context.enable_progress_bars = False
     indices = [i for first, end in ranges for i in range(first, end)]
@@ -106,7 +105,7 @@ def run_on_ray(options: Any, inputs: InputList, ranges: Sequence[tuple[int, int]
              "size": inputs.items[i].size, "text": inputs.items[i].text or ""} for i in indices]
     manifest = read_manifest(options.artifact)
     batch = options.batch_size
-    dataset = ray.data.from_items(rows, override_num_blocks=max(1, len(rows) // (batch * 4)))
+    dataset = data.from_items(rows, override_num_blocks=max(1, len(rows) // (batch * 4)))
     dataset = dataset.map_batches(_decode, batch_size=batch, batch_format="numpy", num_cpus=1,
                                   fn_kwargs={"preprocess": manifest.preprocess, "exif_transpose": options.exif_transpose,
                                              "kind": inputs.kind.value, "fast_decode": options.fast_decode})

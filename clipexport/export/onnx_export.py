@@ -15,7 +15,7 @@ from clipexport.export.specs import BATCH_AXIS, MIN_OPSET, SEQUENCE_AXIS, TowerS
 from clipexport.artifact.layout import MIN_TEXT_LENGTH
 from clipexport.artifact.manifest import GraphDetails, GraphFile, TensorSpec, TowerArtifact, TowerProperties
 from clipexport.artifact.precision import EXPORTED, MadeBy
-from clipexport.parity.stats import l2_normalize
+from clipexport.vectors import l2_normalize
 
 # A protobuf cannot exceed 2 GiB; leave headroom for the graph itself.
 EXTERNAL_DATA_THRESHOLD_BYTES = int(1.8 * 2**30)

@@ -49,6 +49,14 @@ INT8_FALLBACK_TARGET = Gate(min_cosine=0.99, mean_cosine=0.995)
 FP8 = Gate(min_cosine=0.98, mean_cosine=0.99)
 
 GATES: dict[Precision, Gate] = {Precision.FP32: FP32, Precision.FP16: FP16, Precision.INT8: INT8, Precision.FP8: FP8}
+
+
+def gates_summary() -> str:
+    """The gates in one line, for help texts: "fp32 >= 0.99999, ..., int8 >= 0.98 / 0.99"."""
+    return ", ".join(f"{p.value} >= {g.min_cosine}" + (f" / {g.mean_cosine}" if g.mean_cosine is not None else "")
+                     for p, g in GATES.items())
+
+
 # What `quantize`'s sensitivity fallback aims for on the validation split, per calibrated precision.
 FALLBACK_TARGETS: dict[Precision, Gate] = {Precision.INT8: INT8_FALLBACK_TARGET, Precision.FP8: INT8_FALLBACK_TARGET}
 

@@ -18,54 +18,6 @@ RECALL_KS = (1, 5, 10)  # recall@1/5/10, the figures retrieval papers and clip-r
 OVERLAP_K = 10
 
 
-class TopK:
-    """Exact inner-product top-k over a gallery that arrives in blocks (shard by shard): float32
-    scores, as FAISS's flat index computes them; ties go to the lower row. `exclude[i]` is a
-    gallery row query i must not return (its own row), or -1."""
-
-    def __init__(self, queries: np.ndarray, k: int, exclude: Sequence[int] | None = None):
-        self.queries = np.ascontiguousarray(queries, np.float32)
-        self.k = int(k)
-        self.exclude = None if exclude is None else np.asarray(exclude, np.int64)
-        self.scores = np.full((len(self.queries), 0), -np.inf, np.float32)
-        self.rows = np.zeros((len(self.queries), 0), np.int64)
-
-    def add(self, block: np.ndarray, first_row: int) -> None:
-        scores = self.queries @ np.ascontiguousarray(block, np.float32).T
-        rows = np.broadcast_to(np.arange(first_row, first_row + len(block), dtype=np.int64), scores.shape)
-        if self.exclude is not None:
-            scores = np.where(rows == self.exclude[:, None], -np.inf, scores)
-        scores = np.concatenate([self.scores, scores], axis=1)
-        rows = np.concatenate([self.rows, rows], axis=1)
-        if scores.shape[1] > self.k:
-            keep = np.argpartition(-scores, self.k - 1, axis=1)[:, :self.k]
-            scores, rows = np.take_along_axis(scores, keep, 1), np.take_along_axis(rows, keep, 1)
-        self.scores, self.rows = scores, rows
-
-    def result(self) -> np.ndarray:
-        order = np.lexsort((self.rows, -self.scores), axis=1)
-        rows = np.take_along_axis(self.rows, order, 1)
-        scores = np.take_along_axis(self.scores, order, 1)
-        return np.where(np.isfinite(scores), rows, -1)
-
-
-def exact_top_k(queries: np.ndarray, gallery: np.ndarray, k: int, exclude: Sequence[int] | None = None,
-                block: int = 65536) -> np.ndarray:
-    """Exact top-k rows of an in-memory `gallery` for each query (see TopK)."""
-    top = TopK(queries, min(k, len(gallery)), exclude)
-    for start in range(0, len(gallery), block):
-        top.add(gallery[start:start + block], start)
-    return top.result()
-
-
-def without_own(found: np.ndarray, own: Sequence[int], k: int) -> np.ndarray:
-    """Results of queries that are rows of the gallery, with each query's own row taken out, k per
-    query (asked for k + 1; -1 pads where the own row was not among them)."""
-    if not len(own):
-        return np.zeros((0, k), np.int64)
-    return np.stack([np.concatenate([r[r != o], np.full(1, -1)])[:k] for r, o in zip(found, own)])
-
-
 def recall_against_exact(found: np.ndarray, exact: np.ndarray, k: int = 10) -> float:
     """|found@k ∩ exact@k| / k, averaged over queries: how much of the exact answer an approximate
     index returns (the figure FAISS and autofaiss call recall@k, or 'k-recall@k')."""
@@ -158,4 +110,4 @@ class RetrievalReport:
         return "\n".join(lines)
 
 
-__all__ = ["OVERLAP_K", "RECALL_KS", "RetrievalCell", "RetrievalReport", "TopK", "exact_top_k", "overlap_at_k", "recall_against_exact", "recall_at_k", "without_own"]
+__all__ = ["OVERLAP_K", "RECALL_KS", "RetrievalCell", "RetrievalReport", "overlap_at_k", "recall_against_exact", "recall_at_k"]

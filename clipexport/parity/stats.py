@@ -7,15 +7,7 @@ from typing import Any
 
 import numpy as np
 
-# A zero vector stays zero instead of dividing by zero (matches torch.nn.functional.normalize).
-_NORM_EPS = 1e-12
-
-
-def l2_normalize(x: np.ndarray, dtype: type | None = None) -> np.ndarray:
-    """Unit rows, in `dtype` (default: x's floating type; statistics pass float64)."""
-    x = np.asarray(x, dtype=dtype or (x.dtype if np.issubdtype(np.asarray(x).dtype, np.floating) else np.float64))
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), _NORM_EPS)
-
+from clipexport.vectors import l2_normalize
 
 @dataclass(frozen=True)
 class EmbeddingParity:

@@ -21,7 +21,7 @@ from clipexport.artifact.manifest import (GraphDetails, GraphFile, Manifest, Tow
 from clipexport.artifact.precision import QUANTIZED, CalibrationMethod, MadeBy, Maker, Precision, Target
 from clipexport.artifact.lock import update_manifest
 from clipexport.files import make_public, staging_folder, write_json_atomic
-from clipexport.precision import fp16 as fp16_mod
+from clipexport.precision import autocast
 from clipexport.precision import qdq
 from clipexport.precision.accuracy import (AccuracyTarget, LabelledInputs, TowerCandidate, fallback_for_accuracy,
                                           labelled_inputs)
@@ -53,10 +53,17 @@ class QuantizeOptions:
     made_by: MadeBy = MadeBy.QUANTIZE  # recorded in the manifest: `build` makes FP16 graphs itself when missing
     accuracy: AccuracyTarget | None = None  # INT8: also restore nodes until top-1 on a labelled folder holds
 
+    def __post_init__(self) -> None:  # Python callers may pass names: parsed here, once
+        object.__setattr__(self, "precision", Precision.parse(self.precision, allowed=QUANTIZED))
+        if self.target is not None:
+            object.__setattr__(self, "target", Target(self.target))
+        if self.method is not None:
+            object.__setattr__(self, "method", CalibrationMethod(self.method))
+
     @property
     def placement(self) -> Target | None:
         """The Q/DQ placement asked for, or the precision's default one (None: not a Q/DQ precision)."""
-        facts = Precision.parse(self.precision).facts
+        facts = self.precision.facts
         return (self.target or facts.targets[0]) if facts.calibrated else None
 
     @property
@@ -64,7 +71,7 @@ class QuantizeOptions:
         """How ONNX Runtime must run the graphs it checks (see onnxruntime.graph_optimization)."""
         from clipexport.runtime.backends.onnxruntime import graph_optimization
 
-        return graph_optimization(Precision.parse(self.precision), self.placement)
+        return graph_optimization(self.precision, self.placement)
 
 
 @dataclass(frozen=True)
@@ -79,7 +86,7 @@ def quantize_artifact(options: QuantizeOptions, progress: Progress = silent) -> 
     onnx = require("onnx", "making reduced-precision graphs")
     root = Path(options.artifact).expanduser()
     manifest = read_manifest(root)
-    precision = Precision.parse(options.precision, allowed=QUANTIZED)
+    precision = options.precision
     if not options.towers:
         raise InputError("--towers is empty; pass vision, text or vision,text")
     facts = precision.facts
@@ -158,9 +165,9 @@ def _accuracy_fallback(converted: dict[Tower, "Converted"], jobs: dict[Tower, "_
 
 def _calibration(manifest: Manifest, tower: Tower, options: QuantizeOptions) -> CalibrationData:
     source = options.calibration
-    if Precision.parse(options.precision).facts.autocast:
+    if options.precision.facts.autocast:
         # FP16 needs no ranges, only real samples for autocast's overflow check.
-        source = replace(source, size=min(source.size, fp16_mod.REFERENCE_SAMPLES))
+        source = replace(source, size=min(source.size, autocast.REFERENCE_SAMPLES))
     return load_calibration(manifest, tower, source, Path(options.artifact).expanduser())
 
 
@@ -188,20 +195,21 @@ class _Job:
     progress: Progress
 
 
-def _fp16(job: _Job) -> Converted:
-    job.progress(f"{job.tower.value}: converting to mixed FP16 (ModelOpt autocast)")
+def _autocast(job: _Job) -> Converted:
+    kind = job.options.precision.facts.autocast_type
+    job.progress(f"{job.tower.value}: converting to mixed {kind.upper()} (ModelOpt autocast)")
     fp32_path, artifact, calibration, fp16_io, expected = (job.fp32_path, job.artifact, job.calibration,
                                                            job.options.fp16_io, job.expected)
-    model, tail = fp16_mod.convert_fp16(fp32_path, calibration.input_name, calibration.calibration,
-                                        keep_io_types=not fp16_io)
+    model, tail = autocast.convert_autocast(fp32_path, calibration.input_name, calibration.calibration, kind,
+                                            keep_io_types=not fp16_io)
     details = GraphDetails(
-        method="modelopt.onnx.autocast.convert_to_mixed_precision (fp16)",
+        method=f"modelopt.onnx.autocast.convert_to_mixed_precision ({kind})",
         made_by=MadeBy.QUANTIZE,
-        io_dtype="float16" if fp16_io else "float32",
-        fp32_op_types=tuple(fp16_mod.FP32_OP_TYPES),
+        io_dtype=job.options.precision.facts.torch_dtype if fp16_io else "float32",
+        fp32_op_types=tuple(autocast.FP32_OP_TYPES),
         fp32_tail_nodes=tuple(tail),
-        fp32_nodes=tuple(fp16_mod.fp32_nodes(model)),
-        data_max=fp16_mod.DATA_MAX,
+        fp32_nodes=tuple(autocast.fp32_nodes(model)),
+        data_max=autocast.DATA_MAX,
         calibration=calibration.describe(),
         versions=installed_versions(TOOL_DISTRIBUTIONS),
     )
@@ -213,7 +221,7 @@ def _calibrated_qdq(job: _Job) -> Converted:
     onnx, fp32_path, artifact, tower, calibration, options, method, expected, progress = (
         job.onnx, job.fp32_path, job.artifact, job.tower, job.calibration, job.options, job.method, job.expected,
         job.progress)
-    precision = Precision.parse(options.precision)
+    precision = options.precision
     placement = options.placement
     assert placement is not None
     name = precision.value.upper()
@@ -264,7 +272,7 @@ def _calibrated_qdq(job: _Job) -> Converted:
 
 # Which converter makes the precisions of each maker (PrecisionFacts.maker): a new precision made
 # the way an existing one is (FP8 as INT8: calibrated Q/DQ) needs no line here.
-CONVERTERS = {Maker.AUTOCAST: _fp16, Maker.CALIBRATED_QDQ: _calibrated_qdq}
+CONVERTERS = {Maker.AUTOCAST: _autocast, Maker.CALIBRATED_QDQ: _calibrated_qdq}
 
 
 def _names(test: Any) -> str:

@@ -13,7 +13,8 @@ from clipexport.artifact.manifest import Manifest, Tower, read_manifest
 from clipexport.artifact.precision import Precision
 from clipexport.datasets import check_templates
 from clipexport.errors import InputError
-from clipexport.parity.stats import class_embeddings, l2_normalize
+from clipexport.parity.stats import class_embeddings
+from clipexport.vectors import l2_normalize
 from clipexport.runtime.backends import BackendKind, BackendOptions, Runner, open_backend
 from clipexport.runtime.preprocess import ImageInput, ImagePreprocessor, SkippedImage
 from clipexport.runtime.text_length import trim

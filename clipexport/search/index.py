@@ -31,8 +31,8 @@ from clipexport.errors import InputError
 from clipexport.errors import ParityError
 from clipexport.files import (inside, refuse_foreign, read_format_json, sha256_file, utc_timestamp, write_bytes_atomic,
                               write_json_atomic)
-from clipexport.parity.retrieval import RECALL_KS, TopK
-from clipexport.parity.stats import l2_normalize
+from clipexport.parity.retrieval import RECALL_KS
+from clipexport.vectors import TopK, l2_normalize
 from clipexport.progress import Progress, silent
 from clipexport.search.plan import (DEFAULT_TARGET_RECALL, RECALL_K, RECALL_SAMPLE, IndexKind, IndexPlan, faiss_module,
                                     new_index, plan_index, training_rows, tune_nprobe)

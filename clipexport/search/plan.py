@@ -25,7 +25,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from clipexport.errors import InputError
-from clipexport.parity.retrieval import exact_top_k, recall_against_exact, without_own
+from clipexport.parity.retrieval import recall_against_exact
+from clipexport.vectors import exact_top_k, exact_top_k_scored, without_own
 
 # Exact search costs N*D multiply-adds per query. benchmarks/retrieval.py measured, on this repo's
 # 2-core CI machine: 100k x 512 exact batch-1 p50 in the tens of ms, 1M in hundreds — past 200k
@@ -149,11 +150,6 @@ def set_nprobe(index: Any, nprobe: int) -> None:
         faiss_module().extract_index_ivf(index).nprobe = int(nprobe)
 
 
-# Scores per chunk of queries when an exact index is searched with BLAS: bounds the [queries, rows]
-# score matrix (1M rows: 64 queries at a time, 256 MiB).
-SCORE_CHUNK_FLOATS = 1 << 26
-
-
 def search(index: Any, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """(scores, rows) for unit-normalised float32 queries, best first.
 
@@ -164,25 +160,9 @@ def search(index: Any, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndar
     faiss = faiss_module()
     if isinstance(index, faiss.IndexFlat) and index.metric_type == faiss.METRIC_INNER_PRODUCT:
         vectors = faiss.rev_swig_ptr(index.get_xb(), index.ntotal * index.d).reshape(index.ntotal, index.d)
-        return blas_top_k(vectors, queries, int(k))
+        return exact_top_k_scored(queries, vectors, int(k))
     scores, rows = index.search(queries, int(k))
     return scores, rows
-
-
-def blas_top_k(vectors: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    k = min(k, len(vectors))
-    out_scores = np.empty((len(queries), k), np.float32)
-    out_rows = np.empty((len(queries), k), np.int64)
-    chunk = max(1, SCORE_CHUNK_FLOATS // max(len(vectors), 1))
-    for start in range(0, len(queries), chunk):
-        scores = queries[start:start + chunk] @ vectors.T
-        rows = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < scores.shape[1] else \
-            np.broadcast_to(np.arange(scores.shape[1]), scores.shape).copy()
-        top = np.take_along_axis(scores, rows, 1)
-        order = np.lexsort((rows, -top), axis=1)
-        out_rows[start:start + chunk] = np.take_along_axis(rows, order, 1)
-        out_scores[start:start + chunk] = np.take_along_axis(top, order, 1)
-    return out_scores, out_rows
 
 
 @dataclass(frozen=True)
@@ -255,6 +235,6 @@ def build_in_memory(vectors: np.ndarray, plan: IndexPlan, seed: int = 0,
     return index, tuned
 
 
-__all__ = ["blas_top_k", "DEFAULT_TARGET_RECALL", "EXACT_MAX_ROWS", "IndexKind", "IndexPlan", "RECALL_K", "RECALL_SAMPLE", "Tuned",
+__all__ = ["DEFAULT_TARGET_RECALL", "EXACT_MAX_ROWS", "IndexKind", "IndexPlan", "RECALL_K", "RECALL_SAMPLE", "Tuned",
            "build_in_memory", "faiss_module", "new_index", "parse_memory", "plan_index", "recall_samples", "search",
            "set_nprobe", "training_rows", "tune_nprobe"]

@@ -6,15 +6,19 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from clipexport.errors import InputError
 from clipexport.files import check_recorded_sha256, sha256_file
-from clipexport.parity.stats import l2_normalize
+from clipexport.vectors import l2_normalize
 from clipexport.search.index import DATASET_MANIFEST, IDS_FILE, INDEX_FILE, MANIFEST, read_index_manifest_file
 from clipexport.search.plan import faiss_module, search, set_nprobe
+
+if TYPE_CHECKING:
+    from clipexport.artifact.precision import Precision
+    from clipexport.runtime.backends import BackendKind
 
 
 @dataclass(frozen=True)
@@ -51,8 +55,8 @@ class Searcher:
     `precision` (default: the index's). Another precision is allowed; `notes` says so, with the
     drift `verify --retrieval` measured for that pair when the artifact's parity.json has it."""
 
-    def __init__(self, folder: str | Path, artifact: str | Path | None = None, precision: str | None = None,
-                 backend: str | None = None, nprobe: int | None = None, check_dataset: bool = True):
+    def __init__(self, folder: str | Path, artifact: str | Path | None = None, precision: Precision | str | None = None,
+                 backend: BackendKind | str | None = None, nprobe: int | None = None, check_dataset: bool = True):
         self.folder = Path(folder).expanduser()
         self.manifest = read_index_manifest(self.folder)
         self.rows, self.dim = int(self.manifest["rows"]), int(self.manifest["dim"])
@@ -94,9 +98,11 @@ class Searcher:
         self.artifact = Path(artifact).expanduser() if artifact is not None else (
             Path(self.manifest["artifact"]) if self.manifest.get("artifact") else None)
         from clipexport.artifact.precision import Precision
+        from clipexport.runtime.backends import BackendKind
 
-        self.precision = Precision.parse(precision or self.manifest.get("precision") or "fp32").value
-        self.backend = backend or self.manifest.get("backend") or "onnxruntime"
+        # A public entry: names are parsed here, once (members compare equal to the manifest's strings).
+        self.precision = Precision.parse(precision or self.manifest.get("precision") or "fp32")
+        self.backend = BackendKind.parse(backend or self.manifest.get("backend") or "onnxruntime")
         self._runtime: Any = None
         self._towers: set[str] = set()
 

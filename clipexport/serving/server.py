@@ -45,6 +45,7 @@ from clipexport.errors import ClipExportError, DeviceUnavailableError, InputErro
 from clipexport.files import fresh_staging_dir, pid_alive
 from clipexport.inputs import DEFAULT_MAX_REQUEST_BYTES
 from clipexport.progress import Progress, silent
+from clipexport.runtime.backends import BackendKind
 from clipexport.serving.pbtxt import Batching, ModelConfig, Tensor
 from clipexport.artifact.layout import model_prefix
 from clipexport.serving.repository import DEFAULT_QUEUE_DELAY_US, write_python_model
@@ -71,12 +72,16 @@ class ServeOptions:
     grpc_port: int = 8001
     metrics_port: int = 8002
     precision: Precision = Precision.FP32
-    backend: str = "onnxruntime"
+    backend: BackendKind = BackendKind.ONNXRUNTIME
     max_batch: int = 64
     max_queue_delay_us: int = DEFAULT_QUEUE_DELAY_US
     instances: int = 1
     name: str | None = None
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+
+    def __post_init__(self) -> None:  # Python callers may pass names: parsed here, once
+        object.__setattr__(self, "precision", Precision.parse(self.precision))
+        object.__setattr__(self, "backend", BackendKind.parse(self.backend))
 
 
 def client_host(host: str) -> str:
@@ -293,7 +298,7 @@ def _libpython_version(path: Path) -> str | None:
 
 def _write_serving_models(repo: Path, artifact: Path, name: str, manifest, options: ServeOptions) -> list[str]:
     batching = Batching(options.max_batch, (), options.max_queue_delay_us)
-    parameters = {"artifact": str(artifact), "precision": options.precision.value, "backend": options.backend,
+    parameters = {"artifact": str(artifact), "precision": options.precision.value, "backend": options.backend.value,
                   "max_request_bytes": str(options.max_request_bytes)}
     models = [
         (ModelConfig(f"{name}_image", [Tensor("IMAGE", "bytes", (1,))], [Tensor("EMBEDDING", "float32", (manifest.embed_dim,))],

@@ -54,7 +54,7 @@ def load_model(model: str, pretrained: str | None, source: SourceChoice = Source
 
         if text_config is not None:
             raise SourceError("--text-config applies to OpenCLIP models with a Hugging Face text tower; a Hugging Face "
-                              f"folder or hub id carries its own config: drop --text-config")
+                              "folder or hub id carries its own config: drop --text-config")
         return load_hf(model, tokenizer=tokenizer)
     from clipexport.sources.openclip import load_open_clip
 

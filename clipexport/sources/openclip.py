@@ -26,6 +26,7 @@ from clipexport.artifact.manifest import (
     TowerProperties,
 )
 from clipexport.runtime.hf_tokenizer import with_tokenizer_json
+from clipexport.sources import DEMO_MODEL as DEMO_NAME  # `export demo`: the small CLIP trained here (clipexport/demo)
 
 RANDOM = "random"
 DEFAULT_SEED = 0
@@ -33,7 +34,6 @@ _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz")
 
 
 PREPROCESS_KEY = "preprocess_cfg"
-from clipexport.sources import DEMO_MODEL as DEMO_NAME  # `export demo`: the small CLIP trained here (clipexport/demo)
 
 
 def demo_files() -> tuple[Path, Path, Path]:

@@ -16,9 +16,13 @@ from clipexport.progress import Progress, silent
 @dataclass(frozen=True)
 class BuildOptions:
     artifact: Path
-    precision: Precision | str | None = None  # None: the recipe's
+    precision: Precision | None = None  # None: the recipe's
     recipe: str | None = None  # name in recipes/ or a path; None: the default server recipe
     towers: tuple[Tower, ...] = (Tower.VISION, Tower.TEXT)
+
+    def __post_init__(self) -> None:  # Python callers may pass a name: parsed here, once
+        if self.precision is not None:
+            object.__setattr__(self, "precision", Precision.parse(self.precision))
 
 
 def plan_artifact(options: BuildOptions, manifest: Manifest | None = None) -> tuple[Recipe, list[TowerBuild]]:

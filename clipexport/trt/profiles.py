@@ -86,10 +86,10 @@ class TowerBuild:
         return shlex.join(self.trtexec(device_class))
 
 
-def plan_builds(artifact_dir: Path, manifest: Manifest, recipe: Recipe, precision: Precision | str | None,
+def plan_builds(artifact_dir: Path, manifest: Manifest, recipe: Recipe, precision: Precision | None,
                 towers: tuple[Tower, ...]) -> list[TowerBuild]:
     root = Path(artifact_dir).resolve()
-    chosen = Precision.parse(precision) if precision else recipe.precision
+    chosen = precision or recipe.precision
     out = []
     for tower in towers:
         artifact = manifest.tower(tower)

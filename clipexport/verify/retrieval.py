@@ -19,9 +19,8 @@ import numpy as np
 
 from clipexport.artifact.precision import EXPORTED, Precision
 from clipexport.datasets import RetrievalSet
-from clipexport.parity.retrieval import (OVERLAP_K, RECALL_KS, RetrievalCell, RetrievalReport, overlap_at_k,
-                                         recall_at_k, without_own)
-from clipexport.parity.stats import l2_normalize
+from clipexport.parity.retrieval import OVERLAP_K, RECALL_KS, RetrievalCell, RetrievalReport, overlap_at_k, recall_at_k
+from clipexport.vectors import l2_normalize, without_own
 from clipexport.progress import Progress, silent
 from clipexport.runtime.backends import BackendKind
 from clipexport.search.plan import IndexKind, build_in_memory, plan_index, search

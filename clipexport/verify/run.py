@@ -39,13 +39,16 @@ class VerifyOptions:
     num_images: int = inputs.DEFAULT_NUM_IMAGES
     batch_size: int = DEFAULT_BATCH_SIZE
     precisions: tuple[Precision | str, ...] = (Precision.FP32,)  # or ALL
-    backends: tuple[BackendKind | str, ...] = (BackendKind.ONNXRUNTIME,)
+    backends: tuple[BackendKind, ...] = (BackendKind.ONNXRUNTIME,)
     write_report: bool = True
     labeled_images: Path | None = None  # an ImageFolder: zero-shot accuracy per variant, vs PyTorch FP32
     templates: Path | None = None  # prompt templates, one per line with {} (default: DIR/templates.txt, else CLIP's 7)
     max_accuracy_drop: float | None = None  # gate: top-1 points a variant may lose against PyTorch FP32
     retrieval: Path | str | None = None  # a retrieval set (captions.tsv and/or class folders) or "demo"
     max_recall_drop: float | None = None  # gate: R@k points an index x query cell may lose against fp32/fp32
+
+    def __post_init__(self) -> None:  # Python callers may pass names: parsed here, once ("all" needs the manifest)
+        object.__setattr__(self, "backends", tuple(dict.fromkeys(BackendKind.parse(b) for b in self.backends)))
 
 
 def verify_artifact(options: VerifyOptions, progress: Progress = silent) -> ParityReport:
@@ -70,7 +73,7 @@ def verify_artifact(options: VerifyOptions, progress: Progress = silent) -> Pari
         from clipexport._deps import require as _require
 
         _require("faiss", "verify --retrieval (pip install 'clipexport[search]')")
-    backends = tuple(dict.fromkeys(BackendKind.parse(b) for b in options.backends))
+    backends = options.backends
     for backend in backends:  # a backend that cannot run here stops the run before the slow part
         require_available(backend)
     for t in Tower:  # every file is there and unchanged before the slow part starts

@@ -69,17 +69,17 @@ def require_available(kind: BackendKind | str) -> None:
         raise problem
 
 
-def open_backend(root: Path, manifest: Manifest, tower: Tower, precision: Precision | str,
-                 backend: BackendKind | str = BackendKind.ONNXRUNTIME,
+def open_backend(root: Path, manifest: Manifest, tower: Tower, precision: Precision,
+                 backend: BackendKind = BackendKind.ONNXRUNTIME,
                  options: BackendOptions | None = None) -> Runner:
     """One tower's graph at one precision on one backend; the backend fails with one line when it
     cannot run what was asked, instead of quietly running something else."""
-    chosen = Precision.parse(precision)
+    chosen = precision
     manifest.tower(tower).graph(chosen)  # a clear error when the precision was never made
     module = backend_module(backend)
     if options is not None and options.device and not getattr(module, "TAKES_DEVICE", False):
         takes = [k.value for k in BackendKind if getattr(backend_module(k), "TAKES_DEVICE", False)]
-        raise InputError(f"--device applies to --backend {' or '.join(takes)}; {BackendKind.parse(backend).value} picks "
+        raise InputError(f"--device applies to --backend {' or '.join(takes)}; {backend} picks "
                          "its device itself")
     runner = module.open_tower(Path(root), manifest, tower, chosen, options or BackendOptions())
     text = tower is Tower.TEXT

@@ -1,4 +1,6 @@
-"""Mixed FP16 with NVIDIA ModelOpt's ONNX autocast, keeping the overflow-prone parts in FP32.
+"""Mixed precision with NVIDIA ModelOpt's ONNX autocast, for every precision made this way
+(`Maker.AUTOCAST`; its `PrecisionFacts.autocast_type` is autocast's low precision: "fp16", "bf16"),
+keeping the overflow-prone parts in FP32.
 
 Kept in FP32, by rule:
 - op types whose FP16 form overflows or loses the sum on CLIP: LayerNormalization (variance of a
@@ -48,10 +50,12 @@ def tail_after_last_layernorm(model: "onnx.ModelProto") -> list[str]:
     return tail
 
 
-def convert_fp16(fp32_path: Path, input_name: str, samples: np.ndarray, keep_io_types: bool = True) -> tuple["onnx.ModelProto", list[str]]:
-    """(mixed-precision model, names of the nodes kept in FP32 by the tail rule)."""
-    onnx = require("onnx", "FP16 conversion")
-    autocast = require("modelopt.onnx.autocast", "FP16 conversion")
+def convert_autocast(fp32_path: Path, input_name: str, samples: np.ndarray, low_precision_type: str,
+                     keep_io_types: bool = True) -> tuple["onnx.ModelProto", list[str]]:
+    """(mixed-precision model, names of the nodes kept in FP32 by the tail rule); `low_precision_type`
+    is the precision's `PrecisionFacts.autocast_type`."""
+    onnx = require("onnx", f"{low_precision_type.upper()} conversion")
+    autocast = require("modelopt.onnx.autocast", f"{low_precision_type.upper()} conversion")
     tail = tail_after_last_layernorm(onnx.load(str(fp32_path), load_external_data=False))
     with tempfile.TemporaryDirectory(prefix="clipexport-fp16-") as tmp:
         reference = Path(tmp) / "reference.npz"
@@ -59,14 +63,15 @@ def convert_fp16(fp32_path: Path, input_name: str, samples: np.ndarray, keep_io_
         try:
             with quiet_libraries(), contextlib.redirect_stderr(io.StringIO()):
                 model = autocast.convert_to_mixed_precision(
-                    str(fp32_path), low_precision_type="fp16",
+                    str(fp32_path), low_precision_type=low_precision_type,
                     op_types_to_exclude=list(FP32_OP_TYPES),
                     nodes_to_exclude=[exact_name(name) for name in tail],
                     data_max=DATA_MAX, keep_io_types=keep_io_types,
                     calibration_data=str(reference), providers=["cpu"],
                 )
         except Exception as exc:
-            raise ExportError(f"FP16 conversion of {fp32_path.name} failed: {type(exc).__name__}: {exc}") from exc
+            raise ExportError(f"{low_precision_type.upper()} conversion of {fp32_path.name} failed: "
+                              f"{type(exc).__name__}: {exc}") from exc
     return model, tail
 
 
