@@ -251,11 +251,10 @@ def main() -> None:
         print(f"clip-retrieval not installed at {args.clip_retrieval}; skipped", flush=True)
     elif args.clip_retrieval:
         peer = _clip_retrieval(args.clip_retrieval, ckpt, small[0].parent, work / "out-clip-retrieval")
-        from clipexport.bulk.dataset import read_dataset
+        from clipexport.bulk.dataset import read_embeddings
 
-        _, shards = read_dataset(work / "out-0.5mp-fp32")
         ids, rows = [], []
-        for shard_ids, shard_rows in shards:
+        for _, shard_ids, shard_rows in read_embeddings(work / "out-0.5mp-fp32").shards():
             ids += shard_ids
             rows.append(shard_rows)
         ours = np.concatenate(rows)

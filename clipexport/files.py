@@ -239,3 +239,26 @@ def publish_folder(staging: Path, output: Path) -> None:
     staging.rename(output)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def folder_lock(folder: str | os.PathLike[str], what: str, busy: str | None = None) -> Iterator[None]:
+    """The one folder lock: an exclusive flock on the folder itself (Linux locks directory handles,
+    so no lock file is left in it), released when the block ends or the process dies, kill -9
+    included. `busy`: another holder refuses at once with InputError(busy); None: wait for it.
+    `what` names the folder in the error a folder that cannot be opened gives."""
+    import fcntl  # POSIX; the tools run on Linux (servers, Jetson)
+
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        raise InputError(f"cannot open {what} {folder} ({exc.strerror})") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (fcntl.LOCK_NB if busy is not None else 0))
+        except BlockingIOError:
+            raise InputError(busy) from None
+        yield
+    finally:
+        os.close(fd)  # closing the last handle releases the lock
+

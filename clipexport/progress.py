@@ -6,6 +6,8 @@ import time
 from typing import Callable
 
 Progress = Callable[[str], None]
+# Items finished: (done in this step, total of the run); a progress bar's update.
+Advance = Callable[[int, int], None]
 
 
 def silent(_: str) -> None:

@@ -20,7 +20,7 @@ import pytest
 
 from helpers import random_photo
 
-from clipexport.bulk.dataset import MANIFEST, read_dataset
+from clipexport.bulk.dataset import MANIFEST, read_embeddings
 from clipexport.bulk.job import BulkOptions, Engine, RayOptions, embed_dataset
 from clipexport.bulk.sources import InputSpec
 from clipexport.errors import ClipExportError, InputError
@@ -49,12 +49,12 @@ def _reference(artifact: Path, paths: list[Path]) -> np.ndarray:
 
 
 def _rows(folder: Path) -> tuple[dict, list[str], np.ndarray]:
-    manifest, shards = read_dataset(folder)
+    dataset = read_embeddings(folder, finished=False)
     ids, rows = [], []
-    for shard_ids, embeddings in shards:
+    for _, shard_ids, embeddings in dataset.shards():
         ids += shard_ids
         rows.append(embeddings)
-    return manifest, ids, np.concatenate(rows)
+    return dataset.manifest, ids, np.concatenate(rows)
 
 
 def _options(artifact: Path, output: Path, **kwargs) -> BulkOptions:

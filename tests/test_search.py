@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from clipexport.bulk.dataset import FolderLock
+from clipexport.bulk.dataset import job_lock
 from clipexport.bulk.job import BulkOptions, embed_dataset
 from clipexport.bulk.sources import InputSpec
 from clipexport.cli import main
@@ -21,6 +21,7 @@ from clipexport.errors import InputError
 from clipexport.parity.retrieval import overlap_at_k, recall_against_exact, recall_at_k
 from clipexport.vectors import TopK, exact_top_k
 from clipexport.search import index as index_module
+from clipexport.bulk.dataset import EmbeddingsDataset, read_embeddings
 from clipexport.search.index import IndexOptions, build_index
 from clipexport.search.plan import EXACT_MAX_ROWS, IndexKind, parse_memory, plan_index
 from clipexport.search.searcher import Searcher
@@ -83,9 +84,9 @@ def scenes(demo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _rows(dataset: Path) -> tuple[list[str], np.ndarray]:
-    ds = index_module.open_dataset(dataset)
+    ds = read_embeddings(dataset)
     ids, rows = [], []
-    for _, shard_ids, vectors in ds.shards():
+    for _, shard_ids, vectors in ds.shards(unit=True):
         ids += shard_ids
         rows.append(vectors)
     return ids, np.concatenate(rows)
@@ -138,23 +139,23 @@ def test_approximate_index_measures_recall_for_image_and_text_queries(demo: Path
 def test_interrupted_build_resumes_from_its_checkpoint(scenes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(index_module, "CHECKPOINT_SECONDS", 0.0)
     calls = {"n": 0}
-    real = index_module.Dataset.shards
+    real = EmbeddingsDataset.shards
 
-    def dies_after_two(self, start=0):
-        calls["n"] += 1  # pass 1 draws the training sample, pass 2 fills the index
-        for n, shard in enumerate(real(self, start)):
+    def dies_after_two(self, start=0, unit=False):
+        calls["n"] += 1  # pass 1 draws the training and recall samples, pass 2 fills the index
+        for n, shard in enumerate(real(self, start, unit)):
             if calls["n"] == 2 and n == 2:
                 raise KeyboardInterrupt  # Ctrl-C in the third shard of the fill
             yield shard
 
     out = tmp_path / "idx"
-    monkeypatch.setattr(index_module.Dataset, "shards", dies_after_two)
+    monkeypatch.setattr(EmbeddingsDataset, "shards", dies_after_two)
     with pytest.raises(KeyboardInterrupt):
         build_index(IndexOptions(dataset=scenes, output=out, kind=IndexKind.APPROXIMATE))
     assert not (out / "_index.json").exists() and (out / ".building" / "filled.faiss").is_file()
     with pytest.raises(InputError, match="still being built"):
         Searcher(out)
-    monkeypatch.setattr(index_module.Dataset, "shards", real)
+    monkeypatch.setattr(EmbeddingsDataset, "shards", real)
     messages: list[str] = []
     resumed = build_index(IndexOptions(dataset=scenes, output=out, kind=IndexKind.APPROXIMATE), progress=messages.append)
     assert resumed.resumed and any("resuming: 2 of 4 shards" in m for m in messages)
@@ -257,7 +258,7 @@ def test_bad_input_is_one_line(demo: Path, scenes: Path, tmp_path: Path, tiny_vi
     (changed / "_embeddings.json").write_text(json.dumps(manifest))
     _fails(["index", str(changed), "-o", str(tmp_path / "x")], "not finished")
     # Two builds at once into one folder.
-    with FolderLock(tmp_path / "locked"):
+    with job_lock(tmp_path / "locked"):
         with pytest.raises(InputError, match="another clipexport index"):
             build_index(IndexOptions(dataset=scenes, output=tmp_path / "locked"))
 
@@ -289,3 +290,26 @@ def test_vit_b32_random_embed_index_search(vit_b32: Path, tmp_path: Path) -> Non
         hits = searcher.search_images([images[5]], k=12)
         assert hits[0][0].id == str(images[5]) and len(hits[0]) == 12
         assert len(searcher.search_text(["a photo of a cat"], k=4)[0]) == 4
+
+
+def test_index_reads_the_dataset_in_two_passes_at_most(scenes: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from clipexport.bulk import dataset as dataset_module
+
+    passes, hashed = [], []
+    real_shards, real_hash = EmbeddingsDataset.shards, dataset_module.sha256_file
+
+    def counted(self, start=0, unit=False):
+        if self.folder == scenes:
+            passes.append(start)
+        return real_shards(self, start, unit)
+
+    monkeypatch.setattr(EmbeddingsDataset, "shards", counted)
+    monkeypatch.setattr(dataset_module, "sha256_file", lambda path: (hashed.append(Path(path).name), real_hash(path))[1])
+    build_index(IndexOptions(dataset=scenes, output=tmp_path / "approx", kind=IndexKind.APPROXIMATE))
+    assert len(passes) == 2, passes  # the training + recall samples, then the fill with the exact answers
+    shards = [name for name in hashed if name.startswith("part-")]
+    assert len(shards) == len(set(shards)), shards  # each shard file hashed once per run
+    passes.clear()
+    build_index(IndexOptions(dataset=scenes, output=tmp_path / "exact", kind=IndexKind.EXACT))
+    assert len(passes) == 1, passes

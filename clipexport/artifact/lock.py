@@ -7,27 +7,15 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Callable, Iterator
+from typing import Callable
 
 from clipexport.artifact.manifest import Manifest, read_manifest, write_manifest
-from clipexport.errors import InputError
+from clipexport.files import folder_lock
 
 
-@contextlib.contextmanager
-def artifact_lock(root: str | os.PathLike[str]) -> Iterator[None]:
-    """Exclusive flock on the artifact folder itself (Linux locks directory handles too, so no
-    lock file is left in the folder); blocks until the other run is done with it."""
-    import fcntl  # POSIX; the artifact tools run on Linux (servers, Jetson)
-
-    try:
-        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError as exc:
-        raise InputError(f"cannot open the artifact folder {root} ({exc.strerror})") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing the last handle releases the lock
+def artifact_lock(root: str | os.PathLike[str]) -> contextlib.AbstractContextManager[None]:
+    """The artifact folder's lock (`files.folder_lock`): waits until the other run is done with it."""
+    return folder_lock(root, "the artifact folder")
 
 
 def update_manifest(root: str | os.PathLike[str], change: Callable[[Manifest], Manifest],

@@ -16,7 +16,6 @@ and computes the rest. One job at a time per folder (an flock on it).
 from __future__ import annotations
 
 import io
-import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,7 +24,8 @@ from typing import Any, Iterator
 import numpy as np
 
 from clipexport.errors import DiskFull, InputError  # DiskFull: re-exported
-from clipexport.files import (check_fields, disk_full, is_disk_full, read_format_json, sha256_file,
+from clipexport.vectors import l2_normalize
+from clipexport.files import (check_fields, disk_full, folder_lock, is_disk_full, read_format_json, sha256_file,
                               refuse_foreign, utc_timestamp, write_bytes_atomic,
                               write_json_atomic)
 
@@ -166,7 +166,7 @@ def _clear(folder: Path) -> None:
             path.unlink()
 
 
-def open_dataset(folder: Path, identity: Identity, artifact: str, overwrite: bool) -> tuple[DatasetState, list[int]]:
+def open_for_writing(folder: Path, identity: Identity, artifact: str, overwrite: bool) -> tuple[DatasetState, list[int]]:
     """The folder's state for this job and the shards kept from an earlier run of it.
 
     The owned-folder rule: the folder is new, empty, or carries our manifest; anything else in it
@@ -265,23 +265,101 @@ def write_shard(state: DatasetState, index: int, ids: list[str], embeddings: np.
     return shard
 
 
-def read_dataset(folder: Path) -> tuple[dict[str, Any], Iterator[tuple[list[str], np.ndarray]]]:
-    """(manifest, per-shard (ids, embeddings)) of a finished or partial dataset, each shard checked
-    against its sha256."""
-    import pyarrow.parquet as pq
+# A row shorter than this is no direction (embeddings are unit vectors or raw projections of norm ~1-100).
+MIN_ROW_NORM = 1e-12
 
+
+@dataclass(frozen=True)
+class EmbeddingsDataset:
+    """The one reader of a dataset `embed -o DIR` wrote (`index`, `search`, `verify`'s tests and the
+    benchmarks read it through this): the manifest checked once, each shard file checked against its
+    sha256 the first time this reader opens it."""
+
+    folder: Path
+    manifest: dict[str, Any]
+    manifest_sha256: str
+    _checked: set = field(default_factory=set, compare=False, repr=False)  # shard files whose sha256 matched
+
+    @property
+    def rows(self) -> int:
+        return int(self.manifest["rows"])
+
+    @property
+    def dim(self) -> int:
+        return int(self.manifest["dim"])
+
+    def _table(self, entry: dict[str, Any], columns: list[str] | None = None) -> Any:
+        import pyarrow.parquet as pq
+
+        path = self.folder / entry["file"]
+        if entry["file"] not in self._checked:
+            if not path.is_file() or sha256_file(path) != entry["sha256"]:
+                raise InputError(f"{path} is missing or does not match {self.folder / MANIFEST} (sha256); "
+                                 "rerun the embed command that made the dataset")
+            self._checked.add(entry["file"])
+        return pq.read_table(path, columns=columns)
+
+    def shards(self, start: int = 0, unit: bool = False) -> Iterator[tuple[int, list[str], np.ndarray]]:
+        """(first row, ids, rows) per shard, from shard `start`, in the dtype they are stored in.
+        `unit`: float32, every row checked finite and non-zero, then L2-normalised (what an index takes)."""
+        row = 0
+        for number, entry in enumerate(self.manifest["shards"]):
+            if number >= start:
+                path = self.folder / entry["file"]
+                table = self._table(entry)
+                values = table.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+                raw = values.reshape(len(table), -1)
+                if raw.shape[1] != self.dim:
+                    raise InputError(f"{path} holds {raw.shape[1]}-d rows, not the {self.dim} its manifest says; "
+                                     "rerun the embed command")
+                ids = table.column("id").to_pylist()
+                if unit:
+                    raw = raw.astype(np.float32)
+                    _check_rows(raw, ids, path)
+                    raw = l2_normalize(raw, np.float32)
+                yield row, ids, raw
+            row += int(entry["rows"])
+
+    def ids(self, stop: int | None = None) -> list[str]:
+        """The ids of every row (of the shards before `stop`), in row order: the id column alone."""
+        out: list[str] = []
+        for entry in self.manifest["shards"][:stop]:
+            out += self._table(entry, ["id"]).column("id").to_pylist()
+        return out
+
+
+def _check_rows(raw: np.ndarray, ids: list[str], path: Path) -> None:
+    """Every row is a direction: finite, with a norm (a NaN row would stop FAISS's k-means with a
+    traceback, and a zero row has no cosine with anything)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        norms = np.linalg.norm(raw.astype(np.float64), axis=1)
+    bad = ~np.isfinite(norms) | (norms < MIN_ROW_NORM)
+    if bad.any():
+        first = int(np.argmax(bad))
+        what = "NaN or infinity" if not np.isfinite(raw[first]).all() else "a zero vector"
+        raise InputError(f"row {first} of {path.name} ({ids[first]}) is {what}"
+                         f"{f' (and {int(bad.sum()) - 1} more rows)' if bad.sum() > 1 else ''}, which no index can "
+                         "rank; re-embed that input (clipexport embed checks every output) or leave it out")
+
+
+def read_embeddings(folder: Path, what: str = "DATASET", finished: bool = True) -> EmbeddingsDataset:
+    """A dataset to read. `finished`: refuse one still being written or with no rows (what an index
+    needs); else a partial one is read as far as its manifest lists shards."""
+    from clipexport._deps import require
+
+    require("pyarrow", "reading the embeddings dataset (pip install 'clipexport[bulk]')")
+    folder = Path(folder).expanduser()
+    manifest_path = folder / MANIFEST
+    if not manifest_path.is_file():
+        raise InputError(f"{what} {folder} is not an embeddings dataset (no {MANIFEST}); make one with "
+                         "`clipexport embed ARTIFACT --images ... -o DIR`")
     manifest = read_manifest_data(folder)
-
-    def shards() -> Iterator[tuple[list[str], np.ndarray]]:
-        for entry in manifest["shards"]:
-            path = folder / entry["file"]
-            if sha256_file(path) != entry["sha256"]:
-                raise InputError(f"{path} does not match {folder / MANIFEST} (sha256 differs); rerun the embed job")
-            table = pq.read_table(path)
-            values = table.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-            yield table.column("id").to_pylist(), values.reshape(len(table), -1)
-
-    return manifest, shards()
+    if finished and not manifest.get("complete"):
+        raise InputError(f"{what} {folder} is not finished ({len(manifest['shards'])} shards done); run the same "
+                         "embed command again to finish it, then index it")
+    if finished and int(manifest["rows"]) == 0:
+        raise InputError(f"{what} {folder} has no rows (every input was skipped); nothing to index")
+    return EmbeddingsDataset(folder, manifest, sha256_file(manifest_path))
 
 
 def _remove_stale_temps(folder: Path) -> None:
@@ -292,32 +370,13 @@ def _remove_stale_temps(folder: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-class FolderLock:
-    """One job per output folder: a second run is refused at once instead of writing beside it."""
-
-    def __init__(self, folder: Path, command: str = "clipexport embed", option: str = "--output"):
-        self.folder, self.command, self.option = folder, command, option
-        self.fd: int | None = None
-
-    def __enter__(self) -> "FolderLock":
-        import fcntl
-
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.fd = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self.fd)
-            self.fd = None
-            raise InputError(f"another {self.command} is writing to {self.folder}; wait for it to finish "
-                             f"(a rerun afterwards resumes) or choose another {self.option}") from None
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
+def job_lock(folder: Path, command: str = "clipexport embed", option: str = "--output") -> Any:
+    """One job per output folder (created if missing): a second run is refused at once instead of
+    writing beside it (`files.folder_lock`)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder_lock(folder, f"the {option} folder", busy=f"another {command} is writing to {folder}; wait for it "
+                       f"to finish (a rerun afterwards resumes) or choose another {option}")
 
 
-__all__ = ["DEFAULT_SHARD_SIZE", "DTYPES", "DatasetState", "DiskFull", "FolderLock", "Identity", "MANIFEST", "Shard",
-           "Skipped", "open_dataset", "read_dataset", "read_manifest_data", "read_state", "shard_file", "write_shard"]
+__all__ = ["DEFAULT_SHARD_SIZE", "DTYPES", "DatasetState", "DiskFull", "Identity", "MANIFEST", "Shard",
+           "Skipped", "EmbeddingsDataset", "MIN_ROW_NORM", "open_for_writing", "read_embeddings", "read_manifest_data", "read_state", "shard_file", "job_lock", "write_shard"]

@@ -8,23 +8,21 @@ import time
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from clipexport.artifact.manifest import Tower, read_manifest
 from clipexport.artifact.precision import Precision
-from clipexport.bulk.dataset import (DEFAULT_SHARD_SIZE, DTYPES, MANIFEST, DatasetState, FolderLock, Identity, Skipped,
-                                     open_dataset, prepare_writer, write_shard)
+from clipexport.bulk.dataset import (DEFAULT_SHARD_SIZE, DTYPES, MANIFEST, DatasetState, Identity, Skipped, job_lock,
+                                     open_for_writing, prepare_writer, write_shard)
 from clipexport.bulk.local import PipelineStats
 from clipexport.bulk.sources import InputList, InputSpec, Kind, list_inputs
 from clipexport.datasets import is_folder
 from clipexport.errors import InputError
 from clipexport.files import inside, sha256_file
-from clipexport.progress import Progress, silent
+from clipexport.progress import Advance, Progress, silent
 from clipexport.runtime.backends import BackendKind
 
-Advance = Callable[[int, int], None]
 
 
 class Engine(str, Enum):
@@ -133,8 +131,8 @@ def embed_dataset(options: BulkOptions, advance: Advance | None = None, progress
 
 def _embed(options: BulkOptions, artifact: Path, output: Path, inputs: InputList, tower: Tower, identity: Identity,
            begin: float, advance: Advance | None, progress: Progress) -> BulkResult:
-    with FolderLock(output):
-        state, kept = open_dataset(output, identity, str(artifact.resolve()), options.overwrite)
+    with job_lock(output):
+        state, kept = open_for_writing(output, identity, str(artifact.resolve()), options.overwrite)
         todo = [index for index in range(state.shard_count) if index not in state.shards]
         if kept:
             progress(f"resuming: {len(kept)} of {state.shard_count} shards already done")

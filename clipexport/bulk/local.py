@@ -37,9 +37,9 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from clipexport.bulk.sources import InputList, Item, Kind, read_item_bytes
+from clipexport.progress import Advance
 from clipexport.errors import InputError, StepFailed
 
-Advance = Callable[[int, int], None]  # (inputs done in this step, total inputs of the run)
 IN_FLIGHT_PER_WORKER = 2
 MAX_BATCH_DEATHS = 3  # a batch whose decoding kills this many workers is reported, not retried forever
 # The split of the cores is decided once this many images have been through both decode and the

@@ -8,12 +8,13 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from clipexport.artifact.layout import model_prefix
 from clipexport.artifact.precision import Precision
+from clipexport.progress import Advance
 from clipexport.errors import InputError
 from clipexport.files import write_bytes_atomic
 from clipexport.runtime.backends import BackendKind
@@ -22,7 +23,6 @@ from clipexport.runtime.preprocess import SkippedImage
 if TYPE_CHECKING:
     from clipexport.bulk.sources import InputList, InputSpec
 
-Advance = Callable[[int, int], None]  # (inputs done in this step, total inputs)
 
 
 @dataclass(frozen=True)

@@ -21,19 +21,18 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 
-from clipexport.bulk.dataset import MANIFEST as DATASET_MANIFEST
-from clipexport.bulk.dataset import FolderLock, read_manifest_data
+from clipexport.bulk.dataset import EmbeddingsDataset, job_lock, read_embeddings
 from clipexport.errors import InputError
 from clipexport.errors import ParityError
 from clipexport.files import (inside, refuse_foreign, read_format_json, sha256_file, utc_timestamp, write_bytes_atomic,
                               write_json_atomic)
 from clipexport.parity.retrieval import RECALL_KS
-from clipexport.vectors import TopK, l2_normalize
-from clipexport.progress import Progress, silent
+from clipexport.vectors import TopK
+from clipexport.progress import Advance, Progress, silent
 from clipexport.search.plan import (DEFAULT_TARGET_RECALL, RECALL_K, RECALL_SAMPLE, IndexKind, IndexPlan, faiss_module,
                                     new_index, plan_index, training_rows, tune_nprobe)
 
@@ -45,14 +44,11 @@ IDS_FILE = "ids.parquet"
 BUILDING = ".building"
 CHECKPOINT_SECONDS = float(os.environ.get("CLIPEXPORT_INDEX_CHECKPOINT_SECONDS", "60"))
 SEED = 0  # the training sample and the recall sample
-# A row shorter than this is no direction (embeddings are unit vectors or raw projections of norm ~1-100).
-MIN_ROW_NORM = 1e-12
 # The schema of _index.json, checked before any field is used (`clipexport search`, a rerun of `index`).
 INDEX_SCHEMA = {"rows": int, "dim": int, "files": dict, "identity": dict, "recall_at_10": dict,
                 "precision": (str, type(None)), "backend": (str, type(None)), "artifact": (str, type(None)),
                 "dataset": str, "dataset_manifest_sha256": str,
                 "index": {"factory": str, "exact": bool, "nlist": int, "nprobe": int, "target_recall": float}}
-Advance = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
@@ -89,91 +85,12 @@ class IndexResult:
         return meets_target(self.recall, self.target_recall)
 
 
-@dataclass(frozen=True)
-class Dataset:
-    """A finished embeddings dataset, read shard by shard."""
-
-    folder: Path
-    manifest: dict[str, Any]
-    manifest_sha256: str
-
-    @property
-    def rows(self) -> int:
-        return int(self.manifest["rows"])
-
-    @property
-    def dim(self) -> int:
-        return int(self.manifest["dim"])
-
-    def shards(self, start: int = 0) -> Iterator[tuple[int, list[str], np.ndarray]]:
-        """(first row, ids, unit float32 rows) per shard, from shard `start`, each checked by sha256."""
-        import pyarrow.parquet as pq
-
-        row = 0
-        for number, entry in enumerate(self.manifest["shards"]):
-            if number >= start:
-                path = self.folder / entry["file"]
-                if not path.is_file() or sha256_file(path) != entry["sha256"]:
-                    raise InputError(f"{path} is missing or does not match {self.folder / DATASET_MANIFEST} (sha256); "
-                                     "rerun the embed command that made the dataset")
-                table = pq.read_table(path)
-                values = table.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-                raw = values.reshape(len(table), -1).astype(np.float32)
-                if raw.shape[1] != self.dim:
-                    raise InputError(f"{path} holds {raw.shape[1]}-d rows, not the {self.dim} its manifest says; "
-                                     "rerun the embed command")
-                ids = table.column("id").to_pylist()
-                _check_rows(raw, ids, path)
-                yield row, ids, l2_normalize(raw, np.float32)
-            row += int(entry["rows"])
-
-    def ids(self) -> list[str]:
-        import pyarrow.parquet as pq
-
-        out: list[str] = []
-        for entry in self.manifest["shards"]:
-            out += pq.read_table(self.folder / entry["file"], columns=["id"]).column("id").to_pylist()
-        return out
-
-
-def _check_rows(raw: np.ndarray, ids: list[str], path: Path) -> None:
-    """Every row is a direction: finite, with a norm (a NaN row would stop FAISS's k-means with a
-    traceback, and a zero row has no cosine with anything)."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        norms = np.linalg.norm(raw.astype(np.float64), axis=1)
-    bad = ~np.isfinite(norms) | (norms < MIN_ROW_NORM)
-    if bad.any():
-        first = int(np.argmax(bad))
-        what = "NaN or infinity" if not np.isfinite(raw[first]).all() else "a zero vector"
-        raise InputError(f"row {first} of {path.name} ({ids[first]}) is {what}"
-                         f"{f' (and {int(bad.sum()) - 1} more rows)' if bad.sum() > 1 else ''}, which no index can "
-                         "rank; re-embed that input (clipexport embed checks every output) or leave it out")
-
-
-def open_dataset(folder: Path, what: str = "DATASET") -> Dataset:
-    from clipexport._deps import require
-
-    require("pyarrow", "reading the embeddings dataset (pip install 'clipexport[bulk]')")
-    folder = Path(folder).expanduser()
-    manifest_path = folder / DATASET_MANIFEST
-    if not manifest_path.is_file():
-        raise InputError(f"{what} {folder} is not an embeddings dataset (no {DATASET_MANIFEST}); make one with "
-                         "`clipexport embed ARTIFACT --images ... -o DIR`")
-    manifest = read_manifest_data(folder)
-    if not manifest.get("complete"):
-        raise InputError(f"{what} {folder} is not finished ({len(manifest['shards'])} shards done); run the same "
-                         "embed command again to finish it, then index it")
-    if int(manifest["rows"]) == 0:
-        raise InputError(f"{what} {folder} has no rows (every input was skipped); nothing to index")
-    return Dataset(folder, manifest, sha256_file(manifest_path))
-
-
 def build_index(options: IndexOptions, advance: Advance | None = None, progress: Progress = silent) -> IndexResult:
     begin = time.monotonic()
     if not 0 < options.target_recall <= 1:
         raise InputError(f"--target-recall must be in (0, 1], got {options.target_recall}")
-    dataset = open_dataset(options.dataset)
-    queries = open_dataset(options.queries, "--queries") if options.queries is not None else None
+    dataset = read_embeddings(options.dataset)
+    queries = read_embeddings(options.queries, "--queries") if options.queries is not None else None
     if queries is not None and queries.dim != dataset.dim:
         raise InputError(f"--queries {queries.folder} holds {queries.dim}-d embeddings, the dataset {dataset.dim}-d; "
                          "embed the queries with the same artifact")
@@ -191,7 +108,7 @@ def build_index(options: IndexOptions, advance: Advance | None = None, progress:
                 "target_recall": options.target_recall}
     created = not output.exists()
     try:
-        with FolderLock(output, "clipexport index", "-o"):
+        with job_lock(output, "clipexport index", "-o"):
             done = _existing(output, identity, options.overwrite)
             if done is not None:
                 result = IndexResult(output, dataset.rows, plan, int(done["index"]["nprobe"]), done["recall_at_10"],
@@ -281,7 +198,7 @@ def _deserialize(data: bytes) -> Any:
     return faiss_module().deserialize_index(np.frombuffer(data, dtype=np.uint8))
 
 
-def _build(dataset: Dataset, queries: Dataset | None, plan: IndexPlan, output: Path, identity: dict[str, Any],
+def _build(dataset: EmbeddingsDataset, queries: EmbeddingsDataset | None, plan: IndexPlan, output: Path, identity: dict[str, Any],
            options: IndexOptions, begin: float, advance: Advance | None, progress: Progress) -> IndexResult:
     building = output / BUILDING
     building.mkdir(parents=True, exist_ok=True)
@@ -297,18 +214,32 @@ def _build(dataset: Dataset, queries: Dataset | None, plan: IndexPlan, output: P
         progress("resuming: the index is already trained")
     else:
         index = new_index(plan, dataset.dim)
-        if not plan.exact:
-            count = training_rows(plan, dataset.rows)
-            progress(f"training {plan.factory} on {count} of {dataset.rows} rows")
-            index.train(_sample(dataset, count, np.random.default_rng(SEED)))
-            write_bytes_atomic(building / "trained.faiss", _serialize(index))
+    # Pass 1 (approximate indexes): the training sample and the recall sample's own rows, in one read.
+    # Pass 2: every shard into the index, its ids, and the recall sample's exact answers (TopK).
+    samples_names = _sample_names(dataset, queries)
+    training = None if plan.exact or resumed else np.sort(np.random.default_rng(SEED).choice(
+        dataset.rows, training_rows(plan, dataset.rows), replace=False))
+    sets = {} if plan.exact else _recall_queries(dataset, queries, samples_names, training)
+    if training is not None:
+        progress(f"training {plan.factory} on {len(training)} of {dataset.rows} rows")
+        index.train(np.ascontiguousarray(sets.pop("_training")[0], np.float32))
+        write_bytes_atomic(building / "trained.faiss", _serialize(index))
     progress(f"adding {dataset.rows} rows to {plan.factory} ({plan.reason})")
+    k_own = min(RECALL_K, dataset.rows - 1)
+    tops = {name: TopK(q, k_own if own is not None else min(RECALL_K, dataset.rows), own)
+            for name, (q, own) in sets.items()}
+    ids = [] if tops else dataset.ids(stop=shards_done)  # the exact answers need every shard; the index, the rest
     last_checkpoint = time.monotonic()
     total_shards = len(dataset.manifest["shards"])
-    number = shards_done
-    for first, ids, vectors in dataset.shards(start=shards_done):
-        index.add(vectors)
+    number = 0 if tops else shards_done
+    for first, shard_ids, vectors in dataset.shards(start=number, unit=True):
+        for top in tops.values():
+            top.add(vectors, first)
+        ids += shard_ids
         number += 1
+        if number <= shards_done:
+            continue
+        index.add(vectors)
         if advance:
             advance(len(vectors), dataset.rows)
         if number < total_shards and time.monotonic() - last_checkpoint >= CHECKPOINT_SECONDS:
@@ -317,15 +248,15 @@ def _build(dataset: Dataset, queries: Dataset | None, plan: IndexPlan, output: P
             last_checkpoint = time.monotonic()
     if index.ntotal != dataset.rows:
         raise InputError(f"the index holds {index.ntotal} rows, the dataset {dataset.rows}; rerun with --overwrite")
-    samples_names = _sample_names(dataset, queries)
     tuned_nprobe, recall, curve = 0, {name: 1.0 for name in samples_names}, []
     if not plan.exact:
         progress(f"measuring recall@{RECALL_K} against exact search on {min(RECALL_SAMPLE, dataset.rows)} rows")
-        tuned = tune_nprobe(index, plan, _recall_samples(dataset, queries), options.target_recall)
+        samples = {name: (q, tops[name].result(), None if own is None else own.tolist()) for name, (q, own) in sets.items()}
+        tuned = tune_nprobe(index, plan, samples, options.target_recall)
         tuned_nprobe, recall, curve = tuned.nprobe, tuned.recall, tuned.curve
     index_bytes = _serialize(index)
     write_bytes_atomic(output / INDEX_FILE, index_bytes)
-    _write_ids(output / IDS_FILE, dataset.ids())
+    _write_ids(output / IDS_FILE, ids)
     import hashlib
 
     manifest = {
@@ -350,13 +281,7 @@ def _build(dataset: Dataset, queries: Dataset | None, plan: IndexPlan, output: P
                        target_recall=options.target_recall)
 
 
-def _sample(dataset: Dataset, count: int, rng: np.random.Generator) -> np.ndarray:
-    """`count` rows picked uniformly from the whole dataset, read shard by shard."""
-    return np.ascontiguousarray(_sample_rows(dataset, np.sort(rng.choice(dataset.rows, count, replace=False))),
-                                np.float32)
-
-
-def _sample_names(dataset: Dataset, queries: Dataset | None) -> tuple[str, ...]:
+def _sample_names(dataset: EmbeddingsDataset, queries: EmbeddingsDataset | None) -> tuple[str, ...]:
     """The recall figures' names: the index's own kind ("image" queries on an image index), then
     the --queries kind ("text"), each measured separately (clip-retrieval #76: an approximate
     index can keep image -> image recall and lose text -> image)."""
@@ -367,32 +292,31 @@ def _sample_names(dataset: Dataset, queries: Dataset | None) -> tuple[str, ...]:
     return own, other if other != own else f"{other}_queries"
 
 
-def _recall_samples(dataset: Dataset, queries: Dataset | None) -> dict[str, tuple[np.ndarray, np.ndarray, Any]]:
-    """Exact answers for a sample of the index's own rows (own row excluded) and of --queries,
-    computed shard by shard (the dataset is never in memory whole)."""
+def _recall_queries(dataset: EmbeddingsDataset, queries: EmbeddingsDataset | None, names: tuple[str, ...],
+                    training: np.ndarray | None) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
+    """The recall sample: {name: (unit query rows, their own row numbers or None)}; a sample of the
+    index's own rows (own row excluded from its answers) and of --queries. With `training`, the
+    training rows come back too (as "_training"), read in the same pass over the dataset."""
     rng = np.random.default_rng(SEED + 1)
     own = np.sort(rng.choice(dataset.rows, min(RECALL_SAMPLE, dataset.rows), replace=False))
-    k = min(RECALL_K, dataset.rows - 1)
-    names = _sample_names(dataset, queries)
-    sets: dict[str, tuple[np.ndarray, Any]] = {names[0]: (_sample_rows(dataset, own), own)}
+    wanted = [own] if training is None else [own, training]
+    rows = _gather(dataset, wanted)
+    sets: dict[str, tuple[np.ndarray, np.ndarray | None]] = {names[0]: (rows[0], own)}
     if queries is not None:
         picked = np.sort(rng.choice(queries.rows, min(RECALL_SAMPLE, queries.rows), replace=False))
-        sets[names[1]] = (_sample_rows(queries, picked), None)
-    tops = {name: TopK(q, k if own_rows is not None else min(RECALL_K, dataset.rows), own_rows)
-            for name, (q, own_rows) in sets.items()}
-    for first, _, vectors in dataset.shards():
-        for top in tops.values():
-            top.add(vectors, first)
-    return {name: (sets[name][0], tops[name].result(), None if sets[name][1] is None else sets[name][1].tolist())
-            for name in sets}
+        sets[names[1]] = (_gather(queries, [picked])[0], None)
+    if training is not None:
+        sets["_training"] = (rows[1], None)
+    return sets
 
 
-def _sample_rows(dataset: Dataset, rows: np.ndarray) -> np.ndarray:
-    out = []
-    for first, _, vectors in dataset.shards():
-        local = rows[(rows >= first) & (rows < first + len(vectors))] - first
-        out.append(vectors[local])
-    return np.concatenate(out)
+def _gather(dataset: EmbeddingsDataset, wanted: list[np.ndarray]) -> list[np.ndarray]:
+    """The unit rows at each sorted array of row numbers in `wanted`, in one pass over the shards."""
+    out: list[list[np.ndarray]] = [[] for _ in wanted]
+    for first, _, vectors in dataset.shards(unit=True):
+        for rows, parts in zip(wanted, out):
+            parts.append(vectors[rows[(rows >= first) & (rows < first + len(vectors))] - first])
+    return [np.concatenate(parts) for parts in out]
 
 
 def _write_ids(path: Path, ids: list[str]) -> None:
@@ -406,5 +330,5 @@ def _write_ids(path: Path, ids: list[str]) -> None:
     write_bytes_atomic(path, buffer.getvalue())
 
 
-__all__ = ["Dataset", "IDS_FILE", "INDEX_FILE", "IndexOptions", "IndexResult", "MANIFEST", "RECALL_KS", "build_index",
-           "open_dataset", "read_index_manifest_file"]
+__all__ = ["IDS_FILE", "INDEX_FILE", "IndexOptions", "IndexResult", "MANIFEST", "RECALL_KS", "build_index",
+           "read_index_manifest_file"]

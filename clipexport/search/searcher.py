@@ -13,7 +13,8 @@ import numpy as np
 from clipexport.errors import InputError
 from clipexport.files import check_recorded_sha256, sha256_file
 from clipexport.vectors import l2_normalize
-from clipexport.search.index import DATASET_MANIFEST, IDS_FILE, INDEX_FILE, MANIFEST, read_index_manifest_file
+from clipexport.bulk.dataset import MANIFEST as DATASET_MANIFEST
+from clipexport.search.index import IDS_FILE, INDEX_FILE, MANIFEST, read_index_manifest_file
 from clipexport.search.plan import faiss_module, search, set_nprobe
 
 if TYPE_CHECKING:
