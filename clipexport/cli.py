@@ -224,11 +224,11 @@ def verify(artifact: Path, images: Path | None, texts: Path | None, num_images: 
     Gates per tower (min / mean cosine of the embeddings): {gates}. Zero-shot top-1 agreement with
     PyTorch is reported for each variant.
     """
-    from clipexport import datasets as inputs
+    from clipexport import datasets
     from clipexport.verify.run import DEFAULT_BATCH_SIZE, VerifyOptions, verify_artifact
 
     options = VerifyOptions(artifact=artifact, images=images, texts=texts,
-                            num_images=inputs.DEFAULT_NUM_IMAGES if num_images is None else num_images,
+                            num_images=datasets.DEFAULT_NUM_IMAGES if num_images is None else num_images,
                             batch_size=DEFAULT_BATCH_SIZE if batch_size is None else batch_size,
                             precisions=precisions or (Precision.FP32,), backends=backends or (BackendKind.ONNXRUNTIME,),
                             labeled_images=labeled_images, templates=templates, max_accuracy_drop=max_accuracy_drop,
@@ -273,22 +273,14 @@ def quantize(artifact: Path, precision: Precision, towers: str, target: Target |
     from clipexport.precision.calibration import DEFAULT_CALIBRATION_SIZE, CalibrationSource
     from clipexport.precision.pipeline import QuantizeOptions, quantize_artifact
 
-    accuracy = None
-    if labeled_images is not None:
-        from clipexport.datasets import load_labelled_folder
-        from clipexport.precision.accuracy import DEFAULT_MAX_ACCURACY_DROP, AccuracyTarget
+    from clipexport.precision.accuracy import AccuracyTarget
 
-        accuracy = AccuracyTarget(load_labelled_folder(labeled_images, templates),
-                                  DEFAULT_MAX_ACCURACY_DROP if max_accuracy_drop is None else max_accuracy_drop)
-    elif templates is not None or max_accuracy_drop is not None:
-        from clipexport.errors import InputError
-
-        raise InputError("--templates and --max-accuracy-drop need --labeled-images DIR")
     options = QuantizeOptions(
         artifact=artifact, precision=precision, towers=_towers(towers), target=target, method=method,
         calibration=CalibrationSource(images=calibration_images, texts=calibration_texts,
                                       size=DEFAULT_CALIBRATION_SIZE if calibration_size is None else calibration_size),
-        sensitivity=sensitivity, fallback=fallback, fp16_io=io_dtype == "float16", accuracy=accuracy)
+        sensitivity=sensitivity, fallback=fallback, fp16_io=io_dtype == "float16",
+        accuracy=AccuracyTarget.from_options(labeled_images, templates, max_accuracy_drop))
     _, outcomes = quantize_artifact(options, _progress(quiet))
     for outcome in outcomes:
         p = outcome.parity
@@ -302,12 +294,12 @@ def quantize(artifact: Path, precision: Precision, towers: str, target: Target |
         for layer in outcome.sensitivity[:10]:
             mark = "*" if layer.node in restored else " "
             click.echo(f"  {mark} {layer.error:9.5f}  {layer.op_type:<10} {layer.node}")
-    record = outcomes[0].graph.details.accuracy_fallback if outcomes else {}
-    if record:
-        last = record["steps"][-1]
-        click.echo(f"labelled accuracy ({record['images']} images, {record['classes']} classes): INT8 top-1 "
-                   f"{100 * last['top1']:.2f}% vs FP32 {100 * record['fp32_top1']:.2f}% (drop {last['drop_points']:.2f} pt, "
-                   f"bound {record['max_drop_points']}); {last['restored']} more node(s) kept in high precision")
+    record = outcomes[0].graph.details.accuracy_fallback if outcomes else None
+    if record is not None:
+        last = record.steps[-1]
+        click.echo(f"labelled accuracy ({record.images} images, {record.classes} classes): INT8 top-1 "
+                   f"{100 * last.top1:.2f}% vs FP32 {100 * record.fp32_top1:.2f}% (drop {last.drop_points:.2f} pt, "
+                   f"bound {record.max_drop_points}); {last.restored} more node(s) kept in high precision")
     click.echo(f"check it against PyTorch: clipexport verify {artifact} --precision {precision}")
 
 

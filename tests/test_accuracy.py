@@ -203,12 +203,12 @@ def test_quantize_targets_labelled_accuracy(tiny_vit: Path, tmp_path: Path) -> N
     manifest = read_manifest(artifact)
     records = [manifest.tower(t).graph(Precision.INT8).details for t in Tower]
     record = records[0].accuracy_fallback
-    assert record == records[1].accuracy_fallback and record["images"] == 10 and record["max_drop_points"] == 0.0
-    steps = record["steps"]
-    assert steps[0]["restored"] == 0 and steps[-1]["drop_points"] <= 0.0
-    assert all(s["drop_points"] > 0.0 for s in steps[:-1])  # it stopped at the first step within the bound
+    assert record == records[1].accuracy_fallback and record.images == 10 and record.max_drop_points == 0.0
+    steps = record.steps
+    assert steps[0].restored == 0 and steps[-1].drop_points <= 0.0
+    assert all(s.drop_points > 0.0 for s in steps[:-1])  # it stopped at the first step within the bound
     extra = sum(len(d.high_precision_nodes["accuracy_fallback"]) for d in records)
-    assert extra == steps[-1]["restored"]
+    assert extra == steps[-1].restored
     report = verify_artifact(VerifyOptions(artifact=artifact, precisions=("int8",), labeled_images=root,
                                            max_accuracy_drop=0.0))
     assert report.passed, report.table()

@@ -94,6 +94,40 @@ class SampleSet:
 
 
 @dataclass(frozen=True)
+class AccuracyStep:
+    """One step of the accuracy-targeted fallback: nodes restored so far, INT8 top-1, its drop."""
+
+    restored: int
+    top1: float
+    drop_points: float  # top-1 points below the FP32 graphs'
+
+
+@dataclass(frozen=True)
+class AccuracyRecord:
+    """What `quantize --labeled-images` kept: the labelled folder, its size, the bound, every step."""
+
+    folder: str
+    images: int
+    classes: int
+    templates: int
+    max_drop_points: float
+    fp32_top1: float
+    steps: tuple[AccuracyStep, ...]
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str) -> "AccuracyRecord":
+        number = (int, float)
+        return cls(folder=_get(data, "folder", str, where), images=_get(data, "images", int, where),
+                   classes=_get(data, "classes", int, where), templates=_get(data, "templates", int, where),
+                   max_drop_points=float(_get(data, "max_drop_points", number, where)),
+                   fp32_top1=float(_get(data, "fp32_top1", number, where)),
+                   steps=tuple(AccuracyStep(restored=_get(s, "restored", int, f"{where}.steps"),
+                                            top1=float(_get(s, "top1", number, f"{where}.steps")),
+                                            drop_points=float(_get(s, "drop_points", number, f"{where}.steps")))
+                               for s in _get(data, "steps", list, where)))
+
+
+@dataclass(frozen=True)
 class GraphDetails:
     """How a graph was made; read by build (calibration hash), the CLI and people."""
 
@@ -114,7 +148,7 @@ class GraphDetails:
     fallback_steps: tuple[Mapping[str, float], ...] = ()
     validation_parity: Mapping[str, float] = field(default_factory=dict)
     # INT8 from `quantize --labeled-images`: the labelled folder, the bound, top-1 per fallback step
-    accuracy_fallback: Mapping[str, Any] = field(default_factory=dict)
+    accuracy_fallback: AccuracyRecord | None = None
     versions: Mapping[str, str] = field(default_factory=dict)
     # Output-preserving changes made to the PyTorch module before tracing (a library bug worked
     # around, branches folded by reparameterization); verify compares with the unchanged model.
@@ -151,7 +185,10 @@ class GraphDetails:
             fallback_target=dict(_get(data, "fallback_target", dict, where, default={})),
             fallback_steps=tuple(_get(data, "fallback_steps", list, where, default=[])),
             validation_parity=dict(_get(data, "validation_parity", dict, where, default={})),
-            accuracy_fallback=dict(_get(data, "accuracy_fallback", dict, where, default={})),
+            # written as {} by manifests before the record was typed
+            accuracy_fallback=(AccuracyRecord.from_dict(record, f"{where}.accuracy_fallback")
+                               if (record := _get(data, "accuracy_fallback", (dict, type(None)), where, default=None))
+                               else None),
             versions=dict(_get(data, "versions", dict, where, default={})),
             adjustments=tuple(_get(data, "adjustments", list, where, default=[])),
         )

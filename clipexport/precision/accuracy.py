@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from clipexport.artifact.manifest import Manifest, Tower
+from clipexport.artifact.manifest import AccuracyRecord, AccuracyStep, Manifest, Tower
 from clipexport.datasets import LabelledSet
-from clipexport.errors import ExportError
+from clipexport.errors import ExportError, InputError
 from clipexport.parity.gates import check_accuracy_drop
 from clipexport.parity.stats import class_embeddings, zero_shot_accuracy
 from clipexport.precision.sensitivity import LayerSensitivity, run_model
@@ -41,6 +41,21 @@ class AccuracyTarget:
 
     def __post_init__(self) -> None:
         check_accuracy_drop(self.max_drop_points)
+
+    @classmethod
+    def from_options(cls, labeled_images: Path | None, templates: Path | None,
+                     max_drop_points: float | None) -> "AccuracyTarget | None":
+        """`quantize --labeled-images DIR [--templates FILE] [--max-accuracy-drop PTS]` as a target
+        (None without a folder; the options that need one refused in one line without it). The
+        folder is read here, so an unreadable image stops the run before the slow part."""
+        if labeled_images is None:
+            if templates is not None or max_drop_points is not None:
+                raise InputError("--templates and --max-accuracy-drop need --labeled-images DIR")
+            return None
+        from clipexport.datasets import load_labelled_folder
+
+        return cls(load_labelled_folder(labeled_images, templates),
+                   DEFAULT_MAX_ACCURACY_DROP if max_drop_points is None else max_drop_points)
 
 
 @dataclass(frozen=True)
@@ -80,7 +95,7 @@ class TowerCandidate:
 class AccuracyFallback:
     models: dict[Tower, "onnx.ModelProto"]
     restored: dict[Tower, tuple[str, ...]]  # extra nodes in high precision, worst first
-    record: dict[str, object]  # what the manifest keeps: folder, sizes, top-1 per step, the bound
+    record: AccuracyRecord  # what the manifest keeps: folder, sizes, top-1 per step, the bound
 
 
 def fallback_for_accuracy(candidates: list[TowerCandidate], fp32: dict[Tower, "onnx.ModelProto | Path"],
@@ -104,14 +119,13 @@ def fallback_for_accuracy(candidates: list[TowerCandidate], fp32: dict[Tower, "o
                else reference[tower] for tower in Tower}
         top1 = data.top1(got[Tower.VISION], got[Tower.TEXT])
         drop = round(100 * (reference_top1 - top1), 6)
-        steps.append({"restored": count, "top1": top1, "drop_points": drop})
+        steps.append(AccuracyStep(count, top1, drop))
         progress(f"labelled accuracy with {count} more node(s) in high precision: top-1 {100 * top1:.2f}% "
                  f"(FP32 {100 * reference_top1:.2f}%, drop {drop:.2f} pt, bound {target.max_drop_points} pt)")
         if drop <= target.max_drop_points:
-            record = {"folder": str(target.labelled.root), "images": len(data.labels),
-                      "classes": len(target.labelled.classes), "templates": data.templates,
-                      "max_drop_points": target.max_drop_points, "fp32_top1": reference_top1, "steps": steps}
+            record = AccuracyRecord(str(target.labelled.root), len(data.labels), len(target.labelled.classes),
+                                    data.templates, target.max_drop_points, reference_top1, tuple(steps))
             return AccuracyFallback(models, {tower: extra[tower] for tower in by_tower}, record)
-    raise ExportError(f"INT8 loses {steps[-1]['drop_points']:.2f} top-1 points on {target.labelled.root} even with "
+    raise ExportError(f"INT8 loses {steps[-1].drop_points:.2f} top-1 points on {target.labelled.root} even with "
                       f"every quantized node in high precision (bound {target.max_drop_points}); "
                       "raise --max-accuracy-drop or use --precision fp16")

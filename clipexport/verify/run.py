@@ -9,7 +9,7 @@ from typing import Any, Callable
 import numpy as np
 
 from clipexport._deps import require
-from clipexport import datasets as inputs
+from clipexport import datasets
 from clipexport.artifact.lock import artifact_lock
 from clipexport.artifact.manifest import Manifest, Tower, check_graph_files, read_manifest
 from clipexport.artifact.precision import Precision
@@ -36,7 +36,7 @@ class VerifyOptions:
     artifact: Path
     images: Path | None = None
     texts: Path | None = None
-    num_images: int = inputs.DEFAULT_NUM_IMAGES
+    num_images: int = datasets.DEFAULT_NUM_IMAGES
     batch_size: int = DEFAULT_BATCH_SIZE
     precisions: tuple[Precision | str, ...] = (Precision.FP32,)  # or ALL
     backends: tuple[BackendKind, ...] = (BackendKind.ONNXRUNTIME,)
@@ -61,14 +61,14 @@ def verify_artifact(options: VerifyOptions, progress: Progress = silent) -> Pari
         check_accuracy_drop(options.max_accuracy_drop)
         if options.labeled_images is None:
             raise InputError("--max-accuracy-drop needs --labeled-images DIR")
-    labelled = inputs.load_labelled_folder(options.labeled_images, options.templates) if options.labeled_images else None
+    labelled = datasets.load_labelled_folder(options.labeled_images, options.templates) if options.labeled_images else None
     if options.max_recall_drop is not None:
         from clipexport.verify.retrieval import check_recall_drop
 
         check_recall_drop(options.max_recall_drop)
         if options.retrieval is None:
             raise InputError("--max-recall-drop needs --retrieval DIR")
-    retrieval = inputs.load_retrieval_set(options.retrieval) if options.retrieval is not None else None
+    retrieval = datasets.load_retrieval_set(options.retrieval) if options.retrieval is not None else None
     if retrieval is not None:
         from clipexport._deps import require as _require
 
@@ -143,7 +143,7 @@ def verify_artifact(options: VerifyOptions, progress: Progress = silent) -> Pari
     return report
 
 
-def _labelled_accuracy(options: VerifyOptions, manifest: Manifest, loaded: Any, labelled: inputs.LabelledSet,
+def _labelled_accuracy(options: VerifyOptions, manifest: Manifest, loaded: Any, labelled: datasets.LabelledSet,
                        precisions: tuple[Precision, ...], backends: tuple[BackendKind, ...],
                        run_reference: Callable[[Tower, Any], np.ndarray], progress: Progress
                        ) -> tuple[list[AccuracyResult], dict[str, Any]]:
@@ -194,20 +194,20 @@ def resolve_precisions(manifest: Manifest, requested: tuple[Precision | str, ...
 
 def _verification_set(options: VerifyOptions) -> tuple[list[Any], list[str], dict[str, Any]]:
     if options.images:
-        images, names = inputs.load_image_folder(options.images)
+        images, names = datasets.load_image_folder(options.images)
         image_desc = {"images": str(options.images), "image_count": len(names)}
     else:
         # Natural photos the quantizer never calibrated on (when the repo's calibration/ is at
         # hand), plus synthetic images with odd sizes, modes and flat or noisy content.
-        images = inputs.synthetic_images(options.num_images)
-        described = f"synthetic (seed {inputs.DEFAULT_SEED})"
+        images = datasets.synthetic_images(options.num_images)
+        described = f"synthetic (seed {datasets.DEFAULT_SEED})"
         heldout = heldout_image_dir()
         if heldout is not None:
-            natural, _ = inputs.load_image_folder(heldout)
+            natural, _ = datasets.load_image_folder(heldout)
             images = natural + images
             described = f"{heldout} ({len(natural)} held-out photos) + {len(images) - len(natural)} {described}"
         image_desc = {"images": described, "image_count": len(images)}
-    texts = inputs.load_text_file(options.texts) if options.texts else list(inputs.DEFAULT_CAPTIONS)
+    texts = datasets.load_text_file(options.texts) if options.texts else list(datasets.DEFAULT_CAPTIONS)
     text_desc = {"texts": str(options.texts) if options.texts else "built-in captions", "text_count": len(texts)}
     return images, texts, {**image_desc, **text_desc}
 
