@@ -202,19 +202,27 @@ def staging_folder(parent: Path, prefix: str, what: str, fix: str, announce: Cal
         shutil.rmtree(path, ignore_errors=True)
 
 
-def remove_stale_staging(parent: Path, prefix: str) -> list[Path]:
-    """Remove our own staging folders under `parent` whose process no longer runs (SIGKILL, power
-    loss); folders of live processes and anything not named like ours are left alone."""
+def remove_stale_staging(parent: Path, prefix: str, separator: str = "-", folders: bool = True) -> list[Path]:
+    """The one dead-owner cleanup: remove our own entries under `parent`, named
+    `{prefix}{pid}{separator}...`, whose process no longer runs (SIGKILL, power loss) — staging
+    folders (`folders`), or files such as serve's shared-memory regions. Entries of live processes,
+    links and anything not named like ours are left alone."""
     import shutil
 
-    removed = []
-    if not parent.is_dir():
+    removed: list[Path] = []
+    try:
+        entries = list(parent.glob(f"{prefix}*")) if parent.is_dir() else []
+    except OSError:
         return removed
-    for path in parent.glob(f"{prefix}*"):
-        pid_text = path.name[len(prefix):].split("-", 1)[0]
-        if not path.is_dir() or path.is_symlink() or not pid_text.isdigit() or pid_alive(int(pid_text)):
+    for path in entries:
+        pid_text = path.name[len(prefix):].split(separator, 1)[0]
+        kind_ok = path.is_dir() if folders else path.is_file()
+        if not kind_ok or path.is_symlink() or not pid_text.isdigit() or pid_alive(int(pid_text)):
             continue
-        shutil.rmtree(path, ignore_errors=True)
+        try:
+            shutil.rmtree(path) if folders else path.unlink()
+        except OSError:
+            continue
         removed.append(path)
     return removed
 
@@ -261,4 +269,23 @@ def folder_lock(folder: str | os.PathLike[str], what: str, busy: str | None = No
         yield
     finally:
         os.close(fd)  # closing the last handle releases the lock
+
+
+@contextmanager
+def created_folder(folder: Path, ours: Callable[[str], bool],
+                   keep: Callable[[BaseException], bool] = lambda exc: False) -> Iterator[None]:
+    """The one "remove the folder I created" rule, around a step that writes into `folder`: when
+    the block fails and the folder did not exist before it, the folder goes again — unless
+    `keep(exc)` says what it holds is worth resuming, or it holds anything not `ours(name)`
+    (someone else's file is never deleted)."""
+    import shutil
+
+    created = not os.path.lexists(folder)
+    try:
+        yield
+    except BaseException as exc:
+        if created and folder.is_dir() and not folder.is_symlink() and not keep(exc) \
+                and all(ours(entry.name) for entry in folder.iterdir()):
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
 

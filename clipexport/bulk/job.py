@@ -19,7 +19,7 @@ from clipexport.bulk.local import PipelineStats
 from clipexport.bulk.sources import InputList, InputSpec, Kind, list_inputs
 from clipexport.datasets import is_folder
 from clipexport.errors import InputError
-from clipexport.files import inside, sha256_file
+from clipexport.files import created_folder, inside, sha256_file
 from clipexport.progress import Advance, Progress, silent
 from clipexport.runtime.backends import BackendKind
 
@@ -113,20 +113,10 @@ def embed_dataset(options: BulkOptions, advance: Advance | None = None, progress
                         dim=manifest.embed_dim, dtype=options.dtype, inputs_sha256=inputs.sha256, inputs=len(inputs),
                         shard_size=options.shard_size, decode="fast" if options.fast_decode else "exact")
     begin = time.monotonic()
-    created = not output.exists()
-    try:
+    # A run that made the folder and finished no shard leaves nothing behind.
+    with created_folder(output, ours=lambda name: name == MANIFEST or name.startswith("."),
+                        keep=lambda exc: any(output.glob("part-*.parquet"))):
         return _embed(options, artifact, output, inputs, tower, identity, begin, advance, progress)
-    except BaseException:
-        # A run that made the folder and finished no shard leaves nothing behind.
-        if created and output.is_dir() and not list(output.glob("part-*.parquet")):
-            for path in output.iterdir():
-                if path.name in (MANIFEST,) or path.name.startswith("."):
-                    path.unlink(missing_ok=True)
-            try:
-                output.rmdir()
-            except OSError:
-                pass
-        raise
 
 
 def _embed(options: BulkOptions, artifact: Path, output: Path, inputs: InputList, tower: Tower, identity: Identity,

@@ -28,7 +28,7 @@ import numpy as np
 from clipexport.bulk.dataset import EmbeddingsDataset, job_lock, read_embeddings
 from clipexport.errors import InputError
 from clipexport.errors import ParityError
-from clipexport.files import (inside, refuse_foreign, read_format_json, sha256_file, utc_timestamp, write_bytes_atomic,
+from clipexport.files import (created_folder, inside, refuse_foreign, read_format_json, sha256_file, utc_timestamp, write_bytes_atomic,
                               write_json_atomic)
 from clipexport.parity.retrieval import RECALL_KS
 from clipexport.vectors import TopK
@@ -106,24 +106,18 @@ def build_index(options: IndexOptions, advance: Advance | None = None, progress:
     identity = {"dataset_manifest_sha256": dataset.manifest_sha256, "factory": plan.factory, "seed": SEED,
                 "queries_manifest_sha256": queries.manifest_sha256 if queries else None,
                 "target_recall": options.target_recall}
-    created = not output.exists()
-    try:
-        with job_lock(output, "clipexport index", "-o"):
-            done = _existing(output, identity, options.overwrite)
-            if done is not None:
-                result = IndexResult(output, dataset.rows, plan, int(done["index"]["nprobe"]), done["recall_at_10"],
-                                     time.monotonic() - begin, False, already=True, target_recall=options.target_recall)
-            else:
-                result = _build(dataset, queries, plan, output, identity, options, begin, advance, progress)
-    except BaseException as exc:
-        # A folder this run made goes again: at once when nothing was built, and also with its build
-        # state after a failure that a rerun would meet again (a NaN row, a full disk); an interrupted
-        # build keeps .building, which the rerun resumes.
-        keep = isinstance(exc, KeyboardInterrupt) and (output / BUILDING).exists()
-        if created and output.is_dir() and not keep and not any(p for p in output.iterdir() if not _ours(p.name)
-                                                                and p.name != BUILDING):
-            shutil.rmtree(output, ignore_errors=True)
-        raise
+    # A folder this run made goes again: at once when nothing was built, and also with its build
+    # state after a failure that a rerun would meet again (a NaN row, a full disk); an interrupted
+    # build keeps .building, which the rerun resumes.
+    with created_folder(output, ours=lambda name: _ours(name) or name == BUILDING,
+                        keep=lambda exc: isinstance(exc, KeyboardInterrupt) and (output / BUILDING).exists()), \
+            job_lock(output, "clipexport index", "-o"):
+        done = _existing(output, identity, options.overwrite)
+        if done is not None:
+            result = IndexResult(output, dataset.rows, plan, int(done["index"]["nprobe"]), done["recall_at_10"],
+                                 time.monotonic() - begin, False, already=True, target_recall=options.target_recall)
+        else:
+            result = _build(dataset, queries, plan, output, identity, options, begin, advance, progress)
     if not result.target_met and not options.accept_low_recall:
         measured = ", ".join(f"{name} {value:.3f}" for name, value in result.recall.items())
         raise ParityError(f"the index {output} ({plan.factory}) reaches recall@10 {measured} against exact search even "

@@ -42,7 +42,7 @@ from clipexport._deps import require
 from clipexport.artifact.manifest import Tower, read_manifest
 from clipexport.artifact.precision import Precision
 from clipexport.errors import ClipExportError, DeviceUnavailableError, InputError, MissingDependencyError, StepFailed
-from clipexport.files import fresh_staging_dir, pid_alive
+from clipexport.files import fresh_staging_dir, remove_stale_staging
 from clipexport.inputs import DEFAULT_MAX_REQUEST_BYTES
 from clipexport.progress import Progress, silent
 from clipexport.runtime.backends import BackendKind
@@ -177,18 +177,8 @@ def _check_artifact(artifact: Path, manifest, options: ServeOptions) -> None:
 
 def _remove_stale_shm(progress: Progress, root: Path = Path("/dev/shm")) -> None:
     """Shared-memory regions of a serve that was killed (its pid is gone)."""
-    try:
-        regions = list(root.glob(f"{SHM_PREFIX}*_*"))
-    except OSError:
-        return
-    for region in regions:
-        pid = region.name[len(SHM_PREFIX):].split("_", 1)[0]
-        if pid.isdigit() and not pid_alive(int(pid)) and region.is_file():
-            try:
-                region.unlink()
-                progress(f"removed {region}, left by an interrupted clipexport serve")
-            except OSError:
-                pass
+    for region in remove_stale_staging(root, SHM_PREFIX, separator="_", folders=False):
+        progress(f"removed {region}, left by an interrupted clipexport serve")
 
 
 def free_local_ports(count: int, host: str = "127.0.0.1") -> list[int]:
