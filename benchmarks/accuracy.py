@@ -37,8 +37,10 @@ def _activation_ranges(loaded) -> dict[str, float]:
     hooks = []
     for tower, blocks in (("vision", model.visual.transformer.resblocks), ("text", model.transformer.resblocks)):
         for i, block in enumerate(blocks):
+
             def hook(_m, _i, out, key=f"{tower}.block{i}"):
                 ranges[key] = max(ranges.get(key, 0.0), float(out.abs().max()))
+
             hooks.append(block.register_forward_hook(hook))
     with torch.no_grad():
         pixels = torch.stack([loaded.image_transform(open_image(p)) for p in labelled.paths[:96]])
@@ -77,27 +79,29 @@ def run(name: str, pretrained: str | None, tmp: Path, repeats: int) -> dict:
     validation = tmp / "validation"
     if not validation.is_dir():
         write_labelled_folder(validation, per_class=2, seed=20_000)
-    target_accuracy = AccuracyTarget(load_labelled_folder(validation, _heldout() / "templates.txt"),
-                                     DEFAULT_MAX_ACCURACY_DROP)
+    target_accuracy = AccuracyTarget(
+        load_labelled_folder(validation, _heldout() / "templates.txt"), DEFAULT_MAX_ACCURACY_DROP
+    )
     for label, kind, target, accuracy_target in (
-            ("fp16", Precision.FP16, None, None),
-            ("int8-cpu", Precision.INT8, Target.CPU, None),
-            ("int8-cpu+accuracy-fallback", Precision.INT8, Target.CPU, target_accuracy),
-            ("int8-tensorrt", Precision.INT8, Target.TENSORRT, None),
-            ("int8-tensorrt+accuracy-fallback", Precision.INT8, Target.TENSORRT, target_accuracy)):
+        ("fp16", Precision.FP16, None, None),
+        ("int8-cpu", Precision.INT8, Target.CPU, None),
+        ("int8-cpu+accuracy-fallback", Precision.INT8, Target.CPU, target_accuracy),
+        ("int8-tensorrt", Precision.INT8, Target.TENSORRT, None),
+        ("int8-tensorrt+accuracy-fallback", Precision.INT8, Target.TENSORRT, target_accuracy),
+    ):
         artifact = tmp / f"{name}-{label}"
         export_model(ExportOptions(model="demo", output=artifact, pretrained=pretrained))
         kwargs = {"target": target, "sensitivity": True, "accuracy": accuracy_target} if target else {}
         _, outcomes = quantize_artifact(QuantizeOptions(artifact=artifact, precision=kind, **kwargs))
-        report = verify_artifact(VerifyOptions(artifact=artifact, precisions=("fp32", kind.value),
-                                               labeled_images=_heldout()))
+        report = verify_artifact(
+            VerifyOptions(artifact=artifact, precisions=("fp32", kind.value), labeled_images=_heldout())
+        )
         manifest = read_manifest(artifact)
         details = manifest.tower("vision").graph(kind).details
         text_details = manifest.tower("text").graph(kind).details
         accuracy = {a.precision if a.backend != "pytorch" else "pytorch": a for a in report.accuracy}
         timing: dict[str, dict[str, float]] = {}
-        feeds = {"vision": np.random.default_rng(0).standard_normal((32, 3, 64, 64), dtype=np.float32),
-                 "text": tokens}
+        feeds = {"vision": np.random.default_rng(0).standard_normal((32, 3, 64, 64), dtype=np.float32), "text": tokens}
         for precision in ("fp32", kind.value):
             for tower, x in feeds.items():
                 graph = artifact / manifest.tower(tower).graph(precision).file
@@ -109,13 +113,17 @@ def run(name: str, pretrained: str | None, tmp: Path, repeats: int) -> dict:
                 feed = {session.get_inputs()[0].name: x}
                 timing.setdefault(precision, {})[tower] = 32 / best_time(lambda: session.run(None, feed), repeats)
         variants[label] = {
-            "top1": accuracy[kind.value].top1, "top5": accuracy[kind.value].top5,
-            "drop_points": accuracy[kind.value].drop_points, "agreement": accuracy[kind.value].agreement,
+            "top1": accuracy[kind.value].top1,
+            "top5": accuracy[kind.value].top5,
+            "drop_points": accuracy[kind.value].drop_points,
+            "agreement": accuracy[kind.value].agreement,
             "min_cosine": {r.tower: r.parity.min_cosine for r in report.results if r.precision == kind.value},
             "mean_cosine": {r.tower: r.parity.mean_cosine for r in report.results if r.precision == kind.value},
             "restored_nodes": {"vision": len(details.fallback_nodes), "text": len(text_details.fallback_nodes)},
-            "accuracy_fallback_nodes": {t: len(d.high_precision_nodes.get("accuracy_fallback", ()))
-                                        for t, d in (("vision", details), ("text", text_details))},
+            "accuracy_fallback_nodes": {
+                t: len(d.high_precision_nodes.get("accuracy_fallback", ()))
+                for t, d in (("vision", details), ("text", text_details))
+            },
             "accuracy_fallback": dict(details.accuracy_fallback),
             "fp32_nodes_kept": {"vision": len(details.fp32_nodes), "text": len(text_details.fp32_nodes)},
             "per_s_cpu_batch32": timing[kind.value],
@@ -123,8 +131,11 @@ def run(name: str, pretrained: str | None, tmp: Path, repeats: int) -> dict:
             "most_sensitive": {o.tower.value: [s.to_dict() for s in o.sensitivity[:5]] for o in outcomes},
         }
         out["pytorch_fp32"] = {"top1": accuracy["pytorch"].top1, "top5": accuracy["pytorch"].top5}
-        out["onnx_fp32"] = {"top1": accuracy["fp32"].top1, "top5": accuracy["fp32"].top5,
-                            "min_cosine": {r.tower: r.parity.min_cosine for r in report.results if r.precision == "fp32"}}
+        out["onnx_fp32"] = {
+            "top1": accuracy["fp32"].top1,
+            "top5": accuracy["fp32"].top5,
+            "min_cosine": {r.tower: r.parity.min_cosine for r in report.results if r.precision == "fp32"},
+        }
         out["per_s_cpu_batch32_fp32"] = timing["fp32"]
         print(name, label, variants[label], flush=True)
     out["variants"] = variants
@@ -136,9 +147,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        result = {"machine": machine(), "heldout": str(_heldout()),
-                  "trained": run("trained", None, Path(tmp), args.repeats),
-                  "random": run("random", "random", Path(tmp), args.repeats)}
+        result = {
+            "machine": machine(),
+            "heldout": str(_heldout()),
+            "trained": run("trained", None, Path(tmp), args.repeats),
+            "random": run("random", "random", Path(tmp), args.repeats),
+        }
     print(write_result("accuracy-demo", result))
 
 

@@ -70,12 +70,40 @@ def _checkpoint_and_artifacts(work: Path) -> tuple[Path, Path]:
         model = open_clip.create_model("ViT-B-32")
         torch.save(model.state_dict(), ckpt)
     if not (artifact / "manifest.json").is_file():
-        subprocess.run([sys.executable, "-m", "clipexport", "export", "ViT-B-32", "--pretrained", str(ckpt), "-o",
-                        str(artifact), "-q"], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "clipexport",
+                "export",
+                "ViT-B-32",
+                "--pretrained",
+                str(ckpt),
+                "-o",
+                str(artifact),
+                "-q",
+            ],
+            check=True,
+        )
     manifest = json.loads((artifact / "manifest.json").read_text())
     if "int8" not in manifest["towers"]["vision"]["graphs"]:
-        subprocess.run([sys.executable, "-m", "clipexport", "quantize", str(artifact), "--precision", "int8",
-                        "--target", "cpu", "--towers", "vision", "-q"], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "clipexport",
+                "quantize",
+                str(artifact),
+                "--precision",
+                "int8",
+                "--target",
+                "cpu",
+                "--towers",
+                "vision",
+                "-q",
+            ],
+            check=True,
+        )
     return ckpt, artifact
 
 
@@ -136,17 +164,24 @@ def _ours(artifact: Path, folder: Path, out: Path, precision: str) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     seconds, peak, done = _watched([sys.executable, "-c", OURS, str(artifact), str(folder), str(out), precision])
     rows = json.loads((out / "_embeddings.json").read_text())["rows"]
-    return {"seconds": seconds, "images_per_s": rows / seconds, "peak_rss_mb": peak, "rows": rows,
-            **json.loads(done.stdout.strip().splitlines()[-1])}
+    return {
+        "seconds": seconds,
+        "images_per_s": rows / seconds,
+        "peak_rss_mb": peak,
+        "rows": rows,
+        **json.loads(done.stdout.strip().splitlines()[-1]),
+    }
 
 
 def _serial(artifact: Path, photos: list[Path], precision: str) -> dict:
     """Today's serial loop (what embed did before the pipeline): decode a batch, then run it."""
-    code = ("import sys, time\nfrom clipexport.runtime import ClipRuntime\n"
-            f"paths = {[str(p) for p in photos]!r}\n"
-            f"r = ClipRuntime.load({str(artifact)!r}, precision={{'vision': {precision!r}}}, towers=('vision',))\n"
-            "t = time.monotonic(); out = r.embed_images(paths, 32)\n"
-            "print(len(out.indices), time.monotonic() - t)\n")
+    code = (
+        "import sys, time\nfrom clipexport.runtime import ClipRuntime\n"
+        f"paths = {[str(p) for p in photos]!r}\n"
+        f"r = ClipRuntime.load({str(artifact)!r}, precision={{'vision': {precision!r}}}, towers=('vision',))\n"
+        "t = time.monotonic(); out = r.embed_images(paths, 32)\n"
+        "print(len(out.indices), time.monotonic() - t)\n"
+    )
     seconds, peak, done = _watched([sys.executable, "-c", code])
     rows, inner = done.stdout.split()
     return {"seconds": float(inner), "images_per_s": int(rows) / float(inner), "peak_rss_mb": peak}
@@ -155,27 +190,58 @@ def _serial(artifact: Path, photos: list[Path], precision: str) -> dict:
 def _clip_retrieval(executable: Path, ckpt: Path, folder: Path, out: Path) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    seconds, peak, _ = _watched([str(executable), "inference", "--input_dataset", str(folder), "--output_folder",
-                                 str(out), "--input_format", "files", "--clip_model", f"open_clip:ViT-B-32/{ckpt}",
-                                 "--batch_size", "64", "--num_prepro_workers", str(CORES), "--enable_text", "False",
-                                 "--enable_metadata", "False", "--write_batch_size", "100000"], env)
+    seconds, peak, _ = _watched(
+        [
+            str(executable),
+            "inference",
+            "--input_dataset",
+            str(folder),
+            "--output_folder",
+            str(out),
+            "--input_format",
+            "files",
+            "--clip_model",
+            f"open_clip:ViT-B-32/{ckpt}",
+            "--batch_size",
+            "64",
+            "--num_prepro_workers",
+            str(CORES),
+            "--enable_text",
+            "False",
+            "--enable_metadata",
+            "False",
+            "--write_batch_size",
+            "100000",
+        ],
+        env,
+    )
     import pyarrow.parquet as pq
 
     embeddings = np.concatenate([np.load(p) for p in sorted((out / "img_emb").glob("*.npy"))])
-    paths = [path for p in sorted((out / "metadata").glob("*.parquet")) for path in pq.read_table(p).column("image_path").to_pylist()]
-    return {"seconds": seconds, "images_per_s": len(embeddings) / seconds, "peak_rss_mb": peak,
-            "embeddings": dict(zip(paths, embeddings))}
+    paths = [
+        path
+        for p in sorted((out / "metadata").glob("*.parquet"))
+        for path in pq.read_table(p).column("image_path").to_pylist()
+    ]
+    return {
+        "seconds": seconds,
+        "images_per_s": len(embeddings) / seconds,
+        "peak_rss_mb": peak,
+        "embeddings": dict(zip(paths, embeddings)),
+    }
 
 
 def _ray(artifact: Path, folder: Path, out: Path) -> dict:
     shutil.rmtree(out, ignore_errors=True)
-    code = ("import ray, time\nfrom pathlib import Path\n"
-            f"ray.init(num_cpus={CORES}, include_dashboard=False, log_to_driver=False)\n"
-            "from clipexport.bulk.job import BulkOptions, Engine, RayOptions, embed_dataset\n"
-            "from clipexport.bulk.sources import InputSpec\n"
-            f"o = BulkOptions(artifact=Path({str(artifact)!r}), output=Path({str(out)!r}), "
-            f"inputs=InputSpec(images=[{str(folder)!r}]), engine=Engine.RAY, ray=RayOptions(actors=1))\n"
-            "t = time.monotonic(); r = embed_dataset(o); print(r.rows, time.monotonic() - t)\n")
+    code = (
+        "import ray, time\nfrom pathlib import Path\n"
+        f"ray.init(num_cpus={CORES}, include_dashboard=False, log_to_driver=False)\n"
+        "from clipexport.bulk.job import BulkOptions, Engine, RayOptions, embed_dataset\n"
+        "from clipexport.bulk.sources import InputSpec\n"
+        f"o = BulkOptions(artifact=Path({str(artifact)!r}), output=Path({str(out)!r}), "
+        f"inputs=InputSpec(images=[{str(folder)!r}]), engine=Engine.RAY, ray=RayOptions(actors=1))\n"
+        "t = time.monotonic(); r = embed_dataset(o); print(r.rows, time.monotonic() - t)\n"
+    )
     seconds, peak, done = _watched([sys.executable, "-c", code])
     rows, inner = done.stdout.split()[-2:]
     return {"seconds": float(inner), "images_per_s": int(rows) / float(inner), "peak_rss_mb": peak}
@@ -197,9 +263,12 @@ def main() -> None:
     parser.add_argument("--photos", type=int, default=2000)
     parser.add_argument("--big", type=int, default=200)
     parser.add_argument("--clip-retrieval", type=Path, default=None)
-    parser.add_argument("--local-only", action="store_true",
-                        help="re-measure the ideal, the local engine and the serial loop only, keeping the other runs "
-                             "of the last result (the earlier local figures move to runs_before)")
+    parser.add_argument(
+        "--local-only",
+        action="store_true",
+        help="re-measure the ideal, the local engine and the serial loop only, keeping the other runs "
+        "of the last result (the earlier local figures move to runs_before)",
+    )
     args = parser.parse_args()
     work = args.work
     small = _photos(work / "photos-0.5mp", args.photos, (800, 600), 1)
@@ -215,8 +284,12 @@ def main() -> None:
             decode, model = _cpu_seconds_per_image(artifact, photos, precision)
             ideal = CORES / (decode + model)
             run = _ours(artifact, photos[0].parent, work / f"out-{label}-{precision}", precision)
-            run.update(decode_cpu_ms=1e3 * decode, model_cpu_ms=1e3 * model, ideal_images_per_s=ideal,
-                       fraction_of_ideal=run["images_per_s"] / ideal)
+            run.update(
+                decode_cpu_ms=1e3 * decode,
+                model_cpu_ms=1e3 * model,
+                ideal_images_per_s=ideal,
+                fraction_of_ideal=run["images_per_s"] / ideal,
+            )
             result["runs"][f"ours/{label}/{precision}"] = run
             print(label, precision, {k: round(v, 3) for k, v in run.items()}, flush=True)
     serial = _serial(artifact, big, "fp32")
@@ -226,11 +299,13 @@ def main() -> None:
     if args.local_only:
         peer = result["runs"].get("clip-retrieval/0.5mp/fp32")
         for precision in ("fp32", "int8") if peer else ():
-            result[f"ours_over_clip_retrieval_{precision}"] = (result["runs"][f"ours/0.5mp/{precision}"]["images_per_s"]
-                                                               / peer["images_per_s"])
+            result[f"ours_over_clip_retrieval_{precision}"] = (
+                result["runs"][f"ours/0.5mp/{precision}"]["images_per_s"] / peer["images_per_s"]
+            )
         if "ray/0.5mp/fp32" in result["runs"]:
-            result["ray_overhead"] = 1 - result["runs"]["ray/0.5mp/fp32"]["images_per_s"] / \
-                result["runs"]["ours/0.5mp/fp32"]["images_per_s"]
+            result["ray_overhead"] = (
+                1 - result["runs"]["ray/0.5mp/fp32"]["images_per_s"] / result["runs"]["ours/0.5mp/fp32"]["images_per_s"]
+            )
         print(json.dumps({k: v for k, v in result.items() if k not in ("runs", "runs_before")}, indent=1))
         print(write_result("bulk-embed", result))
         return
@@ -243,7 +318,10 @@ def main() -> None:
         subprocess.run([sys.executable, "-m", "clipexport", "export", "demo", "-o", str(demo), "-q"], check=True)
     few = _links(work / "links-2k", small, 2000)
     many = _links(work / "links-20k", small, 20000)
-    rss = {n: _ours(demo, folder, work / f"out-rss-{n}", "fp32")["peak_rss_mb"] for n, folder in (("2000", few), ("20000", many))}
+    rss = {
+        n: _ours(demo, folder, work / f"out-rss-{n}", "fp32")["peak_rss_mb"]
+        for n, folder in (("2000", few), ("20000", many))
+    }
     result["peak_rss_mb_by_corpus"] = rss
     result["rss_20k_over_2k"] = rss["20000"] / rss["2000"]
     print("rss", rss, flush=True)
@@ -266,8 +344,9 @@ def main() -> None:
         peer["min_cosine_vs_ours"] = float((ours[matched] * theirs).sum(axis=1).min()) if matched else None
         result["runs"]["clip-retrieval/0.5mp/fp32"] = peer
         for precision in ("fp32", "int8"):
-            result[f"ours_over_clip_retrieval_{precision}"] = (result["runs"][f"ours/0.5mp/{precision}"]["images_per_s"]
-                                                               / peer["images_per_s"])
+            result[f"ours_over_clip_retrieval_{precision}"] = (
+                result["runs"][f"ours/0.5mp/{precision}"]["images_per_s"] / peer["images_per_s"]
+            )
         print("clip-retrieval", peer, flush=True)
     print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=1))
     print(write_result("bulk-embed", result))

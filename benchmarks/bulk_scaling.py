@@ -72,8 +72,12 @@ def _costs(artifact: Path, photos: list[Path]) -> dict:
             runtime.encode_pixels(batch)
         model = (time.process_time() - cpu) / 128
         model_alone = 128 / (time.monotonic() - wall)
-    return {"decode_cpu_ms": 1e3 * decode, "model_cpu_ms": 1e3 * model, "model_alone_images_per_s": model_alone,
-            "ideal_images_per_s": CORES / (decode + model)}
+    return {
+        "decode_cpu_ms": 1e3 * decode,
+        "model_cpu_ms": 1e3 * model,
+        "model_alone_images_per_s": model_alone,
+        "ideal_images_per_s": CORES / (decode + model),
+    }
 
 
 EMBED = r"""
@@ -99,8 +103,11 @@ def _embed(artifact: Path, folder: Path, out: Path, decode: str = "exact", polic
     (always, when the machine has 2 CPUs or more)."""
     shutil.rmtree(out, ignore_errors=True)
     start = time.monotonic()
-    done = subprocess.run([sys.executable, "-c", EMBED, str(artifact), str(folder), str(out), decode, policy],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-c", EMBED, str(artifact), str(folder), str(out), decode, policy],
+        capture_output=True,
+        text=True,
+    )
     seconds = time.monotonic() - start
     if done.returncode != 0:
         return {"error": done.stderr[-1500:]}
@@ -136,11 +143,20 @@ print(json.dumps({"items_per_s": n / (time.monotonic() - start)}))
 
 def _bench_order(artifact: Path) -> dict:
     out = {}
-    for label, order, env in (("onnxruntime_alone", "alone", {}), ("after_pytorch", "torch-first", {}),
-                              ("after_pytorch_omp_passive", "torch-first", {"OMP_WAIT_POLICY": "PASSIVE"})):
-        done = subprocess.run([sys.executable, "-c", BENCH_ORDER, str(artifact), order], capture_output=True,
-                              text=True, env={**os.environ, **env})
-        out[label] = json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else {"error": done.stderr[-800:]}
+    for label, order, env in (
+        ("onnxruntime_alone", "alone", {}),
+        ("after_pytorch", "torch-first", {}),
+        ("after_pytorch_omp_passive", "torch-first", {"OMP_WAIT_POLICY": "PASSIVE"}),
+    ):
+        done = subprocess.run(
+            [sys.executable, "-c", BENCH_ORDER, str(artifact), order],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **env},
+        )
+        out[label] = (
+            json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else {"error": done.stderr[-800:]}
+        )
         print(label, out[label], flush=True)
     return out
 
@@ -153,8 +169,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--artifact", type=Path, default=None, help="an exported artifact (default: export ViT-B-32)")
     parser.add_argument("--no-bench-order", action="store_true", help="skip the bench ordering measurement")
-    parser.add_argument("--policies", nargs="*", default=["shared", "pinned"],
-                        help="also run embed with the CPUs always shared / always pinned, to compare with the rule")
+    parser.add_argument(
+        "--policies",
+        nargs="*",
+        default=["shared", "pinned"],
+        help="also run embed with the CPUs always shared / always pinned, to compare with the rule",
+    )
     args = parser.parse_args()
     work = args.work
     begin = time.monotonic()
@@ -163,19 +183,43 @@ def main() -> None:
     print(f"photos ready ({time.monotonic() - begin:.0f} s)", flush=True)
     artifact = args.artifact or work / "vit-b-32"
     if not (artifact / "manifest.json").is_file():
-        subprocess.run([sys.executable, "-m", "clipexport", "export", "ViT-B-32", "--pretrained", "random", "-o",
-                        str(artifact), "-q"], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "clipexport",
+                "export",
+                "ViT-B-32",
+                "--pretrained",
+                "random",
+                "-o",
+                str(artifact),
+                "-q",
+            ],
+            check=True,
+        )
     print(f"artifact ready ({time.monotonic() - begin:.0f} s)", flush=True)
-    result: dict = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": CORES,
-                                "python": platform.python_version()},
-                    "model": "ViT-B-32 (random weights), ONNX Runtime CPU FP32", "runs": {}}
+    result: dict = {
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores": CORES,
+            "python": platform.python_version(),
+        },
+        "model": "ViT-B-32 (random weights), ONNX Runtime CPU FP32",
+        "runs": {},
+    }
     try:
         import onnxruntime
 
         result["machine"]["onnxruntime"] = onnxruntime.__version__
-        result["machine"]["cpu_model"] = next((line.split(":", 1)[1].strip() for line in
-                                               Path("/proc/cpuinfo").read_text().splitlines()
-                                               if line.startswith("model name")), "")
+        result["machine"]["cpu_model"] = next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            "",
+        )
     except Exception:
         pass
     for label, photos in (("0.5mp", small), ("12mp", big)):
@@ -184,8 +228,9 @@ def main() -> None:
         # The machine alternating between decoding on every CPU and the model on every CPU: an upper
         # bound that holds where per-image costs grow under load (hyper-threads, shared caches), which
         # the core-seconds ideal assumes they do not.
-        run["time_shared_ideal_images_per_s"] = 1 / (1 / run["decode_ceiling_images_per_s"]
-                                                     + 1 / run["model_alone_images_per_s"])
+        run["time_shared_ideal_images_per_s"] = 1 / (
+            1 / run["decode_ceiling_images_per_s"] + 1 / run["model_alone_images_per_s"]
+        )
         run.update(_embed(artifact, photos[0].parent, work / f"out-{label}"))
         if "images_per_s" in run:
             run["fraction_of_ideal"] = run["images_per_s"] / run["ideal_images_per_s"]

@@ -40,24 +40,37 @@ def _artifacts(tmp: Path) -> dict[str, tuple[Path, object]]:
 
     def hf_reference(folder: Path, length: int):
         tok = transformers.AutoTokenizer.from_pretrained(folder)
-        return lambda texts: tok(texts, padding="max_length", max_length=length, truncation=True, return_tensors="np")["input_ids"]
+        return lambda texts: tok(texts, padding="max_length", max_length=length, truncation=True, return_tensors="np")[
+            "input_ids"
+        ]
 
     import open_clip
 
     clip_bpe = lambda texts: open_clip.get_tokenizer("ViT-B-32")(texts).numpy()  # noqa: E731
     out: dict[str, tuple[Path, object]] = {}
-    for name, config in (("open_clip-vit", "tiny-vit.json"), ("open_clip-vit-quickgelu", "tiny-vit-quickgelu.json"),
-                         ("open_clip-modified-resnet", "tiny-rn.json"), ("open_clip-timm-convnext", "tiny-convnext.json"),
-                         ("open_clip-mobileclip", "tiny-mobileclip.json")):
+    for name, config in (
+        ("open_clip-vit", "tiny-vit.json"),
+        ("open_clip-vit-quickgelu", "tiny-vit-quickgelu.json"),
+        ("open_clip-modified-resnet", "tiny-rn.json"),
+        ("open_clip-timm-convnext", "tiny-convnext.json"),
+        ("open_clip-mobileclip", "tiny-mobileclip.json"),
+    ):
         out[name] = (export(name, str(configs / config)), clip_bpe)
     helpers.train_unigram_tokenizer(64).save_pretrained(tmp / "siglip-tok")
-    out["open_clip-siglip"] = (export("open_clip-siglip", str(configs / "tiny-siglip.json"), tokenizer=tmp / "siglip-tok"),
-                               lambda t: HFTokenizer(str(tmp / "siglip-tok"), context_length=64, clean="canonicalize")(t).numpy())
+    out["open_clip-siglip"] = (
+        export("open_clip-siglip", str(configs / "tiny-siglip.json"), tokenizer=tmp / "siglip-tok"),
+        lambda t: HFTokenizer(str(tmp / "siglip-tok"), context_length=64, clean="canonicalize")(t).numpy(),
+    )
     xlmr = helpers.save_tiny_xlmr_text_tower(tmp / "xlmr")
-    out["open_clip-hf-text"] = (export("open_clip-hf-text", str(configs / "tiny-xlmr.json"), text_config=xlmr),
-                                lambda t: HFTokenizer(str(xlmr), context_length=77)(t).numpy())
-    builders = {"hf-clip": (helpers.save_tiny_hf_clip, 77), "hf-siglip": (helpers.save_tiny_hf_siglip, 64),
-                "hf-siglip2-fixed": (helpers.save_tiny_hf_siglip2_fixed, 64)}
+    out["open_clip-hf-text"] = (
+        export("open_clip-hf-text", str(configs / "tiny-xlmr.json"), text_config=xlmr),
+        lambda t: HFTokenizer(str(xlmr), context_length=77)(t).numpy(),
+    )
+    builders = {
+        "hf-clip": (helpers.save_tiny_hf_clip, 77),
+        "hf-siglip": (helpers.save_tiny_hf_siglip, 64),
+        "hf-siglip2-fixed": (helpers.save_tiny_hf_siglip2_fixed, 64),
+    }
     for name, (build, length) in builders.items():
         folder = build(tmp / f"{name}-model")
         out[name] = (export(name, str(folder), None), hf_reference(folder, length))
@@ -86,11 +99,13 @@ def main() -> None:
             if family in PRECISION_FAMILIES:
                 small = CalibrationSource(size=24)
                 quantize_artifact(QuantizeOptions(artifact=artifact, precision=Precision.FP16, calibration=small))
-                quantize_artifact(QuantizeOptions(artifact=artifact, precision=Precision.INT8, calibration=small,
-                                                  target=Target.CPU))
+                quantize_artifact(
+                    QuantizeOptions(artifact=artifact, precision=Precision.INT8, calibration=small, target=Target.CPU)
+                )
                 precisions += ["fp16", "int8"]
-            report = verify_artifact(VerifyOptions(artifact=artifact, precisions=tuple(precisions), num_images=8,
-                                                   backends=BACKENDS))
+            report = verify_artifact(
+                VerifyOptions(artifact=artifact, precisions=tuple(precisions), num_images=8, backends=BACKENDS)
+            )
             with ClipRuntime.load(artifact) as runtime:
                 got = runtime.tokenizer(corpus)
             want = reference(corpus)
@@ -98,14 +113,20 @@ def main() -> None:
             rows[family] = {
                 "passed": report.passed,
                 "passed_by_backend": {b: all(r.passed for r in report.results if r.backend == b) for b in BACKENDS},
-                "failures": [f"{r.backend} {r.tower}/{r.precision}: {'; '.join(r.failures)}"
-                             for r in report.results if not r.passed],
+                "failures": [
+                    f"{r.backend} {r.tower}/{r.precision}: {'; '.join(r.failures)}"
+                    for r in report.results
+                    if not r.passed
+                ],
                 "min_cosine": {f"{r.backend}:{r.tower}/{r.precision}": r.parity.min_cosine for r in report.results},
                 "token_ids_equal": f"{equal}/{len(corpus)}",
             }
             print(family, rows[family], flush=True)
-    print(write_result("families", {"machine": machine(), "weights": "random (tiny models built offline)",
-                                    "families": rows}))
+    print(
+        write_result(
+            "families", {"machine": machine(), "weights": "random (tiny models built offline)", "families": rows}
+        )
+    )
 
 
 if __name__ == "__main__":

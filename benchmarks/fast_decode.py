@@ -37,7 +37,7 @@ def _embed(runtime, pre, paths: list[Path], fast: bool) -> tuple[np.ndarray, flo
     rows, spent = [], 0.0
     for start in range(0, len(paths), 32):
         began = time.perf_counter()
-        pixels = pre.normalize(np.stack([pre.pixels(str(p), fast_decode=fast) for p in paths[start:start + 32]]))
+        pixels = pre.normalize(np.stack([pre.pixels(str(p), fast_decode=fast) for p in paths[start : start + 32]]))
         spent += time.perf_counter() - began
         rows.append(runtime.encode_pixels(pixels))
     return l2_normalize(np.concatenate(rows).astype(np.float32), np.float32), spent / len(paths)
@@ -85,14 +85,20 @@ def scenes_part(work: Path) -> dict:
         exact, exact_s = _embed(runtime, pre, list(retrieval.images), False)
         fast, fast_s = _embed(runtime, pre, list(retrieval.images), True)
         captions = l2_normalize(runtime.encode_text(list(retrieval.captions)).astype(np.float32), np.float32)
-    variants = [Variant("exact", demo, Precision.FP32, BackendKind.ONNXRUNTIME),
-                Variant("fast-decode", demo, Precision.FP32, BackendKind.ONNXRUNTIME)]
+    variants = [
+        Variant("exact", demo, Precision.FP32, BackendKind.ONNXRUNTIME),
+        Variant("fast-decode", demo, Precision.FP32, BackendKind.ONNXRUNTIME),
+    ]
     report = drift_matrix(retrieval, [Embedded(variants[0], exact, captions), Embedded(variants[1], fast, captions)])
     print(report.table(), flush=True)
-    return {"images": len(retrieval.images), "captions": len(retrieval.captions), "side": SCENE_SIDE,
-            "cosine_fast_vs_exact": _cosines(exact, fast),
-            "decode_ms_per_image": {"exact": 1e3 * exact_s, "fast": 1e3 * fast_s},
-            "retrieval": report.to_dict()}
+    return {
+        "images": len(retrieval.images),
+        "captions": len(retrieval.captions),
+        "side": SCENE_SIDE,
+        "cosine_fast_vs_exact": _cosines(exact, fast),
+        "decode_ms_per_image": {"exact": 1e3 * exact_s, "fast": 1e3 * fast_s},
+        "retrieval": report.to_dict(),
+    }
 
 
 def photos_part(work: Path, artifact: Path | None, count: int) -> dict:
@@ -104,17 +110,35 @@ def photos_part(work: Path, artifact: Path | None, count: int) -> dict:
     if artifact is None:
         artifact = work / "vit-b-32"
         if not (artifact / "manifest.json").is_file():
-            subprocess.run([sys.executable, "-m", "clipexport", "export", "ViT-B-32", "--pretrained", "random", "-o",
-                            str(artifact), "-q"], check=True)
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "clipexport",
+                    "export",
+                    "ViT-B-32",
+                    "--pretrained",
+                    "random",
+                    "-o",
+                    str(artifact),
+                    "-q",
+                ],
+                check=True,
+            )
     photos = _photos(work / "photos-12mp", count, (4000, 3000), 2)
     pre = ImagePreprocessor.from_manifest(artifact)
     pre.pixels(str(photos[0]))  # warm up the decoder
     with ClipRuntime.load(artifact, towers=("vision",)) as runtime:
         exact, exact_s = _embed(runtime, pre, photos, False)
         fast, fast_s = _embed(runtime, pre, photos, True)
-    return {"photos": len(photos), "size": "4000x3000 JPEG q90", "model": "ViT-B-32 (random weights)",
-            "decode_ms_per_image": {"exact": 1e3 * exact_s, "fast": 1e3 * fast_s},
-            "decode_speedup": exact_s / fast_s, "cosine_fast_vs_exact": _cosines(exact, fast)}
+    return {
+        "photos": len(photos),
+        "size": "4000x3000 JPEG q90",
+        "model": "ViT-B-32 (random weights)",
+        "decode_ms_per_image": {"exact": 1e3 * exact_s, "fast": 1e3 * fast_s},
+        "decode_speedup": exact_s / fast_s,
+        "cosine_fast_vs_exact": _cosines(exact, fast),
+    }
 
 
 def main() -> None:

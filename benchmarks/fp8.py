@@ -40,21 +40,38 @@ def main() -> None:
         quantize_artifact(QuantizeOptions(artifact=trt, precision=Precision.INT8, target=Target.TENSORRT))
         runs = [(cpu, ("fp32", "fp16", "int8", "fp8"), {"int8": "int8-cpu"}), (trt, ("int8",), {"int8": "int8-trt"})]
         for artifact, precisions, names in runs:
-            report = verify_artifact(VerifyOptions(artifact=artifact, precisions=precisions,
-                                                   backends=("onnxruntime", "openvino"), labeled_images=heldout,
-                                                   write_report=False))
+            report = verify_artifact(
+                VerifyOptions(
+                    artifact=artifact,
+                    precisions=precisions,
+                    backends=("onnxruntime", "openvino"),
+                    labeled_images=heldout,
+                    write_report=False,
+                )
+            )
             for a in report.accuracy:
                 if a.backend == "pytorch":
                     out["pytorch_fp32"] = {"top1": a.top1, "top5": a.top5}
                     continue
                 label = f"{names.get(a.precision, a.precision)}/{a.backend}"
-                cos = {r.tower: {"min": round(r.parity.min_cosine, 6), "mean": round(r.parity.mean_cosine, 6)}
-                       for r in report.results if r.precision == a.precision and r.backend == a.backend}
-                out["variants"][label] = {"top1": a.top1, "top5": a.top5, "drop_points": a.drop_points,
-                                          "agreement": round(a.agreement, 4), "cosine": cos}
-                print(f"{label:<22} top-1 {100 * a.top1:5.1f}%  drop {a.drop_points:+.2f} pt  "
-                      f"vision min/mean cos {cos['vision']['min']:.5f}/{cos['vision']['mean']:.5f}  "
-                      f"text {cos['text']['min']:.5f}/{cos['text']['mean']:.5f}", flush=True)
+                cos = {
+                    r.tower: {"min": round(r.parity.min_cosine, 6), "mean": round(r.parity.mean_cosine, 6)}
+                    for r in report.results
+                    if r.precision == a.precision and r.backend == a.backend
+                }
+                out["variants"][label] = {
+                    "top1": a.top1,
+                    "top5": a.top5,
+                    "drop_points": a.drop_points,
+                    "agreement": round(a.agreement, 4),
+                    "cosine": cos,
+                }
+                print(
+                    f"{label:<22} top-1 {100 * a.top1:5.1f}%  drop {a.drop_points:+.2f} pt  "
+                    f"vision min/mean cos {cos['vision']['min']:.5f}/{cos['vision']['mean']:.5f}  "
+                    f"text {cos['text']['min']:.5f}/{cos['text']['mean']:.5f}",
+                    flush=True,
+                )
     out["speed"] = "not measured: ONNX Runtime / OpenVINO on a CPU only simulate FP8, and no TensorRT here"
     print(f"wrote {write_result('fp8-demo', out)}")
 

@@ -59,20 +59,37 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     if not (args.artifact / "manifest.json").is_file():
-        subprocess.run([sys.executable, "-m", "clipexport", "export", "ViT-B-32", "--pretrained", "random", "-o",
-                        str(args.artifact), "-q"], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "clipexport",
+                "export",
+                "ViT-B-32",
+                "--pretrained",
+                "random",
+                "-o",
+                str(args.artifact),
+                "-q",
+            ],
+            check=True,
+        )
     n = len(CPUS)
     cases = [("default threads, spin", None, True, None, 0), (f"{n} threads, no spin", n, False, None, 0)]
     for t in sorted({t for t in (n - 2, n // 2, n - 5) if 1 <= t < n}, reverse=True):
-        cases += [(f"{t} threads pinned, spin", t, True, CPUS[:t], 0),
-                  (f"{t} threads pinned, no spin", t, False, CPUS[:t], 0),
-                  (f"{t} threads pinned, spin, {n - t} decoders beside", t, True, CPUS[:t], n - t),
-                  (f"{t} threads unpinned, no spin, {n - t} decoders unpinned", t, False, None, -(n - t))]
+        cases += [
+            (f"{t} threads pinned, spin", t, True, CPUS[:t], 0),
+            (f"{t} threads pinned, no spin", t, False, CPUS[:t], 0),
+            (f"{t} threads pinned, spin, {n - t} decoders beside", t, True, CPUS[:t], n - t),
+            (f"{t} threads unpinned, no spin, {n - t} decoders unpinned", t, False, None, -(n - t)),
+        ]
     result = {"cpus": n, "model": "ViT-B-32 random, ONNX Runtime CPU FP32, batch 32", "images_per_s": {}}
     ctx = multiprocessing.get_context("spawn")
     for label, threads, spin, cpus, decoders in cases:
-        busy = [ctx.Process(target=_decode_forever, args=(CPUS[len(cpus):] if decoders > 0 else CPUS,), daemon=True)
-                for _ in range(abs(decoders))]
+        busy = [
+            ctx.Process(target=_decode_forever, args=(CPUS[len(cpus) :] if decoders > 0 else CPUS,), daemon=True)
+            for _ in range(abs(decoders))
+        ]
         for p in busy:
             p.start()
         time.sleep(1 if busy else 0)

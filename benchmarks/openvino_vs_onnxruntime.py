@@ -41,31 +41,59 @@ def main() -> None:
             artifact = Path(tmp) / "vit-b-32"
             export_model(ExportOptions(model="ViT-B-32", pretrained="random", output=artifact), print)
             quantize_artifact(QuantizeOptions(artifact=artifact, precision=Precision.INT8, target=Target.CPU), print)
-        result, _ = run_bench(BenchOptions(artifact=artifact, backends=("onnxruntime", "openvino"),
-                                           precisions=("fp32", "int8"),
-                                           batch_sizes=tuple(int(b) for b in args.batch_sizes.split(",")),
-                                           min_iterations=5, min_seconds=args.min_seconds, cpu_only=True,
-                                           output=Path(tmp) / "bench"), print)
+        result, _ = run_bench(
+            BenchOptions(
+                artifact=artifact,
+                backends=("onnxruntime", "openvino"),
+                precisions=("fp32", "int8"),
+                batch_sizes=tuple(int(b) for b in args.batch_sizes.split(",")),
+                min_iterations=5,
+                min_seconds=args.min_seconds,
+                cpu_only=True,
+                output=Path(tmp) / "bench",
+            ),
+            print,
+        )
     rows = result.rows
     cells = []
     for row in rows:
         if row["backend"] != "openvino":
             continue
-        ort = next(r for r in rows if r["backend"] == "onnxruntime" and r["tower"] == row["tower"]
-                   and r["precision"] == row["precision"] and r["input_shape"] == row["input_shape"])
-        cells.append({"tower": row["tower"], "precision": row["precision"], "batch": row["input_shape"][0],
-                      "openvino_items_per_s": round(row["items_per_s"], 2), "onnxruntime_items_per_s": round(ort["items_per_s"], 2),
-                      "openvino_p50_ms": round(row["p50_ms"], 3), "onnxruntime_p50_ms": round(ort["p50_ms"], 3),
-                      "speedup_openvino_vs_onnxruntime": round(row["items_per_s"] / ort["items_per_s"], 3)})
-        print(f"{row['tower']:<6} {row['precision']:<5} batch {row['input_shape'][0]:>3}: openvino {row['items_per_s']:8.1f}/s "
-              f"onnxruntime {ort['items_per_s']:8.1f}/s  x{cells[-1]['speedup_openvino_vs_onnxruntime']}")
+        ort = next(
+            r
+            for r in rows
+            if r["backend"] == "onnxruntime"
+            and r["tower"] == row["tower"]
+            and r["precision"] == row["precision"]
+            and r["input_shape"] == row["input_shape"]
+        )
+        cells.append(
+            {
+                "tower": row["tower"],
+                "precision": row["precision"],
+                "batch": row["input_shape"][0],
+                "openvino_items_per_s": round(row["items_per_s"], 2),
+                "onnxruntime_items_per_s": round(ort["items_per_s"], 2),
+                "openvino_p50_ms": round(row["p50_ms"], 3),
+                "onnxruntime_p50_ms": round(ort["p50_ms"], 3),
+                "speedup_openvino_vs_onnxruntime": round(row["items_per_s"] / ort["items_per_s"], 3),
+            }
+        )
+        print(
+            f"{row['tower']:<6} {row['precision']:<5} batch {row['input_shape'][0]:>3}: openvino {row['items_per_s']:8.1f}/s "
+            f"onnxruntime {ort['items_per_s']:8.1f}/s  x{cells[-1]['speedup_openvino_vs_onnxruntime']}"
+        )
     wins = all(c["speedup_openvino_vs_onnxruntime"] > 1 for c in cells)
-    out = {"machine": {**machine(), "openvino": openvino.__version__}, "model": "ViT-B-32, seeded random weights",
-           "int8": "quantize --target cpu (ONNX Runtime's MatMul/Gemm S8S8 Q/DQ), the same graph on both",
-           "cells": cells, "openvino_wins_everywhere": wins,
-           "default_for_x86_cpus": "openvino" if wins else "onnxruntime",
-           "rule": "OpenVINO becomes the documented x86 default only if it wins on both towers at every cell",
-           "bench_rows": rows}
+    out = {
+        "machine": {**machine(), "openvino": openvino.__version__},
+        "model": "ViT-B-32, seeded random weights",
+        "int8": "quantize --target cpu (ONNX Runtime's MatMul/Gemm S8S8 Q/DQ), the same graph on both",
+        "cells": cells,
+        "openvino_wins_everywhere": wins,
+        "default_for_x86_cpus": "openvino" if wins else "onnxruntime",
+        "rule": "OpenVINO becomes the documented x86 default only if it wins on both towers at every cell",
+        "bench_rows": rows,
+    }
     print(f"wrote {write_result('openvino-vs-onnxruntime', out)}")
 
 

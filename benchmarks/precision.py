@@ -33,8 +33,13 @@ def best_time(fn, repeats: int) -> float:
 def machine() -> dict[str, object]:
     import onnxruntime
 
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(), "python": sys.version.split()[0], "onnxruntime": onnxruntime.__version__}
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "onnxruntime": onnxruntime.__version__,
+    }
 
 
 def write_result(name: str, result: dict) -> Path:
@@ -74,17 +79,33 @@ def main() -> None:
                         data = np.zeros((batch, *shape), np.int64)
                         data[:, 0], data[:, 1:9], data[:, 9] = 49406, rng.integers(300, 40000, (batch, 8)), 49407
                     seconds = best_time(lambda: backend.run(data), args.repeats)
-                    rows.append({"tower": tower.value, "precision": precision, "batch": batch,
-                                 "items_per_s": batch / seconds, "ms_per_batch": 1000 * seconds,
-                                 "target": graph.details.target})
-                    print(f"{tower.value:<6} {precision:<5} batch {batch:>3}: {batch / seconds:8.1f} items/s", flush=True)
+                    rows.append(
+                        {
+                            "tower": tower.value,
+                            "precision": precision,
+                            "batch": batch,
+                            "items_per_s": batch / seconds,
+                            "ms_per_batch": 1000 * seconds,
+                            "target": graph.details.target,
+                        }
+                    )
+                    print(
+                        f"{tower.value:<6} {precision:<5} batch {batch:>3}: {batch / seconds:8.1f} items/s", flush=True
+                    )
     for row in rows:
-        base = next(r for r in rows if r["tower"] == row["tower"] and r["batch"] == row["batch"] and r["precision"] == "fp32")
+        base = next(
+            r for r in rows if r["tower"] == row["tower"] and r["batch"] == row["batch"] and r["precision"] == "fp32"
+        )
         row["speedup_vs_fp32"] = row["items_per_s"] / base["items_per_s"]
     result = {
-        "artifact": str(args.artifact.resolve()), "model": manifest.source.model,
+        "artifact": str(args.artifact.resolve()),
+        "model": manifest.source.model,
         "machine": machine(),
-        "settings": {"provider": "CPUExecutionProvider", "repeats": args.repeats, "statistic": "best of repeats after warm-up"},
+        "settings": {
+            "provider": "CPUExecutionProvider",
+            "repeats": args.repeats,
+            "statistic": "best of repeats after warm-up",
+        },
         "results": rows,
     }
     print(f"wrote {write_result(f'precision-cpu-{args.name or args.artifact.name}', result)}")

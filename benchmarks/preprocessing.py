@@ -55,22 +55,33 @@ def main() -> None:
     ours_tok, ref_tok = ClipTokenizer(), open_clip.get_tokenizer("ViT-B-32")
     # Fresh tokenizers each run would measure cold caches; both keep their BPE caches warm alike.
     hf_tok = hf_fast_tokenizer()
-    tok = {"clipexport": best_rate(lambda: ours_tok(texts), len(texts)),
-           "open_clip": best_rate(lambda: ref_tok(texts), len(texts)),
-           # Rust tokenizer, batch call, padded to 77 like the others.
-           "hf_fast": best_rate(lambda: hf_tok(texts, padding="max_length", max_length=77, truncation=True,
-                                               return_tensors="np"), len(texts))}
+    tok = {
+        "clipexport": best_rate(lambda: ours_tok(texts), len(texts)),
+        "open_clip": best_rate(lambda: ref_tok(texts), len(texts)),
+        # Rust tokenizer, batch call, padded to 77 like the others.
+        "hf_fast": best_rate(
+            lambda: hf_tok(texts, padding="max_length", max_length=77, truncation=True, return_tensors="np"), len(texts)
+        ),
+    }
     images = synthetic_images(48, seed=3)
     ours_pre, ref_pre = ImagePreprocessor(), image_transform_v2(PreprocessCfg(size=224), is_train=False)
     import torch
 
-    pre = {"clipexport": best_rate(lambda: ours_pre(images), len(images)),
-           "open_clip": best_rate(lambda: torch.stack([ref_pre(i) for i in images]), len(images))}
+    pre = {
+        "clipexport": best_rate(lambda: ours_pre(images), len(images)),
+        "open_clip": best_rate(lambda: torch.stack([ref_pre(i) for i in images]), len(images)),
+    }
     result = {
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "python": sys.version.split()[0]},
-        "tokenizer_texts_per_s": tok, "tokenizer_ratio": tok["clipexport"] / tok["open_clip"],
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "python": sys.version.split()[0],
+        },
+        "tokenizer_texts_per_s": tok,
+        "tokenizer_ratio": tok["clipexport"] / tok["open_clip"],
         "tokenizer_ratio_vs_hf_fast": tok["clipexport"] / tok["hf_fast"],
-        "preprocess_images_per_s": pre, "preprocess_ratio": pre["clipexport"] / pre["open_clip"],
+        "preprocess_images_per_s": pre,
+        "preprocess_ratio": pre["clipexport"] / pre["open_clip"],
         "inputs": {"texts": len(texts), "images": len(images), "image_sizes": "mixed, 32x48 .. 1024x256"},
     }
     out = Path(__file__).parent / "results" / "preprocessing.json"

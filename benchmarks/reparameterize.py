@@ -36,7 +36,9 @@ def main() -> None:
         for folded in (False, True):
             name = "reparameterized" if folded else "as_trained"
             out = Path(tmp) / name
-            manifest = export_model(ExportOptions(model=args.model, output=out, pretrained="random", reparameterize=folded))
+            manifest = export_model(
+                ExportOptions(model=args.model, output=out, pretrained="random", reparameterize=folded)
+            )
             graph = out / manifest.tower("vision").graph("fp32").file
             model = onnx.load(str(graph))
             session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
@@ -48,13 +50,24 @@ def main() -> None:
                 latency[str(batch)] = best_time(lambda: session.run(None, {"image": x}), args.repeats) * 1e3
                 if batch == batches[-1]:
                     outputs[name] = session.run(None, {"image": x})[0]
-            rows[name] = {"nodes": len(model.graph.node), "conv_nodes": sum(n.op_type == "Conv" for n in model.graph.node),
-                          "latency_ms": latency, "adjustments": list(manifest.tower("vision").graph("fp32").details.adjustments)}
+            rows[name] = {
+                "nodes": len(model.graph.node),
+                "conv_nodes": sum(n.op_type == "Conv" for n in model.graph.node),
+                "latency_ms": latency,
+                "adjustments": list(manifest.tower("vision").graph("fp32").details.adjustments),
+            }
             print(name, rows[name], flush=True)
     same = embedding_parity(outputs["as_trained"], outputs["reparameterized"])
     result = {
-        "model": args.model, "weights": "random", "machine": machine(), "repeats": args.repeats, "variants": rows,
-        "speedup": {b: rows["as_trained"]["latency_ms"][b] / rows["reparameterized"]["latency_ms"][b] for b in rows["as_trained"]["latency_ms"]},
+        "model": args.model,
+        "weights": "random",
+        "machine": machine(),
+        "repeats": args.repeats,
+        "variants": rows,
+        "speedup": {
+            b: rows["as_trained"]["latency_ms"][b] / rows["reparameterized"]["latency_ms"][b]
+            for b in rows["as_trained"]["latency_ms"]
+        },
         "node_ratio": rows["reparameterized"]["nodes"] / rows["as_trained"]["nodes"],
         "agreement": same.to_dict(),
     }

@@ -51,7 +51,9 @@ def synthetic(rows: int, seed: int, clustered: bool = True) -> np.ndarray:
         for start in range(0, rows, 100_000):
             n = min(100_000, rows - start)
             signal = rng.standard_normal((n, RANK), dtype=np.float32) @ basis
-            x[start:start + n] = signal + NOISE * np.sqrt(RANK / DIM) * rng.standard_normal((n, DIM), dtype=np.float32)
+            x[start : start + n] = signal + NOISE * np.sqrt(RANK / DIM) * rng.standard_normal(
+                (n, DIM), dtype=np.float32
+            )
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     return x
 
@@ -68,14 +70,14 @@ def latency(run, queries: np.ndarray) -> dict[str, float]:
     times = []
     for i in range(LATENCY_QUERIES):
         t = time.perf_counter()
-        run(queries[i:i + 1])
+        run(queries[i : i + 1])
         times.append(time.perf_counter() - t)
     out["batch1_p50_ms"] = round(1000 * float(np.percentile(times, 50)), 3)
     out["batch1_p99_ms"] = round(1000 * float(np.percentile(times, 99)), 3)
     times = []
     for i in range(LATENCY_BATCHES):
         t = time.perf_counter()
-        run(queries[64 * i:64 * (i + 1)])
+        run(queries[64 * i : 64 * (i + 1)])
         times.append(time.perf_counter() - t)
     out["batch64_p50_ms"] = round(1000 * float(np.percentile(times, 50)), 3)
     out["batch64_p99_ms"] = round(1000 * float(np.percentile(times, 99)), 3)
@@ -94,8 +96,7 @@ def scale(rows: int, clustered: bool) -> dict:
     t = time.perf_counter()
     flat = faiss.IndexFlatIP(DIM)
     flat.add(x)
-    result["exact"] = {"factory": "Flat", "build_s": round(time.perf_counter() - t, 3),
-                       "bytes": int(rows * DIM * 4)}
+    result["exact"] = {"factory": "Flat", "build_s": round(time.perf_counter() - t, 3), "bytes": int(rows * DIM * 4)}
     _, truth = flat.search(q, 10)
     plan = plan_index(rows, DIM, IndexKind.AUTO)
     if plan.exact:
@@ -104,25 +105,36 @@ def scale(rows: int, clustered: bool) -> dict:
     index, tuned = build_in_memory(x, plan)
     build = time.perf_counter() - t
     _, found = search(index, q, 10)
-    result["approximate"] = {"factory": plan.factory, "reason": plan.reason, "nprobe": tuned.nprobe,
-                             "build_s": round(build, 3), "bytes": int(faiss.serialize_index(index).size),
-                             "recall_at_10_vs_exact": round(recall_against_exact(found, truth, 10), 4),
-                             "recall_at_10_tuning_sample": tuned.recall, "curve": tuned.curve}
+    result["approximate"] = {
+        "factory": plan.factory,
+        "reason": plan.reason,
+        "nprobe": tuned.nprobe,
+        "build_s": round(build, 3),
+        "bytes": int(faiss.serialize_index(index).size),
+        "recall_at_10_vs_exact": round(recall_against_exact(found, truth, 10), 4),
+        "recall_at_10_tuning_sample": tuned.recall,
+        "curve": tuned.curve,
+    }
     result["exact"]["latency"] = latency(lambda b: search(flat, b, 10), q)  # clipexport's exact path (BLAS)
     result["faiss_index_flat_ip"] = {"latency": latency(lambda b: flat.search(b, 10), q)}
     result["approximate"]["latency"] = latency(lambda b: index.search(b, 10), q)
-    result["numpy"] = {"latency": latency(lambda b: numpy_search(x, b, 10), q),
-                       "recall_at_10_vs_exact": round(recall_against_exact(numpy_search(x, q[:100], 10), truth[:100], 10), 4)}
+    result["numpy"] = {
+        "latency": latency(lambda b: numpy_search(x, b, 10), q),
+        "recall_at_10_vs_exact": round(recall_against_exact(numpy_search(x, q[:100], 10), truth[:100], 10), 4),
+    }
     exact_ms = result["exact"]["latency"]["batch1_p50_ms"]
     approx_ms = result["approximate"]["latency"]["batch1_p50_ms"]
     result["speedup_batch1_approx_vs_exact"] = round(exact_ms / approx_ms, 2)
     result["speedup_batch1_exact_vs_numpy"] = round(result["numpy"]["latency"]["batch1_p50_ms"] / exact_ms, 2)
-    result["speedup_batch64_approx_vs_exact"] = round(result["exact"]["latency"]["batch64_p50_ms"]
-                                                      / result["approximate"]["latency"]["batch64_p50_ms"], 2)
-    print(f"{rows} rows ({result['vectors']}): exact b1 {exact_ms} ms, {plan.factory} nprobe "
-          f"{tuned.nprobe} b1 {approx_ms} ms (x{result['speedup_batch1_approx_vs_exact']}), recall@10 "
-          f"{result['approximate']['recall_at_10_vs_exact']}, numpy b1 {result['numpy']['latency']['batch1_p50_ms']} ms",
-          flush=True)
+    result["speedup_batch64_approx_vs_exact"] = round(
+        result["exact"]["latency"]["batch64_p50_ms"] / result["approximate"]["latency"]["batch64_p50_ms"], 2
+    )
+    print(
+        f"{rows} rows ({result['vectors']}): exact b1 {exact_ms} ms, {plan.factory} nprobe "
+        f"{tuned.nprobe} b1 {approx_ms} ms (x{result['speedup_batch1_approx_vs_exact']}), recall@10 "
+        f"{result['approximate']['recall_at_10_vs_exact']}, numpy b1 {result['numpy']['latency']['batch1_p50_ms']} ms",
+        flush=True,
+    )
     return result
 
 
@@ -143,8 +155,12 @@ def drift(work: Path) -> dict:
     quantize_artifact(QuantizeOptions(artifact=cpu, precision=Precision.INT8, target=Target.CPU))
     quantize_artifact(QuantizeOptions(artifact=trt, precision=Precision.INT8, target=Target.TENSORRT))
     ort = BackendKind.ONNXRUNTIME
-    variants = [Variant("fp32", cpu, Precision.FP32, ort), Variant("fp16", cpu, Precision.FP16, ort),
-                Variant("int8-cpu", cpu, Precision.INT8, ort), Variant("int8-trt", trt, Precision.INT8, ort)]
+    variants = [
+        Variant("fp32", cpu, Precision.FP32, ort),
+        Variant("fp16", cpu, Precision.FP16, ort),
+        Variant("int8-cpu", cpu, Precision.INT8, ort),
+        Variant("int8-trt", trt, Precision.INT8, ort),
+    ]
     retrieval = load_retrieval_set(scenes)
     report = drift_matrix(retrieval, embed_variants(retrieval, variants, 32, print), None, print)
     print(report.table())
@@ -161,8 +177,10 @@ def main() -> None:
     args = parser.parse_args()
     import faiss
 
-    result: dict = {"machine": {**machine(), "faiss": faiss.__version__}, "goal": (
-        "approximate recall@10 >= 0.95 at >= 10x lower batch-1 latency than exact at 1M rows")}
+    result: dict = {
+        "machine": {**machine(), "faiss": faiss.__version__},
+        "goal": ("approximate recall@10 >= 0.95 at >= 10x lower batch-1 latency than exact at 1M rows"),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         if not args.skip_drift:
             result["drift"] = drift(Path(tmp))
@@ -177,8 +195,9 @@ def main() -> None:
     big = [s for s in result["scale"] if s["rows"] == 1_000_000 and s["vectors"] != "uniform"]
     if big:
         b = big[0]
-        result["goal_met"] = (b["approximate"]["recall_at_10_vs_exact"] >= 0.95
-                              and b["speedup_batch1_approx_vs_exact"] >= 10)
+        result["goal_met"] = (
+            b["approximate"]["recall_at_10_vs_exact"] >= 0.95 and b["speedup_batch1_approx_vs_exact"] >= 10
+        )
     print(f"wrote {write_result('retrieval', result)}")
 
 

@@ -43,8 +43,12 @@ def _images(n: int) -> list[bytes]:
 
 def _summary(latencies: list[float], items: int, seconds: float) -> dict[str, float]:
     ordered = sorted(latencies)
-    return {"items_per_s": items / seconds, "p50_ms": 1e3 * statistics.median(ordered),
-            "p99_ms": 1e3 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))], "requests": len(ordered)}
+    return {
+        "items_per_s": items / seconds,
+        "p50_ms": 1e3 * statistics.median(ordered),
+        "p99_ms": 1e3 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))],
+        "requests": len(ordered),
+    }
 
 
 def _load(url: str, kind: str, payload: list, concurrency: int, seconds: float) -> dict[str, float]:
@@ -110,15 +114,40 @@ def main() -> None:
     args = parser.parse_args()
     images = _images(32)
     texts = [f"a photo of a {w}, taken at dusk" for w in ("cat", "dog", "car", "tree", "boat", "house", "bird", "fish")]
-    result = {"artifact": str(args.artifact), "machine": machine(), "seconds_per_point": args.seconds,
-              "max_queue_delay_us": args.max_queue_delay_us, "in_process": _in_process(args.artifact, images, texts, args.seconds)}
+    result = {
+        "artifact": str(args.artifact),
+        "machine": machine(),
+        "seconds_per_point": args.seconds,
+        "max_queue_delay_us": args.max_queue_delay_us,
+        "in_process": _in_process(args.artifact, images, texts, args.seconds),
+    }
     from clipexport.serving.server import free_local_ports
 
     http, grpc, metrics = free_local_ports(3)
-    server = subprocess.Popen([str(args.serve_python), "-m", "clipexport", "serve", str(args.artifact), "--name", "bench",
-                               "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics),
-                               "--max-batch", "32", "--max-queue-delay-us", str(args.max_queue_delay_us), "-q"],
-                              stderr=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        [
+            str(args.serve_python),
+            "-m",
+            "clipexport",
+            "serve",
+            str(args.artifact),
+            "--name",
+            "bench",
+            "--http-port",
+            str(http),
+            "--grpc-port",
+            str(grpc),
+            "--metrics-port",
+            str(metrics),
+            "--max-batch",
+            "32",
+            "--max-queue-delay-us",
+            str(args.max_queue_delay_us),
+            "-q",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         for line in server.stderr:
             if line.startswith("ready:"):
@@ -137,7 +166,8 @@ def main() -> None:
     top = max(int(c) for c in args.concurrency.split(","))
     result["server_vs_in_process_batch32"] = {
         kind: result["server"][f"{kind}/c{top}"]["items_per_s"] / result["in_process"][f"{kind}/batch32"]["items_per_s"]
-        for kind in ("image", "text")}
+        for kind in ("image", "text")
+    }
     print(result["server_vs_in_process_batch32"])
     print(write_result(f"serve-{args.artifact.resolve().name}", result))
 

@@ -86,8 +86,9 @@ class Target:
 
     def start(self) -> float:
         begin = time.monotonic()
-        self.process = subprocess.Popen(self.command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                        env=self.env, start_new_session=True)
+        self.process = subprocess.Popen(
+            self.command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=self.env, start_new_session=True
+        )
         deadline = begin + 300
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -136,11 +137,24 @@ class Clipexport(Target):
             data = item
         tensor = len(data).to_bytes(4, "little") + data
         name = "TEXT" if kind == "text" else "IMAGE"
-        header = json.dumps({"inputs": [{"name": name, "shape": [1, 1], "datatype": "BYTES",
-                                         "parameters": {"binary_data_size": len(tensor)}}],
-                             "outputs": [{"name": "EMBEDDING", "parameters": {"binary_data": True}}]}).encode()
-        return (f"/v2/models/peer_{kind}/infer", header + tensor,
-                {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(header))})
+        header = json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": name,
+                        "shape": [1, 1],
+                        "datatype": "BYTES",
+                        "parameters": {"binary_data_size": len(tensor)},
+                    }
+                ],
+                "outputs": [{"name": "EMBEDDING", "parameters": {"binary_data": True}}],
+            }
+        ).encode()
+        return (
+            f"/v2/models/peer_{kind}/infer",
+            header + tensor,
+            {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(header))},
+        )
 
 
 class Infinity(Target):
@@ -188,31 +202,84 @@ def main() -> None:
     folder = _model_folder(args.work / "peer")
     artifact = args.work / "artifact"
     if not (artifact / "manifest.json").is_file():
-        subprocess.run([sys.executable, "-m", "clipexport", "export", str(folder), "-o", str(artifact), "-q"], check=True)
+        subprocess.run(
+            [sys.executable, "-m", "clipexport", "export", str(folder), "-o", str(artifact), "-q"], check=True
+        )
     ours_http, grpc, metrics, theirs_http = free_local_ports(4)
     env = dict(os.environ, HF_HUB_OFFLINE="1", INFINITY_ANONYMOUS_USAGE_STATS="0", DO_NOT_TRACK="1")
     targets = [
-        Clipexport("clipexport serve", [str(args.serve_python), "-m", "clipexport", "serve", str(artifact), "--name", "peer",
-                                        "--http-port", str(ours_http), "--grpc-port", str(grpc), "--metrics-port",
-                                        str(metrics), "--max-batch", "32", "-q"], ours_http, "/v2/health/ready"),
-        Infinity("infinity-emb", [str(args.infinity), "v2", "--model-id", str(folder), "--served-model-name", "peer",
-                                  "--port", str(theirs_http), "--engine", "torch", "--device", "cpu", "--batch-size", "32",
-                                  "--no-bettertransformer"], theirs_http, "/health", env),
+        Clipexport(
+            "clipexport serve",
+            [
+                str(args.serve_python),
+                "-m",
+                "clipexport",
+                "serve",
+                str(artifact),
+                "--name",
+                "peer",
+                "--http-port",
+                str(ours_http),
+                "--grpc-port",
+                str(grpc),
+                "--metrics-port",
+                str(metrics),
+                "--max-batch",
+                "32",
+                "-q",
+            ],
+            ours_http,
+            "/v2/health/ready",
+        ),
+        Infinity(
+            "infinity-emb",
+            [
+                str(args.infinity),
+                "v2",
+                "--model-id",
+                str(folder),
+                "--served-model-name",
+                "peer",
+                "--port",
+                str(theirs_http),
+                "--engine",
+                "torch",
+                "--device",
+                "cpu",
+                "--batch-size",
+                "32",
+                "--no-bettertransformer",
+            ],
+            theirs_http,
+            "/health",
+            env,
+        ),
     ]
     images = _images(16)
-    result = {"model": "random HF CLIPModel, ViT-B/32 sizes", "machine": machine(), "seconds_per_point": args.seconds,
-              "servers": {t.name: {} for t in targets}}
+    result = {
+        "model": "random HF CLIPModel, ViT-B/32 sizes",
+        "machine": machine(),
+        "seconds_per_point": args.seconds,
+        "servers": {t.name: {} for t in targets},
+    }
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     for target in targets:
         target.result = result["servers"][target.name]
         target.result["cold_start_s"] = target.start()
         target.result["rss_idle_mb"] = _tree_rss_mb(target.process.pid)
-        print(target.name, "ready in", round(target.result["cold_start_s"], 1), "s; RSS", round(target.result["rss_idle_mb"]), "MB",
-              flush=True)
+        print(
+            target.name,
+            "ready in",
+            round(target.result["cold_start_s"], 1),
+            "s; RSS",
+            round(target.result["rss_idle_mb"]),
+            "MB",
+            flush=True,
+        )
     try:
         for kind, payload in (("text", TEXTS), ("image", images)):
             for concurrency in concurrencies:
-                for target in (targets if concurrency % 2 else targets[::-1]):  # alternate who goes first
+                for target in targets if concurrency % 2 else targets[::-1]:  # alternate who goes first
                     point = _load(target, kind, payload, concurrency, args.seconds)
                     target.result[f"{kind}/c{concurrency}"] = point
                     print(target.name, kind, concurrency, {k: round(v, 1) for k, v in point.items()}, flush=True)
@@ -224,7 +291,9 @@ def main() -> None:
     ours, theirs = (result["servers"][t.name] for t in targets)
     result["ratio_clipexport_over_infinity"] = {
         f"{kind}/c{c}": ours[f"{kind}/c{c}"]["items_per_s"] / theirs[f"{kind}/c{c}"]["items_per_s"]
-        for kind in ("text", "image") for c in concurrencies}
+        for kind in ("text", "image")
+        for c in concurrencies
+    }
     result["ratio_clipexport_over_infinity"]["rss_after_load"] = ours["rss_after_load_mb"] / theirs["rss_after_load_mb"]
     print(json.dumps(result["ratio_clipexport_over_infinity"], indent=1))
     print(write_result("serve-vs-infinity", result))

@@ -18,11 +18,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from precision import best_time, machine, write_result  # noqa: E402
 
-LABELS = ("cat dog car bird horse ship truck frog deer airplane tench goldfinch shark banana pizza "
-          "strawberry orange lemon pineapple bus bicycle canoe locomotive volcano reef lighthouse castle "
-          "pretzel espresso teapot toaster laptop keyboard mouse cellphone microwave refrigerator sofa piano "
-          "violin backpack umbrella wristwatch kite skateboard tractor ambulance helicopter tiger penguin "
-          "zebra giraffe camel owl parrot jellyfish snail lobster crab butterfly ladybug mushroom daisy").split()
+LABELS = (
+    "cat dog car bird horse ship truck frog deer airplane tench goldfinch shark banana pizza "
+    "strawberry orange lemon pineapple bus bicycle canoe locomotive volcano reef lighthouse castle "
+    "pretzel espresso teapot toaster laptop keyboard mouse cellphone microwave refrigerator sofa piano "
+    "violin backpack umbrella wristwatch kite skateboard tractor ambulance helicopter tiger penguin "
+    "zebra giraffe camel owl parrot jellyfish snail lobster crab butterfly ladybug mushroom daisy"
+).split()
 
 
 def main() -> None:
@@ -50,32 +52,44 @@ def main() -> None:
     graph = check_graph_files(args.artifact, text.graph(args.precision))
     rows = []
     with OnnxRuntimeBackend(graph, text, providers=["CPUExecutionProvider"]) as backend:
-        full_out = np.concatenate([backend.run(ids[i:i + 8]) for i in range(0, len(ids), 8)])
-        cut_out = np.concatenate([backend.run(trim(ids[i:i + 8], text.properties, manifest.tokenizer)) for i in range(0, len(ids), 8)])
+        full_out = np.concatenate([backend.run(ids[i : i + 8]) for i in range(0, len(ids), 8)])
+        cut_out = np.concatenate(
+            [backend.run(trim(ids[i : i + 8], text.properties, manifest.tokenizer)) for i in range(0, len(ids), 8)]
+        )
         parity = embedding_parity(full_out, cut_out)
         fixed = None
         if args.fixed_artifact:
             fixed_manifest = read_manifest(args.fixed_artifact)
             fixed_text = fixed_manifest.tower(Tower.TEXT)
-            fixed = OnnxRuntimeBackend(check_graph_files(args.fixed_artifact, fixed_text.graph(args.precision)),
-                                       fixed_text, providers=["CPUExecutionProvider"])
+            fixed = OnnxRuntimeBackend(
+                check_graph_files(args.fixed_artifact, fixed_text.graph(args.precision)),
+                fixed_text,
+                providers=["CPUExecutionProvider"],
+            )
         for batch in (int(b) for b in args.batch_sizes.split(",")):
             data = np.resize(ids, (batch, ids.shape[1]))
             cut = trim(data, text.properties, manifest.tokenizer)
-            timings = {"full_length": best_time(lambda: backend.run(data), args.repeats),
-                       "fast_path": best_time(lambda: backend.run(cut), args.repeats)}
+            timings = {
+                "full_length": best_time(lambda: backend.run(data), args.repeats),
+                "fast_path": best_time(lambda: backend.run(cut), args.repeats),
+            }
             if fixed is not None:
                 timings["fixed_length_export"] = best_time(lambda: fixed.run(data), args.repeats)
             baseline = timings.get("fixed_length_export", timings["full_length"])
-            row = {"batch": batch, "tokens_after_cut": int(cut.shape[1]),
-                   **{f"{k}_texts_per_s": batch / v for k, v in timings.items()},
-                   "speedup": baseline / timings["fast_path"]}
+            row = {
+                "batch": batch,
+                "tokens_after_cut": int(cut.shape[1]),
+                **{f"{k}_texts_per_s": batch / v for k, v in timings.items()},
+                "speedup": baseline / timings["fast_path"],
+            }
             rows.append(row)
             print(json.dumps(row), flush=True)
         if fixed is not None:
             fixed.close()
     result = {
-        "artifact": str(args.artifact.resolve()), "model": manifest.source.model, "precision": args.precision,
+        "artifact": str(args.artifact.resolve()),
+        "model": manifest.source.model,
+        "precision": args.precision,
         "prompts": "a photo of a {label}. for 64 labels",
         "parity_fast_vs_full": parity.to_dict(),
         "baseline": "fixed-length export" if args.fixed_artifact else "the same graph at full context length",

@@ -20,7 +20,10 @@ _HINTS: dict[str, tuple[str, str]] = {
     "timm": ("timm", "export"),
     "modelopt": ("nvidia-modelopt[onnx]", "precision"),
     "polygraphy": ("polygraphy", "precision"),
-    "tensorrt": ("tensorrt (on Jetson: JetPack's python3-libnvinfer, `sudo apt install python3-libnvinfer`)", "tensorrt"),
+    "tensorrt": (
+        "tensorrt (on Jetson: JetPack's python3-libnvinfer, `sudo apt install python3-libnvinfer`)",
+        "tensorrt",
+    ),
     "matplotlib": ("matplotlib", "bench"),
     "tritonclient": ("tritonclient[http,grpc]", "client"),
     "pytriton": ("nvidia-pytriton", "serve"),

@@ -40,9 +40,11 @@ TRITON_PLATFORMS = [b for b in BackendKind if triton_serving(b) is not None]
 
 def _doc(**fields: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Fill a command's help text from the registries (so it cannot go stale)."""
+
     def fill(command: Callable[..., Any]) -> Callable[..., Any]:
         command.__doc__ = (command.__doc__ or "").format(**fields)
         return command
+
     return fill
 
 
@@ -60,19 +62,29 @@ class Member(click.Choice):
             return value
         chosen = super().convert(value, param, ctx)
         return self.members.get(chosen, chosen)
-FAST_DECODE_HELP = ("Decode JPEGs at the largest DCT scale that keeps the short side >= 2x the model's input (PIL "
-                    "draft), then resize exactly: 12 MP photos decode 2.4x faster (embed 1.46x on 2 cores); cosine "
-                    "to the exact path >= 0.9995, retrieval recall within 0.2 pt on the demo scenes (README); not "
-                    "bit-exact with PyTorch's preprocessing. Recorded in the dataset: a run made one way never "
-                    "resumes the other.")
+
+
+FAST_DECODE_HELP = (
+    "Decode JPEGs at the largest DCT scale that keeps the short side >= 2x the model's input (PIL "
+    "draft), then resize exactly: 12 MP photos decode 2.4x faster (embed 1.46x on 2 cores); cosine "
+    "to the exact path >= 0.9995, retrieval recall within 0.2 pt on the demo scenes (README); not "
+    "bit-exact with PyTorch's preprocessing. Recorded in the dataset: a run made one way never "
+    "resumes the other."
+)
 
 
 class _Cli(click.Group):
     """Click prints usage errors as three lines and Ctrl-C as "Aborted!" with exit 1; here every
     failure is one `error:` line with the exit code of its kind."""
 
-    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
-             standalone_mode: bool = True, **extra: Any) -> Any:
+    def main(
+        self,
+        args: Any = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
         try:
             code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click.exceptions.NoArgsIsHelpError as exc:
@@ -139,41 +151,89 @@ def main() -> None:
 
 def _labelled_options(folder_help: str, drop_help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """--labeled-images, --templates and --max-accuracy-drop, shared by verify and quantize."""
+
     def apply(command: Callable[..., Any]) -> Callable[..., Any]:
-        for option in reversed((
+        for option in reversed(
+            (
                 click.option("--labeled-images", type=click.Path(path_type=Path), default=None, help=folder_help),
-                click.option("--templates", type=click.Path(path_type=Path), default=None,
-                             help="Prompt templates for --labeled-images, one per line with {} "
-                                  "(default: DIR/templates.txt, else CLIP's 7 ImageNet templates)."),
-                click.option("--max-accuracy-drop", type=float, default=None, help=drop_help))):
+                click.option(
+                    "--templates",
+                    type=click.Path(path_type=Path),
+                    default=None,
+                    help="Prompt templates for --labeled-images, one per line with {} "
+                    "(default: DIR/templates.txt, else CLIP's 7 ImageNet templates).",
+                ),
+                click.option("--max-accuracy-drop", type=float, default=None, help=drop_help),
+            )
+        ):
             command = option(command)
         return command
+
     return apply
 
 
 @main.command()
 @click.argument("model")
-@click.option("--pretrained", default=None, help="OpenCLIP pretrained tag (e.g. openai, laion2b_s34b_b79k), a local checkpoint file, or 'random'. Default: random.")
+@click.option(
+    "--pretrained",
+    default=None,
+    help="OpenCLIP pretrained tag (e.g. openai, laion2b_s34b_b79k), a local checkpoint file, or 'random'. Default: random.",
+)
 @click.option("--output", "-o", required=True, type=click.Path(path_type=Path), help="Artifact folder to create.")
-@click.option("--source", type=click.Choice(["auto", "open_clip", "hf"]), default="auto", show_default=True,
-              help="Model library; auto picks hf for a save_pretrained folder or an org/name hub id.")
-@click.option("--opset", type=int, default=None, help="ONNX opset, 17 or newer (up to what the installed onnx knows). Default: 18.")
-@click.option("--normalize/--no-normalize", default=True, show_default=True, help="L2-normalise the embeddings inside the graphs.")
+@click.option(
+    "--source",
+    type=click.Choice(["auto", "open_clip", "hf"]),
+    default="auto",
+    show_default=True,
+    help="Model library; auto picks hf for a save_pretrained folder or an org/name hub id.",
+)
+@click.option(
+    "--opset",
+    type=int,
+    default=None,
+    help="ONNX opset, 17 or newer (up to what the installed onnx knows). Default: 18.",
+)
+@click.option(
+    "--normalize/--no-normalize", default=True, show_default=True, help="L2-normalise the embeddings inside the graphs."
+)
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty output folder.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for --pretrained random.")
-@click.option("--tokenizer", type=click.Path(path_type=Path), default=None,
-              help="A local Hugging Face tokenizer (folder saved with save_pretrained, or its tokenizer.json) for models "
-                   "whose tokenizer would be downloaded (SigLIP, multilingual text towers) or an HF folder without one.")
-@click.option("--text-config", type=click.Path(path_type=Path), default=None,
-              help="A local folder with the config.json (and tokenizer files) of an OpenCLIP model's Hugging Face text "
-                   "tower (XLM-R, mT5, NLLB, RoBERTa), which open_clip would download even for random weights.")
-@click.option("--reparameterize/--no-reparameterize", default=True, show_default=True,
-              help="Fold train-time multi-branch blocks (MobileCLIP's FastViT/MobileOne) into single convs before "
-                   "tracing, as deployment requires; verify still compares with the unfolded model.")
+@click.option(
+    "--tokenizer",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="A local Hugging Face tokenizer (folder saved with save_pretrained, or its tokenizer.json) for models "
+    "whose tokenizer would be downloaded (SigLIP, multilingual text towers) or an HF folder without one.",
+)
+@click.option(
+    "--text-config",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="A local folder with the config.json (and tokenizer files) of an OpenCLIP model's Hugging Face text "
+    "tower (XLM-R, mT5, NLLB, RoBERTa), which open_clip would download even for random weights.",
+)
+@click.option(
+    "--reparameterize/--no-reparameterize",
+    default=True,
+    show_default=True,
+    help="Fold train-time multi-branch blocks (MobileCLIP's FastViT/MobileOne) into single convs before "
+    "tracing, as deployment requires; verify still compares with the unfolded model.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
-def export(model: str, pretrained: str | None, output: Path, source: str, opset: int | None,
-           normalize: bool, overwrite: bool, seed: int, tokenizer: Path | None, text_config: Path | None, reparameterize: bool,
-           quiet: bool) -> None:
+def export(
+    model: str,
+    pretrained: str | None,
+    output: Path,
+    source: str,
+    opset: int | None,
+    normalize: bool,
+    overwrite: bool,
+    seed: int,
+    tokenizer: Path | None,
+    text_config: Path | None,
+    reparameterize: bool,
+    quiet: bool,
+) -> None:
     """Export the vision and text towers of MODEL to ONNX, with manifest.json.
 
     MODEL is an OpenCLIP name (ViT-B-32, RN50, convnext_base, ...), a JSON OpenCLIP model config,
@@ -183,10 +243,19 @@ def export(model: str, pretrained: str | None, output: Path, source: str, opset:
     from clipexport.sources import SourceChoice
     from clipexport.export.specs import DEFAULT_OPSET
 
-    options = ExportOptions(model=model, output=output, pretrained=pretrained, source=SourceChoice(source),
-                            opset=DEFAULT_OPSET if opset is None else opset, normalize=normalize, overwrite=overwrite, seed=seed,
-                            tokenizer=tokenizer, text_config=text_config,
-                            reparameterize=reparameterize)
+    options = ExportOptions(
+        model=model,
+        output=output,
+        pretrained=pretrained,
+        source=SourceChoice(source),
+        opset=DEFAULT_OPSET if opset is None else opset,
+        normalize=normalize,
+        overwrite=overwrite,
+        seed=seed,
+        tokenizer=tokenizer,
+        text_config=text_config,
+        reparameterize=reparameterize,
+    )
     manifest = export_model(options, _progress(quiet))
     towers = ", ".join(f"{t.value}: {a.graph(Precision.FP32).file}" for t, a in manifest.towers.items())
     click.echo(f"exported {model} to {output} ({towers}; embed dim {manifest.embed_dim})")
@@ -194,31 +263,71 @@ def export(model: str, pretrained: str | None, output: Path, source: str, opset:
 
 @main.command()
 @click.argument("artifact", type=click.Path(path_type=Path))
-@click.option("--images", type=click.Path(path_type=Path), default=None,
-              help="Folder of your own images (default: the shipped held-out photos plus seeded synthetic images).")
-@click.option("--texts", type=click.Path(path_type=Path), default=None, help="UTF-8 file, one caption per line (default: built-in captions).")
-@click.option("--num-images", type=click.IntRange(min=1), default=None, help="How many synthetic images (without --images).")
+@click.option(
+    "--images",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Folder of your own images (default: the shipped held-out photos plus seeded synthetic images).",
+)
+@click.option(
+    "--texts",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="UTF-8 file, one caption per line (default: built-in captions).",
+)
+@click.option(
+    "--num-images", type=click.IntRange(min=1), default=None, help="How many synthetic images (without --images)."
+)
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Batch size for the exported graphs.")
-@click.option("--precision", "precisions", multiple=True, type=Member(Precision, extra=("all",)),
-              help="Graph variant(s) to check (repeatable); all = every variant in the manifest. Default: fp32.")
-@click.option("--backend", "backends", multiple=True, type=Member(BackendKind),
-              help=f"Where to run the candidate (repeatable; default onnxruntime): {', '.join(BACKENDS)}.")
-@_labelled_options("ImageFolder (one subfolder per class; optional classes.txt 'folder<TAB>prompt' or classes.json): "
-                   "zero-shot top-1/top-5 per variant and its drop against PyTorch FP32.",
-                   "Fail (exit 1) when a variant's top-1 is more than this many points below PyTorch FP32's.")
-@click.option("--retrieval", default=None,
-              help="Retrieval drift: a folder with captions.tsv (image<TAB>caption) and/or class subfolders, or 'demo' "
-                   "(the shipped demo scenes). Prints the index precision x query precision matrix of R@1/5/10 and "
-                   "top-10 overlap, for the exact and the approximate index.")
-@click.option("--max-recall-drop", type=float, default=None,
-              help="With --retrieval: fail (exit 1) when any cell's R@k is more than this many points below fp32/fp32's.")
+@click.option(
+    "--precision",
+    "precisions",
+    multiple=True,
+    type=Member(Precision, extra=("all",)),
+    help="Graph variant(s) to check (repeatable); all = every variant in the manifest. Default: fp32.",
+)
+@click.option(
+    "--backend",
+    "backends",
+    multiple=True,
+    type=Member(BackendKind),
+    help=f"Where to run the candidate (repeatable; default onnxruntime): {', '.join(BACKENDS)}.",
+)
+@_labelled_options(
+    "ImageFolder (one subfolder per class; optional classes.txt 'folder<TAB>prompt' or classes.json): "
+    "zero-shot top-1/top-5 per variant and its drop against PyTorch FP32.",
+    "Fail (exit 1) when a variant's top-1 is more than this many points below PyTorch FP32's.",
+)
+@click.option(
+    "--retrieval",
+    default=None,
+    help="Retrieval drift: a folder with captions.tsv (image<TAB>caption) and/or class subfolders, or 'demo' "
+    "(the shipped demo scenes). Prints the index precision x query precision matrix of R@1/5/10 and "
+    "top-10 overlap, for the exact and the approximate index.",
+)
+@click.option(
+    "--max-recall-drop",
+    type=float,
+    default=None,
+    help="With --retrieval: fail (exit 1) when any cell's R@k is more than this many points below fp32/fp32's.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
 @_doc(gates=gates_summary())
-def verify(artifact: Path, images: Path | None, texts: Path | None, num_images: int | None,
-           batch_size: int | None, precisions: tuple[Precision | str, ...], backends: tuple[BackendKind, ...],
-           labeled_images: Path | None,
-           templates: Path | None, max_accuracy_drop: float | None, retrieval: str | None,
-           max_recall_drop: float | None, quiet: bool) -> None:
+def verify(
+    artifact: Path,
+    images: Path | None,
+    texts: Path | None,
+    num_images: int | None,
+    batch_size: int | None,
+    precisions: tuple[Precision | str, ...],
+    backends: tuple[BackendKind, ...],
+    labeled_images: Path | None,
+    templates: Path | None,
+    max_accuracy_drop: float | None,
+    retrieval: str | None,
+    max_recall_drop: float | None,
+    quiet: bool,
+) -> None:
     """Compare ARTIFACT's graphs with the PyTorch FP32 model; write parity.json; exit 1 below a gate.
 
     Gates per tower (min / mean cosine of the embeddings): {gates}. Zero-shot top-1 agreement with
@@ -227,12 +336,20 @@ def verify(artifact: Path, images: Path | None, texts: Path | None, num_images: 
     from clipexport import datasets
     from clipexport.verify.run import DEFAULT_BATCH_SIZE, VerifyOptions, verify_artifact
 
-    options = VerifyOptions(artifact=artifact, images=images, texts=texts,
-                            num_images=datasets.DEFAULT_NUM_IMAGES if num_images is None else num_images,
-                            batch_size=DEFAULT_BATCH_SIZE if batch_size is None else batch_size,
-                            precisions=precisions or (Precision.FP32,), backends=backends or (BackendKind.ONNXRUNTIME,),
-                            labeled_images=labeled_images, templates=templates, max_accuracy_drop=max_accuracy_drop,
-                            retrieval=retrieval, max_recall_drop=max_recall_drop)
+    options = VerifyOptions(
+        artifact=artifact,
+        images=images,
+        texts=texts,
+        num_images=datasets.DEFAULT_NUM_IMAGES if num_images is None else num_images,
+        batch_size=DEFAULT_BATCH_SIZE if batch_size is None else batch_size,
+        precisions=precisions or (Precision.FP32,),
+        backends=backends or (BackendKind.ONNXRUNTIME,),
+        labeled_images=labeled_images,
+        templates=templates,
+        max_accuracy_drop=max_accuracy_drop,
+        retrieval=retrieval,
+        max_recall_drop=max_recall_drop,
+    )
     report = verify_artifact(options, _progress(quiet))
     click.echo(report.table())
     click.echo(f"wrote {Path(artifact) / 'parity.json'}")
@@ -243,32 +360,77 @@ def verify(artifact: Path, images: Path | None, texts: Path | None, num_images: 
 
 @main.command()
 @click.argument("artifact", type=click.Path(path_type=Path))
-@click.option("--precision", type=Member(QUANTIZED), required=True,
-              help="Variant to add to ARTIFACT.")
+@click.option("--precision", type=Member(QUANTIZED), required=True, help="Variant to add to ARTIFACT.")
 @click.option("--towers", default="vision,text", show_default=True, help="Comma-separated towers to convert.")
-@click.option("--target", type=Member(Target), default=None,
-              help="Q/DQ placement: TensorRT's (ModelOpt, FP16 elsewhere; the default) or ONNX Runtime CPU's "
-                   "(INT8 only: MatMul/Gemm S8S8).")
-@click.option("--method", type=Member(CalibrationMethod), default=None,
-              help="Calibration method. Default: entropy for INT8 on tensorrt, max for cpu and for FP8.")
-@click.option("--calibration-images", type=click.Path(path_type=Path), default=None,
-              help="Folder of images like the ones you will serve (default: the repo's calibration/images).")
-@click.option("--calibration-texts", type=click.Path(path_type=Path), default=None,
-              help="UTF-8 file, one caption per line (default: the repo's calibration/captions.txt).")
-@click.option("--calibration-size", type=click.IntRange(min=1), default=None, help="Calibration samples per tower (default: 128).")
-@click.option("--sensitivity", is_flag=True, help="Measure every quantized node's error; write sensitivity.json and print the worst.")
-@click.option("--fallback/--no-fallback", default=True, show_default=True,
-              help="Keep the most sensitive INT8 nodes in high precision until the accuracy target holds.")
-@click.option("--io-dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
-              help="FP16 graphs' input/output type (the runtime converts either way).")
-@_labelled_options("INT8: an ImageFolder (as verify's) to validate on: more nodes go back to high precision until "
-                   "zero-shot top-1 is within --max-accuracy-drop of the FP32 graphs'.",
-                   "Top-1 points INT8 may lose on --labeled-images (default: 1.0).")
+@click.option(
+    "--target",
+    type=Member(Target),
+    default=None,
+    help="Q/DQ placement: TensorRT's (ModelOpt, FP16 elsewhere; the default) or ONNX Runtime CPU's "
+    "(INT8 only: MatMul/Gemm S8S8).",
+)
+@click.option(
+    "--method",
+    type=Member(CalibrationMethod),
+    default=None,
+    help="Calibration method. Default: entropy for INT8 on tensorrt, max for cpu and for FP8.",
+)
+@click.option(
+    "--calibration-images",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Folder of images like the ones you will serve (default: the repo's calibration/images).",
+)
+@click.option(
+    "--calibration-texts",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="UTF-8 file, one caption per line (default: the repo's calibration/captions.txt).",
+)
+@click.option(
+    "--calibration-size", type=click.IntRange(min=1), default=None, help="Calibration samples per tower (default: 128)."
+)
+@click.option(
+    "--sensitivity",
+    is_flag=True,
+    help="Measure every quantized node's error; write sensitivity.json and print the worst.",
+)
+@click.option(
+    "--fallback/--no-fallback",
+    default=True,
+    show_default=True,
+    help="Keep the most sensitive INT8 nodes in high precision until the accuracy target holds.",
+)
+@click.option(
+    "--io-dtype",
+    type=click.Choice(["float32", "float16"]),
+    default="float32",
+    show_default=True,
+    help="FP16 graphs' input/output type (the runtime converts either way).",
+)
+@_labelled_options(
+    "INT8: an ImageFolder (as verify's) to validate on: more nodes go back to high precision until "
+    "zero-shot top-1 is within --max-accuracy-drop of the FP32 graphs'.",
+    "Top-1 points INT8 may lose on --labeled-images (default: 1.0).",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
-def quantize(artifact: Path, precision: Precision, towers: str, target: Target | None, method: CalibrationMethod | None,
-             calibration_images: Path | None, calibration_texts: Path | None, calibration_size: int | None,
-             sensitivity: bool, fallback: bool, io_dtype: str, labeled_images: Path | None, templates: Path | None,
-             max_accuracy_drop: float | None, quiet: bool) -> None:
+def quantize(
+    artifact: Path,
+    precision: Precision,
+    towers: str,
+    target: Target | None,
+    method: CalibrationMethod | None,
+    calibration_images: Path | None,
+    calibration_texts: Path | None,
+    calibration_size: int | None,
+    sensitivity: bool,
+    fallback: bool,
+    io_dtype: str,
+    labeled_images: Path | None,
+    templates: Path | None,
+    max_accuracy_drop: float | None,
+    quiet: bool,
+) -> None:
     """Add FP16, or calibrated INT8 / FP8, graphs to ARTIFACT (vision.<precision>.onnx, text.<precision>.onnx)."""
     from clipexport.precision.calibration import DEFAULT_CALIBRATION_SIZE, CalibrationSource
     from clipexport.precision.pipeline import QuantizeOptions, quantize_artifact
@@ -276,30 +438,46 @@ def quantize(artifact: Path, precision: Precision, towers: str, target: Target |
     from clipexport.precision.accuracy import AccuracyTarget
 
     options = QuantizeOptions(
-        artifact=artifact, precision=precision, towers=_towers(towers), target=target, method=method,
-        calibration=CalibrationSource(images=calibration_images, texts=calibration_texts,
-                                      size=DEFAULT_CALIBRATION_SIZE if calibration_size is None else calibration_size),
-        sensitivity=sensitivity, fallback=fallback, fp16_io=io_dtype == "float16",
-        accuracy=AccuracyTarget.from_options(labeled_images, templates, max_accuracy_drop))
+        artifact=artifact,
+        precision=precision,
+        towers=_towers(towers),
+        target=target,
+        method=method,
+        calibration=CalibrationSource(
+            images=calibration_images,
+            texts=calibration_texts,
+            size=DEFAULT_CALIBRATION_SIZE if calibration_size is None else calibration_size,
+        ),
+        sensitivity=sensitivity,
+        fallback=fallback,
+        fp16_io=io_dtype == "float16",
+        accuracy=AccuracyTarget.from_options(labeled_images, templates, max_accuracy_drop),
+    )
     _, outcomes = quantize_artifact(options, _progress(quiet))
     for outcome in outcomes:
         p = outcome.parity
-        click.echo(f"{outcome.tower.value}: {outcome.graph.file} (validation vs FP32: min cos {p.min_cosine:.5f}, "
-                   f"mean {p.mean_cosine:.5f})")
+        click.echo(
+            f"{outcome.tower.value}: {outcome.graph.file} (validation vs FP32: min cos {p.min_cosine:.5f}, "
+            f"mean {p.mean_cosine:.5f})"
+        )
         details = outcome.graph.details
         restored = set(details.fallback_nodes) | set(details.high_precision_nodes.get("accuracy_fallback", ()))
         if outcome.sensitivity:
-            click.echo(f"  most sensitive of {len(outcome.sensitivity)} quantized nodes (relative output error; "
-                       f"* = kept in high precision by the fallback, {len(restored)} in all):")
+            click.echo(
+                f"  most sensitive of {len(outcome.sensitivity)} quantized nodes (relative output error; "
+                f"* = kept in high precision by the fallback, {len(restored)} in all):"
+            )
         for layer in outcome.sensitivity[:10]:
             mark = "*" if layer.node in restored else " "
             click.echo(f"  {mark} {layer.error:9.5f}  {layer.op_type:<10} {layer.node}")
     record = outcomes[0].graph.details.accuracy_fallback if outcomes else None
     if record is not None:
         last = record.steps[-1]
-        click.echo(f"labelled accuracy ({record.images} images, {record.classes} classes): INT8 top-1 "
-                   f"{100 * last.top1:.2f}% vs FP32 {100 * record.fp32_top1:.2f}% (drop {last.drop_points:.2f} pt, "
-                   f"bound {record.max_drop_points}); {last.restored} more node(s) kept in high precision")
+        click.echo(
+            f"labelled accuracy ({record.images} images, {record.classes} classes): INT8 top-1 "
+            f"{100 * last.top1:.2f}% vs FP32 {100 * record.fp32_top1:.2f}% (drop {last.drop_points:.2f} pt, "
+            f"bound {record.max_drop_points}); {last.restored} more node(s) kept in high precision"
+        )
     click.echo(f"check it against PyTorch: clipexport verify {artifact} --precision {precision}")
 
 
@@ -316,15 +494,24 @@ def _towers(value: str) -> tuple[Any, ...]:
 
 @main.command()
 @click.argument("artifact", type=click.Path(path_type=Path))
-@click.option("--precision", type=Member(Precision), default=None,
-              help="Which ONNX variant to compile (default: the recipe's).")
-@click.option("--recipe", default=None, help="A shipped recipe name (see `clipexport recipes`) or a TOML file. "
-                                             "Default: server GPU, batch 1-128.")
+@click.option(
+    "--precision", type=Member(Precision), default=None, help="Which ONNX variant to compile (default: the recipe's)."
+)
+@click.option(
+    "--recipe",
+    default=None,
+    help="A shipped recipe name (see `clipexport recipes`) or a TOML file. Default: server GPU, batch 1-128.",
+)
 @click.option("--towers", default="vision,text", show_default=True, help="Comma-separated towers to build.")
-@click.option("--dry-run", is_flag=True, help="Print the resolved settings and the equivalent trtexec commands; "
-                                              "build nothing (works without TensorRT).")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Print the resolved settings and the equivalent trtexec commands; build nothing (works without TensorRT).",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
-def build(artifact: Path, precision: Precision | None, recipe: str | None, towers: str, dry_run: bool, quiet: bool) -> None:
+def build(
+    artifact: Path, precision: Precision | None, recipe: str | None, towers: str, dry_run: bool, quiet: bool
+) -> None:
     """Compile ARTIFACT's ONNX graphs into TensorRT engines: engines/<tower>.<precision>.plan + .json provenance."""
     from clipexport.trt.pipeline import BuildOptions, build_artifact, graphs_to_make, plan_artifact
 
@@ -332,8 +519,10 @@ def build(artifact: Path, precision: Precision | None, recipe: str | None, tower
     chosen, builds = plan_artifact(options)
     missing = graphs_to_make(builds)
     if missing and dry_run:
-        click.echo(f"note: build makes the {builds[0].precision.value} graph of {', '.join(t.value for t in missing)} first "
-                   f"(same as: clipexport quantize {artifact} --precision {builds[0].precision.value})")
+        click.echo(
+            f"note: build makes the {builds[0].precision.value} graph of {', '.join(t.value for t in missing)} first "
+            f"(same as: clipexport quantize {artifact} --precision {builds[0].precision.value})"
+        )
     if dry_run:
         click.echo(f"recipe: {chosen.name} ({chosen.source}) - {chosen.description}")
         click.echo(f"device: {chosen.device} [{chosen.device_class.value}]")
@@ -342,14 +531,18 @@ def build(artifact: Path, precision: Precision | None, recipe: str | None, tower
         click.echo(f"\nmkdir -p {builds[0].engine.parent}" if builds else "")
         for item in builds:
             s = item.shapes
-            click.echo(f"\n# {item.tower.value} ({item.precision.value}): {item.onnx.name} -> {item.engine.name}; "
-                       f"{s.input_name} min {list(s.min)} opt {list(s.opt)} max {list(s.max)}; "
-                       f"workspace {item.workspace_mib} MiB; strongly typed {item.strongly_typed}")
+            click.echo(
+                f"\n# {item.tower.value} ({item.precision.value}): {item.onnx.name} -> {item.engine.name}; "
+                f"{s.input_name} min {list(s.min)} opt {list(s.opt)} max {list(s.max)}; "
+                f"workspace {item.workspace_mib} MiB; strongly typed {item.strongly_typed}"
+            )
             click.echo(item.command(chosen.device_class))
         return
     for provenance in build_artifact(options, _progress(quiet)):
-        click.echo(f"{provenance.tower}: engines/{provenance.engine} (TensorRT {provenance.tensorrt_version}, "
-                   f"{provenance.gpu_name}, {provenance.build_seconds:.0f} s)")
+        click.echo(
+            f"{provenance.tower}: engines/{provenance.engine} (TensorRT {provenance.tensorrt_version}, "
+            f"{provenance.gpu_name}, {provenance.build_seconds:.0f} s)"
+        )
 
 
 @main.command("recipes")
@@ -364,10 +557,12 @@ def recipes(name: str | None) -> None:
             click.echo(f"{recipe.name:<24} {recipe.precision.value:<5} {recipe.description}")
         return
     recipe = resolve_recipe(name)
-    click.echo(f"{recipe.name}: {recipe.description}\nsource: {recipe.source}\ndevice: {recipe.device} "
-               f"[{recipe.device_class.value}]\nprecision: {recipe.precision.value}\nworkspace: {recipe.workspace_mib} MiB\n"
-               f"optimization level: {recipe.optimization_level}\nversion compatible: {recipe.version_compatible}\n"
-               f"hardware compatible: {recipe.hardware_compatible}")
+    click.echo(
+        f"{recipe.name}: {recipe.description}\nsource: {recipe.source}\ndevice: {recipe.device} "
+        f"[{recipe.device_class.value}]\nprecision: {recipe.precision.value}\nworkspace: {recipe.workspace_mib} MiB\n"
+        f"optimization level: {recipe.optimization_level}\nversion compatible: {recipe.version_compatible}\n"
+        f"hardware compatible: {recipe.hardware_compatible}"
+    )
     for tower, profile in recipe.profiles.items():
         seq = f", sequence {list(profile.sequence.as_tuple())}" if profile.sequence else ""
         click.echo(f"profile {tower.value}: batch {list(profile.batch.as_tuple())}{seq}")
@@ -377,18 +572,46 @@ def recipes(name: str | None) -> None:
 
 @main.command()
 @click.argument("artifact", type=click.Path(path_type=Path))
-@click.option("--backends", default="pytorch,onnxruntime", show_default=True,
-              help=f"Comma-separated: pytorch (the eager baseline), {', '.join(BACKENDS)}.")
+@click.option(
+    "--backends",
+    default="pytorch,onnxruntime",
+    show_default=True,
+    help=f"Comma-separated: pytorch (the eager baseline), {', '.join(BACKENDS)}.",
+)
 @click.option("--precisions", default="fp32", show_default=True, help=f"Comma-separated: {', '.join(PRECISIONS)}.")
 @click.option("--batch-sizes", default="1,8,32", show_default=True, help="Comma-separated batch sizes.")
 @click.option("--towers", default="vision,text", show_default=True, help="Comma-separated towers to time.")
-@click.option("--min-iterations", type=click.IntRange(min=1), default=10, show_default=True, help="Timed calls per point (at least).")
-@click.option("--min-seconds", type=click.FloatRange(min=0), default=1.0, show_default=True, help="Timed seconds per point (at least).")
+@click.option(
+    "--min-iterations",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help="Timed calls per point (at least).",
+)
+@click.option(
+    "--min-seconds",
+    type=click.FloatRange(min=0),
+    default=1.0,
+    show_default=True,
+    help="Timed seconds per point (at least).",
+)
 @click.option("--cpu", "cpu_only", is_flag=True, help="Pin ONNX Runtime and PyTorch to the CPU.")
-@click.option("--output", "-o", type=click.Path(path_type=Path), default=None, help="Report folder (default: ARTIFACT/bench).")
+@click.option(
+    "--output", "-o", type=click.Path(path_type=Path), default=None, help="Report folder (default: ARTIFACT/bench)."
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
-def bench(artifact: Path, backends: str, precisions: str, batch_sizes: str, towers: str, min_iterations: int,
-          min_seconds: float, cpu_only: bool, output: Path | None, quiet: bool) -> None:
+def bench(
+    artifact: Path,
+    backends: str,
+    precisions: str,
+    batch_sizes: str,
+    towers: str,
+    min_iterations: int,
+    min_seconds: float,
+    cpu_only: bool,
+    output: Path | None,
+    quiet: bool,
+) -> None:
     """Throughput and p50/p90/p99 latency per tower x backend x precision x batch, vs PyTorch eager;
     writes bench.json, bench.md and bench.png."""
     from clipexport.bench.run import BenchOptions, markdown, run_bench
@@ -398,9 +621,17 @@ def bench(artifact: Path, backends: str, precisions: str, batch_sizes: str, towe
         sizes = tuple(int(b) for b in batch_sizes.split(",") if b.strip())
     except ValueError:
         raise InputError(f"--batch-sizes '{batch_sizes}' is not a comma-separated list of integers") from None
-    options = BenchOptions(artifact=artifact, backends=_csv(backends), precisions=_csv(precisions), batch_sizes=sizes,
-                           towers=_towers(towers), min_iterations=min_iterations, min_seconds=min_seconds,
-                           cpu_only=cpu_only, output=output)
+    options = BenchOptions(
+        artifact=artifact,
+        backends=_csv(backends),
+        precisions=_csv(precisions),
+        batch_sizes=sizes,
+        towers=_towers(towers),
+        min_iterations=min_iterations,
+        min_seconds=min_seconds,
+        cpu_only=cpu_only,
+        output=output,
+    )
     result, out = run_bench(options, _progress(quiet))
     click.echo(markdown(result))
     click.echo(f"wrote {out / 'bench.json'}, bench.md, bench.png")
@@ -412,16 +643,30 @@ def _csv(value: str) -> tuple[str, ...]:
 
 def _runtime_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """The ClipRuntime.load settings shared by the commands that run an artifact."""
-    for option in reversed([
-        click.option("--precision", type=Member(Precision), default="fp32",
-                     show_default=True, help="Graph variant to run."),
-        click.option("--backend", type=Member(BackendKind), default="onnxruntime",
-                     show_default=True, help="Where to run the graphs."),
-        click.option("--exif-transpose", is_flag=True,
-                     help="Rotate photos by their EXIF orientation first (open_clip does not)."),
-        click.option("--device", default=None,
-                     help="With --backend openvino: CPU (default), GPU, NPU or AUTO (else CLIPEXPORT_OPENVINO_DEVICE)."),
-    ]):
+    for option in reversed(
+        [
+            click.option(
+                "--precision", type=Member(Precision), default="fp32", show_default=True, help="Graph variant to run."
+            ),
+            click.option(
+                "--backend",
+                type=Member(BackendKind),
+                default="onnxruntime",
+                show_default=True,
+                help="Where to run the graphs.",
+            ),
+            click.option(
+                "--exif-transpose",
+                is_flag=True,
+                help="Rotate photos by their EXIF orientation first (open_clip does not).",
+            ),
+            click.option(
+                "--device",
+                default=None,
+                help="With --backend openvino: CPU (default), GPU, NPU or AUTO (else CLIPEXPORT_OPENVINO_DEVICE).",
+            ),
+        ]
+    ):
         command = option(command)
     return command
 
@@ -441,8 +686,9 @@ class _LazyBar:
             return
         if self.bar is None:
             self.started = time.monotonic()
-            self.bar = click.progressbar(length=total, label=self.label, file=sys.stderr, show_eta=True,
-                                         item_show_func=lambda _: self._rate())
+            self.bar = click.progressbar(
+                length=total, label=self.label, file=sys.stderr, show_eta=True, item_show_func=lambda _: self._rate()
+            )
             self.bar.__enter__()
         self.done += done
         self.bar.update(done, self.done)
@@ -463,61 +709,156 @@ class _LazyBar:
 
 @main.command()
 @click.argument("artifact", type=click.Path(path_type=Path))
-@click.option("--images", multiple=True, help="Image file, folder, or .tar shard of images (webdataset layout; repeatable).")
-@click.option("--image-list", type=click.Path(path_type=Path), default=None, help="Text file, one image path or URI per line.")
-@click.option("--image-table", type=click.Path(path_type=Path), default=None,
-              help="Parquet / CSV / TSV file with a column of image paths or URIs (--path-column).")
+@click.option(
+    "--images", multiple=True, help="Image file, folder, or .tar shard of images (webdataset layout; repeatable)."
+)
+@click.option(
+    "--image-list", type=click.Path(path_type=Path), default=None, help="Text file, one image path or URI per line."
+)
+@click.option(
+    "--image-table",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Parquet / CSV / TSV file with a column of image paths or URIs (--path-column).",
+)
 @click.option("--path-column", default="path", show_default=True, help="The --image-table column that holds the paths.")
-@click.option("--texts", type=click.Path(path_type=Path), default=None,
-              help="UTF-8 file, one text per line; every line is a row, blank lines included (the empty caption).")
-@click.option("--text-table", type=click.Path(path_type=Path), default=None,
-              help="Parquet / CSV / TSV file with a column of texts (--text-column).")
+@click.option(
+    "--texts",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="UTF-8 file, one text per line; every line is a row, blank lines included (the empty caption).",
+)
+@click.option(
+    "--text-table",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Parquet / CSV / TSV file with a column of texts (--text-column).",
+)
 @click.option("--text-column", default="text", show_default=True, help="The --text-table column that holds the texts.")
-@click.option("--output", "-o", required=True, type=click.Path(path_type=Path),
-              help="A folder: the sharded, resumable Parquet dataset (_embeddings.json + part-*.parquet). "
-                   "A .npy path: one float32 [N, D] file, with OUTPUT.index.txt naming the input of every row.")
+@click.option(
+    "--output",
+    "-o",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="A folder: the sharded, resumable Parquet dataset (_embeddings.json + part-*.parquet). "
+    "A .npy path: one float32 [N, D] file, with OUTPUT.index.txt naming the input of every row.",
+)
 @_runtime_options
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Inputs per run.")
 @click.option("--skip-bad", is_flag=True, help="Skip unreadable images (and list them) instead of stopping.")
-@click.option("--workers", type=click.IntRange(min=1), default=None,
-              help="Decode processes (default: every core, or the cores --threads leaves free, at least 1).")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Decode processes (default: every core, or the cores --threads leaves free, at least 1).",
+)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="The backend's intra-op threads.")
 @click.option("--fast-decode", is_flag=True, help=FAST_DECODE_HELP)
-@click.option("--shard-size", type=click.IntRange(min=1), default=10_000, show_default=True, help="Rows per Parquet shard.")
-@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
-              help="Stored embedding type (float16 halves the dataset).")
+@click.option(
+    "--shard-size", type=click.IntRange(min=1), default=10_000, show_default=True, help="Rows per Parquet shard."
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(["float32", "float16"]),
+    default="float32",
+    show_default=True,
+    help="Stored embedding type (float16 halves the dataset).",
+)
 @click.option("--overwrite", is_flag=True, help="Start the dataset over (only a folder this command wrote).")
-@click.option("--engine", type=click.Choice([e.value for e in Engine]), default="local", show_default=True,
-              help="local: decode workers + the backend here; ray: the same job on Ray Data (pip install 'clipexport[ray]').")
-@click.option("--ray-address", default=None, help="With --engine ray: the cluster (default: RAY_ADDRESS, else a local one).")
-@click.option("--ray-actors", type=click.IntRange(min=1), default=1, show_default=True,
-              help="With --engine ray: embedding actors (one runtime each; one per GPU on GPU nodes).")
-@click.option("--ray-gpus-per-actor", type=click.FloatRange(min=0), default=0.0, show_default=True,
-              help="With --engine ray: GPUs per embedding actor.")
-@click.option("--server", default=None,
-              help="Embed on a Triton server (clipexport serve / triton) at host:port (HTTP) or grpc://host:port "
-                   "(.npy output); ARTIFACT's folder name is the served model name unless --model says otherwise.")
+@click.option(
+    "--engine",
+    type=click.Choice([e.value for e in Engine]),
+    default="local",
+    show_default=True,
+    help="local: decode workers + the backend here; ray: the same job on Ray Data (pip install 'clipexport[ray]').",
+)
+@click.option(
+    "--ray-address", default=None, help="With --engine ray: the cluster (default: RAY_ADDRESS, else a local one)."
+)
+@click.option(
+    "--ray-actors",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="With --engine ray: embedding actors (one runtime each; one per GPU on GPU nodes).",
+)
+@click.option(
+    "--ray-gpus-per-actor",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="With --engine ray: GPUs per embedding actor.",
+)
+@click.option(
+    "--server",
+    default=None,
+    help="Embed on a Triton server (clipexport serve / triton) at host:port (HTTP) or grpc://host:port "
+    "(.npy output); ARTIFACT's folder name is the served model name unless --model says otherwise.",
+)
 @click.option("--model", "served_model", default=None, help="With --server: the served model name prefix.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def embed(artifact: Path, images: tuple[str, ...], image_list: Path | None, image_table: Path | None, path_column: str,
-          texts: Path | None, text_table: Path | None, text_column: str, output: Path, precision: Precision,
-          backend: BackendKind, batch_size: int, skip_bad: bool, exif_transpose: bool, device: str | None, workers: int | None,
-          threads: int | None, fast_decode: bool, shard_size: int,
-          dtype: str, overwrite: bool, engine: str, ray_address: str | None, ray_actors: int, ray_gpus_per_actor: float,
-          server: str | None, served_model: str | None, quiet: bool) -> None:
+def embed(
+    artifact: Path,
+    images: tuple[str, ...],
+    image_list: Path | None,
+    image_table: Path | None,
+    path_column: str,
+    texts: Path | None,
+    text_table: Path | None,
+    text_column: str,
+    output: Path,
+    precision: Precision,
+    backend: BackendKind,
+    batch_size: int,
+    skip_bad: bool,
+    exif_transpose: bool,
+    device: str | None,
+    workers: int | None,
+    threads: int | None,
+    fast_decode: bool,
+    shard_size: int,
+    dtype: str,
+    overwrite: bool,
+    engine: str,
+    ray_address: str | None,
+    ray_actors: int,
+    ray_gpus_per_actor: float,
+    server: str | None,
+    served_model: str | None,
+    quiet: bool,
+) -> None:
     """Embed images or texts with ARTIFACT (no torch): a folder OUTPUT gets a sharded Parquet dataset
     that a rerun of the same command resumes; a .npy OUTPUT gets one array."""
     from clipexport.bulk.sources import InputSpec
 
-    spec = InputSpec(images=images, image_list=image_list, image_table=image_table, path_column=path_column,
-                     texts=texts, text_table=text_table, text_column=text_column)
+    spec = InputSpec(
+        images=images,
+        image_list=image_list,
+        image_table=image_table,
+        path_column=path_column,
+        texts=texts,
+        text_table=text_table,
+        text_column=text_column,
+    )
     if output.suffix.lower() == ".npy":
         from clipexport.bulk.npy import EmbedRequest, embed_to_file
 
-        request = EmbedRequest(artifact=artifact, output=output, inputs=spec, precision=precision, backend=backend,
-                               batch_size=batch_size, skip_bad=skip_bad, exif_transpose=exif_transpose, server=server,
-                               model=served_model, workers=workers, threads=threads, device=device,
-                               fast_decode=fast_decode)
+        request = EmbedRequest(
+            artifact=artifact,
+            output=output,
+            inputs=spec,
+            precision=precision,
+            backend=backend,
+            batch_size=batch_size,
+            skip_bad=skip_bad,
+            exif_transpose=exif_transpose,
+            server=server,
+            model=served_model,
+            workers=workers,
+            threads=threads,
+            device=device,
+            fast_decode=fast_decode,
+        )
         with _LazyBar("embedding", quiet) as advance:
             result = embed_to_file(request, advance)
         for skipped in result.skipped:
@@ -531,11 +872,25 @@ def embed(artifact: Path, images: tuple[str, ...], image_list: Path | None, imag
 
     if server:
         raise InputError("--server writes a .npy file; pass -o NAME.npy (the sharded dataset runs here or on Ray)")
-    options = BulkOptions(artifact=artifact, output=output, inputs=spec, precision=precision, backend=backend,
-                          batch_size=batch_size, workers=workers, threads=threads, device=device,
-                          shard_size=shard_size, dtype=dtype, fast_decode=fast_decode,
-                          skip_bad=skip_bad, exif_transpose=exif_transpose, overwrite=overwrite, engine=Engine(engine),
-                          ray=RayOptions(address=ray_address, actors=ray_actors, gpus_per_actor=ray_gpus_per_actor))
+    options = BulkOptions(
+        artifact=artifact,
+        output=output,
+        inputs=spec,
+        precision=precision,
+        backend=backend,
+        batch_size=batch_size,
+        workers=workers,
+        threads=threads,
+        device=device,
+        shard_size=shard_size,
+        dtype=dtype,
+        fast_decode=fast_decode,
+        skip_bad=skip_bad,
+        exif_transpose=exif_transpose,
+        overwrite=overwrite,
+        engine=Engine(engine),
+        ray=RayOptions(address=ray_address, actors=ray_actors, gpus_per_actor=ray_gpus_per_actor),
+    )
     with _LazyBar("embedding", quiet) as advance:
         result = embed_dataset(options, advance, _progress(quiet))
     for skipped in result.skipped:
@@ -543,44 +898,83 @@ def embed(artifact: Path, images: tuple[str, ...], image_list: Path | None, imag
     for note in result.notes:
         click.echo(f"warning: {note}", err=True)
     resumed = f", {result.shards_resumed} resumed" if result.shards_resumed else ""
-    click.echo(f"wrote {result.output}: {result.rows} rows of {result.inputs} inputs ({len(result.skipped)} skipped); "
-               f"{result.shards_written} shards computed{resumed}; {result.computed} inputs in {result.seconds:.1f} s "
-               f"({result.per_second:.1f}/s)")
+    click.echo(
+        f"wrote {result.output}: {result.rows} rows of {result.inputs} inputs ({len(result.skipped)} skipped); "
+        f"{result.shards_written} shards computed{resumed}; {result.computed} inputs in {result.seconds:.1f} s "
+        f"({result.per_second:.1f}/s)"
+    )
 
 
 @main.command()
 @click.argument("dataset", type=click.Path(path_type=Path))
 @click.option("--output", "-o", required=True, type=click.Path(path_type=Path), help="Index folder to create.")
-@click.option("--kind", type=click.Choice([k.value for k in IndexKind]), default="auto", show_default=True,
-              help=f"auto: exact up to {EXACT_MAX_ROWS:,} rows (and within --max-memory), else IVF (PQ codes when the "
-                   "vectors do not fit --max-memory); exact or approximate to choose yourself.")
+@click.option(
+    "--kind",
+    type=click.Choice([k.value for k in IndexKind]),
+    default="auto",
+    show_default=True,
+    help=f"auto: exact up to {EXACT_MAX_ROWS:,} rows (and within --max-memory), else IVF (PQ codes when the "
+    "vectors do not fit --max-memory); exact or approximate to choose yourself.",
+)
 @click.option("--max-memory", default=None, help="Memory budget of the index, e.g. 4G or 512M (default: none).")
-@click.option("--target-recall", type=float, default=0.95, show_default=True,
-              help="Approximate indexes: the smallest nprobe whose recall@10 against exact search reaches this.")
-@click.option("--queries", type=click.Path(path_type=Path), default=None,
-              help="An embeddings dataset of queries (e.g. texts, same artifact): recall is measured for them too.")
-@click.option("--overwrite", is_flag=True, help="Replace an index of another dataset (only a folder this command wrote).")
-@click.option("--accept-low-recall", is_flag=True,
-              help="Keep an approximate index whose measured recall@10 misses --target-recall even when every list is "
-                   "scanned, and exit 0 (without it: the index is written, and the command exits 1 saying so).")
+@click.option(
+    "--target-recall",
+    type=float,
+    default=0.95,
+    show_default=True,
+    help="Approximate indexes: the smallest nprobe whose recall@10 against exact search reaches this.",
+)
+@click.option(
+    "--queries",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="An embeddings dataset of queries (e.g. texts, same artifact): recall is measured for them too.",
+)
+@click.option(
+    "--overwrite", is_flag=True, help="Replace an index of another dataset (only a folder this command wrote)."
+)
+@click.option(
+    "--accept-low-recall",
+    is_flag=True,
+    help="Keep an approximate index whose measured recall@10 misses --target-recall even when every list is "
+    "scanned, and exit 0 (without it: the index is written, and the command exits 1 saying so).",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress.")
-def index(dataset: Path, output: Path, kind: str, max_memory: str | None, target_recall: float, queries: Path | None,
-          overwrite: bool, accept_low_recall: bool, quiet: bool) -> None:
+def index(
+    dataset: Path,
+    output: Path,
+    kind: str,
+    max_memory: str | None,
+    target_recall: float,
+    queries: Path | None,
+    overwrite: bool,
+    accept_low_recall: bool,
+    quiet: bool,
+) -> None:
     """Build a FAISS index over DATASET (the folder `embed -o DIR` wrote), with its measured recall;
     a rerun of an interrupted build resumes it."""
     from clipexport.search.index import IndexOptions, build_index
     from clipexport.search.plan import parse_memory
 
-    options = IndexOptions(dataset=dataset, output=output, kind=IndexKind(kind), max_memory=parse_memory(max_memory),
-                           target_recall=target_recall, queries=queries, overwrite=overwrite,
-                           accept_low_recall=accept_low_recall)
+    options = IndexOptions(
+        dataset=dataset,
+        output=output,
+        kind=IndexKind(kind),
+        max_memory=parse_memory(max_memory),
+        target_recall=target_recall,
+        queries=queries,
+        overwrite=overwrite,
+        accept_low_recall=accept_low_recall,
+    )
     with _LazyBar("indexing", quiet) as advance:
         result = build_index(options, advance, _progress(quiet))
     recall = ", ".join(f"{name} {value:.3f}" for name, value in result.recall.items())
     state = "already built" if result.already else ("resumed and built" if result.resumed else "built")
     probe = f", nprobe {result.nprobe}" if result.nprobe else ""
-    click.echo(f"{state} {result.output}: {result.rows} rows, {result.plan.factory}{probe}; recall@10 vs exact: {recall} "
-               f"({result.seconds:.1f} s)")
+    click.echo(
+        f"{state} {result.output}: {result.rows} rows, {result.plan.factory}{probe}; recall@10 vs exact: {recall} "
+        f"({result.seconds:.1f} s)"
+    )
 
 
 @main.command()
@@ -588,16 +982,34 @@ def index(dataset: Path, output: Path, kind: str, max_memory: str | None, target
 @click.option("--text", "texts", multiple=True, help="A text query (repeatable).")
 @click.option("--image", "images", multiple=True, help="An image file query (repeatable).")
 @click.option("-k", "k", type=int, default=10, show_default=True, help="Hits per query.")
-@click.option("--artifact", type=click.Path(path_type=Path), default=None,
-              help="The model that embeds the queries (default: the one the dataset was embedded with).")
-@click.option("--precision", type=Member(Precision), default=None,
-              help="Query precision (default: the index's; another one is allowed, and said).")
-@click.option("--backend", type=Member(BackendKind), default=None,
-              help="Where the query model runs (default: the dataset's).")
+@click.option(
+    "--artifact",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="The model that embeds the queries (default: the one the dataset was embedded with).",
+)
+@click.option(
+    "--precision",
+    type=Member(Precision),
+    default=None,
+    help="Query precision (default: the index's; another one is allowed, and said).",
+)
+@click.option(
+    "--backend", type=Member(BackendKind), default=None, help="Where the query model runs (default: the dataset's)."
+)
 @click.option("--nprobe", type=int, default=None, help="Approximate indexes: lists to scan (default: the tuned value).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per query on stdout.")
-def search(index_dir: Path, texts: tuple[str, ...], images: tuple[str, ...], k: int, artifact: Path | None,
-           precision: Precision | None, backend: BackendKind | None, nprobe: int | None, as_json: bool) -> None:
+def search(
+    index_dir: Path,
+    texts: tuple[str, ...],
+    images: tuple[str, ...],
+    k: int,
+    artifact: Path | None,
+    precision: Precision | None,
+    backend: BackendKind | None,
+    nprobe: int | None,
+    as_json: bool,
+) -> None:
     """Top-k rows of INDEX for each --text / --image query: score (cosine) and id."""
     import json
 
@@ -605,11 +1017,12 @@ def search(index_dir: Path, texts: tuple[str, ...], images: tuple[str, ...], k: 
     from clipexport.search.searcher import Searcher
 
     if not texts and not images:
-        raise InputError("pass a query: --text \"...\" or --image PATH (repeatable)")
+        raise InputError('pass a query: --text "..." or --image PATH (repeatable)')
     with Searcher(index_dir, artifact=artifact, precision=precision, backend=backend, nprobe=nprobe) as searcher:
         queries = [("text", t) for t in texts] + [("image", i) for i in images]
-        hits = (searcher.search_text(list(texts), k) if texts else []) + \
-               (searcher.search_images(list(images), k) if images else [])
+        hits = (searcher.search_text(list(texts), k) if texts else []) + (
+            searcher.search_images(list(images), k) if images else []
+        )
         for note in searcher.notes:
             click.echo(f"note: {note}", err=True)
     for (kind, query), found in zip(queries, hits):
@@ -626,13 +1039,32 @@ def search(index_dir: Path, texts: tuple[str, ...], images: tuple[str, ...], k: 
 @click.argument("images", nargs=-1, required=True)
 @click.option("--labels", default=None, help="Comma-separated class names, e.g. cat,dog,car.")
 @click.option("--label", "label_list", multiple=True, help="One class name (repeatable; may contain commas).")
-@click.option("--labels-file", type=click.Path(path_type=Path), default=None, help="UTF-8 file, one class name per line.")
-@click.option("--template", "templates", multiple=True, help="Prompt template with one {} (repeatable); default 'a photo of a {}.'")
+@click.option(
+    "--labels-file", type=click.Path(path_type=Path), default=None, help="UTF-8 file, one class name per line."
+)
+@click.option(
+    "--template",
+    "templates",
+    multiple=True,
+    help="Prompt template with one {} (repeatable); default 'a photo of a {}.'",
+)
 @_runtime_options
-@click.option("--top", type=click.IntRange(min=1), default=3, show_default=True, help="How many classes to print per image.")
-def classify(artifact: Path, images: tuple[str, ...], labels: str | None, label_list: tuple[str, ...],
-             labels_file: Path | None, templates: tuple[str, ...], precision: Precision, backend: BackendKind, top: int,
-             exif_transpose: bool, device: str | None) -> None:
+@click.option(
+    "--top", type=click.IntRange(min=1), default=3, show_default=True, help="How many classes to print per image."
+)
+def classify(
+    artifact: Path,
+    images: tuple[str, ...],
+    labels: str | None,
+    label_list: tuple[str, ...],
+    labels_file: Path | None,
+    templates: tuple[str, ...],
+    precision: Precision,
+    backend: BackendKind,
+    top: int,
+    exif_transpose: bool,
+    device: str | None,
+) -> None:
     """Zero-shot classify IMAGES (files or folders) among the labels."""
     from clipexport.datasets import image_paths
     from clipexport.runtime import ClipRuntime
@@ -640,8 +1072,9 @@ def classify(artifact: Path, images: tuple[str, ...], labels: str | None, label_
 
     names = collect_labels(labels, label_list, labels_file)
     paths = image_paths(images)
-    with ClipRuntime.load(artifact, backend=backend, precision=precision, exif_transpose=exif_transpose,
-                          device=device) as runtime:
+    with ClipRuntime.load(
+        artifact, backend=backend, precision=precision, exif_transpose=exif_transpose, device=device
+    ) as runtime:
         probs = runtime.classify(paths, names, templates=templates or None)
     from clipexport.inputs import shown
 
@@ -653,25 +1086,59 @@ def classify(artifact: Path, images: tuple[str, ...], labels: str | None, label_
 
 @main.command()
 @click.argument("artifact", type=click.Path(path_type=Path))
-@click.option("--output", "-o", required=True, type=click.Path(path_type=Path), help="Model repository folder to create.")
+@click.option(
+    "--output", "-o", required=True, type=click.Path(path_type=Path), help="Model repository folder to create."
+)
 @click.option("--name", default=None, help="Model name prefix (default: the artifact folder's name).")
-@click.option("--platform", type=Member(TRITON_PLATFORMS), default="onnxruntime", show_default=True,
-              help="Tower models: ONNX graphs on Triton's onnxruntime or openvino backend, or the engines from "
-                   "clipexport build (tensorrt).")
-@click.option("--precision", type=Member(Precision), default="fp32", show_default=True,
-              help="Graph or engine variant the towers serve.")
-@click.option("--max-batch", type=int, default=None,
-              help="max_batch_size of every model (default: 64; for TensorRT the engine profile's max, never more).")
-@click.option("--preferred-batch", default="", help="Comma-separated preferred batch sizes for the towers' dynamic batcher.")
+@click.option(
+    "--platform",
+    type=Member(TRITON_PLATFORMS),
+    default="onnxruntime",
+    show_default=True,
+    help="Tower models: ONNX graphs on Triton's onnxruntime or openvino backend, or the engines from "
+    "clipexport build (tensorrt).",
+)
+@click.option(
+    "--precision",
+    type=Member(Precision),
+    default="fp32",
+    show_default=True,
+    help="Graph or engine variant the towers serve.",
+)
+@click.option(
+    "--max-batch",
+    type=int,
+    default=None,
+    help="max_batch_size of every model (default: 64; for TensorRT the engine profile's max, never more).",
+)
+@click.option(
+    "--preferred-batch", default="", help="Comma-separated preferred batch sizes for the towers' dynamic batcher."
+)
 @click.option("--max-queue-delay-us", type=int, default=2000, show_default=True, help="Dynamic batcher queue delay.")
-@click.option("--instance-kind", type=click.Choice(["gpu", "cpu"]), default="gpu", show_default=True,
-              help="Where the tower instances run.")
+@click.option(
+    "--instance-kind",
+    type=click.Choice(["gpu", "cpu"]),
+    default="gpu",
+    show_default=True,
+    help="Where the tower instances run.",
+)
 @click.option("--instances", type=int, default=1, show_default=True, help="Instances per tower model.")
 @click.option("--cuda-graphs", is_flag=True, help="Enable CUDA graphs for TensorRT towers.")
 @click.option("--overwrite", is_flag=True, help="Replace a repository written earlier by this command.")
-def triton(artifact: Path, output: Path, name: str | None, platform: BackendKind, precision: Precision, max_batch: int | None,
-           preferred_batch: str, max_queue_delay_us: int, instance_kind: str, instances: int, cuda_graphs: bool,
-           overwrite: bool) -> None:
+def triton(
+    artifact: Path,
+    output: Path,
+    name: str | None,
+    platform: BackendKind,
+    precision: Precision,
+    max_batch: int | None,
+    preferred_batch: str,
+    max_queue_delay_us: int,
+    instance_kind: str,
+    instances: int,
+    cuda_graphs: bool,
+    overwrite: bool,
+) -> None:
     """Write a Triton model repository for ARTIFACT: the two towers, python-backend preprocessing and
     tokenizer models, and the image / text ensembles (see the README it writes)."""
     from clipexport.errors import InputError
@@ -682,11 +1149,19 @@ def triton(artifact: Path, output: Path, name: str | None, platform: BackendKind
     except ValueError:
         raise InputError(f"--preferred-batch '{preferred_batch}' is not a comma-separated list of integers") from None
     options = RepositoryOptions(
-        artifact=artifact, output=output, name=name,
+        artifact=artifact,
+        output=output,
+        name=name,
         platform=platform,
-        precision=precision, max_batch_size=max_batch, preferred_batch_sizes=preferred,
-        max_queue_delay_us=max_queue_delay_us, instance_kind=InstanceKind.GPU if instance_kind == "gpu" else InstanceKind.CPU,
-        instances=instances, cuda_graphs=cuda_graphs, overwrite=overwrite)
+        precision=precision,
+        max_batch_size=max_batch,
+        preferred_batch_sizes=preferred,
+        max_queue_delay_us=max_queue_delay_us,
+        instance_kind=InstanceKind.GPU if instance_kind == "gpu" else InstanceKind.CPU,
+        instances=instances,
+        cuda_graphs=cuda_graphs,
+        overwrite=overwrite,
+    )
     models = write_repository(options, _progress(False))
     click.echo(f"wrote {output}: {', '.join(models)} (how to run it: {output / 'README.md'})")
 
@@ -700,31 +1175,65 @@ def triton(artifact: Path, output: Path, name: str | None, platform: BackendKind
 @click.option("--precision", type=Member(Precision), default="fp32", show_default=True)
 @click.option("--backend", type=Member(BackendKind), default="onnxruntime", show_default=True)
 @click.option("--max-batch", type=int, default=64, show_default=True, help="Largest batch the dynamic batcher forms.")
-@click.option("--max-queue-delay-us", type=int, default=2000, show_default=True,
-              help="How long the batcher waits for more requests.")
+@click.option(
+    "--max-queue-delay-us",
+    type=int,
+    default=2000,
+    show_default=True,
+    help="How long the batcher waits for more requests.",
+)
 @click.option("--instances", type=int, default=1, show_default=True, help="Model instances (each its own sessions).")
 @click.option("--name", default=None, help="Model name prefix (default: the artifact folder's name).")
-@click.option("--max-request-bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES, show_default=True,
-              help="Largest request (all its items together); larger ones are refused with HTTP 413 / 400.")
+@click.option(
+    "--max-request-bytes",
+    type=int,
+    default=DEFAULT_MAX_REQUEST_BYTES,
+    show_default=True,
+    help="Largest request (all its items together); larger ones are refused with HTTP 413 / 400.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
-def serve(artifact: Path, host: str, http_port: int, grpc_port: int, metrics_port: int, precision: Precision,
-          backend: BackendKind,
-          max_batch: int, max_queue_delay_us: int, instances: int, name: str | None, max_request_bytes: int,
-          quiet: bool) -> None:
+def serve(
+    artifact: Path,
+    host: str,
+    http_port: int,
+    grpc_port: int,
+    metrics_port: int,
+    precision: Precision,
+    backend: BackendKind,
+    max_batch: int,
+    max_queue_delay_us: int,
+    instances: int,
+    name: str | None,
+    max_request_bytes: int,
+    quiet: bool,
+) -> None:
     """Serve image and text embeddings of ARTIFACT on a real Triton Inference Server (NVIDIA PyTriton's
     bundled tritonserver): KServe v2 over HTTP and gRPC, dynamic batching, /v2/health/ready, metrics.
     Ctrl-C or SIGTERM stops it."""
     from clipexport.serving.server import ServeOptions, client_host, serve as run_server
 
-    options = ServeOptions(artifact=artifact, host=host, http_port=http_port, grpc_port=grpc_port,
-                           metrics_port=metrics_port, precision=precision, backend=backend,
-                           max_batch=max_batch, max_queue_delay_us=max_queue_delay_us, instances=instances, name=name,
-                           max_request_bytes=max_request_bytes)
+    options = ServeOptions(
+        artifact=artifact,
+        host=host,
+        http_port=http_port,
+        grpc_port=grpc_port,
+        metrics_port=metrics_port,
+        precision=precision,
+        backend=backend,
+        max_batch=max_batch,
+        max_queue_delay_us=max_queue_delay_us,
+        instances=instances,
+        name=name,
+        max_request_bytes=max_request_bytes,
+    )
 
     def ready(models: list[str]) -> None:
         shown = client_host(host)
-        click.echo(f"ready: http://{shown}:{http_port} grpc://{shown}:{grpc_port} metrics http://{shown}:{metrics_port}/metrics "
-                   f"models {', '.join(models)} (Ctrl-C to stop)", err=True)
+        click.echo(
+            f"ready: http://{shown}:{http_port} grpc://{shown}:{grpc_port} metrics http://{shown}:{metrics_port}/metrics "
+            f"models {', '.join(models)} (Ctrl-C to stop)",
+            err=True,
+        )
 
     run_server(options, _progress(quiet), on_ready=ready)
 

@@ -61,10 +61,18 @@ def parse_url(url: str) -> tuple[str, str, bool]:
         port = parsed.port
     except ValueError:
         port = -1
-    if (parsed.scheme not in schemes or not parsed.hostname or port is None or port < 1
-            or parsed.path.strip("/") or parsed.query):
-        raise InputError(f"server URL '{url}' is not host:port, http(s)://host:port or grpc(s)://host:port "
-                         "(e.g. localhost:8000 or grpc://localhost:8001)")
+    if (
+        parsed.scheme not in schemes
+        or not parsed.hostname
+        or port is None
+        or port < 1
+        or parsed.path.strip("/")
+        or parsed.query
+    ):
+        raise InputError(
+            f"server URL '{url}' is not host:port, http(s)://host:port or grpc(s)://host:port "
+            "(e.g. localhost:8000 or grpc://localhost:8001)"
+        )
     protocol, tls = schemes[parsed.scheme]
     host = f"[{parsed.hostname}]" if ":" in parsed.hostname else parsed.hostname
     return protocol, f"{host}:{port}", tls
@@ -97,8 +105,9 @@ class ClipClient:
                 if self.protocol == "grpc" and self._clients:
                     return self._clients[0]
                 if self.protocol == "http":
-                    client = self._lib.InferenceServerClient(url=self.url, connection_timeout=self.timeout,
-                                                             network_timeout=self.timeout, ssl=self.tls)
+                    client = self._lib.InferenceServerClient(
+                        url=self.url, connection_timeout=self.timeout, network_timeout=self.timeout, ssl=self.tls
+                    )
                     self._local.client = client
                 else:
                     client = self._lib.InferenceServerClient(url=self.url, ssl=self.tls)
@@ -112,20 +121,28 @@ class ClipClient:
         except Exception:
             return False
 
-    def encode_text(self, texts: str | Sequence[str], batch_size: int = 32,
-                    names: Sequence[str] | None = None) -> np.ndarray:
+    def encode_text(
+        self, texts: str | Sequence[str], batch_size: int = 32, names: Sequence[str] | None = None
+    ) -> np.ndarray:
         """Texts (the runtime's rules: any string, the empty one too); `names` (a file:line per
         text) is what errors name."""
         items = check_texts(texts, names)
-        return self._run(f"{self.model}_text", "TEXT", [t.encode("utf-8") for t in items], batch_size,
-                         names or [item_name("text", i) for i in range(len(items))])
+        return self._run(
+            f"{self.model}_text",
+            "TEXT",
+            [t.encode("utf-8") for t in items],
+            batch_size,
+            names or [item_name("text", i) for i in range(len(items))],
+        )
 
     def encode_image(self, images: Any, batch_size: int = 8, names: Sequence[str] | None = None) -> np.ndarray:
         """Paths, encoded bytes, or PIL images (sent as PNG)."""
         single = isinstance(images, (str, os.PathLike, bytes, bytearray)) or hasattr(images, "save")
         items = [images] if single else list(images)
         payload = [_image_bytes(item, item_name("image", i, names)) for i, item in enumerate(items)]
-        default = [str(item) if isinstance(item, (str, os.PathLike)) else item_name("image", i) for i, item in enumerate(items)]
+        default = [
+            str(item) if isinstance(item, (str, os.PathLike)) else item_name("image", i) for i, item in enumerate(items)
+        ]
         return self._run(f"{self.model}_image", "IMAGE", payload, batch_size, list(names or default))
 
     def model_limits(self, model: str) -> tuple[int, int]:
@@ -147,8 +164,10 @@ class ClipClient:
             raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
         max_batch, dim = self.model_limits(model)
         step = min(batch_size, max_batch) if max_batch > 0 else batch_size
-        chunks = [self._infer(model, input_name, payload[i:i + step], names[i:i + step])
-                  for i in range(0, len(payload), step)]
+        chunks = [
+            self._infer(model, input_name, payload[i : i + step], names[i : i + step])
+            for i in range(0, len(payload), step)
+        ]
         return np.concatenate(chunks) if chunks else np.zeros((0, dim), np.float32)
 
     def _infer(self, model: str, input_name: str, items: list[bytes], names: list[str]) -> np.ndarray:
@@ -157,7 +176,9 @@ class ClipClient:
         tensor.set_data_from_numpy(data)
         try:
             kwargs = {"client_timeout": self.timeout} if self.protocol == "grpc" else {}
-            result = self._client().infer(model, [tensor], outputs=[self._lib.InferRequestedOutput("EMBEDDING")], **kwargs)
+            result = self._client().infer(
+                model, [tensor], outputs=[self._lib.InferRequestedOutput("EMBEDDING")], **kwargs
+            )
         except Exception as exc:  # tritonclient's InferenceServerException, or a connection error
             raise self._classify(exc, model, names) from None
         return result.as_numpy("EMBEDDING").astype(np.float32, copy=False)
@@ -166,20 +187,36 @@ class ClipClient:
         """The error class says whose problem it is; item numbers become the caller's names."""
         message = _message(exc)
         if names:
-            message = _ITEM.sub(lambda m: names[int(m.group(2))] if int(m.group(2)) < len(names) else m.group(0),
-                                message, count=1)
+            message = _ITEM.sub(
+                lambda m: names[int(m.group(2))] if int(m.group(2)) < len(names) else m.group(0), message, count=1
+            )
         status = str(_call(getattr(exc, "status", None)) or "")
         lowered = message.lower()
         if "unknown model" in lowered or ("not found" in lowered and model in message) or "NOT_FOUND" in status:
-            return ServerUnreachable(f"{self.url} does not serve {model} ({message}); check --model / --name "
-                                     "(the served names are <name>_image and <name>_text)")
+            return ServerUnreachable(
+                f"{self.url} does not serve {model} ({message}); check --model / --name "
+                "(the served names are <name>_image and <name>_text)"
+            )
         if status in ("400", "StatusCode.INVALID_ARGUMENT"):
             return RequestRefused(f"{model} at {self.url} refused the request: {message}")
-        if isinstance(exc, (OSError, TimeoutError)) or status in ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED") \
-                or any(word in lowered for word in ("connection refused", "timed out", "failed to connect", "unavailable",
-                                                     "connection reset", "name or service not known")):
-            return ServerUnreachable(f"no answer from a Triton server at {self.url} ({message}); is clipexport serve "
-                                     "running there?")
+        if (
+            isinstance(exc, (OSError, TimeoutError))
+            or status in ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED")
+            or any(
+                word in lowered
+                for word in (
+                    "connection refused",
+                    "timed out",
+                    "failed to connect",
+                    "unavailable",
+                    "connection reset",
+                    "name or service not known",
+                )
+            )
+        ):
+            return ServerUnreachable(
+                f"no answer from a Triton server at {self.url} ({message}); is clipexport serve running there?"
+            )
         return ServerError(f"{model} at {self.url}: {message}")
 
     def close(self) -> None:

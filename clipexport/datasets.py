@@ -85,11 +85,14 @@ def synthetic_images(count: int = DEFAULT_NUM_IMAGES, seed: int = DEFAULT_SEED) 
     for index in range(count):
         width, height = sizes[index % len(sizes)]
         yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-        base = np.stack([
-            (xx / max(width - 1, 1)) * rng.uniform(0, 255),
-            (yy / max(height - 1, 1)) * rng.uniform(0, 255),
-            np.full_like(xx, rng.uniform(0, 255)),
-        ], axis=-1)
+        base = np.stack(
+            [
+                (xx / max(width - 1, 1)) * rng.uniform(0, 255),
+                (yy / max(height - 1, 1)) * rng.uniform(0, 255),
+                np.full_like(xx, rng.uniform(0, 255)),
+            ],
+            axis=-1,
+        )
         base += rng.normal(0, rng.uniform(0, 40), size=base.shape)
         image = Image.fromarray(np.clip(base, 0, 255).astype(np.uint8), "RGB")
         draw = ImageDraw.Draw(image)
@@ -110,8 +113,13 @@ def image_files(folder: str | Path, option: str = "--images", what: str = "image
     root = Path(folder).expanduser()
     if not root.is_dir():
         raise InputError(f"{what} {root} does not exist; pass an existing folder with {option}")
-    paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    paths = sorted(
+        p
+        for p in root.rglob("*")
+        if p.suffix.lower() in IMAGE_SUFFIXES
+        and p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )
     if not paths:
         raise InputError(f"{what} {root} has no images ({', '.join(IMAGE_SUFFIXES)}); add some or drop {option}")
     return paths
@@ -185,8 +193,15 @@ def load_text_file(path: str | Path) -> list[str]:
 
 # CLIP's 7-template ImageNet ensemble (the CLIP authors' prompt-engineering notebook): the default
 # for --labeled-images without --templates or a templates.txt in the folder.
-DEFAULT_TEMPLATES = ("itap of a {}.", "a bad photo of the {}.", "a origami {}.", "a photo of the large {}.",
-                     "a {} in a video game.", "art of the {}.", "a photo of the small {}.")
+DEFAULT_TEMPLATES = (
+    "itap of a {}.",
+    "a bad photo of the {}.",
+    "a origami {}.",
+    "a photo of the large {}.",
+    "a {} in a video game.",
+    "art of the {}.",
+    "a photo of the small {}.",
+)
 TEMPLATES_FILE = "templates.txt"
 
 
@@ -209,8 +224,10 @@ def load_labelled_folder(folder: str | Path, templates: str | Path | None = None
         raise InputError(f"labelled image folder {root} does not exist; pass a folder with one subfolder per class")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if len(classes) < 2:
-        raise InputError(f"labelled image folder {root} has {len(classes)} class subfolders; zero-shot accuracy needs "
-                         "at least 2 (one subfolder per class, images inside)")
+        raise InputError(
+            f"labelled image folder {root} has {len(classes)} class subfolders; zero-shot accuracy needs "
+            "at least 2 (one subfolder per class, images inside)"
+        )
     mapping = _class_prompts(root)
     unknown = sorted(set(mapping) - set(classes))
     if unknown:
@@ -225,8 +242,10 @@ def load_labelled_folder(folder: str | Path, templates: str | Path | None = None
     prompts = tuple(mapping.get(name, name.replace("_", " ").strip()) for name in classes)
     blank = [name for name, prompt in zip(classes, prompts) if not prompt]
     if blank:
-        raise InputError(f"class folder '{blank[0]}' of {root} gives an empty prompt (underscores become spaces); "
-                         "rename it or map it to a text in classes.txt ('folder<TAB>prompt text')")
+        raise InputError(
+            f"class folder '{blank[0]}' of {root} gives an empty prompt (underscores become spaces); "
+            "rename it or map it to a text in classes.txt ('folder<TAB>prompt text')"
+        )
     if len(set(prompts)) != len(prompts):
         raise InputError(f"two classes of {root} share a prompt text; make each class's text unique")
     return LabelledSet(root, tuple(paths), tuple(labels), tuple(classes), prompts, _templates(root, templates))
@@ -250,8 +269,10 @@ def _class_prompts(root: Path) -> dict[str, str]:
                 raise InputError(f"{root / 'classes.txt'} line {number}: expected 'folder<TAB>prompt text'")
             name, prompt = line.split("\t", 1)
             if not name.strip() or not prompt.strip():
-                raise InputError(f"{root / 'classes.txt'} line {number}: the folder name and the prompt text must "
-                                 "both be non-empty ('folder<TAB>prompt text')")
+                raise InputError(
+                    f"{root / 'classes.txt'} line {number}: the folder name and the prompt text must "
+                    "both be non-empty ('folder<TAB>prompt text')"
+                )
             out[name.strip()] = prompt.strip()
         return out
     return {}
@@ -279,10 +300,13 @@ def check_templates(templates: Sequence[str]) -> tuple[str, ...]:
         try:
             fields = [(name, spec) for _, name, spec, _ in string.Formatter().parse(template) if name is not None]
         except ValueError as exc:
-            raise InputError(f"template {template!r} is not a valid format string ({exc}); use one {{}} for the label") from None
+            raise InputError(
+                f"template {template!r} is not a valid format string ({exc}); use one {{}} for the label"
+            ) from None
         if fields != [("", "")]:
-            raise InputError(f"template {template!r} must contain exactly one {{}} where the label goes, "
-                             "e.g. 'a photo of a {}.'")
+            raise InputError(
+                f"template {template!r} must contain exactly one {{}} where the label goes, e.g. 'a photo of a {{}}.'"
+            )
     return out
 
 
@@ -321,8 +345,10 @@ class RetrievalSet:
         for row, label in enumerate(self.labels):
             if label >= 0:
                 by_class.setdefault(label, []).append(row)
-        return [frozenset(r for r in by_class.get(label, []) if r != row) if label >= 0 else frozenset()
-                for row, label in enumerate(self.labels)]
+        return [
+            frozenset(r for r in by_class.get(label, []) if r != row) if label >= 0 else frozenset()
+            for row, label in enumerate(self.labels)
+        ]
 
 
 def retrieval_set_dir(folder: str | Path) -> Path:
@@ -336,8 +362,10 @@ def load_retrieval_set(folder: str | Path) -> RetrievalSet:
 
     root = retrieval_set_dir(folder)
     if not root.is_dir():
-        raise InputError(f"--retrieval {root} does not exist; pass a folder with {CAPTIONS_FILE} (image<TAB>caption) "
-                         "and/or one subfolder of images per class (or 'demo')")
+        raise InputError(
+            f"--retrieval {root} does not exist; pass a folder with {CAPTIONS_FILE} (image<TAB>caption) "
+            "and/or one subfolder of images per class (or 'demo')"
+        )
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     images: list[Path] = []
     labels: list[int] = []
@@ -359,8 +387,9 @@ def load_retrieval_set(folder: str | Path) -> RetrievalSet:
             path = Path(path_text).expanduser()
             path = path if path.is_absolute() else root / path
             if not path.is_file():
-                raise InputError(f"{where}: image {path_text} does not exist; fix the path (relative to {root}) "
-                                 "or remove the line")
+                raise InputError(
+                    f"{where}: image {path_text} does not exist; fix the path (relative to {root}) or remove the line"
+                )
             key = path.resolve()
             if key not in rows:
                 rows[key] = len(images)
@@ -371,9 +400,12 @@ def load_retrieval_set(folder: str | Path) -> RetrievalSet:
             caption_images.append(rows[key])
             names.append(where)
     if not captions and sum(1 for label in labels if label >= 0) < 2:
-        raise InputError(f"--retrieval {root} has neither {CAPTIONS_FILE} nor class subfolders of images; add "
-                         f"{CAPTIONS_FILE} (image<TAB>caption per line) or one subfolder of images per class")
+        raise InputError(
+            f"--retrieval {root} has neither {CAPTIONS_FILE} nor class subfolders of images; add "
+            f"{CAPTIONS_FILE} (image<TAB>caption per line) or one subfolder of images per class"
+        )
     if len(images) < 2:
         raise InputError(f"--retrieval {root} has {len(images)} image; retrieval needs at least 2")
-    return RetrievalSet(root, tuple(images), tuple(labels), tuple(classes), tuple(captions), tuple(caption_images),
-                        tuple(names))
+    return RetrievalSet(
+        root, tuple(images), tuple(labels), tuple(classes), tuple(captions), tuple(caption_images), tuple(names)
+    )

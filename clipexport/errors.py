@@ -8,6 +8,7 @@ the CLI's exit code follows from the class (`exit_code`):
   4  a step failed on valid input: tracing, building an engine, or running a backend
 """
 
+
 def first_line(exc: BaseException, limit: int = 300, fallback: str | None = None) -> str:
     """An exception's first line, cut to `limit` characters: libraries wrap the useful sentence in
     pages of detail, and our messages are one line. Empty messages fall back to the type's name."""

@@ -47,16 +47,25 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
-def check_recorded_sha256(path: str | os.PathLike[str], expected: str | None, fix: str, *, actual: str | None = None,
-                          recorded_in: str = "the manifest", error: type[ClipExportError] = ManifestError) -> None:
+def check_recorded_sha256(
+    path: str | os.PathLike[str],
+    expected: str | None,
+    fix: str,
+    *,
+    actual: str | None = None,
+    recorded_in: str = "the manifest",
+    error: type[ClipExportError] = ManifestError,
+) -> None:
     """The one check of a file (or folder: pass its `actual` digest) against the sha256 recorded
     when it was made: a changed file is reported, never used. No record, nothing to check."""
     if not expected:
         return
     actual = actual if actual is not None else sha256_file(path)
     if actual != expected:
-        raise error(f"{path} does not match {recorded_in} (sha256 {actual[:12]}… vs recorded {expected[:12]}…): "
-                    f"it changed since it was recorded; {fix}")
+        raise error(
+            f"{path} does not match {recorded_in} (sha256 {actual[:12]}… vs recorded {expected[:12]}…): "
+            f"it changed since it was recorded; {fix}"
+        )
 
 
 Schema = Mapping[str, "type | tuple[type, ...] | Schema"]
@@ -109,8 +118,10 @@ def refuse_foreign(folder: Path, ours: Callable[[str], bool], option: str, what:
         return
     foreign = sorted(p.name for p in folder.iterdir() if not p.name.startswith(".") and not ours(p.name))
     if foreign:
-        raise InputError(f"{option} {folder} holds other files ({foreign[0]}{', ...' if len(foreign) > 1 else ''}), "
-                         f"{what}; move them out, or choose a new or empty folder")
+        raise InputError(
+            f"{option} {folder} holds other files ({foreign[0]}{', ...' if len(foreign) > 1 else ''}), "
+            f"{what}; move them out, or choose a new or empty folder"
+        )
 
 
 def inside(path: Path, folder: Path) -> bool:
@@ -150,8 +161,10 @@ def is_disk_full(exc: BaseException) -> bool:
 
 def disk_full(target: Path, kept: str = "") -> DiskFull:
     """The one wording of a full disk (exit 3), with what a rerun keeps when there is something."""
-    return DiskFull(f"no space left on the device of {target.parent} while writing {target.name}; free space and run "
-                    f"the same command again{kept}")
+    return DiskFull(
+        f"no space left on the device of {target.parent} while writing {target.name}; free space and run "
+        f"the same command again{kept}"
+    )
 
 
 def write_json_atomic(path: str | os.PathLike[str], payload: Any) -> None:
@@ -173,8 +186,14 @@ def make_staging_dir(parent: Path, prefix: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=parent))
 
 
-def fresh_staging_dir(parent: Path, prefix: str, what: str, fix: str, announce: Callable[[str], None],
-                      stale_prefixes: tuple[str, ...] = ()) -> Path:
+def fresh_staging_dir(
+    parent: Path,
+    prefix: str,
+    what: str,
+    fix: str,
+    announce: Callable[[str], None],
+    stale_prefixes: tuple[str, ...] = (),
+) -> Path:
     """Clean up what interrupted runs of `what` left under `parent` (saying so), then make this
     run's staging folder; an unwritable `parent` is one clear line ending in `fix`."""
     for name in (prefix, *stale_prefixes):
@@ -187,8 +206,15 @@ def fresh_staging_dir(parent: Path, prefix: str, what: str, fix: str, announce: 
 
 
 @contextmanager
-def staging_folder(parent: Path, prefix: str, what: str, fix: str, announce: Callable[[str], None],
-                   stale_prefixes: tuple[str, ...] = (), public: bool = False) -> Iterator[Path]:
+def staging_folder(
+    parent: Path,
+    prefix: str,
+    what: str,
+    fix: str,
+    announce: Callable[[str], None],
+    stale_prefixes: tuple[str, ...] = (),
+    public: bool = False,
+) -> Iterator[Path]:
     """The one staging / publish / roll-back shape of every step that writes a folder: a fresh
     staging folder (`fresh_staging_dir`) for the block, removed when it ends. A block that
     succeeded has published (renamed) it, so nothing is left either way; one that failed or was
@@ -215,7 +241,7 @@ def remove_stale_staging(parent: Path, prefix: str, separator: str = "-", folder
     except OSError:
         return removed
     for path in entries:
-        pid_text = path.name[len(prefix):].split(separator, 1)[0]
+        pid_text = path.name[len(prefix) :].split(separator, 1)[0]
         kind_ok = path.is_dir() if folders else path.is_file()
         if not kind_ok or path.is_symlink() or not pid_text.isdigit() or pid_alive(int(pid_text)):
             continue
@@ -272,8 +298,9 @@ def folder_lock(folder: str | os.PathLike[str], what: str, busy: str | None = No
 
 
 @contextmanager
-def created_folder(folder: Path, ours: Callable[[str], bool],
-                   keep: Callable[[BaseException], bool] = lambda exc: False) -> Iterator[None]:
+def created_folder(
+    folder: Path, ours: Callable[[str], bool], keep: Callable[[BaseException], bool] = lambda exc: False
+) -> Iterator[None]:
     """The one "remove the folder I created" rule, around a step that writes into `folder`: when
     the block fails and the folder did not exist before it, the folder goes again — unless
     `keep(exc)` says what it holds is worth resuming, or it holds anything not `ours(name)`
@@ -284,8 +311,12 @@ def created_folder(folder: Path, ours: Callable[[str], bool],
     try:
         yield
     except BaseException as exc:
-        if created and folder.is_dir() and not folder.is_symlink() and not keep(exc) \
-                and all(ours(entry.name) for entry in folder.iterdir()):
+        if (
+            created
+            and folder.is_dir()
+            and not folder.is_symlink()
+            and not keep(exc)
+            and all(ours(entry.name) for entry in folder.iterdir())
+        ):
             shutil.rmtree(folder, ignore_errors=True)
         raise
-

@@ -25,16 +25,20 @@ def gpu_info(device: int = 0) -> GpuInfo:
     try:
         cuda = ctypes.CDLL("libcuda.so.1")
     except OSError:
-        raise DeviceUnavailableError("no NVIDIA driver found (libcuda.so.1 does not load): TensorRT engines need "
-                                     "an NVIDIA GPU with its driver; use the onnxruntime backend on this machine") from None
+        raise DeviceUnavailableError(
+            "no NVIDIA driver found (libcuda.so.1 does not load): TensorRT engines need "
+            "an NVIDIA GPU with its driver; use the onnxruntime backend on this machine"
+        ) from None
     handle = ctypes.c_int()
     major, minor = ctypes.c_int(), ctypes.c_int()
     name = ctypes.create_string_buffer(256)
     for call, args in ((cuda.cuInit, (0,)), (cuda.cuDeviceGet, (ctypes.byref(handle), device))):
         status = call(*args)
         if status != 0:
-            raise DeviceUnavailableError(f"the CUDA driver reports error {status} for GPU {device} "
-                                         "(no GPU visible to this process?); check nvidia-smi / CUDA_VISIBLE_DEVICES")
+            raise DeviceUnavailableError(
+                f"the CUDA driver reports error {status} for GPU {device} "
+                "(no GPU visible to this process?); check nvidia-smi / CUDA_VISIBLE_DEVICES"
+            )
     cuda.cuDeviceGetName(name, len(name), handle)
     cuda.cuDeviceGetAttribute(ctypes.byref(major), _COMPUTE_CAPABILITY_MAJOR, handle)
     cuda.cuDeviceGetAttribute(ctypes.byref(minor), _COMPUTE_CAPABILITY_MINOR, handle)

@@ -40,8 +40,10 @@ def check_text(value: Any, name: str) -> str:
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise InputError(f"{name} is not valid Unicode (a lone surrogate at character {exc.start}); "
-                         "decode the text with errors='replace' or fix its source") from None
+        raise InputError(
+            f"{name} is not valid Unicode (a lone surrogate at character {exc.start}); "
+            "decode the text with errors='replace' or fix its source"
+        ) from None
     return value
 
 
@@ -79,15 +81,19 @@ def check_model_name(name: Any, derived: bool = False) -> str:
         return cleaned
     if len(name) > MAX_MODEL_NAME or not _MODEL_NAME.fullmatch(name):
         shown = name if len(name) <= 80 else name[:77] + "..."
-        raise InputError(f"--name '{shown}' is not a usable model name: use at most {MAX_MODEL_NAME} ASCII letters, "
-                         "digits, '_' or '-', starting with a letter or digit (clients call <name>_image, <name>_text)")
+        raise InputError(
+            f"--name '{shown}' is not a usable model name: use at most {MAX_MODEL_NAME} ASCII letters, "
+            "digits, '_' or '-', starting with a letter or digit (clients call <name>_image, <name>_text)"
+        )
     return name
 
 
 def too_large(size: int, limit: int, what: str) -> str:
     """The one wording of the request-size rule (the HTTP front's 413 and the python models' 400)."""
-    return (f"{what} is {size / 1e6:.1f} MB, over the server's limit of {limit / 1e6:.1f} MB per request; send fewer "
-            "or smaller items per request (the operator can raise it with clipexport serve --max-request-bytes)")
+    return (
+        f"{what} is {size / 1e6:.1f} MB, over the server's limit of {limit / 1e6:.1f} MB per request; send fewer "
+        "or smaller items per request (the operator can raise it with clipexport serve --max-request-bytes)"
+    )
 
 
 def check_request_bytes(size: int, limit: int, what: str) -> None:
@@ -135,13 +141,22 @@ def regular_file(path: Any, what: str = "image") -> int:
         raise InputError(f"{what} {name} does not exist") from None
     except OSError as exc:
         if exc.errno == errno.ENAMETOOLONG:
-            raise InputError(f"{what} {name[:120]}... has a file name too long for the file system; rename it") from None
+            raise InputError(
+                f"{what} {name[:120]}... has a file name too long for the file system; rename it"
+            ) from None
         raise InputError(f"cannot read {what} {name} ({exc.strerror or exc})") from None
     if stat.S_ISDIR(info.st_mode):
         raise InputError(f"{what} {name} is a folder; pass image files (or the folder where folders are accepted)")
     if not stat.S_ISREG(info.st_mode):
-        kind = ("a FIFO" if stat.S_ISFIFO(info.st_mode) else "a socket" if stat.S_ISSOCK(info.st_mode)
-                else "a device" if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode) else "not a regular file")
+        kind = (
+            "a FIFO"
+            if stat.S_ISFIFO(info.st_mode)
+            else "a socket"
+            if stat.S_ISSOCK(info.st_mode)
+            else "a device"
+            if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode)
+            else "not a regular file"
+        )
         raise InputError(f"{what} {name} is {kind}, not a regular file; pass files only")
     return int(info.st_size)
 

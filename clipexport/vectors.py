@@ -44,7 +44,7 @@ class TopK:
         scores = np.concatenate([self.scores, scores], axis=1)
         rows = np.concatenate([self.rows, rows], axis=1)
         if scores.shape[1] > self.k:
-            keep = np.argpartition(-scores, self.k - 1, axis=1)[:, :self.k]
+            keep = np.argpartition(-scores, self.k - 1, axis=1)[:, : self.k]
             scores, rows = np.take_along_axis(scores, keep, 1), np.take_along_axis(rows, keep, 1)
         self.scores, self.rows = scores, rows
 
@@ -59,8 +59,9 @@ class TopK:
         return self.scored()[1]
 
 
-def exact_top_k_scored(queries: np.ndarray, gallery: np.ndarray, k: int,
-                       exclude: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def exact_top_k_scored(
+    queries: np.ndarray, gallery: np.ndarray, k: int, exclude: Sequence[int] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """(scores, rows) of the exact top-k of an in-memory `gallery` for each query, at most
     SCORE_CHUNK_FLOATS scores in memory at once."""
     k = min(int(k), len(gallery))
@@ -72,10 +73,10 @@ def exact_top_k_scored(queries: np.ndarray, gallery: np.ndarray, k: int,
     chunk = max(1, SCORE_CHUNK_FLOATS // block)
     excluded = None if exclude is None else np.asarray(exclude, np.int64)
     for start in range(0, len(queries), chunk):
-        top = TopK(queries[start:start + chunk], k, None if excluded is None else excluded[start:start + chunk])
+        top = TopK(queries[start : start + chunk], k, None if excluded is None else excluded[start : start + chunk])
         for first in range(0, len(gallery), block):
-            top.add(gallery[first:first + block], first)
-        out_scores[start:start + chunk], out_rows[start:start + chunk] = top.scored()
+            top.add(gallery[first : first + block], first)
+        out_scores[start : start + chunk], out_rows[start : start + chunk] = top.scored()
     return out_scores, out_rows
 
 

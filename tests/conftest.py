@@ -19,13 +19,19 @@ def save_open_clip_checkpoint(config_name: str, folder: Path, seed: int = 7) -> 
     config = json.loads((CONFIGS / f"{config_name}.json").read_text())
     torch.manual_seed(seed)
     kwargs = {"quick_gelu": True} if config.pop("quick_gelu", False) else {}
-    model = open_clip.CLIP(**config, **kwargs) if "timm_model_name" not in config["vision_cfg"] else open_clip.CLIP(**config)
+    model = (
+        open_clip.CLIP(**config, **kwargs)
+        if "timm_model_name" not in config["vision_cfg"]
+        else open_clip.CLIP(**config)
+    )
     path = folder / f"{config_name}.pt"
     torch.save(model.state_dict(), path)
     return path
 
 
-def export_dir(tmp_path_factory: pytest.TempPathFactory, name: str, model: str, pretrained: str | None, **kwargs) -> Path:
+def export_dir(
+    tmp_path_factory: pytest.TempPathFactory, name: str, model: str, pretrained: str | None, **kwargs
+) -> Path:
     from clipexport.export.pipeline import ExportOptions, export_model
 
     out = tmp_path_factory.mktemp(name) / "artifact"
@@ -75,6 +81,7 @@ def hf_siglip_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 # ---- optional extras: a test that needs one this machine lacks skips, naming it ------------------
 
+
 def _missing_extra(error: BaseException) -> str | None:
     from clipexport._deps import OPTIONAL_EXTRAS, extra_of
     from clipexport.errors import MissingDependencyError
@@ -92,9 +99,13 @@ def _skip_for_missing_extra(outcome) -> None:
     error = outcome.excinfo[1] if outcome.excinfo else None
     extra = _missing_extra(error) if error is not None else None
     if extra is not None:
-        outcome.force_exception(pytest.skip.Exception(
-            f"needs the optional '{extra}' extra, not installed here (pip install 'clipexport[{extra}]'): "
-            f"{str(error).splitlines()[0][:200]}", _use_item_location=True))
+        outcome.force_exception(
+            pytest.skip.Exception(
+                f"needs the optional '{extra}' extra, not installed here (pip install 'clipexport[{extra}]'): "
+                f"{str(error).splitlines()[0][:200]}",
+                _use_item_location=True,
+            )
+        )
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -22,10 +22,23 @@ def save_tiny_hf_clip(folder: Path, seed: int = 11) -> Path:
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTextConfig, CLIPTokenizer, CLIPVisionConfig
 
     torch.manual_seed(seed)
-    text = CLIPTextConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-                          max_position_embeddings=77, projection_dim=64)
-    vision = CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-                              image_size=64, patch_size=16, projection_dim=64)
+    text = CLIPTextConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=77,
+        projection_dim=64,
+    )
+    vision = CLIPVisionConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=64,
+        patch_size=16,
+        projection_dim=64,
+    )
     config = CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=64)
     CLIPModel(config).eval().save_pretrained(folder)
     CLIPImageProcessor(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64}).save_pretrained(folder)
@@ -62,9 +75,12 @@ def train_unigram_tokenizer(context_length: int = 64):
     tok.decoder = decoders.Metaspace()
     trainer = trainers.UnigramTrainer(vocab_size=400, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>")
     tok.train_from_iterator(corpus, trainer)
-    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", tok.token_to_id("</s>"))])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", pad_token="</s>", unk_token="<unk>",
-                                   model_max_length=context_length)
+    tok.post_processor = processors.TemplateProcessing(
+        single="$A </s>", special_tokens=[("</s>", tok.token_to_id("</s>"))]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="</s>", pad_token="</s>", unk_token="<unk>", model_max_length=context_length
+    )
 
 
 def save_tiny_hf_siglip(folder: Path, seed: int = 13) -> Path:
@@ -75,11 +91,19 @@ def save_tiny_hf_siglip(folder: Path, seed: int = 13) -> Path:
 
     torch.manual_seed(seed)
     tokenizer = train_unigram_tokenizer(64)
-    text = SiglipTextConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-                            max_position_embeddings=64, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                            eos_token_id=tokenizer.eos_token_id)
-    vision = SiglipVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-                                image_size=64, patch_size=16)
+    text = SiglipTextConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=64,
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    vision = SiglipVisionConfig(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, image_size=64, patch_size=16
+    )
     SiglipModel(SiglipConfig(text_config=text.to_dict(), vision_config=vision.to_dict())).eval().save_pretrained(folder)
     SiglipImageProcessor(size={"height": 64, "width": 64}).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -107,9 +131,18 @@ def train_bert_tokenizer(context_length: int):
     tok.decoder = decoders.WordPiece()
     tok.train_from_iterator(_training_corpus(), trainers.WordPieceTrainer(vocab_size=600, special_tokens=specials))
     tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))])
-    return BertTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-                             sep_token="[SEP]", mask_token="[MASK]", model_max_length=context_length)
+        single="[CLS] $A [SEP]",
+        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))],
+    )
+    return BertTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=context_length,
+    )
 
 
 def train_xlmr_tokenizer(context_length: int):
@@ -123,12 +156,19 @@ def train_xlmr_tokenizer(context_length: int):
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
     tok.decoder = decoders.Metaspace()
     specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
-    tok.train_from_iterator(_training_corpus(), trainers.UnigramTrainer(vocab_size=600, special_tokens=specials,
-                                                                         unk_token="<unk>"))
-    tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A </s>", special_tokens=[("<s>", 0), ("</s>", 2)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                                   unk_token="<unk>", mask_token="<mask>", model_max_length=context_length)
+    tok.train_from_iterator(
+        _training_corpus(), trainers.UnigramTrainer(vocab_size=600, special_tokens=specials, unk_token="<unk>")
+    )
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A </s>", special_tokens=[("<s>", 0), ("</s>", 2)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        mask_token="<mask>",
+        model_max_length=context_length,
+    )
 
 
 _TINY = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2}
@@ -145,24 +185,45 @@ def save_tiny_hf_family(family: str, folder: Path, seed: int = 17) -> Path:
     torch.manual_seed(seed)
     if family == "chinese_clip":
         tokenizer = train_bert_tokenizer(52)
-        text = t.ChineseCLIPTextConfig(**_TINY, vocab_size=len(tokenizer), max_position_embeddings=64,
-                                       pad_token_id=tokenizer.pad_token_id)
-        config = t.ChineseCLIPConfig(text_config=text.to_dict(), vision_config=t.ChineseCLIPVisionConfig(**_TINY_VISION).to_dict(),
-                                     projection_dim=64)
+        text = t.ChineseCLIPTextConfig(
+            **_TINY, vocab_size=len(tokenizer), max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id
+        )
+        config = t.ChineseCLIPConfig(
+            text_config=text.to_dict(),
+            vision_config=t.ChineseCLIPVisionConfig(**_TINY_VISION).to_dict(),
+            projection_dim=64,
+        )
         model, processor = t.ChineseCLIPModel(config), t.ChineseCLIPImageProcessor
     elif family == "altclip":
         tokenizer = train_xlmr_tokenizer(64)
-        text = t.AltCLIPTextConfig(**_TINY, vocab_size=len(tokenizer), max_position_embeddings=66, project_dim=64,
-                                   pad_token_id=1, bos_token_id=0, eos_token_id=2)
-        config = t.AltCLIPConfig(text_config=text.to_dict(), vision_config=t.AltCLIPVisionConfig(**_TINY_VISION).to_dict(),
-                                 projection_dim=64)
+        text = t.AltCLIPTextConfig(
+            **_TINY,
+            vocab_size=len(tokenizer),
+            max_position_embeddings=66,
+            project_dim=64,
+            pad_token_id=1,
+            bos_token_id=0,
+            eos_token_id=2,
+        )
+        config = t.AltCLIPConfig(
+            text_config=text.to_dict(), vision_config=t.AltCLIPVisionConfig(**_TINY_VISION).to_dict(), projection_dim=64
+        )
         model, processor = t.AltCLIPModel(config), t.CLIPImageProcessor
     elif family == "metaclip_2":
         tokenizer = train_xlmr_tokenizer(77)
-        text = t.MetaClip2TextConfig(**_TINY, vocab_size=len(tokenizer), max_position_embeddings=77,
-                                     pad_token_id=1, bos_token_id=0, eos_token_id=2)
-        config = t.MetaClip2Config(text_config=text.to_dict(), vision_config=t.MetaClip2VisionConfig(**_TINY_VISION).to_dict(),
-                                   projection_dim=64)
+        text = t.MetaClip2TextConfig(
+            **_TINY,
+            vocab_size=len(tokenizer),
+            max_position_embeddings=77,
+            pad_token_id=1,
+            bos_token_id=0,
+            eos_token_id=2,
+        )
+        config = t.MetaClip2Config(
+            text_config=text.to_dict(),
+            vision_config=t.MetaClip2VisionConfig(**_TINY_VISION).to_dict(),
+            projection_dim=64,
+        )
         model, processor = t.MetaClip2Model(config), t.CLIPImageProcessor
     else:
         raise ValueError(family)
@@ -184,8 +245,14 @@ def train_gemma_like_tokenizer(context_length: int):
     specials = ["<pad>", "<eos>", "<bos>", "<unk>"] + [f"<0x{b:02X}>" for b in range(256)]
     tok.train_from_iterator(_training_corpus(), trainers.BpeTrainer(vocab_size=900, special_tokens=specials))
     tok.post_processor = processors.TemplateProcessing(single="$A <eos>", special_tokens=[("<eos>", 1)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
-                                   unk_token="<unk>", model_max_length=context_length)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        model_max_length=context_length,
+    )
 
 
 def save_tiny_hf_siglip2_fixed(folder: Path, seed: int = 19) -> Path:
@@ -196,8 +263,13 @@ def save_tiny_hf_siglip2_fixed(folder: Path, seed: int = 19) -> Path:
 
     torch.manual_seed(seed)
     tokenizer = train_gemma_like_tokenizer(64)
-    text = SiglipTextConfig(**_TINY, max_position_embeddings=64, vocab_size=len(tokenizer),
-                            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    text = SiglipTextConfig(
+        **_TINY,
+        max_position_embeddings=64,
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     config = SiglipConfig(text_config=text.to_dict(), vision_config=SiglipVisionConfig(**_TINY_VISION).to_dict())
     SiglipModel(config).eval().save_pretrained(folder)
     SiglipImageProcessor(size={"height": 64, "width": 64}).save_pretrained(folder)
@@ -211,7 +283,8 @@ def save_tiny_xlmr_text_tower(folder: Path) -> Path:
     from transformers import XLMRobertaConfig
 
     tokenizer = train_xlmr_tokenizer(77)
-    XLMRobertaConfig(**_TINY, vocab_size=len(tokenizer), max_position_embeddings=80, pad_token_id=1,
-                     bos_token_id=0, eos_token_id=2).save_pretrained(folder)
+    XLMRobertaConfig(
+        **_TINY, vocab_size=len(tokenizer), max_position_embeddings=80, pad_token_id=1, bos_token_id=0, eos_token_id=2
+    ).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder

@@ -23,16 +23,22 @@ BUILD_TIMEOUT_S = 1200
 
 def _works(python: Path) -> bool:
     try:
-        return subprocess.run([str(python), "-c", "import pytriton, clipexport, tritonclient.http"],
-                              capture_output=True, timeout=120).returncode == 0
+        return (
+            subprocess.run(
+                [str(python), "-c", "import pytriton, clipexport, tritonclient.http"], capture_output=True, timeout=120
+            ).returncode
+            == 0
+        )
     except (OSError, subprocess.SubprocessError):
         return False
 
 
 def _system_python() -> str | None:
     for candidate in CANDIDATES:
-        if os.access(candidate, os.X_OK) and subprocess.run(
-                [candidate, "-c", "import venv, ensurepip"], capture_output=True).returncode == 0:
+        if (
+            os.access(candidate, os.X_OK)
+            and subprocess.run([candidate, "-c", "import venv, ensurepip"], capture_output=True).returncode == 0
+        ):
             return candidate
     return None
 
@@ -50,11 +56,15 @@ def ensure_serve_python() -> tuple[Path | None, str]:
             return python, ""
         base = _system_python()
         if base is None:
-            return None, (f"no system Python with venv and ensurepip among {', '.join(CANDIDATES)} (the python backend "
-                          "needs one whose shared libpython is its own build; e.g. apt install python3-venv)")
-        steps = [[base, "-m", "venv", "--clear", str(VENV)],
-                 [str(python), "-m", "pip", "install", "--quiet", "--upgrade", "pip"],
-                 [str(python), "-m", "pip", "install", "--quiet", "-e", f"{REPO}[serve]"]]
+            return None, (
+                f"no system Python with venv and ensurepip among {', '.join(CANDIDATES)} (the python backend "
+                "needs one whose shared libpython is its own build; e.g. apt install python3-venv)"
+            )
+        steps = [
+            [base, "-m", "venv", "--clear", str(VENV)],
+            [str(python), "-m", "pip", "install", "--quiet", "--upgrade", "pip"],
+            [str(python), "-m", "pip", "install", "--quiet", "-e", f"{REPO}[serve]"],
+        ]
         for step in steps:
             try:
                 done = subprocess.run(step, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)

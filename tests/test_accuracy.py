@@ -46,15 +46,25 @@ def test_labelled_folder_rules(tmp_path: Path) -> None:
     (root / "classes.txt").write_text("tabby_cat\ta tabby cat\n")
     (root / "templates.txt").write_text("a photo of {}.\n\nart of {}\n")
     labelled = load_labelled_folder(root)
-    assert labelled.prompts == ("golden retriever", "a tabby cat") and labelled.templates == ("a photo of {}.", "art of {}")
+    assert labelled.prompts == ("golden retriever", "a tabby cat") and labelled.templates == (
+        "a photo of {}.",
+        "art of {}",
+    )
     (root / "classes.json").write_text(json.dumps({"golden_retriever": "a dog"}))
     assert load_labelled_folder(root).prompts == ("a dog", "tabby cat")  # JSON wins over classes.txt
 
 
-@pytest.mark.parametrize(("problem", "needle"), [
-    ("missing", "does not exist"), ("one_class", "at least 2"), ("empty_class", "has no images"),
-    ("bad_template", "exactly one {}"), ("unknown_class", "do not exist"), ("duplicate_prompt", "share a prompt"),
-])
+@pytest.mark.parametrize(
+    ("problem", "needle"),
+    [
+        ("missing", "does not exist"),
+        ("one_class", "at least 2"),
+        ("empty_class", "has no images"),
+        ("bad_template", "exactly one {}"),
+        ("unknown_class", "do not exist"),
+        ("duplicate_prompt", "share a prompt"),
+    ],
+)
 def test_labelled_folder_mistakes_are_one_line(tmp_path: Path, problem: str, needle: str) -> None:
     root = _folder(tmp_path, {"a": 1} if problem == "one_class" else {"a": 1, "b": 1})
     templates = None
@@ -150,8 +160,9 @@ def test_demo_accuracy_per_precision_on_the_shipped_heldout(demo: Path) -> None:
     manifest = read_manifest(demo)  # made by the shared fixture exactly as these calls would make them
     for precision, target in ((Precision.FP16, None), (Precision.INT8, Target.CPU)):
         assert manifest.tower(Tower.VISION).graph(precision).details.target == target
-    report = verify_artifact(VerifyOptions(artifact=demo, precisions=("fp32", "fp16", "int8"), labeled_images=HELDOUT,
-                                           write_report=False))  # the shared artifact's parity.json is search's
+    report = verify_artifact(
+        VerifyOptions(artifact=demo, precisions=("fp32", "fp16", "int8"), labeled_images=HELDOUT, write_report=False)
+    )  # the shared artifact's parity.json is search's
     accuracy = {a.precision if a.backend != "pytorch" else "pytorch": a for a in report.accuracy}
     assert accuracy["pytorch"].top1 >= DEMO_MIN_TOP1, report.table()
     assert accuracy["fp32"].drop_points == 0
@@ -176,12 +187,17 @@ def test_demo_tensorrt_placement_int8_loads_on_onnxruntime(demo: Path, tmp_path:
     artifact = tmp_path / "demo"
     shutil.copytree(demo, artifact, ignore=shutil.ignore_patterns("*.int8.onnx", "*.fp16.onnx"))
     write_labelled_folder(tmp_path / "validation", per_class=2, seed=20_000)
-    target = AccuracyTarget(load_labelled_folder(tmp_path / "validation", HELDOUT / "templates.txt"),
-                            INT8_CPU_MAX_DROP_POINTS)
-    quantize_artifact(QuantizeOptions(artifact=artifact, precision=Precision.INT8, target=Target.TENSORRT,
-                                      accuracy=target))
-    report = verify_artifact(VerifyOptions(artifact=artifact, precisions=("int8",), labeled_images=HELDOUT,
-                                           max_accuracy_drop=INT8_CPU_MAX_DROP_POINTS))
+    target = AccuracyTarget(
+        load_labelled_folder(tmp_path / "validation", HELDOUT / "templates.txt"), INT8_CPU_MAX_DROP_POINTS
+    )
+    quantize_artifact(
+        QuantizeOptions(artifact=artifact, precision=Precision.INT8, target=Target.TENSORRT, accuracy=target)
+    )
+    report = verify_artifact(
+        VerifyOptions(
+            artifact=artifact, precisions=("int8",), labeled_images=HELDOUT, max_accuracy_drop=INT8_CPU_MAX_DROP_POINTS
+        )
+    )
     assert report.passed, report.table()
 
 
@@ -209,17 +225,21 @@ def test_quantize_targets_labelled_accuracy(tiny_vit: Path, tmp_path: Path) -> N
     assert all(s.drop_points > 0.0 for s in steps[:-1])  # it stopped at the first step within the bound
     extra = sum(len(d.high_precision_nodes["accuracy_fallback"]) for d in records)
     assert extra == steps[-1].restored
-    report = verify_artifact(VerifyOptions(artifact=artifact, precisions=("int8",), labeled_images=root,
-                                           max_accuracy_drop=0.0))
+    report = verify_artifact(
+        VerifyOptions(artifact=artifact, precisions=("int8",), labeled_images=root, max_accuracy_drop=0.0)
+    )
     assert report.passed, report.table()
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["--precision", "fp16", "--labeled-images", "LABELLED"], "applies to int8, fp8"),
-    (["--precision", "int8", "--max-accuracy-drop", "1"], "need --labeled-images"),
-    (["--precision", "int8", "--labeled-images", "LABELLED", "--max-accuracy-drop", "-1"], ">= 0"),
-    (["--precision", "int8", "--labeled-images", "nowhere"], "does not exist"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--precision", "fp16", "--labeled-images", "LABELLED"], "applies to int8, fp8"),
+        (["--precision", "int8", "--max-accuracy-drop", "1"], "need --labeled-images"),
+        (["--precision", "int8", "--labeled-images", "LABELLED", "--max-accuracy-drop", "-1"], ">= 0"),
+        (["--precision", "int8", "--labeled-images", "nowhere"], "does not exist"),
+    ],
+)
 def test_quantize_accuracy_mistakes_are_one_line(tiny_vit: Path, tmp_path: Path, args: list[str], needle: str) -> None:
     from click.testing import CliRunner
 
@@ -240,10 +260,28 @@ def test_demo_training_is_reproducible(tmp_path: Path) -> None:
     import sys
 
     digests = []
-    runs = {run: subprocess.Popen([sys.executable, "-m", "clipexport.demo.train", "--steps", "6", "--batch", "32",
-                                   "--pool", "256", "--eval-every", "3", "--out", str(tmp_path / run)],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            for run in ("a", "b")}  # at once: the same thread count in each, so contention changes time, not weights
+    runs = {
+        run: subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "clipexport.demo.train",
+                "--steps",
+                "6",
+                "--batch",
+                "32",
+                "--pool",
+                "256",
+                "--eval-every",
+                "3",
+                "--out",
+                str(tmp_path / run),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for run in ("a", "b")
+    }  # at once: the same thread count in each, so contention changes time, not weights
     for run, process in runs.items():
         _, err = process.communicate(timeout=600)
         assert process.returncode == 0, err.decode(errors="replace")[-2000:]
@@ -251,4 +289,6 @@ def test_demo_training_is_reproducible(tmp_path: Path) -> None:
         assert record["steps"] == 6 and [p["step"] for p in record["curve"]] == list(range(1, 7))
         digests.append(record["sha256"])
     assert digests[0] == digests[1]
-    assert (tmp_path / "a" / "tokenizer" / "tokenizer.json").read_bytes() == (tmp_path / "b" / "tokenizer" / "tokenizer.json").read_bytes()
+    assert (tmp_path / "a" / "tokenizer" / "tokenizer.json").read_bytes() == (
+        tmp_path / "b" / "tokenizer" / "tokenizer.json"
+    ).read_bytes()

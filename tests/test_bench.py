@@ -17,13 +17,29 @@ from clipexport.cli import main
 
 def test_bench_end_to_end(tiny_vit: Path, tmp_path: Path) -> None:
     out = tmp_path / "report"
-    result = CliRunner().invoke(main, ["bench", str(tiny_vit), "--batch-sizes", "1,3", "--min-iterations", "3",
-                                       "--min-seconds", "0", "--cpu", "-o", str(out), "-q"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "bench",
+            str(tiny_vit),
+            "--batch-sizes",
+            "1,3",
+            "--min-iterations",
+            "3",
+            "--min-seconds",
+            "0",
+            "--cpu",
+            "-o",
+            str(out),
+            "-q",
+        ],
+    )
     assert result.exit_code == 0, result.output
     data = json.loads((out / "bench.json").read_text())
     rows = data["results"]
     assert {(r["backend"], r["tower"], r["batch"]) for r in rows} == {
-        (b, t, n) for b in ("pytorch", "onnxruntime") for t in ("vision", "text") for n in (1, 3)}
+        (b, t, n) for b in ("pytorch", "onnxruntime") for t in ("vision", "text") for n in (1, 3)
+    }
     for row in rows:
         assert row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"] and row["items_per_s"] > 0
         assert row["vs_pytorch_fp32"] > 0 and 0 < row["fraction_of_peak"]
@@ -69,14 +85,20 @@ def test_each_backend_is_measured_in_a_process_of_its_own(tiny_vit: Path, tmp_pa
     import subprocess
     import sys
 
-    code = ("import json, sys\nfrom pathlib import Path\nfrom clipexport.bench.run import BenchOptions, run_bench\n"
-            "result, _ = run_bench(BenchOptions(artifact=Path(sys.argv[1]), backends=tuple(sys.argv[2].split(',')), "
-            "batch_sizes=(1,), min_iterations=2, min_seconds=0, cpu_only=True, output=Path(sys.argv[3])))\n"
-            "print(json.dumps({'torch_loaded_here': 'torch' in sys.modules, "
-            "'backends': sorted({r['backend'] for r in result.rows})}))\n")
+    code = (
+        "import json, sys\nfrom pathlib import Path\nfrom clipexport.bench.run import BenchOptions, run_bench\n"
+        "result, _ = run_bench(BenchOptions(artifact=Path(sys.argv[1]), backends=tuple(sys.argv[2].split(',')), "
+        "batch_sizes=(1,), min_iterations=2, min_seconds=0, cpu_only=True, output=Path(sys.argv[3])))\n"
+        "print(json.dumps({'torch_loaded_here': 'torch' in sys.modules, "
+        "'backends': sorted({r['backend'] for r in result.rows})}))\n"
+    )
     for order in ("pytorch,onnxruntime", "onnxruntime,pytorch"):
-        done = subprocess.run([sys.executable, "-c", code, str(tiny_vit), order, str(tmp_path / order)],
-                              capture_output=True, text=True, timeout=300)
+        done = subprocess.run(
+            [sys.executable, "-c", code, str(tiny_vit), order, str(tmp_path / order)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert done.returncode == 0, done.stderr[-2000:]
         report = json.loads(done.stdout.strip().splitlines()[-1])
         assert report == {"torch_loaded_here": False, "backends": ["onnxruntime", "pytorch"]}, report

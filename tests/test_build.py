@@ -12,7 +12,13 @@ from click.testing import CliRunner
 
 from clipexport.trt.profiles import TRTEXEC, plan_builds, profile_shapes
 from clipexport.trt.recipe import DeviceClass, Range, TowerProfile, list_recipes, load_recipe, parse_recipe
-from clipexport.artifact.provenance import EngineProvenance, check_compatible, check_plan_file, read_sidecar, write_sidecar
+from clipexport.artifact.provenance import (
+    EngineProvenance,
+    check_compatible,
+    check_plan_file,
+    read_sidecar,
+    write_sidecar,
+)
 from clipexport.cli import main
 from clipexport.errors import ClipExportError, InputError, ManifestError, MissingDependencyError
 from clipexport.files import sha256_file
@@ -24,7 +30,13 @@ REBUILD = "clipexport build DIR --precision fp16 --towers vision"
 
 def test_every_shipped_recipe_validates() -> None:
     names = {load_recipe(p).name for p in list_recipes()}
-    assert {"vit-b-32-server", "vit-l-14-server", "vit-b-32-orin-nano", "vit-b-32-agx-orin-int8", "rn50-server"} <= names
+    assert {
+        "vit-b-32-server",
+        "vit-l-14-server",
+        "vit-b-32-orin-nano",
+        "vit-b-32-agx-orin-int8",
+        "rn50-server",
+    } <= names
     nano = load_recipe(next(p for p in list_recipes() if p.stem == "vit-b-32-orin-nano"))
     assert nano.device_class is DeviceClass.JETSON and nano.precision == "fp16"
     assert nano.profiles[Tower.VISION].batch.max == 8 and nano.workspace_mib <= 2048
@@ -48,9 +60,16 @@ def test_dry_run_commands_for_every_recipe(tiny_vit: Path, recipe_path: Path) ->
         fake = manifest
         for tower in Tower:
             graph = manifest.tower(tower).graphs["fp32"]  # an int8 claim carries TensorRT's Q/DQ placement
-            fake = fake.with_graph(tower, precision, dataclasses.replace(
-                graph, details=dataclasses.replace(
-                    graph.details, target=Target.TENSORRT if Precision(precision).facts.calibrated else None)))
+            fake = fake.with_graph(
+                tower,
+                precision,
+                dataclasses.replace(
+                    graph,
+                    details=dataclasses.replace(
+                        graph.details, target=Target.TENSORRT if Precision(precision).facts.calibrated else None
+                    ),
+                ),
+            )
         for build in plan_builds(tiny_vit, fake, recipe, Precision(precision), tuple(Tower)):
             command = build.trtexec(recipe.device_class)
             assert command[0] == TRTEXEC[recipe.device_class]
@@ -60,10 +79,16 @@ def test_dry_run_commands_for_every_recipe(tiny_vit: Path, recipe_path: Path) ->
             name = fake.tower(build.tower).inputs[0].name
             # A variable-length text graph's sequence axis defaults to 2 / 16 / context length.
             sequence = {"min": 2, "opt": 16, "max": fake.tokenizer.context_length}
-            for key, which, b in (("minShapes", "min", batch.min), ("optShapes", "opt", batch.opt), ("maxShapes", "max", batch.max)):
+            for key, which, b in (
+                ("minShapes", "min", batch.min),
+                ("optShapes", "opt", batch.opt),
+                ("maxShapes", "max", batch.max),
+            ):
                 dims = [d if isinstance(d, int) else sequence[which] for d in size]
                 assert args[key] == f"{name}:{'x'.join(map(str, (b, *dims)))}"
-            assert args["onnx"] == str(build.onnx) and args["saveEngine"].endswith(f"engines/{build.tower.value}.{precision}.plan")
+            assert args["onnx"] == str(build.onnx) and args["saveEngine"].endswith(
+                f"engines/{build.tower.value}.{precision}.plan"
+            )
             assert args["memPoolSize"] == f"workspace:{recipe.workspace_mib}M"
             assert ("stronglyTyped" in args) == (precision != "fp32")
             assert ("noTF32" in args) == (precision == "fp32")
@@ -73,7 +98,9 @@ def test_dry_run_commands_for_every_recipe(tiny_vit: Path, recipe_path: Path) ->
 
 def test_cli_dry_run_and_recipes(tiny_vit: Path) -> None:
     runner = CliRunner()
-    result = runner.invoke(main, ["build", str(tiny_vit), "--precision", "fp32", "--recipe", "vit-b-32-orin-nano", "--dry-run"])
+    result = runner.invoke(
+        main, ["build", str(tiny_vit), "--precision", "fp32", "--recipe", "vit-b-32-orin-nano", "--dry-run"]
+    )
     assert result.exit_code == 0, result.output
     assert result.output.count("/usr/src/tensorrt/bin/trtexec --onnx=") == 2 and "mkdir -p" in result.output
     assert "--maxShapes=image:8x3x64x64" in result.output and "--maxShapes=input_ids:8x77" in result.output
@@ -83,7 +110,11 @@ def test_cli_dry_run_and_recipes(tiny_vit: Path) -> None:
     shown = runner.invoke(main, ["recipes", "vit-l-14-server"])
     assert shown.exit_code == 0 and "profile vision: batch [1, 32, 256]" in shown.output
     missing = runner.invoke(main, ["build", str(tiny_vit), "--recipe", "no-such", "--dry-run"])
-    assert missing.exit_code == 2 and "recipe 'no-such' not found" in missing.output and "vit-b-32-server" in missing.output
+    assert (
+        missing.exit_code == 2
+        and "recipe 'no-such' not found" in missing.output
+        and "vit-b-32-server" in missing.output
+    )
     no_variant = runner.invoke(main, ["build", str(tiny_vit), "--precision", "int8", "--dry-run"])
     assert no_variant.exit_code == 2 and "no int8 graph" in no_variant.output
 
@@ -91,6 +122,7 @@ def test_cli_dry_run_and_recipes(tiny_vit: Path) -> None:
 def test_build_without_tensorrt_is_one_line_with_the_install_hint(tiny_vit: Path) -> None:
     try:
         import tensorrt  # noqa: F401
+
         pytest.skip("TensorRT is installed here, so the missing-TensorRT path cannot be exercised")
     except ImportError:
         pass
@@ -100,8 +132,11 @@ def test_build_without_tensorrt_is_one_line_with_the_install_hint(tiny_vit: Path
     assert not (tiny_vit / "engines").exists()
 
 
-BASE = {"recipe": {"name": "x", "device_class": "server", "device": "gpu"},
-        "build": {"precision": "fp16"}, "profiles": {"vision": {"batch": [1, 8, 32]}}}
+BASE = {
+    "recipe": {"name": "x", "device_class": "server", "device": "gpu"},
+    "build": {"precision": "fp16"},
+    "profiles": {"vision": {"batch": [1, 8, 32]}},
+}
 
 
 def _with(path: str, value) -> dict:
@@ -116,19 +151,22 @@ def _with(path: str, value) -> dict:
     return data
 
 
-@pytest.mark.parametrize(("path", "value", "message"), [
-    ("build.precision", "int4", "'build.precision' must be one of fp32, fp16, int8"),
-    ("build.workspace", 10, "unknown key 'build.workspace'"),
-    ("build.workspace_mib", "lots", "'build.workspace_mib' must be int"),
-    ("build.workspace_mib", 0, "'build.workspace_mib' must be a positive"),
-    ("build.optimization_level", 9, "'build.optimization_level' must be 0-5"),
-    ("profiles.vision.batch", [8, 1, 32], "'profiles.vision.batch' must satisfy 1 <= min <= opt <= max"),
-    ("profiles.vision.batch", [1, 8], "'profiles.vision.batch' must be three integers"),
-    ("profiles.vision.sequence", [1, 8, 77], "'profiles.vision.sequence' only applies to the text tower"),
-    ("profiles.audio", {"batch": [1, 1, 1]}, "unknown key 'profiles.audio'"),
-    ("recipe.device_class", "phone", "'recipe.device_class' must be one of server, jetson"),
-    ("recipe.name", None, None),
-])
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        ("build.precision", "int4", "'build.precision' must be one of fp32, fp16, int8"),
+        ("build.workspace", 10, "unknown key 'build.workspace'"),
+        ("build.workspace_mib", "lots", "'build.workspace_mib' must be int"),
+        ("build.workspace_mib", 0, "'build.workspace_mib' must be a positive"),
+        ("build.optimization_level", 9, "'build.optimization_level' must be 0-5"),
+        ("profiles.vision.batch", [8, 1, 32], "'profiles.vision.batch' must satisfy 1 <= min <= opt <= max"),
+        ("profiles.vision.batch", [1, 8], "'profiles.vision.batch' must be three integers"),
+        ("profiles.vision.sequence", [1, 8, 77], "'profiles.vision.sequence' only applies to the text tower"),
+        ("profiles.audio", {"batch": [1, 1, 1]}, "unknown key 'profiles.audio'"),
+        ("recipe.device_class", "phone", "'recipe.device_class' must be one of server, jetson"),
+        ("recipe.name", None, None),
+    ],
+)
 def test_invalid_recipe_names_the_key(path: str, value, message: str | None) -> None:
     data = _with(path, value)
     if value is None:
@@ -161,11 +199,22 @@ def test_profile_shapes_with_a_dynamic_sequence_axis() -> None:
 
 def _provenance(plan: Path, **flags) -> EngineProvenance:
     return EngineProvenance(
-        engine=plan.name, engine_sha256=sha256_file(plan), engine_bytes=plan.stat().st_size, tower="vision",
-        precision="fp16", tensorrt_version="10.13.3.9", gpu_name="NVIDIA L4", compute_capability="8.9",
-        onnx_file="vision.fp16.onnx", onnx_sha256="0" * 64, profiles={"image": {"min": [1], "opt": [8], "max": [32]}},
-        flags={"version_compatible": False, "hardware_compatible": False, **flags}, build_seconds=1.0,
-        created="2026-11-23T00:00:00+00:00", recipe="test")
+        engine=plan.name,
+        engine_sha256=sha256_file(plan),
+        engine_bytes=plan.stat().st_size,
+        tower="vision",
+        precision="fp16",
+        tensorrt_version="10.13.3.9",
+        gpu_name="NVIDIA L4",
+        compute_capability="8.9",
+        onnx_file="vision.fp16.onnx",
+        onnx_sha256="0" * 64,
+        profiles={"image": {"min": [1], "opt": [8], "max": [32]}},
+        flags={"version_compatible": False, "hardware_compatible": False, **flags},
+        build_seconds=1.0,
+        created="2026-11-23T00:00:00+00:00",
+        recipe="test",
+    )
 
 
 @pytest.fixture()
@@ -188,11 +237,15 @@ def test_sidecar_compatibility_rules(plan: Path) -> None:
     assert notes and "NVIDIA L40S" in notes[0]
 
     portable = _provenance(plan, version_compatible=True, hardware_compatible=True)
-    assert check_compatible(portable, "10.14.1.48", "9.0", "NVIDIA H100", REBUILD) == [notes[0].replace("NVIDIA L40S", "NVIDIA H100")]
+    assert check_compatible(portable, "10.14.1.48", "9.0", "NVIDIA H100", REBUILD) == [
+        notes[0].replace("NVIDIA L40S", "NVIDIA H100")
+    ]
     with pytest.raises(ManifestError, match="runs on releases from that one through 11.x"):
         check_compatible(portable, "10.12.0.36", "9.0", "NVIDIA H100", REBUILD)
     # TensorRT 11 runs version-compatible 10.x engines (NVIDIA's 11.4 support matrix); 12 would not.
-    assert check_compatible(portable, "11.4.0.7", "9.0", "NVIDIA H100", REBUILD) == [notes[0].replace("NVIDIA L40S", "NVIDIA H100")]
+    assert check_compatible(portable, "11.4.0.7", "9.0", "NVIDIA H100", REBUILD) == [
+        notes[0].replace("NVIDIA L40S", "NVIDIA H100")
+    ]
     with pytest.raises(ManifestError, match="through 11.x"):
         check_compatible(portable, "12.0.0.1", "9.0", "NVIDIA H100", REBUILD)
     # Without version compatibility all four fields must match: the build number too.
@@ -232,6 +285,7 @@ def test_runtime_tensorrt_backend_errors_are_clear(tiny_vit: Path, tmp_path: Pat
     shutil.copytree(tiny_vit, artifact)
     try:
         import tensorrt  # noqa: F401
+
         with pytest.raises(ManifestError, match="not found; build it with: clipexport build"):
             ClipRuntime.load(artifact, backend="tensorrt")
     except ImportError:  # without TensorRT, the install hint comes before any "engine not found"

@@ -59,14 +59,21 @@ def _rows(folder: Path) -> tuple[dict, list[str], np.ndarray]:
 
 def _options(artifact: Path, output: Path, **kwargs) -> BulkOptions:
     spec = kwargs.pop("inputs")
-    return BulkOptions(artifact=artifact, output=output, inputs=spec, batch_size=kwargs.pop("batch_size", 4),
-                       shard_size=kwargs.pop("shard_size", 10), **kwargs)
+    return BulkOptions(
+        artifact=artifact,
+        output=output,
+        inputs=spec,
+        batch_size=kwargs.pop("batch_size", 4),
+        shard_size=kwargs.pop("shard_size", 10),
+        **kwargs,
+    )
 
 
 def test_local_dataset_equals_the_runtime_row_for_row(tiny_vit: Path, corpus: Path, tmp_path: Path) -> None:
     paths = sorted((corpus / "photos").glob("*.jpg"))
-    result = embed_dataset(_options(tiny_vit, tmp_path / "ds", inputs=InputSpec(images=[str(corpus / "photos")]),
-                                    workers=2))
+    result = embed_dataset(
+        _options(tiny_vit, tmp_path / "ds", inputs=InputSpec(images=[str(corpus / "photos")]), workers=2)
+    )
     assert (result.rows, result.shards_written, result.shards_resumed) == (23, 3, 0)
     manifest, ids, rows = _rows(tmp_path / "ds")
     assert ids == [str(p) for p in paths] and manifest["complete"] and manifest["dim"] == 64
@@ -95,8 +102,12 @@ def test_every_input_kind(tiny_vit: Path, corpus: Path, tmp_path: Path) -> None:
             info = tarfile.TarInfo(f"{i:04d}.txt")
             info.size = len(caption)
             tar.addfile(info, io.BytesIO(caption))
-    specs = {"list": InputSpec(image_list=tmp_path / "list.txt"), "parquet": InputSpec(image_table=tmp_path / "t.parquet"),
-             "csv": InputSpec(image_table=tmp_path / "t.csv"), "tar": InputSpec(images=[str(tmp_path / "shard.tar")])}
+    specs = {
+        "list": InputSpec(image_list=tmp_path / "list.txt"),
+        "parquet": InputSpec(image_table=tmp_path / "t.parquet"),
+        "csv": InputSpec(image_table=tmp_path / "t.csv"),
+        "tar": InputSpec(images=[str(tmp_path / "shard.tar")]),
+    }
     for name, spec in specs.items():
         embed_dataset(_options(tiny_vit, tmp_path / name, inputs=spec))
         _, ids, rows = _rows(tmp_path / name)
@@ -108,8 +119,10 @@ def test_every_input_kind(tiny_vit: Path, corpus: Path, tmp_path: Path) -> None:
     pq.write_table(pa.table({"caption": texts}), tmp_path / "texts.parquet")
     with ClipRuntime.load(tiny_vit) as runtime:
         want_text = runtime.encode_text(texts)
-    for name, spec in (("tfile", InputSpec(texts=tmp_path / "texts.txt")),
-                       ("ttable", InputSpec(text_table=tmp_path / "texts.parquet", text_column="caption"))):
+    for name, spec in (
+        ("tfile", InputSpec(texts=tmp_path / "texts.txt")),
+        ("ttable", InputSpec(text_table=tmp_path / "texts.parquet", text_column="caption")),
+    ):
         embed_dataset(_options(tiny_vit, tmp_path / name, inputs=spec))
         _, ids, rows = _rows(tmp_path / name)
         np.testing.assert_allclose(rows, want_text, atol=ROWS_MAX_ABS, rtol=0)
@@ -121,13 +134,19 @@ def test_float16_halves_the_dataset(tiny_vit: Path, corpus: Path, tmp_path: Path
     embed_dataset(_options(tiny_vit, tmp_path / "f16", inputs=spec, dtype="float16"))
     _, _, rows = _rows(tmp_path / "f16")
     assert rows.dtype == np.float16
-    np.testing.assert_allclose(rows.astype(np.float32), _reference(tiny_vit, sorted((corpus / "photos").glob("*.jpg"))),
-                               atol=1e-3)
+    np.testing.assert_allclose(
+        rows.astype(np.float32), _reference(tiny_vit, sorted((corpus / "photos").glob("*.jpg"))), atol=1e-3
+    )
 
 
 def _cli(*args: str, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "clipexport", "embed", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-m", "clipexport", "embed", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
 
 
 def _shards_done(folder: Path) -> int:
@@ -137,8 +156,9 @@ def _shards_done(folder: Path) -> int:
         return 0
 
 
-def _running_job(tiny_vit: Path, tmp_path: Path, count: int, seed: int, shards: int) -> tuple[Path, Path, list[str],
-                                                                                         subprocess.Popen]:
+def _running_job(
+    tiny_vit: Path, tmp_path: Path, count: int, seed: int, shards: int
+) -> tuple[Path, Path, list[str], subprocess.Popen]:
     """`embed -o DIR` on `count` 640x480 photos in a subprocess, once `shards` shards are done."""
     photos = tmp_path / "photos"
     photos.mkdir()
@@ -195,9 +215,11 @@ def test_a_different_job_is_refused_and_overwrite_starts_over(tiny_vit: Path, co
     out = tmp_path / "ds"
     embed_dataset(_options(tiny_vit, out, inputs=InputSpec(images=[str(corpus / "photos")])))
     fewer = InputSpec(images=[str(p) for p in sorted((corpus / "photos").glob("*.jpg"))[:5]])
-    for change, differ in ((dict(inputs=fewer), "inputs_sha256"), (dict(inputs=InputSpec(images=[str(corpus / "photos")]),
-                                                                         dtype="float16"), "dtype"),
-                           (dict(inputs=InputSpec(images=[str(corpus / "photos")]), shard_size=7), "shard_size")):
+    for change, differ in (
+        (dict(inputs=fewer), "inputs_sha256"),
+        (dict(inputs=InputSpec(images=[str(corpus / "photos")]), dtype="float16"), "dtype"),
+        (dict(inputs=InputSpec(images=[str(corpus / "photos")]), shard_size=7), "shard_size"),
+    ):
         with pytest.raises(InputError, match=f"holds embeddings of another job \\(.*{differ}"):
             embed_dataset(_options(tiny_vit, out, **{"shard_size": 10, **change}))
     result = embed_dataset(_options(tiny_vit, out, inputs=fewer, overwrite=True))
@@ -225,8 +247,11 @@ def test_bad_inputs_are_one_line_and_skip_bad_lists_them(tiny_vit: Path, corpus:
     with pytest.raises(InputError, match="4-empty.jpg is empty .*--skip-bad"):
         embed_dataset(_options(tiny_vit, tmp_path / "a", inputs=spec))
     result = embed_dataset(_options(tiny_vit, tmp_path / "b", inputs=spec, skip_bad=True))
-    assert result.rows == 4 and sorted(Path(s.id).name for s in result.skipped) == ["4-empty.jpg", "5-corrupt.jpg",
-                                                                                    "6-truncated.jpg"]
+    assert result.rows == 4 and sorted(Path(s.id).name for s in result.skipped) == [
+        "4-empty.jpg",
+        "5-corrupt.jpg",
+        "6-truncated.jpg",
+    ]
     (tmp_path / "list.txt").write_text(f"{corpus / 'photos' / '000.jpg'}\n{tmp_path / 'missing.jpg'}\n")
     with pytest.raises(InputError, match="missing.jpg does not exist"):
         embed_dataset(_options(tiny_vit, tmp_path / "c", inputs=InputSpec(image_list=tmp_path / "list.txt")))
@@ -235,7 +260,9 @@ def test_bad_inputs_are_one_line_and_skip_bad_lists_them(tiny_vit: Path, corpus:
         embed_dataset(_options(tiny_vit, tmp_path / "d", inputs=twice))
     with pytest.raises(InputError, match="has no column 'url'"):
         (tmp_path / "t.csv").write_text("path\nx.jpg\n")
-        embed_dataset(_options(tiny_vit, tmp_path / "e", inputs=InputSpec(image_table=tmp_path / "t.csv", path_column="url")))
+        embed_dataset(
+            _options(tiny_vit, tmp_path / "e", inputs=InputSpec(image_table=tmp_path / "t.csv", path_column="url"))
+        )
     with tarfile.open(tmp_path / "odd.tar", "w") as tar:
         info = tarfile.TarInfo("0000.jpg")
         info.size = 9
@@ -246,8 +273,9 @@ def test_bad_inputs_are_one_line_and_skip_bad_lists_them(tiny_vit: Path, corpus:
         assert not (tmp_path / name).exists(), name
 
 
-def test_a_full_disk_is_one_line_and_keeps_earlier_shards(tiny_vit: Path, corpus: Path, tmp_path: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_full_disk_is_one_line_and_keeps_earlier_shards(
+    tiny_vit: Path, corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import errno
 
     import clipexport.bulk.dataset as dataset
@@ -276,14 +304,18 @@ def test_npy_output_goes_through_the_same_pipeline(tiny_vit: Path, corpus: Path,
     from clipexport.bulk.npy import EmbedRequest, embed_to_file
 
     paths = sorted((corpus / "photos").glob("*.jpg"))
-    result = embed_to_file(EmbedRequest(artifact=tiny_vit, output=tmp_path / "e.npy", images=[str(corpus / "photos")],
-                                        batch_size=4, workers=2))
+    result = embed_to_file(
+        EmbedRequest(
+            artifact=tiny_vit, output=tmp_path / "e.npy", images=[str(corpus / "photos")], batch_size=4, workers=2
+        )
+    )
     assert result.rows == 23
     np.testing.assert_allclose(np.load(tmp_path / "e.npy"), _reference(tiny_vit, paths), atol=ROWS_MAX_ABS, rtol=0)
     assert (tmp_path / "e.index.txt").read_text().splitlines() == [str(p) for p in paths]
 
 
 # ---- Ray Data on a real local cluster ------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def ray_cluster():
@@ -297,16 +329,18 @@ def ray_cluster():
 def test_ray_dataset_equals_the_local_one(ray_cluster, tiny_vit: Path, corpus: Path, tmp_path: Path) -> None:
     spec = InputSpec(images=[str(corpus / "photos")])
     embed_dataset(_options(tiny_vit, tmp_path / "local", inputs=spec))
-    result = embed_dataset(_options(tiny_vit, tmp_path / "ray", inputs=spec, engine=Engine.RAY,
-                                    ray=RayOptions(actors=1)))
+    result = embed_dataset(
+        _options(tiny_vit, tmp_path / "ray", inputs=spec, engine=Engine.RAY, ray=RayOptions(actors=1))
+    )
     assert result.rows == 23
     local, ray_rows = _rows(tmp_path / "local"), _rows(tmp_path / "ray")
     assert local[1] == ray_rows[1]
     np.testing.assert_allclose(ray_rows[2], local[2], atol=ROWS_MAX_ABS, rtol=0)
     strip = lambda m: {k: v for k, v in m.items() if k not in ("created", "updated")}  # noqa: E731
     assert strip(local[0])["inputs_sha256"] == strip(ray_rows[0])["inputs_sha256"]
-    assert [s["sha256"] for s in local[0]["shards"]] != [] and [s["rows"] for s in local[0]["shards"]] == \
-        [s["rows"] for s in ray_rows[0]["shards"]]
+    assert [s["sha256"] for s in local[0]["shards"]] != [] and [s["rows"] for s in local[0]["shards"]] == [
+        s["rows"] for s in ray_rows[0]["shards"]
+    ]
     # the same resume rule: the Ray run's finished dataset is kept by a local rerun
     again = embed_dataset(_options(tiny_vit, tmp_path / "ray", inputs=spec))
     assert (again.shards_resumed, again.computed) == (3, 0)
@@ -336,8 +370,11 @@ def test_ray_job_survives_a_killed_embedding_actor(ray_cluster, tiny_vit: Path, 
 
     def job() -> None:
         try:
-            outcome["result"] = embed_dataset(_options(tiny_vit, out, inputs=InputSpec(images=[str(photos)]),
-                                                       engine=Engine.RAY, ray=RayOptions(actors=1)))
+            outcome["result"] = embed_dataset(
+                _options(
+                    tiny_vit, out, inputs=InputSpec(images=[str(photos)]), engine=Engine.RAY, ray=RayOptions(actors=1)
+                )
+            )
         except BaseException as exc:  # reported by the assertion below
             outcome["error"] = exc
 

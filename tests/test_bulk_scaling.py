@@ -56,8 +56,13 @@ def _reference_normalize(pre: ImagePreprocessor, chw: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize("convention", [Convention.OPEN_CLIP, Convention.HF, Convention.HF_TORCHVISION])
 def test_batch_normalisation_gives_the_per_image_bits_for_every_byte(convention: Convention) -> None:
-    config = dataclasses.replace(default_config(16), convention=convention, resize_mode=ResizeMode.SHORTEST,
-                                 mean=(0.48145466, 0.4578275, 0.40821073), std=(0.26862954, 0.26130258, 0.27577711))
+    config = dataclasses.replace(
+        default_config(16),
+        convention=convention,
+        resize_mode=ResizeMode.SHORTEST,
+        mean=(0.48145466, 0.4578275, 0.40821073),
+        std=(0.26862954, 0.26130258, 0.27577711),
+    )
     pre = ImagePreprocessor(config)
     every = np.broadcast_to(np.arange(256, dtype=np.uint8).reshape(1, 1, 16, 16), (2, 3, 16, 16)).copy()
     batch = pre.normalize(every)
@@ -93,7 +98,8 @@ def test_the_sides_are_pinned_to_separate_cpus_where_that_pays() -> None:
 
 
 def test_a_pinned_run_keeps_every_row_and_gives_the_caller_its_cpus_back(
-        tiny_vit: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tiny_vit: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     if len(os.sched_getaffinity(0)) < 2:
         pytest.skip("pinning needs 2 CPUs; this process may use 1")
     photos = tmp_path / "photos"
@@ -120,8 +126,14 @@ def test_a_pinned_run_keeps_every_row_and_gives_the_caller_its_cpus_back(
 
 
 def _options(artifact: Path, output: Path, folder: Path, **kwargs) -> BulkOptions:
-    return BulkOptions(artifact=artifact, output=output, inputs=InputSpec(images=[str(folder)]),
-                       batch_size=kwargs.pop("batch_size", 4), shard_size=kwargs.pop("shard_size", 8), **kwargs)
+    return BulkOptions(
+        artifact=artifact,
+        output=output,
+        inputs=InputSpec(images=[str(folder)]),
+        batch_size=kwargs.pop("batch_size", 4),
+        shard_size=kwargs.pop("shard_size", 8),
+        **kwargs,
+    )
 
 
 def test_uint8_transfer_measured_split_and_stats(tiny_vit: Path, tmp_path: Path) -> None:
@@ -180,8 +192,22 @@ def test_fast_decode_is_close_recorded_and_never_mixed(tiny_vit: Path, tmp_path:
     assert cosines.min() >= FAST_DECODE_MIN_COSINE and not np.array_equal(a, b), cosines
     assert json.loads((tmp_path / "fast" / "_embeddings.json").read_text())["decode"] == "fast"
     # A dataset made one way never resumes the other.
-    refused = CliRunner().invoke(main, ["embed", str(tiny_vit), "--images", str(photos), "-o", str(tmp_path / "exact"),
-                                        "--shard-size", "8", "--batch-size", "4", "--fast-decode"])
+    refused = CliRunner().invoke(
+        main,
+        [
+            "embed",
+            str(tiny_vit),
+            "--images",
+            str(photos),
+            "-o",
+            str(tmp_path / "exact"),
+            "--shard-size",
+            "8",
+            "--batch-size",
+            "4",
+            "--fast-decode",
+        ],
+    )
     assert refused.exit_code == 2 and "decode" in refused.output, refused.output
     # PNGs: no effect, said once.
     pngs = tmp_path / "pngs"

@@ -59,9 +59,14 @@ PACKAGE = TESTS.parent / "clipexport"
 def _member_comparisons(tree: ast.AST) -> list[tuple[int, str]]:
     """`x is Precision.INT8`, `kind == BackendKind.TENSORRT`, `p in (Precision.FP16, ...)`, and
     `{Precision.INT8: ...}` keys: a branch on a member by name, which facts or a module should make."""
+
     def member(node: ast.AST) -> str | None:
-        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) \
-                and node.value.id in ("Precision", "BackendKind") and node.attr.isupper():
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in ("Precision", "BackendKind")
+            and node.attr.isupper()
+        ):
             return f"{node.value.id}.{node.attr}"
         return None
 
@@ -87,15 +92,25 @@ def test_no_file_outside_the_registries_branches_on_a_member() -> None:
 
 
 def test_the_member_check_sees_branches() -> None:
-    source = ("if p is Precision.INT8: pass\nok = kind in (BackendKind.TENSORRT, x)\nd = {Precision.FP16: 1}\n"
-              "default = Precision.FP32\n")
+    source = (
+        "if p is Precision.INT8: pass\nok = kind in (BackendKind.TENSORRT, x)\nd = {Precision.FP16: 1}\n"
+        "default = Precision.FP32\n"
+    )
     assert [name for _, name in _member_comparisons(ast.parse(source))] == [
-        "Precision.INT8", "BackendKind.TENSORRT", "Precision.FP16"]
+        "Precision.INT8",
+        "BackendKind.TENSORRT",
+        "Precision.FP16",
+    ]
 
 
 # Each Hugging Face model type `sources/hf.py` accepts -> the family whose test exports and verifies it.
-HF_TYPES = {"clip": "hf-clip", "siglip": "hf-siglip", "metaclip_2": "hf-metaclip-2", "chinese_clip": "hf-chinese-clip",
-            "altclip": "hf-altclip"}
+HF_TYPES = {
+    "clip": "hf-clip",
+    "siglip": "hf-siglip",
+    "metaclip_2": "hf-metaclip-2",
+    "chinese_clip": "hf-chinese-clip",
+    "altclip": "hf-altclip",
+}
 
 
 def test_every_hf_architecture_is_a_tested_family() -> None:

@@ -63,10 +63,15 @@ def test_offline_download_says_what_to_do(tmp_path: Path) -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "clipexport", "export", "ViT-B-32", "--pretrained", "openai", "-o", str(tmp_path / "a")],
-        capture_output=True, text=True, env=env, timeout=300,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     # 3: the environment (no network), not a user mistake
-    _assert_one_line_error(proc.returncode, proc.stderr, "download of weights", "offline?", "--pretrained PATH", exit_code=3)
+    _assert_one_line_error(
+        proc.returncode, proc.stderr, "download of weights", "offline?", "--pretrained PATH", exit_code=3
+    )
     assert not (tmp_path / "a").exists()
 
 
@@ -74,9 +79,14 @@ def test_offline_hf_hub_id(tmp_path: Path) -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "clipexport", "export", "openai/clip-vit-base-patch32", "-o", str(tmp_path / "a")],
-        capture_output=True, text=True, env=env, timeout=300,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
-    _assert_one_line_error(proc.returncode, proc.stderr, "download of Hugging Face model", "save_pretrained", exit_code=3)
+    _assert_one_line_error(
+        proc.returncode, proc.stderr, "download of Hugging Face model", "save_pretrained", exit_code=3
+    )
 
 
 def test_missing_hf_folder(tmp_path: Path) -> None:

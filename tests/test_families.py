@@ -51,19 +51,22 @@ def test_hf_siglip_runtime_tokenizer_equals_transformers(hf_siglip: Path, hf_sig
         mismatched = [corpus[i] for i in range(len(corpus)) if not np.array_equal(got[i], want[i])]
         assert not mismatched, mismatched[:3]
         # Text embeddings through the runtime's own tokenizer equal the graph fed the reference ids.
-        np.testing.assert_allclose(runtime.encode_text(corpus[:8]), runtime.encode_text(want[:8].astype(np.int64)),
-                                   atol=1e-6)
+        np.testing.assert_allclose(
+            runtime.encode_text(corpus[:8]), runtime.encode_text(want[:8].astype(np.int64)), atol=1e-6
+        )
 
 
 def test_runtime_tokenizer_needs_no_torch_or_transformers(hf_siglip: Path) -> None:
     import subprocess
     import sys
 
-    code = ("import sys\n"
-            "for name in ('torch', 'transformers', 'open_clip'):\n    sys.modules[name] = None\n"
-            "from clipexport.runtime import ClipRuntime\n"
-            f"with ClipRuntime.load({str(hf_siglip)!r}) as rt:\n"
-            "    print(rt.encode_text(['a photo of a cat', '']).shape)\n")
+    code = (
+        "import sys\n"
+        "for name in ('torch', 'transformers', 'open_clip'):\n    sys.modules[name] = None\n"
+        "from clipexport.runtime import ClipRuntime\n"
+        f"with ClipRuntime.load({str(hf_siglip)!r}) as rt:\n"
+        "    print(rt.encode_text(['a photo of a cat', '']).shape)\n"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "(2, 64)" in proc.stdout, proc.stderr
 
@@ -83,8 +86,12 @@ def open_clip_siglip(siglip_tokenizer_dir: Path, tmp_path_factory: pytest.TempPa
     canonicalize cleaning), random weights, the tokenizer from a local folder: no network."""
     from conftest import CONFIGS
 
-    return _exported("open_clip-siglip", export_dir(tmp_path_factory, "oc-siglip", str(CONFIGS / "tiny-siglip.json"),
-                                                    "random", tokenizer=siglip_tokenizer_dir))
+    return _exported(
+        "open_clip-siglip",
+        export_dir(
+            tmp_path_factory, "oc-siglip", str(CONFIGS / "tiny-siglip.json"), "random", tokenizer=siglip_tokenizer_dir
+        ),
+    )
 
 
 def test_open_clip_siglip_exports_offline_and_verifies(open_clip_siglip: Path) -> None:
@@ -97,7 +104,9 @@ def test_open_clip_siglip_exports_offline_and_verifies(open_clip_siglip: Path) -
     assert report.passed, report.table()
 
 
-def test_open_clip_siglip_runtime_tokenizer_equals_open_clip(open_clip_siglip: Path, siglip_tokenizer_dir: Path) -> None:
+def test_open_clip_siglip_runtime_tokenizer_equals_open_clip(
+    open_clip_siglip: Path, siglip_tokenizer_dir: Path
+) -> None:
     from open_clip.tokenizer import HFTokenizer
 
     reference = HFTokenizer(str(siglip_tokenizer_dir), context_length=64, clean="canonicalize")
@@ -117,8 +126,22 @@ def test_open_clip_tokenizer_offline_names_the_option(tmp_path: Path) -> None:
     from conftest import CONFIGS
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "clipexport", "export", str(CONFIGS / "tiny-siglip.json"),
-                           "-o", str(tmp_path / "a"), "-q"], capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "clipexport",
+            "export",
+            str(CONFIGS / "tiny-siglip.json"),
+            "-o",
+            str(tmp_path / "a"),
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 3 and "--tokenizer DIR" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 
 
@@ -135,8 +158,18 @@ def test_hf_folder_without_tokenizer_is_one_line(hf_siglip_folder: Path, tmp_pat
         (folder / name).unlink(missing_ok=True)
     result = CliRunner().invoke(main, ["export", str(folder), "-o", str(tmp_path / "a"), "-q"])
     assert result.exit_code == 2 and "no tokenizer files" in result.output and "--tokenizer DIR" in result.output
-    result = CliRunner().invoke(main, ["export", str(folder), "-o", str(tmp_path / "b"), "-q",
-                                       "--tokenizer", str(hf_siglip_folder / "tokenizer.json")])
+    result = CliRunner().invoke(
+        main,
+        [
+            "export",
+            str(folder),
+            "-o",
+            str(tmp_path / "b"),
+            "-q",
+            "--tokenizer",
+            str(hf_siglip_folder / "tokenizer.json"),
+        ],
+    )
     assert result.exit_code == 0, result.output
 
 
@@ -156,8 +189,9 @@ def _config_with(tmp_path: Path, base: str, **changes: dict) -> Path:
 def test_scaled_cosine_attention_exports_and_verifies(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
     """open_clip's scaled_cosine_attn calls torch.bmm on 4-D tensors and fails in PyTorch itself;
     the loader's matmul fix makes it run, export and match (the reference gets the same fix)."""
-    config = _config_with(tmp_path, "tiny-vit.json", vision_cfg={"scaled_cosine_attn": True},
-                          text_cfg={"scaled_cosine_attn": True})
+    config = _config_with(
+        tmp_path, "tiny-vit.json", vision_cfg={"scaled_cosine_attn": True}, text_cfg={"scaled_cosine_attn": True}
+    )
     artifact = export_dir(tmp_path_factory, "cosine-attn", str(config), "random")
     manifest = read_manifest(artifact)
     for tower in ("vision", "text"):
@@ -180,7 +214,10 @@ def test_mobileclip_is_reparameterized_and_verified_against_the_unfolded_model(t
     details = read_manifest(folded).tower("vision").graph(Precision.FP32).details
     assert any(n.startswith("reparameterized (timm reparameterize_model:") for n in details.adjustments)
     assert not read_manifest(unfolded).tower("vision").graph(Precision.FP32).details.adjustments
-    nodes = {name: len(onnx.load(str(a / "vision.onnx")).graph.node) for name, a in (("folded", folded), ("unfolded", unfolded))}
+    nodes = {
+        name: len(onnx.load(str(a / "vision.onnx")).graph.node)
+        for name, a in (("folded", folded), ("unfolded", unfolded))
+    }
     assert nodes["folded"] < 0.8 * nodes["unfolded"], nodes
     report = verify_artifact(VerifyOptions(artifact=folded, num_images=6))
     assert report.passed, report.table()
@@ -196,7 +233,9 @@ def hf_masked_family(request, tmp_path_factory: pytest.TempPathFactory) -> tuple
 
     family = request.param
     folder = save_tiny_hf_family(family, tmp_path_factory.mktemp(f"hf-{family}") / family)
-    artifact = _exported(f"hf-{family.replace('_', '-')}", export_dir(tmp_path_factory, f"x-{family}", str(folder), None))
+    artifact = _exported(
+        f"hf-{family.replace('_', '-')}", export_dir(tmp_path_factory, f"x-{family}", str(folder), None)
+    )
     return family, folder, artifact
 
 
@@ -221,7 +260,9 @@ def test_hf_masked_family_runtime_equals_transformers(hf_masked_family) -> None:
     corpus = TRICKY + list(DEFAULT_CAPTIONS)
     with ClipRuntime.load(artifact) as runtime:
         length = runtime.manifest.tokenizer.context_length
-        want = reference(corpus, padding="max_length", max_length=length, truncation=True, return_tensors="np")["input_ids"]
+        want = reference(corpus, padding="max_length", max_length=length, truncation=True, return_tensors="np")[
+            "input_ids"
+        ]
         got = runtime.tokenizer(corpus)
         mismatched = [corpus[i] for i in range(len(corpus)) if not np.array_equal(got[i], want[i])]
         assert not mismatched, (family, mismatched[:3])
@@ -271,16 +312,18 @@ def xlmr_text_tower(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_tiny_xlmr_text_tower(tmp_path_factory.mktemp("xlmr") / "xlm-roberta-tiny")
 
 
-def test_open_clip_hf_text_tower_exports_offline_with_text_config(xlmr_text_tower: Path,
-                                                                  tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_open_clip_hf_text_tower_exports_offline_with_text_config(
+    xlmr_text_tower: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     """open_clip's xlm-roberta text towers (also mT5, NLLB, RoBERTa) fetch the HF config even for
     random init; --text-config gives it locally, and its tokenizer files serve the runtime."""
     from open_clip.tokenizer import HFTokenizer
 
     from conftest import CONFIGS
 
-    artifact = export_dir(tmp_path_factory, "oc-xlmr", str(CONFIGS / "tiny-xlmr.json"), "random",
-                          text_config=xlmr_text_tower)
+    artifact = export_dir(
+        tmp_path_factory, "oc-xlmr", str(CONFIGS / "tiny-xlmr.json"), "random", text_config=xlmr_text_tower
+    )
     report = verify_artifact(VerifyOptions(artifact=artifact, num_images=6))
     assert report.passed, report.table()
     reference = HFTokenizer(str(xlmr_text_tower), context_length=77)
@@ -299,8 +342,22 @@ def test_hf_text_tower_offline_names_text_config(tmp_path: Path) -> None:
     from conftest import CONFIGS
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "clipexport", "export", str(CONFIGS / "tiny-xlmr.json"),
-                           "-o", str(tmp_path / "a"), "-q"], capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "clipexport",
+            "export",
+            str(CONFIGS / "tiny-xlmr.json"),
+            "-o",
+            str(tmp_path / "a"),
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 3 and "--text-config DIR" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
@@ -320,7 +377,9 @@ def _build_family(family: str, tmp_path_factory: pytest.TempPathFactory) -> Path
         return copy
     if family == "open_clip-siglip":
         train_unigram_tokenizer(64).save_pretrained(folder / "tok")
-        return export_dir(tmp_path_factory, family, str(CONFIGS / "tiny-siglip.json"), "random", tokenizer=folder / "tok")
+        return export_dir(
+            tmp_path_factory, family, str(CONFIGS / "tiny-siglip.json"), "random", tokenizer=folder / "tok"
+        )
     if family == "open_clip-mobileclip":
         return export_dir(tmp_path_factory, family, str(CONFIGS / "tiny-mobileclip.json"), "random")
     if family == "hf-siglip":
@@ -330,8 +389,14 @@ def _build_family(family: str, tmp_path_factory: pytest.TempPathFactory) -> Path
 
 
 # Each family row of the README's FP16 / INT8-cpu columns is one of these.
-PRECISION_FAMILIES = ("open_clip-siglip", "open_clip-mobileclip", "hf-siglip", "hf-chinese-clip", "hf-altclip",
-                      "hf-metaclip-2")
+PRECISION_FAMILIES = (
+    "open_clip-siglip",
+    "open_clip-mobileclip",
+    "hf-siglip",
+    "hf-chinese-clip",
+    "hf-altclip",
+    "hf-metaclip-2",
+)
 
 
 @pytest.mark.parametrize("family", PRECISION_FAMILIES)
@@ -345,6 +410,8 @@ def test_family_fp16_and_cpu_int8_meet_the_gates(family: str, tmp_path_factory: 
     artifact = _build_family(family, tmp_path_factory)
     small = CalibrationSource(size=24)
     quantize_artifact(QuantizeOptions(artifact=artifact, precision=Precision.FP16, calibration=small))
-    quantize_artifact(QuantizeOptions(artifact=artifact, precision=Precision.INT8, calibration=small, target=Target.CPU))
+    quantize_artifact(
+        QuantizeOptions(artifact=artifact, precision=Precision.INT8, calibration=small, target=Target.CPU)
+    )
     report = verify_artifact(VerifyOptions(artifact=artifact, precisions=("fp16", "int8"), num_images=8))
     assert report.passed, (family, report.table())

@@ -14,14 +14,34 @@ PACKAGE = Path(clipexport.__file__).parent
 # Lower numbers are lower layers; a part may import its own layer or lower ones, never higher.
 LAYERS = {
     # leaves: stdlib (numpy for parity/datasets)
-    "errors": 0, "files": 0, "progress": 0, "_deps": 0, "gpu": 0, "signals": 0, "__init__": 0,
-    "_version": 0, "inputs": 0, "process": 0,
+    "errors": 0,
+    "files": 0,
+    "progress": 0,
+    "_deps": 0,
+    "gpu": 0,
+    "signals": 0,
+    "__init__": 0,
+    "_version": 0,
+    "inputs": 0,
+    "process": 0,
     "artifact": 1,
-    "parity": 2, "datasets": 2, "vectors": 2,
-    "runtime": 3, "client": 3, "demo": 2, "bulk": 4, "search": 4,
-    "sources": 4, "export": 4, "precision": 4, "trt": 4,
-    "verify": 5, "bench": 5, "serving": 5,
-    "cli": 6, "__main__": 7,
+    "parity": 2,
+    "datasets": 2,
+    "vectors": 2,
+    "runtime": 3,
+    "client": 3,
+    "demo": 2,
+    "bulk": 4,
+    "search": 4,
+    "sources": 4,
+    "export": 4,
+    "precision": 4,
+    "trt": 4,
+    "verify": 5,
+    "bench": 5,
+    "serving": 5,
+    "cli": 6,
+    "__main__": 7,
 }
 
 
@@ -55,8 +75,11 @@ def _imports(path: Path, package: str | None = None) -> set[str]:
                 found.add(node.module)
                 # `from clipexport import datasets` imports the submodule
                 if node.module == "clipexport":
-                    found |= {f"clipexport.{alias.name}" for alias in node.names
-                              if (PACKAGE / alias.name).is_dir() or (PACKAGE / f"{alias.name}.py").is_file()}
+                    found |= {
+                        f"clipexport.{alias.name}"
+                        for alias in node.names
+                        if (PACKAGE / alias.name).is_dir() or (PACKAGE / f"{alias.name}.py").is_file()
+                    }
     return {name for name in found if name == "clipexport" or name.startswith("clipexport.")}
 
 
@@ -94,7 +117,7 @@ def _cycles(edges: dict[str, set[str]]) -> list[str]:
     def visit(node: str, stack: list[str]) -> None:
         for nxt in sorted(edges.get(node, ())):
             if nxt in stack:
-                cycles.append(" -> ".join(stack[stack.index(nxt):] + [nxt]))
+                cycles.append(" -> ".join(stack[stack.index(nxt) :] + [nxt]))
             elif len(stack) < 32:
                 visit(nxt, stack + [nxt])
 
@@ -109,14 +132,19 @@ def test_no_import_cycle_between_parts() -> None:
 
 
 def test_the_cycle_finder_finds_cycles() -> None:
-    assert _cycles({"precision": {"verify"}, "verify": {"precision"}}) == ["precision -> verify -> precision",
-                                                                         "verify -> precision -> verify"]
+    assert _cycles({"precision": {"verify"}, "verify": {"precision"}}) == [
+        "precision -> verify -> precision",
+        "verify -> precision -> verify",
+    ]
     assert _cycles({"export": {"sources"}, "sources": {"artifact"}}) == []
 
 
 def test_the_checker_sees_lazy_imports(tmp_path: Path) -> None:
     # A guard that cannot fail proves nothing: an import inside a function body is found.
     source = tmp_path / "probe.py"
-    source.write_text("import numpy\n\ndef f():\n    from clipexport.verify.run import verify_artifact\n"
-                      "    from ..parity import stats\n", encoding="utf-8")
+    source.write_text(
+        "import numpy\n\ndef f():\n    from clipexport.verify.run import verify_artifact\n"
+        "    from ..parity import stats\n",
+        encoding="utf-8",
+    )
     assert _imports(source, "clipexport.runtime") == {"clipexport.verify.run", "clipexport.parity"}

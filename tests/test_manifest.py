@@ -33,7 +33,11 @@ def test_manifest_describes_everything_the_runtime_needs(tiny_vit: Path) -> None
     assert m.embed_dim == 64 and m.normalized
     assert m.logit_scale == pytest.approx(1 / 0.07, rel=1e-5)  # open_clip's init value
     assert m.preprocess.image_size == (64, 64) and m.preprocess.interpolation == "bicubic"
-    assert m.tokenizer.kind == "clip_bpe" and (m.tokenizer.sot_id, m.tokenizer.eot_id, m.tokenizer.pad_id) == (49406, 49407, 0)
+    assert m.tokenizer.kind == "clip_bpe" and (m.tokenizer.sot_id, m.tokenizer.eot_id, m.tokenizer.pad_id) == (
+        49406,
+        49407,
+        0,
+    )
     assert text.properties == TowerProperties(pooling="argmax", causal_mask=True, variable_length=True)
     assert m.source.checkpoint_sha256 and len(m.source.checkpoint_sha256) == 64
     assert {"clipexport", "torch", "onnx", "open_clip"} <= set(m.versions)

@@ -33,7 +33,9 @@ def _copy(artifact: Path, tmp_path: Path) -> Path:
 
 
 def _quantize(artifact: Path, precision: Precision, **kwargs) -> None:
-    quantize_artifact(QuantizeOptions(artifact=artifact, precision=precision, calibration=kwargs.pop("calibration", SMALL), **kwargs))
+    quantize_artifact(
+        QuantizeOptions(artifact=artifact, precision=precision, calibration=kwargs.pop("calibration", SMALL), **kwargs)
+    )
 
 
 def _verify(artifact: Path, *precisions: str):
@@ -180,7 +182,9 @@ def test_resnet_variants_meet_the_gates(tmp_path_factory: pytest.TempPathFactory
     assert report.passed, report.table()
 
 
-@pytest.mark.parametrize("problem", ["missing", "empty", "unreadable", "too_few_images", "too_few_texts", "percentile_trt"])
+@pytest.mark.parametrize(
+    "problem", ["missing", "empty", "unreadable", "too_few_images", "too_few_texts", "percentile_trt"]
+)
 def test_bad_calibration_input_is_one_clear_line(tiny_vit: Path, tmp_path: Path, problem: str) -> None:
     artifact = _copy(tiny_vit, tmp_path)
     images = tmp_path / "imgs"
@@ -193,9 +197,18 @@ def test_bad_calibration_input_is_one_clear_line(tiny_vit: Path, tmp_path: Path,
         "missing": (["--calibration-images", str(tmp_path / "nope")], "does not exist"),
         "empty": (["--calibration-images", str(images)], "has no images"),
         "unreadable": (["--calibration-images", str(calibration)], "cannot read calibration image"),
-        "too_few_images": (["--calibration-images", str(calibration), "--calibration-size", "500"], "has 144 images but calibration needs 516"),
-        "too_few_texts": (["--towers", "text", "--calibration-texts", str(texts), "--calibration-size", "200"], "has 100 captions"),
-        "percentile_trt": (["--target", "tensorrt", "--method", "percentile"], "percentile calibration is available with --target cpu"),
+        "too_few_images": (
+            ["--calibration-images", str(calibration), "--calibration-size", "500"],
+            "has 144 images but calibration needs 516",
+        ),
+        "too_few_texts": (
+            ["--towers", "text", "--calibration-texts", str(texts), "--calibration-size", "200"],
+            "has 100 captions",
+        ),
+        "percentile_trt": (
+            ["--target", "tensorrt", "--method", "percentile"],
+            "percentile calibration is available with --target cpu",
+        ),
     }[problem]
     if problem == "unreadable":
         for path in sorted(calibration.iterdir())[::2]:
@@ -220,8 +233,9 @@ def test_verify_unknown_or_missing_precision(tiny_vit: Path) -> None:
 
 def test_cli_quantize_prints_parity_and_next_step(tiny_vit: Path, tmp_path: Path) -> None:
     artifact = _copy(tiny_vit, tmp_path)
-    result = CliRunner().invoke(main, ["quantize", str(artifact), "--precision", "fp16", "--towers", "vision", "-q",
-                                       "--io-dtype", "float16"])
+    result = CliRunner().invoke(
+        main, ["quantize", str(artifact), "--precision", "fp16", "--towers", "vision", "-q", "--io-dtype", "float16"]
+    )
     assert result.exit_code == 0, result.output
     assert "vision.fp16.onnx" in result.output and f"clipexport verify {artifact} --precision fp16" in result.output
     graphs = read_manifest(artifact).tower("vision").graphs

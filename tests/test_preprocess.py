@@ -67,8 +67,22 @@ def test_matches_hf_clip_image_processor(mode: str, hf_clip_folder) -> None:
 
 # Odd and even crop margins in both orientations (transformers floors the crop offset where
 # torchvision rounds it), already-square, and already at the crop size.
-HF_SIZES = [(448, 172), (172, 448), (221, 256), (256, 221), (301, 225), (225, 301), (257, 257), (300, 300),
-            (640, 480), (480, 640), (224, 224), (65, 64), (64, 65), (50, 40)]
+HF_SIZES = [
+    (448, 172),
+    (172, 448),
+    (221, 256),
+    (256, 221),
+    (301, 225),
+    (225, 301),
+    (257, 257),
+    (300, 300),
+    (640, 480),
+    (480, 640),
+    (224, 224),
+    (65, 64),
+    (64, 65),
+    (50, 40),
+]
 
 
 @pytest.mark.parametrize("backend", ["torchvision", "pil"])
@@ -99,7 +113,11 @@ def test_hf_processors_match_at_odd_and_even_sizes(processor_class: str, backend
             image = _image(mode, size, seed=index)
             want = processor(images=image, return_tensors="np")["pixel_values"][0]
             got = ours(image)[0]
-            assert got.shape == want.shape and np.abs(got - want).max() <= PREPROCESS_MAX_ABS, (processor_class, size, mode)
+            assert got.shape == want.shape and np.abs(got - want).max() <= PREPROCESS_MAX_ABS, (
+                processor_class,
+                size,
+                mode,
+            )
 
 
 @pytest.mark.parametrize("interpolation", ["bicubic", "bilinear"])
@@ -115,8 +133,15 @@ def test_torch_uint8_resize_is_torchvisions_bit_for_bit(interpolation: str) -> N
         pytest.skip("torchvision resizes uint8 bilinear through float32 on this CPU (no AVX2)")
     rng = np.random.default_rng(3)
     mode = InterpolationMode.BICUBIC if interpolation == "bicubic" else InterpolationMode.BILINEAR
-    for (h, w), (oh, ow) in [((172, 448), (224, 583)), ((480, 640), (224, 298)), ((1, 1), (224, 224)),
-                             ((1500, 2000), (224, 298)), ((64, 64), (100, 100)), ((300, 301), (224, 224)), ((7, 500), (3, 9))]:
+    for (h, w), (oh, ow) in [
+        ((172, 448), (224, 583)),
+        ((480, 640), (224, 298)),
+        ((1, 1), (224, 224)),
+        ((1500, 2000), (224, 298)),
+        ((64, 64), (100, 100)),
+        ((300, 301), (224, 224)),
+        ((7, 500), (3, 9)),
+    ]:
         pixels = rng.integers(0, 256, (3, h, w), dtype=np.uint8)
         want = F.resize(torch.from_numpy(pixels)[None], [oh, ow], interpolation=mode, antialias=True)[0].numpy()
         np.testing.assert_array_equal(torch_uint8_resize(pixels, (ow, oh), interpolation), want)
@@ -141,8 +166,13 @@ def test_bad_inputs_name_the_input(tmp_path) -> None:
     buffer = io.BytesIO()
     _image("RGB", (200, 200)).save(buffer, format="JPEG")
     (tmp_path / "cut.jpg").write_bytes(buffer.getvalue()[:300])
-    cases = {tmp_path / "missing.png": "does not exist", tmp_path / "empty.jpg": "empty",
-             tmp_path / "text.jpg": "text.jpg", tmp_path / "cut.jpg": "cut.jpg", b"": "empty"}
+    cases = {
+        tmp_path / "missing.png": "does not exist",
+        tmp_path / "empty.jpg": "empty",
+        tmp_path / "text.jpg": "text.jpg",
+        tmp_path / "cut.jpg": "cut.jpg",
+        b"": "empty",
+    }
     for item, needle in cases.items():
         with pytest.raises(InputError, match=needle):
             pre(item)
@@ -225,8 +255,15 @@ def _variant(name: str):
     from clipexport.sources.openclip import _preprocess_config
 
     size, mode, interpolation, fill = VARIANTS[name]
-    pp = {"size": size, "mode": "RGB", "mean": (0.5, 0.4, 0.3), "std": (0.2, 0.3, 0.25),
-          "interpolation": interpolation, "resize_mode": mode, "fill_color": fill}
+    pp = {
+        "size": size,
+        "mode": "RGB",
+        "mean": (0.5, 0.4, 0.3),
+        "std": (0.2, 0.3, 0.25),
+        "interpolation": interpolation,
+        "resize_mode": mode,
+        "fill_color": fill,
+    }
     reference = image_transform_v2(PreprocessCfg(**pp), is_train=False)
     return ImagePreprocessor(_preprocess_config(pp)), reference
 
@@ -234,7 +271,9 @@ def _variant(name: str):
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_resize_variants_match_open_clip_on_every_mode_and_size(variant: str) -> None:
     ours, reference = _variant(variant)
-    cases = [(mode, (120, 90)) for mode in MODES] + [("RGB", size) for size in SIZES] + [("LA", (31, 200)), ("P", (500, 7))]
+    cases = (
+        [(mode, (120, 90)) for mode in MODES] + [("RGB", size) for size in SIZES] + [("LA", (31, 200)), ("P", (500, 7))]
+    )
     for mode, size in cases:
         image = _image(mode, size)
         got = ours(image)[0]

@@ -15,8 +15,9 @@ from clipexport.artifact.precision import Maker, Precision, PrecisionFacts
 from clipexport.parity.gates import GATES
 from clipexport.runtime.backends import BackendKind
 
-BF16 = PrecisionFacts(Maker.AUTOCAST, strongly_typed=True, allow_tf32=True, torch_dtype="bfloat16",
-                      autocast_type="bf16")
+BF16 = PrecisionFacts(
+    Maker.AUTOCAST, strongly_typed=True, allow_tf32=True, torch_dtype="bfloat16", autocast_type="bf16"
+)
 
 
 def _elem_types(model) -> set[int]:
@@ -71,7 +72,10 @@ def test_a_throwaway_bf16_made_like_fp16_is_really_bf16(tiny_vit: Path, monkeypa
 # Each backend's parity against PyTorch, and where it is tested (a GPU backend's test skips here,
 # naming what it needs).
 PARITY_TESTS = {
-    BackendKind.ONNXRUNTIME: ("test_targets.py", "test_verify_gates_hold_for_every_precision_on_openvino_and_onnxruntime"),
+    BackendKind.ONNXRUNTIME: (
+        "test_targets.py",
+        "test_verify_gates_hold_for_every_precision_on_openvino_and_onnxruntime",
+    ),
     BackendKind.OPENVINO: ("test_targets.py", "test_verify_gates_hold_for_every_precision_on_openvino_and_onnxruntime"),
     BackendKind.TENSORRT: ("test_build.py", "test_build_and_verify_engines_on_gpu"),
     BackendKind.ONNXRUNTIME_TRT: ("test_build.py", "test_onnxruntime_trt_meets_the_gates_on_a_gpu"),

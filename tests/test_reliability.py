@@ -39,8 +39,9 @@ def _copy(artifact: Path, tmp_path: Path, name: str = "a") -> Path:
 
 
 def _clipexport(*args: str, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "clipexport", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-m", "clipexport", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs
+    )
 
 
 # -- 1. --overwrite never deletes what is not ours -------------------------------------------
@@ -87,9 +88,12 @@ def test_overwrite_replaces_an_earlier_artifact(tiny_vit: Path, tmp_path: Path) 
 # -- 2. concurrent quantize runs both land ---------------------------------------------------
 def test_two_concurrent_quantize_runs_keep_every_entry(tiny_vit: Path, tmp_path: Path) -> None:
     artifact = _copy(tiny_vit, tmp_path)
-    runs = [_clipexport("quantize", str(artifact), "--precision", "fp16", "-q"),
-            _clipexport("quantize", str(artifact), "--precision", "int8", "--target", "cpu", "--calibration-size", "16",
-                        "-q")]
+    runs = [
+        _clipexport("quantize", str(artifact), "--precision", "fp16", "-q"),
+        _clipexport(
+            "quantize", str(artifact), "--precision", "int8", "--target", "cpu", "--calibration-size", "16", "-q"
+        ),
+    ]
     results = [(run.wait(timeout=600), run.stderr.read()) for run in runs]
     assert all(code == 0 for code, _ in results), results
     manifest = read_manifest(artifact)
@@ -122,6 +126,7 @@ def test_bench_that_measured_nothing_keeps_earlier_results(tiny_vit: Path, tmp_p
     pytest.importorskip("onnxruntime")
     try:
         import tensorrt  # noqa: F401
+
         pytest.skip("TensorRT is installed: the tensorrt backend would measure something")
     except ImportError:
         pass
@@ -135,7 +140,7 @@ def test_bench_that_measured_nothing_keeps_earlier_results(tiny_vit: Path, tmp_p
 
 # -- 5. interrupted runs leave nothing behind --------------------------------------------------
 def test_stale_staging_of_dead_runs_is_removed(tiny_vit: Path, tmp_path: Path) -> None:
-    dead = 2 ** 22 + 12345  # above the default pid_max: no such process
+    dead = 2**22 + 12345  # above the default pid_max: no such process
     (tmp_path / f".out.partial-{dead}-abc").mkdir()
     (tmp_path / f".out.partial-{dead}-abc" / "vision.onnx").write_bytes(b"x" * 100)
     (tmp_path / ".out.partial-notours").mkdir()  # not named like ours: left alone
@@ -213,8 +218,9 @@ def test_embed_index_lists_kept_images_and_empty_results_fail(tiny_vit: Path, tm
     assert code == 0 and "skipped" in output and "b.png" in output
     assert (tmp_path / "e.index.txt").read_text().splitlines() == [str(folder / "a.png"), str(folder / "c.png")]
     assert np.load(tmp_path / "e.npy").shape[0] == 2
-    code, output = _cli("embed", str(tiny_vit), "--images", str(folder / "b.png"), "-o", str(tmp_path / "z.npy"),
-                        "--skip-bad")
+    code, output = _cli(
+        "embed", str(tiny_vit), "--images", str(folder / "b.png"), "-o", str(tmp_path / "z.npy"), "--skip-bad"
+    )
     assert code == 2 and "nothing was written" in output and not (tmp_path / "z.npy").exists()
 
 
@@ -237,8 +243,17 @@ def test_runtime_api_refuses_silent_mistakes(tiny_vit: Path, tmp_path: Path) -> 
 def test_a_label_with_a_comma_and_a_labels_file(tiny_vit: Path, tmp_path: Path) -> None:
     Image.new("RGB", (30, 30), (200, 0, 0)).save(tmp_path / "a.png")
     (tmp_path / "labels.txt").write_text("cat\ndog\n", encoding="utf-8")
-    code, out = _cli("classify", str(tiny_vit), str(tmp_path / "a.png"), "--label", "red, white and blue",
-                     "--labels-file", str(tmp_path / "labels.txt"), "--top", "3")
+    code, out = _cli(
+        "classify",
+        str(tiny_vit),
+        str(tmp_path / "a.png"),
+        "--label",
+        "red, white and blue",
+        "--labels-file",
+        str(tmp_path / "labels.txt"),
+        "--top",
+        "3",
+    )
     assert code == 0, out
     assert "red, white and blue" in out and "cat" in out and "dog" in out
 
@@ -248,12 +263,14 @@ def test_extreme_aspect_ratio_is_refused_before_decoding(tmp_path: Path) -> None
     path = tmp_path / "strip.png"
     Image.new("L", (20000, 1)).save(path, optimize=True)
     assert path.stat().st_size < 1000
-    code = ("import sys\n"
-            "from clipexport.runtime import ImagePreprocessor\n"
-            "from clipexport.errors import InputError\n"
-            f"try:\n    ImagePreprocessor()([{str(path)!r}])\nexcept InputError as e:\n    print(e)\n"
-            # VmHWM is this process image's peak RSS (ru_maxrss would carry pytest's over the exec).
-            "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0])\n")
+    code = (
+        "import sys\n"
+        "from clipexport.runtime import ImagePreprocessor\n"
+        "from clipexport.errors import InputError\n"
+        f"try:\n    ImagePreprocessor()([{str(path)!r}])\nexcept InputError as e:\n    print(e)\n"
+        # VmHWM is this process image's peak RSS (ru_maxrss would carry pytest's over the exec).
+        "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0])\n"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     message, peak_kib = proc.stdout.strip().splitlines()
     assert "aspect ratio 20000:1" in message and "CLIPEXPORT_MAX_ASPECT_RATIO" in message
@@ -293,8 +310,23 @@ def test_exit_codes_are_documented() -> None:
 # -- tracebacks and misleading messages ------------------------------------------------------
 def test_random_siglip_offline_is_one_line_exit_3(tmp_path: Path) -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "clipexport", "export", "ViT-B-16-SigLIP", "--pretrained", "random",
-                           "-o", str(tmp_path / "a")], capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "clipexport",
+            "export",
+            "ViT-B-16-SigLIP",
+            "--pretrained",
+            "random",
+            "-o",
+            str(tmp_path / "a"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     lines = [line for line in proc.stderr.splitlines() if line.strip() and not line.startswith("[")]
     assert proc.returncode == 3 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert "tokenizer" in lines[0] and "offline" in lines[0]
@@ -334,14 +366,27 @@ def test_build_plans_the_fp16_graph_it_will_make(tiny_vit: Path) -> None:
 
 def test_build_refuses_int8_quantized_for_the_cpu(tiny_vit: Path, tmp_path: Path) -> None:
     artifact = _copy(tiny_vit, tmp_path)
-    code, out = _cli("quantize", str(artifact), "--precision", "int8", "--target", "cpu", "--calibration-size", "8",
-                     "--towers", "vision", "-q")
+    code, out = _cli(
+        "quantize",
+        str(artifact),
+        "--precision",
+        "int8",
+        "--target",
+        "cpu",
+        "--calibration-size",
+        "8",
+        "--towers",
+        "vision",
+        "-q",
+    )
     assert code == 0, out
     code, out = _cli("build", str(artifact), "--recipe", "vit-b-32-agx-orin-int8", "--towers", "vision", "--dry-run")
     assert code == 2 and "--target cpu" in out and "--target tensorrt" in out
 
 
-def test_build_makes_the_missing_fp16_graph_itself(tiny_vit: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_build_makes_the_missing_fp16_graph_itself(
+    tiny_vit: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Past the TensorRT check, build makes fp16 with quantize's own code and records who made it
     (the engine compile itself needs TensorRT and a GPU: the `tensorrt`-marked test)."""
     from clipexport.trt import builder, pipeline
@@ -350,13 +395,16 @@ def test_build_makes_the_missing_fp16_graph_itself(tiny_vit: Path, tmp_path: Pat
     monkeypatch.setattr(builder, "require_tensorrt", lambda: None)
     monkeypatch.setattr(builder, "build_engine", lambda build, recipe, progress: build.onnx.name)
     lines: list[str] = []
-    built = pipeline.build_artifact(pipeline.BuildOptions(artifact=artifact, recipe="vit-b-32-server",
-                                                          towers=(pipeline.Tower.VISION,)), lines.append)
+    built = pipeline.build_artifact(
+        pipeline.BuildOptions(artifact=artifact, recipe="vit-b-32-server", towers=(pipeline.Tower.VISION,)),
+        lines.append,
+    )
     assert built == ["vision.fp16.onnx"] and any("making the fp16 graph of vision first" in line for line in lines)
     assert read_manifest(artifact).tower("vision").graph("fp16").details.made_by == "build"
 
 
 # ---- round 2: one set of input rules, checked where every caller passes ------------------------
+
 
 def test_token_ids_are_checked_before_the_backend_runs(tiny_vit: Path) -> None:
     """Negative, fractional, boolean, out-of-vocabulary and too-long ids: one InputError line each
@@ -368,17 +416,21 @@ def test_token_ids_are_checked_before_the_backend_runs(tiny_vit: Path) -> None:
         good = runtime.tokenizer(["a photo of a cat"])
         assert runtime.encode_text(good).shape == (1, 64)
         assert runtime.encode_text(good.astype(np.int32)).shape == (1, 64)
-        cases = [(np.array([[49406, -59, 49407]]), "token id -59, outside the vocabulary"),
-                 (good.astype(np.float64) + 0.9, "must be integer token ids"),
-                 (good.astype(bool), "must be integer token ids"),
-                 (np.array([[49406, 60000, 49407]]), "token id 60000, outside the vocabulary"),
-                 (np.full((1, 78), 320), "more than the model's context of 77")]
+        cases = [
+            (np.array([[49406, -59, 49407]]), "token id -59, outside the vocabulary"),
+            (good.astype(np.float64) + 0.9, "must be integer token ids"),
+            (good.astype(bool), "must be integer token ids"),
+            (np.array([[49406, 60000, 49407]]), "token id 60000, outside the vocabulary"),
+            (np.full((1, 78), 320), "more than the model's context of 77"),
+        ]
         for ids, message in cases:
             with pytest.raises(InputError, match=message):
                 runtime.encode_text(ids)
-        for call, message in ((lambda: runtime.encode_text(None), "texts is None"),
-                              (lambda: runtime.encode_text(["a \ud800"]), "lone surrogate"),
-                              (lambda: runtime.encode_image(None), "images is None")):
+        for call, message in (
+            (lambda: runtime.encode_text(None), "texts is None"),
+            (lambda: runtime.encode_text(["a \ud800"]), "lone surrogate"),
+            (lambda: runtime.encode_image(None), "images is None"),
+        ):
             with pytest.raises(InputError, match=message):
                 call()
     with pytest.raises(InputError, match="was closed"):
@@ -417,11 +469,14 @@ def test_a_clipexport_folder_in_the_working_directory_changes_nothing(tiny_vit: 
     """The parent of a clone named clipexport: the package becomes a namespace package there;
     package data, the version and the runtime still load."""
     (tmp_path / "clipexport").mkdir()
-    code = ("from clipexport.runtime import ClipRuntime\n"
-            f"r = ClipRuntime.load({str(tiny_vit)!r})\n"
-            "print(r.encode_text(['a photo of a cat']).shape)\n")
+    code = (
+        "from clipexport.runtime import ClipRuntime\n"
+        f"r = ClipRuntime.load({str(tiny_vit)!r})\n"
+        "print(r.encode_text(['a photo of a cat']).shape)\n"
+    )
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "(1, 64)" in done.stdout, done.stderr
-    done = subprocess.run([sys.executable, "-m", "clipexport", "--version"], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "clipexport", "--version"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0 and "clipexport" in done.stdout, done.stderr

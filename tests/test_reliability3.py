@@ -174,9 +174,27 @@ def _group_alive(pgid: int) -> bool:
 def test_sigterm_to_the_process_group_stops_embed_with_130(tiny_vit: Path, tmp_path: Path) -> None:
     photos = _photos(tmp_path / "photos", 60, size=(640, 480))
     out = tmp_path / "ds"
-    run = subprocess.Popen([*CLI, "embed", str(tiny_vit), "--images", str(photos), "-o", str(out), "--shard-size", "5",
-                            "--batch-size", "5", "--workers", "2", "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           start_new_session=True)
+    run = subprocess.Popen(
+        [
+            *CLI,
+            "embed",
+            str(tiny_vit),
+            "--images",
+            str(photos),
+            "-o",
+            str(out),
+            "--shard-size",
+            "5",
+            "--batch-size",
+            "5",
+            "--workers",
+            "2",
+            "-q",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not list(out.glob("part-*.parquet")):
         assert run.poll() is None, run.stderr.read()
@@ -214,9 +232,27 @@ def test_sigterm_to_a_ray_driver_exits_130_saying_so(tiny_vit: Path, tmp_path: P
     photos = _photos(tmp_path / "photos", 400, size=(320, 240))
     out = tmp_path / "ds"
     env = {**os.environ, "RAY_ADDRESS": ""}
-    run = subprocess.Popen([*CLI, "embed", str(tiny_vit), "--images", str(photos), "-o", str(out), "--engine", "ray",
-                            "--shard-size", "20", "--batch-size", "10", "-q"], stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, env=env)
+    run = subprocess.Popen(
+        [
+            *CLI,
+            "embed",
+            str(tiny_vit),
+            "--images",
+            str(photos),
+            "-o",
+            str(out),
+            "--engine",
+            "ray",
+            "--shard-size",
+            "20",
+            "--batch-size",
+            "10",
+            "-q",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and not list(out.glob("part-*.parquet")):
         assert run.poll() is None, run.stderr.read()
@@ -256,8 +292,12 @@ def test_damaged_manifests_are_one_line_with_advice_that_works(tiny_vit: Path, t
     _cli(args, 0)
     manifest = out / "_embeddings.json"
     good = manifest.read_text()
-    for damage in ("{not json", "[]", json.dumps({**json.loads(good), "dim": "abc"}),
-                   json.dumps({**json.loads(good), "shards": [{"index": 0}]})):
+    for damage in (
+        "{not json",
+        "[]",
+        json.dumps({**json.loads(good), "dim": "abc"}),
+        json.dumps({**json.loads(good), "shards": [{"index": 0}]}),
+    ):
         manifest.write_text(damage)
         _cli(args, 2, "_embeddings.json is damaged", "pass --overwrite")
         _cli(["index", out, "-o", tmp_path / "idx"], 2, "_embeddings.json is damaged")
@@ -274,7 +314,9 @@ def test_damaged_manifests_are_one_line_with_advice_that_works(tiny_vit: Path, t
 
 
 # -- 12, 13, 14, 18: index over bad rows, a full disk, absurd budgets, missed recall --------------
-def _synthetic_dataset(folder: Path, rows: int, dim: int, seed: int = 0, poison: dict[int, float] | None = None) -> Path:
+def _synthetic_dataset(
+    folder: Path, rows: int, dim: int, seed: int = 0, poison: dict[int, float] | None = None
+) -> Path:
     """A dataset as `embed -o` writes it, from given vectors (rows `poison` get that value)."""
     from clipexport.bulk.dataset import DatasetState, Identity, write_shard
 
@@ -343,8 +385,11 @@ def test_a_truncated_tar_is_said(tiny_vit: Path, tmp_path: Path) -> None:
     with tarfile.open(whole) as tar:
         members = tar.getmembers()
     data = whole.read_bytes()
-    for name, cut in (("at-header.tar", members[3].offset), ("in-header.tar", members[3].offset + 100),
-                      ("no-end.tar", members[4].offset_data + 512 * ((members[4].size + 511) // 512))):
+    for name, cut in (
+        ("at-header.tar", members[3].offset),
+        ("in-header.tar", members[3].offset + 100),
+        ("no-end.tar", members[4].offset_data + 512 * ((members[4].size + 511) // 512)),
+    ):
         shard = tmp_path / name
         shard.write_bytes(data[:cut])
         _cli(["embed", tiny_vit, "--images", shard, "-o", tmp_path / f"{name}.npy"], 2, "is truncated", "--skip-bad")
@@ -390,13 +435,19 @@ def test_devices_tables_and_the_demo_name(tiny_vit: Path, tmp_path: Path, monkey
     import importlib.util
 
     if importlib.util.find_spec("openvino") is not None:  # the openvino extra
-        _cli(["classify", tiny_vit, photos, "--labels", "a,b", "--backend", "openvino", "--device", "garbage"], 2,
-             "GARBAGE is not an OpenVINO device")
-        out = _cli(["classify", tiny_vit, photos, "--labels", "a,b", "--backend", "openvino", "--device", "AUTO:GPU"],
-                   3, "OpenVINO sees no GPU device here")
+        _cli(
+            ["classify", tiny_vit, photos, "--labels", "a,b", "--backend", "openvino", "--device", "garbage"],
+            2,
+            "GARBAGE is not an OpenVINO device",
+        )
+        out = _cli(
+            ["classify", tiny_vit, photos, "--labels", "a,b", "--backend", "openvino", "--device", "AUTO:GPU"],
+            3,
+            "OpenVINO sees no GPU device here",
+        )
         assert out.strip().endswith("CLIPEXPORT_OPENVINO_DEVICE)"), out
     table = tmp_path / "texts.csv"
-    table.write_text("text\nshort\n\"" + "word " * 2_200_000 + "\"\n")  # an 11 MB cell
+    table.write_text('text\nshort\n"' + "word " * 2_200_000 + '"\n')  # an 11 MB cell
     _cli(["embed", tiny_vit, "--text-table", table, "-o", tmp_path / "t.npy", "-q"], 0)
     # `demo` is the shipped demo CLIP even where the working directory holds a folder named demo.
     monkeypatch.chdir(tmp_path)
@@ -409,12 +460,14 @@ def test_devices_tables_and_the_demo_name(tiny_vit: Path, tmp_path: Path, monkey
 def test_the_last_error_line_of_a_dead_tritonserver() -> None:
     from clipexport.serving.server import _last_error
 
-    log = "\n".join([
-        "I1204 10:00:00.000000 1 server.cc:100] error_code table: {\"errors\": 0}",
-        "E1204 10:00:01.000000 1 model_lifecycle.cc:600] failed to load 'demo_text': boom",
-        "I1204 10:00:02.000000 1 server.cc:300] Timeout 30: Found 0 live models and 0 in-flight non-inference requests",
-        "W1204 10:00:02.100000 1 pinned_memory_manager.cc:200] failed to allocate pinned system memory: no CUDA error",
-    ])
+    log = "\n".join(
+        [
+            'I1204 10:00:00.000000 1 server.cc:100] error_code table: {"errors": 0}',
+            "E1204 10:00:01.000000 1 model_lifecycle.cc:600] failed to load 'demo_text': boom",
+            "I1204 10:00:02.000000 1 server.cc:300] Timeout 30: Found 0 live models and 0 in-flight non-inference requests",
+            "W1204 10:00:02.100000 1 pinned_memory_manager.cc:200] failed to allocate pinned system memory: no CUDA error",
+        ]
+    )
     path = Path(os.environ.get("TMPDIR", "/tmp")) / f"triton-log-{os.getpid()}.log"
     path.write_text(log + "\n")
     try:

@@ -99,7 +99,7 @@ def test_runtime_works_without_torch(tiny_vit: Path, tmp_path: Path) -> None:
         assert ImagePreprocessor.from_manifest({str(tiny_vit)!r})(Image.new("RGB", (50, 40))).shape == (1, 3, 64, 64)
         img = rt.encode_image([Image.new("RGB", (80, 60), (10, 200, 30))])
         txt = rt.encode_text(["a photo of a cat"])
-        assert img.shape == (1, 64) and np.allclose(txt, np.load({str(tmp_path / 'expected.npy')!r}))
+        assert img.shape == (1, 64) and np.allclose(txt, np.load({str(tmp_path / "expected.npy")!r}))
         assert not any(m.split(".")[0] in {{"torch", "open_clip", "transformers"}} for m in sys.modules)
         print("ok")
     """)

@@ -33,6 +33,7 @@ SCORE_ATOL = 1e-5
 
 # ---- the rule and the statistics (no model) ------------------------------------------------------
 
+
 def test_index_rule_exact_ivf_pq_and_the_budget() -> None:
     assert plan_index(1000, 512).factory == "Flat"
     assert plan_index(EXACT_MAX_ROWS + 1, 512).factory == "IVF1024,Flat"  # 2*sqrt(200k) = 894 -> 1024
@@ -61,15 +62,18 @@ def test_streamed_top_k_equals_a_full_sort_and_the_metrics_count_right() -> None
     full = np.argsort(-(queries @ gallery.T), axis=1, kind="stable")
     top = TopK(queries, 5, exclude=list(range(7)))
     for start in range(0, 300, 64):  # blocks of a shard's size, in order
-        top.add(gallery[start:start + 64], start)
+        top.add(gallery[start : start + 64], start)
     assert (top.result() == full[:, 1:6]).all()  # own row (always the best) left out
     assert (exact_top_k(queries, gallery, 5) == full[:, :5]).all()
-    assert recall_against_exact(np.array([[1, 2, 3], [4, 5, -1]]), np.array([[3, 2, 1], [4, 6, 7]]), 3) == pytest.approx(4 / 6)
+    assert recall_against_exact(
+        np.array([[1, 2, 3], [4, 5, -1]]), np.array([[3, 2, 1], [4, 6, 7]]), 3
+    ) == pytest.approx(4 / 6)
     assert overlap_at_k(full[:, :10], full[:, :10], 10) == 1.0
     assert recall_at_k(np.array([[0, 1], [2, 3]]), [{1}, {9}], ks=(1, 2)) == {"r@1": 0.0, "r@2": 0.5}
 
 
 # ---- the demo CLIP end to end --------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def demo(demo_quantized: Path) -> Path:
@@ -122,12 +126,15 @@ def test_approximate_index_measures_recall_for_image_and_text_queries(demo: Path
     texts.write_text("\n".join(row.split("\t")[1] for row in (SCENES / "captions.tsv").read_text().splitlines()) + "\n")
     queries = tmp_path / "qs"
     embed_dataset(BulkOptions(artifact=demo, output=queries, inputs=InputSpec(texts=texts)))
-    result = build_index(IndexOptions(dataset=scenes, output=tmp_path / "ivf", kind=IndexKind.APPROXIMATE,
-                                      queries=queries))
+    result = build_index(
+        IndexOptions(dataset=scenes, output=tmp_path / "ivf", kind=IndexKind.APPROXIMATE, queries=queries)
+    )
     assert result.plan.factory == "IVF8,Flat" and set(result.recall) == {"image", "text"}
     manifest = json.loads((tmp_path / "ivf" / "_index.json").read_text())
     curve = manifest["recall_curve"]
-    assert [c["nprobe"] for c in curve] == [1, 2, 3, 4, 6, 8][:len(curve)] and manifest["index"]["nprobe"] == curve[-1]["nprobe"]
+    assert [c["nprobe"] for c in curve] == [1, 2, 3, 4, 6, 8][: len(curve)] and manifest["index"]["nprobe"] == curve[
+        -1
+    ]["nprobe"]
     assert result.recall["image"] >= 0.95 or result.nprobe == 8
     # The measured figure is what a search at that nprobe returns against exact search.
     ids, rows = _rows(scenes)
@@ -136,7 +143,9 @@ def test_approximate_index_measures_recall_for_image_and_text_queries(demo: Path
     assert recall_against_exact(got, exact_top_k(rows[:50], rows, 10)) >= 0.9
 
 
-def test_interrupted_build_resumes_from_its_checkpoint(scenes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_interrupted_build_resumes_from_its_checkpoint(
+    scenes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(index_module, "CHECKPOINT_SECONDS", 0.0)
     calls = {"n": 0}
     real = EmbeddingsDataset.shards
@@ -157,21 +166,39 @@ def test_interrupted_build_resumes_from_its_checkpoint(scenes: Path, tmp_path: P
         Searcher(out)
     monkeypatch.setattr(EmbeddingsDataset, "shards", real)
     messages: list[str] = []
-    resumed = build_index(IndexOptions(dataset=scenes, output=out, kind=IndexKind.APPROXIMATE), progress=messages.append)
+    resumed = build_index(
+        IndexOptions(dataset=scenes, output=out, kind=IndexKind.APPROXIMATE), progress=messages.append
+    )
     assert resumed.resumed and any("resuming: 2 of 4 shards" in m for m in messages)
     fresh = build_index(IndexOptions(dataset=scenes, output=tmp_path / "fresh", kind=IndexKind.APPROXIMATE))
     assert not (out / ".building").exists()
     _, rows = _rows(scenes)
     with Searcher(out) as a, Searcher(tmp_path / "fresh") as b:
-        assert [[h.id for h in r] for r in a.search(rows[:20], 10)] == [[h.id for h in r] for r in b.search(rows[:20], 10)]
+        assert [[h.id for h in r] for r in a.search(rows[:20], 10)] == [
+            [h.id for h in r] for r in b.search(rows[:20], 10)
+        ]
     assert resumed.recall == fresh.recall
 
 
 def test_another_precision_is_said_with_its_measured_drift(demo: Path, scenes: Path, tmp_path: Path) -> None:
     build_index(IndexOptions(dataset=scenes, output=tmp_path / "idx"))
     # One run with the strictest gate: any cell that loses a point fails it (exit 1), the report is written.
-    result = CliRunner().invoke(main, ["verify", str(demo), "--precision", "fp32", "--precision", "int8",
-                                       "--retrieval", "demo", "--max-recall-drop", "0", "-q"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "verify",
+            str(demo),
+            "--precision",
+            "fp32",
+            "--precision",
+            "int8",
+            "--retrieval",
+            "demo",
+            "--max-recall-drop",
+            "0",
+            "-q",
+        ],
+    )
     assert "t->i R@1" in result.output and "approximate" in result.output
     report = json.loads((demo / "parity.json").read_text())
     assert report["schema_version"] == 4
@@ -181,11 +208,14 @@ def test_another_precision_is_said_with_its_measured_drift(demo: Path, scenes: P
     assert result.exit_code == (1 if worst > 0 else 0), result.output
     assert ("FAIL: over 0.0 pt" in result.output) == (worst > 0)
     assert [c["passed"] for c in cells] == [c["drop_points"] <= 0 for c in cells]
-    reference = next(c for c in cells if c["index_type"] == "exact" and c["index_variant"] == c["query_variant"] == "fp32")
+    reference = next(
+        c for c in cells if c["index_type"] == "exact" and c["index_variant"] == c["query_variant"] == "fp32"
+    )
     assert reference["drop_points"] == 0 and reference["overlap_at_10"] == {"text": 1.0, "image": 1.0}
     assert 0.3 < reference["text_to_image"]["r@1"] < 0.95  # the scenes are not trivially perfect
-    mixed = next(c for c in cells if c["index_type"] == "exact" and c["index_variant"] == "fp32"
-                 and c["query_variant"] == "int8")
+    mixed = next(
+        c for c in cells if c["index_type"] == "exact" and c["index_variant"] == "fp32" and c["query_variant"] == "int8"
+    )
     assert mixed["overlap_at_10"]["image"] < 1.0  # INT8 queries return some other neighbours
     with Searcher(tmp_path / "idx", precision="int8") as searcher:
         searcher.search_text(["a red circle"], k=3)
@@ -202,8 +232,9 @@ def test_cli_embed_index_search(demo: Path, scenes: Path, tmp_path: Path) -> Non
     assert len(hits) == 3 and hits[0]["score"] >= hits[1]["score"] and "retrieval" in hits[0]["id"]
     # Rerunning the finished embed is a no-op that leaves the dataset as it was: the index still opens.
     before = (scenes / "_embeddings.json").read_bytes()
-    rerun = embed_dataset(BulkOptions(artifact=demo, output=scenes, inputs=InputSpec(images=(str(SCENES),)),
-                                      shard_size=128))
+    rerun = embed_dataset(
+        BulkOptions(artifact=demo, output=scenes, inputs=InputSpec(images=(str(SCENES),)), shard_size=128)
+    )
     assert rerun.shards_written == 0 and (scenes / "_embeddings.json").read_bytes() == before
     again = runner.invoke(main, ["index", str(scenes), "-o", str(tmp_path / "idx"), "-q"])
     assert again.exit_code == 0 and "already built" in again.output
@@ -211,10 +242,13 @@ def test_cli_embed_index_search(demo: Path, scenes: Path, tmp_path: Path) -> Non
 
 # ---- bad input: one line each, nothing half-written ----------------------------------------------
 
+
 def _fails(args: list[str], match: str) -> None:
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 2, (result.exit_code, result.output)
-    assert result.output.startswith("error: ") and match in result.output and "Traceback" not in result.output, result.output
+    assert result.output.startswith("error: ") and match in result.output and "Traceback" not in result.output, (
+        result.output
+    )
 
 
 def test_bad_input_is_one_line(demo: Path, scenes: Path, tmp_path: Path, tiny_vit: Path) -> None:
@@ -267,7 +301,9 @@ def test_retrieval_set_mistakes(demo: Path, tmp_path: Path) -> None:
     folder = tmp_path / "set"
     shutil.copytree(SCENES / "red_circle", folder / "red_circle")
     (folder / "captions.tsv").write_text("red_circle/0.png\ta red circle\nred_circle/missing.png\ta red circle\n")
-    _fails(["verify", str(demo), "--retrieval", str(folder)], "captions.tsv:2: image red_circle/missing.png does not exist")
+    _fails(
+        ["verify", str(demo), "--retrieval", str(folder)], "captions.tsv:2: image red_circle/missing.png does not exist"
+    )
     (folder / "captions.tsv").write_text("red_circle/0.png a red circle\n")
     _fails(["verify", str(demo), "--retrieval", str(folder)], "captions.tsv:1 has no tab")
     _fails(["verify", str(demo), "--retrieval", str(tmp_path / "none")], "does not exist")
@@ -292,8 +328,9 @@ def test_vit_b32_random_embed_index_search(vit_b32: Path, tmp_path: Path) -> Non
         assert len(searcher.search_text(["a photo of a cat"], k=4)[0]) == 4
 
 
-def test_index_reads_the_dataset_in_two_passes_at_most(scenes: Path, tmp_path: Path,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_index_reads_the_dataset_in_two_passes_at_most(
+    scenes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from clipexport.bulk import dataset as dataset_module
 
     passes, hashed = [], []
@@ -305,7 +342,9 @@ def test_index_reads_the_dataset_in_two_passes_at_most(scenes: Path, tmp_path: P
         return real_shards(self, start, unit)
 
     monkeypatch.setattr(EmbeddingsDataset, "shards", counted)
-    monkeypatch.setattr(dataset_module, "sha256_file", lambda path: (hashed.append(Path(path).name), real_hash(path))[1])
+    monkeypatch.setattr(
+        dataset_module, "sha256_file", lambda path: (hashed.append(Path(path).name), real_hash(path))[1]
+    )
     build_index(IndexOptions(dataset=scenes, output=tmp_path / "approx", kind=IndexKind.APPROXIMATE))
     assert len(passes) == 2, passes  # the training + recall samples, then the fill with the exact answers
     shards = [name for name in hashed if name.startswith("part-")]

@@ -46,6 +46,7 @@ def _png(seed: int, size=(80, 60)) -> bytes:
 
 # ---- the generated repository --------------------------------------------------------------------
 
+
 def _parse(path: Path):
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
@@ -57,9 +58,19 @@ def test_repository_configs_parse_with_tritons_schema(tiny_vit: Path, tmp_path: 
     from clipexport.serving.repository import InstanceKind, RepositoryOptions, write_repository
 
     repo = tmp_path / "repo"
-    models = write_repository(RepositoryOptions(artifact=tiny_vit, output=repo, name="tiny", preferred_batch_sizes=(4, 16),
-                                                instance_kind=InstanceKind.CPU, instances=2))
-    assert set(models) == {f"tiny_{m}" for m in ("vision_tower", "text_tower", "preprocess", "tokenize", "image", "text")}
+    models = write_repository(
+        RepositoryOptions(
+            artifact=tiny_vit,
+            output=repo,
+            name="tiny",
+            preferred_batch_sizes=(4, 16),
+            instance_kind=InstanceKind.CPU,
+            instances=2,
+        )
+    )
+    assert set(models) == {
+        f"tiny_{m}" for m in ("vision_tower", "text_tower", "preprocess", "tokenize", "image", "text")
+    }
     configs = {m: _parse(repo / m / "config.pbtxt") for m in models}
     vision, text = configs["tiny_vision_tower"], configs["tiny_text_tower"]
     assert vision.platform == "onnxruntime_onnx" and vision.max_batch_size == 64
@@ -89,26 +100,55 @@ def test_tensorrt_repository_pins_the_engine_to_its_gpu(tiny_vit: Path, tmp_path
         plan = artifact / engine_file(tower, "fp16")
         plan.parent.mkdir(exist_ok=True)
         plan.write_bytes(b"plan bytes")
-        write_sidecar(plan, EngineProvenance(
-            engine=plan.name, engine_sha256=sha256_file(plan), engine_bytes=plan.stat().st_size, tower=tower,
-            precision="fp16", tensorrt_version="10.3.0", gpu_name="NVIDIA L4", compute_capability="8.9",
-            onnx_file=f"{tower}.onnx", onnx_sha256="0" * 64,
-            profiles={name: {"min": [1, *shape], "opt": [8, *shape], "max": [32, *shape]}}, flags={},
-            build_seconds=1.0, created="2026-11-24T00:00:00Z", recipe="test"))
+        write_sidecar(
+            plan,
+            EngineProvenance(
+                engine=plan.name,
+                engine_sha256=sha256_file(plan),
+                engine_bytes=plan.stat().st_size,
+                tower=tower,
+                precision="fp16",
+                tensorrt_version="10.3.0",
+                gpu_name="NVIDIA L4",
+                compute_capability="8.9",
+                onnx_file=f"{tower}.onnx",
+                onnx_sha256="0" * 64,
+                profiles={name: {"min": [1, *shape], "opt": [8, *shape], "max": [32, *shape]}},
+                flags={},
+                build_seconds=1.0,
+                created="2026-11-24T00:00:00Z",
+                recipe="test",
+            ),
+        )
     from clipexport.precision.pipeline import QuantizeOptions, quantize_artifact
     from clipexport.artifact.precision import Precision
 
     quantize_artifact(QuantizeOptions(artifact=artifact, precision=Precision.FP16))
     repo = tmp_path / "repo"
-    write_repository(RepositoryOptions(artifact=artifact, output=repo, name="t", platform=BackendKind.TENSORRT,
-                                       precision=Precision.FP16, cuda_graphs=True))
+    write_repository(
+        RepositoryOptions(
+            artifact=artifact,
+            output=repo,
+            name="t",
+            platform=BackendKind.TENSORRT,
+            precision=Precision.FP16,
+            cuda_graphs=True,
+        )
+    )
     vision = _parse(repo / "t_vision_tower" / "config.pbtxt")
     assert vision.platform == "tensorrt_plan" and vision.max_batch_size == 32
     assert dict(vision.cc_model_filenames) == {"8.9": "model_sm89.plan"} and vision.optimization.cuda.graphs
     assert (repo / "t_vision_tower" / "1" / "model_sm89.plan").read_bytes() == b"plan bytes"
     with pytest.raises(InputError, match="exceeds the vision engine's profile"):
-        write_repository(RepositoryOptions(artifact=artifact, output=tmp_path / "r2", platform=BackendKind.TENSORRT,
-                                           precision=Precision.FP16, max_batch_size=64))
+        write_repository(
+            RepositoryOptions(
+                artifact=artifact,
+                output=tmp_path / "r2",
+                platform=BackendKind.TENSORRT,
+                precision=Precision.FP16,
+                max_batch_size=64,
+            )
+        )
 
 
 def test_repository_output_is_never_someone_elses_folder(tiny_vit: Path, tmp_path: Path) -> None:
@@ -131,21 +171,40 @@ def test_serve_without_pytriton_is_one_line(tiny_vit: Path) -> None:
     pytest.importorskip("clipexport")
     if __import__("importlib").util.find_spec("pytriton") is not None:
         pytest.skip("pytriton is installed in this Python")
-    proc = subprocess.run([sys.executable, "-m", "clipexport", "serve", str(tiny_vit)], capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "clipexport", "serve", str(tiny_vit)], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 3 and "clipexport[serve]" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
 # ---- a real server ---------------------------------------------------------------------------------
+
 
 class Server:
     def __init__(self, artifact: Path, python: Path, *extra: str, cwd: Path | None = None):
         self.http, self.grpc, self.metrics = free_local_ports(3)
         self.log = artifact.parent / f"serve-{self.http}.log"
         self.process = subprocess.Popen(
-            [str(python), "-m", "clipexport", "serve", str(artifact), "--name", "m",
-             "--http-port", str(self.http), "--grpc-port", str(self.grpc), "--metrics-port", str(self.metrics), *extra],
-            stdout=subprocess.PIPE, stderr=self.log.open("w"), cwd=str(cwd or artifact.parent))
+            [
+                str(python),
+                "-m",
+                "clipexport",
+                "serve",
+                str(artifact),
+                "--name",
+                "m",
+                "--http-port",
+                str(self.http),
+                "--grpc-port",
+                str(self.grpc),
+                "--metrics-port",
+                str(self.metrics),
+                *extra,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=self.log.open("w"),
+            cwd=str(cwd or artifact.parent),
+        )
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
             assert self.process.poll() is None, self.log.read_text()
@@ -170,8 +229,17 @@ class Server:
 def server(tiny_vit: Path, serve_python: Path, tmp_path_factory: pytest.TempPathFactory):
     parent = tmp_path_factory.mktemp("clone-parent")
     (parent / "clipexport").mkdir()  # a clone named clipexport beside the working directory
-    served = Server(tiny_vit, serve_python, "--max-batch", "8", "--max-queue-delay-us", "20000",
-                    "--max-request-bytes", str(MAX_REQUEST_BYTES), cwd=parent)
+    served = Server(
+        tiny_vit,
+        serve_python,
+        "--max-batch",
+        "8",
+        "--max-queue-delay-us",
+        "20000",
+        "--max-request-bytes",
+        str(MAX_REQUEST_BYTES),
+        cwd=parent,
+    )
     yield served
     if served.process.poll() is None:
         served.stop()
@@ -187,7 +255,9 @@ def test_http_and_grpc_equal_the_runtime(server: Server, tiny_vit: Path) -> None
         with ClipClient(url, model="m") as client:
             assert client.ready()
             np.testing.assert_allclose(client.encode_text(TEXTS), want_text, atol=SERVER_MAX_ABS, rtol=0)
-            np.testing.assert_allclose(client.encode_image(images, batch_size=2), want_image, atol=SERVER_MAX_ABS, rtol=0)
+            np.testing.assert_allclose(
+                client.encode_image(images, batch_size=2), want_image, atol=SERVER_MAX_ABS, rtol=0
+            )
 
 
 def test_concurrent_clients_are_batched_and_all_answered(server: Server, tiny_vit: Path) -> None:
@@ -267,8 +337,20 @@ def test_blank_texts_embed_on_the_server_as_in_the_runtime(server: Server, tiny_
     (tmp_path / "texts.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
     for server_args in ((), ("--server", f"localhost:{server.http}", "--model", "m")):
         out = tmp_path / f"t{len(server_args)}.npy"
-        result = CliRunner().invoke(main, ["embed", str(tiny_vit), "--texts", str(tmp_path / "texts.txt"), "-o", str(out),
-                                           "--batch-size", "32", *server_args])
+        result = CliRunner().invoke(
+            main,
+            [
+                "embed",
+                str(tiny_vit),
+                "--texts",
+                str(tmp_path / "texts.txt"),
+                "-o",
+                str(out),
+                "--batch-size",
+                "32",
+                *server_args,
+            ],
+        )
         assert result.exit_code == 0, result.output
     np.testing.assert_allclose(np.load(tmp_path / "t4.npy"), np.load(tmp_path / "t0.npy"), atol=SERVER_MAX_ABS)
 
@@ -289,8 +371,13 @@ def _bomb() -> bytes:
 def _text_body(raw: bytes) -> bytes:
     """A KServe v2 binary-tensor request with one BYTES item (any bytes, not only valid UTF-8)."""
     tensor = len(raw).to_bytes(4, "little") + raw
-    header = json.dumps({"inputs": [{"name": "TEXT", "shape": [1, 1], "datatype": "BYTES",
-                                     "parameters": {"binary_data_size": len(tensor)}}]}).encode()
+    header = json.dumps(
+        {
+            "inputs": [
+                {"name": "TEXT", "shape": [1, 1], "datatype": "BYTES", "parameters": {"binary_data_size": len(tensor)}}
+            ]
+        }
+    ).encode()
     return header + tensor, len(header)
 
 
@@ -351,20 +438,24 @@ def test_one_http_client_shared_by_eight_threads(server: Server, tiny_vit: Path)
     shared.close()
 
 
-def test_client_mistakes_and_unreachable_servers_have_their_exit_codes(server: Server, tiny_vit: Path,
-                                                                       tmp_path: Path) -> None:
+def test_client_mistakes_and_unreachable_servers_have_their_exit_codes(
+    server: Server, tiny_vit: Path, tmp_path: Path
+) -> None:
     from click.testing import CliRunner
 
     from clipexport.cli import main
 
     (tmp_path / "t.txt").write_text("a\n")
-    cases = [(("--server", f"localhost:{free_local_ports(1)[0]}"), 3, "no answer from a Triton server"),
-             (("--server", f"localhost:{server.http}", "--model", "other"), 3, "does not serve other_text"),
-             (("--server", "https://"), 2, "is not host:port"),
-             (("--server", "localhost:8000/v2"), 2, "is not host:port")]
+    cases = [
+        (("--server", f"localhost:{free_local_ports(1)[0]}"), 3, "no answer from a Triton server"),
+        (("--server", f"localhost:{server.http}", "--model", "other"), 3, "does not serve other_text"),
+        (("--server", "https://"), 2, "is not host:port"),
+        (("--server", "localhost:8000/v2"), 2, "is not host:port"),
+    ]
     for args, code, message in cases:
-        result = CliRunner().invoke(main, ["embed", str(tiny_vit), "--texts", str(tmp_path / "t.txt"), "-o",
-                                           str(tmp_path / "o.npy"), *args])
+        result = CliRunner().invoke(
+            main, ["embed", str(tiny_vit), "--texts", str(tmp_path / "t.txt"), "-o", str(tmp_path / "o.npy"), *args]
+        )
         assert result.exit_code == code and message in result.output, (args, result.output)
         assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "o.npy").exists()
 
@@ -387,8 +478,9 @@ def _listening(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def test_generated_python_models_load_and_answer_in_tritonserver(tiny_vit: Path, tmp_path: Path,
-                                                                 serve_python: Path) -> None:
+def test_generated_python_models_load_and_answer_in_tritonserver(
+    tiny_vit: Path, tmp_path: Path, serve_python: Path
+) -> None:
     """The repository's preprocess and tokenize models in the bundled tritonserver (its python
     backend only: the towers' onnxruntime / TensorRT backends are what the NGC container adds)."""
     from clipexport.runtime.text_length import trim
@@ -410,7 +502,8 @@ def test_generated_python_models_load_and_answer_in_tritonserver(tiny_vit: Path,
         "s.check_python_backend(d, env)\n"
         f"sys.exit(subprocess.call([str(d / 'bin' / 'tritonserver'), '--model-repository={python_only}',"
         f" '--backend-directory=' + str(d / 'backends'), '--http-port={http}', '--grpc-port={grpc}',"
-        f" '--metrics-port={metrics}', '--http-address=127.0.0.1', '--grpc-address=127.0.0.1'], env=env))\n")
+        f" '--metrics-port={metrics}', '--http-address=127.0.0.1', '--grpc-address=127.0.0.1'], env=env))\n"
+    )
     log = (tmp_path / "server.log").open("w")
     process = subprocess.Popen([str(serve_python), "-c", launcher], stdout=log, stderr=log, start_new_session=True)
     try:
@@ -428,8 +521,10 @@ def test_generated_python_models_load_and_answer_in_tritonserver(tiny_vit: Path,
             np.testing.assert_allclose(pixels[0], runtime.preprocessor(image)[0], atol=1e-6)
             ids = _infer(client_lib, client, "g_tokenize", "TEXT", ["a photo of a cat", "a dog"], "INPUT_IDS")
             full = runtime.tokenizer(["a photo of a cat", "a dog"])
-            assert ids.shape == (2, 16) and trim(full, runtime.manifest.tower("text").properties,
-                                                 runtime.manifest.tokenizer).shape[1] <= 16
+            assert (
+                ids.shape == (2, 16)
+                and trim(full, runtime.manifest.tower("text").properties, runtime.manifest.tokenizer).shape[1] <= 16
+            )
             np.testing.assert_array_equal(ids, full[:, :16])
     finally:
         os.killpg(process.pid, signal.SIGTERM)
@@ -462,32 +557,91 @@ def test_embed_command_on_the_server(server: Server, tiny_vit: Path, tmp_path: P
         (folder / f"{i}.png").write_bytes(_png(i))
     (folder / "3-bad.png").write_bytes(b"not an image")
     url = f"grpc://localhost:{server.grpc}"
-    result = CliRunner().invoke(main, ["embed", str(tiny_vit), "--texts", str(tmp_path / "texts.txt"), "-o",
-                                       str(tmp_path / "t.npy"), "--server", url, "--model", "m"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "embed",
+            str(tiny_vit),
+            "--texts",
+            str(tmp_path / "texts.txt"),
+            "-o",
+            str(tmp_path / "t.npy"),
+            "--server",
+            url,
+            "--model",
+            "m",
+        ],
+    )
     assert result.exit_code == 0, result.output
     with ClipRuntime.load(tiny_vit) as runtime:
-        np.testing.assert_allclose(np.load(tmp_path / "t.npy"), runtime.encode_text(["a photo of a cat", "a dog"]),
-                                   atol=SERVER_MAX_ABS)
-    result = CliRunner().invoke(main, ["embed", str(tiny_vit), "--images", str(folder), "-o", str(tmp_path / "i.npy"),
-                                       "--server", url, "--model", "m", "--skip-bad"])
+        np.testing.assert_allclose(
+            np.load(tmp_path / "t.npy"), runtime.encode_text(["a photo of a cat", "a dog"]), atol=SERVER_MAX_ABS
+        )
+    result = CliRunner().invoke(
+        main,
+        [
+            "embed",
+            str(tiny_vit),
+            "--images",
+            str(folder),
+            "-o",
+            str(tmp_path / "i.npy"),
+            "--server",
+            url,
+            "--model",
+            "m",
+            "--skip-bad",
+        ],
+    )
     assert result.exit_code == 0 and "3-bad.png" in result.output, result.output
     assert np.load(tmp_path / "i.npy").shape == (3, 64)
-    result = CliRunner().invoke(main, ["embed", str(tiny_vit), "--images", str(folder), "-o", str(tmp_path / "j.npy"),
-                                       "--server", url, "--model", "m", "--batch-size", "32"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "embed",
+            str(tiny_vit),
+            "--images",
+            str(folder),
+            "-o",
+            str(tmp_path / "j.npy"),
+            "--server",
+            url,
+            "--model",
+            "m",
+            "--batch-size",
+            "32",
+        ],
+    )
     assert result.exit_code == 2 and f"{folder / '3-bad.png'}: not a valid or complete image" in result.output
     assert not (tmp_path / "j.npy").exists()
 
 
 def test_second_server_on_the_same_ports_is_one_line(server: Server, tiny_vit: Path, serve_python: Path) -> None:
-    proc = subprocess.run([str(serve_python), "-m", "clipexport", "serve", str(tiny_vit), "--http-port", str(server.http),
-                           "--grpc-port", str(server.grpc), "--metrics-port", str(server.metrics)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            str(serve_python),
+            "-m",
+            "clipexport",
+            "serve",
+            str(tiny_vit),
+            "--http-port",
+            str(server.http),
+            "--grpc-port",
+            str(server.grpc),
+            "--metrics-port",
+            str(server.metrics),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and "is not free" in proc.stderr and "ready" not in proc.stdout, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and server.process.poll() is None
 
 
-def test_serve_refuses_what_the_runtime_refuses_with_the_same_line(tiny_vit: Path, serve_python: Path,
-                                                                   tmp_path: Path) -> None:
+def test_serve_refuses_what_the_runtime_refuses_with_the_same_line(
+    tiny_vit: Path, serve_python: Path, tmp_path: Path
+) -> None:
     """A tampered graph (2), a backend that cannot run here (3), an edited embed_dim (2) and a bad
     --name (2): the in-process line and exit code, not "failed to load all models"."""
     ports = [str(p) for p in free_local_ports(3)]
@@ -501,14 +655,20 @@ def test_serve_refuses_what_the_runtime_refuses_with_the_same_line(tiny_vit: Pat
     manifest = json.loads((edited / "manifest.json").read_text())
     manifest["embed_dim"] = 999
     (edited / "manifest.json").write_text(json.dumps(manifest))
-    cases = [((str(tampered),), 2, "does not match the manifest"),
-             ((str(tiny_vit), "--backend", "tensorrt"), 3, "clipexport[tensorrt]"),
-             ((str(edited), "--name", "e"), 2, "manifest says embed_dim 999"),
-             ((str(tiny_vit), "--name", "ünï"), 2, "is not a usable model name"),
-             ((str(tiny_vit), "--name", "x" * 300), 2, "is not a usable model name")]
+    cases = [
+        ((str(tampered),), 2, "does not match the manifest"),
+        ((str(tiny_vit), "--backend", "tensorrt"), 3, "clipexport[tensorrt]"),
+        ((str(edited), "--name", "e"), 2, "manifest says embed_dim 999"),
+        ((str(tiny_vit), "--name", "ünï"), 2, "is not a usable model name"),
+        ((str(tiny_vit), "--name", "x" * 300), 2, "is not a usable model name"),
+    ]
     for args, code, message in cases:
-        proc = subprocess.run([str(serve_python), "-m", "clipexport", "serve", *args, *port_args, "-q"],
-                              capture_output=True, text=True, timeout=180)
+        proc = subprocess.run(
+            [str(serve_python), "-m", "clipexport", "serve", *args, *port_args, "-q"],
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
         assert proc.returncode == code and message in proc.stderr, (args, proc.returncode, proc.stderr)
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 

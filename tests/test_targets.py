@@ -33,7 +33,9 @@ def test_fp8_graph_is_recorded_like_int8(demo: Path) -> None:
     details = graph.details
     assert details.target is Target.TENSORRT and details.calibration_method is CalibrationMethod.MAX
     assert details.made_by is MadeBy.QUANTIZE and "fp8" in details.method
-    assert details.quantized_nodes and details.high_precision_nodes["sensitive_by_default"]  # patch embedding, projection
+    assert (
+        details.quantized_nodes and details.high_precision_nodes["sensitive_by_default"]
+    )  # patch embedding, projection
     import onnx
 
     model = onnx.load(str(demo / graph.file))
@@ -49,8 +51,11 @@ def test_fp8_graph_is_recorded_like_int8(demo: Path) -> None:
 def test_verify_gates_hold_for_every_precision_on_openvino_and_onnxruntime(demo: Path) -> None:
     from clipexport.verify.run import VerifyOptions, verify_artifact
 
-    report = verify_artifact(VerifyOptions(artifact=demo, precisions=("all",), backends=("openvino", "onnxruntime"),
-                                           num_images=8, write_report=False))
+    report = verify_artifact(
+        VerifyOptions(
+            artifact=demo, precisions=("all",), backends=("openvino", "onnxruntime"), num_images=8, write_report=False
+        )
+    )
     assert report.passed, report.table()
     cells = {(r.tower, r.precision, r.backend) for r in report.results}
     assert len(cells) == len(Tower) * len(Precision) * 2  # towers x every precision x backends
@@ -67,19 +72,63 @@ def test_openvino_runtime_equals_onnxruntime_and_every_verb_takes_it(demo: Path,
         assert ov.ran_on("vision").startswith("openvino")
     assert list((demo / "engines" / "openvino").iterdir())  # the compiled-model cache
     runner = CliRunner()
-    classified = runner.invoke(main, ["classify", str(demo), str(EXAMPLES / "red-circle.png"), "--labels-file",
-                                      str(EXAMPLES / "labels.txt"), "--template", "a {}.", "--backend", "openvino"])
+    classified = runner.invoke(
+        main,
+        [
+            "classify",
+            str(demo),
+            str(EXAMPLES / "red-circle.png"),
+            "--labels-file",
+            str(EXAMPLES / "labels.txt"),
+            "--template",
+            "a {}.",
+            "--backend",
+            "openvino",
+        ],
+    )
     assert classified.exit_code == 0 and "red circle" in classified.output.splitlines()[0].split("  ")[1]
-    embedded = runner.invoke(main, ["embed", str(demo), "--images", str(EXAMPLES), "-o", str(tmp_path / "ds"),
-                                    "--backend", "openvino", "--precision", "int8", "-q"])
+    embedded = runner.invoke(
+        main,
+        [
+            "embed",
+            str(demo),
+            "--images",
+            str(EXAMPLES),
+            "-o",
+            str(tmp_path / "ds"),
+            "--backend",
+            "openvino",
+            "--precision",
+            "int8",
+            "-q",
+        ],
+    )
     assert embedded.exit_code == 0, embedded.output
     assert json.loads((tmp_path / "ds" / "_embeddings.json").read_text())["backend"] == "openvino"
-    bench = runner.invoke(main, ["bench", str(demo), "--backends", "openvino", "--precisions", "fp32,fp8",
-                                 "--batch-sizes", "2", "--min-iterations", "1", "--min-seconds", "0", "-o",
-                                 str(tmp_path / "bench"), "-q"])
+    bench = runner.invoke(
+        main,
+        [
+            "bench",
+            str(demo),
+            "--backends",
+            "openvino",
+            "--precisions",
+            "fp32,fp8",
+            "--batch-sizes",
+            "2",
+            "--min-iterations",
+            "1",
+            "--min-seconds",
+            "0",
+            "-o",
+            str(tmp_path / "bench"),
+            "-q",
+        ],
+    )
     assert bench.exit_code == 0, bench.output
-    repo = runner.invoke(main, ["triton", str(demo), "-o", str(tmp_path / "repo"), "--platform", "openvino",
-                                "--instance-kind", "cpu"])
+    repo = runner.invoke(
+        main, ["triton", str(demo), "-o", str(tmp_path / "repo"), "--platform", "openvino", "--instance-kind", "cpu"]
+    )
     assert repo.exit_code == 0, repo.output
     config = (tmp_path / "repo" / f"{demo.name}_vision_tower" / "config.pbtxt").read_text()
     assert 'backend: "openvino"' in config and 'default_model_filename: "model.onnx"' in config
@@ -94,8 +143,20 @@ def test_openvino_device_is_the_one_asked_or_one_line(demo: Path, monkeypatch: p
     monkeypatch.delenv("CLIPEXPORT_OPENVINO_DEVICE")
     with pytest.raises(InputError, match="--device applies to --backend openvino"):
         ClipRuntime.load(demo, device="CPU")
-    result = CliRunner().invoke(main, ["classify", str(demo), str(EXAMPLES / "red-circle.png"), "--labels", "a,b",
-                                       "--backend", "openvino", "--device", "GPU"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "classify",
+            str(demo),
+            str(EXAMPLES / "red-circle.png"),
+            "--labels",
+            "a,b",
+            "--backend",
+            "openvino",
+            "--device",
+            "GPU",
+        ],
+    )
     assert result.exit_code == 3 and result.output.startswith("error: OpenVINO sees no GPU")
 
 

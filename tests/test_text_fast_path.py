@@ -36,13 +36,15 @@ def test_trimmed_equals_full_length(tiny_vit: Path) -> None:
     ids = ClipTokenizer()(captions)
     full = session.run(None, {"input_ids": ids})[0]
     for start in range(0, len(ids), 4):  # batches of different trimmed lengths
-        batch = ids[start:start + 4]
+        batch = ids[start : start + 4]
         cut = trim(batch, read_manifest(tiny_vit).tower("text").properties, CLIP_TOKENS)
         assert cut.shape[1] == trimmed_length(batch, "argmax", EOT) <= 77
         got = session.run(None, {"input_ids": cut})[0]
-        parity = embedding_parity(full[start:start + 4], got)
+        parity = embedding_parity(full[start : start + 4], got)
         assert parity.min_cosine >= 0.99999 and parity.max_abs_diff < 1e-5
-    short = trim(ClipTokenizer()(PROMPTS), TowerProperties(variable_length=True, causal_mask=True, pooling="argmax"), CLIP_TOKENS)
+    short = trim(
+        ClipTokenizer()(PROMPTS), TowerProperties(variable_length=True, causal_mask=True, pooling="argmax"), CLIP_TOKENS
+    )
     assert short.shape[1] <= 10  # "a photo of a hot air balloon." is 10 tokens with SOT/EOT
 
 
@@ -67,27 +69,33 @@ def test_runtime_cuts_each_batch_and_matches(tiny_vit: Path) -> None:
         texts = PROMPTS + [DEFAULT_CAPTIONS[-2]]  # the last one fills the context
         fast = runtime.encode_text(texts, batch_size=5)
         assert [s[1] for s in spy.shapes] == [trimmed_length(ClipTokenizer()(PROMPTS), "argmax", EOT), 77]
-        full = np.concatenate([spy.backend.run(ClipTokenizer()(texts[i:i + 5])) for i in range(0, len(texts), 5)])
+        full = np.concatenate([spy.backend.run(ClipTokenizer()(texts[i : i + 5])) for i in range(0, len(texts), 5)])
     assert embedding_parity(full, fast).min_cosine >= 0.99999
 
 
-@pytest.mark.parametrize(("ids", "pooling", "expected"), [
-    ([[49406, 320, 49407, 0, 0], [49406, 320, 1125, 49407, 0]], "argmax", 4),
-    ([[49406, 49407, 0, 0, 0]], "argmax", 2),
-    ([[49406, 320, 49407, 0, 0]], "last", 5),  # pooling at the last position moves when cut
-    ([[1, 5, 2, 0, 0], [1, 2, 0, 0, 0]], "eos", 3),
-    ([[1, 5, 7, 0, 0], [1, 2, 0, 0, 0]], "eos", 5),  # a row without EOS: nothing safe to cut
-])
+@pytest.mark.parametrize(
+    ("ids", "pooling", "expected"),
+    [
+        ([[49406, 320, 49407, 0, 0], [49406, 320, 1125, 49407, 0]], "argmax", 4),
+        ([[49406, 49407, 0, 0, 0]], "argmax", 2),
+        ([[49406, 320, 49407, 0, 0]], "last", 5),  # pooling at the last position moves when cut
+        ([[1, 5, 2, 0, 0], [1, 2, 0, 0, 0]], "eos", 3),
+        ([[1, 5, 7, 0, 0], [1, 2, 0, 0, 0]], "eos", 5),  # a row without EOS: nothing safe to cut
+    ],
+)
 def test_trimmed_length_rules(ids: list, pooling: str, expected: int) -> None:
     assert trimmed_length(np.array(ids), pooling, 2 if pooling == "eos" else EOT) == expected
 
 
-@pytest.mark.parametrize(("ids", "expected"), [
-    ([[101, 7, 8, 102, 0, 0], [101, 102, 0, 0, 0, 0]], 4),  # BERT: [CLS] .. [SEP] then pad 0
-    ([[101, 102, 0, 0, 0, 0]], 2),
-    ([[101, 7, 8, 9, 10, 102]], 6),
-    ([[0, 0, 0, 0, 0, 0]], 2),  # all padding: the shortest graph input
-])
+@pytest.mark.parametrize(
+    ("ids", "expected"),
+    [
+        ([[101, 7, 8, 102, 0, 0], [101, 102, 0, 0, 0, 0]], 4),  # BERT: [CLS] .. [SEP] then pad 0
+        ([[101, 102, 0, 0, 0, 0]], 2),
+        ([[101, 7, 8, 9, 10, 102]], 6),
+        ([[0, 0, 0, 0, 0, 0]], 2),  # all padding: the shortest graph input
+    ],
+)
 def test_padding_masked_graphs_cut_after_the_last_real_token(ids: list, expected: int) -> None:
     bert = TokenizerConfig(kind="hf_json", context_length=6, sot_id=101, eot_id=102, pad_id=0)
     masked = TowerProperties(pooling="first", variable_length=True, padding_mask=True)
@@ -96,12 +104,20 @@ def test_padding_masked_graphs_cut_after_the_last_real_token(ids: list, expected
 
 def test_graphs_without_the_guarantees_are_not_cut() -> None:
     ids = ClipTokenizer()(PROMPTS)
-    assert trim(ids, TowerProperties(variable_length=True, causal_mask=False, pooling="argmax"), CLIP_TOKENS).shape == ids.shape
-    assert trim(ids, TowerProperties(variable_length=False, causal_mask=True, pooling="argmax"), CLIP_TOKENS).shape == ids.shape
+    assert (
+        trim(ids, TowerProperties(variable_length=True, causal_mask=False, pooling="argmax"), CLIP_TOKENS).shape
+        == ids.shape
+    )
+    assert (
+        trim(ids, TowerProperties(variable_length=False, causal_mask=True, pooling="argmax"), CLIP_TOKENS).shape
+        == ids.shape
+    )
     assert trim(ids, TowerProperties(), CLIP_TOKENS).shape == ids.shape
 
 
-def test_hf_clip_text_gets_the_fast_path_exactly(hf_clip_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_hf_clip_text_gets_the_fast_path_exactly(
+    hf_clip_folder: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     """HF CLIPModel's text tower is causal and pools at the first EOS, like open_clip's: exported
     variable-length, and each batch cut after its last EOS gives the full-length embeddings."""
     from conftest import export_dir

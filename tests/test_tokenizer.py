@@ -6,13 +6,38 @@ import pytest
 from clipexport.runtime.tokenizer import ClipTokenizer
 
 TRICKY = [
-    "", " ", "   \t\n ", "a photo of a cat", "A Photo Of A CAT", "DON'T you're we've I'm they'll he'd it's",
-    "&amp;", "&amp;amp; &lt;b&gt;bold&lt;/b&gt;", "&quot;quoted&quot;", "Ã©tÃ© mojibake", "The Mona Lisa â€” Leonardo",
-    "3.14159 and 1,000,000 and 2026-11-22", "!!!???...,,,;;;", "hello!!!world???", "tabs\tand\nnewlines\r\nhere",
-    "café naïve résumé Ångström", "東京の夜景", "北京欢迎你", "한국어 텍스트", "Привет, мир", "مرحبا بالعالم",
-    "emoji 😎🐶🎉👨‍👩‍👧", "zero\u200bwidth", "non\u00a0breaking", "<start_of_text> literal <end_of_text>",
-    "x" * 500, " ".join(["word"] * 200), "supercalifragilisticexpialidocious", "C++ & C# | node.js @ 5%",
-    "ﬁ ligature ＦＵＬＬＷＩＤＴＨ", "a\u0301 combining accent", "#hashtag @mention http://example.com/a?b=c",
+    "",
+    " ",
+    "   \t\n ",
+    "a photo of a cat",
+    "A Photo Of A CAT",
+    "DON'T you're we've I'm they'll he'd it's",
+    "&amp;",
+    "&amp;amp; &lt;b&gt;bold&lt;/b&gt;",
+    "&quot;quoted&quot;",
+    "Ã©tÃ© mojibake",
+    "The Mona Lisa â€” Leonardo",
+    "3.14159 and 1,000,000 and 2026-11-22",
+    "!!!???...,,,;;;",
+    "hello!!!world???",
+    "tabs\tand\nnewlines\r\nhere",
+    "café naïve résumé Ångström",
+    "東京の夜景",
+    "北京欢迎你",
+    "한국어 텍스트",
+    "Привет, мир",
+    "مرحبا بالعالم",
+    "emoji 😎🐶🎉👨‍👩‍👧",
+    "zero\u200bwidth",
+    "non\u00a0breaking",
+    "<start_of_text> literal <end_of_text>",
+    "x" * 500,
+    " ".join(["word"] * 200),
+    "supercalifragilisticexpialidocious",
+    "C++ & C# | node.js @ 5%",
+    "ﬁ ligature ＦＵＬＬＷＩＤＴＨ",
+    "a\u0301 combining accent",
+    "#hashtag @mention http://example.com/a?b=c",
 ]
 
 
@@ -76,8 +101,15 @@ def test_rejects_non_strings() -> None:
         ClipTokenizer()(["ok", 3])
 
 
-SPECIAL_SPELLINGS = ["a <|endoftext|> b", "<|startoftext|>x", "<|EndOfText|>", "x<|endoftext|>y",
-                     "<|endoftext|><|endoftext|>", "<start_of_text> hi <end_of_text>", "<|startoftext|> a photo"]
+SPECIAL_SPELLINGS = [
+    "a <|endoftext|> b",
+    "<|startoftext|>x",
+    "<|EndOfText|>",
+    "x<|endoftext|>y",
+    "<|endoftext|><|endoftext|>",
+    "<start_of_text> hi <end_of_text>",
+    "<|startoftext|> a photo",
+]
 
 
 def test_special_token_spellings_match_each_source_library(reference, hf_clip_folder) -> None:
@@ -117,7 +149,7 @@ def test_cutting_long_texts_is_exact(clean: str) -> None:
         assert len(cut) <= len(text)
         full = [tok.sot_id, *tok.encode(text)][:76] + [tok.eot_id]
         got = tok([text])[0]
-        np.testing.assert_array_equal(got[:len(full)], full)
+        np.testing.assert_array_equal(got[: len(full)], full)
 
 
 def test_hf_json_tokenizers_cut_long_texts_exactly(hf_siglip_folder) -> None:
@@ -132,8 +164,16 @@ def test_hf_json_tokenizers_cut_long_texts_exactly(hf_siglip_folder) -> None:
 
     hf = AutoTokenizer.from_pretrained(hf_siglip_folder)
     path = hf_siglip_folder / "tokenizer.json"
-    config = TokenizerConfig(kind="hf_json", context_length=64, sot_id=None, eot_id=hf.eos_token_id,
-                             pad_id=hf.pad_token_id, clean="none", vocab_size=len(hf), file="tokenizer.json")
+    config = TokenizerConfig(
+        kind="hf_json",
+        context_length=64,
+        sot_id=None,
+        eot_id=hf.eos_token_id,
+        pad_id=hf.pad_token_id,
+        clean="none",
+        vocab_size=len(hf),
+        file="tokenizer.json",
+    )
     for side in ("right", "left"):
         hf.truncation_side = side
         ours = HfJsonTokenizer(path, replace(config, truncation_side=side))

@@ -20,8 +20,14 @@ class FieldReader:
     def fail(self, message: str) -> ClipExportError:
         return self.error_class(f"{self.where}: {message}" + (f"; {self.fix}" if self.fix else ""))
 
-    def get(self, data: Mapping[str, Any], key: str, kind: type | tuple[type, ...], prefix: str = "",
-            default: Any = _MISSING) -> Any:
+    def get(
+        self,
+        data: Mapping[str, Any],
+        key: str,
+        kind: type | tuple[type, ...],
+        prefix: str = "",
+        default: Any = _MISSING,
+    ) -> Any:
         if key not in data or (data[key] is None and default is not _MISSING):
             if default is _MISSING:
                 raise self.fail(f"missing key '{prefix}{key}'")
@@ -34,8 +40,9 @@ class FieldReader:
             raise self.fail(f"'{prefix}{key}' must be {expected}, got {type(value).__name__} {value!r}"[:300])
         return value
 
-    def choice(self, data: Mapping[str, Any], key: str, options: list[str], prefix: str = "",
-               default: Any = _MISSING) -> Any:
+    def choice(
+        self, data: Mapping[str, Any], key: str, options: list[str], prefix: str = "", default: Any = _MISSING
+    ) -> Any:
         value = self.get(data, key, str, prefix, default)
         if value is not default and value not in options:
             raise self.fail(f"'{prefix}{key}' must be one of {', '.join(options)}, got {value!r}")

@@ -41,8 +41,10 @@ def inside(root: str | os.PathLike[str], name: str, what: str = "file") -> Path:
         raise ManifestError(f"{what} name {name!r} in {base} is not a plain relative file name; re-export the artifact")
     path = (base / name).resolve()
     if path != base and base not in path.parents:
-        raise ManifestError(f"{what} name {name!r} points outside the artifact folder {base}; refusing to use it "
-                            "(re-export the artifact)")
+        raise ManifestError(
+            f"{what} name {name!r} points outside the artifact folder {base}; refusing to use it "
+            "(re-export the artifact)"
+        )
     return base / name
 
 

@@ -18,8 +18,9 @@ def artifact_lock(root: str | os.PathLike[str]) -> contextlib.AbstractContextMan
     return folder_lock(root, "the artifact folder")
 
 
-def update_manifest(root: str | os.PathLike[str], change: Callable[[Manifest], Manifest],
-                    publish: Callable[[], None] | None = None) -> Manifest:
+def update_manifest(
+    root: str | os.PathLike[str], change: Callable[[Manifest], Manifest], publish: Callable[[], None] | None = None
+) -> Manifest:
     """Under the lock: run `publish` (move new files in), re-read the manifest as it is now, apply
     `change`, write it atomically. Returns what was written."""
     with artifact_lock(root):

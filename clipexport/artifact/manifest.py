@@ -34,7 +34,6 @@ class Tower(str, Enum):
         return self.value
 
 
-
 class SourceKind(str, Enum):
     OPEN_CLIP = "open_clip"
     HF = "hf"
@@ -74,8 +73,11 @@ class TensorSpec:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str) -> "TensorSpec":
-        return cls(name=_get(data, "name", str, where), dtype=_get(data, "dtype", str, where),
-                   shape=tuple(_get(data, "shape", list, where)))
+        return cls(
+            name=_get(data, "name", str, where),
+            dtype=_get(data, "dtype", str, where),
+            shape=tuple(_get(data, "shape", list, where)),
+        )
 
 
 @dataclass(frozen=True)
@@ -89,8 +91,12 @@ class SampleSet:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str) -> "SampleSet":
-        return cls(source=_get(data, "source", str, where), samples=_get(data, "samples", int, where),
-                   validation_samples=_get(data, "validation_samples", int, where), sha256=_get(data, "sha256", str, where))
+        return cls(
+            source=_get(data, "source", str, where),
+            samples=_get(data, "samples", int, where),
+            validation_samples=_get(data, "validation_samples", int, where),
+            sha256=_get(data, "sha256", str, where),
+        )
 
 
 @dataclass(frozen=True)
@@ -117,14 +123,22 @@ class AccuracyRecord:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str) -> "AccuracyRecord":
         number = (int, float)
-        return cls(folder=_get(data, "folder", str, where), images=_get(data, "images", int, where),
-                   classes=_get(data, "classes", int, where), templates=_get(data, "templates", int, where),
-                   max_drop_points=float(_get(data, "max_drop_points", number, where)),
-                   fp32_top1=float(_get(data, "fp32_top1", number, where)),
-                   steps=tuple(AccuracyStep(restored=_get(s, "restored", int, f"{where}.steps"),
-                                            top1=float(_get(s, "top1", number, f"{where}.steps")),
-                                            drop_points=float(_get(s, "drop_points", number, f"{where}.steps")))
-                               for s in _get(data, "steps", list, where)))
+        return cls(
+            folder=_get(data, "folder", str, where),
+            images=_get(data, "images", int, where),
+            classes=_get(data, "classes", int, where),
+            templates=_get(data, "templates", int, where),
+            max_drop_points=float(_get(data, "max_drop_points", number, where)),
+            fp32_top1=float(_get(data, "fp32_top1", number, where)),
+            steps=tuple(
+                AccuracyStep(
+                    restored=_get(s, "restored", int, f"{where}.steps"),
+                    top1=float(_get(s, "top1", number, f"{where}.steps")),
+                    drop_points=float(_get(s, "drop_points", number, f"{where}.steps")),
+                )
+                for s in _get(data, "steps", list, where)
+            ),
+        )
 
 
 @dataclass(frozen=True)
@@ -177,7 +191,9 @@ class GraphDetails:
             io_dtype=_get(data, "io_dtype", str, where, default="float32"),
             unquantized_dtype=_get(data, "unquantized_dtype", str, where, default=None),
             quantized_nodes=_get(data, "quantized_nodes", int, where, default=None),
-            high_precision_nodes={k: tuple(v) for k, v in _get(data, "high_precision_nodes", dict, where, default={}).items()},
+            high_precision_nodes={
+                k: tuple(v) for k, v in _get(data, "high_precision_nodes", dict, where, default={}).items()
+            },
             fp32_op_types=tuple(_get(data, "fp32_op_types", list, where, default=[])),
             fp32_tail_nodes=tuple(_get(data, "fp32_tail_nodes", list, where, default=[])),
             fp32_nodes=tuple(_get(data, "fp32_nodes", list, where, default=[])),
@@ -186,9 +202,11 @@ class GraphDetails:
             fallback_steps=tuple(_get(data, "fallback_steps", list, where, default=[])),
             validation_parity=dict(_get(data, "validation_parity", dict, where, default={})),
             # written as {} by manifests before the record was typed
-            accuracy_fallback=(AccuracyRecord.from_dict(record, f"{where}.accuracy_fallback")
-                               if (record := _get(data, "accuracy_fallback", (dict, type(None)), where, default=None))
-                               else None),
+            accuracy_fallback=(
+                AccuracyRecord.from_dict(record, f"{where}.accuracy_fallback")
+                if (record := _get(data, "accuracy_fallback", (dict, type(None)), where, default=None))
+                else None
+            ),
             versions=dict(_get(data, "versions", dict, where, default={})),
             adjustments=tuple(_get(data, "adjustments", list, where, default=[])),
         )
@@ -208,8 +226,13 @@ class GraphFile:
     def of(cls, folder: Path, name: str, external: bool, details: GraphDetails) -> "GraphFile":
         """The record of a graph just written to folder/name (and folder/name.data when external)."""
         data_name = f"{name}.data" if external else None
-        return cls(file=name, sha256=sha256_file(folder / name), external_data=data_name,
-                   external_data_sha256=sha256_file(folder / data_name) if data_name else None, details=details)
+        return cls(
+            file=name,
+            sha256=sha256_file(folder / name),
+            external_data=data_name,
+            external_data_sha256=sha256_file(folder / data_name) if data_name else None,
+            details=details,
+        )
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str) -> "GraphFile":
@@ -218,7 +241,9 @@ class GraphFile:
             sha256=_get(data, "sha256", str, where),
             external_data=_get(data, "external_data", str, where, default=None),
             external_data_sha256=_get(data, "external_data_sha256", str, where, default=None),
-            details=GraphDetails.from_dict(_get(data, "details", dict, where, default={"method": "unknown"}), f"{where}.details"),
+            details=GraphDetails.from_dict(
+                _get(data, "details", dict, where, default={"method": "unknown"}), f"{where}.details"
+            ),
         )
 
 
@@ -242,10 +267,12 @@ class TowerProperties:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str) -> "TowerProperties":
-        return cls(pooling=_get(data, "pooling", str, where, default=None),
-                   causal_mask=_get(data, "causal_mask", bool, where, default=False),
-                   variable_length=_get(data, "variable_length", bool, where, default=False),
-                   padding_mask=_get(data, "padding_mask", bool, where, default=False))
+        return cls(
+            pooling=_get(data, "pooling", str, where, default=None),
+            causal_mask=_get(data, "causal_mask", bool, where, default=False),
+            variable_length=_get(data, "variable_length", bool, where, default=False),
+            padding_mask=_get(data, "padding_mask", bool, where, default=False),
+        )
 
 
 @dataclass(frozen=True)
@@ -262,8 +289,11 @@ class TowerArtifact:
             return self.graphs[chosen]
         except KeyError:
             have = ", ".join(p.value for p in self.graphs) or "none"
-            fix = ("re-export the model" if chosen.made_by_export
-                   else f"create it with: clipexport quantize DIR --precision {chosen.value}")
+            fix = (
+                "re-export the model"
+                if chosen.made_by_export
+                else f"create it with: clipexport quantize DIR --precision {chosen.value}"
+            )
             raise ManifestError(f"no {chosen.value} graph in this artifact (have: {have}); {fix}") from None
 
     @classmethod
@@ -273,15 +303,19 @@ class TowerArtifact:
             try:
                 precision = Precision(key)
             except ValueError:
-                raise _FIELDS.fail(f"'{where}': unknown precision '{key}' in graphs (this clipexport knows "
-                             f"{', '.join(p.value for p in Precision)})") from None
+                raise _FIELDS.fail(
+                    f"'{where}': unknown precision '{key}' in graphs (this clipexport knows "
+                    f"{', '.join(p.value for p in Precision)})"
+                ) from None
             graphs[precision] = GraphFile.from_dict(raw, f"{where}.graphs.{key}")
         return cls(
             inputs=tuple(TensorSpec.from_dict(x, f"{where}.inputs") for x in _get(data, "inputs", list, where)),
             outputs=tuple(TensorSpec.from_dict(x, f"{where}.outputs") for x in _get(data, "outputs", list, where)),
             opset=_get(data, "opset", int, where),
             graphs=graphs,
-            properties=TowerProperties.from_dict(_get(data, "properties", dict, where, default={}), f"{where}.properties"),
+            properties=TowerProperties.from_dict(
+                _get(data, "properties", dict, where, default={}), f"{where}.properties"
+            ),
         )
 
 
@@ -432,7 +466,9 @@ class Manifest:
     def tower(self, tower: Tower | str) -> TowerArtifact:
         key = Tower(tower)
         if key not in self.towers:
-            raise ManifestError(f"this artifact has no {key.value} tower (have: {', '.join(t.value for t in self.towers)})")
+            raise ManifestError(
+                f"this artifact has no {key.value} tower (have: {', '.join(t.value for t in self.towers)})"
+            )
         return self.towers[key]
 
     def with_graph(self, tower: Tower, precision: Precision, graph: GraphFile) -> "Manifest":
@@ -447,8 +483,19 @@ class Manifest:
         data["towers"] = {t.value: asdict(a) for t, a in self.towers.items()}
         data["schema_version"] = SCHEMA_VERSION  # a manifest read as an older schema is written as the current one
         # Key order matters to the humans who read the file: contract first.
-        order = ["schema_version", "created", "versions", "source", "embed_dim", "normalized",
-                 "logit_scale", "logit_bias", "towers", "preprocess", "tokenizer"]
+        order = [
+            "schema_version",
+            "created",
+            "versions",
+            "source",
+            "embed_dim",
+            "normalized",
+            "logit_scale",
+            "logit_bias",
+            "towers",
+            "preprocess",
+            "tokenizer",
+        ]
         return _jsonable({k: data[k] for k in order})
 
     @classmethod
@@ -457,8 +504,10 @@ class Manifest:
             raise ManifestError("manifest.json does not hold a JSON object")
         version = data.get("schema_version")
         if version is None:
-            raise ManifestError("manifest.json has no schema_version: it is not a clipexport manifest "
-                                "(or it was damaged); re-export the model")
+            raise ManifestError(
+                "manifest.json has no schema_version: it is not a clipexport manifest "
+                "(or it was damaged); re-export the model"
+            )
         if version not in SUPPORTED_SCHEMA_VERSIONS:
             raise ManifestError(
                 f"manifest schema version {version!r} is not supported by this clipexport "
@@ -491,9 +540,13 @@ class Manifest:
 def read_manifest(artifact_dir: str | os.PathLike[str]) -> Manifest:
     path = Path(artifact_dir) / MANIFEST_NAME
     if not Path(artifact_dir).is_dir():
-        raise ManifestError(f"artifact folder {artifact_dir} does not exist; create it with: clipexport export MODEL --output {artifact_dir}")
+        raise ManifestError(
+            f"artifact folder {artifact_dir} does not exist; create it with: clipexport export MODEL --output {artifact_dir}"
+        )
     if not path.is_file():
-        raise ManifestError(f"{path} not found: {artifact_dir} is not a clipexport artifact folder (run clipexport export first)")
+        raise ManifestError(
+            f"{path} not found: {artifact_dir} is not a clipexport artifact folder (run clipexport export first)"
+        )
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

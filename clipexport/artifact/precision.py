@@ -40,8 +40,9 @@ class Precision(str, Enum):
         return self.facts.allow_tf32
 
     @classmethod
-    def parse(cls, name: "str | Precision", option: str = "--precision",
-              allowed: "tuple[Precision, ...] | None" = None) -> "Precision":
+    def parse(
+        cls, name: "str | Precision", option: str = "--precision", allowed: "tuple[Precision, ...] | None" = None
+    ) -> "Precision":
         """Validate a user's precision name once, at the edge: case-insensitive, one clear line
         listing what is accepted here (so no message can suggest making an fp32 graph by quantize)."""
         choices = allowed or tuple(cls)
@@ -126,16 +127,28 @@ class PrecisionFacts:
 
 _FACTS = {
     Precision.FP32: PrecisionFacts(Maker.EXPORT, strongly_typed=False, allow_tf32=False, torch_dtype="float32"),
-    Precision.FP16: PrecisionFacts(Maker.AUTOCAST, strongly_typed=True, allow_tf32=True, torch_dtype="float16",
-                                   autocast_type="fp16"),
-    Precision.INT8: PrecisionFacts(Maker.CALIBRATED_QDQ, strongly_typed=True, allow_tf32=True,
-                                   targets=(Target.TENSORRT, Target.CPU), modelopt_mode="int8"),
+    Precision.FP16: PrecisionFacts(
+        Maker.AUTOCAST, strongly_typed=True, allow_tf32=True, torch_dtype="float16", autocast_type="fp16"
+    ),
+    Precision.INT8: PrecisionFacts(
+        Maker.CALIBRATED_QDQ,
+        strongly_typed=True,
+        allow_tf32=True,
+        targets=(Target.TENSORRT, Target.CPU),
+        modelopt_mode="int8",
+    ),
     # NVIDIA's FP8 (E4M3) kernels start at Ada (sm_89) and Hopper (sm_90); Orin (8.7) has none.
-    Precision.FP8: PrecisionFacts(Maker.CALIBRATED_QDQ, strongly_typed=True, allow_tf32=True,
-                                  targets=(Target.TENSORRT,), modelopt_mode="fp8", min_compute_capability=(8, 9),
-                                  methods=(CalibrationMethod.MAX,),  # ModelOpt's FP8 calibrates amax
-                                  high_precision_ops=("Add", "LayerNormalization"),
-                                  ort_max_optimization="basic"),
+    Precision.FP8: PrecisionFacts(
+        Maker.CALIBRATED_QDQ,
+        strongly_typed=True,
+        allow_tf32=True,
+        targets=(Target.TENSORRT,),
+        modelopt_mode="fp8",
+        min_compute_capability=(8, 9),
+        methods=(CalibrationMethod.MAX,),  # ModelOpt's FP8 calibrates amax
+        high_precision_ops=("Add", "LayerNormalization"),
+        ort_max_optimization="basic",
+    ),
 }
 
 QUANTIZED = tuple(p for p in Precision if not p.made_by_export)

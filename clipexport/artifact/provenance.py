@@ -56,10 +56,23 @@ class EngineProvenance:
         if data.get("schema_version") != SIDECAR_SCHEMA_VERSION:
             raise fields.fail(f"provenance schema {data.get('schema_version')!r} is not supported")
         text, number = str, (int, float)
-        required = {"engine": text, "engine_sha256": text, "engine_bytes": int, "tower": text, "precision": text,
-                    "tensorrt_version": text, "gpu_name": text, "compute_capability": text, "onnx_file": text,
-                    "onnx_sha256": text, "profiles": dict, "flags": dict, "build_seconds": number,
-                    "created": text, "recipe": text}
+        required = {
+            "engine": text,
+            "engine_sha256": text,
+            "engine_bytes": int,
+            "tower": text,
+            "precision": text,
+            "tensorrt_version": text,
+            "gpu_name": text,
+            "compute_capability": text,
+            "onnx_file": text,
+            "onnx_sha256": text,
+            "profiles": dict,
+            "flags": dict,
+            "build_seconds": number,
+            "created": text,
+            "recipe": text,
+        }
         values = {key: fields.get(data, key, kind) for key, kind in required.items()}
         values["calibration_sha256"] = fields.get(data, "calibration_sha256", text, default=None)
         values["versions"] = fields.get(data, "versions", dict, default={})
@@ -81,8 +94,10 @@ def read_sidecar(plan: Path, rebuild: str) -> EngineProvenance:
     if not plan.is_file():
         raise ManifestError(f"engine {plan} not found; build it with: {rebuild}")
     if not path.is_file():
-        raise ManifestError(f"engine {plan} has no provenance file {path.name}, so it cannot be checked "
-                            f"against this GPU and TensorRT; rebuild it with: {rebuild}")
+        raise ManifestError(
+            f"engine {plan} has no provenance file {path.name}, so it cannot be checked "
+            f"against this GPU and TensorRT; rebuild it with: {rebuild}"
+        )
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -94,14 +109,21 @@ def check_plan_file(plan: Path, provenance: EngineProvenance, rebuild: str) -> N
     """The plan is the file that was built: size first (a truncated copy), then sha256."""
     size = plan.stat().st_size
     if size != provenance.engine_bytes:
-        raise ManifestError(f"engine {plan.name} is {size} bytes but was built as {provenance.engine_bytes}: "
-                            f"the file is truncated or replaced; rebuild it with: {rebuild}")
-    check_recorded_sha256(plan, provenance.engine_sha256 or "missing", f"the file is corrupt or replaced; rebuild it with: {rebuild}",
-                          recorded_in="its provenance sidecar")
+        raise ManifestError(
+            f"engine {plan.name} is {size} bytes but was built as {provenance.engine_bytes}: "
+            f"the file is truncated or replaced; rebuild it with: {rebuild}"
+        )
+    check_recorded_sha256(
+        plan,
+        provenance.engine_sha256 or "missing",
+        f"the file is corrupt or replaced; rebuild it with: {rebuild}",
+        recorded_in="its provenance sidecar",
+    )
 
 
-def check_compatible(provenance: EngineProvenance, tensorrt_version: str, compute_capability: str,
-                     gpu_name: str, rebuild: str) -> list[str]:
+def check_compatible(
+    provenance: EngineProvenance, tensorrt_version: str, compute_capability: str, gpu_name: str, rebuild: str
+) -> list[str]:
     """Raise when this TensorRT / GPU cannot run the engine; return notes for allowed differences."""
     notes = []
     built, running = _version(provenance.tensorrt_version), _version(tensorrt_version)
@@ -113,26 +135,32 @@ def check_compatible(provenance: EngineProvenance, tensorrt_version: str, comput
             raise ManifestError(
                 f"engine {provenance.engine} was built version-compatible with TensorRT {provenance.tensorrt_version}, "
                 f"which runs on releases from that one through {built[0] + VERSION_COMPATIBLE_MAJORS}.x, not on "
-                f"{tensorrt_version}; rebuild it with: {rebuild}")
+                f"{tensorrt_version}; rebuild it with: {rebuild}"
+            )
     elif running != built:
         raise ManifestError(
             f"engine {provenance.engine} was built with TensorRT {provenance.tensorrt_version} but this is "
             f"TensorRT {tensorrt_version}; engines only load in the exact version (major.minor.patch.build) that "
-            f"built them, or build with version_compatible = true; rebuild it with: {rebuild}")
+            f"built them, or build with version_compatible = true; rebuild it with: {rebuild}"
+        )
     built_cc, running_cc = _capability(provenance.compute_capability), _capability(compute_capability)
     if flags.get("hardware_compatible"):
         if running_cc < AMPERE:
             raise ManifestError(
                 f"engine {provenance.engine} is hardware-compatible for Ampere and newer (sm_80+), but this GPU "
-                f"({gpu_name}) is sm_{compute_capability.replace('.', '')}; rebuild it with: {rebuild}")
+                f"({gpu_name}) is sm_{compute_capability.replace('.', '')}; rebuild it with: {rebuild}"
+            )
     elif running_cc != built_cc:
         raise ManifestError(
             f"engine {provenance.engine} was built for {provenance.gpu_name} (sm_{provenance.compute_capability.replace('.', '')}) "
             f"but this GPU is {gpu_name} (sm_{compute_capability.replace('.', '')}); engines are specific to the "
-            f"GPU architecture; rebuild it on this GPU with: {rebuild}")
+            f"GPU architecture; rebuild it on this GPU with: {rebuild}"
+        )
     if gpu_name != provenance.gpu_name:
-        notes.append(f"engine {provenance.engine} was built on {provenance.gpu_name}, running on {gpu_name} "
-                     "(same architecture: allowed, timings may differ)")
+        notes.append(
+            f"engine {provenance.engine} was built on {provenance.gpu_name}, running on {gpu_name} "
+            "(same architecture: allowed, timings may differ)"
+        )
     return notes
 
 

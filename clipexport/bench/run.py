@@ -49,8 +49,9 @@ class BenchOptions:
     output: Path | None = None  # default: ARTIFACT/bench
 
     def __post_init__(self) -> None:  # names parsed here, once
-        object.__setattr__(self, "precisions",
-                           tuple(dict.fromkeys(Precision.parse(p, "--precisions") for p in self.precisions)))
+        object.__setattr__(
+            self, "precisions", tuple(dict.fromkeys(Precision.parse(p, "--precisions") for p in self.precisions))
+        )
 
 
 @dataclass
@@ -92,8 +93,9 @@ def run_bench(options: BenchOptions, progress: Progress = silent) -> tuple[Bench
     if not result.rows:
         # Nothing was measured: say why, and leave earlier results where they are.
         kind = type(problems[0]) if problems and all(type(p) is type(problems[0]) for p in problems) else InputError
-        raise kind("nothing was measured, so no report was written (earlier results are kept): "
-                   + " | ".join(result.skipped))
+        raise kind(
+            "nothing was measured, so no report was written (earlier results are kept): " + " | ".join(result.skipped)
+        )
     _ratios(result.rows)
     write_reports(result, out)
     return result, out
@@ -102,8 +104,16 @@ def run_bench(options: BenchOptions, progress: Progress = silent) -> tuple[Bench
 Measured = tuple[list[dict[str, Any]], list[str], list[ClipExportError]]
 
 
-def _measure_backend(backend: str, options: BenchOptions, precisions: tuple[Precision, ...], root: Path,
-                     manifest: Manifest, inputs: dict[Tower, np.ndarray], peak: float, progress: Progress) -> Measured:
+def _measure_backend(
+    backend: str,
+    options: BenchOptions,
+    precisions: tuple[Precision, ...],
+    root: Path,
+    manifest: Manifest,
+    inputs: dict[Tower, np.ndarray],
+    peak: float,
+    progress: Progress,
+) -> Measured:
     """(rows, skipped lines, problems) of one backend over every precision, tower and batch size."""
     rows: list[dict[str, Any]] = []
     skipped: list[str] = []
@@ -125,8 +135,12 @@ def _measure_backend(backend: str, options: BenchOptions, precisions: tuple[Prec
                     if backend != PYTORCH and tower is Tower.TEXT:
                         data = trim(data, manifest.tower(tower).properties, manifest.tokenizer)
                     progress(f"{backend} {precision} {tower.value} batch {batch}")
-                    timing = measure(lambda: runner.run(data), batch, min_iterations=options.min_iterations,
-                                     min_seconds=options.min_seconds)
+                    timing = measure(
+                        lambda: runner.run(data),
+                        batch,
+                        min_iterations=options.min_iterations,
+                        min_seconds=options.min_seconds,
+                    )
                     if (tower, data.shape) not in flops_at:
                         flops_at[tower, data.shape] = _flops(root, manifest, tower, data.shape)
                     rows.append(_row(backend, precision, tower, timing, data.shape, flops_at[tower, data.shape], peak))
@@ -141,8 +155,14 @@ def _child(connection: Any, *args: Any) -> None:
         result = _measure_backend(*args, progress=lambda line: connection.send(("progress", line)))
         connection.send(("done", result))
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises it there
-        connection.send(("error", exc if isinstance(exc, ClipExportError) else InputError(
-            f"measuring {args[0]} failed ({type(exc).__name__}: {str(exc)[:200]})")))
+        connection.send(
+            (
+                "error",
+                exc
+                if isinstance(exc, ClipExportError)
+                else InputError(f"measuring {args[0]} failed ({type(exc).__name__}: {str(exc)[:200]})"),
+            )
+        )
     finally:
         connection.close()
 
@@ -165,8 +185,10 @@ def _measure_isolated(backend: str, *args: Any) -> Measured:
             try:
                 kind, payload = parent.recv()
             except EOFError:
-                raise InputError(f"measuring {backend} ended without a result (exit code {process.exitcode}); "
-                                 "run the same command again with --backends " + backend) from None
+                raise InputError(
+                    f"measuring {backend} ended without a result (exit code {process.exitcode}); "
+                    "run the same command again with --backends " + backend
+                ) from None
             if kind == "progress":
                 progress(payload)
             elif kind == "error":
@@ -180,19 +202,36 @@ def _measure_isolated(backend: str, *args: Any) -> Measured:
         parent.close()
 
 
-def _row(backend: str, precision: Precision, tower: Tower, timing: Timing, shape: tuple[int, ...], flops: int,
-         peak: float) -> dict[str, Any]:
+def _row(
+    backend: str, precision: Precision, tower: Tower, timing: Timing, shape: tuple[int, ...], flops: int, peak: float
+) -> dict[str, Any]:
     achieved = flops * timing.items_per_s / max(shape[0], 1)
-    return {"backend": backend, "precision": precision.value, "tower": tower.value, "input_shape": list(shape),
-            **timing.to_dict(), "gflops_per_item": flops / shape[0] / 1e9, "achieved_gflops_per_s": achieved / 1e9,
-            "fraction_of_peak": achieved / peak}
+    return {
+        "backend": backend,
+        "precision": precision.value,
+        "tower": tower.value,
+        "input_shape": list(shape),
+        **timing.to_dict(),
+        "gflops_per_item": flops / shape[0] / 1e9,
+        "achieved_gflops_per_s": achieved / 1e9,
+        "fraction_of_peak": achieved / peak,
+    }
 
 
 def _ratios(rows: list[dict[str, Any]]) -> None:
     """Throughput relative to PyTorch eager FP32 at the same tower and batch, when it was measured."""
     for row in rows:
-        base = next((r for r in rows if r["backend"] == "pytorch" and r["precision"] == "fp32"
-                     and r["tower"] == row["tower"] and r["batch"] == row["batch"]), None)
+        base = next(
+            (
+                r
+                for r in rows
+                if r["backend"] == "pytorch"
+                and r["precision"] == "fp32"
+                and r["tower"] == row["tower"]
+                and r["batch"] == row["batch"]
+            ),
+            None,
+        )
         row["vs_pytorch_fp32"] = row["items_per_s"] / base["items_per_s"] if base else None
 
 
@@ -235,8 +274,15 @@ class _TorchRunner:
         self.module = None
 
 
-def _runner(backend: str, root: Path, manifest: Manifest, tower: Tower, precision: Precision, cpu_only: bool,
-            torch_model: dict[str, Any]) -> Any:
+def _runner(
+    backend: str,
+    root: Path,
+    manifest: Manifest,
+    tower: Tower,
+    precision: Precision,
+    cpu_only: bool,
+    torch_model: dict[str, Any],
+) -> Any:
     if backend == PYTORCH:
         from clipexport._deps import require
 
@@ -247,8 +293,9 @@ def _runner(backend: str, root: Path, manifest: Manifest, tower: Tower, precisio
             eager = ", ".join(p.value for p in Precision if p.facts.torch_dtype)
             raise InputError(f"PyTorch eager has no {precision.value} baseline here (use {eager})")
         if dtype != "float32" and device == "cpu":
-            raise InputError(f"PyTorch eager {precision.value} needs a GPU (CPU half-precision kernels are not a fair "
-                             "baseline)")
+            raise InputError(
+                f"PyTorch eager {precision.value} needs a GPU (CPU half-precision kernels are not a fair baseline)"
+            )
         from clipexport.sources import reload_source
         from clipexport.sources.towers import exportable
 
@@ -261,20 +308,35 @@ def _runner(backend: str, root: Path, manifest: Manifest, tower: Tower, precisio
 
 
 def _settings(options: BenchOptions, manifest: Manifest, precisions: tuple[Precision, ...]) -> dict[str, Any]:
-    return {"artifact": str(Path(options.artifact).resolve()), "model": manifest.source.model,
-            "backends": list(options.backends), "precisions": [p.value for p in precisions],
-            "batch_sizes": list(options.batch_sizes), "towers": [t.value for t in options.towers],
-            "min_iterations": options.min_iterations, "min_seconds": options.min_seconds, "warmup": WARMUP,
-            "text_inputs": "'a photo of a {label}.' prompts; exported graphs cut after EOT when variable-length",
-            "created": utc_timestamp()}
+    return {
+        "artifact": str(Path(options.artifact).resolve()),
+        "model": manifest.source.model,
+        "backends": list(options.backends),
+        "precisions": [p.value for p in precisions],
+        "batch_sizes": list(options.batch_sizes),
+        "towers": [t.value for t in options.towers],
+        "min_iterations": options.min_iterations,
+        "min_seconds": options.min_seconds,
+        "warmup": WARMUP,
+        "text_inputs": "'a photo of a {label}.' prompts; exported graphs cut after EOT when variable-length",
+        "created": utc_timestamp(),
+    }
 
 
 def _machine(peak: float) -> dict[str, Any]:
-    versions = installed_versions(("clipexport", "torch", "onnxruntime-gpu", "onnxruntime", "tensorrt",
-                                   "open-clip-torch", "numpy"))
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(), "python": platform.python_version(), "gemm_peak_gflops_per_s": peak / 1e9,
-            "gpu": _gpu_name(), "versions": versions, "clipexport": clipexport.__version__}
+    versions = installed_versions(
+        ("clipexport", "torch", "onnxruntime-gpu", "onnxruntime", "tensorrt", "open-clip-torch", "numpy")
+    )
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "gemm_peak_gflops_per_s": peak / 1e9,
+        "gpu": _gpu_name(),
+        "versions": versions,
+        "clipexport": clipexport.__version__,
+    }
 
 
 def _gpu_name() -> str | None:
@@ -297,16 +359,22 @@ def write_reports(result: BenchResult, out: Path) -> None:
 
 def markdown(result: BenchResult) -> str:
     m = result.machine
-    lines = [f"# clipexport bench: {result.settings['model']}", "",
-             f"Machine: {m['processor']}, {m['cpus']} CPUs, GPU: {m['gpu'] or 'none'}; "
-             f"FP32 GEMM peak (numpy) {m['gemm_peak_gflops_per_s']:.1f} GFLOP/s. {result.settings['created']}.", "",
-             "| tower | backend | precision | batch | input | items/s | p50 ms | p90 ms | p99 ms | vs PyTorch FP32 | GFLOP/s | of FP32 GEMM peak |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# clipexport bench: {result.settings['model']}",
+        "",
+        f"Machine: {m['processor']}, {m['cpus']} CPUs, GPU: {m['gpu'] or 'none'}; "
+        f"FP32 GEMM peak (numpy) {m['gemm_peak_gflops_per_s']:.1f} GFLOP/s. {result.settings['created']}.",
+        "",
+        "| tower | backend | precision | batch | input | items/s | p50 ms | p90 ms | p99 ms | vs PyTorch FP32 | GFLOP/s | of FP32 GEMM peak |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in result.rows:
         ratio = f"{r['vs_pytorch_fp32']:.2f}x" if r["vs_pytorch_fp32"] else "-"
-        lines.append(f"| {r['tower']} | {r['backend']} | {r['precision']} | {r['batch']} | {'x'.join(map(str, r['input_shape']))} "
-                     f"| {r['items_per_s']:.1f} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | {r['p99_ms']:.2f} | {ratio} "
-                     f"| {r['achieved_gflops_per_s']:.1f} | {100 * r['fraction_of_peak']:.0f}% |")
+        lines.append(
+            f"| {r['tower']} | {r['backend']} | {r['precision']} | {r['batch']} | {'x'.join(map(str, r['input_shape']))} "
+            f"| {r['items_per_s']:.1f} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | {r['p99_ms']:.2f} | {ratio} "
+            f"| {r['achieved_gflops_per_s']:.1f} | {100 * r['fraction_of_peak']:.0f}% |"
+        )
     if result.skipped:
         lines += ["", "Skipped:"] + [f"- {s}" for s in result.skipped]
     return "\n".join(lines) + "\n"
@@ -345,5 +413,3 @@ def plot(result: BenchResult) -> bytes | None:
     fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)
     return buffer.getvalue()
-
-

@@ -27,13 +27,21 @@ class Timing:
         return asdict(self)
 
 
-def measure(fn: Callable[[], object], batch: int, warmup: int = WARMUP, min_iterations: int = 10,
-            min_seconds: float = 1.0, max_iterations: int = 1000) -> Timing:
+def measure(
+    fn: Callable[[], object],
+    batch: int,
+    warmup: int = WARMUP,
+    min_iterations: int = 10,
+    min_seconds: float = 1.0,
+    max_iterations: int = 1000,
+) -> Timing:
     for _ in range(warmup):
         fn()
     samples: list[float] = []
     start = time.perf_counter()
-    while len(samples) < max_iterations and (len(samples) < min_iterations or time.perf_counter() - start < min_seconds):
+    while len(samples) < max_iterations and (
+        len(samples) < min_iterations or time.perf_counter() - start < min_seconds
+    ):
         t0 = time.perf_counter()
         fn()
         samples.append(time.perf_counter() - t0)
@@ -54,7 +62,7 @@ def gemm_peak_flops(size: int = 2048, repeats: int = 5) -> float:
     b = a.T.copy()
     a @ b
     best = min(_timed(lambda: a @ b) for _ in range(repeats))
-    return 2.0 * size ** 3 / best
+    return 2.0 * size**3 / best
 
 
 def _timed(fn: Callable[[], object]) -> float:

@@ -25,9 +25,18 @@ import numpy as np
 
 from clipexport.errors import DiskFull, InputError  # DiskFull: re-exported
 from clipexport.vectors import l2_normalize
-from clipexport.files import (check_fields, disk_full, folder_lock, is_disk_full, read_format_json, sha256_file,
-                              refuse_foreign, utc_timestamp, write_bytes_atomic,
-                              write_json_atomic)
+from clipexport.files import (
+    check_fields,
+    disk_full,
+    folder_lock,
+    is_disk_full,
+    read_format_json,
+    sha256_file,
+    refuse_foreign,
+    utc_timestamp,
+    write_bytes_atomic,
+    write_json_atomic,
+)
 
 FORMAT = "clipexport-embeddings"
 VERSION = 1
@@ -77,8 +86,15 @@ class Shard:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Shard":
-        return cls(int(data["index"]), str(data["file"]), int(data["first"]), int(data["count"]), int(data["rows"]),
-                   str(data["sha256"]), tuple(Skipped(str(s["id"]), str(s["reason"])) for s in data.get("skipped", ())))
+        return cls(
+            int(data["index"]),
+            str(data["file"]),
+            int(data["first"]),
+            int(data["count"]),
+            int(data["rows"]),
+            str(data["sha256"]),
+            tuple(Skipped(str(s["id"]), str(s["reason"])) for s in data.get("skipped", ())),
+        )
 
 
 @dataclass
@@ -102,10 +118,17 @@ class DatasetState:
         return len(self.shards) == self.shard_count
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": FORMAT, "version": VERSION, "created": self.created, "updated": utc_timestamp(),
-                "artifact": self.artifact, **asdict(self.identity), "complete": self.complete,
-                "rows": sum(s.rows for s in self.shards.values()),
-                "shards": [self.shards[i].to_dict() for i in sorted(self.shards)]}
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "created": self.created,
+            "updated": utc_timestamp(),
+            "artifact": self.artifact,
+            **asdict(self.identity),
+            "complete": self.complete,
+            "rows": sum(s.rows for s in self.shards.values()),
+            "shards": [self.shards[i].to_dict() for i in sorted(self.shards)],
+        }
 
     def save(self) -> None:
         write_json_atomic(self.folder / MANIFEST, self.to_dict())
@@ -117,9 +140,17 @@ def shard_file(index: int) -> str:
 
 SHARD_NAME = re.compile(r"part-\d{5,}\.parquet")
 _SHARD_SCHEMA = {"index": int, "file": str, "first": int, "count": int, "rows": int, "sha256": str, "skipped": list}
-_SCHEMA = {**{name: (bool if name == "normalized" else int if name in ("dim", "inputs", "shard_size") else str)
-              for name in Identity.__dataclass_fields__ if name != "decode"},
-           "artifact": str, "rows": int, "complete": bool, "shards": list}
+_SCHEMA = {
+    **{
+        name: (bool if name == "normalized" else int if name in ("dim", "inputs", "shard_size") else str)
+        for name in Identity.__dataclass_fields__
+        if name != "decode"
+    },
+    "artifact": str,
+    "rows": int,
+    "complete": bool,
+    "shards": list,
+}
 
 
 def _ours(name: str) -> bool:
@@ -166,7 +197,9 @@ def _clear(folder: Path) -> None:
             path.unlink()
 
 
-def open_for_writing(folder: Path, identity: Identity, artifact: str, overwrite: bool) -> tuple[DatasetState, list[int]]:
+def open_for_writing(
+    folder: Path, identity: Identity, artifact: str, overwrite: bool
+) -> tuple[DatasetState, list[int]]:
     """The folder's state for this job and the shards kept from an earlier run of it.
 
     The owned-folder rule: the folder is new, empty, or carries our manifest; anything else in it
@@ -177,18 +210,28 @@ def open_for_writing(folder: Path, identity: Identity, artifact: str, overwrite:
     folder.mkdir(parents=True, exist_ok=True)
     _remove_stale_temps(folder)
     manifest = folder / MANIFEST
-    refuse_foreign(folder, _ours, "--output", f"{'beside' if manifest.is_file() else 'not'} an embeddings dataset "
-                   "(readers of the folder would take them for data)")
+    refuse_foreign(
+        folder,
+        _ours,
+        "--output",
+        f"{'beside' if manifest.is_file() else 'not'} an embeddings dataset "
+        "(readers of the folder would take them for data)",
+    )
     if not manifest.is_file():
         shards = sorted(p.name for p in folder.iterdir() if _ours(p.name))
         if shards:
-            raise InputError(f"--output {folder} holds {shards[0]} but no {MANIFEST}: Parquet files that this command "
-                             "did not write, or a dataset whose manifest was lost; they are never replaced or mixed "
-                             "with a new job: remove them yourself, or choose a new or empty folder")
+            raise InputError(
+                f"--output {folder} holds {shards[0]} but no {MANIFEST}: Parquet files that this command "
+                "did not write, or a dataset whose manifest was lost; they are never replaced or mixed "
+                "with a new job: remove them yourself, or choose a new or empty folder"
+            )
         return DatasetState(folder, identity, artifact), []
     try:
-        earlier = read_state(folder, "pass --overwrite to start over (it removes only this dataset's part-*.parquet "
-                                     "files and its manifest), or choose another --output")
+        earlier = read_state(
+            folder,
+            "pass --overwrite to start over (it removes only this dataset's part-*.parquet "
+            "files and its manifest), or choose another --output",
+        )
     except InputError:
         if not overwrite:
             raise
@@ -196,10 +239,11 @@ def open_for_writing(folder: Path, identity: Identity, artifact: str, overwrite:
         return DatasetState(folder, identity, artifact), []
     if earlier.identity != identity:
         if not overwrite:
-            differ = [k for k in Identity.__dataclass_fields__
-                      if getattr(earlier.identity, k) != getattr(identity, k)]
-            raise InputError(f"--output {folder} holds embeddings of another job ({', '.join(differ)} differ); "
-                             "pass --overwrite to start over, or choose another --output")
+            differ = [k for k in Identity.__dataclass_fields__ if getattr(earlier.identity, k) != getattr(identity, k)]
+            raise InputError(
+                f"--output {folder} holds embeddings of another job ({', '.join(differ)} differ); "
+                "pass --overwrite to start over, or choose another --output"
+            )
         _clear(folder)
         return DatasetState(folder, identity, artifact), []
     state = DatasetState(folder, identity, artifact, created=earlier.created)
@@ -242,8 +286,9 @@ def prepare_writer(identity: Identity) -> None:
     _parquet_bytes(["warm-up"], np.zeros((1, identity.dim)), np.dtype(identity.dtype), identity.dim)
 
 
-def write_shard(state: DatasetState, index: int, ids: list[str], embeddings: np.ndarray,
-                skipped: list[Skipped]) -> Shard:
+def write_shard(
+    state: DatasetState, index: int, ids: list[str], embeddings: np.ndarray, skipped: list[Skipped]
+) -> Shard:
     """One shard, atomically, then the manifest that lists it."""
     data = _parquet_bytes(ids, embeddings, np.dtype(state.identity.dtype), state.identity.dim)
     first, last = state.shard_range(index)
@@ -294,8 +339,10 @@ class EmbeddingsDataset:
         path = self.folder / entry["file"]
         if entry["file"] not in self._checked:
             if not path.is_file() or sha256_file(path) != entry["sha256"]:
-                raise InputError(f"{path} is missing or does not match {self.folder / MANIFEST} (sha256); "
-                                 "rerun the embed command that made the dataset")
+                raise InputError(
+                    f"{path} is missing or does not match {self.folder / MANIFEST} (sha256); "
+                    "rerun the embed command that made the dataset"
+                )
             self._checked.add(entry["file"])
         return pq.read_table(path, columns=columns)
 
@@ -310,8 +357,10 @@ class EmbeddingsDataset:
                 values = table.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False)
                 raw = values.reshape(len(table), -1)
                 if raw.shape[1] != self.dim:
-                    raise InputError(f"{path} holds {raw.shape[1]}-d rows, not the {self.dim} its manifest says; "
-                                     "rerun the embed command")
+                    raise InputError(
+                        f"{path} holds {raw.shape[1]}-d rows, not the {self.dim} its manifest says; "
+                        "rerun the embed command"
+                    )
                 ids = table.column("id").to_pylist()
                 if unit:
                     raw = raw.astype(np.float32)
@@ -337,9 +386,11 @@ def _check_rows(raw: np.ndarray, ids: list[str], path: Path) -> None:
     if bad.any():
         first = int(np.argmax(bad))
         what = "NaN or infinity" if not np.isfinite(raw[first]).all() else "a zero vector"
-        raise InputError(f"row {first} of {path.name} ({ids[first]}) is {what}"
-                         f"{f' (and {int(bad.sum()) - 1} more rows)' if bad.sum() > 1 else ''}, which no index can "
-                         "rank; re-embed that input (clipexport embed checks every output) or leave it out")
+        raise InputError(
+            f"row {first} of {path.name} ({ids[first]}) is {what}"
+            f"{f' (and {int(bad.sum()) - 1} more rows)' if bad.sum() > 1 else ''}, which no index can "
+            "rank; re-embed that input (clipexport embed checks every output) or leave it out"
+        )
 
 
 def read_embeddings(folder: Path, what: str = "DATASET", finished: bool = True) -> EmbeddingsDataset:
@@ -351,12 +402,16 @@ def read_embeddings(folder: Path, what: str = "DATASET", finished: bool = True) 
     folder = Path(folder).expanduser()
     manifest_path = folder / MANIFEST
     if not manifest_path.is_file():
-        raise InputError(f"{what} {folder} is not an embeddings dataset (no {MANIFEST}); make one with "
-                         "`clipexport embed ARTIFACT --images ... -o DIR`")
+        raise InputError(
+            f"{what} {folder} is not an embeddings dataset (no {MANIFEST}); make one with "
+            "`clipexport embed ARTIFACT --images ... -o DIR`"
+        )
     manifest = read_manifest_data(folder)
     if finished and not manifest.get("complete"):
-        raise InputError(f"{what} {folder} is not finished ({len(manifest['shards'])} shards done); run the same "
-                         "embed command again to finish it, then index it")
+        raise InputError(
+            f"{what} {folder} is not finished ({len(manifest['shards'])} shards done); run the same "
+            "embed command again to finish it, then index it"
+        )
     if finished and int(manifest["rows"]) == 0:
         raise InputError(f"{what} {folder} has no rows (every input was skipped); nothing to index")
     return EmbeddingsDataset(folder, manifest, sha256_file(manifest_path))
@@ -374,9 +429,30 @@ def job_lock(folder: Path, command: str = "clipexport embed", option: str = "--o
     """One job per output folder (created if missing): a second run is refused at once instead of
     writing beside it (`files.folder_lock`)."""
     folder.mkdir(parents=True, exist_ok=True)
-    return folder_lock(folder, f"the {option} folder", busy=f"another {command} is writing to {folder}; wait for it "
-                       f"to finish (a rerun afterwards resumes) or choose another {option}")
+    return folder_lock(
+        folder,
+        f"the {option} folder",
+        busy=f"another {command} is writing to {folder}; wait for it "
+        f"to finish (a rerun afterwards resumes) or choose another {option}",
+    )
 
 
-__all__ = ["DEFAULT_SHARD_SIZE", "DTYPES", "DatasetState", "DiskFull", "Identity", "MANIFEST", "Shard",
-           "Skipped", "EmbeddingsDataset", "MIN_ROW_NORM", "open_for_writing", "read_embeddings", "read_manifest_data", "read_state", "shard_file", "job_lock", "write_shard"]
+__all__ = [
+    "DEFAULT_SHARD_SIZE",
+    "DTYPES",
+    "DatasetState",
+    "DiskFull",
+    "Identity",
+    "MANIFEST",
+    "Shard",
+    "Skipped",
+    "EmbeddingsDataset",
+    "MIN_ROW_NORM",
+    "open_for_writing",
+    "read_embeddings",
+    "read_manifest_data",
+    "read_state",
+    "shard_file",
+    "job_lock",
+    "write_shard",
+]

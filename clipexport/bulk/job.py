@@ -13,8 +13,18 @@ import numpy as np
 
 from clipexport.artifact.manifest import Tower, read_manifest
 from clipexport.artifact.precision import Precision
-from clipexport.bulk.dataset import (DEFAULT_SHARD_SIZE, DTYPES, MANIFEST, DatasetState, Identity, Skipped, job_lock,
-                                     open_for_writing, prepare_writer, write_shard)
+from clipexport.bulk.dataset import (
+    DEFAULT_SHARD_SIZE,
+    DTYPES,
+    MANIFEST,
+    DatasetState,
+    Identity,
+    Skipped,
+    job_lock,
+    open_for_writing,
+    prepare_writer,
+    write_shard,
+)
 from clipexport.bulk.local import PipelineStats
 from clipexport.bulk.sources import InputList, InputSpec, Kind, list_inputs
 from clipexport.datasets import is_folder
@@ -22,7 +32,6 @@ from clipexport.errors import InputError
 from clipexport.files import created_folder, inside, sha256_file
 from clipexport.progress import Advance, Progress, silent
 from clipexport.runtime.backends import BackendKind
-
 
 
 class Engine(str, Enum):
@@ -108,19 +117,40 @@ def embed_dataset(options: BulkOptions, advance: Advance | None = None, progress
     inputs = list_inputs(options.inputs, strict=not options.skip_bad)
     tower = Tower.TEXT if inputs.kind is Kind.TEXT else Tower.VISION
     manifest.tower(tower).graph(options.precision)  # the precision exists, or one line naming the fix
-    identity = Identity(kind=inputs.kind.value, artifact_manifest_sha256=sha256_file(artifact / "manifest.json"),
-                        precision=options.precision.value, backend=options.backend.value, normalized=manifest.normalized,
-                        dim=manifest.embed_dim, dtype=options.dtype, inputs_sha256=inputs.sha256, inputs=len(inputs),
-                        shard_size=options.shard_size, decode="fast" if options.fast_decode else "exact")
+    identity = Identity(
+        kind=inputs.kind.value,
+        artifact_manifest_sha256=sha256_file(artifact / "manifest.json"),
+        precision=options.precision.value,
+        backend=options.backend.value,
+        normalized=manifest.normalized,
+        dim=manifest.embed_dim,
+        dtype=options.dtype,
+        inputs_sha256=inputs.sha256,
+        inputs=len(inputs),
+        shard_size=options.shard_size,
+        decode="fast" if options.fast_decode else "exact",
+    )
     begin = time.monotonic()
     # A run that made the folder and finished no shard leaves nothing behind.
-    with created_folder(output, ours=lambda name: name == MANIFEST or name.startswith("."),
-                        keep=lambda exc: any(output.glob("part-*.parquet"))):
+    with created_folder(
+        output,
+        ours=lambda name: name == MANIFEST or name.startswith("."),
+        keep=lambda exc: any(output.glob("part-*.parquet")),
+    ):
         return _embed(options, artifact, output, inputs, tower, identity, begin, advance, progress)
 
 
-def _embed(options: BulkOptions, artifact: Path, output: Path, inputs: InputList, tower: Tower, identity: Identity,
-           begin: float, advance: Advance | None, progress: Progress) -> BulkResult:
+def _embed(
+    options: BulkOptions,
+    artifact: Path,
+    output: Path,
+    inputs: InputList,
+    tower: Tower,
+    identity: Identity,
+    begin: float,
+    advance: Advance | None,
+    progress: Progress,
+) -> BulkResult:
     with job_lock(output):
         state, kept = open_for_writing(output, identity, str(artifact.resolve()), options.overwrite)
         todo = [index for index in range(state.shard_count) if index not in state.shards]
@@ -139,9 +169,22 @@ def _embed(options: BulkOptions, artifact: Path, output: Path, inputs: InputList
 
                 prepare_writer(identity)  # the writer's start-up, paid before the run (not per image)
 
-                stats = run_local(artifact, options.backend, options.precision, options.threads, options.workers,
-                                  options.exif_transpose, options.skip_bad, inputs, ranges, options.batch_size,
-                                  advance, writer.on_batch, device=options.device, fast_decode=options.fast_decode)
+                stats = run_local(
+                    artifact,
+                    options.backend,
+                    options.precision,
+                    options.threads,
+                    options.workers,
+                    options.exif_transpose,
+                    options.skip_bad,
+                    inputs,
+                    ranges,
+                    options.batch_size,
+                    advance,
+                    writer.on_batch,
+                    device=options.device,
+                    fast_decode=options.fast_decode,
+                )
                 if stats.split:
                     progress(f"cores shared by measured cost: {stats.split}")
             writer.finish()
@@ -153,17 +196,28 @@ def _embed(options: BulkOptions, artifact: Path, output: Path, inputs: InputList
     skipped = [s for index in sorted(state.shards) for s in state.shards[index].skipped]
     if rows == 0:
         raise InputError(f"no input could be embedded ({len(skipped)} skipped, listed in {output / MANIFEST})")
-    return BulkResult(output, len(inputs), rows, skipped, len(todo), len(kept),
-                      sum(end - first for first, end in ranges), time.monotonic() - begin,
-                      inputs.notes + _fast_decode_note(options, stats), stats)
+    return BulkResult(
+        output,
+        len(inputs),
+        rows,
+        skipped,
+        len(todo),
+        len(kept),
+        sum(end - first for first, end in ranges),
+        time.monotonic() - begin,
+        inputs.notes + _fast_decode_note(options, stats),
+        stats,
+    )
 
 
 def _fast_decode_note(options: BulkOptions, stats: PipelineStats | None) -> tuple[str, ...]:
     """--fast-decode applies to JPEGs: say once when it left some (or all) images as they were."""
     if not options.fast_decode or stats is None or stats.drafted == stats.images:
         return ()
-    return (f"--fast-decode applies to JPEGs only: {stats.images - stats.drafted} of {stats.images} images were "
-            "decoded in full",)
+    return (
+        f"--fast-decode applies to JPEGs only: {stats.images - stats.drafted} of {stats.images} images were "
+        "decoded in full",
+    )
 
 
 class _ShardWriter:
@@ -188,5 +242,7 @@ class _ShardWriter:
 
     def finish(self) -> None:
         if self.pending:  # an engine that stopped early without raising would be a bug: never claim it finished
-            raise InputError(f"the run ended with shards {sorted(self.pending)} unfinished; run the same command again "
-                             "to finish them")
+            raise InputError(
+                f"the run ended with shards {sorted(self.pending)} unfinished; run the same command again "
+                "to finish them"
+            )

@@ -109,8 +109,13 @@ def _init_worker(preprocess: Any, exif_transpose: bool, fast_decode: bool = Fals
     _worker_fast_decode = fast_decode
 
 
-def decode_batch(start: int, items: Sequence[Item], preprocessor: Any = None, fast_decode: bool | None = None,
-                 normalized: bool = True) -> Batch:
+def decode_batch(
+    start: int,
+    items: Sequence[Item],
+    preprocessor: Any = None,
+    fast_decode: bool | None = None,
+    normalized: bool = True,
+) -> Batch:
     """Read and preprocess `items`; an unreadable one is reported with its id, not raised.
     `normalized=False`: uint8 pixels, as a worker sends them."""
     preprocessor = preprocessor or _worker_preprocessor
@@ -127,7 +132,7 @@ def decode_batch(start: int, items: Sequence[Item], preprocessor: Any = None, fa
             drafted += fast and data[:2] == JPEG_MAGIC
         except InputError as exc:
             skipped.append((offset, str(exc)))
-    out = pixels[:len(kept)]
+    out = pixels[: len(kept)]
     if normalized:
         out = preprocessor.normalize(out)
     return Batch(start, len(items), out, tuple(kept), tuple(skipped), time.process_time() - began, drafted)
@@ -163,8 +168,14 @@ class ImagePipeline:
     worker is replaced and its unanswered batches are sent again (rows are keyed by input index,
     so none is lost or doubled); one batch that kills MAX_BATCH_DEATHS workers stops the run."""
 
-    def __init__(self, preprocess: Any, exif_transpose: bool, workers: int, fast_decode: bool = False,
-                 stats: PipelineStats | None = None):
+    def __init__(
+        self,
+        preprocess: Any,
+        exif_transpose: bool,
+        workers: int,
+        fast_decode: bool = False,
+        stats: PipelineStats | None = None,
+    ):
         import multiprocessing
 
         from clipexport.runtime.preprocess import ImagePreprocessor
@@ -187,8 +198,9 @@ class ImagePipeline:
 
     def _start(self) -> _Worker:
         parent, child = self.context.Pipe(duplex=True)
-        process = self.context.Process(target=_worker_main, args=(child, *self.args), daemon=True,
-                                       name="clipexport-decode")
+        process = self.context.Process(
+            target=_worker_main, args=(child, *self.args), daemon=True, name="clipexport-decode"
+        )
         process.start()
         child.close()
         set_cpus(process.pid, self.cpus)
@@ -215,9 +227,11 @@ class ImagePipeline:
             self.deaths[start] += 1
             if self.deaths[start] >= MAX_BATCH_DEATHS:
                 code = worker.process.exitcode
-                raise StepFailed(f"a decode worker died {self.deaths[start]} times (last exit code {code}) on the batch "
-                                 f"of inputs {start}..{start + len(items) - 1} (first: {items[0].id}); one of those "
-                                 "images crashes the decoder: remove it and run the same command again")
+                raise StepFailed(
+                    f"a decode worker died {self.deaths[start]} times (last exit code {code}) on the batch "
+                    f"of inputs {start}..{start + len(items) - 1} (first: {items[0].id}); one of those "
+                    "images crashes the decoder: remove it and run the same command again"
+                )
         fresh = self._start()
         self.workers[self.workers.index(worker)] = fresh
         for task in worker.in_flight:
@@ -229,7 +243,7 @@ class ImagePipeline:
         self._retire_idle()
 
     def _retire_idle(self) -> None:
-        for worker in list(self.workers[self.active:]):
+        for worker in list(self.workers[self.active :]):
             if not worker.in_flight:
                 self.workers.remove(worker)
                 worker.process.kill()
@@ -257,9 +271,12 @@ class ImagePipeline:
 
         chunk = max(1, -(-batch_size // max(1, self.active)))
         chunks_per_batch = -(-batch_size // chunk)
-        tasks = ((c, b, inputs.items[c:min(c + chunk, b + batch_size, end)])
-                 for first, end in ranges for b in range(first, end, batch_size)
-                 for c in range(b, min(b + batch_size, end), chunk))
+        tasks = (
+            (c, b, inputs.items[c : min(c + chunk, b + batch_size, end)])
+            for first, end in ranges
+            for b in range(first, end, batch_size)
+            for c in range(b, min(b + batch_size, end), chunk)
+        )
         order: collections.deque = collections.deque()  # (chunk start, its batch's start), in input order
         done: dict[int, Batch] = {}
         parts: list[Batch] = []  # the chunks of the batch being assembled
@@ -271,7 +288,7 @@ class ImagePipeline:
                 if task is None:
                     return
                 start, batch_start, items = task
-                self._send(min(self.workers[:self.active], key=lambda w: len(w.in_flight)), (start, items))
+                self._send(min(self.workers[: self.active], key=lambda w: len(w.in_flight)), (start, items))
                 order.append((start, batch_start))
 
         def assembled() -> Batch:
@@ -283,8 +300,15 @@ class ImagePipeline:
             buffers.rotate()
             if buffers[0] is None or buffers[0].shape != pixels.shape:
                 buffers[0] = np.empty(pixels.shape, np.float32)
-            out = Batch(first, sum(p.count for p in parts), self.normalizer.normalize(pixels, buffers[0]), kept, skipped,
-                        sum(p.decode_seconds for p in parts), sum(p.drafted for p in parts))
+            out = Batch(
+                first,
+                sum(p.count for p in parts),
+                self.normalizer.normalize(pixels, buffers[0]),
+                kept,
+                skipped,
+                sum(p.decode_seconds for p in parts),
+                sum(p.drafted for p in parts),
+            )
             parts.clear()
             return out
 
@@ -369,8 +393,9 @@ def physical_cores() -> int:
     return len(seen) or cores()
 
 
-def measured_split(machine_cores: int, decode_cpu: float, model_cpu: float,
-                   backend_cores: int | None = None) -> tuple[int, int]:
+def measured_split(
+    machine_cores: int, decode_cpu: float, model_cpu: float, backend_cores: int | None = None
+) -> tuple[int, int]:
     """(decode workers, backend threads) for per-image CPU costs when both sides share every core:
     the decode share of the machine, cores x decode / (decode + model), rounded up for the workers
     (of `machine_cores`, logical) and down for what the backend gives up (of `backend_cores`,
@@ -423,8 +448,9 @@ def cpu_order() -> list[int]:
     return [cpu for _, cpu in sorted(ranked)]
 
 
-def choose_split(decode_cpu: float, model_cpu: float, backend_cores: int | None = None,
-                 cpus: Sequence[int] | None = None) -> Split:
+def choose_split(
+    decode_cpu: float, model_cpu: float, backend_cores: int | None = None, cpus: Sequence[int] | None = None
+) -> Split:
     """Pinned when separate CPUs for each side come within PIN_MIN_FRACTION of the shared ideal:
     the workers count that maximises min(workers / decode, threads / model) over the CPUs.
     Otherwise `measured_split`, both sides on every CPU."""
@@ -468,11 +494,22 @@ class _Open:
         return self.runtime
 
 
-def run_local(artifact: Any, backend: str, precision: str, threads: int | None, workers: int | None,
-              exif_transpose: bool, skip_bad: bool, inputs: InputList, ranges: Sequence[tuple[int, int]],
-              batch_size: int, advance: Advance | None,
-              on_batch: Callable[[int, list[int], np.ndarray, list[tuple[int, str]]], None],
-              device: str | None = None, fast_decode: bool = False) -> PipelineStats:
+def run_local(
+    artifact: Any,
+    backend: str,
+    precision: str,
+    threads: int | None,
+    workers: int | None,
+    exif_transpose: bool,
+    skip_bad: bool,
+    inputs: InputList,
+    ranges: Sequence[tuple[int, int]],
+    batch_size: int,
+    advance: Advance | None,
+    on_batch: Callable[[int, list[int], np.ndarray, list[tuple[int, str]]], None],
+    device: str | None = None,
+    fast_decode: bool = False,
+) -> PipelineStats:
     """Open the one tower the inputs need (backend threads that sleep between batches, so decode
     workers get the cores) and embed the ranges; returns what the run measured (with `dim`, the
     embedding width)."""
@@ -483,8 +520,16 @@ def run_local(artifact: Any, backend: str, precision: str, threads: int | None, 
     machine = cores()
 
     def load(count: int | None, spin: bool) -> Any:
-        return ClipRuntime.load(artifact, backend=backend, precision={tower: precision}, threads=count,
-                                exif_transpose=exif_transpose, towers=(tower,), spin=spin, device=device)
+        return ClipRuntime.load(
+            artifact,
+            backend=backend,
+            precision={tower: precision},
+            threads=count,
+            exif_transpose=exif_transpose,
+            towers=(tower,),
+            spin=spin,
+            device=device,
+        )
 
     state = _Open(load, threads)
     own_cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
@@ -496,8 +541,20 @@ def run_local(artifact: Any, backend: str, precision: str, threads: int | None, 
         # leaves; the backend's threads sleep between batches, so decoding can use what the model
         # leaves idle.
         first_workers = workers or (max(1, machine - threads) if threads else machine)
-        embed_ranges(state, inputs, ranges, batch_size, first_workers, exif_transpose, skip_bad, advance, on_batch,
-                     fast_decode=fast_decode, auto=auto, machine=machine)
+        embed_ranges(
+            state,
+            inputs,
+            ranges,
+            batch_size,
+            first_workers,
+            exif_transpose,
+            skip_bad,
+            advance,
+            on_batch,
+            fast_decode=fast_decode,
+            auto=auto,
+            machine=machine,
+        )
         state.stats.dim = state.runtime.manifest.embed_dim
         state.stats.threads = state.threads
         return state.stats
@@ -513,10 +570,20 @@ def backend_takes_threads(backend: Any) -> bool:
     return str(getattr(backend, "value", backend)) in ("onnxruntime", "openvino")
 
 
-def embed_ranges(state: _Open, inputs: InputList, ranges: Sequence[tuple[int, int]], batch_size: int, workers: int,
-                 exif_transpose: bool, skip_bad: bool, advance: Advance | None,
-                 on_batch: Callable[[int, list[int], np.ndarray, list[tuple[int, str]]], None],
-                 fast_decode: bool = False, auto: bool = False, machine: int = 0) -> PipelineStats:
+def embed_ranges(
+    state: _Open,
+    inputs: InputList,
+    ranges: Sequence[tuple[int, int]],
+    batch_size: int,
+    workers: int,
+    exif_transpose: bool,
+    skip_bad: bool,
+    advance: Advance | None,
+    on_batch: Callable[[int, list[int], np.ndarray, list[tuple[int, str]]], None],
+    fast_decode: bool = False,
+    auto: bool = False,
+    machine: int = 0,
+) -> PipelineStats:
     """Embed the inputs of each (first, end) range in order: `on_batch(start, kept input indices,
     embeddings, skipped (input index, reason))` per batch. An unreadable image stops the run
     unless `skip_bad` (then it is reported and left out). `state` holds the run's runtime, which
@@ -526,7 +593,7 @@ def embed_ranges(state: _Open, inputs: InputList, ranges: Sequence[tuple[int, in
     if inputs.kind is Kind.TEXT:
         for first, end in ranges:
             for start in range(first, end, batch_size):
-                part = inputs.items[start:min(start + batch_size, end)]
+                part = inputs.items[start : min(start + batch_size, end)]
                 names = [item.id for item in part]
                 rows = state.runtime.encode_text([item.text for item in part], batch_size, names=names)
                 on_batch(start, list(range(start, start + len(part))), rows, [])
@@ -541,7 +608,9 @@ def embed_ranges(state: _Open, inputs: InputList, ranges: Sequence[tuple[int, in
         began = time.thread_time()
         for number, batch in enumerate(pipeline.batches(inputs, ranges, batch_size)):
             if batch.skipped and not skip_bad:
-                raise InputError(f"{batch.skipped[0][1]} (pass --skip-bad to leave unreadable images out and list them)")
+                raise InputError(
+                    f"{batch.skipped[0][1]} (pass --skip-bad to leave unreadable images out and list them)"
+                )
             if len(batch.pixels):
                 inside, cpu = time.thread_time(), time.process_time()
                 rows = state.runtime.encode_pixels(batch.pixels)
@@ -551,8 +620,12 @@ def embed_ranges(state: _Open, inputs: InputList, ranges: Sequence[tuple[int, in
                     model_images += len(batch.pixels)
             else:
                 rows = np.zeros((0, state.runtime.manifest.embed_dim), np.float32)
-            on_batch(batch.start, [batch.start + k for k in batch.kept], rows,
-                     [(batch.start + k, reason) for k, reason in batch.skipped])
+            on_batch(
+                batch.start,
+                [batch.start + k for k in batch.kept],
+                rows,
+                [(batch.start + k, reason) for k, reason in batch.skipped],
+            )
             stats.images += batch.count
             stats.batches += 1
             if advance:
@@ -561,12 +634,16 @@ def embed_ranges(state: _Open, inputs: InputList, ranges: Sequence[tuple[int, in
                 decided = True
                 decode = stats.warm_decode_cpu_s / stats.warm_decode_images
                 model = stats.backend_cpu_s / model_images
-                split = choose_split(decode, model, state.threads) if state.threads is not None else \
-                    Split(*measured_split(machine, decode, model))
-                stats.split = (f"decode {1e3 * decode:.1f} ms + model {1e3 * model:.1f} ms CPU per image on {machine} "
-                               f"cores: {split.workers} decode workers, {split.threads} backend threads"
-                               + (f", pinned to {len(split.decode_cpus)} + {len(split.backend_cpus)} CPUs"
-                                  if split.pinned else ""))
+                split = (
+                    choose_split(decode, model, state.threads)
+                    if state.threads is not None
+                    else Split(*measured_split(machine, decode, model))
+                )
+                stats.split = (
+                    f"decode {1e3 * decode:.1f} ms + model {1e3 * model:.1f} ms CPU per image on {machine} "
+                    f"cores: {split.workers} decode workers, {split.threads} backend threads"
+                    + (f", pinned to {len(split.decode_cpus)} + {len(split.backend_cpus)} CPUs" if split.pinned else "")
+                )
                 pipeline.shrink(split.workers)
                 stats.workers = split.workers
                 reopening = time.thread_time()
@@ -576,7 +653,9 @@ def embed_ranges(state: _Open, inputs: InputList, ranges: Sequence[tuple[int, in
                     pipeline.pin(split.decode_cpus)
                     set_cpus(0, split.backend_cpus)
                     state.open(split.threads, spin=True)
-                elif state.threads is not None and split.threads < state.threads:  # a CPU backend gives cores to decoding
+                elif (
+                    state.threads is not None and split.threads < state.threads
+                ):  # a CPU backend gives cores to decoding
                     state.open(split.threads)
                 stats.parent_cpu_s -= time.thread_time() - reopening  # the backend's load, once: not per image
         stats.parent_cpu_s += time.thread_time() - began

@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     from clipexport.bulk.sources import InputList, InputSpec
 
 
-
 @dataclass(frozen=True)
 class EmbedRequest:
     artifact: Path
@@ -77,8 +76,10 @@ def embed_to_file(request: EmbedRequest, advance: Advance | None = None) -> Embe
 
     output = Path(request.output).expanduser()
     if output.is_dir():
-        raise InputError(f"--output {output} is a folder; pass a file name such as {output / 'embeddings.npy'}, "
-                         "or a new folder for the sharded dataset")
+        raise InputError(
+            f"--output {output} is a folder; pass a file name such as {output / 'embeddings.npy'}, "
+            "or a new folder for the sharded dataset"
+        )
     if request.batch_size < 1:
         raise InputError("--batch-size must be at least 1")
     inputs = list_inputs(request.spec(), strict=not request.skip_bad)
@@ -94,22 +95,40 @@ def embed_to_file(request: EmbedRequest, advance: Advance | None = None) -> Embe
         sources.extend(inputs.items[i].id for i in kept)
         skipped.extend(SkippedImage(i, inputs.items[i].id, reason) for i, reason in bad)
 
-    dim = run_local(request.artifact, request.backend, request.precision, request.threads, request.workers,
-                    request.exif_transpose, request.skip_bad, inputs, [(0, len(inputs))], request.batch_size, advance,
-                    collect, device=request.device, fast_decode=request.fast_decode).dim
+    dim = run_local(
+        request.artifact,
+        request.backend,
+        request.precision,
+        request.threads,
+        request.workers,
+        request.exif_transpose,
+        request.skip_bad,
+        inputs,
+        [(0, len(inputs))],
+        request.batch_size,
+        advance,
+        collect,
+        device=request.device,
+        fast_decode=request.fast_decode,
+    ).dim
     embeddings = np.concatenate(rows) if rows else np.zeros((0, dim), np.float32)
     return _write(output, embeddings, sources, skipped, inputs.notes)
 
 
-def _embed_on_server(request: EmbedRequest, inputs: "InputList", advance: Advance | None
-                     ) -> tuple[np.ndarray, list[str], list[SkippedImage]]:
+def _embed_on_server(
+    request: EmbedRequest, inputs: "InputList", advance: Advance | None
+) -> tuple[np.ndarray, list[str], list[SkippedImage]]:
     """The same rows from a Triton server; errors name the file:line or path. With skip_bad, a
     refused batch is retried item by item so only the images the server cannot read are left out
     (and listed); a server that is down or fails is never 'skipped'."""
     from clipexport.bulk.sources import Kind, read_item_bytes
     from clipexport.client import ClipClient, RequestRefused
 
-    model = model_prefix(request.model, explicit=True) if request.model else model_prefix(Path(request.artifact).resolve().name)
+    model = (
+        model_prefix(request.model, explicit=True)
+        if request.model
+        else model_prefix(Path(request.artifact).resolve().name)
+    )
     skipped: list[SkippedImage] = []
     items = inputs.items
     with ClipClient(request.server, model=model) as client:
@@ -118,13 +137,15 @@ def _embed_on_server(request: EmbedRequest, inputs: "InputList", advance: Advanc
             chunks = []
             for start in range(0, len(items), request.batch_size):
                 part = slice(start, start + request.batch_size)
-                chunks.append(client.encode_text([item.text for item in items[part]], request.batch_size, names=names[part]))
+                chunks.append(
+                    client.encode_text([item.text for item in items[part]], request.batch_size, names=names[part])
+                )
                 if advance:
                     advance(len(chunks[-1]), len(items))
             return np.concatenate(chunks), names, skipped
         rows, sources = [], []
         for start in range(0, len(items), request.batch_size):
-            part = items[start:start + request.batch_size]
+            part = items[start : start + request.batch_size]
             payload, names = [], []
             for offset, item in enumerate(part):
                 try:
@@ -152,8 +173,9 @@ def _embed_on_server(request: EmbedRequest, inputs: "InputList", advance: Advanc
         return (np.concatenate(rows) if rows else np.zeros((0, 0), np.float32)), sources, skipped
 
 
-def _write(output: Path, embeddings: np.ndarray, sources: list[str], skipped: list[SkippedImage],
-           notes: tuple[str, ...] = ()) -> EmbedResult:
+def _write(
+    output: Path, embeddings: np.ndarray, sources: list[str], skipped: list[SkippedImage], notes: tuple[str, ...] = ()
+) -> EmbedResult:
     if not len(embeddings):
         raise InputError(f"no input could be embedded ({len(skipped)} skipped); nothing was written")
     buffer = io.BytesIO()

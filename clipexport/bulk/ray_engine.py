@@ -28,14 +28,22 @@ RAY_HINT = "running bulk embedding on Ray (pip install 'clipexport[ray]')"
 class _Embedder:
     """A Ray Data actor: one ClipRuntime, loaded once, embedding the decoded batches it is given."""
 
-    def __init__(self, artifact: str, precision: str, backend: str, kind: str, threads: int | None,
-                 device: str | None = None):
+    def __init__(
+        self, artifact: str, precision: str, backend: str, kind: str, threads: int | None, device: str | None = None
+    ):
         from clipexport.runtime.clip_runtime import ClipRuntime
 
         tower = "text" if kind == Kind.TEXT.value else "vision"
         self.kind = kind
-        self.runtime = ClipRuntime.load(artifact, backend=backend, precision={tower: precision}, threads=threads,
-                                        towers=(tower,), spin=False, device=device)
+        self.runtime = ClipRuntime.load(
+            artifact,
+            backend=backend,
+            precision={tower: precision},
+            threads=threads,
+            towers=(tower,),
+            spin=False,
+            device=device,
+        )
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ok = batch["ok"].astype(bool)
@@ -49,8 +57,9 @@ class _Embedder:
         return {"index": batch["index"], "ok": ok, "reason": batch["reason"], "embedding": out}
 
 
-def _decode(batch: dict[str, np.ndarray], preprocess: Any, exif_transpose: bool, kind: str,
-            fast_decode: bool = False) -> dict[str, np.ndarray]:
+def _decode(
+    batch: dict[str, np.ndarray], preprocess: Any, exif_transpose: bool, kind: str, fast_decode: bool = False
+) -> dict[str, np.ndarray]:
     """CPU map_batches: the runtime's preprocessing of each item; an unreadable one is marked, not raised."""
     count = len(batch["index"])
     ok = np.ones(count, bool)
@@ -61,8 +70,10 @@ def _decode(batch: dict[str, np.ndarray], preprocess: Any, exif_transpose: bool,
     from clipexport.runtime.preprocess import ImagePreprocessor
 
     preprocessor = ImagePreprocessor(preprocess, exif_transpose=exif_transpose)
-    items = [Item(str(batch["id"][i]), str(batch["where"][i]), int(batch["offset"][i]), int(batch["size"][i]))
-             for i in range(count)]
+    items = [
+        Item(str(batch["id"][i]), str(batch["where"][i]), int(batch["offset"][i]), int(batch["size"][i]))
+        for i in range(count)
+    ]
     decoded = decode_batch(0, items, preprocessor, fast_decode=fast_decode)
     h, w = preprocessor.config.image_size
     pixels = np.zeros((count, 3, h, w), np.float32)
@@ -82,16 +93,23 @@ def _connect(address: str | None) -> Any:
         except ConnectionError as exc:
             from clipexport.errors import EnvironmentProblem
 
-            raise EnvironmentProblem(f"cannot reach the Ray cluster at {target} ({exc}); check --ray-address / "
-                                     "RAY_ADDRESS, or leave both unset for a local cluster") from None
+            raise EnvironmentProblem(
+                f"cannot reach the Ray cluster at {target} ({exc}); check --ray-address / "
+                "RAY_ADDRESS, or leave both unset for a local cluster"
+            ) from None
     from clipexport.signals import sigterm_as_interrupt
 
     sigterm_as_interrupt(force=True)  # ray.init replaced it: SIGTERM stops the driver like Ctrl-C (exit 130)
     return ray
 
 
-def run_on_ray(options: Any, inputs: InputList, ranges: Sequence[tuple[int, int]], advance: Callable | None,
-               on_batch: Callable[[int, list[int], np.ndarray, list[tuple[int, str]]], None]) -> None:
+def run_on_ray(
+    options: Any,
+    inputs: InputList,
+    ranges: Sequence[tuple[int, int]],
+    advance: Callable | None,
+    on_batch: Callable[[int, list[int], np.ndarray, list[tuple[int, str]]], None],
+) -> None:
     from clipexport.artifact.manifest import read_manifest
 
     _connect(options.ray.address)
@@ -101,21 +119,50 @@ def run_on_ray(options: Any, inputs: InputList, ranges: Sequence[tuple[int, int]
     context.execution_options.preserve_order = True  # rows come back in input order
     context.enable_progress_bars = False
     indices = [i for first, end in ranges for i in range(first, end)]
-    rows = [{"index": i, "id": inputs.items[i].id, "where": inputs.items[i].where, "offset": inputs.items[i].offset,
-             "size": inputs.items[i].size, "text": inputs.items[i].text or ""} for i in indices]
+    rows = [
+        {
+            "index": i,
+            "id": inputs.items[i].id,
+            "where": inputs.items[i].where,
+            "offset": inputs.items[i].offset,
+            "size": inputs.items[i].size,
+            "text": inputs.items[i].text or "",
+        }
+        for i in indices
+    ]
     manifest = read_manifest(options.artifact)
     batch = options.batch_size
     dataset = data.from_items(rows, override_num_blocks=max(1, len(rows) // (batch * 4)))
-    dataset = dataset.map_batches(_decode, batch_size=batch, batch_format="numpy", num_cpus=1,
-                                  fn_kwargs={"preprocess": manifest.preprocess, "exif_transpose": options.exif_transpose,
-                                             "kind": inputs.kind.value, "fast_decode": options.fast_decode})
     dataset = dataset.map_batches(
-        _Embedder, batch_size=batch, batch_format="numpy", concurrency=options.ray.actors,
-        num_gpus=options.ray.gpus_per_actor or None, num_cpus=options.ray.cpus_per_actor,
-        fn_constructor_kwargs={"artifact": str(Path(options.artifact).resolve()), "precision": str(options.precision),
-                               "backend": str(options.backend), "kind": inputs.kind.value, "threads": options.threads,
-                               "device": options.device},
-        max_restarts=-1, max_task_retries=-1)
+        _decode,
+        batch_size=batch,
+        batch_format="numpy",
+        num_cpus=1,
+        fn_kwargs={
+            "preprocess": manifest.preprocess,
+            "exif_transpose": options.exif_transpose,
+            "kind": inputs.kind.value,
+            "fast_decode": options.fast_decode,
+        },
+    )
+    dataset = dataset.map_batches(
+        _Embedder,
+        batch_size=batch,
+        batch_format="numpy",
+        concurrency=options.ray.actors,
+        num_gpus=options.ray.gpus_per_actor or None,
+        num_cpus=options.ray.cpus_per_actor,
+        fn_constructor_kwargs={
+            "artifact": str(Path(options.artifact).resolve()),
+            "precision": str(options.precision),
+            "backend": str(options.backend),
+            "kind": inputs.kind.value,
+            "threads": options.threads,
+            "device": options.device,
+        },
+        max_restarts=-1,
+        max_task_retries=-1,
+    )
     total = len(indices)
     shard_size = options.shard_size
     for result in dataset.iter_batches(batch_size=batch, batch_format="numpy"):
@@ -126,10 +173,15 @@ def run_on_ray(options: Any, inputs: InputList, ranges: Sequence[tuple[int, int]
             part = shard == value
             bad = part & ~ok
             if bad.any() and not options.skip_bad:
-                raise InputError(f"{result['reason'][np.argmax(bad)]} (pass --skip-bad to leave unreadable images out "
-                                 "and list them)")
+                raise InputError(
+                    f"{result['reason'][np.argmax(bad)]} (pass --skip-bad to leave unreadable images out and list them)"
+                )
             kept = part & ok
-            on_batch(int(index[part][0]), [int(i) for i in index[kept]], result["embedding"][kept],
-                     [(int(i), str(r)) for i, r in zip(index[bad], result["reason"][bad])])
+            on_batch(
+                int(index[part][0]),
+                [int(i) for i in index[kept]],
+                result["embedding"][kept],
+                [(int(i), str(r)) for i, r in zip(index[bad], result["reason"][bad])],
+            )
         if advance:
             advance(len(index), total)

@@ -77,8 +77,10 @@ def list_inputs(spec: InputSpec, strict: bool = True) -> InputList:
     image_sources = bool(spec.images) or spec.image_list is not None or spec.image_table is not None
     text_sources = spec.texts is not None or spec.text_table is not None
     if image_sources == text_sources:
-        raise InputError("pass either images (--images, --image-list, --image-table) or texts (--texts, "
-                         "--text-table): one kind per output")
+        raise InputError(
+            "pass either images (--images, --image-list, --image-table) or texts (--texts, "
+            "--text-table): one kind per output"
+        )
     if text_sources:
         if spec.texts is not None and spec.text_table is not None:
             raise InputError("pass --texts or --text-table, not both")
@@ -94,8 +96,10 @@ def list_inputs(spec: InputSpec, strict: bool = True) -> InputList:
             items += [Item(shown(p), p) for p in _table_column(spec.image_table, spec.path_column, "path")]
         kind = Kind.IMAGE
     if not items:
-        raise InputError("no inputs found: the files, folders, lists or tables given hold no "
-                         f"{'texts' if kind is Kind.TEXT else 'images'}")
+        raise InputError(
+            "no inputs found: the files, folders, lists or tables given hold no "
+            f"{'texts' if kind is Kind.TEXT else 'images'}"
+        )
     _refuse_duplicates(items)
     digest = hashlib.sha256(kind.value.encode())
     for item in items:
@@ -133,7 +137,9 @@ def _tar_members(path: Path, strict: bool, notes: list[str]) -> list[Item]:
             handle.seek(end)
             marker = handle.read(TAR_BLOCK)
     except (tarfile.TarError, OSError) as exc:
-        raise InputError(f"cannot read tar shard {shown(path)} ({exc}); pass an uncompressed .tar of image files") from None
+        raise InputError(
+            f"cannot read tar shard {shown(path)} ({exc}); pass an uncompressed .tar of image files"
+        ) from None
     whole = [m for m in members if m.offset_data + m.size <= size]
     if len(whole) < len(members) or len(marker) < TAR_BLOCK or marker.count(0) != TAR_BLOCK:
         last = whole[-1].name if whole else None
@@ -142,8 +148,11 @@ def _tar_members(path: Path, strict: bool, notes: list[str]) -> list[Item]:
         if strict:
             raise InputError(f"{message}; re-create or re-download it, or pass --skip-bad to embed the whole members")
         notes.append(message)
-    return [Item(shown(f"{path}:{m.name}"), str(path), m.offset_data, m.size) for m in whole
-            if m.name.lower().endswith(IMAGE_SUFFIXES)]
+    return [
+        Item(shown(f"{path}:{m.name}"), str(path), m.offset_data, m.size)
+        for m in whole
+        if m.name.lower().endswith(IMAGE_SUFFIXES)
+    ]
 
 
 def _path_lines(path: Path) -> list[str]:
@@ -179,8 +188,9 @@ def _read_table(path: Path):
             # A row must fit in one block of pyarrow's reader (1 MiB by default): a long caption or
             # a JSON cell can be larger, so the block grows with the file, up to CSV_MAX_BLOCK.
             block = min(max(file.stat().st_size + 1, 1 << 20), CSV_MAX_BLOCK)
-            return pyarrow.csv.read_csv(file, parse_options=options,
-                                        read_options=pyarrow.csv.ReadOptions(block_size=block))
+            return pyarrow.csv.read_csv(
+                file, parse_options=options, read_options=pyarrow.csv.ReadOptions(block_size=block)
+            )
     except Exception as exc:  # pyarrow's ArrowInvalid and friends
         reason = str(exc).splitlines()[0][:200]
         if "straddling" in reason or "block size" in reason:
@@ -192,8 +202,10 @@ def _read_table(path: Path):
 def _table_column(path: Path, column: str, what: str) -> list[str]:
     table = _read_table(path)
     if column not in table.column_names:
-        raise InputError(f"table {path} has no column '{column}' (columns: {', '.join(table.column_names)}); "
-                         f"name the {what} column with --{what}-column")
+        raise InputError(
+            f"table {path} has no column '{column}' (columns: {', '.join(table.column_names)}); "
+            f"name the {what} column with --{what}-column"
+        )
     values = table.column(column).to_pylist()
     bad = next((i for i, v in enumerate(values) if not isinstance(v, str) or (what == "path" and not v.strip())), None)
     if bad is not None:
@@ -202,7 +214,10 @@ def _table_column(path: Path, column: str, what: str) -> list[str]:
 
 
 def _table_texts(path: Path, column: str) -> list[Item]:
-    return [Item(shown(f"{path}:{row}"), text=value) for row, value in enumerate(_table_column(path, column, "text"), start=1)]
+    return [
+        Item(shown(f"{path}:{row}"), text=value)
+        for row, value in enumerate(_table_column(path, column, "text"), start=1)
+    ]
 
 
 def _refuse_duplicates(items: list[Item]) -> None:
@@ -210,8 +225,10 @@ def _refuse_duplicates(items: list[Item]) -> None:
     for number, item in enumerate(items, start=1):
         first = seen.setdefault(item.id, number)
         if first != number:
-            raise InputError(f"input {item.id} is listed twice (items {first} and {number}); every input is one row: "
-                             "remove the duplicate (a file given both alone and inside a folder?)")
+            raise InputError(
+                f"input {item.id} is listed twice (items {first} and {number}); every input is one row: "
+                "remove the duplicate (a file given both alone and inside a folder?)"
+            )
 
 
 def read_item_bytes(item: Item) -> bytes:
@@ -238,4 +255,3 @@ def read_item_bytes(item: Item) -> bytes:
         except Exception as exc:
             raise InputError(f"cannot read image {item.where} ({str(exc).splitlines()[0][:200]})") from None
     return read_regular_file(Path(item.where.removeprefix("file://")).expanduser(), "image")
-

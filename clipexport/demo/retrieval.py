@@ -68,8 +68,9 @@ def write_retrieval_set(folder: Path, scenes: int, seed: int, size: int = 64) ->
         lines.append(f"{name}/{number}.png\t{detailed_caption(scene, rng)}")
     (folder / "captions.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     present = [label for label in CLASSES if label.replace(" ", "_") in counts]
-    (folder / "classes.txt").write_text("".join(f"{label.replace(' ', '_')}\t{label}\n" for label in present),
-                                        encoding="utf-8")
+    (folder / "classes.txt").write_text(
+        "".join(f"{label.replace(' ', '_')}\t{label}\n" for label in present), encoding="utf-8"
+    )
     return folder
 
 

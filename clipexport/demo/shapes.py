@@ -13,18 +13,33 @@ from PIL import Image, ImageDraw, ImageFilter
 
 SHAPES = ("circle", "square", "triangle", "star", "cross", "diamond", "hexagon", "ring")
 COLOURS = {  # name -> RGB centre; each drawing jitters it a little
-    "red": (220, 30, 30), "green": (30, 170, 40), "blue": (30, 60, 220),
-    "yellow": (240, 220, 30), "purple": (140, 40, 180), "orange": (245, 130, 20),
+    "red": (220, 30, 30),
+    "green": (30, 170, 40),
+    "blue": (30, 60, 220),
+    "yellow": (240, 220, 30),
+    "purple": (140, 40, 180),
+    "orange": (245, 130, 20),
 }
 CLASSES = tuple(f"{colour} {shape}" for shape in SHAPES for colour in COLOURS)
 SIZES = {"small": 0.16, "medium": 0.24, "large": 0.34}  # radius as a fraction of the image side
-SIZE_WORDS = {"small": ("small", "tiny", "little"), "medium": ("medium", "medium-sized"), "large": ("large", "big", "huge")}
+SIZE_WORDS = {
+    "small": ("small", "tiny", "little"),
+    "medium": ("medium", "medium-sized"),
+    "large": ("large", "big", "huge"),
+}
 POSITIONS = {"center": (0.5, 0.5), "left": (0.27, 0.5), "right": (0.73, 0.5), "top": (0.5, 0.27), "bottom": (0.5, 0.73)}
 COUNT_WORDS = {1: "one", 2: "two", 3: "three"}
 PLURALS = {"cross": "crosses"}
 # CLIP's prompt-ensembling recipe: class embedding = normalised mean over these templates.
-ZERO_SHOT_TEMPLATES = ("a {}.", "a photo of a {}.", "a drawing of a {}.", "a picture of a {}.", "an image of a {}.",
-                       "a {} on a textured background.", "there is a {} in the picture.")
+ZERO_SHOT_TEMPLATES = (
+    "a {}.",
+    "a photo of a {}.",
+    "a drawing of a {}.",
+    "a picture of a {}.",
+    "an image of a {}.",
+    "a {} on a textured background.",
+    "there is a {} in the picture.",
+)
 RENDER_SCALE = 2  # drawn at 2x and downsampled: smooth edges
 
 
@@ -44,11 +59,16 @@ class Scene:
 
 
 def random_scene(rng: np.random.Generator, label: str | None = None) -> Scene:
-    colour, shape = (label.split(" ", 1) if label else (None, None))
-    return Scene(shape=shape or SHAPES[rng.integers(len(SHAPES))],
-                 colour=colour or list(COLOURS)[rng.integers(len(COLOURS))],
-                 size=list(SIZES)[rng.integers(len(SIZES))], position=list(POSITIONS)[rng.integers(len(POSITIONS))],
-                 count=int(rng.choice([1, 1, 1, 2, 3])), background=int(rng.integers(4)), seed=int(rng.integers(2**31)))
+    colour, shape = label.split(" ", 1) if label else (None, None)
+    return Scene(
+        shape=shape or SHAPES[rng.integers(len(SHAPES))],
+        colour=colour or list(COLOURS)[rng.integers(len(COLOURS))],
+        size=list(SIZES)[rng.integers(len(SIZES))],
+        position=list(POSITIONS)[rng.integers(len(POSITIONS))],
+        count=int(rng.choice([1, 1, 1, 2, 3])),
+        background=int(rng.integers(4)),
+        seed=int(rng.integers(2**31)),
+    )
 
 
 def render(scene: Scene, size: int = 64) -> Image.Image:
@@ -120,7 +140,14 @@ def _background(rng: np.random.Generator, size: int, kind: int) -> Image.Image:
     y, x = np.mgrid[0:size, 0:size] / size
     if kind == 0:  # noise
         field = rng.normal(0, 1, (size // 8, size // 8))
-        field = np.asarray(Image.fromarray(((field - field.min()) / (np.ptp(field) + 1e-9) * 255).astype(np.uint8)).resize((size, size), Image.BICUBIC)) / 255
+        field = (
+            np.asarray(
+                Image.fromarray(((field - field.min()) / (np.ptp(field) + 1e-9) * 255).astype(np.uint8)).resize(
+                    (size, size), Image.BICUBIC
+                )
+            )
+            / 255
+        )
     elif kind == 1:  # stripes
         angle = rng.uniform(0, math.pi)
         field = 0.5 + 0.5 * np.sin((x * math.cos(angle) + y * math.sin(angle)) * rng.uniform(8, 30))
@@ -136,7 +163,9 @@ def _background(rng: np.random.Generator, size: int, kind: int) -> Image.Image:
     return image.filter(ImageFilter.GaussianBlur(0.5))
 
 
-def _centres(rng: np.random.Generator, count: int, cx: float, cy: float, radius: float, big: int) -> list[tuple[float, float]]:
+def _centres(
+    rng: np.random.Generator, count: int, cx: float, cy: float, radius: float, big: int
+) -> list[tuple[float, float]]:
     if count == 1:
         return [(cx + rng.uniform(-0.05, 0.05) * big, cy + rng.uniform(-0.05, 0.05) * big)]
     angle = rng.uniform(0, 2 * math.pi)
@@ -151,8 +180,10 @@ def _centres(rng: np.random.Generator, count: int, cx: float, cy: float, radius:
 
 
 def _polygon(x: float, y: float, r: float, sides: int, rotation: float) -> list[tuple[float, float]]:
-    return [(x + r * math.cos(rotation + 2 * math.pi * k / sides), y + r * math.sin(rotation + 2 * math.pi * k / sides))
-            for k in range(sides)]
+    return [
+        (x + r * math.cos(rotation + 2 * math.pi * k / sides), y + r * math.sin(rotation + 2 * math.pi * k / sides))
+        for k in range(sides)
+    ]
 
 
 def _draw(draw: ImageDraw.ImageDraw, shape: str, x: float, y: float, r: float, rotation: float, colour: tuple) -> None:
@@ -188,8 +219,10 @@ def vocabulary() -> list[str]:
     tokenizer's word list."""
     words = set(SHAPES) | set(COLOURS) | set(PLURALS.values()) | {s + "s" for s in SHAPES} | set(COUNT_WORDS.values())
     words |= {w for ws in SIZE_WORDS.values() for w in ws} | set(POSITIONS)
-    words |= set("a an the of on in with that is are and picture drawing photo image middle there textured background "
-                 "medium sized".split())
+    words |= set(
+        "a an the of on in with that is are and picture drawing photo image middle there textured background "
+        "medium sized".split()
+    )
     pieces = set()
     for word in words:
         pieces |= set(word.replace("-", " ").split())
@@ -207,8 +240,15 @@ def write_examples(folder: Path, size: int = 64) -> list[Path]:
     out = []
     for index, label in enumerate(EXAMPLES):
         colour, shape = label.split(" ")
-        scene = Scene(shape=shape, colour=colour, size="medium", position="center", count=1, background=index % 4,
-                      seed=1000 + index)
+        scene = Scene(
+            shape=shape,
+            colour=colour,
+            size="medium",
+            position="center",
+            count=1,
+            background=index % 4,
+            seed=1000 + index,
+        )
         path = folder / f"{label.replace(' ', '-')}.png"
         render(scene, size).save(path, optimize=True)
         out.append(path)

@@ -24,9 +24,17 @@ def build_tokenizer(folder: Path) -> Path:
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
     tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(single="[SOS] $A [EOS]", special_tokens=[("[SOS]", 1), ("[EOS]", 2)])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="[SOS]", eos_token="[EOS]", pad_token="[PAD]",
-                                   unk_token="[UNK]", model_max_length=CONTEXT_LENGTH)
+    tok.post_processor = processors.TemplateProcessing(
+        single="[SOS] $A [EOS]", special_tokens=[("[SOS]", 1), ("[EOS]", 2)]
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="[SOS]",
+        eos_token="[EOS]",
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        model_max_length=CONTEXT_LENGTH,
+    )
     folder.mkdir(parents=True, exist_ok=True)
     fast.save_pretrained(folder)
     return folder

@@ -49,9 +49,10 @@ def zero_shot_accuracy(model, tokenizer, images: torch.Tensor, labels: np.ndarra
     """Top-1/top-5 with CLIP's prompt ensembling: the same statistics verify --labeled-images reports."""
     with torch.no_grad():
         texts = model.encode_text(tokenizer([tpl.format(name) for name in CLASSES for tpl in ZERO_SHOT_TEMPLATES]))
-        feats = torch.cat([model.encode_image(images[i:i + 256]) for i in range(0, len(images), 256)])
-    result = stats.zero_shot_accuracy(feats.numpy(), stats.class_embeddings(texts.numpy(), len(ZERO_SHOT_TEMPLATES)),
-                                      labels)
+        feats = torch.cat([model.encode_image(images[i : i + 256]) for i in range(0, len(images), 256)])
+    result = stats.zero_shot_accuracy(
+        feats.numpy(), stats.class_embeddings(texts.numpy(), len(ZERO_SHOT_TEMPLATES)), labels
+    )
     return result.top1, result.top5
 
 
@@ -59,7 +60,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=1600)
     parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--pool", type=int, default=24000, help="distinct training images (captions are redrawn every epoch)")
+    parser.add_argument(
+        "--pool", type=int, default=24000, help="distinct training images (captions are redrawn every epoch)"
+    )
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-every", type=int, default=200)
@@ -83,11 +86,16 @@ def main() -> None:
     loss_fn = open_clip.loss.ClipLoss()
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=args.lr, betas=(0.9, 0.98), eps=1e-6)
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=args.lr,
+        betas=(0.9, 0.98),
+        eps=1e-6,
+    )
     warmup = max(1, args.steps // 20)
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + np.cos(np.pi * min(1.0, s / args.steps))))
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + np.cos(np.pi * min(1.0, s / args.steps)))
+    )
     curve = []
     order = rng.permutation(args.pool)
     cursor = 0
@@ -95,7 +103,7 @@ def main() -> None:
     for step in range(1, args.steps + 1):
         if cursor + args.batch > args.pool:
             order, cursor = rng.permutation(args.pool), 0
-        index = order[cursor:cursor + args.batch]
+        index = order[cursor : cursor + args.batch]
         cursor += args.batch
         texts = tokenizer([caption(scenes[i], rng) for i in index])
         model.train()
@@ -126,13 +134,24 @@ def main() -> None:
     model.load_state_dict({k: v.float() for k, v in state.items()})
     top1, top5 = zero_shot_accuracy(model, tokenizer, held, held_y)
     record = {
-        "steps": args.steps, "batch": args.batch, "pool": args.pool, "lr": args.lr, "seed": args.seed,
-        "threads": torch.get_num_threads(), "train_seconds": round(time.time() - train_start, 1),
-        "total_seconds": round(time.time() - started, 1), "heldout": {"images": len(held_y), "classes": len(CLASSES),
-                                                                      "top1": top1, "top5": top5},
-        "templates": list(ZERO_SHOT_TEMPLATES), "sha256": digest, "bytes": weights.stat().st_size,
-        "versions": {"torch": torch.__version__, "open_clip": open_clip.__version__, "numpy": np.__version__,
-                     "python": platform.python_version()},
+        "steps": args.steps,
+        "batch": args.batch,
+        "pool": args.pool,
+        "lr": args.lr,
+        "seed": args.seed,
+        "threads": torch.get_num_threads(),
+        "train_seconds": round(time.time() - train_start, 1),
+        "total_seconds": round(time.time() - started, 1),
+        "heldout": {"images": len(held_y), "classes": len(CLASSES), "top1": top1, "top5": top5},
+        "templates": list(ZERO_SHOT_TEMPLATES),
+        "sha256": digest,
+        "bytes": weights.stat().st_size,
+        "versions": {
+            "torch": torch.__version__,
+            "open_clip": open_clip.__version__,
+            "numpy": np.__version__,
+            "python": platform.python_version(),
+        },
         "curve": curve,
     }
     (args.out / "training.json").write_text(json.dumps(record, indent=1) + "\n")

@@ -28,17 +28,28 @@ SMOKE_MAX_ABS = 1e-3
 def check_opset(opset: int) -> None:
     """Before any work: LayerNormalization needs 17, and the installed onnx knows up to some N."""
     if opset < MIN_OPSET:
-        raise InputError(f"opset {opset} is too old: LayerNormalization needs opset >= {MIN_OPSET}; "
-                         f"pass --opset {MIN_OPSET} or higher")
+        raise InputError(
+            f"opset {opset} is too old: LayerNormalization needs opset >= {MIN_OPSET}; "
+            f"pass --opset {MIN_OPSET} or higher"
+        )
     newest = require("onnx", "exporting to ONNX").defs.onnx_opset_version()
     if opset > newest:
-        raise InputError(f"opset {opset} is newer than the installed onnx supports ({newest}); "
-                         f"pass --opset between {MIN_OPSET} and {newest}")
+        raise InputError(
+            f"opset {opset} is newer than the installed onnx supports ({newest}); "
+            f"pass --opset between {MIN_OPSET} and {newest}"
+        )
 
 
-def export_tower(module: Any, spec: TowerSpec, example: Any, out_dir: Path, opset: int,
-                 properties: TowerProperties | None = None, trim_length: int | None = None,
-                 adjustments: tuple[str, ...] = ()) -> TowerArtifact:
+def export_tower(
+    module: Any,
+    spec: TowerSpec,
+    example: Any,
+    out_dir: Path,
+    opset: int,
+    properties: TowerProperties | None = None,
+    trim_length: int | None = None,
+    adjustments: tuple[str, ...] = (),
+) -> TowerArtifact:
     """`trim_length`: for a variable-length text graph, the example cut after its last EOT, which
     the smoke run checks against the full-length output."""
     torch = require("torch", "exporting to ONNX")
@@ -58,16 +69,24 @@ def export_tower(module: Any, spec: TowerSpec, example: Any, out_dir: Path, opse
         try:
             expected = module(example).numpy()
         except Exception as exc:
-            raise ExportError(f"the {spec.tower.value} tower does not run in PyTorch itself, so it cannot be traced: "
-                              f"{_root_cause(exc)}") from exc
+            raise ExportError(
+                f"the {spec.tower.value} tower does not run in PyTorch itself, so it cannot be traced: "
+                f"{_root_cause(exc)}"
+            ) from exc
         try:
             # The dynamo exporter prints its own progress lines; ours are enough.
             with contextlib.redirect_stdout(io.StringIO()):
                 torch.onnx.export(
-                    module, (example,), str(path),
-                    input_names=[spec.input_name], output_names=[spec.output_name],
+                    module,
+                    (example,),
+                    str(path),
+                    input_names=[spec.input_name],
+                    output_names=[spec.output_name],
                     dynamic_shapes=(dynamic,),
-                    opset_version=opset, dynamo=True, external_data=external, verbose=False,
+                    opset_version=opset,
+                    dynamo=True,
+                    external_data=external,
+                    verbose=False,
                 )
         except Exception as exc:
             raise ExportError(f"tracing the {spec.tower.value} tower to ONNX failed: {_root_cause(exc)}") from exc
@@ -76,8 +95,12 @@ def export_tower(module: Any, spec: TowerSpec, example: Any, out_dir: Path, opse
     except Exception as exc:
         raise ExportError(f"the exported {spec.tower.value} graph fails the ONNX checker: {exc}") from exc
     _smoke_run(path, spec, example.numpy(), expected, trim_length)
-    graph = GraphFile.of(out_dir, path.name, external, GraphDetails(method="torch.onnx.export (dynamo)", made_by=MadeBy.EXPORT,
-                                                                         adjustments=adjustments))
+    graph = GraphFile.of(
+        out_dir,
+        path.name,
+        external,
+        GraphDetails(method="torch.onnx.export (dynamo)", made_by=MadeBy.EXPORT, adjustments=adjustments),
+    )
     dim = int(expected.shape[-1])
     return TowerArtifact(
         inputs=(TensorSpec(spec.input_name, spec.input_dtype, input_shape),),
@@ -88,8 +111,9 @@ def export_tower(module: Any, spec: TowerSpec, example: Any, out_dir: Path, opse
     )
 
 
-def _smoke_run(path: Path, spec: TowerSpec, example: np.ndarray, expected: np.ndarray,
-               trim_length: int | None = None) -> None:
+def _smoke_run(
+    path: Path, spec: TowerSpec, example: np.ndarray, expected: np.ndarray, trim_length: int | None = None
+) -> None:
     """Run the graph at the traced batch size and at batch 1: a baked-in batch shows up here.
     A variable-length text graph also runs cut after its last end-of-text token."""
     ort = require("onnxruntime", "checking the exported graph")
@@ -98,7 +122,9 @@ def _smoke_run(path: Path, spec: TowerSpec, example: np.ndarray, expected: np.nd
     for rows, cols in [(slice(None), c) for c in columns] + [(slice(0, 1), slice(None))]:
         got = session.run([spec.output_name], {spec.input_name: example[rows, cols]})[0]
         want = expected[rows]
-        if got.shape != want.shape or not np.allclose(l2_normalize(got), l2_normalize(want), atol=SMOKE_MAX_ABS, rtol=0):
+        if got.shape != want.shape or not np.allclose(
+            l2_normalize(got), l2_normalize(want), atol=SMOKE_MAX_ABS, rtol=0
+        ):
             raise ExportError(
                 f"the exported {spec.tower.value} graph disagrees with PyTorch right after export "
                 f"(shape {got.shape} vs {want.shape}); please report this model"

@@ -15,8 +15,16 @@ from clipexport.sources import SourceChoice, load_model, source_kind
 from clipexport.export.onnx_export import check_opset
 from clipexport.export.specs import DEFAULT_OPSET, SPECS
 from clipexport.files import publish_folder, sha256_file, staging_folder, utc_timestamp
-from clipexport.artifact.manifest import (Manifest, SourceKind, TokenizerConfig, Tower, TowerArtifact, TowerProperties, read_manifest,
-                                          write_manifest)
+from clipexport.artifact.manifest import (
+    Manifest,
+    SourceKind,
+    TokenizerConfig,
+    Tower,
+    TowerArtifact,
+    TowerProperties,
+    read_manifest,
+    write_manifest,
+)
 from clipexport.progress import Progress, silent
 
 # Traced with batch 2: the exporter specialises a dimension whose example size is 1.
@@ -47,10 +55,23 @@ def export_model(options: ExportOptions, progress: Progress = silent) -> Manifes
     check_opset(options.opset)
     check_output(output, options.overwrite, _source_paths(options))
     progress(f"loading {options.model} ({_weights(options)})")
-    loaded = load_model(options.model, options.pretrained, options.source, seed=options.seed, tokenizer=options.tokenizer,
-                        text_config=options.text_config)
-    with staging_folder(output.parent, f".{output.name}.partial-", "export", "choose a writable --output", progress,
-                        stale_prefixes=(f".{output.name}.old-",), public=True) as staging:
+    loaded = load_model(
+        options.model,
+        options.pretrained,
+        options.source,
+        seed=options.seed,
+        tokenizer=options.tokenizer,
+        text_config=options.text_config,
+    )
+    with staging_folder(
+        output.parent,
+        f".{output.name}.partial-",
+        "export",
+        "choose a writable --output",
+        progress,
+        stale_prefixes=(f".{output.name}.old-",),
+        public=True,
+    ) as staging:
         towers = _export_towers(loaded, options, staging, progress)
         manifest = _manifest(loaded, towers, options.normalize, _write_tokenizer(loaded, staging))
         write_manifest(staging, manifest)
@@ -59,7 +80,9 @@ def export_model(options: ExportOptions, progress: Progress = silent) -> Manifes
     return manifest
 
 
-def _export_towers(loaded: LoadedModel, options: ExportOptions, staging: Path, progress: Progress) -> dict[Tower, TowerArtifact]:
+def _export_towers(
+    loaded: LoadedModel, options: ExportOptions, staging: Path, progress: Progress
+) -> dict[Tower, TowerArtifact]:
     torch = require("torch", "exporting to ONNX")
     from clipexport.export.onnx_export import export_tower
     from clipexport.sources.openclip_fixes import reparameterized
@@ -81,13 +104,23 @@ def _export_towers(loaded: LoadedModel, options: ExportOptions, staging: Path, p
             from clipexport.runtime.text_length import trimmed_length
 
             pad_id = loaded.tokenizer.pad_id if properties.padding_mask else None
-            trim_length = trimmed_length(examples[tower].numpy(), str(properties.pooling), loaded.tokenizer.eot_id, pad_id)
+            trim_length = trimmed_length(
+                examples[tower].numpy(), str(properties.pooling), loaded.tokenizer.eot_id, pad_id
+            )
         # Train-time branches live in image towers (MobileCLIP's FastViT); open_clip's text towers are transformers.
         fold = options.reparameterize and tower is Tower.VISION
         module, folded = reparameterized(modules[tower]) if fold else (modules[tower], ())
         adjustments = tuple(loaded.adjustments.get(tower.value, ())) + folded
-        towers[tower] = export_tower(exportable(module, options.normalize), SPECS[tower], examples[tower], staging,
-                                     options.opset, properties, trim_length, adjustments)
+        towers[tower] = export_tower(
+            exportable(module, options.normalize),
+            SPECS[tower],
+            examples[tower],
+            staging,
+            options.opset,
+            properties,
+            trim_length,
+            adjustments,
+        )
     return towers
 
 
@@ -102,8 +135,9 @@ def _write_tokenizer(loaded: LoadedModel, staging: Path) -> TokenizerConfig:
     return replace(loaded.tokenizer, file=TOKENIZER_FILE, sha256=sha256_file(path))
 
 
-def _manifest(loaded: LoadedModel, towers: dict[Tower, TowerArtifact], normalized: bool,
-              tokenizer: TokenizerConfig) -> Manifest:
+def _manifest(
+    loaded: LoadedModel, towers: dict[Tower, TowerArtifact], normalized: bool, tokenizer: TokenizerConfig
+) -> Manifest:
     torch = require("torch", "exporting to ONNX")
     onnx = require("onnx", "exporting to ONNX")
     dims = {t: int(a.outputs[0].shape[-1]) for t, a in towers.items()}
@@ -135,7 +169,9 @@ def _source_paths(options: ExportOptions) -> list[Path]:
     from clipexport.sources import DEMO_MODEL
 
     model = [] if options.model == DEMO_MODEL else [Path(options.model).expanduser()]  # package data, not ./demo
-    candidates = model + [Path(p).expanduser() for p in (options.pretrained, options.tokenizer, options.text_config) if p]
+    candidates = model + [
+        Path(p).expanduser() for p in (options.pretrained, options.tokenizer, options.text_config) if p
+    ]
     return [p.resolve() for p in candidates if p.exists()]
 
 
@@ -150,23 +186,29 @@ def check_output(output: Path, overwrite: bool, sources: list[Path] = ()) -> Non
     """What --output may be: a new folder, an empty one, or (with --overwrite) an earlier clipexport
     artifact. Never a file, a link, a folder of other things, or a place holding the model itself."""
     if output.is_symlink():
-        raise InputError(f"output {output} is a symbolic link; pass the real folder path "
-                         f"({output.resolve()}) or a new one with --output")
+        raise InputError(
+            f"output {output} is a symbolic link; pass the real folder path "
+            f"({output.resolve()}) or a new one with --output"
+        )
     if output.exists() and not output.is_dir():
         raise InputError(f"output {output} is a file; pass a folder path with --output")
     for source in sources:
         if source == output or output in source.parents or (source.is_dir() and source in output.parents):
-            raise InputError(f"output {output} would contain (or sit inside) the model being exported ({source}); "
-                             "choose an --output outside it")
+            raise InputError(
+                f"output {output} would contain (or sit inside) the model being exported ({source}); "
+                "choose an --output outside it"
+            )
     if not output.is_dir() or not any(output.iterdir()):
         return
     if not overwrite:
-        raise InputError(f"output folder {output} is not empty; pass --overwrite to replace an earlier export, "
-                         "or choose another --output")
+        raise InputError(
+            f"output folder {output} is not empty; pass --overwrite to replace an earlier export, "
+            "or choose another --output"
+        )
     try:
         read_manifest(output)
     except ManifestError:
-        raise InputError(f"--overwrite only replaces a clipexport artifact, and {output} holds no valid manifest.json; "
-                         "refusing to delete it: choose a new or empty --output") from None
-
-
+        raise InputError(
+            f"--overwrite only replaces a clipexport artifact, and {output} holds no valid manifest.json; "
+            "refusing to delete it: choose a new or empty --output"
+        ) from None

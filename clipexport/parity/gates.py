@@ -19,7 +19,9 @@ class Gate:
         if min_cosine < self.min_cosine:
             out.append(f"min cosine {min_cosine:.7f} < {self.min_cosine} (short by {self.min_cosine - min_cosine:.2e})")
         if self.mean_cosine is not None and mean_cosine < self.mean_cosine:
-            out.append(f"mean cosine {mean_cosine:.7f} < {self.mean_cosine} (short by {self.mean_cosine - mean_cosine:.2e})")
+            out.append(
+                f"mean cosine {mean_cosine:.7f} < {self.mean_cosine} (short by {self.mean_cosine - mean_cosine:.2e})"
+            )
         if self.max_abs is not None and max_abs > self.max_abs:
             out.append(f"max abs {max_abs:.2e} > {self.max_abs:.0e}")
         return out
@@ -53,8 +55,10 @@ GATES: dict[Precision, Gate] = {Precision.FP32: FP32, Precision.FP16: FP16, Prec
 
 def gates_summary() -> str:
     """The gates in one line, for help texts: "fp32 >= 0.99999, ..., int8 >= 0.98 / 0.99"."""
-    return ", ".join(f"{p.value} >= {g.min_cosine}" + (f" / {g.mean_cosine}" if g.mean_cosine is not None else "")
-                     for p, g in GATES.items())
+    return ", ".join(
+        f"{p.value} >= {g.min_cosine}" + (f" / {g.mean_cosine}" if g.mean_cosine is not None else "")
+        for p, g in GATES.items()
+    )
 
 
 # What `quantize`'s sensitivity fallback aims for on the validation split, per calibrated precision.

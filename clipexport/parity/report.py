@@ -39,8 +39,16 @@ class TowerResult:
         return not self.failures
 
     def to_dict(self) -> dict[str, Any]:
-        return {"tower": self.tower, "precision": self.precision, "backend": self.backend, "ran_on": self.ran_on,
-                **self.parity.to_dict(), "gate": vars(self.gate), "passed": self.passed, "failures": self.failures}
+        return {
+            "tower": self.tower,
+            "precision": self.precision,
+            "backend": self.backend,
+            "ran_on": self.ran_on,
+            **self.parity.to_dict(),
+            "gate": vars(self.gate),
+            "passed": self.passed,
+            "failures": self.failures,
+        }
 
 
 @dataclass(frozen=True)
@@ -80,8 +88,11 @@ class ParityReport:
 
     @property
     def passed(self) -> bool:
-        return (all(r.passed for r in self.results) and all(a.passed for a in self.accuracy)
-                and (self.retrieval is None or self.retrieval.passed))
+        return (
+            all(r.passed for r in self.results)
+            and all(a.passed for a in self.accuracy)
+            and (self.retrieval is None or self.retrieval.passed)
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -108,24 +119,37 @@ class ParityReport:
         for r in self.results:
             p = r.parity
             verdict = "pass" if r.passed else "FAIL: " + "; ".join(r.failures)
-            lines.append(f"{r.tower:<7} {r.precision:<9} {r.backend:<12} {p.count:>4} {p.min_cosine:>10.8f} "
-                         f"{p.mean_cosine:>10.8f} {p.max_abs_diff:>9.2e}  {verdict}")
+            lines.append(
+                f"{r.tower:<7} {r.precision:<9} {r.backend:<12} {p.count:>4} {p.min_cosine:>10.8f} "
+                f"{p.mean_cosine:>10.8f} {p.max_abs_diff:>9.2e}  {verdict}"
+            )
         for ran_on in dict.fromkeys(r.ran_on for r in self.results if r.ran_on):
             lines.append(f"ran on: {ran_on}")
         for z in self.zero_shot:
-            lines.append(f"zero-shot top-1 agreement with PyTorch ({z.precision}, {z.backend}): "
-                         f"{100 * z.agreement:.1f}% ({z.images} images x {z.texts} texts)")
+            lines.append(
+                f"zero-shot top-1 agreement with PyTorch ({z.precision}, {z.backend}): "
+                f"{100 * z.agreement:.1f}% ({z.images} images x {z.texts} texts)"
+            )
         if self.accuracy:
             a = self.accuracy_inputs
-            lines.append(f"zero-shot accuracy on {a.get('folder')} ({a.get('images')} images, {a.get('classes')} classes, "
-                         f"{a.get('templates')} templates per class):")
+            lines.append(
+                f"zero-shot accuracy on {a.get('folder')} ({a.get('images')} images, {a.get('classes')} classes, "
+                f"{a.get('templates')} templates per class):"
+            )
             for r in self.accuracy:
                 worst = min(r.per_class_agreement.items(), key=lambda kv: kv[1]) if r.per_class_agreement else None
-                extra = "" if r.backend == "pytorch" else (
-                    f"  drop {r.drop_points:+.2f} pt, agrees with PyTorch on {100 * r.agreement:.1f}%"
-                    + (f" (lowest class: {worst[0]} {100 * worst[1]:.0f}%)" if worst else ""))
+                extra = (
+                    ""
+                    if r.backend == "pytorch"
+                    else (
+                        f"  drop {r.drop_points:+.2f} pt, agrees with PyTorch on {100 * r.agreement:.1f}%"
+                        + (f" (lowest class: {worst[0]} {100 * worst[1]:.0f}%)" if worst else "")
+                    )
+                )
                 gate = r.verdict
-                lines.append(f"  {r.precision:<5} {r.backend:<12} top-1 {100 * r.top1:6.2f}%  top-5 {100 * r.top5:6.2f}%{extra}{gate}")
+                lines.append(
+                    f"  {r.precision:<5} {r.backend:<12} top-1 {100 * r.top1:6.2f}%  top-5 {100 * r.top5:6.2f}%{extra}{gate}"
+                )
         if self.retrieval is not None:
             lines.append(self.retrieval.table())
         return "\n".join(lines)

@@ -33,8 +33,9 @@ def overlap_at_k(a: np.ndarray, b: np.ndarray, k: int = OVERLAP_K) -> float:
     return recall_against_exact(a, b, k)
 
 
-def recall_at_k(found: np.ndarray, relevant: Sequence[set[int] | frozenset[int]], ks: Sequence[int] = RECALL_KS
-                ) -> dict[str, float]:
+def recall_at_k(
+    found: np.ndarray, relevant: Sequence[set[int] | frozenset[int]], ks: Sequence[int] = RECALL_KS
+) -> dict[str, float]:
     """For each k: the fraction of queries with at least one relevant row among their first k hits
     (the R@k of caption -> image retrieval and of metric-learning benchmarks)."""
     found = np.asarray(found)
@@ -76,25 +77,39 @@ class RetrievalReport:
         return all(c.passed for c in self.cells)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"inputs": self.inputs, "index_types": self.index_types, "reference": self.reference,
-                "recall_definition": "r@k: fraction of queries with a relevant image among the first k hits; "
-                                     "overlap@10: |top-10 ∩ exact fp32-index/fp32-query top-10| / 10",
-                "passed": self.passed, "cells": [c.to_dict() for c in self.cells]}
+        return {
+            "inputs": self.inputs,
+            "index_types": self.index_types,
+            "reference": self.reference,
+            "recall_definition": "r@k: fraction of queries with a relevant image among the first k hits; "
+            "overlap@10: |top-10 ∩ exact fp32-index/fp32-query top-10| / 10",
+            "passed": self.passed,
+            "cells": [c.to_dict() for c in self.cells],
+        }
 
     def table(self) -> str:
         i = self.inputs
-        lines = [f"retrieval on {i.get('folder')} ({i.get('images')} images, {i.get('captions')} captions, "
-                 f"{i.get('classes')} classes); drop and overlap against {self.reference}:"]
+        lines = [
+            f"retrieval on {i.get('folder')} ({i.get('images')} images, {i.get('captions')} captions, "
+            f"{i.get('classes')} classes); drop and overlap against {self.reference}:"
+        ]
         if not i.get("captions") and not i.get("image_queries"):
-            lines.append("  nothing to measure: no captions, and no class folder holds two images (an image query needs "
-                         "another image of its class); add captions.tsv or more images per class")
+            lines.append(
+                "  nothing to measure: no captions, and no class folder holds two images (an image query needs "
+                "another image of its class); add captions.tsv or more images per class"
+            )
         for kind, plan in self.index_types.items():
             recall = ", ".join(f"{q} {v:.3f}" for q, v in (plan.get("recall") or {}).items())
-            extra = f", nprobe {plan['nprobe']} (recall@10 vs exact: {recall}; tuned on the index's own rows)" \
-                if plan.get("nprobe") else ""
+            extra = (
+                f", nprobe {plan['nprobe']} (recall@10 vs exact: {recall}; tuned on the index's own rows)"
+                if plan.get("nprobe")
+                else ""
+            )
             lines.append(f"  {kind}: {plan['factory']}{extra}")
-        header = (f"  {'index':<11} {'built with':<18} {'queried with':<18} {'t->i R@1':>8} {'R@5':>6} {'R@10':>6}  "
-                  f"{'i->i R@1':>8} {'R@5':>6} {'R@10':>6}  {'ovl@10 t/i':>12}  {'drop':>7}")
+        header = (
+            f"  {'index':<11} {'built with':<18} {'queried with':<18} {'t->i R@1':>8} {'R@5':>6} {'R@10':>6}  "
+            f"{'i->i R@1':>8} {'R@5':>6} {'R@10':>6}  {'ovl@10 t/i':>12}  {'drop':>7}"
+        )
         lines += [header, "  " + "-" * (len(header) - 2)]
 
         def pct(d: dict[str, float], k: str) -> str:
@@ -102,12 +117,24 @@ class RetrievalReport:
 
         for c in self.cells:
             t, m = c.text_to_image, c.image_to_image
-            overlap = "/".join(f"{100 * c.overlap_at_10[k]:.0f}" if k in c.overlap_at_10 else "-" for k in ("text", "image"))
+            overlap = "/".join(
+                f"{100 * c.overlap_at_10[k]:.0f}" if k in c.overlap_at_10 else "-" for k in ("text", "image")
+            )
             gate = c.verdict
-            lines.append(f"  {c.index_type:<11} {c.index_variant:<18} {c.query_variant:<18} {pct(t, 'r@1'):>8} "
-                         f"{pct(t, 'r@5'):>6} {pct(t, 'r@10'):>6}  {pct(m, 'r@1'):>8} {pct(m, 'r@5'):>6} "
-                         f"{pct(m, 'r@10'):>6}  {overlap:>12}  {c.drop_points:>+6.2f}{gate}")
+            lines.append(
+                f"  {c.index_type:<11} {c.index_variant:<18} {c.query_variant:<18} {pct(t, 'r@1'):>8} "
+                f"{pct(t, 'r@5'):>6} {pct(t, 'r@10'):>6}  {pct(m, 'r@1'):>8} {pct(m, 'r@5'):>6} "
+                f"{pct(m, 'r@10'):>6}  {overlap:>12}  {c.drop_points:>+6.2f}{gate}"
+            )
         return "\n".join(lines)
 
 
-__all__ = ["OVERLAP_K", "RECALL_KS", "RetrievalCell", "RetrievalReport", "overlap_at_k", "recall_against_exact", "recall_at_k"]
+__all__ = [
+    "OVERLAP_K",
+    "RECALL_KS",
+    "RetrievalCell",
+    "RetrievalReport",
+    "overlap_at_k",
+    "recall_against_exact",
+    "recall_at_k",
+]

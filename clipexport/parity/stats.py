@@ -9,6 +9,7 @@ import numpy as np
 
 from clipexport.vectors import l2_normalize
 
+
 @dataclass(frozen=True)
 class EmbeddingParity:
     count: int
@@ -33,8 +34,9 @@ def embedding_parity(reference: np.ndarray, candidate: np.ndarray) -> EmbeddingP
     )
 
 
-def zero_shot_agreement(ref_images: np.ndarray, ref_texts: np.ndarray,
-                        cand_images: np.ndarray, cand_texts: np.ndarray) -> float:
+def zero_shot_agreement(
+    ref_images: np.ndarray, ref_texts: np.ndarray, cand_images: np.ndarray, cand_texts: np.ndarray
+) -> float:
     """Fraction of images whose best-matching text is the same under both models."""
     ref = np.argmax(l2_normalize(ref_images, np.float64) @ l2_normalize(ref_texts, np.float64).T, axis=1)
     cand = np.argmax(l2_normalize(cand_images, np.float64) @ l2_normalize(cand_texts, np.float64).T, axis=1)
@@ -61,5 +63,8 @@ def zero_shot_accuracy(image_embeddings: np.ndarray, classes: np.ndarray, labels
     k = min(5, classes.shape[0])
     top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     labels = np.asarray(labels)
-    return ZeroShotAccuracy(top1=float((top[:, 0] == labels).mean()), top5=float((top == labels[:, None]).any(1).mean()),
-                            predictions=tuple(int(p) for p in top[:, 0]))
+    return ZeroShotAccuracy(
+        top1=float((top[:, 0] == labels).mean()),
+        top5=float((top == labels[:, None]).any(1).mean()),
+        predictions=tuple(int(p) for p in top[:, 0]),
+    )

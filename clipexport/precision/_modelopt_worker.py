@@ -21,7 +21,8 @@ def main(job_path: str) -> None:
 
     with quiet_libraries():
         quantize(
-            job["fp32"], quantize_mode=job.get("mode", "int8"),
+            job["fp32"],
+            quantize_mode=job.get("mode", "int8"),
             calibration_data={job["input_name"]: np.load(job["data"])},
             calibration_method=job["method"],
             calibration_shapes=job["shapes"],
@@ -29,7 +30,8 @@ def main(job_path: str) -> None:
             nodes_to_exclude=job["exclude"],
             op_types_to_exclude=job.get("exclude_ops") or None,
             high_precision_dtype="fp16",  # what TensorRT runs the unquantized layers in
-            output_path=job["out"], log_level="ERROR",
+            output_path=job["out"],
+            log_level="ERROR",
         )
 
 

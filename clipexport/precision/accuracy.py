@@ -43,8 +43,9 @@ class AccuracyTarget:
         check_accuracy_drop(self.max_drop_points)
 
     @classmethod
-    def from_options(cls, labeled_images: Path | None, templates: Path | None,
-                     max_drop_points: float | None) -> "AccuracyTarget | None":
+    def from_options(
+        cls, labeled_images: Path | None, templates: Path | None, max_drop_points: float | None
+    ) -> "AccuracyTarget | None":
         """`quantize --labeled-images DIR [--templates FILE] [--max-accuracy-drop PTS]` as a target
         (None without a folder; the options that need one refused in one line without it). The
         folder is read here, so an unreadable image stops the run before the slow part."""
@@ -54,8 +55,10 @@ class AccuracyTarget:
             return None
         from clipexport.datasets import load_labelled_folder
 
-        return cls(load_labelled_folder(labeled_images, templates),
-                   DEFAULT_MAX_ACCURACY_DROP if max_drop_points is None else max_drop_points)
+        return cls(
+            load_labelled_folder(labeled_images, templates),
+            DEFAULT_MAX_ACCURACY_DROP if max_drop_points is None else max_drop_points,
+        )
 
 
 @dataclass(frozen=True)
@@ -75,8 +78,12 @@ def labelled_inputs(manifest: Manifest, root: Path, labelled: LabelledSet) -> La
     from clipexport.precision.calibration import preprocess_images, tokenize_texts
 
     texts = [template.format(prompt) for prompt in labelled.prompts for template in labelled.templates]
-    return LabelledInputs(preprocess_images(list(labelled.paths), manifest, "labelled image"),
-                          tokenize_texts(texts, manifest, root), np.asarray(labelled.labels), len(labelled.templates))
+    return LabelledInputs(
+        preprocess_images(list(labelled.paths), manifest, "labelled image"),
+        tokenize_texts(texts, manifest, root),
+        np.asarray(labelled.labels),
+        len(labelled.templates),
+    )
 
 
 # Rebuilds a tower's INT8 graph with these extra nodes (beyond the cosine fallback's) in high precision.
@@ -98,34 +105,54 @@ class AccuracyFallback:
     record: AccuracyRecord  # what the manifest keeps: folder, sizes, top-1 per step, the bound
 
 
-def fallback_for_accuracy(candidates: list[TowerCandidate], fp32: dict[Tower, "onnx.ModelProto | Path"],
-                          manifest: Manifest, data: LabelledInputs, target: AccuracyTarget,
-                          progress: Progress = silent, optimization: str | None = None) -> AccuracyFallback:
+def fallback_for_accuracy(
+    candidates: list[TowerCandidate],
+    fp32: dict[Tower, "onnx.ModelProto | Path"],
+    manifest: Manifest,
+    data: LabelledInputs,
+    target: AccuracyTarget,
+    progress: Progress = silent,
+    optimization: str | None = None,
+) -> AccuracyFallback:
     feeds = {Tower.VISION: data.pixels, Tower.TEXT: data.ids}
     reference = {tower: run_model(fp32[tower], manifest.tower(tower), feeds[tower]) for tower in Tower}
     reference_top1 = data.top1(reference[Tower.VISION], reference[Tower.TEXT])
     by_tower = {c.tower: c for c in candidates}
     # One ranking over both towers: the relative output errors are comparable across them.
-    ranking = sorted(((s.error, c.tower, s.node) for c in candidates for s in c.ranking),
-                     key=lambda item: -item[0])
+    ranking = sorted(((s.error, c.tower, s.node) for c in candidates for s in c.ranking), key=lambda item: -item[0])
     models = {c.tower: c.model for c in candidates}
     steps = []
-    counts = [0] + [2 ** i for i in range(len(ranking).bit_length()) if 2 ** i < len(ranking)] + [len(ranking)]
+    counts = [0] + [2**i for i in range(len(ranking).bit_length()) if 2**i < len(ranking)] + [len(ranking)]
     for count in dict.fromkeys(counts):
         extra = {tower: tuple(node for _, t, node in ranking[:count] if t is tower) for tower in by_tower}
         if count:
             models = {tower: by_tower[tower].restore(extra[tower]) for tower in by_tower}
-        got = {tower: run_model(models[tower], manifest.tower(tower), feeds[tower], optimization) if tower in models
-               else reference[tower] for tower in Tower}
+        got = {
+            tower: run_model(models[tower], manifest.tower(tower), feeds[tower], optimization)
+            if tower in models
+            else reference[tower]
+            for tower in Tower
+        }
         top1 = data.top1(got[Tower.VISION], got[Tower.TEXT])
         drop = round(100 * (reference_top1 - top1), 6)
         steps.append(AccuracyStep(count, top1, drop))
-        progress(f"labelled accuracy with {count} more node(s) in high precision: top-1 {100 * top1:.2f}% "
-                 f"(FP32 {100 * reference_top1:.2f}%, drop {drop:.2f} pt, bound {target.max_drop_points} pt)")
+        progress(
+            f"labelled accuracy with {count} more node(s) in high precision: top-1 {100 * top1:.2f}% "
+            f"(FP32 {100 * reference_top1:.2f}%, drop {drop:.2f} pt, bound {target.max_drop_points} pt)"
+        )
         if drop <= target.max_drop_points:
-            record = AccuracyRecord(str(target.labelled.root), len(data.labels), len(target.labelled.classes),
-                                    data.templates, target.max_drop_points, reference_top1, tuple(steps))
+            record = AccuracyRecord(
+                str(target.labelled.root),
+                len(data.labels),
+                len(target.labelled.classes),
+                data.templates,
+                target.max_drop_points,
+                reference_top1,
+                tuple(steps),
+            )
             return AccuracyFallback(models, {tower: extra[tower] for tower in by_tower}, record)
-    raise ExportError(f"INT8 loses {steps[-1].drop_points:.2f} top-1 points on {target.labelled.root} even with "
-                      f"every quantized node in high precision (bound {target.max_drop_points}); "
-                      "raise --max-accuracy-drop or use --precision fp16")
+    raise ExportError(
+        f"INT8 loses {steps[-1].drop_points:.2f} top-1 points on {target.labelled.root} even with "
+        f"every quantized node in high precision (bound {target.max_drop_points}); "
+        "raise --max-accuracy-drop or use --precision fp16"
+    )

@@ -44,8 +44,12 @@ class CalibrationData:
     sha256: str  # over the samples actually used, in order: recorded in the manifest
 
     def describe(self) -> SampleSet:
-        return SampleSet(source=self.source, samples=int(len(self.calibration)),
-                         validation_samples=int(len(self.validation)), sha256=self.sha256)
+        return SampleSet(
+            source=self.source,
+            samples=int(len(self.calibration)),
+            validation_samples=int(len(self.validation)),
+            sha256=self.sha256,
+        )
 
 
 def load_calibration(manifest: Manifest, tower: Tower, source: CalibrationSource, root: Path) -> CalibrationData:
@@ -64,15 +68,25 @@ def load_calibration(manifest: Manifest, tower: Tower, source: CalibrationSource
         file = source.texts or default_calibration_dir() / "captions.txt"
         texts = load_text_file(file)
         if len(texts) < wanted:
-            raise InputError(f"{file} has {len(texts)} captions but calibration needs {wanted} "
-                             f"({source.size} + {source.validation_size} for validation); add captions or lower --calibration-size")
+            raise InputError(
+                f"{file} has {len(texts)} captions but calibration needs {wanted} "
+                f"({source.size} + {source.validation_size} for validation); add captions or lower --calibration-size"
+            )
         every = tokenize_texts(texts, manifest, root)
-        picked = _length_stratified(np.sum(every != manifest.tokenizer.pad_id, axis=1), source.validation_size, source.size)
+        picked = _length_stratified(
+            np.sum(every != manifest.tokenizer.pad_id, axis=1), source.validation_size, source.size
+        )
         arrays = every[picked]
         digest = _digest([texts[i].encode("utf-8") for i in picked])
         where = str(file)
-    return CalibrationData(tower=tower, input_name=input_name, calibration=arrays[source.validation_size:],
-                           validation=arrays[:source.validation_size], source=where, sha256=digest)
+    return CalibrationData(
+        tower=tower,
+        input_name=input_name,
+        calibration=arrays[source.validation_size :],
+        validation=arrays[: source.validation_size],
+        source=where,
+        sha256=digest,
+    )
 
 
 def _split_order(count: int) -> np.ndarray:
@@ -99,8 +113,10 @@ def _evenly(count: int, picks: int) -> np.ndarray:
 def _image_paths(root: Path, wanted: int) -> list[Path]:
     paths = image_files(root, "--calibration-images", "calibration image folder")
     if len(paths) < wanted:
-        raise InputError(f"calibration image folder {root} has {len(paths)} images but calibration needs {wanted} "
-                         "(--calibration-size plus the validation split); add images or lower --calibration-size")
+        raise InputError(
+            f"calibration image folder {root} has {len(paths)} images but calibration needs {wanted} "
+            "(--calibration-size plus the validation split); add images or lower --calibration-size"
+        )
     return paths
 
 
@@ -112,9 +128,11 @@ def preprocess_images(paths: list[Path], manifest: Manifest, what: str = "calibr
     batch, skipped = preprocessor.process(paths, on_error="skip")
     if skipped:
         first = skipped[0]
-        raise InputError(f"cannot read {what} {first.name} ({first.reason})"
-                         + (f" and {len(skipped) - 1} more" if len(skipped) > 1 else "")
-                         + "; remove or replace the unreadable files")
+        raise InputError(
+            f"cannot read {what} {first.name} ({first.reason})"
+            + (f" and {len(skipped) - 1} more" if len(skipped) > 1 else "")
+            + "; remove or replace the unreadable files"
+        )
     return batch
 
 
@@ -124,9 +142,11 @@ def tokenize_texts(texts: list[str], manifest: Manifest, root: Path) -> np.ndarr
 
     tokenizer = load_tokenizer(root, manifest.tokenizer)
     if tokenizer is None:
-        raise InputError(f"this artifact has no runtime tokenizer ({manifest.tokenizer.kind}), so captions cannot be "
-                         "turned into ids; re-export the model with its tokenizer files, or quantize "
-                         "--towers vision")
+        raise InputError(
+            f"this artifact has no runtime tokenizer ({manifest.tokenizer.kind}), so captions cannot be "
+            "turned into ids; re-export the model with its tokenizer files, or quantize "
+            "--towers vision"
+        )
     return tokenizer(texts)
 
 

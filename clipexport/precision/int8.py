@@ -51,19 +51,34 @@ def sensitive_defaults(model: "onnx.ModelProto", tower: Tower) -> list[str]:
     return keep
 
 
-def quantize_qdq(fp32_path: Path, data: CalibrationData, precision: Precision, target: Target,
-                 method: CalibrationMethod, exclude: list[str]) -> "onnx.ModelProto":
+def quantize_qdq(
+    fp32_path: Path,
+    data: CalibrationData,
+    precision: Precision,
+    target: Target,
+    method: CalibrationMethod,
+    exclude: list[str],
+) -> "onnx.ModelProto":
     """A calibrated Q/DQ graph of `precision` (INT8, FP8) with `target`'s placement."""
     onnx = require("onnx", "Q/DQ quantization")
     name = precision.value.upper()
     if target is Target.TENSORRT and method is CalibrationMethod.PERCENTILE:
-        raise InputError("percentile calibration is available with --target cpu; ModelOpt's TensorRT placement "
-                         "calibrates with --method entropy or max")
+        raise InputError(
+            "percentile calibration is available with --target cpu; ModelOpt's TensorRT placement "
+            "calibrates with --method entropy or max"
+        )
     with tempfile.TemporaryDirectory(prefix="clipexport-int8-") as tmp:
         out = Path(tmp) / "quantized.onnx"
         if target is Target.TENSORRT:
-            _modelopt(fp32_path, out, data, method, exclude, precision.facts.modelopt_mode or "int8",
-                      precision.facts.high_precision_ops)
+            _modelopt(
+                fp32_path,
+                out,
+                data,
+                method,
+                exclude,
+                precision.facts.modelopt_mode or "int8",
+                precision.facts.high_precision_ops,
+            )
         else:
             quantization = require("onnxruntime.quantization", "INT8 quantization for the CPU")
             with quiet_libraries():
@@ -73,8 +88,15 @@ def quantize_qdq(fp32_path: Path, data: CalibrationData, precision: Precision, t
         return onnx.load(str(out))
 
 
-def _modelopt(fp32_path: Path, out: Path, data: CalibrationData, method: CalibrationMethod, exclude: list[str],
-              mode: str, exclude_ops: tuple[str, ...] = ()) -> None:
+def _modelopt(
+    fp32_path: Path,
+    out: Path,
+    data: CalibrationData,
+    method: CalibrationMethod,
+    exclude: list[str],
+    mode: str,
+    exclude_ops: tuple[str, ...] = (),
+) -> None:
     import json
     import subprocess
     import sys
@@ -82,26 +104,41 @@ def _modelopt(fp32_path: Path, out: Path, data: CalibrationData, method: Calibra
     require("modelopt.onnx.quantization", f"{mode.upper()} quantization for TensorRT")
     sample_shape = "x".join(str(d) for d in (CALIBRATION_BATCH_SIZE, *data.calibration.shape[1:]))
     np.save(out.parent / "calibration.npy", data.calibration)
-    job = {"fp32": str(fp32_path), "out": str(out), "input_name": data.input_name,
-           "data": str(out.parent / "calibration.npy"), "method": method.value,
-           "shapes": f"{data.input_name}:{sample_shape}", "eps": _calibration_eps(),
-           "exclude": [exact_name(name) for name in exclude], "mode": mode,
-           "exclude_ops": list(exclude_ops)}
+    job = {
+        "fp32": str(fp32_path),
+        "out": str(out),
+        "input_name": data.input_name,
+        "data": str(out.parent / "calibration.npy"),
+        "method": method.value,
+        "shapes": f"{data.input_name}:{sample_shape}",
+        "eps": _calibration_eps(),
+        "exclude": [exact_name(name) for name in exclude],
+        "mode": mode,
+        "exclude_ops": list(exclude_ops),
+    }
     (out.parent / "job.json").write_text(json.dumps(job), encoding="utf-8")
-    done = subprocess.run([sys.executable, "-m", "clipexport.precision._modelopt_worker", str(out.parent / "job.json")],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "clipexport.precision._modelopt_worker", str(out.parent / "job.json")],
+        capture_output=True,
+        text=True,
+    )
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
         raise ExportError(f"ModelOpt {mode.upper()} quantization of the {data.tower.value} tower failed: {last[:400]}")
 
 
-def _onnxruntime(quantization: Any, fp32_path: Path, out: Path, data: CalibrationData, method: CalibrationMethod,
-                 exclude: list[str]) -> None:
-    ort_method = {CalibrationMethod.MAX: quantization.CalibrationMethod.MinMax,
-                  CalibrationMethod.ENTROPY: quantization.CalibrationMethod.Entropy,
-                  CalibrationMethod.PERCENTILE: quantization.CalibrationMethod.Percentile}[method]
+def _onnxruntime(
+    quantization: Any, fp32_path: Path, out: Path, data: CalibrationData, method: CalibrationMethod, exclude: list[str]
+) -> None:
+    ort_method = {
+        CalibrationMethod.MAX: quantization.CalibrationMethod.MinMax,
+        CalibrationMethod.ENTROPY: quantization.CalibrationMethod.Entropy,
+        CalibrationMethod.PERCENTILE: quantization.CalibrationMethod.Percentile,
+    }[method]
     quantization.quantize_static(
-        str(fp32_path), str(out), _Reader(data),
+        str(fp32_path),
+        str(out),
+        _Reader(data),
         quant_format=quantization.QuantFormat.QDQ,
         op_types_to_quantize=list(CPU_OP_TYPES),
         nodes_to_exclude=list(exclude),
@@ -109,8 +146,7 @@ def _onnxruntime(quantization: Any, fp32_path: Path, out: Path, data: Calibratio
         activation_type=quantization.QuantType.QInt8,
         weight_type=quantization.QuantType.QInt8,
         calibrate_method=ort_method,
-        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
-                       "CalibPercentile": PERCENTILE},
+        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "CalibPercentile": PERCENTILE},
     )
 
 
@@ -137,4 +173,4 @@ class _Reader:
     def _iterate(self) -> Iterator[dict[str, np.ndarray]]:
         array = self.data.calibration
         for start in range(0, len(array), CALIBRATION_BATCH_SIZE):
-            yield {self.data.input_name: array[start:start + CALIBRATION_BATCH_SIZE]}
+            yield {self.data.input_name: array[start : start + CALIBRATION_BATCH_SIZE]}

@@ -16,15 +16,27 @@ from clipexport._deps import installed_versions, require
 from clipexport.errors import InputError
 from clipexport.export.onnx_export import EXTERNAL_DATA_THRESHOLD_BYTES
 from clipexport.artifact.layout import SENSITIVITY_REPORT, graph_file
-from clipexport.artifact.manifest import (GraphDetails, GraphFile, Manifest, Tower, TowerArtifact, check_graph_files,
-                                          read_manifest)
+from clipexport.artifact.manifest import (
+    GraphDetails,
+    GraphFile,
+    Manifest,
+    Tower,
+    TowerArtifact,
+    check_graph_files,
+    read_manifest,
+)
 from clipexport.artifact.precision import QUANTIZED, CalibrationMethod, MadeBy, Maker, Precision, Target
 from clipexport.artifact.lock import update_manifest
 from clipexport.files import make_public, staging_folder, write_json_atomic
 from clipexport.precision import autocast
 from clipexport.precision import qdq
-from clipexport.precision.accuracy import (AccuracyTarget, LabelledInputs, TowerCandidate, fallback_for_accuracy,
-                                          labelled_inputs)
+from clipexport.precision.accuracy import (
+    AccuracyTarget,
+    LabelledInputs,
+    TowerCandidate,
+    fallback_for_accuracy,
+    labelled_inputs,
+)
 from clipexport.precision.calibration import CalibrationData, CalibrationSource, load_calibration
 from clipexport.precision.int8 import DEFAULT_METHOD, quantize_qdq, sensitive_defaults
 from clipexport.precision.sensitivity import LayerSensitivity, fallback_until, layer_sensitivity, run_model
@@ -91,18 +103,29 @@ def quantize_artifact(options: QuantizeOptions, progress: Progress = silent) -> 
         raise InputError("--towers is empty; pass vision, text or vision,text")
     facts = precision.facts
     if options.fp16_io and not facts.autocast:
-        raise InputError(f"--io-dtype float16 applies to autocast precisions ({_names(lambda f: f.autocast)}); "
-                         f"{precision.value} graphs keep float32 I/O")
+        raise InputError(
+            f"--io-dtype float16 applies to autocast precisions ({_names(lambda f: f.autocast)}); "
+            f"{precision.value} graphs keep float32 I/O"
+        )
     if options.accuracy is not None and not facts.calibrated:
-        raise InputError(f"--labeled-images (the accuracy-targeted fallback) applies to {_names(lambda f: f.calibrated)}")
+        raise InputError(
+            f"--labeled-images (the accuracy-targeted fallback) applies to {_names(lambda f: f.calibrated)}"
+        )
     if options.target is not None and options.target not in facts.targets:
-        raise InputError(f"--target {options.target.value} does not apply to {precision.value} (its targets: "
-                         f"{', '.join(t.value for t in facts.targets) or 'none'})")
+        raise InputError(
+            f"--target {options.target.value} does not apply to {precision.value} (its targets: "
+            f"{', '.join(t.value for t in facts.targets) or 'none'})"
+        )
     method = _method(precision, options)
     # Read first: an unreadable labelled image must stop the run before the slow part.
     labelled = labelled_inputs(manifest, root, options.accuracy.labelled) if options.accuracy is not None else None
-    with staging_folder(root, STAGING_PREFIX, "quantize", "quantize adds graphs to the artifact folder, so it must be writable",
-                        progress) as staging:
+    with staging_folder(
+        root,
+        STAGING_PREFIX,
+        "quantize",
+        "quantize adds graphs to the artifact folder, so it must be writable",
+        progress,
+    ) as staging:
         outcomes: list[TowerOutcome] = []
         converted: dict[Tower, Converted] = {}
         jobs: dict[Tower, _Job] = {}
@@ -131,34 +154,56 @@ def quantize_artifact(options: QuantizeOptions, progress: Progress = silent) -> 
         # have added its own variant meanwhile) and add ours to it.
         manifest = update_manifest(root, add_graphs, publish=lambda: _publish(staging, root))
         if options.sensitivity:
-            write_json_atomic(root / SENSITIVITY_REPORT, {o.tower.value: [s.to_dict() for s in o.sensitivity] for o in outcomes})
+            write_json_atomic(
+                root / SENSITIVITY_REPORT, {o.tower.value: [s.to_dict() for s in o.sensitivity] for o in outcomes}
+            )
     return manifest, outcomes
 
 
-def _accuracy_fallback(converted: dict[Tower, "Converted"], jobs: dict[Tower, "_Job"], manifest: Manifest,
-                       root: Path, data: LabelledInputs, options: QuantizeOptions,
-                       progress: Progress) -> dict[Tower, "Converted"]:
+def _accuracy_fallback(
+    converted: dict[Tower, "Converted"],
+    jobs: dict[Tower, "_Job"],
+    manifest: Manifest,
+    root: Path,
+    data: LabelledInputs,
+    options: QuantizeOptions,
+    progress: Progress,
+) -> dict[Tower, "Converted"]:
     """Restore more nodes, in either tower, until INT8's top-1 on the labelled folder is within the bound."""
     assert options.accuracy is not None
-    progress(f"labelled accuracy: {len(options.accuracy.labelled.paths)} images, "
-             f"{len(options.accuracy.labelled.classes)} classes, bound {options.accuracy.max_drop_points} pt")
+    progress(
+        f"labelled accuracy: {len(options.accuracy.labelled.paths)} images, "
+        f"{len(options.accuracy.labelled.classes)} classes, bound {options.accuracy.max_drop_points} pt"
+    )
     # The artifact's own FP32 graphs, read in place (checked against their sha256): the working
     # copies may have been rewritten by ModelOpt, and onnxruntime only reads.
     fp32 = {tower: check_graph_files(root, manifest.tower(tower).graph(Precision.FP32)) for tower in Tower}
-    result = fallback_for_accuracy([c.candidate for c in converted.values() if c.candidate is not None], fp32,
-                                   manifest, data, options.accuracy, progress, options.ort_optimization)
+    result = fallback_for_accuracy(
+        [c.candidate for c in converted.values() if c.candidate is not None],
+        fp32,
+        manifest,
+        data,
+        options.accuracy,
+        progress,
+        options.ort_optimization,
+    )
     out = {}
     for tower, before in converted.items():
         model, extra = result.models[tower], result.restored[tower]
         details, parity = before.details, before.parity
         if extra:  # re-measured on the validation split: the cosine record must describe this graph
             job = jobs[tower]
-            parity = embedding_parity(job.expected, run_model(model, job.artifact, job.calibration.validation,
-                                                              options.ort_optimization))
+            parity = embedding_parity(
+                job.expected, run_model(model, job.artifact, job.calibration.validation, options.ort_optimization)
+            )
         nodes = dict(details.high_precision_nodes)
         nodes["accuracy_fallback"] = extra
-        details = replace(details, high_precision_nodes=nodes, quantized_nodes=len(qdq.quantized_nodes(model)),
-                          accuracy_fallback=result.record)
+        details = replace(
+            details,
+            high_precision_nodes=nodes,
+            quantized_nodes=len(qdq.quantized_nodes(model)),
+            accuracy_fallback=result.record,
+        )
         out[tower] = replace(before, model=model, details=details, parity=parity)
     return out
 
@@ -198,10 +243,16 @@ class _Job:
 def _autocast(job: _Job) -> Converted:
     kind = job.options.precision.facts.autocast_type
     job.progress(f"{job.tower.value}: converting to mixed {kind.upper()} (ModelOpt autocast)")
-    fp32_path, artifact, calibration, fp16_io, expected = (job.fp32_path, job.artifact, job.calibration,
-                                                           job.options.fp16_io, job.expected)
-    model, tail = autocast.convert_autocast(fp32_path, calibration.input_name, calibration.calibration, kind,
-                                            keep_io_types=not fp16_io)
+    fp32_path, artifact, calibration, fp16_io, expected = (
+        job.fp32_path,
+        job.artifact,
+        job.calibration,
+        job.options.fp16_io,
+        job.expected,
+    )
+    model, tail = autocast.convert_autocast(
+        fp32_path, calibration.input_name, calibration.calibration, kind, keep_io_types=not fp16_io
+    )
     details = GraphDetails(
         method=f"modelopt.onnx.autocast.convert_to_mixed_precision ({kind})",
         made_by=MadeBy.QUANTIZE,
@@ -219,14 +270,24 @@ def _autocast(job: _Job) -> Converted:
 def _calibrated_qdq(job: _Job) -> Converted:
     """INT8 or FP8 Q/DQ from calibration data, then the sensitivity fallback."""
     onnx, fp32_path, artifact, tower, calibration, options, method, expected, progress = (
-        job.onnx, job.fp32_path, job.artifact, job.tower, job.calibration, job.options, job.method, job.expected,
-        job.progress)
+        job.onnx,
+        job.fp32_path,
+        job.artifact,
+        job.tower,
+        job.calibration,
+        job.options,
+        job.method,
+        job.expected,
+        job.progress,
+    )
     precision = options.precision
     placement = options.placement
     assert placement is not None
     name = precision.value.upper()
-    progress(f"{tower.value}: calibrating {name} for {placement.value} ({method.value}, "
-             f"{len(calibration.calibration)} samples)")
+    progress(
+        f"{tower.value}: calibrating {name} for {placement.value} ({method.value}, "
+        f"{len(calibration.calibration)} samples)"
+    )
     original = onnx.load(str(fp32_path))
     defaults = sensitive_defaults(original, tower)
     quantized = quantize_qdq(fp32_path, calibration, precision, placement, method, defaults)
@@ -235,8 +296,10 @@ def _calibrated_qdq(job: _Job) -> Converted:
     target = FALLBACK_TARGETS[precision]
     failing = bool(target.failures(parity.min_cosine, parity.mean_cosine, parity.max_abs_diff))
     if failing:  # otherwise this is the final result, which the caller reports
-        progress(f"{tower.value}: {name} with {len(qdq.quantized_nodes(quantized))} quantized nodes: "
-                 f"min cos {parity.min_cosine:.5f}, mean {parity.mean_cosine:.5f} (below the fallback target)")
+        progress(
+            f"{tower.value}: {name} with {len(qdq.quantized_nodes(quantized))} quantized nodes: "
+            f"min cos {parity.min_cosine:.5f}, mean {parity.mean_cosine:.5f} (below the fallback target)"
+        )
     sensitivity: list[LayerSensitivity] = []
     if options.sensitivity or options.accuracy is not None or (failing and options.fallback):
         sensitivity = layer_sensitivity(quantized, original, calibration.validation, calibration.input_name, progress)
@@ -244,15 +307,26 @@ def _calibrated_qdq(job: _Job) -> Converted:
     steps: tuple = ((0, parity.min_cosine, parity.mean_cosine),)
     model = quantized
     if failing and options.fallback:
-        result = fallback_until(quantized, original, artifact, calibration.validation, expected,
-                                [s.node for s in sensitivity], target, progress, optimization)
+        result = fallback_until(
+            quantized,
+            original,
+            artifact,
+            calibration.validation,
+            expected,
+            [s.node for s in sensitivity],
+            target,
+            progress,
+            optimization,
+        )
         model, restored, steps, parity = result.model, result.restored, steps + result.steps, result.parity
     kept_ops = precision.facts.high_precision_ops
     unquantized = f"; {', '.join(kept_ops)} unquantized" if kept_ops else ""
     details = GraphDetails(
-        method=(f"modelopt.onnx.quantization {precision.facts.modelopt_mode} (TensorRT Q/DQ placement{unquantized})"
-                if placement is Target.TENSORRT
-                else "onnxruntime.quantization quantize_static QDQ (MatMul/Gemm, per-channel S8S8)"),
+        method=(
+            f"modelopt.onnx.quantization {precision.facts.modelopt_mode} (TensorRT Q/DQ placement{unquantized})"
+            if placement is Target.TENSORRT
+            else "onnxruntime.quantization quantize_static QDQ (MatMul/Gemm, per-channel S8S8)"
+        ),
         made_by=MadeBy.QUANTIZE,
         target=placement,
         calibration_method=method,
@@ -265,8 +339,9 @@ def _calibrated_qdq(job: _Job) -> Converted:
         versions=installed_versions(TOOL_DISTRIBUTIONS),
     )
     remaining = tuple(s for s in sensitivity if s.node not in restored)  # layer_sensitivity ranks worst first
-    candidate = TowerCandidate(tower, model, lambda extra: qdq.restore_high_precision(quantized, original, restored + extra),
-                               remaining)
+    candidate = TowerCandidate(
+        tower, model, lambda extra: qdq.restore_high_precision(quantized, original, restored + extra), remaining
+    )
     return Converted(model, details, sensitivity, parity, candidate)
 
 
@@ -285,8 +360,10 @@ def _method(precision: Precision, options: QuantizeOptions) -> CalibrationMethod
     placement = options.placement
     if options.method is not None:
         if allowed and options.method not in allowed:
-            raise InputError(f"--method {options.method.value} does not apply to {precision.value} "
-                             f"(it calibrates with {', '.join(m.value for m in allowed)})")
+            raise InputError(
+                f"--method {options.method.value} does not apply to {precision.value} "
+                f"(it calibrates with {', '.join(m.value for m in allowed)})"
+            )
         return options.method
     default = DEFAULT_METHOD[placement] if placement is not None else CalibrationMethod.MAX
     return default if not allowed or default in allowed else allowed[0]

@@ -34,8 +34,9 @@ def quantized_nodes(model: onnx.ModelProto) -> list[str]:
     return out
 
 
-def restore_high_precision(quantized: onnx.ModelProto, original: onnx.ModelProto,
-                           names: Iterable[str]) -> onnx.ModelProto:
+def restore_high_precision(
+    quantized: onnx.ModelProto, original: onnx.ModelProto, names: Iterable[str]
+) -> onnx.ModelProto:
     """A copy of `quantized` in which the nodes `names` read high-precision inputs again."""
     onnx = require("onnx", "editing quantized graphs")
     from onnx import numpy_helper

@@ -48,22 +48,32 @@ class FallbackResult:
     steps: tuple[tuple[int, float, float], ...]  # (nodes restored, min cosine, mean cosine) per try
 
 
-def run_model(model: "onnx.ModelProto | Path", tower: TowerArtifact, data: np.ndarray,
-              optimization: str | None = None) -> np.ndarray:
+def run_model(
+    model: "onnx.ModelProto | Path", tower: TowerArtifact, data: np.ndarray, optimization: str | None = None
+) -> np.ndarray:
     """Embeddings of `data` from a graph file or an in-memory graph, on ONNX Runtime's CPU provider
     (`optimization`: the graph optimisation cap, see onnxruntime.graph_optimization)."""
     from clipexport.runtime.backends.onnxruntime import OnnxRuntimeBackend
 
     graph = model if isinstance(model, Path) else model.SerializeToString()
-    with OnnxRuntimeBackend(graph, tower, providers=["CPUExecutionProvider"], optimization=optimization) as backend:  # checks outputs are finite
-        return np.concatenate([backend.run(data[i:i + EVAL_BATCH_SIZE]) for i in range(0, len(data), EVAL_BATCH_SIZE)])
+    with OnnxRuntimeBackend(
+        graph, tower, providers=["CPUExecutionProvider"], optimization=optimization
+    ) as backend:  # checks outputs are finite
+        return np.concatenate(
+            [backend.run(data[i : i + EVAL_BATCH_SIZE]) for i in range(0, len(data), EVAL_BATCH_SIZE)]
+        )
 
 
 FeedPlan = tuple[list[str], str]  # (input tensors of the node's tiny graph, its output tensor)
 
 
-def layer_sensitivity(quantized: "onnx.ModelProto", original: "onnx.ModelProto", samples: np.ndarray,
-                      input_name: str, progress: Progress = silent) -> list[LayerSensitivity]:
+def layer_sensitivity(
+    quantized: "onnx.ModelProto",
+    original: "onnx.ModelProto",
+    samples: np.ndarray,
+    input_name: str,
+    progress: Progress = silent,
+) -> list[LayerSensitivity]:
     """Every quantized node's local error, worst first, in three phases: plan each node's tiny
     graph, capture the high-precision tensors they need in one model run, run each tiny graph."""
     nodes = qdq.quantized_nodes(quantized)
@@ -100,8 +110,14 @@ def _feed_plans(quantized: "onnx.ModelProto", nodes: list[str]) -> dict[str, Fee
     return plans
 
 
-def _capture(quantized: "onnx.ModelProto", original: "onnx.ModelProto", nodes: list[str], plans: dict[str, FeedPlan],
-             samples: np.ndarray, input_name: str) -> dict[str, list[np.ndarray]]:
+def _capture(
+    quantized: "onnx.ModelProto",
+    original: "onnx.ModelProto",
+    nodes: list[str],
+    plans: dict[str, FeedPlan],
+    samples: np.ndarray,
+    input_name: str,
+) -> dict[str, list[np.ndarray]]:
     """One run of the all-high-precision graph captures every tensor the tiny graphs need, per batch."""
     onnx = require("onnx", "measuring layer sensitivity")
     ort = require("onnxruntime", "measuring layer sensitivity")
@@ -112,15 +128,20 @@ def _capture(quantized: "onnx.ModelProto", original: "onnx.ModelProto", nodes: l
     session = ort.InferenceSession(reference.SerializeToString(), providers=["CPUExecutionProvider"])
     captured: dict[str, list[np.ndarray]] = {t: [] for t in [*wanted, input_name]}
     for start in range(0, len(samples), EVAL_BATCH_SIZE):
-        batch = samples[start:start + EVAL_BATCH_SIZE]
+        batch = samples[start : start + EVAL_BATCH_SIZE]
         captured[input_name].append(batch)
         for tensor, value in zip(wanted, session.run(wanted, {input_name: batch})):
             captured[tensor].append(value)
     return captured
 
 
-def _node_errors(quantized: "onnx.ModelProto", nodes: list[str], plans: dict[str, FeedPlan],
-                 captured: dict[str, list[np.ndarray]], progress: Progress) -> list[LayerSensitivity]:
+def _node_errors(
+    quantized: "onnx.ModelProto",
+    nodes: list[str],
+    plans: dict[str, FeedPlan],
+    captured: dict[str, list[np.ndarray]],
+    progress: Progress,
+) -> list[LayerSensitivity]:
     """||y_int8 - y|| / ||y|| of each node alone, fed the captured high-precision inputs."""
     onnx = require("onnx", "measuring layer sensitivity")
     ort = require("onnxruntime", "measuring layer sensitivity")
@@ -149,20 +170,30 @@ def _node_errors(quantized: "onnx.ModelProto", nodes: list[str], plans: dict[str
     return results
 
 
-def fallback_until(quantized: "onnx.ModelProto", original: "onnx.ModelProto", tower: TowerArtifact,
-                   validation: np.ndarray, expected: np.ndarray, ranking: list[str], target: Gate,
-                   progress: Progress = silent, optimization: str | None = None) -> FallbackResult:
+def fallback_until(
+    quantized: "onnx.ModelProto",
+    original: "onnx.ModelProto",
+    tower: TowerArtifact,
+    validation: np.ndarray,
+    expected: np.ndarray,
+    ranking: list[str],
+    target: Gate,
+    progress: Progress = silent,
+    optimization: str | None = None,
+) -> FallbackResult:
     """Restore the 1, 2, 4, ... most sensitive nodes until `target` holds on the validation split
     (called once the fully quantized graph has missed it)."""
     steps = []
-    counts = [2 ** i for i in range(len(ranking).bit_length()) if 2 ** i < len(ranking)] + [len(ranking)]
+    counts = [2**i for i in range(len(ranking).bit_length()) if 2**i < len(ranking)] + [len(ranking)]
     for count in dict.fromkeys(counts):
         restored = tuple(ranking[:count])
         candidate = qdq.restore_high_precision(quantized, original, restored)
         parity = embedding_parity(expected, run_model(candidate, tower, validation, optimization))
         steps.append((count, parity.min_cosine, parity.mean_cosine))
-        progress(f"validation with {count} node(s) in high precision: min cos {parity.min_cosine:.5f}, "
-                 f"mean {parity.mean_cosine:.5f}")
+        progress(
+            f"validation with {count} node(s) in high precision: min cos {parity.min_cosine:.5f}, "
+            f"mean {parity.mean_cosine:.5f}"
+        )
         if not target.failures(parity.min_cosine, parity.mean_cosine, parity.max_abs_diff):
             return FallbackResult(candidate, restored, parity, tuple(steps))
     raise ExportError(

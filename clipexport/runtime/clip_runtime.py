@@ -34,8 +34,14 @@ class ImageEmbeddings:
 
 
 class ClipRuntime:
-    def __init__(self, artifact_dir: Path, manifest: Manifest, backends: dict[Tower, Runner],
-                 tokenizer: Callable[[Sequence[str]], np.ndarray] | None, preprocessor: ImagePreprocessor):
+    def __init__(
+        self,
+        artifact_dir: Path,
+        manifest: Manifest,
+        backends: dict[Tower, Runner],
+        tokenizer: Callable[[Sequence[str]], np.ndarray] | None,
+        preprocessor: ImagePreprocessor,
+    ):
         self.artifact_dir = artifact_dir
         self.manifest = manifest
         self._backends = backends
@@ -44,11 +50,18 @@ class ClipRuntime:
         self._label_cache: dict[tuple[tuple[str, ...], tuple[str, ...]], np.ndarray] = {}
 
     @classmethod
-    def load(cls, artifact_dir: str | os.PathLike, backend: BackendKind | str = BackendKind.ONNXRUNTIME,
-             precision: Precision | str | Mapping[str, Precision | str] = Precision.FP32,
-             providers: Sequence[str] | None = None, threads: int | None = None,
-             exif_transpose: bool = False, towers: Sequence[Tower | str] | None = None,
-             spin: bool = True, device: str | None = None) -> "ClipRuntime":
+    def load(
+        cls,
+        artifact_dir: str | os.PathLike,
+        backend: BackendKind | str = BackendKind.ONNXRUNTIME,
+        precision: Precision | str | Mapping[str, Precision | str] = Precision.FP32,
+        providers: Sequence[str] | None = None,
+        threads: int | None = None,
+        exif_transpose: bool = False,
+        towers: Sequence[Tower | str] | None = None,
+        spin: bool = True,
+        device: str | None = None,
+    ) -> "ClipRuntime":
         """Open both towers of an artifact folder; the files are checked against the manifest's sha256.
 
         `precision` picks the graph variant ("fp32", "fp16", "int8") for both towers, or per tower:
@@ -70,15 +83,22 @@ class ClipRuntime:
         backends: dict[Tower, Runner] = {}
         try:  # a tower or the tokenizer failing to open closes what did open
             for tower in wanted:
-                backends[tower] = open_backend(root, manifest, tower, chosen[tower], kind,
-                                               BackendOptions(providers=providers, threads=threads, spin=spin,
-                                                              device=device))
+                backends[tower] = open_backend(
+                    root,
+                    manifest,
+                    tower,
+                    chosen[tower],
+                    kind,
+                    BackendOptions(providers=providers, threads=threads, spin=spin, device=device),
+                )
             tokenizer = load_tokenizer(root, manifest.tokenizer) if Tower.TEXT in wanted else None
         except BaseException:
             for runner in backends.values():
                 runner.close()
             raise
-        return cls(root, manifest, backends, tokenizer, ImagePreprocessor(manifest.preprocess, exif_transpose=exif_transpose))
+        return cls(
+            root, manifest, backends, tokenizer, ImagePreprocessor(manifest.preprocess, exif_transpose=exif_transpose)
+        )
 
     def ran_on(self, tower: Tower | str) -> str:
         """What actually runs `tower` (backend and providers/engine)."""
@@ -86,25 +106,36 @@ class ClipRuntime:
 
     def _runner(self, tower: Tower) -> Runner:
         if tower not in self._backends:
-            raise InputError(f"this runtime was loaded without the {tower.value} tower (ClipRuntime.load(..., towers=...))")
+            raise InputError(
+                f"this runtime was loaded without the {tower.value} tower (ClipRuntime.load(..., towers=...))"
+            )
         return self._backends[tower]
 
-    def encode_image(self, images: ImageInput | Sequence[ImageInput], batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
+    def encode_image(
+        self, images: ImageInput | Sequence[ImageInput], batch_size: int = DEFAULT_BATCH_SIZE
+    ) -> np.ndarray:
         if images is None:
             raise InputError("images is None; pass a path, bytes, a PIL image, an array, or a list of them")
         items = [images] if not isinstance(images, (list, tuple)) else list(images)
         _check_batch_size(batch_size)
         vision = self._runner(Tower.VISION)
-        return self._stack([vision.run(self.preprocessor(items[i:i + batch_size])) for i in range(0, len(items), batch_size)])
+        return self._stack(
+            [vision.run(self.preprocessor(items[i : i + batch_size])) for i in range(0, len(items), batch_size)]
+        )
 
-    def embed_images(self, images: Sequence[ImageInput], batch_size: int = DEFAULT_BATCH_SIZE, skip_bad: bool = False,
-                     progress: Callable[[int], None] | None = None) -> ImageEmbeddings:
+    def embed_images(
+        self,
+        images: Sequence[ImageInput],
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        skip_bad: bool = False,
+        progress: Callable[[int], None] | None = None,
+    ) -> ImageEmbeddings:
         """Embed many images in batches; with `skip_bad`, unreadable ones are left out and listed,
         and `indices` says which input each row belongs to. `progress(n)` after every batch."""
         _check_batch_size(batch_size)
         chunks, indices, skipped = [], [], []
         for start in range(0, len(images), batch_size):
-            part = list(images[start:start + batch_size])
+            part = list(images[start : start + batch_size])
             batch, bad = self.preprocessor.process(part, on_error="skip" if skip_bad else "raise")
             bad = [SkippedImage(start + s.index, s.name, s.reason) for s in bad]
             skipped += bad
@@ -120,8 +151,13 @@ class ClipRuntime:
         """Embed an already preprocessed float32 [N,3,H,W] batch."""
         return self._stack([self._runner(Tower.VISION).run(pixels)])
 
-    def encode_text(self, texts: str | Sequence[str] | np.ndarray, batch_size: int = DEFAULT_BATCH_SIZE,
-                    progress: Callable[[int], None] | None = None, names: Sequence[str] | None = None) -> np.ndarray:
+    def encode_text(
+        self,
+        texts: str | Sequence[str] | np.ndarray,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        progress: Callable[[int], None] | None = None,
+        names: Sequence[str] | None = None,
+    ) -> np.ndarray:
         """Texts, or token ids int64 [N, <= context_length] for tokenizers the runtime does not implement.
         `names` (a file:line per text) is what an error names instead of `text #i`."""
         _check_batch_size(batch_size)
@@ -130,20 +166,27 @@ class ClipRuntime:
             ids = text.check_ids(texts)  # dtype, vocabulary range and length, before the fast path cuts it
         else:
             if self.tokenizer is None:
-                raise InputError(f"this artifact has no runtime tokenizer ({self.manifest.tokenizer.kind}); pass token ids, "
-                                 "or re-export with a tokenizer that has a tokenizer.json")
+                raise InputError(
+                    f"this artifact has no runtime tokenizer ({self.manifest.tokenizer.kind}); pass token ids, "
+                    "or re-export with a tokenizer that has a tokenizer.json"
+                )
             ids = self.tokenizer(texts, names)
         properties, tokenizer = self.manifest.tower(Tower.TEXT).properties, self.manifest.tokenizer
         out = []
         for i in range(0, len(ids), batch_size):
             # The fast path: each batch cut after its last end-of-text token (exact; see text_length.py).
-            out.append(text.run(trim(ids[i:i + batch_size], properties, tokenizer)))
+            out.append(text.run(trim(ids[i : i + batch_size], properties, tokenizer)))
             if progress:
-                progress(len(ids[i:i + batch_size]))
+                progress(len(ids[i : i + batch_size]))
         return self._stack(out)
 
-    def classify(self, images: ImageInput | Sequence[ImageInput], labels: Sequence[str],
-                 templates: Sequence[str] | None = None, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
+    def classify(
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        labels: Sequence[str],
+        templates: Sequence[str] | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> np.ndarray:
         """Zero-shot probabilities [N, len(labels)] using the manifest's logit scale (and bias)."""
         label_embeds = self.label_embeddings(labels, templates)
         image_embeds = l2_normalize(self.encode_image(images, batch_size))
@@ -166,7 +209,11 @@ class ClipRuntime:
 
     def _stack(self, chunks: list[np.ndarray]) -> np.ndarray:
         chunks = [c for c in chunks if len(c)]
-        return np.concatenate(chunks).astype(np.float32, copy=False) if chunks else np.zeros((0, self.manifest.embed_dim), np.float32)
+        return (
+            np.concatenate(chunks).astype(np.float32, copy=False)
+            if chunks
+            else np.zeros((0, self.manifest.embed_dim), np.float32)
+        )
 
     def close(self) -> None:
         for backend in self._backends.values():
@@ -194,8 +241,9 @@ def per_tower_precision(precision: Precision | str | Mapping[str, Precision | st
 
 def check_labels(labels: Sequence[str]) -> tuple[str, ...]:
     if isinstance(labels, str):
-        raise InputError(f"labels must be a list of class names, not one string ({labels!r}); "
-                         f"pass [{labels!r}] for a single label")
+        raise InputError(
+            f"labels must be a list of class names, not one string ({labels!r}); pass [{labels!r}] for a single label"
+        )
     out = tuple(labels)
     if not out:
         raise InputError("classify needs at least one label")

@@ -34,18 +34,23 @@ class HfJsonTokenizer:
     def __init__(self, path: Path, config: TokenizerConfig):
         tokenizers = require("tokenizers", "tokenizing text for this model")
         if config.clean not in CLEANERS:
-            raise ManifestError(f"unknown tokenizer cleaning '{config.clean}' in the manifest (known: {', '.join(CLEANERS)})")
+            raise ManifestError(
+                f"unknown tokenizer cleaning '{config.clean}' in the manifest (known: {', '.join(CLEANERS)})"
+            )
         try:
             self.backend = tokenizers.Tokenizer.from_file(str(path))
         except Exception as exc:
-            raise ManifestError(f"{path} is not a valid tokenizer.json ({str(exc)[:200]}); re-export the model") from None
+            raise ManifestError(
+                f"{path} is not a valid tokenizer.json ({str(exc)[:200]}); re-export the model"
+            ) from None
         self.config = config
         self.context_length = config.context_length
         self._clean = CLEANERS[config.clean]
         self.backend.enable_truncation(max_length=config.context_length, direction=config.truncation_side)
         pad_token = self.backend.id_to_token(config.pad_id) or ""
-        self.backend.enable_padding(length=config.context_length, pad_id=config.pad_id, pad_token=pad_token,
-                                    direction=config.padding_side)
+        self.backend.enable_padding(
+            length=config.context_length, pad_id=config.pad_id, pad_token=pad_token, direction=config.padding_side
+        )
         # Counts a long text's tokens for `bounded_text` (no truncation, no padding).
         self._counter = tokenizers.Tokenizer.from_str(self.backend.to_str())
         self._counter.no_truncation()
@@ -54,7 +59,9 @@ class HfJsonTokenizer:
     @classmethod
     def from_artifact(cls, root: Path, config: TokenizerConfig) -> "HfJsonTokenizer":
         if config.kind != TokenizerKind.HF_JSON.value or not config.file:
-            raise ManifestError(f"the manifest's tokenizer is '{config.kind}', not a tokenizer.json; re-export the model")
+            raise ManifestError(
+                f"the manifest's tokenizer is '{config.kind}', not a tokenizer.json; re-export the model"
+            )
         return cls(check_tokenizer_file(root, config), config)
 
     def __call__(self, texts: str | Iterable[str], names: list[str] | None = None) -> np.ndarray:
@@ -64,7 +71,6 @@ class HfJsonTokenizer:
         if self.config.strip_sep_token and self.config.sep_id is not None:
             ids[ids == self.config.sep_id] = 0
         return ids
-
 
     def _bounded(self, text: str) -> str:
         """Only as much of a long text as can reach the context (`bounded_text`)."""
@@ -93,15 +99,20 @@ def load_tokenizer(root: Path, config: TokenizerConfig) -> "HfJsonTokenizer | ob
     return None
 
 
-def with_tokenizer_json(config: TokenizerConfig, tokenizer: object,
-                        strip_sep_token: bool = False) -> tuple[TokenizerConfig, str | None]:
+def with_tokenizer_json(
+    config: TokenizerConfig, tokenizer: object, strip_sep_token: bool = False
+) -> tuple[TokenizerConfig, str | None]:
     """For a transformers tokenizer the runtime does not reimplement: the config recording the
     conventions around its tokenizer.json (padding and truncation sides, SEP handling) and the
     JSON itself. Unchanged, with no JSON, for CLIP BPE or a tokenizer without a `tokenizers` backend."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if config.kind == TokenizerKind.CLIP_BPE.value or backend is None:
         return config, None
-    return replace(config, kind=TokenizerKind.HF_JSON.value,
-                   padding_side=str(getattr(tokenizer, "padding_side", "right")),
-                   truncation_side=str(getattr(tokenizer, "truncation_side", "right")),
-                   sep_id=getattr(tokenizer, "sep_token_id", None), strip_sep_token=strip_sep_token), backend.to_str()
+    return replace(
+        config,
+        kind=TokenizerKind.HF_JSON.value,
+        padding_side=str(getattr(tokenizer, "padding_side", "right")),
+        truncation_side=str(getattr(tokenizer, "truncation_side", "right")),
+        sep_id=getattr(tokenizer, "sep_token_id", None),
+        strip_sep_token=strip_sep_token,
+    ), backend.to_str()

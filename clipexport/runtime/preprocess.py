@@ -25,8 +25,14 @@ from clipexport.artifact.manifest import Convention, PreprocessConfig, ResizeMod
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
-_RESAMPLE = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC,
-             "lanczos": Image.LANCZOS, "box": Image.BOX, "hamming": Image.HAMMING}
+_RESAMPLE = {
+    "nearest": Image.NEAREST,
+    "bilinear": Image.BILINEAR,
+    "bicubic": Image.BICUBIC,
+    "lanczos": Image.LANCZOS,
+    "box": Image.BOX,
+    "hamming": Image.HAMMING,
+}
 
 ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray
 
@@ -59,8 +65,10 @@ class ImageLimits:
     @classmethod
     def from_env(cls) -> "ImageLimits":
         try:
-            return cls(int(os.environ.get(MAX_PIXELS_ENV, DEFAULT_MAX_PIXELS)),
-                       float(os.environ.get(MAX_ASPECT_RATIO_ENV, DEFAULT_MAX_ASPECT_RATIO)))
+            return cls(
+                int(os.environ.get(MAX_PIXELS_ENV, DEFAULT_MAX_PIXELS)),
+                float(os.environ.get(MAX_ASPECT_RATIO_ENV, DEFAULT_MAX_ASPECT_RATIO)),
+            )
         except ValueError:
             raise InputError(f"{MAX_PIXELS_ENV} / {MAX_ASPECT_RATIO_ENV} must be numbers") from None
 
@@ -69,13 +77,17 @@ class ImageLimits:
         if width < 1 or height < 1:
             raise InputError(f"{name} has no pixels ({width}x{height})")
         if width * height > self.max_pixels:
-            raise InputError(f"{name} is {width}x{height} ({width * height / 1e6:.0f} Mpx), over the limit of "
-                             f"{self.max_pixels / 1e6:.0f} Mpx; raise it with {MAX_PIXELS_ENV}=N if the image is real")
+            raise InputError(
+                f"{name} is {width}x{height} ({width * height / 1e6:.0f} Mpx), over the limit of "
+                f"{self.max_pixels / 1e6:.0f} Mpx; raise it with {MAX_PIXELS_ENV}=N if the image is real"
+            )
         ratio = max(width, height) / min(width, height)
         if ratio > self.max_aspect_ratio:
-            raise InputError(f"{name} is {width}x{height} (aspect ratio {ratio:.0f}:1), over the limit of "
-                             f"{self.max_aspect_ratio:.0f}:1 that bounds preprocessing memory; raise it with "
-                             f"{MAX_ASPECT_RATIO_ENV}=N if the image is real")
+            raise InputError(
+                f"{name} is {width}x{height} (aspect ratio {ratio:.0f}:1), over the limit of "
+                f"{self.max_aspect_ratio:.0f}:1 that bounds preprocessing memory; raise it with "
+                f"{MAX_ASPECT_RATIO_ENV}=N if the image is real"
+            )
 
 
 @dataclass(frozen=True)
@@ -86,31 +98,47 @@ class SkippedImage:
 
 
 def default_config(size: int = 224) -> PreprocessConfig:
-    return PreprocessConfig(image_size=(size, size), mean=OPENAI_MEAN, std=OPENAI_STD, interpolation="bicubic",
-                            resize_mode=ResizeMode.SHORTEST, convention=Convention.OPEN_CLIP, resize_size=size)
+    return PreprocessConfig(
+        image_size=(size, size),
+        mean=OPENAI_MEAN,
+        std=OPENAI_STD,
+        interpolation="bicubic",
+        resize_mode=ResizeMode.SHORTEST,
+        convention=Convention.OPEN_CLIP,
+        resize_size=size,
+    )
 
 
 class ImagePreprocessor:
     """`preprocessor(images) -> float32 [N,3,H,W]` from paths, bytes, PIL images or HxWxC uint8 arrays."""
 
-    def __init__(self, config: PreprocessConfig | None = None, exif_transpose: bool = False,
-                 limits: ImageLimits | None = None):
+    def __init__(
+        self, config: PreprocessConfig | None = None, exif_transpose: bool = False, limits: ImageLimits | None = None
+    ):
         self.config = config or default_config()
         self.limits = limits or ImageLimits.from_env()
         if self.config.interpolation not in _RESAMPLE:
-            raise InputError(f"unsupported interpolation '{self.config.interpolation}' (expected one of {', '.join(_RESAMPLE)})")
+            raise InputError(
+                f"unsupported interpolation '{self.config.interpolation}' (expected one of {', '.join(_RESAMPLE)})"
+            )
         hf = self.config.convention in (Convention.HF, Convention.HF_TORCHVISION)
         if self.config.resize_mode is ResizeMode.LONGEST and hf:
-            raise InputError("resize mode 'longest' is an open_clip mode; Hugging Face processors resize shortest edge or squash")
+            raise InputError(
+                "resize mode 'longest' is an open_clip mode; Hugging Face processors resize shortest edge or squash"
+            )
         if self.config.convention is Convention.HF_TORCHVISION and self.config.interpolation not in _TORCH_FILTERS:
-            raise InputError(f"interpolation '{self.config.interpolation}' of a torchvision-backend processor is not "
-                             "reproduced (bilinear and bicubic are); re-export with transformers' PIL backend")
+            raise InputError(
+                f"interpolation '{self.config.interpolation}' of a torchvision-backend processor is not "
+                "reproduced (bilinear and bicubic are); re-export with transformers' PIL backend"
+            )
         self.exif_transpose = exif_transpose
         self._mean = np.asarray(self.config.mean, dtype=np.float32).reshape(3, 1, 1)
         self._std = np.asarray(self.config.std, dtype=np.float32).reshape(3, 1, 1)
 
     @classmethod
-    def from_manifest(cls, manifest: str | os.PathLike | Mapping[str, Any] | Any, exif_transpose: bool = False) -> "ImagePreprocessor":
+    def from_manifest(
+        cls, manifest: str | os.PathLike | Mapping[str, Any] | Any, exif_transpose: bool = False
+    ) -> "ImagePreprocessor":
         """From an artifact folder, a manifest.json path, a manifest dict, or a Manifest."""
         from clipexport.artifact.manifest import Manifest, read_manifest
 
@@ -121,11 +149,14 @@ class ImagePreprocessor:
             manifest = Manifest.from_dict(manifest)
         return cls(manifest.preprocess, exif_transpose=exif_transpose)
 
-    def __call__(self, images: ImageInput | Sequence[ImageInput], on_error: Literal["raise", "skip"] = "raise") -> np.ndarray:
+    def __call__(
+        self, images: ImageInput | Sequence[ImageInput], on_error: Literal["raise", "skip"] = "raise"
+    ) -> np.ndarray:
         return self.process(images, on_error)[0]
 
-    def process(self, images: ImageInput | Sequence[ImageInput],
-                on_error: Literal["raise", "skip"] = "raise") -> tuple[np.ndarray, list[SkippedImage]]:
+    def process(
+        self, images: ImageInput | Sequence[ImageInput], on_error: Literal["raise", "skip"] = "raise"
+    ) -> tuple[np.ndarray, list[SkippedImage]]:
         """(batch, skipped): with on_error="skip", unreadable items are left out and reported."""
         items = [images] if _is_single(images) else list(images)  # type: ignore[arg-type]
         h, w = self.config.image_size
@@ -157,9 +188,13 @@ class ImagePreprocessor:
         image = open_image(item, name, self.limits, draft=self._draft_size() if fast_decode else None)
         if image.mode in _HIGH_BIT_DEPTH_MODES and image.mode not in _warned_modes:
             _warned_modes.add(image.mode)
-            warnings.warn(f"{name} has {image.mode} pixels (more than 8 bits); like open_clip, preprocessing "
-                          "clips them to 8 bits, which turns most 16-bit images nearly white: convert such "
-                          "images to 8 bits yourself if that is not what you want", HighBitDepthWarning, stacklevel=2)
+            warnings.warn(
+                f"{name} has {image.mode} pixels (more than 8 bits); like open_clip, preprocessing "
+                "clips them to 8 bits, which turns most 16-bit images nearly white: convert such "
+                "images to 8 bits yourself if that is not what you want",
+                HighBitDepthWarning,
+                stacklevel=2,
+            )
         if self.exif_transpose:
             image = ImageOps.exif_transpose(image)
         if self.config.convention is Convention.HF:
@@ -257,8 +292,9 @@ class ImagePreprocessor:
         return side, side
 
 
-def open_image(item: ImageInput, name: str = "image", limits: ImageLimits | None = None,
-               draft: tuple[int, int] | None = None) -> Image.Image:
+def open_image(
+    item: ImageInput, name: str = "image", limits: ImageLimits | None = None, draft: tuple[int, int] | None = None
+) -> Image.Image:
     """A loaded PIL image, or InputError naming the input. Its size is checked against `limits`
     from the header, before any pixel is decoded; decompression bombs stay refused. `draft`: a
     JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) that keeps both sides at least
@@ -283,7 +319,9 @@ def open_image(item: ImageInput, name: str = "image", limits: ImageLimits | None
                 raise InputError(f"image {shown(path)} is empty (0 bytes)")
             handle = Image.open(path)
         else:
-            raise InputError(f"{name} is a {type(item).__name__}; pass a path, bytes, a PIL image or an HxWxC uint8 array")
+            raise InputError(
+                f"{name} is a {type(item).__name__}; pass a path, bytes, a PIL image or an HxWxC uint8 array"
+            )
         limits.check(handle.size, name)
         if draft is not None and handle.format == "JPEG":
             try:
@@ -299,13 +337,17 @@ def open_image(item: ImageInput, name: str = "image", limits: ImageLimits | None
     except Image.DecompressionBombError as exc:  # PIL's own check fired first (over twice our limit)
         found = re.search(r"\((\d+) pixels\)", str(exc))
         size = f" ({int(found.group(1)) / 1e6:.0f} Mpx)" if found else ""
-        raise InputError(f"{name}{size} is over the limit of {limits.max_pixels / 1e6:.0f} Mpx; raise it with "
-                         f"{MAX_PIXELS_ENV}=N if the image is real (refused as a possible decompression bomb)") from None
+        raise InputError(
+            f"{name}{size} is over the limit of {limits.max_pixels / 1e6:.0f} Mpx; raise it with "
+            f"{MAX_PIXELS_ENV}=N if the image is real (refused as a possible decompression bomb)"
+        ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         # PIL names a bytes input by its object repr (`<_io.BytesIO object at 0x7f…>`): an address that
         # would make two identical runs record different reasons.
         reason = shown(_OBJECT_REPR.sub("", str(exc)).strip())
-        raise InputError(f"cannot read {name}: not a valid or complete image ({type(exc).__name__}: {reason})") from None
+        raise InputError(
+            f"cannot read {name}: not a valid or complete image ({type(exc).__name__}: {reason})"
+        ) from None
 
 
 def _lift_pil_limit(limits: ImageLimits) -> None:
@@ -318,7 +360,9 @@ def _lift_pil_limit(limits: ImageLimits) -> None:
 
 def _from_array(array: np.ndarray, name: str) -> Image.Image:
     if array.dtype != np.uint8 or array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3, 4)):
-        raise InputError(f"{name} is an array of {array.dtype} {array.shape}; expected uint8 HxW or HxWxC with C in 1, 3, 4")
+        raise InputError(
+            f"{name} is an array of {array.dtype} {array.shape}; expected uint8 HxW or HxWxC with C in 1, 3, 4"
+        )
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[:, :, 0]
     return Image.fromarray(np.ascontiguousarray(array))
@@ -372,8 +416,7 @@ def _hf_rgb(image: Image.Image) -> Image.Image:
 def _bicubic_filter(x: np.ndarray) -> np.ndarray:
     a = -0.5  # the antialiased kernels' (PIL's) cubic coefficient
     x = np.abs(x)
-    return np.where(x < 1, ((a + 2) * x - (a + 3)) * x * x + 1,
-                    np.where(x < 2, (((x - 5) * x + 8) * x - 4) * a, 0.0))
+    return np.where(x < 1, ((a + 2) * x - (a + 3)) * x * x + 1, np.where(x < 2, (((x - 5) * x + 8) * x - 4) * a, 0.0))
 
 
 def _bilinear_filter(x: np.ndarray) -> np.ndarray:
@@ -420,13 +463,15 @@ _BLOCK = 32  # output pixels per banded product: each block reads only the input
 
 
 @lru_cache(maxsize=64)
-def _torch_blocks(in_size: int, out_size: int, interpolation: str) -> tuple[tuple[tuple[int, int, int, np.ndarray], ...], int]:
+def _torch_blocks(
+    in_size: int, out_size: int, interpolation: str
+) -> tuple[tuple[tuple[int, int, int, np.ndarray], ...], int]:
     """The weight matrix cut into blocks of _BLOCK output pixels with the input span each needs
     (the matrix is banded: a dense product would multiply mostly zeros)."""
     matrix, precision = _torch_weights(in_size, out_size, interpolation)
     blocks = []
     for start in range(0, out_size, _BLOCK):
-        part = matrix[:, start:start + _BLOCK]
+        part = matrix[:, start : start + _BLOCK]
         rows = np.nonzero(part.any(axis=1))[0]
         low, high = (int(rows[0]), int(rows[-1]) + 1) if len(rows) else (0, 1)
         blocks.append((start, low, high, np.ascontiguousarray(part[low:high])))
@@ -445,10 +490,10 @@ def _torch_pass(pixels: np.ndarray, out_size: int, interpolation: str) -> np.nda
     rounding, divisor = (1 << (precision - 1) if precision else 0), float(1 << precision)
     step = max(1, (1 << 22) // max(in_size, 1))  # rows per product: float64 copies stay near 32 MB
     for first in range(0, len(flat), step):
-        rows = flat[first:first + step].astype(np.float64)
+        rows = flat[first : first + step].astype(np.float64)
         for start, low, high, weights in blocks:
             acc = rows[:, low:high] @ weights + rounding
-            out[first:first + step, start:start + weights.shape[1]] = np.clip(np.floor(acc / divisor), 0, 255)
+            out[first : first + step, start : start + weights.shape[1]] = np.clip(np.floor(acc / divisor), 0, 255)
     return out.reshape(pixels.shape[:-1] + (out_size,))
 
 
@@ -474,7 +519,7 @@ def _tv_center_crop(pixels: np.ndarray, h: int, w: int) -> np.ndarray:
         pixels = np.pad(pixels, ((0, 0), (top, bottom), (left, right)))
         _, height, width = pixels.shape
     top, left = int((height - h) / 2.0), int((width - w) / 2.0)
-    return pixels[:, top:top + h, left:left + w]
+    return pixels[:, top : top + h, left : left + w]
 
 
 def _hf_center_crop(image: Image.Image, h: int, w: int) -> Image.Image:

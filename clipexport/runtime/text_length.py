@@ -40,7 +40,7 @@ def trim(ids: np.ndarray, properties: TowerProperties, tokenizer: TokenizerConfi
     if not properties.trimmable or ids.ndim != 2 or not len(ids):
         return ids
     pad_id = tokenizer.pad_id if properties.padding_mask else None
-    return ids[:, :trimmed_length(ids, str(properties.pooling), tokenizer.eot_id, pad_id)]
+    return ids[:, : trimmed_length(ids, str(properties.pooling), tokenizer.eot_id, pad_id)]
 
 
 # An ordinary word piece: "a</w>" in CLIP's vocabulary; any id below the vocabulary size will do
@@ -53,6 +53,6 @@ def placeholder_ids(config: TokenizerConfig, rows: int, words: int = 1) -> np.nd
     the runtime does not have."""
     ids = np.full((rows, config.context_length), config.pad_id, dtype=np.int64)
     ids[:, 0] = config.sot_id if config.sot_id is not None else config.eot_id
-    ids[:, 1:1 + words] = min(PLACEHOLDER_TOKEN, max(config.vocab_size - 1, 0))
+    ids[:, 1 : 1 + words] = min(PLACEHOLDER_TOKEN, max(config.vocab_size - 1, 0))
     ids[:, 1 + words] = config.eot_id
     return ids

@@ -50,7 +50,7 @@ def _bytes_to_unicode() -> dict[int, str]:
 @lru_cache(maxsize=1)
 def _vocabulary() -> tuple[dict[str, int], dict[tuple[str, str], int]]:
     data = package_data("bpe_simple_vocab_16e6.txt.gz").read_bytes()
-    lines = gzip.decompress(data).decode("utf-8").split("\n")[1:_NUM_MERGES + 1]
+    lines = gzip.decompress(data).decode("utf-8").split("\n")[1 : _NUM_MERGES + 1]
     merges = [tuple(line.split()) for line in lines]
     byte_tokens = list(_bytes_to_unicode().values())
     vocab = byte_tokens + [t + "</w>" for t in byte_tokens] + ["".join(m) for m in merges] + list(_SPECIALS)
@@ -112,9 +112,13 @@ class ClipTokenizer:
         get = tokenizer.get if isinstance(tokenizer, Mapping) else lambda k, d=None: getattr(tokenizer, k, d)
         kind = get("kind")
         if kind != "clip_bpe":
-            raise InputError(f"the runtime tokenizer implements CLIP BPE; this model's tokenizer is '{kind}', "
-                             "pass token ids to encode_text instead")
-        return cls(context_length=int(get("context_length")), pad_id=int(get("pad_id")), clean=str(get("clean", "lower")))
+            raise InputError(
+                f"the runtime tokenizer implements CLIP BPE; this model's tokenizer is '{kind}', "
+                "pass token ids to encode_text instead"
+            )
+        return cls(
+            context_length=int(get("context_length")), pad_id=int(get("pad_id")), clean=str(get("clean", "lower"))
+        )
 
     def _bpe(self, token: str) -> tuple[int, ...]:
         cached = self._cache.get(token)
@@ -173,9 +177,9 @@ class ClipTokenizer:
             text = bounded_text(text, budget, lambda piece: len(self.encode(piece)))
             ids = [self.sot_id, *self.encode(text), self.eot_id]
             if len(ids) > self.context_length:
-                ids = ids[:self.context_length]
+                ids = ids[: self.context_length]
                 ids[-1] = self.eot_id
-            result[row, :len(ids)] = ids
+            result[row, : len(ids)] = ids
         return result
 
     def eot_positions(self, ids: np.ndarray) -> np.ndarray:

@@ -28,13 +28,31 @@ import numpy as np
 from clipexport.bulk.dataset import EmbeddingsDataset, job_lock, read_embeddings
 from clipexport.errors import InputError
 from clipexport.errors import ParityError
-from clipexport.files import (created_folder, inside, refuse_foreign, read_format_json, sha256_file, utc_timestamp, write_bytes_atomic,
-                              write_json_atomic)
+from clipexport.files import (
+    created_folder,
+    inside,
+    refuse_foreign,
+    read_format_json,
+    sha256_file,
+    utc_timestamp,
+    write_bytes_atomic,
+    write_json_atomic,
+)
 from clipexport.parity.retrieval import RECALL_KS
 from clipexport.vectors import TopK
 from clipexport.progress import Advance, Progress, silent
-from clipexport.search.plan import (DEFAULT_TARGET_RECALL, RECALL_K, RECALL_SAMPLE, IndexKind, IndexPlan, faiss_module,
-                                    new_index, plan_index, training_rows, tune_nprobe)
+from clipexport.search.plan import (
+    DEFAULT_TARGET_RECALL,
+    RECALL_K,
+    RECALL_SAMPLE,
+    IndexKind,
+    IndexPlan,
+    faiss_module,
+    new_index,
+    plan_index,
+    training_rows,
+    tune_nprobe,
+)
 
 FORMAT = "clipexport-index"
 VERSION = 1
@@ -45,10 +63,19 @@ BUILDING = ".building"
 CHECKPOINT_SECONDS = float(os.environ.get("CLIPEXPORT_INDEX_CHECKPOINT_SECONDS", "60"))
 SEED = 0  # the training sample and the recall sample
 # The schema of _index.json, checked before any field is used (`clipexport search`, a rerun of `index`).
-INDEX_SCHEMA = {"rows": int, "dim": int, "files": dict, "identity": dict, "recall_at_10": dict,
-                "precision": (str, type(None)), "backend": (str, type(None)), "artifact": (str, type(None)),
-                "dataset": str, "dataset_manifest_sha256": str,
-                "index": {"factory": str, "exact": bool, "nlist": int, "nprobe": int, "target_recall": float}}
+INDEX_SCHEMA = {
+    "rows": int,
+    "dim": int,
+    "files": dict,
+    "identity": dict,
+    "recall_at_10": dict,
+    "precision": (str, type(None)),
+    "backend": (str, type(None)),
+    "artifact": (str, type(None)),
+    "dataset": str,
+    "dataset_manifest_sha256": str,
+    "index": {"factory": str, "exact": bool, "nlist": int, "nprobe": int, "target_recall": float},
+}
 
 
 @dataclass(frozen=True)
@@ -92,39 +119,63 @@ def build_index(options: IndexOptions, advance: Advance | None = None, progress:
     dataset = read_embeddings(options.dataset)
     queries = read_embeddings(options.queries, "--queries") if options.queries is not None else None
     if queries is not None and queries.dim != dataset.dim:
-        raise InputError(f"--queries {queries.folder} holds {queries.dim}-d embeddings, the dataset {dataset.dim}-d; "
-                         "embed the queries with the same artifact")
+        raise InputError(
+            f"--queries {queries.folder} holds {queries.dim}-d embeddings, the dataset {dataset.dim}-d; "
+            "embed the queries with the same artifact"
+        )
     plan = plan_index(dataset.rows, dataset.dim, options.kind, options.max_memory)
     output = Path(options.output).expanduser()
     if output.exists() and not output.is_dir():
         raise InputError(f"-o {output} is a file; pass a folder for the index")
     if inside(output, dataset.folder):
-        raise InputError(f"-o {output} is inside the dataset {dataset.folder} (readers of the dataset would take the "
-                         "index files for data); choose a separate folder for the index")
+        raise InputError(
+            f"-o {output} is inside the dataset {dataset.folder} (readers of the dataset would take the "
+            "index files for data); choose a separate folder for the index"
+        )
     if inside(dataset.folder, output):
         raise InputError(f"-o {output} holds the dataset {dataset.folder}; choose a separate folder for the index")
-    identity = {"dataset_manifest_sha256": dataset.manifest_sha256, "factory": plan.factory, "seed": SEED,
-                "queries_manifest_sha256": queries.manifest_sha256 if queries else None,
-                "target_recall": options.target_recall}
+    identity = {
+        "dataset_manifest_sha256": dataset.manifest_sha256,
+        "factory": plan.factory,
+        "seed": SEED,
+        "queries_manifest_sha256": queries.manifest_sha256 if queries else None,
+        "target_recall": options.target_recall,
+    }
     # A folder this run made goes again: at once when nothing was built, and also with its build
     # state after a failure that a rerun would meet again (a NaN row, a full disk); an interrupted
     # build keeps .building, which the rerun resumes.
-    with created_folder(output, ours=lambda name: _ours(name) or name == BUILDING,
-                        keep=lambda exc: isinstance(exc, KeyboardInterrupt) and (output / BUILDING).exists()), \
-            job_lock(output, "clipexport index", "-o"):
+    with (
+        created_folder(
+            output,
+            ours=lambda name: _ours(name) or name == BUILDING,
+            keep=lambda exc: isinstance(exc, KeyboardInterrupt) and (output / BUILDING).exists(),
+        ),
+        job_lock(output, "clipexport index", "-o"),
+    ):
         done = _existing(output, identity, options.overwrite)
         if done is not None:
-            result = IndexResult(output, dataset.rows, plan, int(done["index"]["nprobe"]), done["recall_at_10"],
-                                 time.monotonic() - begin, False, already=True, target_recall=options.target_recall)
+            result = IndexResult(
+                output,
+                dataset.rows,
+                plan,
+                int(done["index"]["nprobe"]),
+                done["recall_at_10"],
+                time.monotonic() - begin,
+                False,
+                already=True,
+                target_recall=options.target_recall,
+            )
         else:
             result = _build(dataset, queries, plan, output, identity, options, begin, advance, progress)
     if not result.target_met and not options.accept_low_recall:
         measured = ", ".join(f"{name} {value:.3f}" for name, value in result.recall.items())
-        raise ParityError(f"the index {output} ({plan.factory}) reaches recall@10 {measured} against exact search even "
-                          f"at nprobe {result.nprobe}, below --target-recall {options.target_recall}"
-                          f"{' (its codes are too coarse for this --max-memory: raise it)' if plan.pq_m else ''}; "
-                          "it was written, but searches will miss that many true neighbours: pass --accept-low-recall "
-                          "to use it anyway, or --kind exact")
+        raise ParityError(
+            f"the index {output} ({plan.factory}) reaches recall@10 {measured} against exact search even "
+            f"at nprobe {result.nprobe}, below --target-recall {options.target_recall}"
+            f"{' (its codes are too coarse for this --max-memory: raise it)' if plan.pq_m else ''}; "
+            "it was written, but searches will miss that many true neighbours: pass --accept-low-recall "
+            "to use it anyway, or --kind exact"
+        )
     return result
 
 
@@ -134,6 +185,7 @@ def _ours(name: str) -> bool:
 
 def read_index_manifest_file(path: Path, fix: str) -> dict[str, Any]:
     """The one reader of _index.json: every field `search` and a rerun use, typed (INDEX_SCHEMA)."""
+
     def check(data: dict[str, Any]) -> None:
         from clipexport.files import check_fields
 
@@ -157,8 +209,10 @@ def _existing(output: Path, identity: dict[str, Any], overwrite: bool) -> dict[s
     if not manifest.is_file():
         stray = [name for name in (INDEX_FILE, IDS_FILE) if (output / name).exists()]
         if stray and not building.is_dir():
-            raise InputError(f"-o {output} holds {stray[0]} but no {MANIFEST}: not an index this command wrote; remove "
-                             "it yourself, or choose a new or empty folder")
+            raise InputError(
+                f"-o {output} holds {stray[0]} but no {MANIFEST}: not an index this command wrote; remove "
+                "it yourself, or choose a new or empty folder"
+            )
     else:
         try:
             data = read_index_manifest_file(manifest, "pass --overwrite to rebuild it, or choose another folder")
@@ -170,8 +224,10 @@ def _existing(output: Path, identity: dict[str, Any], overwrite: bool) -> dict[s
         if same and not overwrite and all((output / f).is_file() for f in (INDEX_FILE, IDS_FILE)):
             return data
         if data and not same and not overwrite:
-            raise InputError(f"-o {output} holds an index of another dataset or plan; pass --overwrite to replace it, "
-                             "or choose another folder")
+            raise InputError(
+                f"-o {output} holds an index of another dataset or plan; pass --overwrite to replace it, "
+                "or choose another folder"
+            )
         for name in (MANIFEST, INDEX_FILE, IDS_FILE):
             (output / name).unlink(missing_ok=True)
     if building.is_dir():
@@ -192,8 +248,17 @@ def _deserialize(data: bytes) -> Any:
     return faiss_module().deserialize_index(np.frombuffer(data, dtype=np.uint8))
 
 
-def _build(dataset: EmbeddingsDataset, queries: EmbeddingsDataset | None, plan: IndexPlan, output: Path, identity: dict[str, Any],
-           options: IndexOptions, begin: float, advance: Advance | None, progress: Progress) -> IndexResult:
+def _build(
+    dataset: EmbeddingsDataset,
+    queries: EmbeddingsDataset | None,
+    plan: IndexPlan,
+    output: Path,
+    identity: dict[str, Any],
+    options: IndexOptions,
+    begin: float,
+    advance: Advance | None,
+    progress: Progress,
+) -> IndexResult:
     building = output / BUILDING
     building.mkdir(parents=True, exist_ok=True)
     write_json_atomic(building / "identity.json", identity)
@@ -211,8 +276,11 @@ def _build(dataset: EmbeddingsDataset, queries: EmbeddingsDataset | None, plan: 
     # Pass 1 (approximate indexes): the training sample and the recall sample's own rows, in one read.
     # Pass 2: every shard into the index, its ids, and the recall sample's exact answers (TopK).
     samples_names = _sample_names(dataset, queries)
-    training = None if plan.exact or resumed else np.sort(np.random.default_rng(SEED).choice(
-        dataset.rows, training_rows(plan, dataset.rows), replace=False))
+    training = (
+        None
+        if plan.exact or resumed
+        else np.sort(np.random.default_rng(SEED).choice(dataset.rows, training_rows(plan, dataset.rows), replace=False))
+    )
     sets = {} if plan.exact else _recall_queries(dataset, queries, samples_names, training)
     if training is not None:
         progress(f"training {plan.factory} on {len(training)} of {dataset.rows} rows")
@@ -220,8 +288,9 @@ def _build(dataset: EmbeddingsDataset, queries: EmbeddingsDataset | None, plan: 
         write_bytes_atomic(building / "trained.faiss", _serialize(index))
     progress(f"adding {dataset.rows} rows to {plan.factory} ({plan.reason})")
     k_own = min(RECALL_K, dataset.rows - 1)
-    tops = {name: TopK(q, k_own if own is not None else min(RECALL_K, dataset.rows), own)
-            for name, (q, own) in sets.items()}
+    tops = {
+        name: TopK(q, k_own if own is not None else min(RECALL_K, dataset.rows), own) for name, (q, own) in sets.items()
+    }
     ids = [] if tops else dataset.ids(stop=shards_done)  # the exact answers need every shard; the index, the rest
     last_checkpoint = time.monotonic()
     total_shards = len(dataset.manifest["shards"])
@@ -245,7 +314,9 @@ def _build(dataset: EmbeddingsDataset, queries: EmbeddingsDataset | None, plan: 
     tuned_nprobe, recall, curve = 0, {name: 1.0 for name in samples_names}, []
     if not plan.exact:
         progress(f"measuring recall@{RECALL_K} against exact search on {min(RECALL_SAMPLE, dataset.rows)} rows")
-        samples = {name: (q, tops[name].result(), None if own is None else own.tolist()) for name, (q, own) in sets.items()}
+        samples = {
+            name: (q, tops[name].result(), None if own is None else own.tolist()) for name, (q, own) in sets.items()
+        }
         tuned = tune_nprobe(index, plan, samples, options.target_recall)
         tuned_nprobe, recall, curve = tuned.nprobe, tuned.recall, tuned.curve
     index_bytes = _serialize(index)
@@ -254,25 +325,46 @@ def _build(dataset: EmbeddingsDataset, queries: EmbeddingsDataset | None, plan: 
     import hashlib
 
     manifest = {
-        "format": FORMAT, "version": VERSION, "created": utc_timestamp(), "identity": identity,
-        "dataset": str(dataset.folder.resolve()), "dataset_manifest_sha256": dataset.manifest_sha256,
+        "format": FORMAT,
+        "version": VERSION,
+        "created": utc_timestamp(),
+        "identity": identity,
+        "dataset": str(dataset.folder.resolve()),
+        "dataset_manifest_sha256": dataset.manifest_sha256,
         "artifact": dataset.manifest.get("artifact"),
         "artifact_manifest_sha256": dataset.manifest.get("artifact_manifest_sha256"),
-        "precision": dataset.manifest.get("precision"), "backend": dataset.manifest.get("backend"),
-        "kind": dataset.manifest.get("kind"), "dim": dataset.dim, "rows": dataset.rows,
+        "precision": dataset.manifest.get("precision"),
+        "backend": dataset.manifest.get("backend"),
+        "kind": dataset.manifest.get("kind"),
+        "dim": dataset.dim,
+        "rows": dataset.rows,
         "metric": "inner product on L2-normalised rows (cosine)",
-        "index": {**plan.to_dict(), "nprobe": tuned_nprobe, "target_recall": options.target_recall,
-                  "bytes": len(index_bytes)},
-        "recall_at_10": recall, "target_met": meets_target(recall, options.target_recall),
-        "recall_sample": min(RECALL_SAMPLE, dataset.rows), "recall_curve": curve,
+        "index": {
+            **plan.to_dict(),
+            "nprobe": tuned_nprobe,
+            "target_recall": options.target_recall,
+            "bytes": len(index_bytes),
+        },
+        "recall_at_10": recall,
+        "target_met": meets_target(recall, options.target_recall),
+        "recall_sample": min(RECALL_SAMPLE, dataset.rows),
+        "recall_curve": curve,
         "recall_definition": f"|found@{RECALL_K} ∩ exact@{RECALL_K}| / {RECALL_K}; own row excluded for the index's rows",
         "files": {INDEX_FILE: hashlib.sha256(index_bytes).hexdigest(), IDS_FILE: sha256_file(output / IDS_FILE)},
         "build_seconds": round(time.monotonic() - begin, 3),
     }
     write_json_atomic(output / MANIFEST, manifest)
     shutil.rmtree(building, ignore_errors=True)
-    return IndexResult(output, dataset.rows, plan, tuned_nprobe, recall, time.monotonic() - begin, resumed,
-                       target_recall=options.target_recall)
+    return IndexResult(
+        output,
+        dataset.rows,
+        plan,
+        tuned_nprobe,
+        recall,
+        time.monotonic() - begin,
+        resumed,
+        target_recall=options.target_recall,
+    )
 
 
 def _sample_names(dataset: EmbeddingsDataset, queries: EmbeddingsDataset | None) -> tuple[str, ...]:
@@ -286,8 +378,9 @@ def _sample_names(dataset: EmbeddingsDataset, queries: EmbeddingsDataset | None)
     return own, other if other != own else f"{other}_queries"
 
 
-def _recall_queries(dataset: EmbeddingsDataset, queries: EmbeddingsDataset | None, names: tuple[str, ...],
-                    training: np.ndarray | None) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
+def _recall_queries(
+    dataset: EmbeddingsDataset, queries: EmbeddingsDataset | None, names: tuple[str, ...], training: np.ndarray | None
+) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
     """The recall sample: {name: (unit query rows, their own row numbers or None)}; a sample of the
     index's own rows (own row excluded from its answers) and of --queries. With `training`, the
     training rows come back too (as "_training"), read in the same pass over the dataset."""
@@ -324,5 +417,13 @@ def _write_ids(path: Path, ids: list[str]) -> None:
     write_bytes_atomic(path, buffer.getvalue())
 
 
-__all__ = ["IDS_FILE", "INDEX_FILE", "IndexOptions", "IndexResult", "MANIFEST", "RECALL_KS", "build_index",
-           "read_index_manifest_file"]
+__all__ = [
+    "IDS_FILE",
+    "INDEX_FILE",
+    "IndexOptions",
+    "IndexResult",
+    "MANIFEST",
+    "RECALL_KS",
+    "build_index",
+    "read_index_manifest_file",
+]

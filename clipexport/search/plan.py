@@ -73,8 +73,10 @@ def parse_memory(text: str | int | None) -> int | None:
         raise InputError(f"--max-memory '{text}' is not a size; write e.g. 4G, 512M or a number of bytes")
     value = float(match.group(1)) * 1024 ** "_kmgt".index(match.group(2) or "_")
     if not math.isfinite(value) or value > MAX_MEMORY:
-        raise InputError(f"--max-memory '{text}' is larger than any machine ({_size(MAX_MEMORY)} at most); write e.g. "
-                         "64G, or leave it out for no budget")
+        raise InputError(
+            f"--max-memory '{text}' is larger than any machine ({_size(MAX_MEMORY)} at most); write e.g. "
+            "64G, or leave it out for no budget"
+        )
     if value < 1:
         raise InputError(f"--max-memory must be positive, got '{text}'")
     return int(value)
@@ -95,26 +97,39 @@ def plan_index(rows: int, dim: int, kind: IndexKind = IndexKind.AUTO, max_memory
     budget = max_memory if max_memory is not None else math.inf
     if kind is IndexKind.EXACT or (kind is IndexKind.AUTO and rows <= EXACT_MAX_ROWS and flat <= budget):
         if flat > budget:
-            raise InputError(f"an exact index of {rows} x {dim} needs {_size(flat)}, over --max-memory {_size(budget)}; "
-                             "raise it or use --kind approximate")
-        why = "requested" if kind is IndexKind.EXACT else f"{rows} rows <= {EXACT_MAX_ROWS}: exact search is fast enough"
+            raise InputError(
+                f"an exact index of {rows} x {dim} needs {_size(flat)}, over --max-memory {_size(budget)}; "
+                "raise it or use --kind approximate"
+            )
+        why = (
+            "requested" if kind is IndexKind.EXACT else f"{rows} rows <= {EXACT_MAX_ROWS}: exact search is fast enough"
+        )
         return IndexPlan("Flat", True, 0, 0, flat, why)
     nlist = _nlist(rows)
     centroids = nlist * dim * 4
     ivf_flat = flat + rows * ID_BYTES + centroids
     if ivf_flat <= budget:
-        why = (f"{rows} rows > {EXACT_MAX_ROWS}" if kind is IndexKind.AUTO else "approximate requested") + \
-              f"; nlist {nlist} ~ {NLIST_PER_SQRT_N}*sqrt(N); the vectors fit the memory budget"
+        why = (
+            f"{rows} rows > {EXACT_MAX_ROWS}" if kind is IndexKind.AUTO else "approximate requested"
+        ) + f"; nlist {nlist} ~ {NLIST_PER_SQRT_N}*sqrt(N); the vectors fit the memory budget"
         return IndexPlan(f"IVF{nlist},Flat", False, nlist, 0, ivf_flat, why)
     for m in sorted((m for m in range(1, dim // 2 + 1) if dim % m == 0), reverse=True):
         size = rows * (m + ID_BYTES) + centroids + PQ_CODEBOOK * dim * 4
         if size <= budget:
-            return IndexPlan(f"IVF{nlist},PQ{m}", False, nlist, m, size,
-                             f"the vectors ({_size(flat)}) are over --max-memory {_size(budget)}: PQ{m} codes "
-                             f"({m} bytes per row) fit")
+            return IndexPlan(
+                f"IVF{nlist},PQ{m}",
+                False,
+                nlist,
+                m,
+                size,
+                f"the vectors ({_size(flat)}) are over --max-memory {_size(budget)}: PQ{m} codes "
+                f"({m} bytes per row) fit",
+            )
     smallest = rows * (1 + ID_BYTES) + centroids + PQ_CODEBOOK * dim * 4
-    raise InputError(f"no index of {rows} x {dim} fits --max-memory {_size(budget)} (the smallest, PQ1, needs "
-                     f"{_size(smallest)}); raise --max-memory")
+    raise InputError(
+        f"no index of {rows} x {dim} fits --max-memory {_size(budget)} (the smallest, PQ1, needs "
+        f"{_size(smallest)}); raise --max-memory"
+    )
 
 
 def _size(n: float) -> str:
@@ -172,8 +187,12 @@ class Tuned:
     curve: list[dict[str, Any]]  # every nprobe tried
 
 
-def tune_nprobe(index: Any, plan: IndexPlan, samples: dict[str, tuple[np.ndarray, np.ndarray, Sequence[int] | None]],
-                target: float = DEFAULT_TARGET_RECALL) -> Tuned:
+def tune_nprobe(
+    index: Any,
+    plan: IndexPlan,
+    samples: dict[str, tuple[np.ndarray, np.ndarray, Sequence[int] | None]],
+    target: float = DEFAULT_TARGET_RECALL,
+) -> Tuned:
     """The smallest nprobe (1, 2, 3, 4, 6, 8, ...) whose recall@10 against exact search reaches `target` for
     every query kind in `samples` (kind -> (queries, exact top-k rows, own row per query or None));
     the last one tried (nprobe = nlist, an exhaustive scan) when none does."""
@@ -205,8 +224,13 @@ def _recall(index: Any, queries: np.ndarray, exact: np.ndarray, own: Sequence[in
     return recall_against_exact(found, exact, k)
 
 
-def recall_samples(vectors: np.ndarray, rng: np.random.Generator, extra: dict[str, np.ndarray] | None = None,
-                   size: int = RECALL_SAMPLE, own_kind: str = "image") -> dict[str, tuple[np.ndarray, np.ndarray, Sequence[int] | None]]:
+def recall_samples(
+    vectors: np.ndarray,
+    rng: np.random.Generator,
+    extra: dict[str, np.ndarray] | None = None,
+    size: int = RECALL_SAMPLE,
+    own_kind: str = "image",
+) -> dict[str, tuple[np.ndarray, np.ndarray, Sequence[int] | None]]:
     """Query samples with their exact answers over `vectors`: rows of the index itself (their own
     row excluded from both answers), and any other query sets (e.g. text queries on an image index)."""
     own = np.sort(rng.choice(len(vectors), min(size, len(vectors)), replace=False))
@@ -220,9 +244,13 @@ def recall_samples(vectors: np.ndarray, rng: np.random.Generator, extra: dict[st
     return samples
 
 
-def build_in_memory(vectors: np.ndarray, plan: IndexPlan, seed: int = 0,
-                    extra_queries: dict[str, np.ndarray] | None = None,
-                    target: float = DEFAULT_TARGET_RECALL) -> tuple[Any, Tuned]:
+def build_in_memory(
+    vectors: np.ndarray,
+    plan: IndexPlan,
+    seed: int = 0,
+    extra_queries: dict[str, np.ndarray] | None = None,
+    target: float = DEFAULT_TARGET_RECALL,
+) -> tuple[Any, Tuned]:
     """An index over unit-normalised float32 `vectors`, trained, filled and tuned (verify --retrieval)."""
     index = new_index(plan, vectors.shape[1])
     rng = np.random.default_rng(seed)
@@ -230,11 +258,30 @@ def build_in_memory(vectors: np.ndarray, plan: IndexPlan, seed: int = 0,
         pick = rng.choice(len(vectors), training_rows(plan, len(vectors)), replace=False)
         index.train(np.ascontiguousarray(vectors[np.sort(pick)], np.float32))
     index.add(np.ascontiguousarray(vectors, np.float32))
-    tuned = tune_nprobe(index, plan, recall_samples(vectors, rng, extra_queries), target) if not plan.exact \
+    tuned = (
+        tune_nprobe(index, plan, recall_samples(vectors, rng, extra_queries), target)
+        if not plan.exact
         else Tuned(0, {}, [])
+    )
     return index, tuned
 
 
-__all__ = ["DEFAULT_TARGET_RECALL", "EXACT_MAX_ROWS", "IndexKind", "IndexPlan", "RECALL_K", "RECALL_SAMPLE", "Tuned",
-           "build_in_memory", "faiss_module", "new_index", "parse_memory", "plan_index", "recall_samples", "search",
-           "set_nprobe", "training_rows", "tune_nprobe"]
+__all__ = [
+    "DEFAULT_TARGET_RECALL",
+    "EXACT_MAX_ROWS",
+    "IndexKind",
+    "IndexPlan",
+    "RECALL_K",
+    "RECALL_SAMPLE",
+    "Tuned",
+    "build_in_memory",
+    "faiss_module",
+    "new_index",
+    "parse_memory",
+    "plan_index",
+    "recall_samples",
+    "search",
+    "set_nprobe",
+    "training_rows",
+    "tune_nprobe",
+]

@@ -42,10 +42,14 @@ def read_index_manifest(folder: Path) -> dict[str, Any]:
     folder = Path(folder).expanduser()
     path = folder / MANIFEST
     if not path.is_file():
-        hint = " (it is still being built, or the build was interrupted: rerun `clipexport index`)" \
-            if (folder / ".building").is_dir() else ""
-        raise InputError(f"{folder} is not an index (no {MANIFEST}){hint}; make one with "
-                         "`clipexport index DATASET -o INDEX`")
+        hint = (
+            " (it is still being built, or the build was interrupted: rerun `clipexport index`)"
+            if (folder / ".building").is_dir()
+            else ""
+        )
+        raise InputError(
+            f"{folder} is not an index (no {MANIFEST}){hint}; make one with `clipexport index DATASET -o INDEX`"
+        )
     return read_index_manifest_file(path, "rebuild the index with `clipexport index ... --overwrite`")
 
 
@@ -56,8 +60,15 @@ class Searcher:
     `precision` (default: the index's). Another precision is allowed; `notes` says so, with the
     drift `verify --retrieval` measured for that pair when the artifact's parity.json has it."""
 
-    def __init__(self, folder: str | Path, artifact: str | Path | None = None, precision: Precision | str | None = None,
-                 backend: BackendKind | str | None = None, nprobe: int | None = None, check_dataset: bool = True):
+    def __init__(
+        self,
+        folder: str | Path,
+        artifact: str | Path | None = None,
+        precision: Precision | str | None = None,
+        backend: BackendKind | str | None = None,
+        nprobe: int | None = None,
+        check_dataset: bool = True,
+    ):
         self.folder = Path(folder).expanduser()
         self.manifest = read_index_manifest(self.folder)
         self.rows, self.dim = int(self.manifest["rows"]), int(self.manifest["dim"])
@@ -69,16 +80,23 @@ class Searcher:
         for name in (INDEX_FILE, IDS_FILE):
             if not (self.folder / name).is_file():
                 raise InputError(f"{self.folder / name} is missing; {fix}")
-            check_recorded_sha256(self.folder / name, self.manifest["files"].get(name), fix,
-                                  recorded_in=str(self.folder / MANIFEST), error=InputError)
+            check_recorded_sha256(
+                self.folder / name,
+                self.manifest["files"].get(name),
+                fix,
+                recorded_in=str(self.folder / MANIFEST),
+                error=InputError,
+            )
         faiss = faiss_module()
         try:
             self.index = faiss.read_index(str(index_path))
         except RuntimeError as exc:  # sha256 matched, yet FAISS cannot read it: another FAISS build
             raise InputError(f"FAISS cannot read {index_path} ({str(exc).splitlines()[-1][:120]}); {fix}") from None
         if self.index.ntotal != self.rows or self.index.d != self.dim:
-            raise InputError(f"{index_path} holds {self.index.ntotal} x {self.index.d}, its manifest says "
-                             f"{self.rows} x {self.dim}; {fix}")
+            raise InputError(
+                f"{index_path} holds {self.index.ntotal} x {self.index.d}, its manifest says "
+                f"{self.rows} x {self.dim}; {fix}"
+            )
         import pyarrow.parquet as pq
 
         self.ids: list[str] = pq.read_table(self.folder / IDS_FILE).column("id").to_pylist()
@@ -89,15 +107,22 @@ class Searcher:
             if self.manifest["index"].get("exact"):
                 raise InputError("--nprobe applies to approximate (IVF) indexes; this one is exact")
             if not 1 <= nprobe <= int(self.manifest["index"]["nlist"]):
-                raise InputError(f"--nprobe must be in 1..{self.manifest['index']['nlist']} (the index's lists), got {nprobe}")
+                raise InputError(
+                    f"--nprobe must be in 1..{self.manifest['index']['nlist']} (the index's lists), got {nprobe}"
+                )
             chosen = nprobe
         set_nprobe(self.index, chosen)
         if self.manifest.get("target_met") is False:
-            self.notes.append(f"this index's measured recall@10 ({self.manifest['recall_at_10']}) is below the target it "
-                              f"was built for ({self.manifest['index']['target_recall']}); it was kept with "
-                              "--accept-low-recall")
-        self.artifact = Path(artifact).expanduser() if artifact is not None else (
-            Path(self.manifest["artifact"]) if self.manifest.get("artifact") else None)
+            self.notes.append(
+                f"this index's measured recall@10 ({self.manifest['recall_at_10']}) is below the target it "
+                f"was built for ({self.manifest['index']['target_recall']}); it was kept with "
+                "--accept-low-recall"
+            )
+        self.artifact = (
+            Path(artifact).expanduser()
+            if artifact is not None
+            else (Path(self.manifest["artifact"]) if self.manifest.get("artifact") else None)
+        )
         from clipexport.artifact.precision import Precision
         from clipexport.runtime.backends import BackendKind
 
@@ -111,8 +136,10 @@ class Searcher:
         dataset = Path(self.manifest.get("dataset", ""))
         manifest = dataset / DATASET_MANIFEST
         if manifest.is_file() and sha256_file(manifest) != self.manifest.get("dataset_manifest_sha256"):
-            raise InputError(f"the dataset {dataset} changed since this index was built; rebuild it with "
-                             f"`clipexport index {dataset} -o {self.folder} --overwrite`")
+            raise InputError(
+                f"the dataset {dataset} changed since this index was built; rebuild it with "
+                f"`clipexport index {dataset} -o {self.folder} --overwrite`"
+            )
 
     # -- vectors -----------------------------------------------------------------------------
     def search(self, queries: np.ndarray, k: int = 10) -> list[list[Hit]]:
@@ -125,8 +152,10 @@ class Searcher:
         if not np.isfinite(queries).all():
             raise InputError("query vectors hold NaN or infinity")
         scores, rows = search(self.index, l2_normalize(queries.astype(np.float32), np.float32), k)
-        return [[Hit(self.ids[r], float(s), int(r)) for s, r in zip(srow, rrow) if r >= 0]
-                for srow, rrow in zip(scores, rows)]
+        return [
+            [Hit(self.ids[r], float(s), int(r)) for s, r in zip(srow, rrow) if r >= 0]
+            for srow, rrow in zip(scores, rows)
+        ]
 
     # -- texts and images ---------------------------------------------------------------------
     def search_text(self, texts: Sequence[str], k: int = 10) -> list[list[Hit]]:
@@ -149,8 +178,12 @@ class Searcher:
         if self._runtime is not None:
             self._runtime.close()
             self._runtime = None
-        self._runtime = ClipRuntime.load(self.artifact, backend=self.backend, precision=self.precision,
-                                         towers=tuple(Tower(t) for t in sorted(towers)))
+        self._runtime = ClipRuntime.load(
+            self.artifact,
+            backend=self.backend,
+            precision=self.precision,
+            towers=tuple(Tower(t) for t in sorted(towers)),
+        )
         self._towers = towers
         return self._runtime
 
@@ -161,12 +194,16 @@ class Searcher:
             raise InputError(f"the artifact {self.artifact} is not there (no manifest.json); pass --artifact")
         manifest = read_manifest(self.artifact)
         if manifest.embed_dim != self.dim:
-            raise InputError(f"the artifact {self.artifact} embeds to {manifest.embed_dim} dimensions, the index holds "
-                             f"{self.dim}; pass the --artifact the dataset was embedded with")
+            raise InputError(
+                f"the artifact {self.artifact} embeds to {manifest.embed_dim} dimensions, the index holds "
+                f"{self.dim}; pass the --artifact the dataset was embedded with"
+            )
         recorded = self.manifest.get("artifact_manifest_sha256")
         if recorded and sha256_file(self.artifact / "manifest.json") != recorded:
-            self.notes.append(f"the manifest of {self.artifact} changed since the dataset was embedded (a quantize "
-                              "adds to it; a different model would make the scores meaningless)")
+            self.notes.append(
+                f"the manifest of {self.artifact} changed since the dataset was embedded (a quantize "
+                "adds to it; a different model would make the scores meaningless)"
+            )
         if self.precision != self.manifest.get("precision"):
             self.notes.append(self._drift_note())
 
@@ -179,8 +216,11 @@ class Searcher:
         except (OSError, ValueError, KeyError, TypeError):
             return said + " (the drift of this pair is not measured: run `clipexport verify ARTIFACT --retrieval DIR`)"
         for cell in cells:
-            if (cell.get("index_type") == "exact" and cell.get("index_precision") == built
-                    and cell.get("query_precision") == self.precision):
+            if (
+                cell.get("index_type") == "exact"
+                and cell.get("index_precision") == built
+                and cell.get("query_precision") == self.precision
+            ):
                 overlap = cell.get("overlap_at_10", {})
                 drop = cell.get("drop_points")
                 parts = [f"{kind} top-10 overlap with fp32/fp32 {100 * v:.1f}%" for kind, v in overlap.items()]

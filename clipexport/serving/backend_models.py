@@ -83,8 +83,11 @@ class _BatchedModel:
         for r, request in enumerate(requests):
             try:
                 values = pb.get_input_tensor_by_name(request, self.input_name).as_numpy().reshape(-1)
-                check_request_bytes(sum(len(v) for v in values if isinstance(v, (bytes, np.bytes_))),
-                                    self.max_request_bytes, "the request's items")
+                check_request_bytes(
+                    sum(len(v) for v in values if isinstance(v, (bytes, np.bytes_))),
+                    self.max_request_bytes,
+                    "the request's items",
+                )
                 decoded = [self.decode(value, i) for i, value in enumerate(values)]
             except ClipExportError as exc:
                 responses[r] = pb.InferenceResponse(error=self._error(exc))
@@ -99,7 +102,7 @@ class _BatchedModel:
                     responses[r] = pb.InferenceResponse(error=self._error(exc))
                 return responses
             for r, start, count in owners:
-                tensor = pb.Tensor(self.output_name, self.respond(outputs[start:start + count]))
+                tensor = pb.Tensor(self.output_name, self.respond(outputs[start : start + count]))
                 responses[r] = pb.InferenceResponse(output_tensors=[tensor])
         return responses
 
@@ -124,8 +127,12 @@ def _open_runtime(model: _BatchedModel, tower: str) -> Any:
     """The runtime with only the tower this model runs (an image model holds no text session)."""
     from clipexport.runtime import ClipRuntime
 
-    return ClipRuntime.load(model.artifact, backend=model.parameters.get("backend", "onnxruntime"),
-                            precision=model.parameters.get("precision", "fp32"), towers=(tower,))
+    return ClipRuntime.load(
+        model.artifact,
+        backend=model.parameters.get("backend", "onnxruntime"),
+        precision=model.parameters.get("precision", "fp32"),
+        towers=(tower,),
+    )
 
 
 class ImageEmbedModel(_BatchedModel):
@@ -151,8 +158,10 @@ class TextEmbedModel(_BatchedModel):
     def setup(self) -> None:
         self.runtime = _open_runtime(self, "text")
         if self.runtime.tokenizer is None:
-            raise InputError(f"{self.artifact}'s tokenizer ({self.runtime.manifest.tokenizer.kind}) has no "
-                             "torch-free implementation; re-export with a tokenizer that has a tokenizer.json")
+            raise InputError(
+                f"{self.artifact}'s tokenizer ({self.runtime.manifest.tokenizer.kind}) has no "
+                "torch-free implementation; re-export with a tokenizer that has a tokenizer.json"
+            )
 
     def decode(self, item: Any, index: int) -> str:
         return _text(item, index)

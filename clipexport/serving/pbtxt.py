@@ -8,8 +8,13 @@ from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 # numpy dtype name (the manifest's) -> Triton data type
-TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64", "int32": "TYPE_INT32",
-                "bytes": "TYPE_STRING"}
+TRITON_TYPES = {
+    "float32": "TYPE_FP32",
+    "float16": "TYPE_FP16",
+    "int64": "TYPE_INT64",
+    "int32": "TYPE_INT32",
+    "bytes": "TYPE_STRING",
+}
 
 
 @dataclass(frozen=True)

@@ -64,8 +64,10 @@ class HttpFront:
 
     def start(self) -> None:
         self._server = self._loop.run_until_complete(
-            asyncio.start_server(self._client, self.options.host, self.options.port, limit=MAX_HEAD_BYTES,
-                                 reuse_address=True))
+            asyncio.start_server(
+                self._client, self.options.host, self.options.port, limit=MAX_HEAD_BYTES, reuse_address=True
+            )
+        )
         self._thread.start()
 
     def stop(self) -> None:
@@ -91,24 +93,36 @@ class HttpFront:
                 except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError):
                     return
                 except asyncio.LimitOverrunError:
-                    await _refuse(writer, _Refused(431, "Request Header Fields Too Large",
-                                                   f"request headers over {MAX_HEAD_BYTES} bytes"))
+                    await _refuse(
+                        writer,
+                        _Refused(
+                            431, "Request Header Fields Too Large", f"request headers over {MAX_HEAD_BYTES} bytes"
+                        ),
+                    )
                     return
                 try:
                     method, headers = _parse_head(head)
                     length, chunked = self._check(headers)
                     if method == "POST" and _is_infer(head) and not length and not chunked:
-                        raise _Refused(400, "Bad Request", "the inference request has no body; send the KServe v2 "
-                                                           "JSON (inputs: name, shape, datatype, data)")
+                        raise _Refused(
+                            400,
+                            "Bad Request",
+                            "the inference request has no body; send the KServe v2 "
+                            "JSON (inputs: name, shape, datatype, data)",
+                        )
                 except _Refused as refused:
                     await _refuse(writer, refused)
                     await _drain(reader)  # a client still sending its body would see a reset, not our answer
                     return
                 if upstream is None or upstream[1].is_closing():
-                    upstream = await asyncio.open_connection("127.0.0.1", self.options.upstream_port, limit=MAX_HEAD_BYTES)
+                    upstream = await asyncio.open_connection(
+                        "127.0.0.1", self.options.upstream_port, limit=MAX_HEAD_BYTES
+                    )
                 try:
-                    keep = await asyncio.wait_for(self._forward(reader, writer, upstream, head, method, headers,
-                                                                length, chunked), UPSTREAM_TIMEOUT_S)
+                    keep = await asyncio.wait_for(
+                        self._forward(reader, writer, upstream, head, method, headers, length, chunked),
+                        UPSTREAM_TIMEOUT_S,
+                    )
                 except _Refused as refused:
                     await _refuse(writer, refused)
                     await _drain(reader)
@@ -128,10 +142,13 @@ class HttpFront:
     def _check(self, headers: dict[str, str]) -> tuple[int, bool]:
         content_type = headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type in REFUSED_TYPES:
-            raise _Refused(415, "Unsupported Media Type",
-                           f"request bodies sent as {content_type} are refused (the server would parse them as form "
-                           "fields); send the KServe v2 JSON with Content-Type: application/json, or the binary "
-                           "tensor extension with application/octet-stream")
+            raise _Refused(
+                415,
+                "Unsupported Media Type",
+                f"request bodies sent as {content_type} are refused (the server would parse them as form "
+                "fields); send the KServe v2 JSON with Content-Type: application/json, or the binary "
+                "tensor extension with application/octet-stream",
+            )
         chunked = "chunked" in headers.get("transfer-encoding", "").lower()
         try:
             length = int(headers.get("content-length", "0") or 0)
@@ -140,12 +157,22 @@ class HttpFront:
         if length < 0:
             raise _Refused(400, "Bad Request", "Content-Length is negative")
         if length > self.options.max_request_bytes:
-            raise _Refused(413, "Payload Too Large", too_large(length, self.options.max_request_bytes, "the request body"))
+            raise _Refused(
+                413, "Payload Too Large", too_large(length, self.options.max_request_bytes, "the request body")
+            )
         return length, chunked
 
-    async def _forward(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                       upstream: tuple[asyncio.StreamReader, asyncio.StreamWriter], head: bytes, method: str,
-                       headers: dict[str, str], length: int, chunked: bool) -> bool:
+    async def _forward(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        upstream: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+        head: bytes,
+        method: str,
+        headers: dict[str, str],
+        length: int,
+        chunked: bool,
+    ) -> bool:
         up_reader, up_writer = upstream
         if chunked:  # Triton gets a plain Content-Length body: read it whole, counting
             body = await self._read_chunked(reader)
@@ -160,7 +187,9 @@ class HttpFront:
         if response_head.startswith(b"HTTP/1.1 500") and int(response_headers.get("content-length", "0") or 0) < 65536:
             body = await up_reader.readexactly(int(response_headers.get("content-length", "0") or 0))
             if _client_error(body):
-                response_head = response_head.replace(b"HTTP/1.1 500 Internal Server Error", b"HTTP/1.1 400 Bad Request", 1)
+                response_head = response_head.replace(
+                    b"HTTP/1.1 500 Internal Server Error", b"HTTP/1.1 400 Bad Request", 1
+                )
             writer.write(response_head + body)
         else:
             writer.write(response_head)
@@ -182,7 +211,11 @@ class HttpFront:
                     pass
                 return bytes(body)
             if len(body) + size > self.options.max_request_bytes:
-                raise _Refused(413, "Payload Too Large", too_large(len(body) + size, self.options.max_request_bytes, "the request body"))
+                raise _Refused(
+                    413,
+                    "Payload Too Large",
+                    too_large(len(body) + size, self.options.max_request_bytes, "the request body"),
+                )
             body += await reader.readexactly(size)
             await reader.readexactly(2)
 
@@ -218,13 +251,17 @@ def _parse_head(head: bytes, response: bool = False) -> tuple[str, dict[str, str
 
 
 def _rewrite_length(head: bytes, length: int) -> bytes:
-    lines = [line for line in head.split(b"\r\n")
-             if line and not line.lower().startswith((b"transfer-encoding:", b"content-length:"))]
+    lines = [
+        line
+        for line in head.split(b"\r\n")
+        if line and not line.lower().startswith((b"transfer-encoding:", b"content-length:"))
+    ]
     return b"\r\n".join(lines + [b"Content-Length: %d" % length]) + b"\r\n\r\n"
 
 
-async def _relay_body(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, headers: dict[str, str],
-                      method: str) -> None:
+async def _relay_body(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, headers: dict[str, str], method: str
+) -> None:
     if method == "HEAD":
         return
     if "chunked" in headers.get("transfer-encoding", "").lower():
@@ -266,8 +303,11 @@ async def _drain(reader: asyncio.StreamReader) -> None:
 
 async def _refuse(writer: asyncio.StreamWriter, refused: _Refused) -> None:
     body = json.dumps({"error": refused.message}).encode()
-    writer.write(f"HTTP/1.1 {refused.status} {refused.reason}\r\nContent-Type: application/json\r\n"
-                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
+    writer.write(
+        f"HTTP/1.1 {refused.status} {refused.reason}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+        + body
+    )
     try:
         await writer.drain()
     except ConnectionError:

@@ -61,12 +61,15 @@ def write_repository(options: RepositoryOptions, progress: Progress = silent) ->
     """Write the repository; returns the model names."""
     artifact = Path(options.artifact)
     manifest = read_manifest(artifact)
-    name = model_prefix(options.name, explicit=True) if options.name is not None else model_prefix(artifact.resolve().name)
+    name = (
+        model_prefix(options.name, explicit=True) if options.name is not None else model_prefix(artifact.resolve().name)
+    )
     _check_options(options, manifest)
     output = Path(options.output).expanduser().absolute()
     _check_output(output, options.overwrite, artifact.resolve())
-    with staging_folder(output.parent, f".{output.name}.partial-", "triton", "choose a writable --output", progress,
-                        public=True) as staging:
+    with staging_folder(
+        output.parent, f".{output.name}.partial-", "triton", "choose a writable --output", progress, public=True
+    ) as staging:
         models = _write_models(staging, artifact, manifest, name, options, progress)
         (staging / "README.md").write_text(_readme(name, manifest, options), encoding="utf-8")
         write_json_atomic(staging / MARKER, {"artifact": str(artifact.resolve()), "models": models})
@@ -82,15 +85,20 @@ def servable_backends() -> tuple[BackendKind, ...]:
 def tower_serving(kind: BackendKind | str) -> TritonServing:
     serving = triton_serving(kind)
     if serving is None:
-        raise InputError(f"Triton cannot serve towers on {BackendKind.parse(kind).value}; pass --platform "
-                         f"{' or '.join(k.value for k in servable_backends())}")
+        raise InputError(
+            f"Triton cannot serve towers on {BackendKind.parse(kind).value}; pass --platform "
+            f"{' or '.join(k.value for k in servable_backends())}"
+        )
     return serving
 
 
 def _check_options(options: RepositoryOptions, manifest: Manifest) -> None:
     tower_serving(options.platform)
-    for value, what in ((options.instances, "--instances"), (options.python_instances, "--python-instances"),
-                        (options.max_batch_size or 1, "--max-batch")):
+    for value, what in (
+        (options.instances, "--instances"),
+        (options.python_instances, "--python-instances"),
+        (options.max_batch_size or 1, "--max-batch"),
+    ):
         if value < 1:
             raise InputError(f"{what} must be at least 1")
     if options.max_queue_delay_us < 0:
@@ -99,14 +107,20 @@ def _check_options(options: RepositoryOptions, manifest: Manifest) -> None:
         artifact = manifest.tower(tower)
         if options.precision not in artifact.graphs:
             have = ", ".join(p.value for p in artifact.graphs)
-            raise InputError(f"no {options.precision.value} graph for the {tower.value} tower (have: {have}); "
-                             f"create it with: clipexport quantize ARTIFACT --precision {options.precision.value}")
+            raise InputError(
+                f"no {options.precision.value} graph for the {tower.value} tower (have: {have}); "
+                f"create it with: clipexport quantize ARTIFACT --precision {options.precision.value}"
+            )
         if artifact.graphs[options.precision].details.io_dtype != "float32":
-            raise InputError(f"the {options.precision.value} graphs take {artifact.graphs[options.precision].details.io_dtype} "
-                             "inputs; the ensembles pass float32: re-create them with --io-dtype float32 (the default)")
+            raise InputError(
+                f"the {options.precision.value} graphs take {artifact.graphs[options.precision].details.io_dtype} "
+                "inputs; the ensembles pass float32: re-create them with --io-dtype float32 (the default)"
+            )
     if manifest.tokenizer.kind not in ("clip_bpe", "hf_json"):
-        raise InputError(f"the artifact's tokenizer ({manifest.tokenizer.kind}) has no torch-free implementation for "
-                         "the tokenize model; re-export with a tokenizer that has a tokenizer.json")
+        raise InputError(
+            f"the artifact's tokenizer ({manifest.tokenizer.kind}) has no torch-free implementation for "
+            "the tokenize model; re-export with a tokenizer that has a tokenizer.json"
+        )
 
 
 def _check_output(output: Path, overwrite: bool, artifact: Path) -> None:
@@ -118,12 +132,15 @@ def _check_output(output: Path, overwrite: bool, artifact: Path) -> None:
         if not overwrite:
             raise InputError(f"output folder {output} is not empty; pass --overwrite to replace an earlier repository")
         if not (output / MARKER).is_file():
-            raise InputError(f"--overwrite only replaces a repository written by clipexport triton, and {output} is not "
-                             "one; refusing to delete it: choose a new or empty --output")
+            raise InputError(
+                f"--overwrite only replaces a repository written by clipexport triton, and {output} is not "
+                "one; refusing to delete it: choose a new or empty --output"
+            )
 
 
-def _write_models(root: Path, artifact: Path, manifest: Manifest, name: str, options: RepositoryOptions,
-                  progress: Progress) -> list[str]:
+def _write_models(
+    root: Path, artifact: Path, manifest: Manifest, name: str, options: RepositoryOptions, progress: Progress
+) -> list[str]:
     dim = manifest.embed_dim
     towers = {}
     for tower in Tower:
@@ -131,40 +148,75 @@ def _write_models(root: Path, artifact: Path, manifest: Manifest, name: str, opt
     vision, text = manifest.tower(Tower.VISION), manifest.tower(Tower.TEXT)
     h, w = manifest.preprocess.image_size
     python_batching = Batching(max(t.max_batch_size for t in towers.values()), (), options.max_queue_delay_us)
-    preprocess = ModelConfig(f"{name}_preprocess", [Tensor("IMAGE", "bytes", (1,))], [Tensor("PIXELS", "float32", (3, h, w))],
-                             python_batching.max_batch_size, backend="python", batching=python_batching,
-                             instance_kind=InstanceKind.CPU.value, instances=options.python_instances,
-                             parameters={"artifact": ARTIFACT_COPY})
+    preprocess = ModelConfig(
+        f"{name}_preprocess",
+        [Tensor("IMAGE", "bytes", (1,))],
+        [Tensor("PIXELS", "float32", (3, h, w))],
+        python_batching.max_batch_size,
+        backend="python",
+        batching=python_batching,
+        instance_kind=InstanceKind.CPU.value,
+        instances=options.python_instances,
+        parameters={"artifact": ARTIFACT_COPY},
+    )
     length = -1 if text.properties.trimmable else manifest.tokenizer.context_length
-    tokenize = ModelConfig(f"{name}_tokenize", [Tensor("TEXT", "bytes", (1,))], [Tensor("INPUT_IDS", "int64", (length,))],
-                           python_batching.max_batch_size, backend="python", batching=python_batching,
-                           instance_kind=InstanceKind.CPU.value, instances=options.python_instances,
-                           parameters={"artifact": ARTIFACT_COPY, "buckets": ",".join(map(str, options.buckets))})
+    tokenize = ModelConfig(
+        f"{name}_tokenize",
+        [Tensor("TEXT", "bytes", (1,))],
+        [Tensor("INPUT_IDS", "int64", (length,))],
+        python_batching.max_batch_size,
+        backend="python",
+        batching=python_batching,
+        instance_kind=InstanceKind.CPU.value,
+        instances=options.python_instances,
+        parameters={"artifact": ARTIFACT_COPY, "buckets": ",".join(map(str, options.buckets))},
+    )
     for config, model_class in ((preprocess, "PreprocessModel"), (tokenize, "TokenizeModel")):
         write_python_model(root, config, model_class, artifact, manifest)
-    image = ModelConfig(f"{name}_image", [Tensor("IMAGE", "bytes", (1,))], [Tensor("EMBEDDING", "float32", (dim,))],
-                        towers[Tower.VISION].max_batch_size, platform="ensemble",
-                        steps=[Step(preprocess.name, {"IMAGE": "IMAGE"}, {"PIXELS": "pixels"}),
-                               Step(towers[Tower.VISION].name, {vision.inputs[0].name: "pixels"},
-                                    {vision.outputs[0].name: "EMBEDDING"})])
-    text_ensemble = ModelConfig(f"{name}_text", [Tensor("TEXT", "bytes", (1,))], [Tensor("EMBEDDING", "float32", (dim,))],
-                                towers[Tower.TEXT].max_batch_size, platform="ensemble",
-                                steps=[Step(tokenize.name, {"TEXT": "TEXT"}, {"INPUT_IDS": "input_ids"}),
-                                       Step(towers[Tower.TEXT].name, {text.inputs[0].name: "input_ids"},
-                                            {text.outputs[0].name: "EMBEDDING"})])
+    image = ModelConfig(
+        f"{name}_image",
+        [Tensor("IMAGE", "bytes", (1,))],
+        [Tensor("EMBEDDING", "float32", (dim,))],
+        towers[Tower.VISION].max_batch_size,
+        platform="ensemble",
+        steps=[
+            Step(preprocess.name, {"IMAGE": "IMAGE"}, {"PIXELS": "pixels"}),
+            Step(towers[Tower.VISION].name, {vision.inputs[0].name: "pixels"}, {vision.outputs[0].name: "EMBEDDING"}),
+        ],
+    )
+    text_ensemble = ModelConfig(
+        f"{name}_text",
+        [Tensor("TEXT", "bytes", (1,))],
+        [Tensor("EMBEDDING", "float32", (dim,))],
+        towers[Tower.TEXT].max_batch_size,
+        platform="ensemble",
+        steps=[
+            Step(tokenize.name, {"TEXT": "TEXT"}, {"INPUT_IDS": "input_ids"}),
+            Step(towers[Tower.TEXT].name, {text.inputs[0].name: "input_ids"}, {text.outputs[0].name: "EMBEDDING"}),
+        ],
+    )
     for config in (image, text_ensemble):
         _write_config(root, config)
         (root / config.name / "1").mkdir()  # Triton wants a version folder, even an empty one for ensembles
     return [c.name for c in (*towers.values(), preprocess, tokenize, image, text_ensemble)]
 
 
-def _write_tower(root: Path, artifact: Path, manifest: Manifest, name: str, tower: Tower, options: RepositoryOptions,
-                 progress: Progress) -> ModelConfig:
+def _write_tower(
+    root: Path,
+    artifact: Path,
+    manifest: Manifest,
+    name: str,
+    tower: Tower,
+    options: RepositoryOptions,
+    progress: Progress,
+) -> ModelConfig:
     spec = manifest.tower(tower)
     model = f"{name}_{tower.value}_tower"
     version = root / model / "1"
     version.mkdir(parents=True)
-    inputs = [Tensor(i.name, i.dtype, tuple(-1 if isinstance(d, str) else int(d) for d in i.shape[1:])) for i in spec.inputs]
+    inputs = [
+        Tensor(i.name, i.dtype, tuple(-1 if isinstance(d, str) else int(d) for d in i.shape[1:])) for i in spec.inputs
+    ]
     outputs = [Tensor(o.name, o.dtype, (manifest.embed_dim,)) for o in spec.outputs]
     max_batch = options.max_batch_size or DEFAULT_MAX_BATCH
     cc_files: dict[str, str] = {}
@@ -175,8 +227,10 @@ def _write_tower(root: Path, artifact: Path, manifest: Manifest, name: str, towe
         provenance = read_sidecar(plan, rebuild)
         profile_max = min(int(p["max"][0]) for p in provenance.profiles.values())
         if options.max_batch_size and options.max_batch_size > profile_max:
-            raise InputError(f"--max-batch {options.max_batch_size} exceeds the {tower.value} engine's profile (max batch "
-                             f"{profile_max}); rebuild with a larger profile or pass --max-batch {profile_max}")
+            raise InputError(
+                f"--max-batch {options.max_batch_size} exceeds the {tower.value} engine's profile (max batch "
+                f"{profile_max}); rebuild with a larger profile or pass --max-batch {profile_max}"
+            )
         max_batch = options.max_batch_size or profile_max
         # Engines only run on the GPU architecture they were built for: pin the file to it, so a
         # server on another GPU refuses to load the model instead of failing at the first request.
@@ -192,18 +246,27 @@ def _write_tower(root: Path, artifact: Path, manifest: Manifest, name: str, towe
         if graph.external_data:  # the graph names its data file; it keeps that name beside model.onnx
             shutil.copy2(artifact / graph.external_data, version / Path(graph.external_data).name)
     preferred = tuple(b for b in options.preferred_batch_sizes if b <= max_batch)
-    config = ModelConfig(model, inputs, outputs, max_batch, platform=serving.platform, backend=serving.backend,
-                         default_model_filename=serving.default_model_filename,
-                         batching=Batching(max_batch, preferred, options.max_queue_delay_us),
-                         instance_kind=options.instance_kind.value, instances=options.instances,
-                         cc_model_filenames=cc_files,
-                         cuda_graphs=options.cuda_graphs and serving.engine)
+    config = ModelConfig(
+        model,
+        inputs,
+        outputs,
+        max_batch,
+        platform=serving.platform,
+        backend=serving.backend,
+        default_model_filename=serving.default_model_filename,
+        batching=Batching(max_batch, preferred, options.max_queue_delay_us),
+        instance_kind=options.instance_kind.value,
+        instances=options.instances,
+        cc_model_filenames=cc_files,
+        cuda_graphs=options.cuda_graphs and serving.engine,
+    )
     _write_config(root, config)
     return config
 
 
-def write_python_model(root: Path, config: ModelConfig, model_class: str, artifact: Path | None = None,
-                       manifest: Manifest | None = None) -> None:
+def write_python_model(
+    root: Path, config: ModelConfig, model_class: str, artifact: Path | None = None, manifest: Manifest | None = None
+) -> None:
     """A python-backend model: config.pbtxt and a one-line model.py naming the class in
     `serving.backend_models` (the logic stays in the installed package). With `artifact`, the
     manifest (and tokenizer.json) are copied beside it, for a repository that travels."""
@@ -218,7 +281,8 @@ def write_python_model(root: Path, config: ModelConfig, model_class: str, artifa
     (version / "model.py").write_text(
         f'"""Written by clipexport: the logic lives in the installed clipexport package (pip install \'clipexport[runtime]\')."""\n'
         f"from clipexport.serving.backend_models import {model_class} as TritonPythonModel  # noqa: F401\n",
-        encoding="utf-8")
+        encoding="utf-8",
+    )
     _write_config(root, config)
 
 

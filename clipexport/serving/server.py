@@ -50,9 +50,11 @@ from clipexport.serving.pbtxt import Batching, ModelConfig, Tensor
 from clipexport.artifact.layout import model_prefix
 from clipexport.serving.repository import DEFAULT_QUEUE_DELAY_US, write_python_model
 
-SERVE_HINT = ("pip install 'clipexport[serve]' (NVIDIA PyTriton, which needs numpy<2) into a Python whose shared "
-              "libpython matches it, e.g. Debian's: /usr/bin/python3.11 -m venv .venv-serve && "
-              ".venv-serve/bin/pip install 'clipexport[serve]'")
+SERVE_HINT = (
+    "pip install 'clipexport[serve]' (NVIDIA PyTriton, which needs numpy<2) into a Python whose shared "
+    "libpython matches it, e.g. Debian's: /usr/bin/python3.11 -m venv .venv-serve && "
+    ".venv-serve/bin/pip install 'clipexport[serve]'"
+)
 READY_TIMEOUT_S = 180.0  # model load: two ONNX Runtime sessions per instance
 STOP_TIMEOUT_S = 30.0
 WORKSPACE_PREFIX = "clipexport-serve-"
@@ -90,7 +92,9 @@ def client_host(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
 
 
-def serve(options: ServeOptions, progress: Progress = silent, on_ready: Callable[[list[str]], None] | None = None) -> None:
+def serve(
+    options: ServeOptions, progress: Progress = silent, on_ready: Callable[[list[str]], None] | None = None
+) -> None:
     """Run the server until interrupted (KeyboardInterrupt, which SIGTERM also raises in the CLI)
     or until tritonserver exits; the workspace is removed either way."""
     artifact = Path(options.artifact).resolve()
@@ -100,8 +104,9 @@ def serve(options: ServeOptions, progress: Progress = silent, on_ready: Callable
     dist = _tritonserver_dist()
     name = model_prefix(options.name, explicit=True) if options.name is not None else model_prefix(artifact.name)
     _remove_stale_shm(progress)
-    workspace = fresh_staging_dir(Path(tempfile.gettempdir()), WORKSPACE_PREFIX, "clipexport serve",
-                                  "set TMPDIR to a writable folder", progress)
+    workspace = fresh_staging_dir(
+        Path(tempfile.gettempdir()), WORKSPACE_PREFIX, "clipexport serve", "set TMPDIR to a writable folder", progress
+    )
     process = None
     front = None
     try:
@@ -111,33 +116,46 @@ def serve(options: ServeOptions, progress: Progress = silent, on_ready: Callable
         repo = workspace / "models"
         models = _write_serving_models(repo, artifact, name, manifest, options)
         internal_http = free_local_ports(1)[0]
-        command = [str(server_dir / "bin" / "tritonserver"), f"--model-repository={repo}",
-                   f"--backend-directory={server_dir / 'backends'}",
-                   f"--backend-config=python,shm-region-prefix-name={SHM_PREFIX}{os.getpid()}_",
-                   "--http-address=127.0.0.1", f"--http-port={internal_http}",
-                   f"--grpc-address={options.host}", f"--grpc-port={options.grpc_port}",
-                   f"--metrics-address={options.host}", f"--metrics-port={options.metrics_port}",
-                   "--allow-metrics=true", "--allow-gpu-metrics=false", "--strict-readiness=true",
-                   "--disable-auto-complete-config", f"--exit-timeout-secs={int(STOP_TIMEOUT_S)}"]
+        command = [
+            str(server_dir / "bin" / "tritonserver"),
+            f"--model-repository={repo}",
+            f"--backend-directory={server_dir / 'backends'}",
+            f"--backend-config=python,shm-region-prefix-name={SHM_PREFIX}{os.getpid()}_",
+            "--http-address=127.0.0.1",
+            f"--http-port={internal_http}",
+            f"--grpc-address={options.host}",
+            f"--grpc-port={options.grpc_port}",
+            f"--metrics-address={options.host}",
+            f"--metrics-port={options.metrics_port}",
+            "--allow-metrics=true",
+            "--allow-gpu-metrics=false",
+            "--strict-readiness=true",
+            "--disable-auto-complete-config",
+            f"--exit-timeout-secs={int(STOP_TIMEOUT_S)}",
+        ]
         from clipexport.serving.proxy import HttpFront, ProxyOptions
 
         front = HttpFront(ProxyOptions(options.host, options.http_port, internal_http, options.max_request_bytes))
         try:
             front.start()
         except OSError as exc:
-            raise InputError(f"--http-port {options.http_port} on {options.host} is not free ({exc.strerror}); "
-                             "choose a free port with --http-port") from None
+            raise InputError(
+                f"--http-port {options.http_port} on {options.host} is not free ({exc.strerror}); "
+                "choose a free port with --http-port"
+            ) from None
         log = (workspace / "tritonserver.log").open("wb")
         progress(f"starting tritonserver ({len(models)} models: {', '.join(models)}; workspace {workspace})")
         # cwd: the workspace, so the python models never import a `clipexport` folder from the caller's directory.
-        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=str(workspace),
-                                   preexec_fn=_die_with_parent)
+        process = subprocess.Popen(
+            command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=str(workspace), preexec_fn=_die_with_parent
+        )
         _wait_ready(process, internal_http, workspace / "tritonserver.log")
         if on_ready:
             on_ready(models)
         code = process.wait()
-        raise ServerFailed(f"{_how_it_ended(process.pid, code)}; its last log line: "
-                           f"{_last_error(workspace / 'tritonserver.log')}")
+        raise ServerFailed(
+            f"{_how_it_ended(process.pid, code)}; its last log line: {_last_error(workspace / 'tritonserver.log')}"
+        )
     finally:
         if process is not None and process.poll() is None:
             process.send_signal(signal.SIGTERM)  # Triton finishes in-flight requests, then exits
@@ -195,41 +213,57 @@ def free_local_ports(count: int, host: str = "127.0.0.1") -> list[int]:
 
 
 def _check(options: ServeOptions, manifest) -> None:
-    for port, what in ((options.http_port, "--http-port"), (options.grpc_port, "--grpc-port"),
-                       (options.metrics_port, "--metrics-port")):
+    for port, what in (
+        (options.http_port, "--http-port"),
+        (options.grpc_port, "--grpc-port"),
+        (options.metrics_port, "--metrics-port"),
+    ):
         if not 0 < port < 65536:
             raise InputError(f"{what} {port} is not a port number (1-65535)")
     if len({options.http_port, options.grpc_port, options.metrics_port}) != 3:
         raise InputError("--http-port, --grpc-port and --metrics-port must differ")
-    for port, what in ((options.http_port, "--http-port"), (options.grpc_port, "--grpc-port"),
-                       (options.metrics_port, "--metrics-port")):
+    for port, what in (
+        (options.http_port, "--http-port"),
+        (options.grpc_port, "--grpc-port"),
+        (options.metrics_port, "--metrics-port"),
+    ):
         # Before starting: another server on the port would answer our readiness probe.
         with socket.socket() as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 probe.bind((options.host, port))
             except OSError as exc:
-                raise InputError(f"{what} {port} on {options.host} is not free ({exc.strerror}); another server "
-                                 f"(a second clipexport serve?) uses it: choose a free port with {what}") from None
+                raise InputError(
+                    f"{what} {port} on {options.host} is not free ({exc.strerror}); another server "
+                    f"(a second clipexport serve?) uses it: choose a free port with {what}"
+                ) from None
     if options.max_batch < 1 or options.instances < 1 or options.max_queue_delay_us < 0:
         raise InputError("--max-batch and --instances must be at least 1, --max-queue-delay-us at least 0")
     if options.max_request_bytes < MIN_REQUEST_BYTES:
-        raise InputError(f"--max-request-bytes {options.max_request_bytes} is too small to carry an image; "
-                         f"use at least {MIN_REQUEST_BYTES}")
+        raise InputError(
+            f"--max-request-bytes {options.max_request_bytes} is too small to carry an image; "
+            f"use at least {MIN_REQUEST_BYTES}"
+        )
     for tower in Tower:
         if options.precision not in manifest.tower(tower).graphs:
-            raise InputError(f"no {options.precision.value} graph for the {tower.value} tower; create it with: "
-                             f"clipexport quantize ARTIFACT --precision {options.precision.value}")
+            raise InputError(
+                f"no {options.precision.value} graph for the {tower.value} tower; create it with: "
+                f"clipexport quantize ARTIFACT --precision {options.precision.value}"
+            )
     if manifest.tokenizer.kind not in ("clip_bpe", "hf_json"):
-        raise InputError(f"the artifact's tokenizer ({manifest.tokenizer.kind}) has no torch-free implementation; "
-                         "re-export with a tokenizer that has a tokenizer.json")
+        raise InputError(
+            f"the artifact's tokenizer ({manifest.tokenizer.kind}) has no torch-free implementation; "
+            "re-export with a tokenizer that has a tokenizer.json"
+        )
 
 
 def _tritonserver_dist() -> Path:
     try:
         require("pytriton", "serving on Triton")
     except MissingDependencyError:
-        raise MissingDependencyError(f"clipexport serve needs NVIDIA PyTriton's bundled tritonserver: {SERVE_HINT}") from None
+        raise MissingDependencyError(
+            f"clipexport serve needs NVIDIA PyTriton's bundled tritonserver: {SERVE_HINT}"
+        ) from None
     from pytriton.triton import TRITONSERVER_DIST_DIR
 
     return Path(TRITONSERVER_DIST_DIR)
@@ -266,14 +300,17 @@ def check_python_backend(server_dir: Path, env: dict[str, str]) -> None:
         return  # no ldd: the first model load reports a mismatch itself
     match = re.search(r"libpython[\d.]+\.so[\d.]*\s+=>\s+(\S+)", out)
     if not match or match.group(1) == "not":
-        raise DeviceUnavailableError(f"the python backend finds no shared libpython for Python "
-                                     f"{sys.version_info[0]}.{sys.version_info[1]}; {SERVE_HINT}")
+        raise DeviceUnavailableError(
+            f"the python backend finds no shared libpython for Python "
+            f"{sys.version_info[0]}.{sys.version_info[1]}; {SERVE_HINT}"
+        )
     found = _libpython_version(Path(match.group(1)))
     running = sys.version.split()[0]
     if found is not None and found != running:
         raise DeviceUnavailableError(
             f"this Python ({running}, {sys.executable}) is not the build whose shared libpython Triton's python "
-            f"backend loads ({match.group(1)} is {found}), so models would fail to start; {SERVE_HINT}")
+            f"backend loads ({match.group(1)} is {found}), so models would fail to start; {SERVE_HINT}"
+        )
 
 
 def _libpython_version(path: Path) -> str | None:
@@ -288,15 +325,41 @@ def _libpython_version(path: Path) -> str | None:
 
 def _write_serving_models(repo: Path, artifact: Path, name: str, manifest, options: ServeOptions) -> list[str]:
     batching = Batching(options.max_batch, (), options.max_queue_delay_us)
-    parameters = {"artifact": str(artifact), "precision": options.precision.value, "backend": options.backend.value,
-                  "max_request_bytes": str(options.max_request_bytes)}
+    parameters = {
+        "artifact": str(artifact),
+        "precision": options.precision.value,
+        "backend": options.backend.value,
+        "max_request_bytes": str(options.max_request_bytes),
+    }
     models = [
-        (ModelConfig(f"{name}_image", [Tensor("IMAGE", "bytes", (1,))], [Tensor("EMBEDDING", "float32", (manifest.embed_dim,))],
-                     options.max_batch, backend="python", batching=batching, instance_kind="KIND_CPU",
-                     instances=options.instances, parameters=parameters), "ImageEmbedModel"),
-        (ModelConfig(f"{name}_text", [Tensor("TEXT", "bytes", (1,))], [Tensor("EMBEDDING", "float32", (manifest.embed_dim,))],
-                     options.max_batch, backend="python", batching=batching, instance_kind="KIND_CPU",
-                     instances=options.instances, parameters=parameters), "TextEmbedModel"),
+        (
+            ModelConfig(
+                f"{name}_image",
+                [Tensor("IMAGE", "bytes", (1,))],
+                [Tensor("EMBEDDING", "float32", (manifest.embed_dim,))],
+                options.max_batch,
+                backend="python",
+                batching=batching,
+                instance_kind="KIND_CPU",
+                instances=options.instances,
+                parameters=parameters,
+            ),
+            "ImageEmbedModel",
+        ),
+        (
+            ModelConfig(
+                f"{name}_text",
+                [Tensor("TEXT", "bytes", (1,))],
+                [Tensor("EMBEDDING", "float32", (manifest.embed_dim,))],
+                options.max_batch,
+                backend="python",
+                batching=batching,
+                instance_kind="KIND_CPU",
+                instances=options.instances,
+                parameters=parameters,
+            ),
+            "TextEmbedModel",
+        ),
     ]
     for config, model_class in models:
         write_python_model(repo, config, model_class)
@@ -352,8 +415,11 @@ def _last_error(log: Path) -> str:
     # error-level line first; lines outside the log format (a Python traceback's last line) next.
     errors = [line for line in lines if _GLOG_ERROR.match(line)]
     if not errors:
-        errors = [line for line in lines if not _GLOG_LINE.match(line)
-                  and ("error" in line.lower() or "failed" in line.lower())]
+        errors = [
+            line
+            for line in lines
+            if not _GLOG_LINE.match(line) and ("error" in line.lower() or "failed" in line.lower())
+        ]
     picked = (errors or lines or ["no output"])[-1]
     if "Address already in use" in "\n".join(lines):
         picked = "a port is already in use; choose free ones with --http-port / --grpc-port / --metrics-port"

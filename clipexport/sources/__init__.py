@@ -38,23 +38,36 @@ def source_kind(model: str, choice: SourceChoice = SourceChoice.AUTO) -> SourceK
     return detect_source(model) if choice is SourceChoice.AUTO else SourceKind(choice.value)
 
 
-def load_model(model: str, pretrained: str | None, source: SourceChoice = SourceChoice.AUTO, *, seed: int = 0,
-               tokenizer: Path | None = None, text_config: Path | None = None) -> LoadedModel:
+def load_model(
+    model: str,
+    pretrained: str | None,
+    source: SourceChoice = SourceChoice.AUTO,
+    *,
+    seed: int = 0,
+    tokenizer: Path | None = None,
+    text_config: Path | None = None,
+) -> LoadedModel:
     kind = source_kind(model, source)
     folder = Path(model).expanduser()
     if kind is SourceKind.OPEN_CLIP and folder.is_dir() and model != DEMO_MODEL:
-        raise SourceError(f"{model} is a folder without config.json, so it is not a Hugging Face save_pretrained "
-                          "folder; for OpenCLIP pass a model name or a JSON model config, with --pretrained CHECKPOINT")
+        raise SourceError(
+            f"{model} is a folder without config.json, so it is not a Hugging Face save_pretrained "
+            "folder; for OpenCLIP pass a model name or a JSON model config, with --pretrained CHECKPOINT"
+        )
     if kind is SourceKind.HF:
         from clipexport.sources.hf import load_hf
 
         if pretrained is not None:
-            raise SourceError(f"--pretrained does not apply to Hugging Face models: the weights come from {model} "
-                              "itself; drop --pretrained (or save your fine-tune with save_pretrained and pass that folder)")
+            raise SourceError(
+                f"--pretrained does not apply to Hugging Face models: the weights come from {model} "
+                "itself; drop --pretrained (or save your fine-tune with save_pretrained and pass that folder)"
+            )
 
         if text_config is not None:
-            raise SourceError("--text-config applies to OpenCLIP models with a Hugging Face text tower; a Hugging Face "
-                              "folder or hub id carries its own config: drop --text-config")
+            raise SourceError(
+                "--text-config applies to OpenCLIP models with a Hugging Face text tower; a Hugging Face "
+                "folder or hub id carries its own config: drop --text-config"
+            )
         return load_hf(model, tokenizer=tokenizer)
     from clipexport.sources.openclip import load_open_clip
 

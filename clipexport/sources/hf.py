@@ -27,6 +27,7 @@ from clipexport.artifact.manifest import (
 )
 from clipexport.runtime.hf_tokenizer import with_tokenizer_json
 
+
 @dataclass(frozen=True)
 class HfArchitecture:
     model_class: str
@@ -43,18 +44,19 @@ ARCHITECTURES = {
     "clip": HfArchitecture("CLIPModel", "eot", True),
     "siglip": HfArchitecture("SiglipModel", "last", False, processor="SiglipImageProcessor"),  # SigLIP 2 fixed-res too
     "metaclip_2": HfArchitecture("MetaClip2Model", "eos", True, padding_mask=True),
-    "chinese_clip": HfArchitecture("ChineseCLIPModel", "first", False, padding_mask=True,
-                                   processor="ChineseCLIPImageProcessor"),
+    "chinese_clip": HfArchitecture(
+        "ChineseCLIPModel", "first", False, padding_mask=True, processor="ChineseCLIPImageProcessor"
+    ),
     "altclip": HfArchitecture("AltCLIPModel", "first", False, padding_mask=True, position_offset=2),
 }
 # Model types people will try, and why they are refused (one line each).
 NOT_SUPPORTED = {
     "siglip2": "SigLIP 2 NaFlex (variable resolution: patches + spatial shapes as inputs) is not supported yet; "
-               "the fixed-resolution SigLIP 2 checkpoints (google/siglip2-*-patch16-224/256/384/512) load as "
-               "'siglip' and export",
+    "the fixed-resolution SigLIP 2 checkpoints (google/siglip2-*-patch16-224/256/384/512) load as "
+    "'siglip' and export",
     "align": "ALIGN (EfficientNet + BERT, EfficientNet's offset rescaling) is not supported yet",
     "vision-text-dual-encoder": "VisionTextDualEncoderModel (any vision + any text model) is not supported yet: "
-                                "its preprocessing and pooling depend on the towers combined",
+    "its preprocessing and pooling depend on the towers combined",
 }
 _WEIGHT_SUFFIXES = (".safetensors", ".bin")
 _PIL_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
@@ -64,7 +66,9 @@ def load_hf(model: str, tokenizer: Path | None = None) -> LoadedModel:
     folder = Path(model).expanduser()
     local = folder.is_dir()
     if not local and (model.startswith((".", "/", "~")) or folder.suffix):
-        raise SourceError(f"Hugging Face model folder {model} not found; pass an existing save_pretrained folder or a hub id")
+        raise SourceError(
+            f"Hugging Face model folder {model} not found; pass an existing save_pretrained folder or a hub id"
+        )
     source = SourceInfo(
         kind=SourceKind.HF,
         model=str(folder.resolve()) if local else model,
@@ -82,10 +86,17 @@ def reload_hf(source: SourceInfo) -> LoadedModel:
     if source.checkpoint:
         folder = Path(source.checkpoint)
         if not folder.is_dir():
-            raise SourceError(f"model folder {folder} recorded in the manifest no longer exists; restore it or re-export")
+            raise SourceError(
+                f"model folder {folder} recorded in the manifest no longer exists; restore it or re-export"
+            )
         if source.checkpoint_sha256:
-            check_recorded_sha256(folder, source.checkpoint_sha256, "re-export from the current folder",
-                                  actual=hash_weights(folder), error=SourceError)
+            check_recorded_sha256(
+                folder,
+                source.checkpoint_sha256,
+                "re-export from the current folder",
+                actual=hash_weights(folder),
+                error=SourceError,
+            )
     try:
         config = transformers.AutoConfig.from_pretrained(source.model)
     except Exception as exc:
@@ -106,23 +117,27 @@ def reload_hf(source: SourceInfo) -> LoadedModel:
     tokenizer = _tokenizer(transformers, source.tokenizer or source.model)
     if tokenizer is None:
         where = source.tokenizer or source.model
-        raise SourceError(f"{where} has no tokenizer files (tokenizer.json / tokenizer_config.json), so text cannot be "
-                          "tokenized for export, verification or the runtime; pass --tokenizer DIR with the model's tokenizer")
+        raise SourceError(
+            f"{where} has no tokenizer files (tokenizer.json / tokenizer_config.json), so text cannot be "
+            "tokenized for export, verification or the runtime; pass --tokenizer DIR with the model's tokenizer"
+        )
     check_tokenizer_fits(tokenizer, getattr(config.text_config, "vocab_size", None), source.model)
     tok_cfg, tokenizer_json = with_tokenizer_json(_tokenizer_config(config, tokenizer, arch), tokenizer)
     torch = require("torch", "loading Hugging Face models")
     from clipexport.sources.towers import HfText, HfVision
 
     def tokenize(texts: Any) -> Any:
-        batch = tokenizer(list(texts), padding="max_length", max_length=tok_cfg.context_length,
-                          truncation=True, return_tensors="np")
+        batch = tokenizer(
+            list(texts), padding="max_length", max_length=tok_cfg.context_length, truncation=True, return_tensors="np"
+        )
         return torch.from_numpy(batch["input_ids"].astype("int64"))
 
     def reference_text(texts: Sequence[str]) -> Any:
         # As the model card calls it: padding=True with the tokenizer's attention mask (and token
         # types), not the exported graph's derived mask, so verify checks that derivation too.
-        batch = tokenizer(list(texts), padding=True, max_length=tok_cfg.context_length, truncation=True,
-                          return_tensors="pt")
+        batch = tokenizer(
+            list(texts), padding=True, max_length=tok_cfg.context_length, truncation=True, return_tensors="pt"
+        )
         accepted = inspect.signature(model.get_text_features).parameters
         return model.get_text_features(**{k: v for k, v in batch.items() if k in accepted})
 
@@ -175,8 +190,9 @@ def _text_properties(config: Any, arch: HfArchitecture) -> TowerProperties:
     if pooling == "eot":
         pooling = "argmax" if getattr(config.text_config, "eos_token_id", None) == 2 else "eos"
     variable = arch.padding_mask or (arch.causal and pooling in TRIMMABLE_POOLING)
-    return TowerProperties(pooling=pooling, causal_mask=arch.causal, variable_length=variable,
-                           padding_mask=arch.padding_mask)
+    return TowerProperties(
+        pooling=pooling, causal_mask=arch.causal, variable_length=variable, padding_mask=arch.padding_mask
+    )
 
 
 def _image_processor(transformers: Any, model: str, config: Any, arch: HfArchitecture) -> Any:
@@ -201,7 +217,9 @@ def _load_processor(transformers: Any, model: str, config: Any, arch: HfArchitec
     size = int(config.vision_config.image_size)
     if arch.processor == "SiglipImageProcessor":
         return transformers.SiglipImageProcessor(size={"height": size, "width": size})
-    return getattr(transformers, arch.processor)(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+    return getattr(transformers, arch.processor)(
+        size={"shortest_edge": size}, crop_size={"height": size, "width": size}
+    )
 
 
 def _torchvision_backend(processor: Any) -> bool:

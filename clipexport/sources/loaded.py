@@ -37,9 +37,23 @@ class LoadedModel:
 def offline_hint(exc: BaseException) -> bool:
     """Whether an exception looks like a failed network download rather than a bad name."""
     text = f"{type(exc).__name__} {exc}".lower()
-    needles = ("connection", "offline", "resolve", "timed out", "timeout", "network", "unreachable",
-               "localentrynotfound", "cannot find the requested files", "max retries", "name or service",
-               "couldn't connect", "temporary failure", "httperror", "ssl")
+    needles = (
+        "connection",
+        "offline",
+        "resolve",
+        "timed out",
+        "timeout",
+        "network",
+        "unreachable",
+        "localentrynotfound",
+        "cannot find the requested files",
+        "max retries",
+        "name or service",
+        "couldn't connect",
+        "temporary failure",
+        "httperror",
+        "ssl",
+    )
     return any(n in text for n in needles)
 
 
@@ -50,5 +64,7 @@ def check_tokenizer_fits(tokenizer: Any, model_vocab: int | None, model: str) ->
         return
     size = max(tokenizer.get_vocab().values(), default=-1) + 1
     if size > model_vocab:
-        raise SourceError(f"the tokenizer has {size} tokens but {model}'s text tower embeds only {model_vocab}: it is "
-                          "not this model's tokenizer; pass the one the model was trained with (--tokenizer DIR)")
+        raise SourceError(
+            f"the tokenizer has {size} tokens but {model}'s text tower embeds only {model_vocab}: it is "
+            "not this model's tokenizer; pass the one the model was trained with (--tokenizer DIR)"
+        )

@@ -42,13 +42,21 @@ def demo_files() -> tuple[Path, Path, Path]:
     files = (folder / "demo-clip.json", folder / "demo-clip.safetensors", folder / "tokenizer")
     missing = [str(f) for f in files if not f.exists()]
     if missing:
-        raise SourceError(f"the demo model's files are missing ({missing[0]}); reinstall clipexport, or train them with "
-                          "python -m clipexport.demo.train")
+        raise SourceError(
+            f"the demo model's files are missing ({missing[0]}); reinstall clipexport, or train them with "
+            "python -m clipexport.demo.train"
+        )
     return files
 
 
-def load_open_clip(model: str, pretrained: str | None, *, seed: int = DEFAULT_SEED,
-                   tokenizer: Path | None = None, text_config: Path | None = None) -> LoadedModel:
+def load_open_clip(
+    model: str,
+    pretrained: str | None,
+    *,
+    seed: int = DEFAULT_SEED,
+    tokenizer: Path | None = None,
+    text_config: Path | None = None,
+) -> LoadedModel:
     """Load an OpenCLIP model by name (or JSON config path) with a tag, checkpoint path, or random init.
     `tokenizer`: a local folder (or tokenizer.json) for a model whose Hugging Face tokenizer
     open_clip would otherwise download. `text_config`: a local folder with the config.json of a
@@ -63,22 +71,31 @@ def load_open_clip(model: str, pretrained: str | None, *, seed: int = DEFAULT_SE
     if text_config is not None:
         text_cfg = dict(config.get("text_cfg", {}))
         if not text_cfg.get("hf_model_name"):
-            raise SourceError(f"--text-config applies to models with a Hugging Face text tower; {name} has open_clip's "
-                              "own text transformer: drop --text-config")
+            raise SourceError(
+                f"--text-config applies to models with a Hugging Face text tower; {name} has open_clip's "
+                "own text transformer: drop --text-config"
+            )
         folder = Path(text_config).expanduser().resolve()
         if not (folder / "config.json").is_file():
-            raise SourceError(f"--text-config {folder}: no config.json there; pass the folder of the text model's config "
-                              "(saved with save_pretrained)")
+            raise SourceError(
+                f"--text-config {folder}: no config.json there; pass the folder of the text model's config "
+                "(saved with save_pretrained)"
+            )
         text_cfg["hf_model_name"] = str(folder)
         config = {**config, "text_cfg": text_cfg}
-        if tokenizer is None and text_cfg.get("hf_tokenizer_name") and any(
-                (folder / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+        if (
+            tokenizer is None
+            and text_cfg.get("hf_tokenizer_name")
+            and any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
+        ):
             tokenizer = folder
     if tokenizer is not None:
         text_cfg = dict(config.get("text_cfg", {}))
         if not text_cfg.get("hf_tokenizer_name"):
-            raise SourceError(f"--tokenizer applies to models with a Hugging Face tokenizer; {name} uses CLIP's BPE, "
-                              "which ships with clipexport: drop --tokenizer")
+            raise SourceError(
+                f"--tokenizer applies to models with a Hugging Face tokenizer; {name} uses CLIP's BPE, "
+                "which ships with clipexport: drop --tokenizer"
+            )
         text_cfg["hf_tokenizer_name"] = str(local_tokenizer_folder(tokenizer))
         config = {**config, "text_cfg": text_cfg}
     pretrained = pretrained or RANDOM
@@ -88,7 +105,11 @@ def load_open_clip(model: str, pretrained: str | None, *, seed: int = DEFAULT_SE
         _check_tag(open_clip, name, tag)
     # OpenAI's weights were trained with QuickGELU; open_clip 3.x only warns when the config says
     # plain GELU, and the export would silently differ from the weights' training. Force it.
-    if tag is not None and (open_clip.get_pretrained_cfg(name, tag) or {}).get("quick_gelu") and not config.get("quick_gelu"):
+    if (
+        tag is not None
+        and (open_clip.get_pretrained_cfg(name, tag) or {}).get("quick_gelu")
+        and not config.get("quick_gelu")
+    ):
         config = {**config, "quick_gelu": True}
     source = SourceInfo(
         kind=SourceKind.OPEN_CLIP,
@@ -119,12 +140,18 @@ def _build(open_clip: Any, source: SourceInfo) -> LoadedModel:
     # Not a model argument: open_clip applies a config file's preprocess_cfg on top of its defaults.
     force_preprocess = config.pop(PREPROCESS_KEY, None)
     text_cfg = config.get("text_cfg", {})
-    if (source.pretrained not in (None, RANDOM) and not source.checkpoint) or text_cfg.get("hf_tokenizer_name") \
-            or text_cfg.get("hf_model_name"):
+    if (
+        (source.pretrained not in (None, RANDOM) and not source.checkpoint)
+        or text_cfg.get("hf_tokenizer_name")
+        or text_cfg.get("hf_model_name")
+    ):
         prepare_for_downloads()  # weights, or an HF tokenizer / text config, may come from the hub
     with _registered_config(open_clip, source.model, config):
-        kwargs: dict[str, Any] = {"pretrained_image": False, "pretrained_text": False,
-                                  "force_preprocess_cfg": force_preprocess}
+        kwargs: dict[str, Any] = {
+            "pretrained_image": False,
+            "pretrained_text": False,
+            "force_preprocess_cfg": force_preprocess,
+        }
         if config.get("quick_gelu"):
             kwargs["force_quick_gelu"] = True
         pretrained = source.checkpoint or (None if source.pretrained == RANDOM else source.pretrained)
@@ -139,18 +166,22 @@ def _build(open_clip: Any, source: SourceInfo) -> LoadedModel:
         except Exception as exc:  # an HF tokenizer (SigLIP, multilingual towers) fetched from the hub
             name = text_cfg.get("hf_tokenizer_name") or source.model
             if offline_hint(exc):
-                raise OfflineError(f"{source.model} needs the Hugging Face tokenizer '{name}', which is not cached and "
-                                   "cannot be downloaded (offline?); pass a local copy with --tokenizer DIR (a folder "
-                                   "saved with save_pretrained, or its tokenizer.json)") from None
+                raise OfflineError(
+                    f"{source.model} needs the Hugging Face tokenizer '{name}', which is not cached and "
+                    "cannot be downloaded (offline?); pass a local copy with --tokenizer DIR (a folder "
+                    "saved with save_pretrained, or its tokenizer.json)"
+                ) from None
             raise SourceError(f"could not load the tokenizer '{name}' of {source.model} ({first_line(exc)})") from None
     model = model.eval().float()
     adjustments = _fix_library_bugs(model)
     text_tower = getattr(model, "text", model)
     check_tokenizer_fits(getattr(tokenizer, "tokenizer", None), getattr(text_tower, "vocab_size", None), source.model)
     # open_clip's HFTokenizer wraps a transformers tokenizer; its SimpleTokenizer (CLIP BPE) does not.
-    tok_cfg, tokenizer_json = with_tokenizer_json(_tokenizer_config(tokenizer, config),
-                                                  getattr(tokenizer, "tokenizer", None),
-                                                  strip_sep_token=bool(getattr(tokenizer, "strip_sep_token", False)))
+    tok_cfg, tokenizer_json = with_tokenizer_json(
+        _tokenizer_config(tokenizer, config),
+        getattr(tokenizer, "tokenizer", None),
+        strip_sep_token=bool(getattr(tokenizer, "strip_sep_token", False)),
+    )
     pp = dict(open_clip.get_model_preprocess_cfg(model))
     from open_clip.transform import PreprocessCfg, image_transform_v2
 
@@ -186,7 +217,9 @@ def _resolve_config(open_clip: Any, model: str) -> tuple[str, dict[str, Any]]:
     if model.endswith(".json"):
         path = Path(model)
         if not path.is_file():
-            raise SourceError(f"model config file {path} not found; pass an existing JSON file or a built-in model name")
+            raise SourceError(
+                f"model config file {path} not found; pass an existing JSON file or a built-in model name"
+            )
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:
@@ -226,7 +259,9 @@ def _check_tag(open_clip: Any, name: str, tag: str) -> None:
     tags = open_clip.list_pretrained_tags_by_model(name)
     if tag not in tags:
         available = ", ".join(tags) if tags else "none (use a local checkpoint or 'random')"
-        raise SourceError(f"'{tag}' is not a pretrained tag of {name} nor an existing file; available tags: {available}")
+        raise SourceError(
+            f"'{tag}' is not a pretrained tag of {name} nor an existing file; available tags: {available}"
+        )
 
 
 def local_tokenizer_folder(path: Path) -> Path:
@@ -235,8 +270,10 @@ def local_tokenizer_folder(path: Path) -> Path:
     path = Path(path).expanduser().resolve()
     folder = path.parent if path.is_file() else path
     if not (folder / "tokenizer.json").is_file() and not (folder / "tokenizer_config.json").is_file():
-        raise SourceError(f"--tokenizer {path}: no tokenizer.json or tokenizer_config.json there; pass the folder "
-                          "of a tokenizer saved with save_pretrained")
+        raise SourceError(
+            f"--tokenizer {path}: no tokenizer.json or tokenizer_config.json there; pass the folder "
+            "of a tokenizer saved with save_pretrained"
+        )
     return folder
 
 
@@ -244,8 +281,10 @@ def _explain(source: SourceInfo, exc: BaseException) -> SourceError:
     first = first_line(exc)
     if source.checkpoint:
         if not _loads_on_its_own(Path(source.checkpoint)):
-            return SourceError(f"checkpoint {source.checkpoint} could not be loaded: it is not a valid checkpoint file "
-                               "(truncated, or not a PyTorch/safetensors state dict?); re-download or re-save it")
+            return SourceError(
+                f"checkpoint {source.checkpoint} could not be loaded: it is not a valid checkpoint file "
+                "(truncated, or not a PyTorch/safetensors state dict?); re-download or re-save it"
+            )
         return SourceError(
             f"checkpoint {source.checkpoint} could not be loaded into {source.model} ({first}); "
             "check that it is an OpenCLIP/OpenAI state dict for this exact model"
@@ -329,8 +368,11 @@ def _fix_library_bugs(model: Any) -> dict[str, tuple[str, ...]]:
 
     in_vision = fix_scaled_cosine_attention(model.visual)
     in_text = fix_scaled_cosine_attention(model) - in_vision
-    return {tower: (f"{SCALED_COSINE_ATTENTION} ({count} attention modules)",)
-            for tower, count in (("vision", in_vision), ("text", in_text)) if count}
+    return {
+        tower: (f"{SCALED_COSINE_ATTENTION} ({count} attention modules)",)
+        for tower, count in (("vision", in_vision), ("text", in_text))
+        if count
+    }
 
 
 def _without_quick_gelu(config: Mapping[str, Any] | None) -> dict[str, Any] | None:

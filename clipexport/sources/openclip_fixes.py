@@ -67,11 +67,15 @@ def reparameterized(tower: Any) -> tuple[Any, tuple[str, ...]]:
     branches and batch norms into one conv, as Apple's MobileCLIP README requires before
     deployment. Works on a copy: the loaded model stays the unreparameterized reference that
     verify compares with. A tower without such blocks comes back unchanged, with no note."""
-    blocks = [m for m in tower.modules() if type(m).__module__.startswith("timm.")
-              and any(callable(getattr(m, hook, None)) for hook in _DEPLOY_HOOKS)]
+    blocks = [
+        m
+        for m in tower.modules()
+        if type(m).__module__.startswith("timm.") and any(callable(getattr(m, hook, None)) for hook in _DEPLOY_HOOKS)
+    ]
     if not blocks:
         return tower, ()
     from timm.utils.model import reparameterize_model
 
     return reparameterize_model(tower, inplace=False).eval(), (
-        f"{REPARAMETERIZED} (timm reparameterize_model: {len(blocks)} blocks folded)",)
+        f"{REPARAMETERIZED} (timm reparameterize_model: {len(blocks)} blocks folded)",
+    )

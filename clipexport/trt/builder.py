@@ -66,8 +66,10 @@ def build_engine(build: TowerBuild, recipe: str, progress: Progress = silent) ->
     serialized = builder.build_serialized_network(network, config)
     seconds = time.perf_counter() - start
     if serialized is None:
-        raise BuildError(f"TensorRT failed to build the {build.tower.value} engine (see the TensorRT log above); "
-                          "a larger build.workspace_mib or a lower batch max often helps")
+        raise BuildError(
+            f"TensorRT failed to build the {build.tower.value} engine (see the TensorRT log above); "
+            "a larger build.workspace_mib or a lower batch max often helps"
+        )
     plan_bytes = bytes(memoryview(serialized))
     with artifact_lock(build.engine.parent.parent):  # two builds at once publish one after the other
         provenance = _publish(build, plan_bytes, config, trt, gpu, seconds, recipe, strongly_typed)
@@ -75,8 +77,16 @@ def build_engine(build: TowerBuild, recipe: str, progress: Progress = silent) ->
     return provenance
 
 
-def _publish(build: TowerBuild, plan_bytes: bytes, config: Any, trt: Any, gpu: Any, seconds: float, recipe: str,
-             strongly_typed: bool) -> EngineProvenance:
+def _publish(
+    build: TowerBuild,
+    plan_bytes: bytes,
+    config: Any,
+    trt: Any,
+    gpu: Any,
+    seconds: float,
+    recipe: str,
+    strongly_typed: bool,
+) -> EngineProvenance:
     write_bytes_atomic(build.timing_cache, bytes(memoryview(config.get_timing_cache().serialize())))
     # Sidecar last: a plan whose sidecar is missing or stale is refused, so an interrupted build
     # never leaves an engine that loads as if it were valid.
@@ -84,16 +94,30 @@ def _publish(build: TowerBuild, plan_bytes: bytes, config: Any, trt: Any, gpu: A
     write_bytes_atomic(build.engine, plan_bytes)
     shapes = build.shapes
     provenance = EngineProvenance(
-        engine=build.engine.name, engine_sha256=sha256_file(build.engine), engine_bytes=len(plan_bytes),
-        tower=build.tower.value, precision=build.precision.value, tensorrt_version=trt.__version__,
-        gpu_name=gpu.name, compute_capability=gpu.compute_capability,
-        onnx_file=build.onnx.name, onnx_sha256=build.onnx_sha256, calibration_sha256=build.calibration_sha256,
+        engine=build.engine.name,
+        engine_sha256=sha256_file(build.engine),
+        engine_bytes=len(plan_bytes),
+        tower=build.tower.value,
+        precision=build.precision.value,
+        tensorrt_version=trt.__version__,
+        gpu_name=gpu.name,
+        compute_capability=gpu.compute_capability,
+        onnx_file=build.onnx.name,
+        onnx_sha256=build.onnx_sha256,
+        calibration_sha256=build.calibration_sha256,
         profiles={shapes.input_name: shapes.to_dict()},
-        flags={"strongly_typed": strongly_typed, "tf32": build.allow_tf32,
-               "version_compatible": build.version_compatible, "hardware_compatible": build.hardware_compatible,
-               "workspace_mib": build.workspace_mib, "optimization_level": build.optimization_level},
-        build_seconds=round(seconds, 2), created=utc_timestamp(),
-        recipe=recipe, versions={"clipexport": clipexport.__version__, "tensorrt": trt.__version__},
+        flags={
+            "strongly_typed": strongly_typed,
+            "tf32": build.allow_tf32,
+            "version_compatible": build.version_compatible,
+            "hardware_compatible": build.hardware_compatible,
+            "workspace_mib": build.workspace_mib,
+            "optimization_level": build.optimization_level,
+        },
+        build_seconds=round(seconds, 2),
+        created=utc_timestamp(),
+        recipe=recipe,
+        versions={"clipexport": clipexport.__version__, "tensorrt": trt.__version__},
     )
     write_sidecar(build.engine, provenance)
     return provenance

@@ -48,10 +48,14 @@ def build_artifact(options: BuildOptions, progress: Progress = silent) -> list[E
         from clipexport.precision.pipeline import QuantizeOptions, quantize_artifact
 
         precision = builds[0].precision
-        progress(f"making the {precision.value} graph of {', '.join(t.value for t in missing)} first "
-                 f"(same as: clipexport quantize {options.artifact} --precision {precision.value})")
-        quantize_artifact(QuantizeOptions(artifact=options.artifact, precision=precision, towers=missing,
-                                          made_by=MadeBy.BUILD), progress)
+        progress(
+            f"making the {precision.value} graph of {', '.join(t.value for t in missing)} first "
+            f"(same as: clipexport quantize {options.artifact} --precision {precision.value})"
+        )
+        quantize_artifact(
+            QuantizeOptions(artifact=options.artifact, precision=precision, towers=missing, made_by=MadeBy.BUILD),
+            progress,
+        )
         manifest = read_manifest(options.artifact)
         recipe, builds = plan_artifact(options, manifest)
     out = []

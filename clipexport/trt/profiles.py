@@ -65,12 +65,17 @@ class TowerBuild:
         def dims(shape: tuple[int, ...]) -> str:
             return f"{self.shapes.input_name}:{'x'.join(map(str, shape))}"
 
-        args = [TRTEXEC[device_class], f"--onnx={self.onnx}", f"--saveEngine={self.engine}",
-                f"--minShapes={dims(self.shapes.min)}", f"--optShapes={dims(self.shapes.opt)}",
-                f"--maxShapes={dims(self.shapes.max)}",
-                f"--memPoolSize=workspace:{self.workspace_mib}M",
-                f"--builderOptimizationLevel={self.optimization_level}",
-                f"--timingCacheFile={self.timing_cache}"]
+        args = [
+            TRTEXEC[device_class],
+            f"--onnx={self.onnx}",
+            f"--saveEngine={self.engine}",
+            f"--minShapes={dims(self.shapes.min)}",
+            f"--optShapes={dims(self.shapes.opt)}",
+            f"--maxShapes={dims(self.shapes.max)}",
+            f"--memPoolSize=workspace:{self.workspace_mib}M",
+            f"--builderOptimizationLevel={self.optimization_level}",
+            f"--timingCacheFile={self.timing_cache}",
+        ]
         if self.strongly_typed:
             args.append("--stronglyTyped")
         if not self.allow_tf32:
@@ -86,8 +91,9 @@ class TowerBuild:
         return shlex.join(self.trtexec(device_class))
 
 
-def plan_builds(artifact_dir: Path, manifest: Manifest, recipe: Recipe, precision: Precision | None,
-                towers: tuple[Tower, ...]) -> list[TowerBuild]:
+def plan_builds(
+    artifact_dir: Path, manifest: Manifest, recipe: Recipe, precision: Precision | None, towers: tuple[Tower, ...]
+) -> list[TowerBuild]:
     root = Path(artifact_dir).resolve()
     chosen = precision or recipe.precision
     out = []
@@ -95,26 +101,41 @@ def plan_builds(artifact_dir: Path, manifest: Manifest, recipe: Recipe, precisio
         artifact = manifest.tower(tower)
         profile = recipe.profiles.get(tower)
         if profile is None:
-            raise InputError(f"recipe {recipe.name} has no [profiles.{tower.value}]; add one or pass --towers without {tower.value}")
+            raise InputError(
+                f"recipe {recipe.name} has no [profiles.{tower.value}]; add one or pass --towers without {tower.value}"
+            )
         if chosen not in artifact.graphs and chosen.facts.maker is Maker.AUTOCAST:
             # FP16 needs no calibration data: `build` makes the graph first (see trt/pipeline.py).
             onnx, onnx_sha256, calibration = root / graph_file(tower.value, chosen), None, None
         else:
             graph = artifact.graph(chosen)
             if chosen.facts.calibrated and graph.details.target is not Target.TENSORRT:
-                raise InputError(f"the {tower.value} {chosen.value} graph was quantized for --target {graph.details.target}, "
-                                 "whose Q/DQ placement TensorRT does not fuse; make TensorRT's with: clipexport quantize "
-                                 f"{root} --precision {chosen.value} --target tensorrt")
-            onnx, onnx_sha256, calibration = inside(root, graph.file, "graph file"), graph.sha256, graph.details.calibration
-        out.append(TowerBuild(
-            tower=tower, precision=chosen, onnx=onnx, onnx_sha256=onnx_sha256,
-            calibration_sha256=calibration.sha256 if calibration and chosen.facts.calibrated else None,
-            engine=root / engine_file(tower.value, chosen),
-            shapes=profile_shapes(artifact.inputs[0], profile, manifest.tokenizer.context_length, recipe.name),
-            workspace_mib=recipe.workspace_mib, optimization_level=recipe.optimization_level,
-            version_compatible=recipe.version_compatible, hardware_compatible=recipe.hardware_compatible,
-            timing_cache=root / ENGINES_DIR / TIMING_CACHE,
-        ))
+                raise InputError(
+                    f"the {tower.value} {chosen.value} graph was quantized for --target {graph.details.target}, "
+                    "whose Q/DQ placement TensorRT does not fuse; make TensorRT's with: clipexport quantize "
+                    f"{root} --precision {chosen.value} --target tensorrt"
+                )
+            onnx, onnx_sha256, calibration = (
+                inside(root, graph.file, "graph file"),
+                graph.sha256,
+                graph.details.calibration,
+            )
+        out.append(
+            TowerBuild(
+                tower=tower,
+                precision=chosen,
+                onnx=onnx,
+                onnx_sha256=onnx_sha256,
+                calibration_sha256=calibration.sha256 if calibration and chosen.facts.calibrated else None,
+                engine=root / engine_file(tower.value, chosen),
+                shapes=profile_shapes(artifact.inputs[0], profile, manifest.tokenizer.context_length, recipe.name),
+                workspace_mib=recipe.workspace_mib,
+                optimization_level=recipe.optimization_level,
+                version_compatible=recipe.version_compatible,
+                hardware_compatible=recipe.hardware_compatible,
+                timing_cache=root / ENGINES_DIR / TIMING_CACHE,
+            )
+        )
     return out
 
 
@@ -130,7 +151,8 @@ def check_gpu_supports(precision: Precision, gpu_name: str, compute_capability: 
 
         raise DeviceUnavailableError(
             f"{precision.value} engines need compute capability {need[0]}.{need[1]}+ (Ada, Hopper, Blackwell); "
-            f"{gpu_name} is {compute_capability}: build --precision int8 or fp16 for it")
+            f"{gpu_name} is {compute_capability}: build --precision int8 or fp16 for it"
+        )
 
 
 def profile_shapes(spec: TensorSpec, profile: TowerProfile, context_length: int, recipe_name: str) -> ProfileShapes:
@@ -145,8 +167,10 @@ def profile_shapes(spec: TensorSpec, profile: TowerProfile, context_length: int,
         elif profile.sequence is not None:
             values = profile.sequence.as_tuple()
             if values[2] > context_length:
-                raise InputError(f"recipe {recipe_name}: profiles.text.sequence max {values[2]} exceeds the "
-                                 f"model's context length {context_length}")
+                raise InputError(
+                    f"recipe {recipe_name}: profiles.text.sequence max {values[2]} exceeds the "
+                    f"model's context length {context_length}"
+                )
         else:
             values = (MIN_TEXT_LENGTH, min(DEFAULT_TEXT_OPT_TOKENS, context_length), context_length)
         for shape, value in zip(shapes, values):

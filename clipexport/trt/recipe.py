@@ -74,8 +74,11 @@ class Recipe:
 
 # Used when no --recipe is given: a moderate server profile.
 DEFAULT = Recipe(
-    name="default", description="Server GPU, batch 1-128, FP16 unless --precision says otherwise",
-    device_class=DeviceClass.SERVER, device="any CUDA GPU", precision=Precision.FP16,
+    name="default",
+    description="Server GPU, batch 1-128, FP16 unless --precision says otherwise",
+    device_class=DeviceClass.SERVER,
+    device="any CUDA GPU",
+    precision=Precision.FP16,
     profiles={Tower.VISION: TowerProfile(Range(1, 32, 128)), Tower.TEXT: TowerProfile(Range(1, 32, 128))},
 )
 
@@ -162,7 +165,11 @@ def parse_recipe(data: Mapping[str, Any], where: str) -> Recipe:
 
 
 def _range(fields: FieldReader, value: Any, key: str) -> Range:
-    if not (isinstance(value, list) and len(value) == 3 and all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
+    if not (
+        isinstance(value, list)
+        and len(value) == 3
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    ):
         raise fields.fail(f"'{key}' must be three integers [min, opt, max], got {value!r}")
     low, opt, high = value
     if not 1 <= low <= opt <= high:

@@ -51,30 +51,45 @@ def check_recall_drop(points: float) -> float:
     return float(points)
 
 
-def embed_variants(retrieval: RetrievalSet, variants: Sequence[Variant], batch_size: int,
-                   progress: Progress = silent) -> list[Embedded]:
+def embed_variants(
+    retrieval: RetrievalSet, variants: Sequence[Variant], batch_size: int, progress: Progress = silent
+) -> list[Embedded]:
     from clipexport.runtime import ClipRuntime
 
     out = []
     for variant in variants:
-        progress(f"retrieval: embedding {len(retrieval.images)} images and {len(retrieval.captions)} captions "
-                 f"with {variant.label}")
+        progress(
+            f"retrieval: embedding {len(retrieval.images)} images and {len(retrieval.captions)} captions "
+            f"with {variant.label}"
+        )
         with ClipRuntime.load(variant.artifact, backend=variant.backend, precision=variant.precision) as runtime:
             images = runtime.encode_image(list(retrieval.images), batch_size=batch_size)
-            captions = runtime.encode_text(list(retrieval.captions), batch_size=batch_size) if retrieval.captions \
+            captions = (
+                runtime.encode_text(list(retrieval.captions), batch_size=batch_size)
+                if retrieval.captions
                 else np.zeros((0, images.shape[1]), np.float32)
-        out.append(Embedded(variant, l2_normalize(images.astype(np.float32), np.float32),
-                            l2_normalize(captions.astype(np.float32), np.float32)))
+            )
+        out.append(
+            Embedded(
+                variant,
+                l2_normalize(images.astype(np.float32), np.float32),
+                l2_normalize(captions.astype(np.float32), np.float32),
+            )
+        )
     return out
 
 
-def drift_matrix(retrieval: RetrievalSet, embedded: Sequence[Embedded], max_drop: float | None = None,
-                 progress: Progress = silent) -> RetrievalReport:
+def drift_matrix(
+    retrieval: RetrievalSet, embedded: Sequence[Embedded], max_drop: float | None = None, progress: Progress = silent
+) -> RetrievalReport:
     """The matrix over every (index variant, query variant) pair, for the exact and the approximate
     index. `embedded[0]` is the reference (fp32)."""
     rows, dim = embedded[0].images.shape
     k = min(K, rows - 1)
-    plans = {"exact": plan_index(rows, dim, IndexKind.EXACT), "approximate": plan_index(rows, dim, IndexKind.APPROXIMATE)}
+    plans = {
+        "exact": plan_index(rows, dim, IndexKind.EXACT),
+        "approximate": plan_index(rows, dim, IndexKind.APPROXIMATE),
+    }
     relevant_images = retrieval.relevant_images()
     image_queries = [r for r, rel in enumerate(relevant_images) if rel]
     caption_truth = [frozenset([r]) for r in retrieval.caption_images]
@@ -85,10 +100,15 @@ def drift_matrix(retrieval: RetrievalSet, embedded: Sequence[Embedded], max_drop
             progress(f"retrieval: {kind} index ({plan.factory}) from {built.variant.label}")
             index, tuned = build_in_memory(built.images, plan)
             if built is embedded[0]:
-                index_types[kind] = {**plan.to_dict(), "nprobe": tuned.nprobe,
-                                     "recall": {q: round(v, 4) for q, v in tuned.recall.items()} if tuned.recall else None}
+                index_types[kind] = {
+                    **plan.to_dict(),
+                    "nprobe": tuned.nprobe,
+                    "recall": {q: round(v, 4) for q, v in tuned.recall.items()} if tuned.recall else None,
+                }
             for query in embedded:
-                text_rows = search(index, query.captions, min(K, rows))[1] if len(query.captions) else np.zeros((0, K), int)
+                text_rows = (
+                    search(index, query.captions, min(K, rows))[1] if len(query.captions) else np.zeros((0, K), int)
+                )
                 image_rows = without_own(search(index, query.images[image_queries], k + 1)[1], image_queries, k)
                 results[(kind, built.variant.label, query.variant.label)] = (text_rows, image_rows)
     reference = embedded[0].variant.label
@@ -107,12 +127,28 @@ def drift_matrix(retrieval: RetrievalSet, embedded: Sequence[Embedded], max_drop
         ref_i2i = recall_at_k(same_ref_image, [relevant_images[r] for r in image_queries]) if image_queries else {}
         drops = [100 * (ref[key] - got[key]) for ref, got in ((ref_t2i, t2i), (ref_i2i, i2i)) for key in got]
         variants = {e.variant.label: e.variant for e in embedded}
-        cells.append(RetrievalCell(kind, built_label, query_label, variants[built_label].precision.value,
-                                   variants[query_label].precision.value, t2i, i2i, overlap,
-                                   round(max(drops, default=0.0), 6), max_drop,
-                                   measured=len(text_rows) + len(image_queries)))
-    inputs = {"folder": str(retrieval.root), "images": len(retrieval.images), "captions": len(retrieval.captions),
-              "classes": len(retrieval.classes), "image_queries": len(image_queries)}
+        cells.append(
+            RetrievalCell(
+                kind,
+                built_label,
+                query_label,
+                variants[built_label].precision.value,
+                variants[query_label].precision.value,
+                t2i,
+                i2i,
+                overlap,
+                round(max(drops, default=0.0), 6),
+                max_drop,
+                measured=len(text_rows) + len(image_queries),
+            )
+        )
+    inputs = {
+        "folder": str(retrieval.root),
+        "images": len(retrieval.images),
+        "captions": len(retrieval.captions),
+        "classes": len(retrieval.classes),
+        "image_queries": len(image_queries),
+    }
     return RetrievalReport(inputs, index_types, reference, cells)
 
 

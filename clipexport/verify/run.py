@@ -61,7 +61,9 @@ def verify_artifact(options: VerifyOptions, progress: Progress = silent) -> Pari
         check_accuracy_drop(options.max_accuracy_drop)
         if options.labeled_images is None:
             raise InputError("--max-accuracy-drop needs --labeled-images DIR")
-    labelled = datasets.load_labelled_folder(options.labeled_images, options.templates) if options.labeled_images else None
+    labelled = (
+        datasets.load_labelled_folder(options.labeled_images, options.templates) if options.labeled_images else None
+    )
     if options.max_recall_drop is not None:
         from clipexport.verify.retrieval import check_recall_drop
 
@@ -90,8 +92,10 @@ def verify_artifact(options: VerifyOptions, progress: Progress = silent) -> Pari
     pixels = torch.stack([loaded.image_transform(image) for image in images]).float()
     ids = loaded.tokenize(texts).long()
     feeds = {Tower.VISION: pixels, Tower.TEXT: ids}
-    towers = {Tower.VISION: exportable(loaded.vision, manifest.normalized),
-              Tower.TEXT: exportable(loaded.text, manifest.normalized)}
+    towers = {
+        Tower.VISION: exportable(loaded.vision, manifest.normalized),
+        Tower.TEXT: exportable(loaded.text, manifest.normalized),
+    }
     reference_feeds: dict[Tower, Any] = dict(feeds)
     if loaded.reference_text is not None:  # the library's own text path: its padding, its attention mask
         from clipexport.sources.towers import LibraryText
@@ -107,26 +111,50 @@ def verify_artifact(options: VerifyOptions, progress: Progress = silent) -> Pari
         progress(f"running PyTorch {tower.value} tower")
         reference[tower] = run_reference(tower, reference_feeds[tower])
 
-    report = ParityReport(artifact=str(Path(options.artifact).resolve()),
-                          created=utc_timestamp(),
-                          inputs={**described, "batch_size": options.batch_size})
+    report = ParityReport(
+        artifact=str(Path(options.artifact).resolve()),
+        created=utc_timestamp(),
+        inputs={**described, "batch_size": options.batch_size},
+    )
     for backend in backends:
         for precision in precisions:
             candidate = {}
             for tower in Tower:
                 progress(f"running the {tower.value} tower on {backend.value} ({precision.value})")
-                candidate[tower], ran_on = _run_candidate(Path(options.artifact), manifest, tower, precision, backend,
-                                                          feeds[tower].numpy(), options.batch_size)
-                report.results.append(TowerResult(tower.value, precision.value, backend.value,
-                                                  embedding_parity(reference[tower], candidate[tower]), GATES[precision],
-                                                  ran_on=ran_on))
-            report.zero_shot.append(ZeroShotResult(
-                precision.value, backend.value,
-                zero_shot_agreement(reference[Tower.VISION], reference[Tower.TEXT], candidate[Tower.VISION], candidate[Tower.TEXT]),
-                images=len(images), texts=len(texts)))
+                candidate[tower], ran_on = _run_candidate(
+                    Path(options.artifact),
+                    manifest,
+                    tower,
+                    precision,
+                    backend,
+                    feeds[tower].numpy(),
+                    options.batch_size,
+                )
+                report.results.append(
+                    TowerResult(
+                        tower.value,
+                        precision.value,
+                        backend.value,
+                        embedding_parity(reference[tower], candidate[tower]),
+                        GATES[precision],
+                        ran_on=ran_on,
+                    )
+                )
+            report.zero_shot.append(
+                ZeroShotResult(
+                    precision.value,
+                    backend.value,
+                    zero_shot_agreement(
+                        reference[Tower.VISION], reference[Tower.TEXT], candidate[Tower.VISION], candidate[Tower.TEXT]
+                    ),
+                    images=len(images),
+                    texts=len(texts),
+                )
+            )
     if labelled is not None:
-        accuracy, described_set = _labelled_accuracy(options, manifest, loaded, labelled, precisions, backends,
-                                                     run_reference, progress)
+        accuracy, described_set = _labelled_accuracy(
+            options, manifest, loaded, labelled, precisions, backends, run_reference, progress
+        )
         report.accuracy.extend(accuracy)
         report.accuracy_inputs.update(described_set)
     if retrieval is not None:
@@ -134,8 +162,9 @@ def verify_artifact(options: VerifyOptions, progress: Progress = silent) -> Pari
 
         from clipexport.verify.retrieval import drift_matrix, embed_variants, variants_for
 
-        embedded = embed_variants(retrieval, variants_for(Path(options.artifact), precisions, backends),
-                                  RETRIEVAL_BATCH_SIZE, progress)
+        embedded = embed_variants(
+            retrieval, variants_for(Path(options.artifact), precisions, backends), RETRIEVAL_BATCH_SIZE, progress
+        )
         report = replace(report, retrieval=drift_matrix(retrieval, embedded, options.max_recall_drop, progress))
     if options.write_report:
         with artifact_lock(options.artifact):  # one report at a time; each write is a whole, atomic file
@@ -143,41 +172,72 @@ def verify_artifact(options: VerifyOptions, progress: Progress = silent) -> Pari
     return report
 
 
-def _labelled_accuracy(options: VerifyOptions, manifest: Manifest, loaded: Any, labelled: datasets.LabelledSet,
-                       precisions: tuple[Precision, ...], backends: tuple[BackendKind, ...],
-                       run_reference: Callable[[Tower, Any], np.ndarray], progress: Progress
-                       ) -> tuple[list[AccuracyResult], dict[str, Any]]:
+def _labelled_accuracy(
+    options: VerifyOptions,
+    manifest: Manifest,
+    loaded: Any,
+    labelled: datasets.LabelledSet,
+    precisions: tuple[Precision, ...],
+    backends: tuple[BackendKind, ...],
+    run_reference: Callable[[Tower, Any], np.ndarray],
+    progress: Progress,
+) -> tuple[list[AccuracyResult], dict[str, Any]]:
     """Zero-shot top-1/top-5 on an ImageFolder for PyTorch FP32 and every variant checked, with
     CLIP's prompt ensembling; the variants see the source library's pixels and token ids."""
     from clipexport.runtime.preprocess import open_image
 
     torch = require("torch", "verifying against PyTorch")
-    progress(f"zero-shot accuracy: {len(labelled.paths)} images, {len(labelled.classes)} classes, "
-             f"{len(labelled.templates)} templates")
+    progress(
+        f"zero-shot accuracy: {len(labelled.paths)} images, {len(labelled.classes)} classes, "
+        f"{len(labelled.templates)} templates"
+    )
     pixels = torch.stack([loaded.image_transform(open_image(p, f"image {p}")) for p in labelled.paths]).float()
     texts = [template.format(prompt) for prompt in labelled.prompts for template in labelled.templates]
     ids = loaded.tokenize(texts).long()
     labels = np.asarray(labelled.labels)
     text_feed = list(texts) if loaded.reference_text is not None else ids
-    reference = zero_shot_accuracy(run_reference(Tower.VISION, pixels),
-                                   class_embeddings(run_reference(Tower.TEXT, text_feed), len(labelled.templates)), labels)
-    results = [AccuracyResult(Precision.FP32.value, "pytorch", reference.top1, reference.top5, 0.0, 1.0, {},
-                              measured=len(labelled.paths))]
+    reference = zero_shot_accuracy(
+        run_reference(Tower.VISION, pixels),
+        class_embeddings(run_reference(Tower.TEXT, text_feed), len(labelled.templates)),
+        labels,
+    )
+    results = [
+        AccuracyResult(
+            Precision.FP32.value, "pytorch", reference.top1, reference.top5, 0.0, 1.0, {}, measured=len(labelled.paths)
+        )
+    ]
     for backend in backends:
         for precision in precisions:
             progress(f"zero-shot accuracy of {precision.value} on {backend.value}")
-            image, _ = _run_candidate(Path(options.artifact), manifest, Tower.VISION, precision, backend,
-                                      pixels.numpy(), options.batch_size)
-            text, _ = _run_candidate(Path(options.artifact), manifest, Tower.TEXT, precision, backend,
-                                     ids.numpy(), options.batch_size)
+            image, _ = _run_candidate(
+                Path(options.artifact), manifest, Tower.VISION, precision, backend, pixels.numpy(), options.batch_size
+            )
+            text, _ = _run_candidate(
+                Path(options.artifact), manifest, Tower.TEXT, precision, backend, ids.numpy(), options.batch_size
+            )
             got = zero_shot_accuracy(image, class_embeddings(text, len(labelled.templates)), labels)
             same = np.asarray(got.predictions) == np.asarray(reference.predictions)
             per_class = {name: float(same[labels == i].mean()) for i, name in enumerate(labelled.classes)}
-            results.append(AccuracyResult(precision.value, backend.value, got.top1, got.top5,
-                                          round(100 * (reference.top1 - got.top1), 6), float(same.mean()), per_class,
-                                          options.max_accuracy_drop, measured=len(labelled.paths)))
-    described = {"folder": str(labelled.root), "images": len(labelled.paths), "classes": len(labelled.classes),
-                 "templates": len(labelled.templates), "template_list": list(labelled.templates)}
+            results.append(
+                AccuracyResult(
+                    precision.value,
+                    backend.value,
+                    got.top1,
+                    got.top5,
+                    round(100 * (reference.top1 - got.top1), 6),
+                    float(same.mean()),
+                    per_class,
+                    options.max_accuracy_drop,
+                    measured=len(labelled.paths),
+                )
+            )
+    described = {
+        "folder": str(labelled.root),
+        "images": len(labelled.paths),
+        "classes": len(labelled.classes),
+        "templates": len(labelled.templates),
+        "template_list": list(labelled.templates),
+    }
     return results, described
 
 
@@ -218,11 +278,18 @@ def _torch_run(torch: Any, module: Any, batch: Any) -> np.ndarray:
 
 
 def _batched(run: Callable[[Any], np.ndarray], data: Any, batch_size: int) -> np.ndarray:
-    return np.concatenate([run(data[i:i + batch_size]) for i in range(0, len(data), batch_size)])
+    return np.concatenate([run(data[i : i + batch_size]) for i in range(0, len(data), batch_size)])
 
 
-def _run_candidate(root: Path, manifest: Manifest, tower: Tower, precision: Precision, backend: BackendKind,
-                   data: np.ndarray, batch_size: int) -> tuple[np.ndarray, str]:
+def _run_candidate(
+    root: Path,
+    manifest: Manifest,
+    tower: Tower,
+    precision: Precision,
+    backend: BackendKind,
+    data: np.ndarray,
+    batch_size: int,
+) -> tuple[np.ndarray, str]:
     """The candidate's embeddings, and what actually ran them (recorded in parity.json)."""
     # ONNX Runtime on the CPU provider (the backends that run elsewhere ignore it): parity is stated
     # against the FP32 CPU reference, and a GPU provider would silently change the numbers certified.

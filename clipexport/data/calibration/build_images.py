@@ -18,8 +18,20 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
-CALIBRATION_SOURCES = ("astronaut", "brick", "camera", "chelsea", "coffee", "grass", "gravel",
-                       "rocket", "hubble_deep_field", "retina", "horse", "text")
+CALIBRATION_SOURCES = (
+    "astronaut",
+    "brick",
+    "camera",
+    "chelsea",
+    "coffee",
+    "grass",
+    "gravel",
+    "rocket",
+    "hubble_deep_field",
+    "retina",
+    "horse",
+    "text",
+)
 HELDOUT_SOURCES = ("coins", "clock", "cell", "immunohistochemistry")
 SHORT_SIDE = 256  # enough for 224 px crops; keeps the repo small
 JPEG_QUALITY = 90
@@ -42,7 +54,9 @@ def _shrink(image: Image.Image) -> Image.Image:
     return image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.BICUBIC)
 
 
-def _crop(image: Image.Image, rng: np.random.Generator, area: tuple[float, float], aspect: tuple[float, float]) -> Image.Image:
+def _crop(
+    image: Image.Image, rng: np.random.Generator, area: tuple[float, float], aspect: tuple[float, float]
+) -> Image.Image:
     w, h = image.size
     frac = rng.uniform(*area)
     ratio = np.exp(rng.uniform(np.log(aspect[0]), np.log(aspect[1])))

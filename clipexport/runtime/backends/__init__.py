@@ -36,8 +36,9 @@ class BackendKind(str, Enum):
         try:
             return cls(name.lower() if isinstance(name, str) else name)
         except ValueError:
-            raise InputError(f"unknown backend '{name}' for {option} (expected one of: "
-                             f"{', '.join(b.value for b in cls)})") from None
+            raise InputError(
+                f"unknown backend '{name}' for {option} (expected one of: {', '.join(b.value for b in cls)})"
+            ) from None
 
 
 _MODULES = {
@@ -69,9 +70,14 @@ def require_available(kind: BackendKind | str) -> None:
         raise problem
 
 
-def open_backend(root: Path, manifest: Manifest, tower: Tower, precision: Precision,
-                 backend: BackendKind = BackendKind.ONNXRUNTIME,
-                 options: BackendOptions | None = None) -> Runner:
+def open_backend(
+    root: Path,
+    manifest: Manifest,
+    tower: Tower,
+    precision: Precision,
+    backend: BackendKind = BackendKind.ONNXRUNTIME,
+    options: BackendOptions | None = None,
+) -> Runner:
     """One tower's graph at one precision on one backend; the backend fails with one line when it
     cannot run what was asked, instead of quietly running something else."""
     chosen = precision
@@ -79,17 +85,31 @@ def open_backend(root: Path, manifest: Manifest, tower: Tower, precision: Precis
     module = backend_module(backend)
     if options is not None and options.device and not getattr(module, "TAKES_DEVICE", False):
         takes = [k.value for k in BackendKind if getattr(backend_module(k), "TAKES_DEVICE", False)]
-        raise InputError(f"--device applies to --backend {' or '.join(takes)}; {backend} picks "
-                         "its device itself")
+        raise InputError(f"--device applies to --backend {' or '.join(takes)}; {backend} picks its device itself")
     runner = module.open_tower(Path(root), manifest, tower, chosen, options or BackendOptions())
     text = tower is Tower.TEXT
     try:
-        runner.expect(Expected(manifest.embed_dim, manifest.tokenizer.vocab_size if text else None,
-                               manifest.tokenizer.context_length if text else None))
+        runner.expect(
+            Expected(
+                manifest.embed_dim,
+                manifest.tokenizer.vocab_size if text else None,
+                manifest.tokenizer.context_length if text else None,
+            )
+        )
     except BaseException:
         runner.close()
         raise
     return runner
 
 
-__all__ = ["BackendKind", "BackendOptions", "Runner", "TritonServing", "open_backend", "triton_serving", "unavailable", "require_available", "backend_module"]
+__all__ = [
+    "BackendKind",
+    "BackendOptions",
+    "Runner",
+    "TritonServing",
+    "open_backend",
+    "triton_serving",
+    "unavailable",
+    "require_available",
+    "backend_module",
+]

@@ -53,8 +53,10 @@ def missing(*modules: str, purpose: str) -> ClipExportError | None:
 def require_finite(out: np.ndarray, what: str) -> np.ndarray:
     """NaN/Inf embeddings are never returned: FP16 overflow or a broken engine shows up here."""
     if not np.all(np.isfinite(out)):
-        raise BackendError(f"{what} produced NaN/Inf; check the inputs, or verify the graph with: "
-                           "clipexport verify DIR --precision ...")
+        raise BackendError(
+            f"{what} produced NaN/Inf; check the inputs, or verify the graph with: "
+            "clipexport verify DIR --precision ..."
+        )
     return out
 
 
@@ -96,8 +98,10 @@ class Runner:
         """Hold the runner to the manifest; a graph whose declared width differs is refused now."""
         declared = self.output_dim
         if declared is not None and declared != expected.embed_dim:
-            raise ManifestError(f"the graph's {self.output_name} output is {declared}-d but the manifest says embed_dim "
-                                f"{expected.embed_dim}: the manifest was edited or belongs to another model; re-export")
+            raise ManifestError(
+                f"the graph's {self.output_name} output is {declared}-d but the manifest says embed_dim "
+                f"{expected.embed_dim}: the manifest was edited or belongs to another model; re-export"
+            )
         self.expected = expected
 
     def run(self, batch: np.ndarray) -> np.ndarray:
@@ -110,33 +114,43 @@ class Runner:
         elif batch.dtype != self.input_dtype:
             raise InputError(f"{self.input_name} must be {self.input_dtype}, got {batch.dtype}")
         if batch.ndim != len(self.fixed_shape) + 1 or any(
-                isinstance(want, int) and got != want for got, want in zip(batch.shape[1:], self.fixed_shape)):
-            raise InputError(f"{self.input_name} must have shape [batch, {', '.join(map(str, self.fixed_shape))}], "
-                             f"got {list(batch.shape)}")
+            isinstance(want, int) and got != want for got, want in zip(batch.shape[1:], self.fixed_shape)
+        ):
+            raise InputError(
+                f"{self.input_name} must have shape [batch, {', '.join(map(str, self.fixed_shape))}], "
+                f"got {list(batch.shape)}"
+            )
         self._check_shape(batch)
         if not len(batch):
             return np.zeros((0, self.expected.embed_dim if self.expected else 0), np.float32)
         out = self._run_impl(batch)
         if self.expected is not None and (out.ndim != 2 or out.shape[1] != self.expected.embed_dim):
-            raise BackendError(f"the {self.ran_on} {self.output_name} output has shape {list(out.shape)}, not "
-                               f"[{len(batch)}, {self.expected.embed_dim}] as the manifest says; re-export the artifact")
+            raise BackendError(
+                f"the {self.ran_on} {self.output_name} output has shape {list(out.shape)}, not "
+                f"[{len(batch)}, {self.expected.embed_dim}] as the manifest says; re-export the artifact"
+            )
         return require_finite(out, f"the {self.ran_on} {self.output_name} output").astype(np.float32, copy=False)
 
     def check_ids(self, ids: np.ndarray) -> np.ndarray:
         """Token ids: integers (never bools or floats, which would be cut silently), inside the
         vocabulary, no longer than the context; one InputError line otherwise."""
         if ids.dtype == np.bool_ or not np.issubdtype(ids.dtype, np.integer):
-            raise InputError(f"{self.input_name} must be integer token ids ({self.input_dtype}), got {ids.dtype}; "
-                             "pass texts, or the ids the artifact's tokenizer makes")
+            raise InputError(
+                f"{self.input_name} must be integer token ids ({self.input_dtype}), got {ids.dtype}; "
+                "pass texts, or the ids the artifact's tokenizer makes"
+            )
         if ids.ndim == 2 and self.expected is not None and len(ids):
             limit, length = self.expected.vocab_size, self.expected.max_length
             if length is not None and ids.shape[1] > length:
-                raise InputError(f"{self.input_name} has {ids.shape[1]} tokens per row, more than the model's context "
-                                 f"of {length}")
+                raise InputError(
+                    f"{self.input_name} has {ids.shape[1]} tokens per row, more than the model's context of {length}"
+                )
             low, high = int(ids.min()), int(ids.max())
             if low < 0 or (limit is not None and high >= limit):
                 bad = low if low < 0 else high
-                raise InputError(f"{self.input_name} holds token id {bad}, outside the vocabulary (0..{(limit or 0) - 1})")
+                raise InputError(
+                    f"{self.input_name} holds token id {bad}, outside the vocabulary (0..{(limit or 0) - 1})"
+                )
         return ids.astype(self.input_dtype, copy=False)
 
     def _check_shape(self, batch: np.ndarray) -> None:

@@ -24,8 +24,12 @@ TENSORRT = "TensorrtExecutionProvider"
 PREFERRED_PROVIDERS = (CUDA, CPU)
 TRITON = TritonServing(platform="onnxruntime_onnx")
 
-_ORT_TYPES = {"tensor(float)": np.dtype(np.float32), "tensor(float16)": np.dtype(np.float16),
-              "tensor(int64)": np.dtype(np.int64), "tensor(int32)": np.dtype(np.int32)}
+_ORT_TYPES = {
+    "tensor(float)": np.dtype(np.float32),
+    "tensor(float16)": np.dtype(np.float16),
+    "tensor(int64)": np.dtype(np.int64),
+    "tensor(int32)": np.dtype(np.int32),
+}
 
 # onnxruntime-gpu lists the GPU providers even where their libraries cannot load (no driver, no
 # TensorRT), then prints pages of errors on every session; probe the libraries instead. TensorRT
@@ -60,12 +64,16 @@ def choose_providers(available: Sequence[str], requested: Sequence[Provider] | N
     if requested:
         missing = [_name(p) for p in requested if _name(p) not in available]
         if missing:
-            raise DeviceUnavailableError(f"onnxruntime provider(s) {', '.join(missing)} not available in this "
-                                         f"onnxruntime (have: {', '.join(available)})")
+            raise DeviceUnavailableError(
+                f"onnxruntime provider(s) {', '.join(missing)} not available in this "
+                f"onnxruntime (have: {', '.join(available)})"
+            )
         unusable = [_name(p) for p in requested if not provider_usable(_name(p))]
         if unusable:
-            raise DeviceUnavailableError(f"onnxruntime provider(s) {', '.join(unusable)} cannot load their libraries "
-                                         "here (no NVIDIA driver / TensorRT?); use the CPU provider on this machine")
+            raise DeviceUnavailableError(
+                f"onnxruntime provider(s) {', '.join(unusable)} cannot load their libraries "
+                "here (no NVIDIA driver / TensorRT?); use the CPU provider on this machine"
+            )
         return list(requested)
     usable = [p for p in PREFERRED_PROVIDERS if p in available and provider_usable(p)]
     return usable or [CPU]
@@ -92,15 +100,24 @@ def graph_optimization(precision: Precision, target: Target | None) -> str | Non
 
 
 def _level(ort: Any, name: str) -> Any:
-    return {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED}[name]
+    return {
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    }[name]
 
 
 class OnnxRuntimeBackend(Runner):
     backend = "onnxruntime"
 
-    def __init__(self, graph: Path | bytes, tower: TowerArtifact, providers: Sequence[Provider] | None = None,
-                 threads: int | None = None, optimization: str | None = None, spin: bool = True):
+    def __init__(
+        self,
+        graph: Path | bytes,
+        tower: TowerArtifact,
+        providers: Sequence[Provider] | None = None,
+        threads: int | None = None,
+        optimization: str | None = None,
+        spin: bool = True,
+    ):
         super().__init__(tower)
         ort = require("onnxruntime", PURPOSE)
         options = ort.SessionOptions()
@@ -120,15 +137,19 @@ class OnnxRuntimeBackend(Runner):
             if isinstance(graph, bytes):  # a graph we just made: our failure, not the user's
                 raise BackendError(f"onnxruntime cannot load the in-memory graph ({first_line(exc)})") from None
             # A file that matches its recorded sha256 yet does not load: damaged before it was recorded.
-            raise ManifestError(f"onnxruntime cannot load {graph} ({first_line(exc)}); the file is damaged: "
-                                "re-run the step that made it") from None
+            raise ManifestError(
+                f"onnxruntime cannot load {graph} ({first_line(exc)}); the file is damaged: "
+                "re-run the step that made it"
+            ) from None
         # What ONNX Runtime actually registered: it silently drops a provider that fails to start.
         self.providers = list(self.session.get_providers())
         dropped = [_name(p) for p in self.requested if _name(p) not in self.providers]
         if dropped:
             self.session = None
-            raise DeviceUnavailableError(f"onnxruntime could not start {', '.join(dropped)} (it would have run on "
-                                         f"{', '.join(self.providers)} instead); check the GPU driver and libraries")
+            raise DeviceUnavailableError(
+                f"onnxruntime could not start {', '.join(dropped)} (it would have run on "
+                f"{', '.join(self.providers)} instead); check the GPU driver and libraries"
+            )
         # An FP16 graph built with FP16 I/O (`quantize --io-dtype float16`) still takes and gives
         # float32 here: callers never see the graph's boundary type.
         self.graph_input_dtype = _ORT_TYPES.get(self.session.get_inputs()[0].type, self.input_dtype)
@@ -143,7 +164,9 @@ class OnnxRuntimeBackend(Runner):
         try:
             return self.session.run([self.output_name], {self.input_name: batch})[0]
         except Exception as exc:
-            raise BackendError(f"onnxruntime failed on a batch of shape {list(batch.shape)}: {first_line(exc)}") from None
+            raise BackendError(
+                f"onnxruntime failed on a batch of shape {list(batch.shape)}: {first_line(exc)}"
+            ) from None
 
     @property
     def output_dim(self) -> int | None:
@@ -154,11 +177,17 @@ class OnnxRuntimeBackend(Runner):
         self.session = None
 
 
-def open_tower(root: Path, manifest: Manifest, tower: Tower, precision: Precision,
-               options: BackendOptions) -> OnnxRuntimeBackend:
+def open_tower(
+    root: Path, manifest: Manifest, tower: Tower, precision: Precision, options: BackendOptions
+) -> OnnxRuntimeBackend:
     record = manifest.tower(tower).graph(precision)
     graph = check_graph_files(root, record)
     providers = [CPU] if options.cpu_only else options.providers
-    return OnnxRuntimeBackend(graph, manifest.tower(tower), providers=providers, threads=options.threads, spin=options.spin,
-                              optimization=graph_optimization(precision, record.details.target))
-
+    return OnnxRuntimeBackend(
+        graph,
+        manifest.tower(tower),
+        providers=providers,
+        threads=options.threads,
+        spin=options.spin,
+        optimization=graph_optimization(precision, record.details.target),
+    )

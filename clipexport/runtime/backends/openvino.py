@@ -20,8 +20,14 @@ from clipexport._deps import require
 from clipexport.artifact.layout import ENGINES_DIR
 from clipexport.artifact.manifest import Manifest, Tower, TowerArtifact, check_graph_files
 from clipexport.artifact.precision import Precision
-from clipexport.errors import (BackendError, ClipExportError, DeviceUnavailableError, InputError, ManifestError,
-                               first_line)
+from clipexport.errors import (
+    BackendError,
+    ClipExportError,
+    DeviceUnavailableError,
+    InputError,
+    ManifestError,
+    first_line,
+)
 from clipexport.runtime.backends.base import BackendOptions, Runner, TritonServing, missing
 
 PURPOSE = "running ONNX graphs on OpenVINO (pip install 'clipexport[openvino]')"
@@ -61,20 +67,31 @@ def _check_device(core: Any, device: str) -> None:
     for name in names:
         kind = name.split(".")[0].split(":")[0]
         if kind not in DEVICE_KINDS:
-            raise InputError(f"--device {device}: {name} is not an OpenVINO device; pass one of "
-                             f"{', '.join(DEVICE_KINDS + VIRTUAL_DEVICES)} (this machine has: "
-                             f"{', '.join(available) or 'none'})")
+            raise InputError(
+                f"--device {device}: {name} is not an OpenVINO device; pass one of "
+                f"{', '.join(DEVICE_KINDS + VIRTUAL_DEVICES)} (this machine has: "
+                f"{', '.join(available) or 'none'})"
+            )
         if not any(d == name or d.split(".")[0] == kind for d in available):
-            raise DeviceUnavailableError(f"OpenVINO sees no {name} device here (it has: "
-                                         f"{', '.join(available) or 'none'}); pass one of those with --device "
-                                         f"(or {DEVICE_ENV})")
+            raise DeviceUnavailableError(
+                f"OpenVINO sees no {name} device here (it has: "
+                f"{', '.join(available) or 'none'}); pass one of those with --device "
+                f"(or {DEVICE_ENV})"
+            )
 
 
 class OpenVinoBackend(Runner):
     backend = "openvino"
 
-    def __init__(self, graph: Path, tower: TowerArtifact, device: str, precision: Precision,
-                 threads: int | None = None, cache: Path | None = None):
+    def __init__(
+        self,
+        graph: Path,
+        tower: TowerArtifact,
+        device: str,
+        precision: Precision,
+        threads: int | None = None,
+        cache: Path | None = None,
+    ):
         super().__init__(tower)
         ov, core = _core()
         _check_device(core, device)
@@ -88,7 +105,9 @@ class OpenVinoBackend(Runner):
         try:
             model = core.read_model(str(graph))
         except Exception as exc:  # a file that matches its sha256 yet does not parse
-            raise ManifestError(f"OpenVINO cannot read {graph} ({first_line(exc)}); re-run the step that made it") from None
+            raise ManifestError(
+                f"OpenVINO cannot read {graph} ({first_line(exc)}); re-run the step that made it"
+            ) from None
         try:
             self.compiled = core.compile_model(model, device, config)
         except Exception as exc:
@@ -136,8 +155,10 @@ def _cache_folder(root: Path) -> Path | None:
     return folder if os.access(folder, os.W_OK) else None
 
 
-def open_tower(root: Path, manifest: Manifest, tower: Tower, precision: Precision,
-               options: BackendOptions) -> OpenVinoBackend:
+def open_tower(
+    root: Path, manifest: Manifest, tower: Tower, precision: Precision, options: BackendOptions
+) -> OpenVinoBackend:
     graph = check_graph_files(root, manifest.tower(tower).graph(precision))
-    return OpenVinoBackend(graph, manifest.tower(tower), device_for(options), precision, threads=options.threads,
-                           cache=_cache_folder(root))
+    return OpenVinoBackend(
+        graph, manifest.tower(tower), device_for(options), precision, threads=options.threads, cache=_cache_folder(root)
+    )

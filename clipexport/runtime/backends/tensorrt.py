@@ -49,8 +49,10 @@ class TensorRTBackend(Runner):
             self._runtime.engine_host_code_allowed = True  # version-compatible plans embed a lean runtime
         self.engine = self._runtime.deserialize_cuda_engine(plan.read_bytes())
         if self.engine is None:
-            raise ManifestError(f"TensorRT could not deserialize {plan.name} although it matches its provenance; "
-                                f"rebuild it with: {rebuild}")
+            raise ManifestError(
+                f"TensorRT could not deserialize {plan.name} although it matches its provenance; "
+                f"rebuild it with: {rebuild}"
+            )
         self.context = self.engine.create_execution_context()
         self.engine_input_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(self.input_name)))
         self.engine_output_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(self.output_name)))
@@ -67,12 +69,15 @@ class TensorRTBackend(Runner):
 
     def _check_shape(self, batch: np.ndarray) -> None:
         if len(batch.shape) != len(self.profile_max) or not all(
-                lo <= d <= hi for d, lo, hi in zip(batch.shape[1:], self.profile_min[1:], self.profile_max[1:])):
-            raise InputError(f"{self.input_name} shape {list(batch.shape)} is outside the engine's profile "
-                             f"{list(self.profile_min)}..{list(self.profile_max)}; rebuild with a recipe that covers it")
+            lo <= d <= hi for d, lo, hi in zip(batch.shape[1:], self.profile_min[1:], self.profile_max[1:])
+        ):
+            raise InputError(
+                f"{self.input_name} shape {list(batch.shape)} is outside the engine's profile "
+                f"{list(self.profile_min)}..{list(self.profile_max)}; rebuild with a recipe that covers it"
+            )
 
     def _run_impl(self, batch: np.ndarray) -> np.ndarray:
-        chunks = [self._run_chunk(batch[i:i + self.max_batch]) for i in range(0, len(batch), self.max_batch)]
+        chunks = [self._run_chunk(batch[i : i + self.max_batch]) for i in range(0, len(batch), self.max_batch)]
         return np.concatenate(chunks)
 
     def _run_chunk(self, chunk: np.ndarray) -> np.ndarray:
@@ -95,15 +100,20 @@ class TensorRTBackend(Runner):
         return host_out[: chunk.shape[0]].astype(np.float32, copy=False)
 
     def _close_impl(self) -> None:
-        for resource in (getattr(self, "_device_in", None), getattr(self, "_device_out", None), getattr(self, "_stream", None)):
+        for resource in (
+            getattr(self, "_device_in", None),
+            getattr(self, "_device_out", None),
+            getattr(self, "_stream", None),
+        ):
             if resource is not None:
                 resource.free()
         self._device_in = self._device_out = self._stream = None
         self.context = self.engine = None
 
 
-def open_tower(root: Path, manifest: Manifest, tower: Tower, precision: Precision,
-               options: BackendOptions) -> TensorRTBackend:
+def open_tower(
+    root: Path, manifest: Manifest, tower: Tower, precision: Precision, options: BackendOptions
+) -> TensorRTBackend:
     plan = inside(root, engine_file(tower.value, precision), "engine file")
     rebuild = f"clipexport build {root} --precision {precision.value} --towers {tower.value}"
     return TensorRTBackend(plan, manifest.tower(tower), rebuild)
