@@ -17,6 +17,9 @@ _HINTS: dict[str, tuple[str, str]] = {
     "onnxscript": ("onnxscript", "export"),
     "onnxruntime": ("onnxruntime-gpu (x86_64) or onnxruntime", "runtime"),
     "PIL": ("pillow", "runtime"),
+    "regex": ("regex", "runtime"),
+    "ftfy": ("ftfy", "runtime"),
+    "tokenizers": ("tokenizers", "runtime"),
     "timm": ("timm", "export"),
     "modelopt": ("nvidia-modelopt[onnx]", "precision"),
     "polygraphy": ("polygraphy", "precision"),
@@ -61,11 +64,21 @@ def require(module: str, purpose: str) -> ModuleType:
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        top = module.split(".")[0]
-        dist, extra = _HINTS.get(top, (top, "export"))
-        error = MissingDependencyError(
-            f"{purpose} needs the Python package '{dist}', which is not importable ({exc}); "
-            f"install it with: pip install 'clipexport[{extra}]'"
-        )
-        error.extra = extra
-        raise error from exc
+        raise _missing(module.split(".")[0], purpose, exc) from exc
+
+
+def _missing(top: str, purpose: str, exc: BaseException) -> MissingDependencyError:
+    dist, extra = _HINTS.get(top, (top, "export"))
+    error = MissingDependencyError(
+        f"{purpose} needs the Python package '{dist}', which is not importable ({exc}); "
+        f"install it with: pip install 'clipexport[{extra}]'"
+    )
+    error.extra = extra
+    return error
+
+
+def missing_dependency(exc: ImportError, purpose: str) -> MissingDependencyError | None:
+    """The one-line install hint for an optional library a module imports at its top (PIL in the
+    runtime's preprocessing), caught where a command meets it; None for anything else (a bug)."""
+    top = (getattr(exc, "name", None) or "").split(".")[0]
+    return _missing(top, purpose, exc) if top in _HINTS else None

@@ -98,6 +98,14 @@ class _Cli(click.Group):
         except ClipExportError as exc:
             click.echo(f"error: {exc}", err=True)
             code = exc.exit_code
+        except ImportError as exc:  # an optional library a module imports at its top: the same one line
+            from clipexport._deps import missing_dependency
+
+            error = missing_dependency(exc, "this command")
+            if error is None:
+                raise
+            click.echo(f"error: {error}", err=True)
+            code = error.exit_code
         except (click.exceptions.Abort, KeyboardInterrupt):
             # The run is over: a second Ctrl-C / SIGTERM (or a library re-raising the first one as
             # SIGINT while the interpreter shuts down) must not turn exit 130 into death by signal.

@@ -7,6 +7,8 @@ import hashlib
 import json
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -394,3 +396,27 @@ def test_mistake_is_one_line_exit_2(case: tuple[str, Args, str], workspace: dict
 
 def test_the_table_is_large_enough() -> None:
     assert len(MISTAKES) >= 30
+
+
+def _without(module: str, *args: str) -> subprocess.CompletedProcess:
+    """The CLI in a process where `module` cannot be imported (an extra that is not installed)."""
+    code = (
+        f"import sys\nsys.modules[{module!r}] = None\nsys.argv = ['clipexport', *{list(args)!r}]\n"
+        "from clipexport.cli import main\nmain()\n"
+    )
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+
+
+def test_help_needs_no_extra_and_a_missing_one_is_one_line(tmp_path: Path) -> None:
+    assert _without("PIL", "--help").returncode == 0  # the core install (numpy, click) runs --help
+    done = _without("PIL", "embed", str(tmp_path / "art"), "--images", str(tmp_path), "-o", str(tmp_path / "out"))
+    assert done.returncode in (2, 3), done.stderr  # the missing artifact may be found first
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+
+
+def test_a_library_missing_at_a_module_top_is_the_install_line(tiny_vit: Path, tmp_path: Path) -> None:
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    done = _without("PIL", "embed", str(tiny_vit), "--images", str(examples), "-o", str(tmp_path / "out"))
+    assert done.returncode == 3 and "'pillow'" in done.stderr and "clipexport[runtime]" in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
