@@ -681,19 +681,41 @@ def _runtime_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 class _LazyBar:
     """A progress bar on stderr (items/s and ETA) that appears with the first finished batch, so a
-    run that fails while checking its inputs prints only its error line."""
+    run that fails while checking its inputs prints only its error line. Where stderr is not a
+    terminal (a file, a CI log, a pipe) it prints a line instead: with the first batch, then at most
+    every LINE_SECONDS, and when all is done, so a long job never looks hung."""
+
+    LINE_SECONDS = 10.0  # a CI log shows a job is alive without a line per batch
 
     def __init__(self, label: str, quiet: bool = False):
         self.label, self.bar, self.quiet = label, None, quiet
-        self.done, self.started = 0, 0.0
+        import time
+
+        self.lines = not sys.stderr.isatty()
+        self.done, self.last_line = 0, 0.0
+        self.started = time.monotonic()  # lines: rates since the command began, its start-up included
 
     def __call__(self, done: int, total: int) -> None:
         import time
 
         if self.quiet:
             return
+        now = time.monotonic()
+        if self.lines:
+            self.done += done
+            if self.done == done or self.done >= total or now - self.last_line >= self.LINE_SECONDS:
+                self.last_line = now
+                rate = self._rate()
+                left = (total - self.done) / (self.done / (now - self.started)) if now > self.started else 0.0
+                eta = f", ETA {left:.0f} s" if self.done < total and rate else ""
+                click.echo(
+                    f"{self.label} {self.done}/{total} ({100 * self.done / max(total, 1):.0f}%)"
+                    f"{', ' + rate if rate else ''}{eta}",
+                    err=True,
+                )
+            return
         if self.bar is None:
-            self.started = time.monotonic()
+            self.started = now
             self.bar = click.progressbar(
                 length=total, label=self.label, file=sys.stderr, show_eta=True, item_show_func=lambda _: self._rate()
             )

@@ -420,3 +420,30 @@ def test_a_library_missing_at_a_module_top_is_the_install_line(tiny_vit: Path, t
     done = _without("PIL", "embed", str(tiny_vit), "--images", str(examples), "-o", str(tmp_path / "out"))
     assert done.returncode == 3 and "'pillow'" in done.stderr and "clipexport[runtime]" in done.stderr, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
+def test_embed_into_a_log_prints_progress_lines(tiny_vit: Path, tmp_path: Path) -> None:
+    """Piped to a file or a CI log (no terminal), a long job prints progress lines, not one word."""
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "clipexport",
+            "embed",
+            str(tiny_vit),
+            "--images",
+            str(examples),
+            "-o",
+            str(tmp_path / "out"),
+            "--batch-size",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.startswith("embedding ")]
+    total = len([p for p in examples.iterdir() if p.suffix in (".png", ".jpg")])
+    assert lines and lines[0].startswith("embedding 2/") and lines[-1].startswith(f"embedding {total}/{total} (100%)")
