@@ -58,6 +58,14 @@ def _photos(folder: Path, count: int, size: tuple[int, int], seed: int) -> list[
     return [Path(j[0]) for j in jobs]
 
 
+def random_vit_b32(artifact: Path) -> Path:
+    """ViT-B-32 with seeded random weights exported to `artifact` (kept across runs)."""
+    if not (artifact / "manifest.json").is_file():
+        command = ["export", "ViT-B-32", "--pretrained", "random", "-o", str(artifact), "-q"]
+        subprocess.run([sys.executable, "-m", "clipexport", *command], check=True)
+    return artifact
+
+
 def _checkpoint_and_artifacts(work: Path) -> tuple[Path, Path]:
     """One random ViT-B-32 checkpoint that both tools load; our artifact (fp32 + int8 cpu) from it."""
     ckpt = work / "vit-b-32-random.pt"

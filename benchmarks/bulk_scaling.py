@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bulk_embed import _photos
+from bulk_embed import _photos, random_vit_b32
 
 REPO = Path(__file__).resolve().parent.parent
 CORES = len(os.sched_getaffinity(0))
@@ -182,22 +182,7 @@ def main() -> None:
     big = _photos(work / "photos-12mp", args.big, (4000, 3000), 2)
     print(f"photos ready ({time.monotonic() - begin:.0f} s)", flush=True)
     artifact = args.artifact or work / "vit-b-32"
-    if not (artifact / "manifest.json").is_file():
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "clipexport",
-                "export",
-                "ViT-B-32",
-                "--pretrained",
-                "random",
-                "-o",
-                str(artifact),
-                "-q",
-            ],
-            check=True,
-        )
+    random_vit_b32(artifact)
     print(f"artifact ready ({time.monotonic() - begin:.0f} s)", flush=True)
     result: dict = {
         "machine": {

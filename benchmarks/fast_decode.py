@@ -26,6 +26,8 @@ import numpy as np
 
 from precision import machine, write_result
 
+from bulk_embed import random_vit_b32
+
 REPO = Path(__file__).resolve().parent.parent
 SCENE_SIDE = 1024
 
@@ -109,22 +111,7 @@ def photos_part(work: Path, artifact: Path | None, count: int) -> dict:
 
     if artifact is None:
         artifact = work / "vit-b-32"
-        if not (artifact / "manifest.json").is_file():
-            subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "clipexport",
-                    "export",
-                    "ViT-B-32",
-                    "--pretrained",
-                    "random",
-                    "-o",
-                    str(artifact),
-                    "-q",
-                ],
-                check=True,
-            )
+        random_vit_b32(artifact)
     photos = _photos(work / "photos-12mp", count, (4000, 3000), 2)
     pre = ImagePreprocessor.from_manifest(artifact)
     pre.pixels(str(photos[0]))  # warm up the decoder

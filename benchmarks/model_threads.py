@@ -13,12 +13,12 @@ import io
 import json
 import multiprocessing
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from bulk_embed import random_vit_b32
 
 CPUS = sorted(os.sched_getaffinity(0))
 
@@ -58,22 +58,7 @@ def main() -> None:
     parser.add_argument("--artifact", type=Path, default=Path("/tmp/clipexport-bulk-scaling/vit-b-32"))
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    if not (args.artifact / "manifest.json").is_file():
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "clipexport",
-                "export",
-                "ViT-B-32",
-                "--pretrained",
-                "random",
-                "-o",
-                str(args.artifact),
-                "-q",
-            ],
-            check=True,
-        )
+    random_vit_b32(args.artifact)
     n = len(CPUS)
     cases = [("default threads, spin", None, True, None, 0), (f"{n} threads, no spin", n, False, None, 0)]
     for t in sorted({t for t in (n - 2, n // 2, n - 5) if 1 <= t < n}, reverse=True):

@@ -331,39 +331,22 @@ def _write_serving_models(repo: Path, artifact: Path, name: str, manifest, optio
         "backend": options.backend.value,
         "max_request_bytes": str(options.max_request_bytes),
     }
-    models = [
-        (
-            ModelConfig(
-                f"{name}_image",
-                [Tensor("IMAGE", "bytes", (1,))],
-                [Tensor("EMBEDDING", "float32", (manifest.embed_dim,))],
-                options.max_batch,
-                backend="python",
-                batching=batching,
-                instance_kind="KIND_CPU",
-                instances=options.instances,
-                parameters=parameters,
-            ),
-            "ImageEmbedModel",
-        ),
-        (
-            ModelConfig(
-                f"{name}_text",
-                [Tensor("TEXT", "bytes", (1,))],
-                [Tensor("EMBEDDING", "float32", (manifest.embed_dim,))],
-                options.max_batch,
-                backend="python",
-                batching=batching,
-                instance_kind="KIND_CPU",
-                instances=options.instances,
-                parameters=parameters,
-            ),
-            "TextEmbedModel",
-        ),
-    ]
-    for config, model_class in models:
+    names = []
+    for suffix, tensor, model_class in (("image", "IMAGE", "ImageEmbedModel"), ("text", "TEXT", "TextEmbedModel")):
+        config = ModelConfig(
+            f"{name}_{suffix}",
+            [Tensor(tensor, "bytes", (1,))],
+            [Tensor("EMBEDDING", "float32", (manifest.embed_dim,))],
+            options.max_batch,
+            backend="python",
+            batching=batching,
+            instance_kind="KIND_CPU",
+            instances=options.instances,
+            parameters=parameters,
+        )
         write_python_model(repo, config, model_class)
-    return [config.name for config, _ in models]
+        names.append(config.name)
+    return names
 
 
 def _wait_ready(process: subprocess.Popen, port: int, log: Path) -> None:
