@@ -827,6 +827,7 @@ class _LazyBar:
 )
 @click.option("--model", "served_model", default=None, help="With --server: the served model name prefix.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="The result as one JSON object on stdout.")
 def embed(
     artifact: Path,
     images: tuple[str, ...],
@@ -856,6 +857,7 @@ def embed(
     server: str | None,
     served_model: str | None,
     quiet: bool,
+    as_json: bool,
 ) -> None:
     """Embed images or texts with ARTIFACT (no torch): a folder OUTPUT gets a sharded Parquet dataset
     that a rerun of the same command resumes; a .npy OUTPUT gets one array."""
@@ -895,7 +897,7 @@ def embed(
             click.echo(f"skipped {skipped.name}: {skipped.reason}", err=True)
         for note in result.notes:
             click.echo(f"warning: {note}", err=True)
-        click.echo(f"wrote {result.output}: {result.rows} x {result.dim} float32 (row sources: {result.index})")
+        _print_result(result, as_json)
         return
     from clipexport.bulk.job import BulkOptions, RayOptions, embed_dataset
     from clipexport.errors import InputError
@@ -927,12 +929,18 @@ def embed(
         click.echo(f"skipped {skipped.id}: {skipped.reason}", err=True)
     for note in result.notes:
         click.echo(f"warning: {note}", err=True)
-    resumed = f", {result.shards_resumed} resumed" if result.shards_resumed else ""
-    click.echo(
-        f"wrote {result.output}: {result.rows} rows of {result.inputs} inputs ({len(result.skipped)} skipped); "
-        f"{result.shards_written} shards computed{resumed}; {result.computed} inputs in {result.seconds:.1f} s "
-        f"({result.per_second:.1f}/s)"
-    )
+    _print_result(result, as_json)
+
+
+def _print_result(result: Any, as_json: bool) -> None:
+    """A step's result on stdout: its summary lines, or with --json one JSON object (`to_json`)."""
+    if as_json:
+        import json
+
+        click.echo(json.dumps(result.to_json(), ensure_ascii=False))
+    else:
+        for line in result.summary():
+            click.echo(line)
 
 
 @main.command()
@@ -970,6 +978,7 @@ def embed(
     "scanned, and exit 0 (without it: the index is written, and the command exits 1 saying so).",
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress.")
+@click.option("--json", "as_json", is_flag=True, help="The result as one JSON object on stdout.")
 def index(
     dataset: Path,
     output: Path,
@@ -980,6 +989,7 @@ def index(
     overwrite: bool,
     accept_low_recall: bool,
     quiet: bool,
+    as_json: bool,
 ) -> None:
     """Build a FAISS index over DATASET (the folder `embed -o DIR` wrote), with its measured recall;
     a rerun of an interrupted build resumes it."""
@@ -998,13 +1008,7 @@ def index(
     )
     with _LazyBar("indexing", quiet) as advance:
         result = build_index(options, advance, _progress(quiet))
-    recall = ", ".join(f"{name} {value:.3f}" for name, value in result.recall.items())
-    state = "already built" if result.already else ("resumed and built" if result.resumed else "built")
-    probe = f", nprobe {result.nprobe}" if result.nprobe else ""
-    click.echo(
-        f"{state} {result.output}: {result.rows} rows, {result.plan.factory}{probe}; recall@10 vs exact: {recall} "
-        f"({result.seconds:.1f} s)"
-    )
+    _print_result(result, as_json)
 
 
 @main.command()
@@ -1082,6 +1086,7 @@ def search(
 @click.option(
     "--top", type=click.IntRange(min=1), default=3, show_default=True, help="How many classes to print per image."
 )
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per image on stdout (labels as given).")
 def classify(
     artifact: Path,
     images: tuple[str, ...],
@@ -1094,6 +1099,7 @@ def classify(
     top: int,
     exif_transpose: bool,
     device: str | None,
+    as_json: bool,
 ) -> None:
     """Zero-shot classify IMAGES (files or folders) among the labels."""
     from clipexport.datasets import image_paths
@@ -1111,7 +1117,13 @@ def classify(
     width = max(len(shown(p)) for p in paths)
     for path, row in zip(paths, probs):
         best = row.argsort()[::-1][:top]
-        click.echo(f"{shown(path):<{width}}  " + "  ".join(f"{names[i]} {100 * row[i]:5.1f}%" for i in best))
+        if as_json:
+            import json
+
+            top_k = [{"label": names[i], "probability": round(float(row[i]), 6)} for i in best]
+            click.echo(json.dumps({"image": shown(path), "top": top_k}, ensure_ascii=False))
+        else:
+            click.echo(f"{shown(path):<{width}}  " + "  ".join(f"{names[i]} {100 * row[i]:5.1f}%" for i in best))
 
 
 @main.command()

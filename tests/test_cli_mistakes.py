@@ -447,3 +447,29 @@ def test_embed_into_a_log_prints_progress_lines(tiny_vit: Path, tmp_path: Path) 
     lines = [line for line in done.stderr.splitlines() if line.startswith("embedding ")]
     total = len([p for p in examples.iterdir() if p.suffix in (".png", ".jpg")])
     assert lines and lines[0].startswith("embedding 2/") and lines[-1].startswith(f"embedding {total}/{total} (100%)")
+
+
+def test_embed_index_and_classify_print_json_for_scripts(tiny_vit: Path, tmp_path: Path) -> None:
+    """--json: stdout is JSON and nothing else (skips, warnings and progress stay on stderr)."""
+    from clipexport.cli import main
+
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    runner = CliRunner()
+    embedded = runner.invoke(
+        main, ["embed", str(tiny_vit), "--images", str(examples), "-o", str(tmp_path / "ds"), "--json", "-q"]
+    )
+    assert embedded.exit_code == 0, embedded.output
+    result = json.loads(embedded.stdout)
+    assert result["rows"] == result["inputs"] == len(list(examples.glob("*.png"))) and result["skipped"] == []
+    indexed = runner.invoke(main, ["index", str(tmp_path / "ds"), "-o", str(tmp_path / "idx"), "--json", "-q"])
+    assert indexed.exit_code == 0, indexed.output
+    index = json.loads(indexed.stdout)
+    assert index["rows"] == result["rows"] and index["index"]["exact"] and index["target_met"] is True
+    labels = ["red circle", "a blue square"]  # a label with spaces stays one value
+    classified = runner.invoke(
+        main, ["classify", str(tiny_vit), str(examples / "red-circle.png"), "--labels", ",".join(labels), "--json"]
+    )
+    assert classified.exit_code == 0, classified.output
+    (row,) = [json.loads(line) for line in classified.stdout.splitlines()]
+    assert row["image"].endswith("red-circle.png") and {t["label"] for t in row["top"]} == set(labels)
+    assert abs(sum(t["probability"] for t in row["top"]) - 1) < 1e-5

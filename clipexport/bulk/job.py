@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 from enum import Enum
 from pathlib import Path
 
@@ -88,6 +89,31 @@ class BulkResult:
     @property
     def per_second(self) -> float:
         return self.computed / self.seconds if self.seconds > 0 else 0.0
+
+    def summary(self) -> list[str]:
+        """What the command prints on stdout."""
+        resumed = f", {self.shards_resumed} resumed" if self.shards_resumed else ""
+        return [
+            f"wrote {self.output}: {self.rows} rows of {self.inputs} inputs ({len(self.skipped)} skipped); "
+            f"{self.shards_written} shards computed{resumed}; {self.computed} inputs in {self.seconds:.1f} s "
+            f"({self.per_second:.1f}/s)"
+        ]
+
+    def to_json(self) -> dict[str, Any]:
+        """What `embed --json` prints: one object."""
+        return {
+            "output": str(self.output),
+            "inputs": self.inputs,
+            "rows": self.rows,
+            "skipped": [{"id": s.id, "reason": s.reason} for s in self.skipped],
+            "shards_written": self.shards_written,
+            "shards_resumed": self.shards_resumed,
+            "computed": self.computed,
+            "seconds": round(self.seconds, 3),
+            "per_second": round(self.per_second, 3),
+            "notes": list(self.notes),
+            "split": self.stats.split if self.stats is not None else None,
+        }
 
 
 def check_options(options: BulkOptions) -> None:

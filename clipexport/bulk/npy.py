@@ -8,7 +8,7 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -61,6 +61,21 @@ class EmbedResult:
     dim: int
     skipped: list[SkippedImage]
     notes: tuple[str, ...] = ()
+
+    def summary(self) -> list[str]:
+        """What the command prints on stdout."""
+        return [f"wrote {self.output}: {self.rows} x {self.dim} float32 (row sources: {self.index})"]
+
+    def to_json(self) -> dict[str, Any]:
+        """What `embed --json` prints: one object."""
+        return {
+            "output": str(self.output),
+            "index": str(self.index),
+            "rows": self.rows,
+            "dim": self.dim,
+            "skipped": [{"id": s.name, "reason": s.reason} for s in self.skipped],
+            "notes": list(self.notes),
+        }
 
 
 def index_path(output: Path) -> Path:

@@ -111,6 +111,31 @@ class IndexResult:
     def target_met(self) -> bool:
         return meets_target(self.recall, self.target_recall)
 
+    def summary(self) -> list[str]:
+        """What the command prints on stdout."""
+        recall = ", ".join(f"{name} {value:.3f}" for name, value in self.recall.items())
+        state = "already built" if self.already else ("resumed and built" if self.resumed else "built")
+        probe = f", nprobe {self.nprobe}" if self.nprobe else ""
+        return [
+            f"{state} {self.output}: {self.rows} rows, {self.plan.factory}{probe}; recall@10 vs exact: {recall} "
+            f"({self.seconds:.1f} s)"
+        ]
+
+    def to_json(self) -> dict[str, Any]:
+        """What `index --json` prints: one object."""
+        return {
+            "output": str(self.output),
+            "rows": self.rows,
+            "index": self.plan.to_dict(),
+            "nprobe": self.nprobe,
+            "recall_at_10": self.recall,
+            "target_recall": self.target_recall,
+            "target_met": self.target_met,
+            "resumed": self.resumed,
+            "already_built": self.already,
+            "seconds": round(self.seconds, 3),
+        }
+
 
 def build_index(options: IndexOptions, advance: Advance | None = None, progress: Progress = silent) -> IndexResult:
     begin = time.monotonic()
