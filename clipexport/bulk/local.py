@@ -11,9 +11,9 @@ measure the workers' decode CPU and the backend's CPU per image; the decode shar
 is then `cores x decode / (decode + model)`: that many workers (rounded up) keep decoding, and the
 backend gets the cores they leave (its threads re-opened once). Decoding in bursts on every core
 stalls a backend whose threads split each layer evenly (one descheduled thread holds the rest).
-Where separate CPUs for each side come within PIN_MIN_FRACTION of that ideal (many cores: the
-16-vCPU machine at both photo sizes; never on 2), the sides are pinned apart (`choose_split`) and
-the backend's threads may spin: measured there, 14 pinned spinning threads keep 55 img/s beside
+Where decoding is a small share of the work and separate CPUs for each side come within
+PIN_MIN_FRACTION of that ideal (the 16-vCPU machine at 0.5 MP; not at 12 MP, never on 2 cores),
+the sides are pinned apart (`choose_split`) and the backend's threads may spin: measured there, 14 pinned spinning threads keep 55 img/s beside
 2 decoders, against 48 sharing every CPU without spinning.
 `--workers` / `--threads` set either side instead.
 
@@ -413,6 +413,12 @@ def measured_split(
 # descheduled by a decode worker holds the other 14 (16-vCPU Xeon, 0.5 MP: 53-77% of the ideal
 # shared); on 2 cores, sharing reached 93% (benchmarks/results/bulk-scaling-*.json).
 PIN_MIN_FRACTION = 0.85
+# ... and only while decoding is a small share of the work: pinning keeps the backend's threads from
+# being preempted, which matters when they hold most CPUs; when decoding dominates, decoders on a
+# fixed set lose the CPUs the model leaves idle between batches. Measured: 16 vCPUs at 12 MP (decode
+# 71% of the work) 19.7-20.7 img/s pinned vs 21.6 shared; 2 cores at 12 MP with --fast-decode (46%)
+# 7.8-8.0 vs 9.0-9.1; 16 vCPUs at 0.5 MP (9%) 37.8-41.9 pinned vs 36.3 shared.
+PIN_MAX_DECODE_SHARE = 0.25
 
 
 @dataclass(frozen=True)
@@ -451,9 +457,10 @@ def cpu_order() -> list[int]:
 def choose_split(
     decode_cpu: float, model_cpu: float, backend_cores: int | None = None, cpus: Sequence[int] | None = None
 ) -> Split:
-    """Pinned when separate CPUs for each side come within PIN_MIN_FRACTION of the shared ideal:
-    the workers count that maximises min(workers / decode, threads / model) over the CPUs.
-    Otherwise `measured_split`, both sides on every CPU."""
+    """Pinned when decoding is at most PIN_MAX_DECODE_SHARE of the work and separate CPUs for each
+    side come within PIN_MIN_FRACTION of the shared ideal: the workers count that maximises
+    min(workers / decode, threads / model) over the CPUs. Otherwise `measured_split`, both sides on
+    every CPU."""
     order = list(cpus) if cpus is not None else cpu_order()
     n = len(order)
     ideal = n / max(decode_cpu + model_cpu, 1e-12)
@@ -462,7 +469,8 @@ def choose_split(
         predicted = min(workers / max(decode_cpu, 1e-12), (n - workers) / max(model_cpu, 1e-12))
         if predicted > rate + 1e-12:
             best, rate = workers, predicted
-    if best and rate >= PIN_MIN_FRACTION * ideal:
+    share = decode_cpu / max(decode_cpu + model_cpu, 1e-12)
+    if best and rate >= PIN_MIN_FRACTION * ideal and share <= PIN_MAX_DECODE_SHARE:
         threads = n - best
         return Split(best, threads, tuple(sorted(order[:threads])), tuple(sorted(order[threads:])))
     return Split(*measured_split(n, decode_cpu, model_cpu, backend_cores))
