@@ -320,6 +320,9 @@ def export(
     help="With --retrieval: fail (exit 1) when any cell's R@k is more than this many points below fp32/fp32's.",
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="The report (what parity.json holds) as one JSON object on stdout."
+)
 @_doc(gates=gates_summary())
 def verify(
     artifact: Path,
@@ -335,6 +338,7 @@ def verify(
     retrieval: str | None,
     max_recall_drop: float | None,
     quiet: bool,
+    as_json: bool,
 ) -> None:
     """Compare ARTIFACT's graphs with the PyTorch FP32 model; write parity.json; exit 1 below a gate.
 
@@ -359,10 +363,16 @@ def verify(
         max_recall_drop=max_recall_drop,
     )
     report = verify_artifact(options, _progress(quiet))
-    click.echo(report.table())
-    click.echo(f"wrote {Path(artifact) / 'parity.json'}")
+    if as_json:
+        import json
+
+        click.echo(json.dumps(report.to_dict(), ensure_ascii=False))
+    else:
+        click.echo(report.table())
+        click.echo(f"wrote {Path(artifact) / 'parity.json'}")
     if not report.passed:
-        click.echo("error: parity, accuracy or retrieval below its gate (see the table above)", err=True)
+        where = '"passed": false in the report' if as_json else "the table above"
+        click.echo(f"error: parity, accuracy or retrieval below its gate (see {where})", err=True)
         sys.exit(1)
 
 
@@ -555,14 +565,26 @@ def build(
 
 @main.command("recipes")
 @click.argument("name", required=False)
-def recipes(name: str | None) -> None:
+@click.option("--json", "as_json", is_flag=True, help="The list as JSON lines: name, precision, description, source.")
+def recipes(name: str | None, as_json: bool) -> None:
     """List the build recipes, or show one (validated) by NAME."""
     from clipexport.trt.recipe import list_recipes, load_recipe, resolve_recipe
 
-    if name is None:
-        for path in list_recipes():
-            recipe = load_recipe(path)
-            click.echo(f"{recipe.name:<24} {recipe.precision.value:<5} {recipe.description}")
+    if name is None or as_json:
+        import json
+
+        chosen = [resolve_recipe(name)] if name is not None else [load_recipe(path) for path in list_recipes()]
+        for recipe in chosen:
+            if as_json:
+                fields = {
+                    "name": recipe.name,
+                    "precision": recipe.precision.value,
+                    "description": recipe.description,
+                    "source": str(recipe.source),
+                }
+                click.echo(json.dumps(fields, ensure_ascii=False))
+            else:
+                click.echo(f"{recipe.name:<24} {recipe.precision.value:<5} {recipe.description}")
         return
     recipe = resolve_recipe(name)
     click.echo(
@@ -1282,17 +1304,20 @@ def serve(
 
 @main.command("models")
 @click.option("--pretrained", is_flag=True, help="Also list each model's pretrained tags.")
-def models(pretrained: bool) -> None:
+@click.option("--json", "as_json", is_flag=True, help='JSON lines: {"model": ...} (with --pretrained, and "tag").')
+def models(pretrained: bool, as_json: bool) -> None:
     """List the OpenCLIP model names (and pretrained tags) that export accepts."""
+    import json
+
     from clipexport._deps import require
 
     open_clip = require("open_clip", "listing OpenCLIP models")
-    if pretrained:
-        for name, tag in open_clip.list_pretrained():
-            click.echo(f"{name}\t{tag}")
-    else:
-        for name in open_clip.list_models():
-            click.echo(name)
+    rows = open_clip.list_pretrained() if pretrained else [(name,) for name in open_clip.list_models()]
+    for row in rows:
+        if as_json:
+            click.echo(json.dumps(dict(zip(("model", "tag"), row)), ensure_ascii=False))
+        else:
+            click.echo("\t".join(row))
 
 
 if __name__ == "__main__":

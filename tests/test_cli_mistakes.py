@@ -473,3 +473,19 @@ def test_embed_index_and_classify_print_json_for_scripts(tiny_vit: Path, tmp_pat
     (row,) = [json.loads(line) for line in classified.stdout.splitlines()]
     assert row["image"].endswith("red-circle.png") and {t["label"] for t in row["top"]} == set(labels)
     assert abs(sum(t["probability"] for t in row["top"]) - 1) < 1e-5
+
+
+def test_verify_recipes_and_models_print_json_for_scripts(tiny_vit: Path, tmp_path: Path) -> None:
+    from clipexport.cli import main
+
+    runner = CliRunner()
+    verified = runner.invoke(main, ["verify", str(tiny_vit), "--num-images", "4", "--json", "-q"])
+    assert verified.exit_code == 0, verified.output
+    report = json.loads(verified.stdout)
+    assert report["passed"] is True and report == json.loads((tiny_vit / "parity.json").read_text())
+    listed = [json.loads(line) for line in runner.invoke(main, ["recipes", "--json"]).stdout.splitlines()]
+    assert len(listed) >= 5 and {"name", "precision", "description", "source"} <= set(listed[0])
+    one = runner.invoke(main, ["recipes", listed[0]["name"], "--json"])
+    assert json.loads(one.stdout) == listed[0]
+    names = [json.loads(line)["model"] for line in runner.invoke(main, ["models", "--json"]).stdout.splitlines()]
+    assert "ViT-B-32" in names
