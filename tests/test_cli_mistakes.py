@@ -61,6 +61,7 @@ def workspace(tiny_vit: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
 
 CFG = str(CONFIGS / "tiny-vit.json")
 PROGRESS = re.compile(r"^\[\s*\d+\.\ds\] ")
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 Args = Callable[[dict[str, Path]], list[str]]
 
 # (id, arguments built from the workspace, a phrase the error line must contain)
@@ -416,15 +417,13 @@ def test_help_needs_no_extra_and_a_missing_one_is_one_line(tmp_path: Path) -> No
 
 
 def test_a_library_missing_at_a_module_top_is_the_install_line(tiny_vit: Path, tmp_path: Path) -> None:
-    examples = Path(__file__).resolve().parent.parent / "examples"
-    done = _without("PIL", "embed", str(tiny_vit), "--images", str(examples), "-o", str(tmp_path / "out"))
+    done = _without("PIL", "embed", str(tiny_vit), "--images", str(EXAMPLES), "-o", str(tmp_path / "out"))
     assert done.returncode == 3 and "'pillow'" in done.stderr and "clipexport[runtime]" in done.stderr, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
 
 
 def test_embed_into_a_log_prints_progress_lines(tiny_vit: Path, tmp_path: Path) -> None:
     """Piped to a file or a CI log (no terminal), a long job prints progress lines, not one word."""
-    examples = Path(__file__).resolve().parent.parent / "examples"
     done = subprocess.run(
         [
             sys.executable,
@@ -433,7 +432,7 @@ def test_embed_into_a_log_prints_progress_lines(tiny_vit: Path, tmp_path: Path) 
             "embed",
             str(tiny_vit),
             "--images",
-            str(examples),
+            str(EXAMPLES),
             "-o",
             str(tmp_path / "out"),
             "--batch-size",
@@ -445,7 +444,7 @@ def test_embed_into_a_log_prints_progress_lines(tiny_vit: Path, tmp_path: Path) 
     )
     assert done.returncode == 0, done.stderr
     lines = [line for line in done.stderr.splitlines() if line.startswith("embedding ")]
-    total = len([p for p in examples.iterdir() if p.suffix in (".png", ".jpg")])
+    total = len([p for p in EXAMPLES.iterdir() if p.suffix in (".png", ".jpg")])
     assert lines and lines[0].startswith("embedding 2/") and lines[-1].startswith(f"embedding {total}/{total} (100%)")
 
 
@@ -453,21 +452,20 @@ def test_embed_index_and_classify_print_json_for_scripts(tiny_vit: Path, tmp_pat
     """--json: stdout is JSON and nothing else (skips, warnings and progress stay on stderr)."""
     from clipexport.cli import main
 
-    examples = Path(__file__).resolve().parent.parent / "examples"
     runner = CliRunner()
     embedded = runner.invoke(
-        main, ["embed", str(tiny_vit), "--images", str(examples), "-o", str(tmp_path / "ds"), "--json", "-q"]
+        main, ["embed", str(tiny_vit), "--images", str(EXAMPLES), "-o", str(tmp_path / "ds"), "--json", "-q"]
     )
     assert embedded.exit_code == 0, embedded.output
     result = json.loads(embedded.stdout)
-    assert result["rows"] == result["inputs"] == len(list(examples.glob("*.png"))) and result["skipped"] == []
+    assert result["rows"] == result["inputs"] == len(list(EXAMPLES.glob("*.png"))) and result["skipped"] == []
     indexed = runner.invoke(main, ["index", str(tmp_path / "ds"), "-o", str(tmp_path / "idx"), "--json", "-q"])
     assert indexed.exit_code == 0, indexed.output
     index = json.loads(indexed.stdout)
     assert index["rows"] == result["rows"] and index["index"]["exact"] and index["target_met"] is True
     labels = ["red circle", "a blue square"]  # a label with spaces stays one value
     classified = runner.invoke(
-        main, ["classify", str(tiny_vit), str(examples / "red-circle.png"), "--labels", ",".join(labels), "--json"]
+        main, ["classify", str(tiny_vit), str(EXAMPLES / "red-circle.png"), "--labels", ",".join(labels), "--json"]
     )
     assert classified.exit_code == 0, classified.output
     (row,) = [json.loads(line) for line in classified.stdout.splitlines()]

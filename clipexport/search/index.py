@@ -306,10 +306,10 @@ def _build(
         if plan.exact or resumed
         else np.sort(np.random.default_rng(SEED).choice(dataset.rows, training_rows(plan, dataset.rows), replace=False))
     )
-    sets = {} if plan.exact else _recall_queries(dataset, queries, samples_names, training)
-    if training is not None:
-        progress(f"training {plan.factory} on {len(training)} of {dataset.rows} rows")
-        index.train(np.ascontiguousarray(sets.pop("_training")[0], np.float32))
+    sets, training_sample = ({}, None) if plan.exact else _recall_queries(dataset, queries, samples_names, training)
+    if training_sample is not None:
+        progress(f"training {plan.factory} on {len(training_sample)} of {dataset.rows} rows")
+        index.train(training_sample)
         write_bytes_atomic(building / "trained.faiss", _serialize(index))
     progress(f"adding {dataset.rows} rows to {plan.factory} ({plan.reason})")
     k_own = min(RECALL_K, dataset.rows - 1)
@@ -405,10 +405,10 @@ def _sample_names(dataset: EmbeddingsDataset, queries: EmbeddingsDataset | None)
 
 def _recall_queries(
     dataset: EmbeddingsDataset, queries: EmbeddingsDataset | None, names: tuple[str, ...], training: np.ndarray | None
-) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
-    """The recall sample: {name: (unit query rows, their own row numbers or None)}; a sample of the
-    index's own rows (own row excluded from its answers) and of --queries. With `training`, the
-    training rows come back too (as "_training"), read in the same pass over the dataset."""
+) -> tuple[dict[str, tuple[np.ndarray, np.ndarray | None]], np.ndarray | None]:
+    """The recall sample, {name: (unit query rows, their own row numbers or None)}: a sample of the
+    index's own rows (own row excluded from its answers) and of --queries; and with `training`
+    (row numbers), those unit rows, read in the same pass over the dataset."""
     rng = np.random.default_rng(SEED + 1)
     own = np.sort(rng.choice(dataset.rows, min(RECALL_SAMPLE, dataset.rows), replace=False))
     wanted = [own] if training is None else [own, training]
@@ -417,9 +417,7 @@ def _recall_queries(
     if queries is not None:
         picked = np.sort(rng.choice(queries.rows, min(RECALL_SAMPLE, queries.rows), replace=False))
         sets[names[1]] = (_gather(queries, [picked])[0], None)
-    if training is not None:
-        sets["_training"] = (rows[1], None)
-    return sets
+    return sets, rows[1] if training is not None else None
 
 
 def _gather(dataset: EmbeddingsDataset, wanted: list[np.ndarray]) -> list[np.ndarray]:
