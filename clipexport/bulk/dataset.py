@@ -268,7 +268,7 @@ def _parquet_bytes(ids: list[str], embeddings: np.ndarray, dtype: np.dtype, dim:
     """A shard's Parquet file, in memory."""
     from clipexport._deps import require
 
-    pa = require("pyarrow", "writing the sharded embeddings dataset (pip install 'clipexport[bulk]')")
+    pa = require("pyarrow", "writing the sharded embeddings dataset")
     import pyarrow.parquet as pq
 
     values = np.ascontiguousarray(embeddings, dtype=dtype).reshape(-1)
@@ -398,7 +398,7 @@ def read_embeddings(folder: Path, what: str = "DATASET", finished: bool = True) 
     needs); else a partial one is read as far as its manifest lists shards."""
     from clipexport._deps import require
 
-    require("pyarrow", "reading the embeddings dataset (pip install 'clipexport[bulk]')")
+    require("pyarrow", "reading the embeddings dataset")
     folder = Path(folder).expanduser()
     manifest_path = folder / MANIFEST
     if not manifest_path.is_file():

@@ -172,7 +172,7 @@ def _text_lines(path: Path) -> list[Item]:
 def _read_table(path: Path):
     from clipexport._deps import require
 
-    require("pyarrow", "reading Parquet / CSV inputs (pip install 'clipexport[bulk]')")
+    require("pyarrow", "reading Parquet / CSV inputs")
     import pyarrow.csv
     import pyarrow.parquet
 
@@ -247,7 +247,7 @@ def read_item_bytes(item: Item) -> bytes:
     if "://" in item.where and not item.where.startswith("file://"):
         from clipexport._deps import require
 
-        fs = require("pyarrow.fs", "reading images from object stores (pip install 'clipexport[bulk]')")
+        fs = require("pyarrow.fs", "reading images from object stores")
         try:
             filesystem, path = fs.FileSystem.from_uri(item.where)
             with filesystem.open_input_stream(path) as stream:

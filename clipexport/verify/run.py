@@ -74,7 +74,7 @@ def verify_artifact(options: VerifyOptions, progress: Progress = silent) -> Pari
     if retrieval is not None:
         from clipexport._deps import require as _require
 
-        _require("faiss", "verify --retrieval (pip install 'clipexport[search]')")
+        _require("faiss", "verify --retrieval")
     backends = options.backends
     for backend in backends:  # a backend that cannot run here stops the run before the slow part
         require_available(backend)
