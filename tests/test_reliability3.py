@@ -476,6 +476,21 @@ def test_the_last_error_line_of_a_dead_tritonserver() -> None:
         path.unlink()
 
 
+def test_an_option_tritonserver_refused_is_named_and_ports_are_never_shared(tmp_path: Path) -> None:
+    """A CI run lost a server to a port chosen twice: its gRPC port, picked and released by the
+    test, was handed out again for the internal HTTP port, and tritonserver printed its usage text
+    (whose help for --load-model says "error") before the line that says why."""
+    from clipexport.serving.server import _last_error, free_local_ports
+
+    usage = ["Usage: tritonserver [options]", "  --load-model <string>", "\t... will result in error. Note that ..."]
+    why = "The server cannot listen to HTTP requests and GRPC requests at the same address and port 0.0.0.0:8123"
+    (tmp_path / "log").write_text("\n".join([*usage, why]) + "\n")
+    assert _last_error(tmp_path / "log") == why
+    taken = set(free_local_ports(3))
+    for _ in range(20):
+        assert not taken & set(free_local_ports(2, avoid=taken))
+
+
 # -- what held in this round, kept as tests ------------------------------------------------------
 def test_deleted_corrupted_and_swapped_shards_are_redone(tiny_vit: Path, tmp_path: Path) -> None:
     import pandas as pd

@@ -115,7 +115,7 @@ def serve(
         check_python_backend(server_dir, env)
         repo = workspace / "models"
         models = _write_serving_models(repo, artifact, name, manifest, options)
-        internal_http = free_local_ports(1)[0]
+        internal_http = free_local_ports(1, avoid={options.http_port, options.grpc_port, options.metrics_port})[0]
         command = [
             str(server_dir / "bin" / "tritonserver"),
             f"--model-repository={repo}",
@@ -199,14 +199,17 @@ def _remove_stale_shm(progress: Progress, root: Path = Path("/dev/shm")) -> None
         progress(f"removed {region}, left by an interrupted clipexport serve")
 
 
-def free_local_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+def free_local_ports(count: int, host: str = "127.0.0.1", avoid: set[int] = frozenset()) -> list[int]:
     """`count` distinct ports the OS has free right now (for --http-port and friends in tests and
-    benchmarks: several servers side by side)."""
-    sockets = [socket.socket() for _ in range(count)]
+    benchmarks: several servers side by side), none of them in `avoid`: ports chosen but not yet
+    bound look free to the OS, which may hand the same one out again (tritonserver given one port
+    for HTTP and gRPC refuses to start)."""
+    sockets: list[socket.socket] = []
     try:
-        for s in sockets:
-            s.bind((host, 0))
-        return [s.getsockname()[1] for s in sockets]
+        while len([s for s in sockets if s.getsockname()[1] not in avoid]) < count:
+            sockets.append(socket.socket())
+            sockets[-1].bind((host, 0))
+        return [s.getsockname()[1] for s in sockets if s.getsockname()[1] not in avoid][:count]
     finally:
         for s in sockets:
             s.close()
@@ -354,7 +357,10 @@ def _wait_ready(process: subprocess.Popen, port: int, log: Path) -> None:
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise _load_failure(log) or ServerFailed(f"tritonserver stopped while starting: {_last_error(log)}")
+            # A crash loses the log's buffered tail: how it ended says what the log may not.
+            raise _load_failure(log) or ServerFailed(
+                f"{_how_it_ended(process.pid, process.returncode)} while starting; its last log line: {_last_error(log)}"
+            )
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
                 if response.status == 200:
@@ -404,6 +410,8 @@ def _last_error(log: Path) -> str:
             if not _GLOG_LINE.match(line) and ("error" in line.lower() or "failed" in line.lower())
         ]
     picked = (errors or lines or ["no output"])[-1]
+    if any(line.startswith("Usage: tritonserver") for line in lines):
+        picked = lines[-1]  # an option it refused: its usage text (whose help says "error"), then why
     if "Address already in use" in "\n".join(lines):
         picked = "a port is already in use; choose free ones with --http-port / --grpc-port / --metrics-port"
     return picked[:400]
