@@ -171,7 +171,9 @@ def _ours(artifact: Path, folder: Path, out: Path, precision: str) -> dict:
     itself: the parent's CPU per image outside the backend and the bytes moved per image)."""
     shutil.rmtree(out, ignore_errors=True)
     seconds, peak, done = _watched([sys.executable, "-c", OURS, str(artifact), str(folder), str(out), precision])
-    rows = json.loads((out / "_embeddings.json").read_text())["rows"]
+    from clipexport.bulk.dataset import read_manifest
+
+    rows = read_manifest(out)["rows"]
     return {
         "seconds": seconds,
         "images_per_s": rows / seconds,

@@ -788,11 +788,18 @@ class _LazyBar:
 )
 @click.option("--text-column", default="text", show_default=True, help="The --text-table column that holds the texts.")
 @click.option(
+    "--keep-columns",
+    default=None,
+    help="Comma-separated columns kept beside the embeddings in a dataset (default: all of them — every "
+    "--image-table / --text-table column but the paths, a tar sample's caption (.txt) and .json fields with "
+    "its shard, the text of --texts rows; '' keeps none).",
+)
+@click.option(
     "--output",
     "-o",
     required=True,
     type=click.Path(path_type=Path),
-    help="A folder: the sharded, resumable Parquet dataset (_embeddings.json + part-*.parquet). "
+    help="A folder: the sharded, resumable Parquet dataset (part-*.parquet only: each shard's metadata says what made it). "
     "A .npy path: one float32 [N, D] file, with OUTPUT.index.txt naming the input of every row.",
 )
 @_runtime_options
@@ -859,6 +866,7 @@ def embed(
     texts: Path | None,
     text_table: Path | None,
     text_column: str,
+    keep_columns: str | None,
     output: Path,
     precision: Precision,
     backend: BackendKind,
@@ -893,6 +901,7 @@ def embed(
         texts=texts,
         text_table=text_table,
         text_column=text_column,
+        keep_columns=None if keep_columns is None else tuple(c.strip() for c in keep_columns.split(",") if c.strip()),
     )
     if output.suffix.lower() == ".npy":
         from clipexport.bulk.npy import EmbedRequest, embed_to_file

@@ -288,3 +288,48 @@ def save_tiny_xlmr_text_tower(folder: Path) -> Path:
     ).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def edit_shard_metadata(path: Path, edit) -> None:
+    """Rewrite a dataset shard with `edit(metadata dict)` applied to its clipexport metadata (a
+    damaged or tampered shard, for the tests of what readers and resumes make of it)."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    metadata = dict(table.schema.metadata)
+    data = json.loads(metadata[b"clipexport"])
+    changed = edit(data)
+    metadata[b"clipexport"] = changed if isinstance(changed, (bytes, str)) else json.dumps(data)
+    pq.write_table(table.replace_schema_metadata(metadata), path)
+
+
+def to_first_layout(folder: Path) -> None:
+    """Turn a dataset into the first layout (`_embeddings.json` beside shards without metadata), as
+    datasets made before the self-describing shards are: for the tests that they are still read
+    and that a resume moves them on."""
+    import hashlib
+    import json
+
+    import pyarrow.parquet as pq
+
+    shards, job = [], None
+    for path in sorted(folder.glob("part-*.parquet")):
+        table = pq.read_table(path)
+        data = json.loads(table.schema.metadata[b"clipexport"])
+        job = data
+        pq.write_table(table.replace_schema_metadata(None), path, compression="zstd")
+        shards.append({**data["shard"], "sha256": hashlib.sha256(path.read_bytes()).hexdigest()})
+    manifest = {
+        "format": "clipexport-embeddings",
+        "version": 1,
+        "created": job["created"],
+        "updated": job["created"],
+        "artifact": job["artifact"],
+        **job["identity"],
+        "complete": len(shards) == -(-job["identity"]["inputs"] // job["identity"]["shard_size"]),
+        "rows": sum(s["rows"] for s in shards),
+        "shards": shards,
+    }
+    (folder / "_embeddings.json").write_text(json.dumps(manifest))

@@ -5,7 +5,6 @@ input kind; bad input is one line and never costs earlier shards."""
 from __future__ import annotations
 
 import io
-import json
 import os
 import signal
 import subprocess
@@ -20,7 +19,7 @@ import pytest
 
 from helpers import random_photo
 
-from clipexport.bulk.dataset import MANIFEST, read_embeddings
+from clipexport.bulk.dataset import read_embeddings, read_manifest
 from clipexport.bulk.job import BulkOptions, Engine, RayOptions, embed_dataset
 from clipexport.bulk.sources import InputSpec
 from clipexport.errors import ClipExportError, InputError
@@ -113,7 +112,20 @@ def test_every_input_kind(tiny_vit: Path, corpus: Path, tmp_path: Path) -> None:
         _, ids, rows = _rows(tmp_path / name)
         assert len(ids) == 6, name
         np.testing.assert_allclose(rows, want, atol=ROWS_MAX_ABS, rtol=0, err_msg=name)
-    assert _rows(tmp_path / "tar")[1][0] == f"{tmp_path / 'shard.tar'}:0000.jpg"
+    # What the inputs carry is kept beside the embeddings: a table's other columns, a tar sample's
+    # caption and shard (its id is its webdataset key), the texts themselves.
+    assert pq.read_table(tmp_path / "parquet").select(["id", "other"]).to_pylist() == [
+        {"id": str(p), "other": i} for i, p in enumerate(paths)
+    ]
+    csv = pq.read_table(tmp_path / "csv")  # nothing but the paths; each image's decoded size
+    assert csv.column_names == ["id", "embedding", "width", "height"]
+    from PIL import Image
+
+    assert set(csv.column("width").to_pylist()) == {Image.open(p).size[0] for p in paths}
+    tar_rows = pq.read_table(tmp_path / "tar").select(["id", "source", "caption"]).to_pylist()
+    assert tar_rows == [
+        {"id": f"{i:04d}", "source": str(tmp_path / "shard.tar"), "caption": f"caption {i}"} for i in range(6)
+    ]
     texts = ["a photo of a cat", "", "a dog", "   "]
     (tmp_path / "texts.txt").write_text("\n".join(texts) + "\n")
     pq.write_table(pa.table({"caption": texts}), tmp_path / "texts.parquet")
@@ -127,6 +139,8 @@ def test_every_input_kind(tiny_vit: Path, corpus: Path, tmp_path: Path) -> None:
         _, ids, rows = _rows(tmp_path / name)
         np.testing.assert_allclose(rows, want_text, atol=ROWS_MAX_ABS, rtol=0)
     assert _rows(tmp_path / "tfile")[1][1] == f"{tmp_path / 'texts.txt'}:2"
+    assert pq.read_table(tmp_path / "tfile").column("text").to_pylist() == texts
+    assert pq.read_table(tmp_path / "ttable").column("caption").to_pylist() == texts
 
 
 def test_float16_halves_the_dataset(tiny_vit: Path, corpus: Path, tmp_path: Path) -> None:
@@ -151,7 +165,7 @@ def _cli(*args: str, **kwargs) -> subprocess.Popen:
 
 def _shards_done(folder: Path) -> int:
     try:
-        return len(json.loads((folder / MANIFEST).read_text())["shards"])
+        return len((read_manifest(folder) or {"shards": []})["shards"])
     except (OSError, ValueError, KeyError):
         return 0
 
@@ -178,7 +192,7 @@ def test_sigkill_loses_at_most_the_shards_in_flight_and_a_rerun_resumes(tiny_vit
     photos, out, args, run = _running_job(tiny_vit, tmp_path, 120, 1000, 2)
     run.kill()  # SIGKILL, mid-run
     run.wait(30)
-    done = json.loads((out / MANIFEST).read_text())["shards"]
+    done = read_manifest(out)["shards"]
     assert 2 <= len(done) < 12
     kept = {entry["file"]: (out / entry["file"]).stat().st_ino for entry in done}
     rerun = _cli(*args)
@@ -206,7 +220,7 @@ def test_sigterm_leaves_nothing_half_written_and_two_runs_at_once_are_refused(ti
     run.send_signal(signal.SIGTERM)
     _, stderr = run.communicate(timeout=60)
     assert run.returncode == 130 and "interrupted" in stderr and "Traceback" not in stderr, stderr
-    manifest = json.loads((out / MANIFEST).read_text())
+    manifest = read_manifest(out)
     assert sorted(p.name for p in out.glob("part-*.parquet")) == sorted(s["file"] for s in manifest["shards"])
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
 
@@ -294,7 +308,7 @@ def test_a_full_disk_is_one_line_and_keeps_earlier_shards(
     with pytest.raises(ClipExportError, match="no space left .* run the same command again") as caught:
         embed_dataset(_options(tiny_vit, out, inputs=InputSpec(images=[str(corpus / "photos")])))
     assert caught.value.exit_code == 3
-    assert [s["file"] for s in json.loads((out / MANIFEST).read_text())["shards"]] == ["part-00000.parquet"]
+    assert [s["file"] for s in read_manifest(out)["shards"]] == ["part-00000.parquet"]
     monkeypatch.setattr(dataset, "write_bytes_atomic", real)
     result = embed_dataset(_options(tiny_vit, out, inputs=InputSpec(images=[str(corpus / "photos")])))
     assert (result.shards_resumed, result.shards_written, result.rows) == (1, 2, 23)
@@ -336,6 +350,10 @@ def test_ray_dataset_equals_the_local_one(ray_cluster, tiny_vit: Path, corpus: P
     local, ray_rows = _rows(tmp_path / "local"), _rows(tmp_path / "ray")
     assert local[1] == ray_rows[1]
     np.testing.assert_allclose(ray_rows[2], local[2], atol=ROWS_MAX_ABS, rtol=0)
+    import pyarrow.parquet as pq
+
+    sizes = [pq.read_table(tmp_path / run, columns=["width", "height"]).to_pylist() for run in ("local", "ray")]
+    assert sizes[0] == sizes[1] and len(sizes[0]) == 23
     strip = lambda m: {k: v for k, v in m.items() if k not in ("created", "updated")}  # noqa: E731
     assert strip(local[0])["inputs_sha256"] == strip(ray_rows[0])["inputs_sha256"]
     assert [s["sha256"] for s in local[0]["shards"]] != [] and [s["rows"] for s in local[0]["shards"]] == [

@@ -5,7 +5,6 @@ mid-batch, and `--fast-decode` (recorded, never mixed, said once for non-JPEGs).
 from __future__ import annotations
 
 import dataclasses
-import json
 import multiprocessing
 import os
 import signal
@@ -17,6 +16,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from clipexport.artifact.manifest import Convention, ResizeMode
+from clipexport.bulk.dataset import read_manifest
 from clipexport.bulk.job import BulkOptions, embed_dataset
 from clipexport.bulk import local
 from clipexport.bulk.local import Split, choose_split, measured_split
@@ -193,7 +193,7 @@ def test_fast_decode_is_close_recorded_and_never_mixed(tiny_vit: Path, tmp_path:
     a, b = (np.stack(pq.read_table(tmp_path / d).column("embedding").to_pylist()) for d in ("exact", "fast"))
     cosines = np.sum(a * b, axis=1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     assert cosines.min() >= FAST_DECODE_MIN_COSINE and not np.array_equal(a, b), cosines
-    assert json.loads((tmp_path / "fast" / "_embeddings.json").read_text())["decode"] == "fast"
+    assert read_manifest(tmp_path / "fast")["decode"] == "fast"
     # A dataset made one way never resumes the other.
     refused = CliRunner().invoke(
         main,

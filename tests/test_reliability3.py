@@ -20,8 +20,9 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from helpers import random_photo
+from helpers import edit_shard_metadata, random_photo, to_first_layout
 
+from clipexport.bulk.dataset import read_manifest
 from clipexport.cli import main
 
 CLI = [sys.executable, "-m", "clipexport"]
@@ -75,7 +76,7 @@ def test_someone_elses_parquet_is_never_replaced(tiny_vit: Path, tmp_path: Path)
     out.mkdir()
     (out / "part-00000.parquet").write_bytes(b"their data")
     for extra in ([], ["--overwrite"]):
-        _cli(["embed", tiny_vit, "--images", photos, "-o", out, *extra], 2, "part-00000.parquet", "no _embeddings.json")
+        _cli(["embed", tiny_vit, "--images", photos, "-o", out, *extra], 2, "part-00000.parquet", "not ours")
         assert (out / "part-00000.parquet").read_bytes() == b"their data"
     (out / "part-00000.parquet").unlink()
     (out / "notes.txt").write_text("mine")
@@ -89,15 +90,16 @@ def test_stale_shards_of_another_job_are_never_mixed_in(tiny_vit: Path, tmp_path
     many, few = _photos(tmp_path / "many", 12), _photos(tmp_path / "few", 3, seed=50)
     out = tmp_path / "ds"
     _cli(["embed", tiny_vit, "--images", many, "-o", out, "--shard-size", "4", "-q"], 0)
-    (out / "_embeddings.json").unlink()  # the manifest is lost
-    _cli(["embed", tiny_vit, "--images", few, "-o", out, "-q"], 2, "part-00000.parquet but no _embeddings.json")
+    # A Parquet file without our metadata (someone's pandas output, named like a shard) beside them.
+    pd.DataFrame({"id": ["theirs"], "embedding": [[0.0] * 8]}).to_parquet(out / "part-00009.parquet")
+    _cli(["embed", tiny_vit, "--images", few, "-o", out, "-q"], 2, "part-00009.parquet", "no clipexport metadata")
     _cli(["embed", tiny_vit, "--images", few, "-o", out, "-q", "--overwrite"], 2, "never replaced")
-    assert len(pd.read_parquet(out)) == 12  # untouched
-    # With the manifest, --overwrite for another job removes every shard of the old one.
+    assert sum(len(pd.read_parquet(p)) for p in out.glob("part-*.parquet")) == 13  # untouched
+    # Shards of ours only: --overwrite for another job removes every shard of the old one.
     fresh = tmp_path / "ds2"
     _cli(["embed", tiny_vit, "--images", many, "-o", fresh, "--shard-size", "4", "-q"], 0)
     _cli(["embed", tiny_vit, "--images", few, "-o", fresh, "--shard-size", "4", "-q", "--overwrite"], 0)
-    manifest = json.loads((fresh / "_embeddings.json").read_text())
+    manifest = read_manifest(fresh)
     assert manifest["rows"] == 3 == len(pd.read_parquet(fresh))
     # A shard file the manifest does not list (copied in, or a run killed between the two writes)
     # never survives a resume.
@@ -210,7 +212,7 @@ def test_sigterm_to_the_process_group_stops_embed_with_130(tiny_vit: Path, tmp_p
     while _group_alive(run.pid) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not _group_alive(run.pid), "decode workers outlived the run"
-    manifest = json.loads((out / "_embeddings.json").read_text())
+    manifest = read_manifest(out)
     assert sorted(p.name for p in out.glob("part-*.parquet")) == sorted(s["file"] for s in manifest["shards"])
 
 
@@ -288,21 +290,31 @@ def test_a_gate_with_nothing_measured_fails(tiny_vit: Path, tmp_path: Path) -> N
 def test_damaged_manifests_are_one_line_with_advice_that_works(tiny_vit: Path, tmp_path: Path) -> None:
     photos = _photos(tmp_path / "photos", 3)
     out = tmp_path / "ds"
-    args = ["embed", tiny_vit, "--images", photos, "-o", out, "-q"]
+    args = ["embed", tiny_vit, "--images", photos, "-o", out, "-q", "--shard-size", "2"]
     _cli(args, 0)
+    shard = out / "part-00001.parquet"
+    for damage in (
+        lambda data: "{not json",
+        lambda data: "[]",
+        lambda data: data["identity"].update(dim="abc"),
+        lambda data: data.update(shard={"index": 1}),
+        lambda data: data["shard"].update(file="part-00000.parquet"),  # a shard copied over another
+        lambda data: data["shard"].update(sha256="0" * 64),  # contents that are not what it says
+    ):
+        edit_shard_metadata(shard, damage)
+        _cli(["index", out, "-o", tmp_path / "idx"], 2, "part-00001.parquet", "rerun the embed command")
+        assert "1 resumed" in _cli(args, 0)  # the advice works: the damaged shard alone is redone
+        assert read_manifest(out)["rows"] == 3
+    # The first layout (an _embeddings.json beside the shards) is read; its damage is still one line.
+    to_first_layout(out)
+    _cli(["index", out, "-o", tmp_path / "idx0", "-q"], 0)
     manifest = out / "_embeddings.json"
     good = manifest.read_text()
-    for damage in (
-        "{not json",
-        "[]",
-        json.dumps({**json.loads(good), "dim": "abc"}),
-        json.dumps({**json.loads(good), "shards": [{"index": 0}]}),
-    ):
+    for damage in ("{not json", json.dumps({**json.loads(good), "dim": "abc"})):
         manifest.write_text(damage)
         _cli(args, 2, "_embeddings.json is damaged", "pass --overwrite")
         _cli(["index", out, "-o", tmp_path / "idx"], 2, "_embeddings.json is damaged")
-        _cli([*args, "--overwrite"], 0)  # the advice works
-        assert json.loads(manifest.read_text())["rows"] == 3
+        manifest.write_text(good)
     _cli(["index", out, "-o", tmp_path / "idx", "-q"], 0)
     index_manifest = tmp_path / "idx" / "_index.json"
     data = json.loads(index_manifest.read_text())
@@ -421,7 +433,7 @@ def test_skip_reasons_are_the_same_in_two_identical_runs(tiny_vit: Path, tmp_pat
     reasons = []
     for run in ("a", "b"):
         _cli(["embed", tiny_vit, "--images", photos, "-o", tmp_path / run, "--skip-bad", "-q"], 0)
-        manifest = json.loads((tmp_path / run / "_embeddings.json").read_text())
+        manifest = read_manifest(tmp_path / run)
         reasons.append([s["reason"] for shard in manifest["shards"] for s in shard["skipped"]])
     assert reasons[0] == reasons[1] and len(reasons[0]) == 1 and "0x" not in reasons[0][0], reasons
 
@@ -502,7 +514,7 @@ def test_deleted_corrupted_and_swapped_shards_are_redone(tiny_vit: Path, tmp_pat
     fresh = pd.read_parquet(out)
     (out / "part-00000.parquet").unlink()
     corrupt = bytearray((out / "part-00001.parquet").read_bytes())
-    corrupt[len(corrupt) // 2] ^= 0xFF
+    corrupt[40] ^= 0xFF  # in the first data page (the footer, with the shard's metadata, is most of a small file)
     (out / "part-00001.parquet").write_bytes(bytes(corrupt))
     two, three = (out / "part-00002.parquet").read_bytes(), (out / "part-00003.parquet").read_bytes()
     (out / "part-00002.parquet").write_bytes(three)

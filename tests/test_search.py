@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from helpers import edit_shard_metadata
 
-from clipexport.bulk.dataset import job_lock
+from clipexport.bulk.dataset import DatasetState, Identity, Skipped, job_lock, write_shard
 from clipexport.bulk.job import BulkOptions, embed_dataset
 from clipexport.bulk.sources import InputSpec
 from clipexport.cli import main
@@ -231,11 +232,11 @@ def test_cli_embed_index_search(demo: Path, scenes: Path, tmp_path: Path) -> Non
     hits = json.loads(found.output.splitlines()[0])["hits"]
     assert len(hits) == 3 and hits[0]["score"] >= hits[1]["score"] and "retrieval" in hits[0]["id"]
     # Rerunning the finished embed is a no-op that leaves the dataset as it was: the index still opens.
-    before = (scenes / "_embeddings.json").read_bytes()
+    before = {path.name: path.stat().st_mtime_ns for path in scenes.iterdir()}
     rerun = embed_dataset(
         BulkOptions(artifact=demo, output=scenes, inputs=InputSpec(images=(str(SCENES),)), shard_size=128)
     )
-    assert rerun.shards_written == 0 and (scenes / "_embeddings.json").read_bytes() == before
+    assert rerun.shards_written == 0 and {path.name: path.stat().st_mtime_ns for path in scenes.iterdir()} == before
     again = runner.invoke(main, ["index", str(scenes), "-o", str(tmp_path / "idx"), "-q"])
     assert again.exit_code == 0 and "already built" in again.output
 
@@ -276,21 +277,21 @@ def test_bad_input_is_one_line(demo: Path, scenes: Path, tmp_path: Path, tiny_vi
     data[len(data) // 2] ^= 0xFF
     (broken / "index.faiss").write_bytes(bytes(data))
     _fails(["search", str(broken), "--text", "a"], "does not match")
-    # The dataset changed since the index was built.
+    # The dataset changed since the index was built (a shard redone), then lost a shard.
     changed = tmp_path / "changed-ds"
     shutil.copytree(scenes, changed)
     build_index(IndexOptions(dataset=changed, output=tmp_path / "idx2"))
-    manifest = json.loads((changed / "_embeddings.json").read_text())
-    manifest["updated"] = "later"
-    (changed / "_embeddings.json").write_text(json.dumps(manifest))
+    edit_shard_metadata(changed / "part-00001.parquet", lambda data: data["shard"].update(sha256="0" * 64))
     _fails(["search", str(tmp_path / "idx2"), "--text", "a"], "changed since this index was built")
-    # An empty / unfinished dataset.
-    manifest.update(rows=0)
-    (changed / "_embeddings.json").write_text(json.dumps(manifest))
-    _fails(["index", str(changed), "-o", str(tmp_path / "x")], "has no rows")
-    manifest.update(rows=500, complete=False)
-    (changed / "_embeddings.json").write_text(json.dumps(manifest))
+    (changed / "part-00001.parquet").unlink()
+    _fails(["search", str(tmp_path / "idx2"), "--text", "a"], "changed since this index was built")
     _fails(["index", str(changed), "-o", str(tmp_path / "x")], "not finished")
+    # A dataset whose every input was skipped.
+    empty = tmp_path / "empty-ds"
+    empty.mkdir()
+    identity = Identity("image", "0" * 64, "fp32", "onnxruntime", True, 8, "float32", "1" * 64, 1, 1)
+    write_shard(DatasetState(empty, identity, str(demo)), 0, [], np.zeros((0, 8)), [Skipped("a.jpg", "unreadable")])
+    _fails(["index", str(empty), "-o", str(tmp_path / "x")], "has no rows")
     # Two builds at once into one folder.
     with job_lock(tmp_path / "locked"):
         with pytest.raises(InputError, match="another clipexport index"):

@@ -4,7 +4,6 @@ checked on ONNX Runtime at ORT_ENABLE_BASIC, refused where TensorRT has no FP8 k
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from clipexport.artifact.manifest import Tower, read_manifest
+from clipexport.bulk.dataset import read_manifest as read_dataset_manifest
 from clipexport.artifact.precision import CalibrationMethod, MadeBy, Precision, Target
 from clipexport.cli import main
 from clipexport.errors import ClipExportError, DeviceUnavailableError, InputError
@@ -104,7 +104,7 @@ def test_openvino_runtime_equals_onnxruntime_and_every_verb_takes_it(demo: Path,
         ],
     )
     assert embedded.exit_code == 0, embedded.output
-    assert json.loads((tmp_path / "ds" / "_embeddings.json").read_text())["backend"] == "openvino"
+    assert read_dataset_manifest(tmp_path / "ds")["backend"] == "openvino"
     bench = runner.invoke(
         main,
         [

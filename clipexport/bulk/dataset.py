@@ -1,21 +1,31 @@
 """The sharded embeddings dataset that `embed --output DIR` writes, and its resume rule.
 
-    DIR/_embeddings.json       the job: artifact (manifest sha256), precision, backend, normalisation,
-                               dim, dtype, the input list's sha256 and size, the shard size, and every
-                               finished shard (file, rows, sha256, skipped inputs)
     DIR/part-00000.parquet     columns `id` (string) and `embedding` (fixed-size list of float32 or
                                float16); rows of inputs [0, shard_size), in input order
+    DIR/part-00001.parquet     ...
 
-The Parquet files are plain Arrow tables, readable as they are by pandas, DuckDB, Ray Data,
-embedding-reader and autofaiss. Each shard is written atomically (temp file, fsync, rename), and
-embeddings.json is rewritten after it, so a SIGKILL at any moment loses at most the shards in
-flight; a rerun of the same command keeps every finished shard whose file still has its sha256
-and computes the rest. One job at a time per folder (an flock on it).
+The folder holds the data files and nothing else, so every reader opens it as it is: Polars
+`read_parquet("DIR/")`, DuckDB `read_parquet('DIR/*')`, Hugging Face `load_dataset("parquet",
+data_dir=DIR)`, pandas, pyarrow, Ray Data, LanceDB, embedding-reader (Polars and HF `datasets`
+refuse a folder holding any other file, a JSON sidecar or a sub-folder included). Each shard says
+what made it: its Parquet key-value metadata (`clipexport`) holds the job (artifact and its
+manifest's sha256, precision, backend, normalisation, dim, dtype, the input list's sha256 and
+size, the shard size, decode) and the shard (index, input range, rows, the sha256 of its ids and
+embeddings, skipped inputs). The dataset's manifest is derived from those footers; a shard is
+finished when its file is there, so there is nothing else to keep in step.
+
+Each shard is written atomically (temp file, fsync, rename), so a SIGKILL at any moment loses at
+most the shards in flight; a rerun of the same command keeps every shard of this job whose
+contents still match their sha256 and computes the rest. One job at a time per folder (an flock
+on the folder itself, no lock file). Datasets of the first layout (an `_embeddings.json` beside
+the shards) are read as they are, and the same embed command run again moves them to this one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,12 +45,12 @@ from clipexport.files import (
     refuse_foreign,
     utc_timestamp,
     write_bytes_atomic,
-    write_json_atomic,
 )
 
 FORMAT = "clipexport-embeddings"
-VERSION = 1
-MANIFEST = "_embeddings.json"  # the leading underscore: pandas, pyarrow and Spark skip it when reading the folder
+VERSION = 2  # 2: the job in every shard's metadata, nothing else in the folder; 1: LEGACY_MANIFEST
+METADATA_KEY = b"clipexport"  # the shard's Parquet key-value metadata entry
+LEGACY_MANIFEST = "_embeddings.json"  # version 1's manifest, beside the shards (Polars and HF refused the folder)
 DEFAULT_SHARD_SIZE = 10_000
 DTYPES = ("float32", "float16")
 DECODES = ("exact", "fast")
@@ -76,7 +86,7 @@ class Shard:
     first: int  # input index of the shard's first item
     count: int  # inputs in the shard
     rows: int  # embedded rows (count - skipped)
-    sha256: str
+    sha256: str  # of the shard's contents (`content_sha256`); in a version-1 dataset, of its file
     skipped: tuple[Skipped, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
@@ -117,12 +127,22 @@ class DatasetState:
     def complete(self) -> bool:
         return len(self.shards) == self.shard_count
 
-    def to_dict(self) -> dict[str, Any]:
+    def job(self) -> dict[str, Any]:
+        """What every shard's metadata says about the job that made it."""
         return {
             "format": FORMAT,
             "version": VERSION,
             "created": self.created,
-            "updated": utc_timestamp(),
+            "artifact": self.artifact,
+            "identity": asdict(self.identity),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """The dataset's manifest (derived from the shards; the shape readers and indexes take)."""
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "created": self.created,
             "artifact": self.artifact,
             **asdict(self.identity),
             "complete": self.complete,
@@ -130,22 +150,20 @@ class DatasetState:
             "shards": [self.shards[i].to_dict() for i in sorted(self.shards)],
         }
 
-    def save(self) -> None:
-        write_json_atomic(self.folder / MANIFEST, self.to_dict())
-
 
 def shard_file(index: int) -> str:
     return f"part-{index:05d}.parquet"
 
 
-SHARD_NAME = re.compile(r"part-\d{5,}\.parquet")
+SHARD_NAME = re.compile(r"part-(\d{5,})\.parquet")
 _SHARD_SCHEMA = {"index": int, "file": str, "first": int, "count": int, "rows": int, "sha256": str, "skipped": list}
-_SCHEMA = {
-    **{
-        name: (bool if name == "normalized" else int if name in ("dim", "inputs", "shard_size") else str)
-        for name in Identity.__dataclass_fields__
-        if name != "decode"
-    },
+_IDENTITY_SCHEMA = {
+    name: (bool if name == "normalized" else int if name in ("dim", "inputs", "shard_size") else str)
+    for name in Identity.__dataclass_fields__
+}
+_JOB_SCHEMA = {"format": str, "version": int, "created": str, "artifact": str, "identity": _IDENTITY_SCHEMA}
+_LEGACY_SCHEMA = {
+    **{name: kind for name, kind in _IDENTITY_SCHEMA.items() if name != "decode"},
     "artifact": str,
     "rows": int,
     "complete": bool,
@@ -154,40 +172,132 @@ _SCHEMA = {
 
 
 def _ours(name: str) -> bool:
-    return name == MANIFEST or bool(SHARD_NAME.fullmatch(name))
+    return name == LEGACY_MANIFEST or bool(SHARD_NAME.fullmatch(name))
 
 
-def _check_manifest(data: dict[str, Any]) -> None:
-    """The embeddings manifest's schema: every field typed, every shard entry whole and named as
-    this module names shards (so a listed file can only be one of ours, inside the folder)."""
-    check_fields(data, _SCHEMA)
+def _check_identity(data: dict[str, Any]) -> None:
     if data["dim"] < 1 or data["shard_size"] < 1 or data["inputs"] < 0 or data["dtype"] not in DTYPES:
         raise ValueError("dim, shard_size, inputs or dtype out of range")
     if data.setdefault("decode", "exact") not in DECODES:  # datasets made before --fast-decode: exact
         raise ValueError(f"'decode' must be one of {', '.join(DECODES)}")
+
+
+def _check_shard_entry(entry: Any, where: str) -> None:
+    """A shard entry whole and named as this module names shards (a listed file can only be one of
+    ours, inside the folder)."""
+    check_fields(entry, _SHARD_SCHEMA, where)
+    if entry["file"] != shard_file(entry["index"]) or not 0 <= entry["rows"] <= entry["count"]:
+        raise ValueError(f"{where}file names {entry['file']!r} with {entry['rows']} of {entry['count']} rows")
+    for skipped in entry["skipped"]:
+        check_fields(skipped, {"id": str, "reason": str}, f"{where}skipped[].")
+
+
+def _check_legacy_manifest(data: dict[str, Any]) -> None:
+    check_fields(data, _LEGACY_SCHEMA)
+    _check_identity(data)
     for number, entry in enumerate(data["shards"]):
-        check_fields(entry, _SHARD_SCHEMA, f"shards[{number}].")
-        if entry["file"] != shard_file(entry["index"]) or not 0 <= entry["rows"] <= entry["count"]:
-            raise ValueError(f"shards[{number}] names {entry['file']!r} with {entry['rows']} of {entry['count']} rows")
-        for skipped in entry["skipped"]:
-            check_fields(skipped, {"id": str, "reason": str}, f"shards[{number}].skipped[].")
+        _check_shard_entry(entry, f"shards[{number}].")
 
 
-def read_manifest_data(folder: Path, fix: str = "rerun the embed command that made it") -> dict[str, Any]:
-    """The one reader of `_embeddings.json`: schema-checked (every field typed, every shard entry
-    whole), one InputError line on any damage; the manifest as a dict."""
-    return read_format_json(Path(folder) / MANIFEST, FORMAT, _check_manifest, fix)
-
-
-def read_state(folder: Path, fix: str = "rerun the embed command that made it") -> DatasetState:
-    """The manifest (`read_manifest_data`) as the writer's typed state."""
-    data = read_manifest_data(folder, fix)
+def _read_legacy_state(folder: Path, fix: str) -> DatasetState:
+    """A version-1 dataset's `_embeddings.json`, schema-checked, as the writer's typed state."""
+    data = read_format_json(Path(folder) / LEGACY_MANIFEST, FORMAT, _check_legacy_manifest, fix)
     identity = Identity(**{k: data[k] for k in Identity.__dataclass_fields__})
     state = DatasetState(Path(folder), identity, data["artifact"], created=str(data.get("created") or utc_timestamp()))
     for entry in data["shards"]:
         shard = Shard.from_dict(entry)
         state.shards[shard.index] = shard
     return state
+
+
+class _Damaged(Exception):
+    """A shard of ours (it carries our metadata) that does not hold together: redone on a resume."""
+
+
+class _Foreign(Exception):
+    """A `part-*.parquet` that is not ours as far as anyone can tell: never removed."""
+
+
+def _read_footer(path: Path) -> tuple[dict[str, Any], Shard]:
+    """A shard's job and entry, from its Parquet footer alone (no data read)."""
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(path)
+        metadata = parquet.schema_arrow.metadata or {}
+        rows = parquet.metadata.num_rows
+    except Exception as exc:  # pyarrow raises ArrowInvalid / OSError for a truncated or foreign file
+        raise _Foreign(f"not a readable Parquet file ({str(exc).splitlines()[0][:120]})") from None
+    if METADATA_KEY not in metadata:
+        raise _Foreign("a Parquet file that clipexport embed did not write (no clipexport metadata)")
+    try:
+        data = json.loads(metadata[METADATA_KEY])
+        check_fields(data, {**_JOB_SCHEMA, "shard": dict})
+        if data["format"] != FORMAT or data["version"] != VERSION:
+            raise ValueError(f"format {data['format']!r} version {data['version']}, not {FORMAT!r} {VERSION}")
+        _check_identity(data["identity"])
+        _check_shard_entry(data["shard"], "shard.")
+        shard = Shard.from_dict(data.pop("shard"))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise _Damaged(f"its clipexport metadata is damaged ({exc})") from None
+    if shard.file != path.name or shard.rows != rows:
+        raise _Damaged(f"its metadata describes {shard.file} with {shard.rows} rows, not {path.name} with {rows}")
+    return data, shard
+
+
+@dataclass
+class _Scan:
+    """What a version-2 folder's shard footers say: the dataset (None: no shard of ours), shards of
+    ours that do not hold together, and files that are not ours."""
+
+    state: DatasetState | None = None
+    damaged: list[Path] = field(default_factory=list)
+    foreign: list[tuple[Path, str]] = field(default_factory=list)
+    others: list[tuple[Path, Identity]] = field(default_factory=list)  # shards of another job than `state`'s
+
+
+def _scan(folder: Path) -> _Scan:
+    scan = _Scan()
+    for path in sorted(folder.iterdir()):
+        if not SHARD_NAME.fullmatch(path.name):
+            continue
+        try:
+            job, shard = _read_footer(path)
+        except _Foreign as exc:
+            scan.foreign.append((path, str(exc)))
+            continue
+        except _Damaged:
+            scan.damaged.append(path)
+            continue
+        identity = Identity(**job["identity"])
+        if scan.state is None:
+            scan.state = DatasetState(folder, identity, job["artifact"], created=job["created"])
+        if identity != scan.state.identity:
+            scan.others.append((path, identity))
+        elif shard.index >= scan.state.shard_count:
+            scan.damaged.append(path)
+        else:
+            scan.state.shards[shard.index] = shard
+    return scan
+
+
+def _differ(a: Identity, b: Identity) -> str:
+    return ", ".join(k for k in Identity.__dataclass_fields__ if getattr(a, k) != getattr(b, k))
+
+
+def _read_scan(folder: Path, fix: str) -> DatasetState | None:
+    """The dataset for reading: every shard file whole and of one job, else one InputError line."""
+    scan = _scan(folder)
+    if scan.foreign or scan.damaged:
+        path, why = scan.foreign[0] if scan.foreign else (scan.damaged[0], "a shard whose metadata does not match it")
+        raise InputError(f"{path} is {why}; {fix}")
+    if scan.others:
+        path, identity = scan.others[0]
+        raise InputError(
+            f"{folder} mixes shards of different jobs ({path.name} differs in {_differ(identity, scan.state.identity)}); "
+            "move the shards that are not this dataset out, or make it again with --overwrite"
+        )
+    return scan.state
 
 
 def _clear(folder: Path) -> None:
@@ -198,86 +308,156 @@ def _clear(folder: Path) -> None:
 
 
 def open_for_writing(
-    folder: Path, identity: Identity, artifact: str, overwrite: bool
+    folder: Path, identity: Identity, artifact: str, overwrite: bool, progress: Any = None
 ) -> tuple[DatasetState, list[int]]:
     """The folder's state for this job and the shards kept from an earlier run of it.
 
-    The owned-folder rule: the folder is new, empty, or carries our manifest; anything else in it
-    is refused, naming the file (a `part-00000.parquet` without a manifest may be someone else's,
-    or the rest of another job: never replaced, never mixed with this one). A dataset of another
-    job is refused, or with --overwrite its shards and manifest are removed; a damaged manifest is
-    replaced by --overwrite only where every file in the folder is named as ours."""
+    The owned-folder rule: the folder is new, empty, or holds shards of ours; anything else in it
+    is refused, naming the file (a `part-00000.parquet` without our metadata is someone else's:
+    never replaced, never mixed with this job, --overwrite or not). A dataset of another job is
+    refused, or with --overwrite its shards are removed. Shards this job can keep — its own, whole,
+    with the contents their metadata's sha256 names — are kept; damaged ones are redone. A
+    version-1 dataset of this job has its kept shards rewritten in this layout (`progress` says so)."""
     folder.mkdir(parents=True, exist_ok=True)
     _remove_stale_temps(folder)
-    manifest = folder / MANIFEST
     refuse_foreign(
-        folder,
-        _ours,
-        "--output",
-        f"{'beside' if manifest.is_file() else 'not'} an embeddings dataset "
-        "(readers of the folder would take them for data)",
+        folder, _ours, "--output", "not an embeddings dataset (readers of the folder would take them for data)"
     )
-    if not manifest.is_file():
-        shards = sorted(p.name for p in folder.iterdir() if _ours(p.name))
-        if shards:
-            raise InputError(
-                f"--output {folder} holds {shards[0]} but no {MANIFEST}: Parquet files that this command "
-                "did not write, or a dataset whose manifest was lost; they are never replaced or mixed "
-                "with a new job: remove them yourself, or choose a new or empty folder"
-            )
-        return DatasetState(folder, identity, artifact), []
-    try:
-        earlier = read_state(
-            folder,
-            "pass --overwrite to start over (it removes only this dataset's part-*.parquet "
-            "files and its manifest), or choose another --output",
+    fix = "pass --overwrite to start over (it removes only this dataset's part-*.parquet files), or choose another --output"
+    if (folder / LEGACY_MANIFEST).is_file():
+        return _open_legacy(folder, identity, artifact, overwrite, fix, progress)
+    scan = _scan(folder)
+    if scan.foreign:
+        path, why = scan.foreign[0]
+        raise InputError(
+            f"--output {folder} holds {path.name}, {why}: files that are not ours are never replaced or mixed "
+            "with a new job; move them out, or choose a new or empty folder"
         )
+    earlier = scan.state
+    if earlier is not None and not overwrite and (earlier.identity != identity or scan.others):
+        other = earlier.identity if earlier.identity != identity else scan.others[0][1]
+        raise InputError(
+            f"--output {folder} holds embeddings of another job ({_differ(other, identity)} differ); {fix}"
+        )
+    if earlier is None or overwrite:
+        _clear(folder)  # only shards of ours are left by now
+        return DatasetState(folder, identity, artifact), []
+    state = DatasetState(folder, identity, artifact, created=earlier.created)
+    kept = []
+    for shard in earlier.shards.values():
+        if _contents_match(folder / shard.file, shard):
+            state.shards[shard.index] = shard
+            kept.append(shard.index)
+        else:
+            scan.damaged.append(folder / shard.file)
+    for path in scan.damaged:  # readers of the folder must never see a shard that is being redone
+        path.unlink()
+    return state, sorted(kept)
+
+
+def _open_legacy(
+    folder: Path, identity: Identity, artifact: str, overwrite: bool, fix: str, progress: Any
+) -> tuple[DatasetState, list[int]]:
+    """A version-1 folder: the same job resumes with its kept shards moved to this layout (each
+    rewritten with its metadata, then the old manifest removed); another job, as in version 2."""
+    try:
+        earlier = _read_legacy_state(folder, fix)
     except InputError:
         if not overwrite:
             raise
         _clear(folder)
         return DatasetState(folder, identity, artifact), []
-    if earlier.identity != identity:
+    if earlier.identity != identity or overwrite:
         if not overwrite:
             differ = [k for k in Identity.__dataclass_fields__ if getattr(earlier.identity, k) != getattr(identity, k)]
-            raise InputError(
-                f"--output {folder} holds embeddings of another job ({', '.join(differ)} differ); "
-                "pass --overwrite to start over, or choose another --output"
-            )
+            raise InputError(f"--output {folder} holds embeddings of another job ({', '.join(differ)} differ); {fix}")
         _clear(folder)
         return DatasetState(folder, identity, artifact), []
+    import pyarrow.parquet as pq
+
     state = DatasetState(folder, identity, artifact, created=earlier.created)
-    if overwrite:
-        _clear(folder)
-        return state, []
-    kept = []
-    for shard in earlier.shards.values():
+    for shard in sorted(earlier.shards.values(), key=lambda s: s.index):
         path = folder / shard.file
         if shard.index < state.shard_count and path.is_file() and sha256_file(path) == shard.sha256:
-            state.shards[shard.index] = shard
-            kept.append(shard.index)
-    # Shard files the manifest does not keep (a run killed between a shard and its manifest, a
-    # changed file) are recomputed; readers of the folder must never see them meanwhile.
-    for path in folder.iterdir():
-        if SHARD_NAME.fullmatch(path.name) and path.name not in {state.shards[i].file for i in kept}:
+            ids, values, extra = _columns(pq.read_table(path))
+            write_shard(state, shard.index, ids, values.reshape(len(ids), identity.dim), list(shard.skipped), extra)
+    for path in folder.iterdir():  # shards the old manifest did not keep are redone
+        if SHARD_NAME.fullmatch(path.name) and shard_index(path.name) not in state.shards:
             path.unlink()
-    return state, sorted(kept)
+    (folder / LEGACY_MANIFEST).unlink()
+    if progress is not None:
+        progress(f"moved {len(state.shards)} shards to the layout every reader opens (no {LEGACY_MANIFEST})")
+    return state, sorted(state.shards)
 
 
-def _parquet_bytes(ids: list[str], embeddings: np.ndarray, dtype: np.dtype, dim: int) -> bytes:
-    """A shard's Parquet file, in memory."""
+def shard_index(name: str) -> int:
+    found = SHARD_NAME.fullmatch(name)
+    return int(found.group(1)) if found else -1
+
+
+def content_sha256(ids: list[str], values: np.ndarray, extra: Any = None) -> str:
+    """What a shard's metadata pins: its ids, its embeddings as stored (float32/float16, in row
+    order) and its metadata columns (`extra`, a table; by value, so a Parquet round trip keeps it).
+    Parquet's page checksums catch a damaged file; this catches a rewritten one."""
+    digest = hashlib.sha256()
+    for text in ids:
+        digest.update(text.encode("utf-8", "surrogatepass"))
+        digest.update(b"\0")
+    digest.update(np.ascontiguousarray(values).astype(values.dtype.newbyteorder("<"), copy=False).tobytes())
+    for name in extra.column_names if extra is not None else ():
+        values_json = json.dumps(extra.column(name).to_pylist(), default=str, ensure_ascii=False)
+        digest.update(f"\0{name}\0{values_json}".encode("utf-8", "surrogatepass"))
+    return digest.hexdigest()
+
+
+def _columns(table: Any) -> tuple[list[str], np.ndarray, Any]:
+    """A shard table's ids, its embeddings' flat values (in the dtype they are stored in) and its
+    metadata columns (a table, or None)."""
+    values = table.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    extra = [n for n in table.column_names if n not in ("id", "embedding")]
+    return table.column("id").to_pylist(), values, (table.select(extra) if extra else None)
+
+
+def _contents_match(path: Path, shard: Shard) -> bool:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path, page_checksum_verification=True)
+    except Exception:  # damaged pages: the shard is redone
+        return False
+    return content_sha256(*_columns(table)) == shard.sha256
+
+
+def _parquet_bytes(
+    ids: list[str],
+    embeddings: np.ndarray,
+    dtype: np.dtype,
+    dim: int,
+    metadata: dict[str, Any] | None = None,
+    extra: Any = None,
+) -> tuple[bytes, str]:
+    """A shard's Parquet file, in memory: `id`, `embedding`, then the inputs' metadata columns
+    (`extra`, a table with a row per id), the job and the shard in its key-value metadata; and
+    the sha256 of its contents."""
     from clipexport._deps import require
 
     pa = require("pyarrow", "writing the sharded embeddings dataset")
     import pyarrow.parquet as pq
 
     values = np.ascontiguousarray(embeddings, dtype=dtype).reshape(-1)
+    digest = content_sha256(ids, values, extra)
     arrow_type = pa.float16() if dtype == np.float16 else pa.float32()
     column = pa.FixedSizeListArray.from_arrays(pa.array(values, type=arrow_type), dim)
-    table = pa.table({"id": pa.array(ids, type=pa.string()), "embedding": column})
+    columns = {"id": pa.array(ids, type=pa.string()), "embedding": column}
+    for name in extra.column_names if extra is not None else ():
+        columns[name] = extra.column(name)
+    table = pa.table(columns)
+    if metadata is not None:
+        metadata["shard"]["sha256"] = digest
+        table = table.replace_schema_metadata({METADATA_KEY: json.dumps(metadata, ensure_ascii=False)})
     buffer = io.BytesIO()
-    pq.write_table(table, buffer, compression="zstd")
-    return buffer.getvalue()
+    pq.write_table(table, buffer, compression="zstd", write_page_checksum=True)
+    return buffer.getvalue(), digest
 
 
 def prepare_writer(identity: Identity) -> None:
@@ -287,26 +467,29 @@ def prepare_writer(identity: Identity) -> None:
 
 
 def write_shard(
-    state: DatasetState, index: int, ids: list[str], embeddings: np.ndarray, skipped: list[Skipped]
+    state: DatasetState,
+    index: int,
+    ids: list[str],
+    embeddings: np.ndarray,
+    skipped: list[Skipped],
+    extra: Any = None,
 ) -> Shard:
-    """One shard, atomically, then the manifest that lists it."""
-    data = _parquet_bytes(ids, embeddings, np.dtype(state.identity.dtype), state.identity.dim)
+    """One shard, atomically: the file says what it is, so there is nothing else to write.
+    `extra`: the rows' metadata columns (a table, a row per id)."""
     first, last = state.shard_range(index)
     name = shard_file(index)
-    import hashlib
-
-    from clipexport.signals import deferred_interrupts
-
-    with deferred_interrupts():  # the shard and the manifest that lists it: both, or neither
-        try:
-            write_bytes_atomic(state.folder / name, data)
-            shard = Shard(index, name, first, last - first, len(ids), hashlib.sha256(data).hexdigest(), tuple(skipped))
-            state.shards[index] = shard
-            state.save()
-        except (DiskFull, OSError) as exc:  # DiskFull from write_bytes_atomic, or a raw ENOSPC
-            if not is_disk_full(exc):
-                raise
-            raise disk_full(state.folder / name, ": finished shards are kept") from None
+    entry = Shard(index, name, first, last - first, len(ids), "", tuple(skipped))
+    metadata = {**state.job(), "shard": entry.to_dict()}
+    dtype, dim = np.dtype(state.identity.dtype), state.identity.dim
+    data, digest = _parquet_bytes(ids, embeddings, dtype, dim, metadata, extra)
+    try:
+        write_bytes_atomic(state.folder / name, data)
+    except (DiskFull, OSError) as exc:  # DiskFull from write_bytes_atomic, or a raw ENOSPC
+        if not is_disk_full(exc):
+            raise
+        raise disk_full(state.folder / name, ": finished shards are kept") from None
+    shard = Shard(index, name, first, last - first, len(ids), digest, tuple(skipped))
+    state.shards[index] = shard
     return shard
 
 
@@ -317,12 +500,12 @@ MIN_ROW_NORM = 1e-12
 @dataclass(frozen=True)
 class EmbeddingsDataset:
     """The one reader of a dataset `embed -o DIR` wrote (`index`, `search`, `verify`'s tests and the
-    benchmarks read it through this): the manifest checked once, each shard file checked against its
-    sha256 the first time this reader opens it."""
+    benchmarks read it through this): the manifest checked once, each shard's contents checked
+    against their sha256 the first time this reader opens it."""
 
     folder: Path
     manifest: dict[str, Any]
-    manifest_sha256: str
+    manifest_sha256: str  # the dataset's fingerprint (`fingerprint`): what an index records
     _checked: set = field(default_factory=set, compare=False, repr=False)  # shard files whose sha256 matched
 
     @property
@@ -337,14 +520,23 @@ class EmbeddingsDataset:
         import pyarrow.parquet as pq
 
         path = self.folder / entry["file"]
-        if entry["file"] not in self._checked:
-            if not path.is_file() or sha256_file(path) != entry["sha256"]:
-                raise InputError(
-                    f"{path} is missing or does not match {self.folder / MANIFEST} (sha256); "
-                    "rerun the embed command that made the dataset"
-                )
-            self._checked.add(entry["file"])
-        return pq.read_table(path, columns=columns)
+        if entry["file"] in self._checked:
+            return pq.read_table(path, columns=columns)
+        legacy = self.manifest["version"] == 1
+        damaged = f"{path} is missing or does not match the dataset's record of it (sha256)"
+        if legacy and (not path.is_file() or sha256_file(path) != entry["sha256"]):
+            raise InputError(f"{damaged}; rerun the embed command that made the dataset")
+        try:
+            table = pq.read_table(path, page_checksum_verification=True)
+        except Exception as exc:  # a damaged page, a truncated file
+            raise InputError(
+                f"{path} cannot be read ({str(exc).splitlines()[0][:120]}); rerun the embed command that made "
+                "the dataset (it redoes that shard)"
+            ) from None
+        if not legacy and content_sha256(*_columns(table)) != entry["sha256"]:
+            raise InputError(f"{damaged}; rerun the embed command that made the dataset (it redoes that shard)")
+        self._checked.add(entry["file"])
+        return table.select(columns) if columns else table
 
     def shards(self, start: int = 0, unit: bool = False) -> Iterator[tuple[int, list[str], np.ndarray]]:
         """(first row, ids, rows) per shard, from shard `start`, in the dtype they are stored in.
@@ -353,15 +545,13 @@ class EmbeddingsDataset:
         for number, entry in enumerate(self.manifest["shards"]):
             if number >= start:
                 path = self.folder / entry["file"]
-                table = self._table(entry)
-                values = table.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-                raw = values.reshape(len(table), -1)
+                ids, values, _ = _columns(self._table(entry, ["id", "embedding"]))
+                raw = values.reshape(len(ids), -1)
                 if raw.shape[1] != self.dim:
                     raise InputError(
                         f"{path} holds {raw.shape[1]}-d rows, not the {self.dim} its manifest says; "
                         "rerun the embed command"
                     )
-                ids = table.column("id").to_pylist()
                 if unit:
                     raw = raw.astype(np.float32)
                     _check_rows(raw, ids, path)
@@ -393,20 +583,52 @@ def _check_rows(raw: np.ndarray, ids: list[str], path: Path) -> None:
         )
 
 
+def read_manifest(
+    folder: Path, what: str = "DATASET", fix: str = "rerun the embed command that made it"
+) -> dict[str, Any] | None:
+    """The dataset's manifest (version 2: derived from its shards' footers; version 1: its
+    `_embeddings.json`), schema-checked, one InputError line on any damage; None where `folder`
+    holds no dataset."""
+    folder = Path(folder)
+    if (folder / LEGACY_MANIFEST).is_file():
+        data = read_format_json(folder / LEGACY_MANIFEST, FORMAT, _check_legacy_manifest, fix)
+        data["version"] = 1
+        return data
+    if not folder.is_dir():
+        return None
+    state = _read_scan(folder, fix)
+    return state.to_dict() if state is not None else None
+
+
+def fingerprint(folder: Path, manifest: dict[str, Any] | None = None) -> str | None:
+    """What an index records of the dataset it was built from, to notice a changed one: the sha256
+    of the manifest (version 1: of its file, as indexes built then recorded it)."""
+    folder = Path(folder)
+    if (folder / LEGACY_MANIFEST).is_file():
+        return sha256_file(folder / LEGACY_MANIFEST)
+    if manifest is None:
+        try:
+            manifest = read_manifest(folder)
+        except InputError:
+            return "damaged"
+    if manifest is None:
+        return None
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+
+
 def read_embeddings(folder: Path, what: str = "DATASET", finished: bool = True) -> EmbeddingsDataset:
     """A dataset to read. `finished`: refuse one still being written or with no rows (what an index
-    needs); else a partial one is read as far as its manifest lists shards."""
+    needs); else a partial one is read as far as its shards go."""
     from clipexport._deps import require
 
     require("pyarrow", "reading the embeddings dataset")
     folder = Path(folder).expanduser()
-    manifest_path = folder / MANIFEST
-    if not manifest_path.is_file():
+    manifest = read_manifest(folder, what)
+    if manifest is None:
         raise InputError(
-            f"{what} {folder} is not an embeddings dataset (no {MANIFEST}); make one with "
-            "`clipexport embed ARTIFACT --images ... -o DIR`"
+            f"{what} {folder} is not an embeddings dataset (no part-*.parquet of clipexport embed); make one "
+            "with `clipexport embed ARTIFACT --images ... -o DIR`"
         )
-    manifest = read_manifest_data(folder)
     if finished and not manifest.get("complete"):
         raise InputError(
             f"{what} {folder} is not finished ({len(manifest['shards'])} shards done); run the same "
@@ -414,14 +636,14 @@ def read_embeddings(folder: Path, what: str = "DATASET", finished: bool = True) 
         )
     if finished and int(manifest["rows"]) == 0:
         raise InputError(f"{what} {folder} has no rows (every input was skipped); nothing to index")
-    return EmbeddingsDataset(folder, manifest, sha256_file(manifest_path))
+    return EmbeddingsDataset(folder, manifest, fingerprint(folder, manifest) or "")
 
 
 def _remove_stale_temps(folder: Path) -> None:
     """Temp files of a killed run (write_bytes_atomic's `.name.*.tmp`) are never ours to keep."""
     for path in folder.glob(".part-*.tmp"):
         path.unlink(missing_ok=True)
-    for path in folder.glob(f".{MANIFEST}.*.tmp"):
+    for path in folder.glob(f".{LEGACY_MANIFEST}.*.tmp"):
         path.unlink(missing_ok=True)
 
 
@@ -442,17 +664,19 @@ __all__ = [
     "DTYPES",
     "DatasetState",
     "DiskFull",
+    "EmbeddingsDataset",
     "Identity",
-    "MANIFEST",
+    "LEGACY_MANIFEST",
+    "METADATA_KEY",
+    "MIN_ROW_NORM",
     "Shard",
     "Skipped",
-    "EmbeddingsDataset",
-    "MIN_ROW_NORM",
+    "content_sha256",
+    "fingerprint",
+    "job_lock",
     "open_for_writing",
     "read_embeddings",
-    "read_manifest_data",
-    "read_state",
+    "read_manifest",
     "shard_file",
-    "job_lock",
     "write_shard",
 ]

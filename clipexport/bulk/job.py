@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 from enum import Enum
 from pathlib import Path
 
@@ -17,7 +17,6 @@ from clipexport.artifact.precision import Precision
 from clipexport.bulk.dataset import (
     DEFAULT_SHARD_SIZE,
     DTYPES,
-    MANIFEST,
     DatasetState,
     Identity,
     Skipped,
@@ -27,7 +26,7 @@ from clipexport.bulk.dataset import (
     write_shard,
 )
 from clipexport.bulk.local import PipelineStats
-from clipexport.bulk.sources import InputList, InputSpec, Kind, list_inputs
+from clipexport.bulk.sources import DECODED_COLUMNS, InputList, InputSpec, Kind, list_inputs
 from clipexport.datasets import is_folder
 from clipexport.errors import InputError
 from clipexport.files import created_folder, inside, sha256_file
@@ -140,7 +139,7 @@ def embed_dataset(options: BulkOptions, advance: Advance | None = None, progress
     for argument in options.inputs.images:
         if is_folder(Path(argument)) and inside(output, Path(argument)):
             raise InputError(f"--output {output} is inside the input folder {argument}; choose a folder outside it")
-    inputs = list_inputs(options.inputs, strict=not options.skip_bad)
+    inputs = list_inputs(options.inputs, strict=not options.skip_bad, metadata=True)
     tower = Tower.TEXT if inputs.kind is Kind.TEXT else Tower.VISION
     manifest.tower(tower).graph(options.precision)  # the precision exists, or one line naming the fix
     identity = Identity(
@@ -160,7 +159,7 @@ def embed_dataset(options: BulkOptions, advance: Advance | None = None, progress
     # A run that made the folder and finished no shard leaves nothing behind.
     with created_folder(
         output,
-        ours=lambda name: name == MANIFEST or name.startswith("."),
+        ours=lambda name: name.startswith("."),  # our temp files
         keep=lambda exc: any(output.glob("part-*.parquet")),
     ):
         return _embed(options, artifact, output, inputs, tower, identity, begin, advance, progress)
@@ -178,7 +177,7 @@ def _embed(
     progress: Progress,
 ) -> BulkResult:
     with job_lock(output):
-        state, kept = open_for_writing(output, identity, str(artifact.resolve()), options.overwrite)
+        state, kept = open_for_writing(output, identity, str(artifact.resolve()), options.overwrite, progress)
         todo = [index for index in range(state.shard_count) if index not in state.shards]
         if kept:
             progress(f"resuming: {len(kept)} of {state.shard_count} shards already done")
@@ -214,14 +213,14 @@ def _embed(
                 if stats.split:
                     progress(f"cores shared by measured cost: {stats.split}")
             writer.finish()
-        elif not (output / MANIFEST).is_file():
-            state.save()
-        # A rerun with nothing left to do leaves _embeddings.json as it was: an index built from the
-        # dataset records its sha256, and a no-op must not look like a change.
     rows = sum(s.rows for s in state.shards.values())
     skipped = [s for index in sorted(state.shards) for s in state.shards[index].skipped]
     if rows == 0:
-        raise InputError(f"no input could be embedded ({len(skipped)} skipped, listed in {output / MANIFEST})")
+        raise InputError(
+            f"no input could be embedded ({len(skipped)} skipped, the first: {skipped[0].id}: {skipped[0].reason})"
+            if skipped
+            else "no input could be embedded"
+        )
     return BulkResult(
         output,
         len(inputs),
@@ -251,20 +250,44 @@ class _ShardWriter:
 
     def __init__(self, state: DatasetState, inputs: InputList, todo: list[int]):
         self.state, self.inputs = state, inputs
-        self.pending = {index: {"ids": [], "rows": [], "skipped": [], "seen": 0} for index in todo}
+        self.pending = {index: {"kept": [], "rows": [], "skipped": [], "sizes": [], "seen": 0} for index in todo}
 
-    def on_batch(self, start: int, kept: list[int], rows: np.ndarray, skipped: list[tuple[int, str]]) -> None:
+    def on_batch(
+        self,
+        start: int,
+        kept: list[int],
+        rows: np.ndarray,
+        skipped: list[tuple[int, str]],
+        sizes: Sequence[tuple[int, int]] = (),
+    ) -> None:
         index = start // self.state.identity.shard_size
         shard = self.pending[index]
-        shard["ids"] += [self.inputs.items[i].id for i in kept]
+        shard["kept"] += kept
+        shard["sizes"] += sizes
         shard["rows"].append(np.asarray(rows, np.float32))
         shard["skipped"] += [Skipped(self.inputs.items[i].id, reason) for i, reason in skipped]
         shard["seen"] += len(kept) + len(skipped)
         first, end = self.state.shard_range(index)
         if shard["seen"] == end - first:
             embeddings = np.concatenate(shard["rows"]) if shard["rows"] else np.zeros((0, self.state.identity.dim))
-            write_shard(self.state, index, shard["ids"], embeddings, shard["skipped"])
+            ids = [self.inputs.items[i].id for i in shard["kept"]]
+            write_shard(self.state, index, ids, embeddings, shard["skipped"], self._extra(shard))
             del self.pending[index]
+
+    def _extra(self, shard: dict[str, Any]) -> Any:
+        """The shard's metadata columns: the inputs' own (`InputList.metadata`), then for images
+        the `width` and `height` each was decoded at."""
+        import pyarrow as pa
+
+        metadata = self.inputs.metadata
+        extra = metadata.take(shard["kept"]) if metadata is not None else None
+        if not self.inputs.decoded:
+            return extra
+        sizes = np.asarray(shard["sizes"], np.int32).reshape(-1, 2)
+        columns = {name: extra.column(name) for name in extra.column_names} if extra is not None else {}
+        for name in self.inputs.decoded:
+            columns[name] = pa.array(sizes[:, DECODED_COLUMNS.index(name)], pa.int32())
+        return pa.table(columns)
 
     def finish(self) -> None:
         if self.pending:  # an engine that stopped early without raising would be a bug: never claim it finished

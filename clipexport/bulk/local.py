@@ -63,6 +63,12 @@ class Batch:
     decode_seconds: float = 0.0  # the worker's CPU time for the batch
     drafted: int = 0  # JPEGs decoded at a reduced DCT scale (--fast-decode)
     warm: bool = False  # decoded by a worker that had decoded before (its first task pays its imports)
+    sizes: tuple[tuple[int, int], ...] = ()  # (width, height) of each kept image, as the decoder found it
+
+
+# on_batch(start, kept input indices, their embeddings, skipped (input index, reason), the kept
+# images' (width, height) — empty for texts): how an engine hands each batch to the writer.
+OnBatch = Callable[[int, list[int], np.ndarray, list[tuple[int, str]], Sequence[tuple[int, int]]], None]
 
 
 @dataclass
@@ -123,11 +129,12 @@ def decode_batch(
     h, w = preprocessor.config.image_size
     began = time.process_time()
     pixels = np.empty((len(items), 3, h, w), np.uint8)
-    kept, skipped, drafted = [], [], 0
+    kept, skipped, drafted, sizes = [], [], 0, []
     for offset, item in enumerate(items):
         try:
             data = read_item_bytes(item)
-            pixels[len(kept)] = preprocessor.pixels(data, name=f"image {item.id}", fast_decode=fast)
+            pixels[len(kept)], size = preprocessor.pixels_sized(data, name=f"image {item.label}", fast_decode=fast)
+            sizes.append(size)
             kept.append(offset)
             drafted += fast and data[:2] == JPEG_MAGIC
         except InputError as exc:
@@ -135,7 +142,9 @@ def decode_batch(
     out = pixels[: len(kept)]
     if normalized:
         out = preprocessor.normalize(out)
-    return Batch(start, len(items), out, tuple(kept), tuple(skipped), time.process_time() - began, drafted)
+    return Batch(
+        start, len(items), out, tuple(kept), tuple(skipped), time.process_time() - began, drafted, sizes=tuple(sizes)
+    )
 
 
 def _worker_main(connection: Any, preprocess: Any, exif_transpose: bool, fast_decode: bool) -> None:
@@ -229,7 +238,7 @@ class ImagePipeline:
                 code = worker.process.exitcode
                 raise StepFailed(
                     f"a decode worker died {self.deaths[start]} times (last exit code {code}) on the batch "
-                    f"of inputs {start}..{start + len(items) - 1} (first: {items[0].id}); one of those "
+                    f"of inputs {start}..{start + len(items) - 1} (first: {items[0].label}); one of those "
                     "images crashes the decoder: remove it and run the same command again"
                 )
         fresh = self._start()
@@ -308,6 +317,7 @@ class ImagePipeline:
                 skipped,
                 sum(p.decode_seconds for p in parts),
                 sum(p.drafted for p in parts),
+                sizes=tuple(size for p in parts for size in p.sizes),
             )
             parts.clear()
             return out
@@ -516,7 +526,7 @@ def run_local(
     ranges: Sequence[tuple[int, int]],
     batch_size: int,
     advance: Advance | None,
-    on_batch: Callable[[int, list[int], np.ndarray, list[tuple[int, str]]], None],
+    on_batch: OnBatch,
     device: str | None = None,
     fast_decode: bool = False,
 ) -> PipelineStats:
@@ -589,7 +599,7 @@ def embed_ranges(
     exif_transpose: bool,
     skip_bad: bool,
     advance: Advance | None,
-    on_batch: Callable[[int, list[int], np.ndarray, list[tuple[int, str]]], None],
+    on_batch: OnBatch,
     fast_decode: bool = False,
     auto: bool = False,
     machine: int = 0,
@@ -606,7 +616,7 @@ def embed_ranges(
                 part = inputs.items[start : min(start + batch_size, end)]
                 names = [item.id for item in part]
                 rows = state.runtime.encode_text([item.text for item in part], batch_size, names=names)
-                on_batch(start, list(range(start, start + len(part))), rows, [])
+                on_batch(start, list(range(start, start + len(part))), rows, [], ())
                 if advance:
                     advance(len(part), total)
         return stats
@@ -635,6 +645,7 @@ def embed_ranges(
                 [batch.start + k for k in batch.kept],
                 rows,
                 [(batch.start + k, reason) for k, reason in batch.skipped],
+                batch.sizes,
             )
             stats.images += batch.count
             stats.batches += 1

@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
 from clipexport._deps import require
 from clipexport.bulk.sources import InputList, Item, Kind
 from clipexport.errors import InputError
+
+if TYPE_CHECKING:
+    from clipexport.bulk.local import OnBatch
 
 RAY_HINT = "running bulk embedding on Ray (pip install 'clipexport[ray]')"
 
@@ -54,7 +57,8 @@ class _Embedder:
                 out[ok] = self.runtime.encode_text(texts, max(1, len(texts)), names=[str(i) for i in batch["id"][ok]])
             else:
                 out[ok] = self.runtime.encode_pixels(np.stack(list(batch["pixels"][ok])).astype(np.float32))
-        return {"index": batch["index"], "ok": ok, "reason": batch["reason"], "embedding": out}
+        sizes = {k: batch[k] for k in ("width", "height") if k in batch}
+        return {"index": batch["index"], "ok": ok, "reason": batch["reason"], "embedding": out, **sizes}
 
 
 def _decode(
@@ -71,17 +75,33 @@ def _decode(
 
     preprocessor = ImagePreprocessor(preprocess, exif_transpose=exif_transpose)
     items = [
-        Item(str(batch["id"][i]), str(batch["where"][i]), int(batch["offset"][i]), int(batch["size"][i]))
+        Item(
+            str(batch["id"][i]),
+            str(batch["where"][i]),
+            int(batch["offset"][i]),
+            int(batch["size"][i]),
+            member=str(batch["member"][i]),
+        )
         for i in range(count)
     ]
     decoded = decode_batch(0, items, preprocessor, fast_decode=fast_decode)
     h, w = preprocessor.config.image_size
     pixels = np.zeros((count, 3, h, w), np.float32)
     pixels[list(decoded.kept)] = decoded.pixels
+    sizes = np.zeros((count, 2), np.int64)
+    sizes[list(decoded.kept)] = np.asarray(decoded.sizes, np.int64).reshape(-1, 2)
     for offset, reason in decoded.skipped:
         ok[offset] = False
         reasons[offset] = reason
-    return {"index": batch["index"], "id": batch["id"], "ok": ok, "reason": reasons, "pixels": pixels}
+    return {
+        "index": batch["index"],
+        "id": batch["id"],
+        "ok": ok,
+        "reason": reasons,
+        "pixels": pixels,
+        "width": sizes[:, 0],
+        "height": sizes[:, 1],
+    }
 
 
 def _connect(address: str | None) -> Any:
@@ -108,7 +128,7 @@ def run_on_ray(
     inputs: InputList,
     ranges: Sequence[tuple[int, int]],
     advance: Callable | None,
-    on_batch: Callable[[int, list[int], np.ndarray, list[tuple[int, str]]], None],
+    on_batch: OnBatch,
 ) -> None:
     from clipexport.artifact.manifest import read_manifest
 
@@ -127,6 +147,7 @@ def run_on_ray(
             "offset": inputs.items[i].offset,
             "size": inputs.items[i].size,
             "text": inputs.items[i].text or "",
+            "member": inputs.items[i].member,
         }
         for i in indices
     ]
@@ -182,6 +203,9 @@ def run_on_ray(
                 [int(i) for i in index[kept]],
                 result["embedding"][kept],
                 [(int(i), str(r)) for i, r in zip(index[bad], result["reason"][bad])],
+                [(int(w), int(h)) for w, h in zip(result["width"][kept], result["height"][kept])]
+                if "width" in result
+                else (),
             )
         if advance:
             advance(len(index), total)

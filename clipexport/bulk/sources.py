@@ -2,13 +2,13 @@
 
 Images come from files and folders (as `embed --images` always took them), a text file of paths
 (`--image-list`), a Parquet or CSV table with a path column (`--image-table`, `--path-column`), and
-tar shards in the webdataset layout (`key.jpg` members; the other members, captions and JSON, are
-not images and are left out). Texts come from a text file (one per line, blank lines included) or
+tar shards in the webdataset layout (`key.jpg` members; a sample's `key.txt` is its caption and its
+`key.json` fields are its metadata). Texts come from a text file (one per line, blank lines included) or
 a table column (`--text-table`, `--text-column`). Paths may be anything pyarrow's filesystems read
 (`s3://`, `gs://`, ...) as well as local files.
 
-Ids: the path as given, `shard.tar:member` for a tar member, `file:line` for a text line,
-`table:row` for a table's text; shown with `inputs.shown` (bytes that are not UTF-8 as `\\xNN`,
+Ids: the path as given, the webdataset key (`__key__`: the member's name up to the first dot of its
+base name) for a tar member, `file:line` for a text line, `table:row` for a table's text; shown with `inputs.shown` (bytes that are not UTF-8 as `\\xNN`,
 control characters escaped), so every id can be printed, stored and read back as one line. The list's sha256 (over kind and ids) is the job's identity: a
 resumed run must have the same one. Duplicate ids are refused: an id names one row.
 """
@@ -16,11 +16,12 @@ resumed run must have the same one. Duplicate ids are refused: an id names one r
 from __future__ import annotations
 
 import hashlib
+import json
 import tarfile
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from clipexport.datasets import IMAGE_SUFFIXES, image_paths, is_folder, read_lines
 from clipexport.errors import InputError
@@ -44,6 +45,12 @@ class Item:
     offset: int = -1  # tar members: where the member's bytes start
     size: int = -1
     text: str | None = None
+    member: str = ""  # tar members: the member's name (the id is the sample's key)
+
+    @property
+    def label(self) -> str:
+        """How messages name the input: a tar member as `shard.tar:member`, else its id."""
+        return shown(f"{self.where}:{self.member}") if self.member else self.id
 
 
 @dataclass(frozen=True)
@@ -52,6 +59,8 @@ class InputList:
     items: tuple[Item, ...]
     sha256: str
     notes: tuple[str, ...] = ()  # what the list left out and why (a truncated tar's lost members)
+    metadata: Any = None  # a pyarrow Table, row i for items[i]: the columns kept beside the embeddings
+    decoded: tuple[str, ...] = ()  # DECODED_COLUMNS the job records as it decodes (images)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -68,12 +77,24 @@ class InputSpec:
     texts: Path | None = None  # a text file, one text per line
     text_table: Path | None = None  # Parquet / CSV with --text-column
     text_column: str = "text"
+    keep_columns: tuple[str, ...] | None = None  # the metadata columns kept (None: all; (): none)
 
 
-def list_inputs(spec: InputSpec, strict: bool = True) -> InputList:
+# The dataset's own columns: an input column of that name is kept as `input_<name>`.
+OWN_COLUMNS = ("id", "embedding")
+# What decoding an image tells (its full size), recorded beside its embedding unless
+# --keep-columns leaves it out, or an input column of that name is kept instead.
+DECODED_COLUMNS = ("width", "height")
+
+
+def list_inputs(spec: InputSpec, strict: bool = True, metadata: bool = False) -> InputList:
     """The inputs of `spec` in a fixed order. `strict` (no --skip-bad): a damaged tar shard is
-    refused; otherwise its readable members are kept and `notes` says what was lost."""
+    refused; otherwise its readable members are kept and `notes` says what was lost. `metadata`:
+    also what each input carries (`InputList.metadata`): every column of --image-table /
+    --text-table but the paths, the text of --texts rows, a tar sample's caption (`.txt`) and JSON
+    fields (`.json`) with its shard, as far as `spec.keep_columns` keeps them."""
     notes: list[str] = []
+    segments: list[tuple[int, Any]] = []  # (rows, their metadata table or None), in item order
     image_sources = bool(spec.images) or spec.image_list is not None or spec.image_table is not None
     text_sources = spec.texts is not None or spec.text_table is not None
     if image_sources == text_sources:
@@ -84,16 +105,25 @@ def list_inputs(spec: InputSpec, strict: bool = True) -> InputList:
     if text_sources:
         if spec.texts is not None and spec.text_table is not None:
             raise InputError("pass --texts or --text-table, not both")
-        items = _text_lines(spec.texts) if spec.texts is not None else _table_texts(spec.text_table, spec.text_column)
+        if spec.texts is not None:
+            items = _text_lines(spec.texts)
+            segments.append((len(items), {"text": [item.text for item in items]}))
+        else:
+            table = _read_table(spec.text_table)
+            items = _table_texts(spec.text_table, spec.text_column, table)
+            segments.append((len(items), table))
         kind = Kind.TEXT
     else:
         items = []
         if spec.images:
-            items += _image_arguments(spec.images, strict, notes)
+            items += _image_arguments(spec.images, strict, notes, segments)
         if spec.image_list is not None:
             items += [Item(shown(p), p) for p in _path_lines(spec.image_list)]
+            segments.append((len(items) - sum(n for n, _ in segments), None))
         if spec.image_table is not None:
-            items += [Item(shown(p), p) for p in _table_column(spec.image_table, spec.path_column, "path")]
+            table = _read_table(spec.image_table)
+            items += [Item(shown(p), p) for p in _table_column(spec.image_table, spec.path_column, "path", table)]
+            segments.append((len(items) - sum(n for n, _ in segments), table.drop_columns([spec.path_column])))
         kind = Kind.IMAGE
     if not items:
         raise InputError(
@@ -101,33 +131,120 @@ def list_inputs(spec: InputSpec, strict: bool = True) -> InputList:
             f"{'texts' if kind is Kind.TEXT else 'images'}"
         )
     _refuse_duplicates(items)
+    decoded = DECODED_COLUMNS if kind is Kind.IMAGE and metadata else ()
+    kept = _metadata_table(segments, spec.keep_columns, notes, decoded) if metadata else None
+    if spec.keep_columns is not None:
+        decoded = tuple(name for name in decoded if name in spec.keep_columns)
+    if kept is not None:
+        decoded = tuple(name for name in decoded if name not in kept.column_names)
     digest = hashlib.sha256(kind.value.encode())
     for item in items:
         digest.update(b"\0" + item.id.encode("utf-8", "surrogateescape"))
-    return InputList(kind, tuple(items), digest.hexdigest(), tuple(notes))
+    if kept is not None:  # the metadata is part of the job: other columns or values are another job
+        import pyarrow as pa
+
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, kept.schema) as writer:
+            writer.write_table(kept)
+        digest.update(b"\0metadata\0" + sink.getvalue().to_pybytes())
+    digest.update(("\0decoded\0" + ",".join(decoded)).encode() if decoded else b"")
+    return InputList(kind, tuple(items), digest.hexdigest(), tuple(notes), kept, decoded)
 
 
-def _image_arguments(arguments: Sequence[str], strict: bool, notes: list[str]) -> list[Item]:
+def _metadata_table(
+    segments: list[tuple[int, Any]], keep: tuple[str, ...] | None, notes: list[str], decoded: tuple[str, ...]
+) -> Any:
+    """One table of every input's metadata, row i for item i: the segments' columns united (a
+    column one source lacks is null there), named apart from the dataset's own columns, then
+    those `keep` names (None: all; `decoded` names are the job's to add). None when nothing is kept."""
+    if keep == () or not any(table is not None for _, table in segments):
+        unknown = [name for name in keep or () if name not in decoded]
+        if unknown:
+            raise InputError(
+                f"--keep-columns names '{unknown[0]}', which the inputs do not have (they carry "
+                f"{'only ' + ', '.join(decoded) if decoded else 'no columns'}); leave the option out"
+            )
+        return None
+    import pyarrow as pa
+
+    tables = []
+    for rows, table in segments:
+        if isinstance(table, dict):
+            table = pa.table(table)
+        tables.append((rows, table))
+    renamed = {}
+    for _, table in tables:
+        for name in table.column_names if table is not None else ():
+            if name in OWN_COLUMNS and name not in renamed:
+                renamed[name] = f"input_{name}"
+                notes.append(
+                    f"the inputs' column '{name}' is kept as '{renamed[name]}' (the dataset's '{name}' is its own)"
+                )
+    schemas = [
+        table.rename_columns([renamed.get(n, n) for n in table.column_names])
+        for _, table in tables
+        if table is not None
+    ]
+    try:
+        schema = pa.unify_schemas([t.schema for t in schemas], promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise InputError(
+            f"the inputs' columns do not go together ({str(exc).splitlines()[0][:200]}); choose some with --keep-columns"
+        ) from None
+    parts = iter(schemas)
+    whole = pa.concat_tables(
+        [
+            next(parts) if table is not None else pa.Table.from_pylist([{}] * rows, schema=schema)
+            for rows, table in tables
+        ],
+        promote_options="permissive",
+    )
+    if keep is None:
+        return whole
+    wanted = [renamed.get(name, name) if name not in whole.column_names else name for name in keep]
+    missing = [name for name in wanted if name not in whole.column_names and name not in decoded]
+    if missing:
+        raise InputError(
+            f"--keep-columns names '{missing[0]}', which the inputs do not have (they have: "
+            f"{', '.join([*whole.column_names, *decoded])}); pass some of those, or leave the option out to keep all"
+        )
+    chosen = [name for name in wanted if name in whole.column_names]
+    return whole.select(chosen) if chosen else None
+
+
+def _image_arguments(
+    arguments: Sequence[str], strict: bool, notes: list[str], segments: list[tuple[int, Any]]
+) -> list[Item]:
     out: list[Item] = []
     plain: list[str] = []
+
+    def files() -> None:
+        paths = [Item(shown(p), str(p)) for p in image_paths(plain)]
+        out.extend(paths)
+        segments.append((len(paths), None))
+        plain.clear()
+
     for argument in arguments:
         if str(argument).lower().endswith(".tar") and not is_folder(Path(argument)):
-            out += [Item(shown(p), str(p)) for p in image_paths(plain)]
-            plain = []
-            out += _tar_members(Path(argument), strict, notes)
+            files()
+            members, rows = _tar_members(Path(argument), strict, notes)
+            out.extend(members)
+            segments.append((len(members), rows))
         else:
             plain.append(argument)
-    return out + [Item(shown(p), str(p)) for p in image_paths(plain)]
+    files()
+    return out
 
 
 TAR_BLOCK = 512
 
 
-def _tar_members(path: Path, strict: bool, notes: list[str]) -> list[Item]:
-    """The image members of a webdataset-style tar, with their byte ranges (read without extracting).
-    Python's tarfile stops quietly at a header cut short, so a tar truncated there would lose its
-    remaining members unsaid: the archive must end in its end-of-archive (zero) block, and every
-    member's data must lie inside the file."""
+def _tar_members(path: Path, strict: bool, notes: list[str]) -> tuple[list[Item], dict[str, list]]:
+    """The samples of a webdataset-style tar: each image member with its byte range (read without
+    extracting), id its key, and the sample's metadata columns (`source`: the shard; `caption`:
+    its `.txt`; its `.json`'s fields). Python's tarfile stops quietly at a header cut short, so a
+    tar truncated there would lose its remaining members unsaid: the archive must end in its
+    end-of-archive (zero) block, and every member's data must lie inside the file."""
     size = regular_file(path, "tar shard")
     try:
         with tarfile.open(path, "r:") as tar:  # uncompressed: members are byte ranges of the file
@@ -148,11 +265,79 @@ def _tar_members(path: Path, strict: bool, notes: list[str]) -> list[Item]:
         if strict:
             raise InputError(f"{message}; re-create or re-download it, or pass --skip-bad to embed the whole members")
         notes.append(message)
-    return [
-        Item(shown(f"{path}:{m.name}"), str(path), m.offset_data, m.size)
-        for m in whole
-        if m.name.lower().endswith(IMAGE_SUFFIXES)
-    ]
+    images = [m for m in whole if m.name.lower().endswith(IMAGE_SUFFIXES)]
+    extras: dict[str, dict[str, Any]] = {}
+    for member in whole:
+        key, _, extension = _sample_key(member.name)
+        if extension in ("txt", "json"):
+            extras.setdefault(key, {})[extension] = member
+    keys = {_sample_key(m.name)[0] for m in images}
+    orphan = next((m for k, found in extras.items() if k not in keys for m in found.values()), None)
+    if orphan is not None:
+        message = f"tar shard {shown(path)} has {orphan.name} but no image of sample '{_sample_key(orphan.name)[0]}'"
+        if strict:
+            raise InputError(f"{message}; add the image, or pass --skip-bad to embed the samples that have one")
+        notes.append(f"{message}: left out")
+    rows: list[dict[str, Any]] = []
+    with open(path, "rb") as handle:
+        for member in images:
+            key = _sample_key(member.name)[0]
+            row: dict[str, Any] = {"source": shown(path)}
+            found = extras.get(key, {})
+            if "json" in found:
+                row.update(_json_fields(_member_bytes(handle, found["json"]), path, found["json"].name, strict, notes))
+            if "txt" in found:
+                row["caption"] = _member_bytes(handle, found["txt"]).decode("utf-8", "replace")
+            rows.append(row)
+    items = [Item(shown(_sample_key(m.name)[0]), str(path), m.offset_data, m.size, member=m.name) for m in images]
+    return items, _columns_of(rows)
+
+
+def _sample_key(name: str) -> tuple[str, str, str]:
+    """webdataset's split of a member name: the key (the name up to the first dot of its base
+    name, directories kept) and the extension (the rest, lowercased)."""
+    folder, _, base = name.rpartition("/")
+    stem, dot, extension = base.partition(".")
+    return (f"{folder}/{stem}" if folder else stem), dot, extension.lower()
+
+
+def _member_bytes(handle: Any, member: tarfile.TarInfo) -> bytes:
+    handle.seek(member.offset_data)
+    return handle.read(member.size)
+
+
+def _json_fields(data: bytes, path: Path, name: str, strict: bool, notes: list[str]) -> dict[str, Any]:
+    """A sample's `.json` as columns: its top-level fields, nested values as JSON text (one type
+    per column, whatever the samples hold)."""
+    try:
+        fields = json.loads(data)
+        if not isinstance(fields, dict):
+            raise ValueError("not a JSON object")
+    except ValueError as exc:
+        message = f"tar shard {shown(path)} member {name} is not a JSON object ({str(exc)[:80]})"
+        if strict:
+            raise InputError(f"{message}; fix it, or pass --skip-bad to leave its fields out") from None
+        notes.append(f"{message}: its fields are left out")
+        return {}
+    return {str(k): json.dumps(v, ensure_ascii=False) if isinstance(v, (dict, list)) else v for k, v in fields.items()}
+
+
+def _columns_of(rows: list[dict[str, Any]]) -> Any:
+    """Row dicts as a table; a field whose values are of several kinds (a number here, text there)
+    becomes text."""
+    import pyarrow as pa
+
+    names = list(dict.fromkeys(name for row in rows for name in row))
+    columns = {}
+    for name in names:
+        values = [row.get(name) for row in rows]
+        try:
+            columns[name] = pa.array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            columns[name] = pa.array([None if v is None else str(v) for v in values], pa.string())
+    return (
+        pa.table(columns) if columns else pa.table({"source": pa.array([r.get("source") for r in rows], pa.string())})
+    )
 
 
 def _path_lines(path: Path) -> list[str]:
@@ -199,8 +384,8 @@ def _read_table(path: Path):
     raise InputError(f"table {file} is not .parquet, .csv or .tsv")
 
 
-def _table_column(path: Path, column: str, what: str) -> list[str]:
-    table = _read_table(path)
+def _table_column(path: Path, column: str, what: str, table: Any = None) -> list[str]:
+    table = _read_table(path) if table is None else table
     if column not in table.column_names:
         raise InputError(
             f"table {path} has no column '{column}' (columns: {', '.join(table.column_names)}); "
@@ -213,10 +398,10 @@ def _table_column(path: Path, column: str, what: str) -> list[str]:
     return [v.strip() for v in values] if what == "path" else values
 
 
-def _table_texts(path: Path, column: str) -> list[Item]:
+def _table_texts(path: Path, column: str, table: Any = None) -> list[Item]:
     return [
         Item(shown(f"{path}:{row}"), text=value)
-        for row, value in enumerate(_table_column(path, column, "text"), start=1)
+        for row, value in enumerate(_table_column(path, column, "text", table), start=1)
     ]
 
 
@@ -227,7 +412,8 @@ def _refuse_duplicates(items: list[Item]) -> None:
         if first != number:
             raise InputError(
                 f"input {item.id} is listed twice (items {first} and {number}); every input is one row: "
-                "remove the duplicate (a file given both alone and inside a folder?)"
+                "remove the duplicate (a file given both alone and inside a folder, or two tar samples "
+                "with one key?)"
             )
 
 

@@ -185,7 +185,15 @@ class ImagePreprocessor:
         `fast_decode`: a JPEG is decoded at a reduced DCT scale (PIL `draft`) that keeps its short
         side at least FAST_DECODE_FACTOR x the model's input, then resized exactly: faster on
         camera photos, not bit-exact (see README "--fast-decode")."""
+        return self.pixels_sized(item, name, fast_decode)[0]
+
+    def pixels_sized(
+        self, item: ImageInput, name: str = "image", fast_decode: bool = False
+    ) -> tuple[np.ndarray, tuple[int, int]]:
+        """`pixels`, and the image's (width, height) as the decoder found it: its full size (before
+        a reduced --fast-decode), EXIF-rotated where `exif_transpose` rotates it."""
         image = open_image(item, name, self.limits, draft=self._draft_size() if fast_decode else None)
+        size = image.info.get(SOURCE_SIZE, image.size)
         if image.mode in _HIGH_BIT_DEPTH_MODES and image.mode not in _warned_modes:
             _warned_modes.add(image.mode)
             warnings.warn(
@@ -196,12 +204,15 @@ class ImagePreprocessor:
                 stacklevel=2,
             )
         if self.exif_transpose:
+            before = image.size
             image = ImageOps.exif_transpose(image)
+            if image.size != before:  # a quarter turn
+                size = (size[1], size[0])
         if self.config.convention is Convention.HF:
-            return self._hf(image)
+            return self._hf(image), size
         if self.config.convention is Convention.HF_TORCHVISION:
-            return self._hf_torchvision(image)
-        return self._open_clip(image)
+            return self._hf_torchvision(image), size
+        return self._open_clip(image), size
 
     def _open_clip(self, image: Image.Image) -> np.ndarray:
         # open_clip.transform.image_transform (eval), branch by branch.
@@ -292,6 +303,9 @@ class ImagePreprocessor:
         return side, side
 
 
+SOURCE_SIZE = "clipexport.source_size"  # PIL info key: an image's full size when decoded reduced
+
+
 def open_image(
     item: ImageInput, name: str = "image", limits: ImageLimits | None = None, draft: tuple[int, int] | None = None
 ) -> Image.Image:
@@ -325,8 +339,10 @@ def open_image(
         limits.check(handle.size, name)
         if draft is not None and handle.format == "JPEG":
             try:
+                full = handle.size
                 handle.draft(None, draft)
                 handle.load()
+                handle.info[SOURCE_SIZE] = full  # what the image is, not what was decoded of it
                 return handle
             except (OSError, SyntaxError, ValueError):  # the reduced decode failed: decode in full
                 handle = Image.open(io.BytesIO(item) if isinstance(item, (bytes, bytearray)) else Path(item))

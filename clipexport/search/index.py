@@ -1,6 +1,6 @@
 """`clipexport index DATASET -o INDEX`: a FAISS index over the sharded dataset `embed -o DIR` wrote.
 
-    INDEX/_index.json     the dataset (path and the sha256 of its _embeddings.json), the model artifact,
+    INDEX/_index.json     the dataset (path and its fingerprint, `dataset.fingerprint`), the model artifact,
                           precision, backend, kind, dim, rows; the index plan (factory string, why),
                           nprobe, and its recall@10 against exact search measured on its own rows
                           (and on text queries, with --queries); every file's sha256

@@ -13,7 +13,7 @@ import numpy as np
 from clipexport.errors import InputError
 from clipexport.files import check_recorded_sha256, sha256_file
 from clipexport.vectors import l2_normalize
-from clipexport.bulk.dataset import MANIFEST as DATASET_MANIFEST
+from clipexport.bulk.dataset import fingerprint
 from clipexport.search.index import IDS_FILE, INDEX_FILE, MANIFEST, read_index_manifest_file
 from clipexport.search.plan import faiss_module, search, set_nprobe
 
@@ -133,9 +133,11 @@ class Searcher:
         self._towers: set[str] = set()
 
     def _check_dataset(self) -> None:
-        dataset = Path(self.manifest.get("dataset", ""))
-        manifest = dataset / DATASET_MANIFEST
-        if manifest.is_file() and sha256_file(manifest) != self.manifest.get("dataset_manifest_sha256"):
+        if not self.manifest.get("dataset"):
+            return
+        dataset = Path(self.manifest["dataset"])
+        now = fingerprint(dataset)  # None: the dataset is gone (the index stands alone)
+        if now is not None and now != self.manifest.get("dataset_manifest_sha256"):
             raise InputError(
                 f"the dataset {dataset} changed since this index was built; rebuild it with "
                 f"`clipexport index {dataset} -o {self.folder} --overwrite`"

@@ -1,0 +1,258 @@
+"""The dataset `embed -o DS` writes opens as it is in every reader users have (issue 28): the
+folder holds only the shards, each shard says what made it, and datasets of the first layout are
+still read and moved on by a resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from clipexport.bulk.dataset import METADATA_KEY, read_embeddings, read_manifest
+from clipexport.cli import main
+from helpers import random_photo, to_first_layout
+
+PHOTOS = 7
+SHARD_SIZE = 3  # three shards, the last one short
+
+
+@pytest.fixture(scope="module")
+def dataset(tiny_vit: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str], np.ndarray]:
+    root = tmp_path_factory.mktemp("readers")
+    photos = root / "photos"
+    photos.mkdir()
+    for i in range(PHOTOS):
+        random_photo(photos / f"{i:02d}.jpg", i)
+    out = root / "ds"
+    result = CliRunner().invoke(
+        main, ["embed", str(tiny_vit), "--images", str(photos), "-o", str(out), "--shard-size", str(SHARD_SIZE), "-q"]
+    )
+    assert result.exit_code == 0, result.output
+    ids, rows = [], []
+    for _, shard_ids, shard_rows in read_embeddings(out).shards():
+        ids += shard_ids
+        rows.append(shard_rows)
+    return out, ids, np.concatenate(rows)
+
+
+def _same(ids: list[str], rows, expected: tuple[Path, list[str], np.ndarray], what: str) -> None:
+    _, want_ids, want_rows = expected
+    order = np.argsort(ids)  # readers that parallelise may not keep the shards' order
+    got = np.asarray([np.asarray(r, np.float32) for r in rows])[order]
+    assert sorted(ids) == sorted(want_ids), what
+    np.testing.assert_array_equal(got, want_rows[np.argsort(want_ids)], err_msg=what)
+
+
+def test_the_folder_holds_only_shards(dataset) -> None:
+    out, ids, _ = dataset
+    assert sorted(p.name for p in out.iterdir()) == [f"part-{i:05d}.parquet" for i in range(3)]
+    sizes = pq.read_table(out, columns=["width", "height"]).to_pylist()  # each image's size, as decoded
+    assert sizes == [dict(zip(("width", "height"), Image.open(i).size)) for i in ids]
+
+
+def test_polars_reads_the_folder_as_it_is(dataset) -> None:
+    import polars as pl
+
+    out = dataset[0]
+    for frame in (pl.read_parquet(f"{out}/"), pl.scan_parquet(out).collect()):
+        _same(frame["id"].to_list(), frame["embedding"].to_list(), dataset, "polars")
+
+
+def test_duckdb_reads_both_globs_and_ranks_by_cosine(dataset) -> None:
+    import duckdb
+
+    out, _, rows = dataset
+    connection = duckdb.connect()
+    for glob in ("*", "*.parquet"):
+        found = connection.execute(f"SELECT id, embedding FROM read_parquet('{out}/{glob}')").fetchall()
+        _same([r[0] for r in found], [r[1] for r in found], dataset, f"duckdb {glob}")
+    # DuckDB reads a Parquet list as FLOAT[]: its array functions take FLOAT[D] (the README says so).
+    dim = rows.shape[1]
+    query = ", ".join(f"{v:.8f}" for v in rows[0])
+    best = connection.execute(
+        f"SELECT id FROM read_parquet('{out}/*') ORDER BY "
+        f"array_cosine_similarity(embedding::FLOAT[{dim}], [{query}]::FLOAT[{dim}]) DESC LIMIT 1"
+    ).fetchone()
+    assert best[0] == dataset[1][0]
+
+
+def test_pandas_pyarrow_and_embedding_reader(dataset) -> None:
+    import pandas as pd
+    from embedding_reader import EmbeddingReader
+
+    out = dataset[0]
+    frame = pd.read_parquet(out)
+    _same(list(frame["id"]), list(frame["embedding"]), dataset, "pandas")
+    table = pq.read_table(out)
+    _same(table.column("id").to_pylist(), table.column("embedding").to_pylist(), dataset, "pyarrow")
+    reader = EmbeddingReader(str(out), file_format="parquet", embedding_column="embedding", meta_columns=["id"])
+    assert reader.count == PHOTOS and reader.dimension == dataset[2].shape[1]
+    ids, rows = [], []
+    for embeddings, meta in reader(batch_size=PHOTOS, start=0, end=reader.count, show_progress=False):
+        ids += list(meta["id"])
+        rows += list(embeddings)
+    _same(ids, rows, dataset, "embedding-reader")
+
+
+def test_hugging_face_datasets_reads_the_folder(dataset, tmp_path: Path) -> None:
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    from datasets import load_dataset
+
+    loaded = load_dataset("parquet", data_dir=str(dataset[0]), split="train", cache_dir=str(tmp_path / "cache"))
+    _same(loaded["id"], loaded["embedding"], dataset, "datasets")
+
+
+def test_lancedb_takes_the_folder(dataset, tmp_path: Path) -> None:
+    import lancedb
+    import pyarrow.dataset as ds
+
+    table = lancedb.connect(str(tmp_path / "lance")).create_table("photos", data=ds.dataset(dataset[0]).to_table())
+    frame = table.to_arrow()
+    _same(frame.column("id").to_pylist(), frame.column("embedding").to_pylist(), dataset, "lancedb")
+    hit = table.search(dataset[2][0]).metric("cosine").limit(1).to_list()[0]
+    assert hit["id"] == dataset[1][0]
+
+
+def test_ray_data_reads_the_folder(dataset) -> None:
+    # A child process: a local Ray cluster started and stopped for this read alone.
+    code = (
+        "import ray, sys; ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False); "
+        f"rows = ray.data.read_parquet({str(dataset[0])!r}).take_all(); "
+        "print(sorted(r['id'] for r in rows)); ray.shutdown()"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == str(sorted(dataset[1]))
+
+
+def test_each_shard_says_what_made_it(dataset, tiny_vit: Path) -> None:
+    out, ids, _ = dataset
+    first = pq.read_schema(out / "part-00002.parquet").metadata[METADATA_KEY]
+    made = json.loads(first)
+    assert made["artifact"] == str(tiny_vit.resolve()) and made["identity"]["precision"] == "fp32"
+    assert made["shard"] == {**made["shard"], "index": 2, "first": 6, "count": 1, "rows": 1, "skipped": []}
+    manifest = read_manifest(out)
+    assert manifest["complete"] and manifest["rows"] == PHOTOS and len(manifest["shards"]) == 3
+
+
+def test_the_first_layout_is_read_and_a_resume_moves_it_on(dataset, tiny_vit: Path, tmp_path: Path) -> None:
+    import polars as pl
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(dataset[0], old)
+    to_first_layout(old)
+    with pytest.raises(Exception, match="different file extensions"):  # what users met before
+        pl.read_parquet(f"{old}/")
+    ids = [i for _, shard_ids, _ in read_embeddings(old).shards() for i in shard_ids]
+    assert ids == dataset[1]
+    indexed = CliRunner().invoke(main, ["index", str(old), "-o", str(tmp_path / "idx"), "-q"])
+    assert indexed.exit_code == 0, indexed.output
+    photos = Path(dataset[1][0]).parent
+    rerun = CliRunner().invoke(
+        main, ["embed", str(tiny_vit), "--images", str(photos), "-o", str(old), "--shard-size", str(SHARD_SIZE)]
+    )
+    assert rerun.exit_code == 0 and "moved 3 shards" in rerun.output and "0 shards computed" in rerun.output, (
+        rerun.output
+    )
+    assert not (old / "_embeddings.json").exists()
+    frame = pl.read_parquet(f"{old}/")
+    _same(frame["id"].to_list(), frame["embedding"].to_list(), dataset, "polars after the move")
+
+
+# -- metadata kept beside the embeddings ---------------------------------------------------------
+def _sample_tar(path: Path, photos: list[Path], members: dict[str, bytes] | None = None) -> Path:
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w") as tar:
+        for i, photo in enumerate(photos):
+            tar.add(photo, arcname=f"s/{i:04d}.jpg")
+        for name, data in (members or {}).items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def _embed(tiny_vit: Path, *args: object) -> tuple[int, str]:
+    result = CliRunner().invoke(main, ["embed", str(tiny_vit), *map(str, args), "-q"])
+    return result.exit_code, result.output
+
+
+def test_webdataset_captions_and_json_fields_become_columns(dataset, tiny_vit: Path, tmp_path: Path) -> None:
+    photos = sorted(Path(dataset[1][0]).parent.glob("*.jpg"))[:3]
+    members = {
+        "s/0000.txt": "a red kite".encode(),
+        "s/0000.json": json.dumps({"url": "http://x/0", "width": 640, "tags": ["a", "b"]}).encode(),
+        "s/0001.json": json.dumps({"url": "http://x/1", "width": "unknown"}).encode(),
+    }
+    shard = _sample_tar(tmp_path / "00000.tar", photos, members)
+    code, output = _embed(tiny_vit, "--images", shard, "-o", tmp_path / "ds")
+    assert code == 0, output
+    rows = pq.read_table(tmp_path / "ds").drop_columns(["embedding"]).to_pylist()
+    assert [r["id"] for r in rows] == ["s/0000", "s/0001", "s/0002"]  # webdataset's __key__
+    assert [r["caption"] for r in rows] == ["a red kite", None, None]
+    assert [r["url"] for r in rows] == ["http://x/0", "http://x/1", None]
+    assert [r["width"] for r in rows] == ["640", "unknown", None]  # a number here, text there: text
+    assert rows[0]["tags"] == '["a", "b"]' and rows[0]["source"] == str(shard)
+    # The same samples with fewer columns kept; a name that is not there is one line.
+    code, output = _embed(tiny_vit, "--images", shard, "-o", tmp_path / "few", "--keep-columns", "caption")
+    assert code == 0 and pq.read_table(tmp_path / "few").column_names == ["id", "embedding", "caption"], output
+    code, output = _embed(tiny_vit, "--images", shard, "-o", tmp_path / "sized", "--keep-columns", "height,url")
+    assert pq.read_table(tmp_path / "sized").column_names == ["id", "embedding", "url", "height"], output
+    code, output = _embed(tiny_vit, "--images", shard, "-o", tmp_path / "x", "--keep-columns", "captoin")
+    assert code == 2 and "names 'captoin'" in output and "caption" in output and not (tmp_path / "x").exists()
+    # Resuming with other columns kept is another job: refused, nothing lost.
+    code, output = _embed(tiny_vit, "--images", shard, "-o", tmp_path / "few", "--keep-columns", "url")
+    assert code == 2 and "another job" in output and "inputs_sha256" in output, output
+    assert pq.read_table(tmp_path / "few").column_names == ["id", "embedding", "caption"]
+
+
+def test_a_tar_with_a_caption_but_no_image_and_bad_json(dataset, tiny_vit: Path, tmp_path: Path) -> None:
+    photos = sorted(Path(dataset[1][0]).parent.glob("*.jpg"))[:2]
+    orphan = _sample_tar(tmp_path / "orphan.tar", photos, {"s/0009.txt": b"a caption without its image"})
+    code, output = _embed(tiny_vit, "--images", orphan, "-o", tmp_path / "a")
+    assert code == 2 and "s/0009.txt but no image of sample 's/0009'" in output and "--skip-bad" in output
+    code, output = _embed(tiny_vit, "--images", orphan, "-o", tmp_path / "a", "--skip-bad")
+    assert code == 0 and "warning:" in output and "left out" in output, output
+    broken = _sample_tar(tmp_path / "broken.tar", photos, {"s/0000.json": b"{not json"})
+    code, output = _embed(tiny_vit, "--images", broken, "-o", tmp_path / "b")
+    assert code == 2 and "s/0000.json is not a JSON object" in output and "Traceback" not in output
+    code, output = _embed(tiny_vit, "--images", broken, "-o", tmp_path / "b", "--skip-bad")
+    assert code == 0 and pq.read_table(tmp_path / "b").num_rows == 2, output
+
+
+def test_table_columns_are_kept_with_their_types_and_ours_stay_ours(dataset, tiny_vit: Path, tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    photos = sorted(Path(dataset[1][0]).parent.glob("*.jpg"))[:3]
+    table = pa.table(
+        {
+            "id": [101, 102, 103],  # the catalogue's own id: kept as input_id
+            "url": [str(p) for p in photos],
+            "price": pa.array([1.5, None, 3.25], pa.float64()),
+            "seen": pa.array([1, 2, 3], pa.int16()),
+        }
+    )
+    pq.write_table(table, tmp_path / "catalogue.parquet")
+    code, output = _embed(
+        tiny_vit, "--image-table", tmp_path / "catalogue.parquet", "--path-column", "url", "-o", tmp_path / "ds"
+    )
+    assert code == 0 and "kept as 'input_id'" in output, output
+    kept = pq.read_table(tmp_path / "ds")
+    assert kept.column_names == ["id", "embedding", "input_id", "price", "seen", "width", "height"]
+    assert kept.schema.field("seen").type == pa.int16() and kept.column("price").to_pylist() == [1.5, None, 3.25]
+    assert kept.column("id").to_pylist() == [str(p) for p in photos]
+    import polars as pl
+
+    frame = pl.read_parquet(f"{tmp_path / 'ds'}/")
+    assert frame["input_id"].to_list() == [101, 102, 103]
