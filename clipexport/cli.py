@@ -825,6 +825,12 @@ class _LazyBar:
 )
 @click.option("--overwrite", is_flag=True, help="Start the dataset over (only a folder this command wrote).")
 @click.option(
+    "--append",
+    is_flag=True,
+    help="Add to the dataset the inputs it does not hold yet (a longer list, more folders), into new shards; "
+    "rows are never removed.",
+)
+@click.option(
     "--engine",
     type=click.Choice([e.value for e in Engine]),
     default="local",
@@ -880,6 +886,7 @@ def embed(
     shard_size: int,
     dtype: str,
     overwrite: bool,
+    append: bool,
     engine: str,
     ray_address: str | None,
     ray_actors: int,
@@ -905,6 +912,10 @@ def embed(
     )
     if output.suffix.lower() == ".npy":
         from clipexport.bulk.npy import EmbedRequest, embed_to_file
+        from clipexport.errors import InputError
+
+        if append:
+            raise InputError("--append grows a dataset folder; pass -o DIR (a .npy file is written whole)")
 
         request = EmbedRequest(
             artifact=artifact,
@@ -951,6 +962,7 @@ def embed(
         skip_bad=skip_bad,
         exif_transpose=exif_transpose,
         overwrite=overwrite,
+        append=append,
         engine=Engine(engine),
         ray=RayOptions(address=ray_address, actors=ray_actors, gpus_per_actor=ray_gpus_per_actor),
     )
@@ -1003,6 +1015,12 @@ def _print_result(result: Any, as_json: bool) -> None:
     "--overwrite", is_flag=True, help="Replace an index of another dataset (only a folder this command wrote)."
 )
 @click.option(
+    "--update",
+    is_flag=True,
+    help="Add the rows of the dataset's new shards (embed --append) to the index there, with its trained "
+    "lists and codebook; recall is measured again, and a rebuild is said to be due when it has drifted.",
+)
+@click.option(
     "--accept-low-recall",
     is_flag=True,
     help="Keep an approximate index whose measured recall@10 misses --target-recall even when every list is "
@@ -1018,6 +1036,7 @@ def index(
     target_recall: float,
     queries: Path | None,
     overwrite: bool,
+    update: bool,
     accept_low_recall: bool,
     quiet: bool,
     as_json: bool,
@@ -1035,6 +1054,7 @@ def index(
         target_recall=target_recall,
         queries=queries,
         overwrite=overwrite,
+        update=update,
         accept_low_recall=accept_low_recall,
     )
     with _LazyBar("indexing", quiet) as advance:

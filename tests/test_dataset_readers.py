@@ -256,3 +256,78 @@ def test_table_columns_are_kept_with_their_types_and_ours_stay_ours(dataset, tin
 
     frame = pl.read_parquet(f"{tmp_path / 'ds'}/")
     assert frame["input_id"].to_list() == [101, 102, 103]
+
+
+# -- a growing corpus: --append -------------------------------------------------------------------
+def test_append_embeds_only_the_new_inputs_and_readers_see_the_union(dataset, tiny_vit: Path, tmp_path: Path) -> None:
+    import shutil
+
+    import polars as pl
+
+    photos = tmp_path / "photos"
+    shutil.copytree(Path(dataset[1][0]).parent, photos)
+    out = tmp_path / "ds"
+    base = ["--images", photos, "-o", out, "--shard-size", "2"]
+    code, output = _embed(tiny_vit, *base)
+    assert code == 0 and len(list(out.glob("part-*"))) == 4, output  # 7 photos
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    for i in range(3):
+        random_photo(photos / f"new-{i}.jpg", 100 + i)
+    code, output = _embed(tiny_vit, *base)  # the longer list without --append: refused, with the fix
+    assert code == 2 and "pass --append" in output, output
+    result = CliRunner().invoke(main, ["embed", str(tiny_vit), *map(str, base), "--append", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output.splitlines()[-1])
+    assert (summary["computed"], summary["rows"], summary["inputs"]) == (3, 10, 10), summary
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name in before} == before  # untouched
+    manifest = read_manifest(out)
+    assert manifest["complete"] and [s["inputs"] for s in manifest["segments"]] == [7, 3]
+    frame = pl.read_parquet(f"{out}/")
+    want = sorted(str(p) for p in photos.glob("*.jpg"))
+    assert sorted(frame["id"].to_list()) == want
+    assert frame["id"].to_list()[:7] == [str(photos / f"{i:02d}.jpg") for i in range(7)]
+    with_new = [r for r in read_embeddings(out).shards()]
+    assert sum(len(ids) for _, ids, _ in with_new) == 10
+    # Again: nothing new. The same photos under another spelling of their path: refused, not doubled.
+    code, output = _embed(tiny_vit, *base, "--append")
+    assert code == 0 and "nothing new" in output, output
+    (tmp_path / "link").symlink_to(photos)
+    code, output = _embed(tiny_vit, "--images", tmp_path / "link", "-o", out, "--shard-size", "2", "--append")
+    assert code == 2 and "under another spelling of its path" in output, output
+    indexed = CliRunner().invoke(main, ["index", str(out), "-o", str(tmp_path / "idx"), "-q"])
+    assert indexed.exit_code == 0 and "10 rows" in indexed.output, indexed.output
+    # An append cut short (its last shard lost) is finished by the same command.
+    (out / "part-00005.parquet").unlink()
+    code, output = _embed(tiny_vit, *base, "--append")
+    assert code == 0 and "1 shards computed" in output, output
+    assert len(pl.read_parquet(f"{out}/")) == 10
+    # A list without some of the dataset's inputs: they stay, and that is said.
+    (photos / "new-0.jpg").unlink()
+    random_photo(photos / "new-9.jpg", 109)
+    code, output = _embed(tiny_vit, *base, "--append")
+    assert code == 0 and "1 inputs of" in output and "never removes rows" in output, output
+    assert len(pl.read_parquet(f"{out}/")) == 11
+
+
+def test_append_refusals_are_one_line_and_change_nothing(dataset, tiny_vit: Path, tmp_path: Path) -> None:
+    import shutil
+
+    photos = tmp_path / "photos"
+    shutil.copytree(Path(dataset[1][0]).parent, photos)
+    out = tmp_path / "ds"
+    code, output = _embed(tiny_vit, "--images", photos, "-o", out, "--append")
+    assert code == 2 and "holds no dataset yet" in output and not out.exists(), output
+    code, output = _embed(tiny_vit, "--images", photos, "-o", out)
+    assert code == 0, output
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    random_photo(photos / "new.jpg", 200)
+    for args, needle in (
+        (["--dtype", "float16"], "dtype"),  # another job
+        (["--keep-columns", ""], "columns"),  # other metadata columns
+        (["--overwrite"], "pass one of them"),
+    ):
+        code, output = _embed(tiny_vit, "--images", photos, "-o", out, "--append", *args)
+        assert code == 2 and needle in output and "Traceback" not in output, (args, output)
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    code, output = _embed(tiny_vit, "--images", photos, "-o", tmp_path / "x.npy", "--append")
+    assert code == 2 and "dataset folder" in output

@@ -353,3 +353,92 @@ def test_index_reads_the_dataset_in_two_passes_at_most(
     passes.clear()
     build_index(IndexOptions(dataset=scenes, output=tmp_path / "exact", kind=IndexKind.EXACT))
     assert len(passes) == 1, passes
+
+
+# ---- a growing corpus: index --update ------------------------------------------------------------
+
+
+def _segmented_dataset(folder: Path, parts: list[np.ndarray], shard_size: int) -> Path:
+    """A dataset grown by --append, from given vectors: one segment per array, ids row-N."""
+    import dataclasses
+
+    dim = parts[0].shape[1]
+    segments: list[Identity] = []
+    first_input = 0
+    folder.mkdir(parents=True, exist_ok=True)
+    for number, vectors in enumerate(parts):
+        identity = Identity(
+            "image", "0" * 64, "fp32", "onnxruntime", True, dim, "float32", f"{number:064d}", len(vectors), shard_size
+        )
+        first_shard = segments[-1].shard_end if segments else 0
+        identity = dataclasses.replace(identity, first_input=first_input, first_shard=first_shard)
+        state = DatasetState(folder, identity, str(folder), earlier=tuple(segments))
+        for index in range(identity.first_shard, identity.shard_end):
+            first, end = state.local_range(index)
+            ids = [f"row-{first_input + i}" for i in range(first, end)]
+            write_shard(state, index, ids, vectors[first:end], [])
+        segments.append(identity)
+        first_input += len(vectors)
+    return folder
+
+
+def test_update_adds_appended_rows_and_says_when_a_rebuild_is_due(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    base = rng.standard_normal((2000, 32)).astype(np.float32)
+    more = rng.standard_normal((300, 32)).astype(np.float32)
+    ds = _segmented_dataset(tmp_path / "ds", [base], 500)
+    options = IndexOptions(dataset=ds, output=tmp_path / "ivf", kind=IndexKind.APPROXIMATE, target_recall=0.9)
+    built = build_index(options)
+    assert built.plan.factory.startswith("IVF") and built.rows == 2000
+    trained = faiss_centroids(tmp_path / "ivf")
+    shutil.rmtree(ds)
+    _segmented_dataset(tmp_path / "ds2", [base, more], 500)  # the same rows, then 300 appended
+    shutil.move(tmp_path / "ds2", ds)
+    result = CliRunner().invoke(main, ["index", str(ds), "-o", str(tmp_path / "ivf"), "--update", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output.splitlines()[-1])
+    assert (summary["added"], summary["rows"]) == (300, 2300) and summary["target_met"], summary
+    np.testing.assert_array_equal(faiss_centroids(tmp_path / "ivf"), trained)  # added, not retrained
+    with Searcher(tmp_path / "ivf") as searcher:
+        hits = searcher.search(more[:5] / np.linalg.norm(more[:5], axis=1, keepdims=True), k=1)
+    assert [h[0].id for h in hits] == [f"row-{2000 + i}" for i in range(5)]
+    again = CliRunner().invoke(main, ["index", str(ds), "-o", str(tmp_path / "ivf"), "--update"])
+    assert again.exit_code == 0 and "up to date" in again.output, again.output
+    # Rows unlike those the lists were trained on: recall drifts, and the summary says a rebuild is due.
+    tight = np.tile(rng.standard_normal((1, 32)), (3000, 1)) + 0.01 * rng.standard_normal((3000, 32))
+    drifted = _segmented_dataset(tmp_path / "drift", [base, tight.astype(np.float32)], 500)
+    build_index(
+        IndexOptions(
+            dataset=_segmented_dataset(tmp_path / "d0", [base], 500),
+            output=tmp_path / "d-idx",
+            kind=IndexKind.APPROXIMATE,
+            max_memory=parse_memory("60K"),
+            target_recall=0.2,
+            accept_low_recall=True,
+        )
+    )
+    shutil.rmtree(tmp_path / "d0")
+    shutil.move(drifted, tmp_path / "d0")
+    result = CliRunner().invoke(main, ["index", str(tmp_path / "d0"), "-o", str(tmp_path / "d-idx"), "--update"])
+    assert result.exit_code == 0 and "a rebuild is due" in result.output, result.output
+
+
+def faiss_centroids(index_folder: Path) -> np.ndarray:
+    import faiss
+
+    index = faiss.read_index(str(index_folder / "index.faiss"))
+    quantizer = faiss.downcast_index(faiss.extract_index_ivf(index).quantizer)
+    return faiss.vector_to_array(quantizer.codes if hasattr(quantizer, "codes") else quantizer.xb).copy()
+
+
+def test_update_refusals_are_one_line(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    ds = _segmented_dataset(tmp_path / "ds", [rng.standard_normal((300, 16)).astype(np.float32)], 100)
+    other = _segmented_dataset(tmp_path / "other", [rng.standard_normal((300, 16)).astype(np.float32)], 100)
+    _fails(["index", str(ds), "-o", str(tmp_path / "none"), "--update"], "holds no index yet")
+    assert not (tmp_path / "none").exists()
+    build_index(IndexOptions(dataset=ds, output=tmp_path / "idx"))
+    before = {p.name: p.read_bytes() for p in (tmp_path / "idx").iterdir()}
+    _fails(["index", str(other), "-o", str(tmp_path / "idx"), "--update"], "is not an index of")
+    _fails(["index", str(ds), "-o", str(tmp_path / "idx"), "--update", "--overwrite"], "pass one of them")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "idx").iterdir()} == before

@@ -58,7 +58,8 @@ DECODES = ("exact", "fast")
 
 @dataclass(frozen=True)
 class Identity:
-    """What makes two runs the same job: a resumed run must match all of it."""
+    """What makes two runs the same job: a resumed run must match all of it. A dataset grown with
+    `--append` is segments of one job: each its own input list (`SEGMENT_FIELDS`), the rest equal."""
 
     kind: str
     artifact_manifest_sha256: str
@@ -67,10 +68,29 @@ class Identity:
     normalized: bool
     dim: int
     dtype: str
-    inputs_sha256: str
-    inputs: int
+    inputs_sha256: str  # the segment's input list (ids, and the metadata kept)
+    inputs: int  # the segment's inputs
     shard_size: int
     decode: str = "exact"  # "fast": JPEGs decoded at a reduced DCT scale (--fast-decode); never mixed
+    first_input: int = 0  # the segment's first row of the dataset's inputs (0 but for --append)
+    first_shard: int = 0  # the segment's first shard
+    columns: str = ""  # the metadata columns and their types (every segment's shards have one schema)
+
+    @property
+    def shard_end(self) -> int:
+        """One past the segment's last shard."""
+        return self.first_shard + -(-self.inputs // self.shard_size)
+
+    def same_job(self, other: "Identity") -> bool:
+        return all(getattr(self, k) == getattr(other, k) for k in JOB_FIELDS)
+
+    def follows(self, other: "Identity") -> bool:
+        """Whether this segment is the one `--append` adds after `other`."""
+        return self.first_input == other.first_input + other.inputs and self.first_shard == other.shard_end
+
+
+SEGMENT_FIELDS = ("inputs_sha256", "inputs", "first_input", "first_shard")
+JOB_FIELDS = tuple(k for k in Identity.__dataclass_fields__ if k not in SEGMENT_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -110,18 +130,40 @@ class Shard:
 @dataclass
 class DatasetState:
     folder: Path
-    identity: Identity
+    identity: Identity  # the segment being written (the last one)
     artifact: str
-    shards: dict[int, Shard] = field(default_factory=dict)
+    shards: dict[int, Shard] = field(default_factory=dict)  # every segment's, by global index
     created: str = field(default_factory=utc_timestamp)
+    earlier: tuple[Identity, ...] = ()  # the segments before `identity` (--append), in order
+    later: tuple[Identity, ...] = ()  # and after it (a resume of an earlier run's segment)
+
+    @property
+    def segments(self) -> tuple[Identity, ...]:
+        return (*self.earlier, self.identity, *self.later)
 
     @property
     def shard_count(self) -> int:
-        return -(-self.identity.inputs // self.identity.shard_size)
+        """Shards of the whole dataset (global indices run 0..shard_count-1)."""
+        return self.segments[-1].shard_end
+
+    @property
+    def inputs(self) -> int:
+        last = self.segments[-1]
+        return last.first_input + last.inputs
+
+    def segment_of(self, index: int) -> Identity:
+        return next(seg for seg in self.segments if seg.first_shard <= index < seg.shard_end)
 
     def shard_range(self, index: int) -> tuple[int, int]:
-        first = index * self.identity.shard_size
-        return first, min(first + self.identity.shard_size, self.identity.inputs)
+        """The dataset's inputs shard `index` holds."""
+        segment = self.segment_of(index)
+        first = segment.first_input + (index - segment.first_shard) * segment.shard_size
+        return first, min(first + segment.shard_size, segment.first_input + segment.inputs)
+
+    def local_range(self, index: int) -> tuple[int, int]:
+        """The same, counted in the segment's own input list (what the engines are given)."""
+        first, end = self.shard_range(index)
+        return first - self.identity.first_input, end - self.identity.first_input
 
     @property
     def complete(self) -> bool:
@@ -138,17 +180,26 @@ class DatasetState:
         }
 
     def to_dict(self) -> dict[str, Any]:
-        """The dataset's manifest (derived from the shards; the shape readers and indexes take)."""
+        """The dataset's manifest (derived from the shards; the shape readers and indexes take):
+        the job, `inputs` of every segment together, and the segments' own input lists."""
+        job = {k: v for k, v in asdict(self.identity).items() if k not in SEGMENT_FIELDS}
         return {
             "format": FORMAT,
             "version": VERSION,
             "created": self.created,
             "artifact": self.artifact,
-            **asdict(self.identity),
+            **job,
+            "inputs_sha256": _joined(self.segments) if len(self.segments) > 1 else self.identity.inputs_sha256,
+            "inputs": self.inputs,
+            "segments": [{k: getattr(seg, k) for k in SEGMENT_FIELDS} for seg in self.segments],
             "complete": self.complete,
             "rows": sum(s.rows for s in self.shards.values()),
             "shards": [self.shards[i].to_dict() for i in sorted(self.shards)],
         }
+
+
+def _joined(segments: tuple[Identity, ...]) -> str:
+    return hashlib.sha256(",".join(seg.inputs_sha256 for seg in segments).encode()).hexdigest()
 
 
 def shard_file(index: int) -> str:
@@ -157,13 +208,20 @@ def shard_file(index: int) -> str:
 
 SHARD_NAME = re.compile(r"part-(\d{5,})\.parquet")
 _SHARD_SCHEMA = {"index": int, "file": str, "first": int, "count": int, "rows": int, "sha256": str, "skipped": list}
+_ADDED_FIELDS = ("first_input", "first_shard", "columns")  # not in the first layout's manifest
 _IDENTITY_SCHEMA = {
-    name: (bool if name == "normalized" else int if name in ("dim", "inputs", "shard_size") else str)
+    name: (
+        bool
+        if name == "normalized"
+        else int
+        if name in ("dim", "inputs", "shard_size", "first_input", "first_shard")
+        else str
+    )
     for name in Identity.__dataclass_fields__
 }
 _JOB_SCHEMA = {"format": str, "version": int, "created": str, "artifact": str, "identity": _IDENTITY_SCHEMA}
 _LEGACY_SCHEMA = {
-    **{name: kind for name, kind in _IDENTITY_SCHEMA.items() if name != "decode"},
+    **{name: kind for name, kind in _IDENTITY_SCHEMA.items() if name not in ("decode", *_ADDED_FIELDS)},
     "artifact": str,
     "rows": int,
     "complete": bool,
@@ -176,8 +234,12 @@ def _ours(name: str) -> bool:
 
 
 def _check_identity(data: dict[str, Any]) -> None:
+    for name in _ADDED_FIELDS:  # the first layout had one segment and no metadata columns
+        data.setdefault(name, Identity.__dataclass_fields__[name].default)
     if data["dim"] < 1 or data["shard_size"] < 1 or data["inputs"] < 0 or data["dtype"] not in DTYPES:
         raise ValueError("dim, shard_size, inputs or dtype out of range")
+    if data["first_input"] < 0 or data["first_shard"] < 0:
+        raise ValueError("first_input or first_shard out of range")
     if data.setdefault("decode", "exact") not in DECODES:  # datasets made before --fast-decode: exact
         raise ValueError(f"'decode' must be one of {', '.join(DECODES)}")
 
@@ -202,6 +264,7 @@ def _check_legacy_manifest(data: dict[str, Any]) -> None:
 def _read_legacy_state(folder: Path, fix: str) -> DatasetState:
     """A version-1 dataset's `_embeddings.json`, schema-checked, as the writer's typed state."""
     data = read_format_json(Path(folder) / LEGACY_MANIFEST, FORMAT, _check_legacy_manifest, fix)
+    _check_identity(data)
     identity = Identity(**{k: data[k] for k in Identity.__dataclass_fields__})
     state = DatasetState(Path(folder), identity, data["artifact"], created=str(data.get("created") or utc_timestamp()))
     for entry in data["shards"]:
@@ -248,16 +311,18 @@ def _read_footer(path: Path) -> tuple[dict[str, Any], Shard]:
 @dataclass
 class _Scan:
     """What a version-2 folder's shard footers say: the dataset (None: no shard of ours), shards of
-    ours that do not hold together, and files that are not ours."""
+    ours that do not hold together, files that are not ours, and shards of another job."""
 
     state: DatasetState | None = None
     damaged: list[Path] = field(default_factory=list)
     foreign: list[tuple[Path, str]] = field(default_factory=list)
     others: list[tuple[Path, Identity]] = field(default_factory=list)  # shards of another job than `state`'s
+    broken: str = ""  # segments that do not follow one another (why)
 
 
 def _scan(folder: Path) -> _Scan:
     scan = _Scan()
+    found: list[tuple[Path, dict[str, Any], Identity, Shard]] = []
     for path in sorted(folder.iterdir()):
         if not SHARD_NAME.fullmatch(path.name):
             continue
@@ -269,20 +334,40 @@ def _scan(folder: Path) -> _Scan:
         except _Damaged:
             scan.damaged.append(path)
             continue
-        identity = Identity(**job["identity"])
-        if scan.state is None:
-            scan.state = DatasetState(folder, identity, job["artifact"], created=job["created"])
-        if identity != scan.state.identity:
+        found.append((path, job, Identity(**job["identity"]), shard))
+    if not found:
+        return scan
+    first_job = min(found, key=lambda f: f[2].first_shard)
+    segments: dict[int, Identity] = {}
+    for path, _, identity, _ in found:
+        if not identity.same_job(first_job[2]):
             scan.others.append((path, identity))
-        elif shard.index >= scan.state.shard_count:
+        elif segments.setdefault(identity.first_shard, identity) != identity:
+            scan.others.append((path, identity))  # two input lists for one segment: another job's shards
+    order = [segments[k] for k in sorted(segments)]
+    if order[0].first_input != 0 or order[0].first_shard != 0:
+        scan.broken = "its first segment is missing"
+    elif not all(b.follows(a) for a, b in zip(order, order[1:])):
+        scan.broken = "its segments (runs of --append) do not follow one another"
+    state = DatasetState(
+        folder, order[-1], first_job[1]["artifact"], created=first_job[1]["created"], earlier=tuple(order[:-1])
+    )
+    for path, _, identity, shard in found:
+        if (path, identity) in scan.others:
+            continue
+        if not identity.first_shard <= shard.index < identity.shard_end or (
+            shard.first,
+            shard.first + shard.count,
+        ) != state.shard_range(shard.index):
             scan.damaged.append(path)
         else:
-            scan.state.shards[shard.index] = shard
+            state.shards[shard.index] = shard
+    scan.state = state
     return scan
 
 
 def _differ(a: Identity, b: Identity) -> str:
-    return ", ".join(k for k in Identity.__dataclass_fields__ if getattr(a, k) != getattr(b, k))
+    return ", ".join(k for k in JOB_FIELDS + SEGMENT_FIELDS if getattr(a, k) != getattr(b, k))
 
 
 def _read_scan(folder: Path, fix: str) -> DatasetState | None:
@@ -297,6 +382,8 @@ def _read_scan(folder: Path, fix: str) -> DatasetState | None:
             f"{folder} mixes shards of different jobs ({path.name} differs in {_differ(identity, scan.state.identity)}); "
             "move the shards that are not this dataset out, or make it again with --overwrite"
         )
+    if scan.broken:
+        raise InputError(f"{folder} is not whole: {scan.broken}; {fix}")
     return scan.state
 
 
@@ -334,15 +421,27 @@ def open_for_writing(
             "with a new job; move them out, or choose a new or empty folder"
         )
     earlier = scan.state
-    if earlier is not None and not overwrite and (earlier.identity != identity or scan.others):
-        other = earlier.identity if earlier.identity != identity else scan.others[0][1]
-        raise InputError(
-            f"--output {folder} holds embeddings of another job ({_differ(other, identity)} differ); {fix}"
-        )
     if earlier is None or overwrite:
+        if earlier is not None and identity.first_shard:
+            raise InputError("--append adds to a dataset; --overwrite starts one over: pass one of them")
         _clear(folder)  # only shards of ours are left by now
         return DatasetState(folder, identity, artifact), []
-    state = DatasetState(folder, identity, artifact, created=earlier.created)
+    segments = earlier.segments
+    later: tuple[Identity, ...] = ()
+    if identity in segments:  # this segment, again: a resume (of the last run, or of an earlier one's)
+        position = segments.index(identity)
+        prior, later = segments[:position], segments[position + 1 :]
+    elif identity.first_shard and identity.same_job(earlier.identity) and identity.follows(earlier.identity):
+        prior = segments  # --append: a new segment after the last
+    else:
+        other = earlier.identity if not scan.others else scan.others[0][1]
+        grow = " (to add inputs to it, pass --append)" if other.same_job(identity) and not identity.first_shard else ""
+        raise InputError(
+            f"--output {folder} holds embeddings of another job ({_differ(other, identity)} differ){grow}; {fix}"
+        )
+    if scan.others or scan.broken:
+        raise InputError(f"--output {folder} is not one dataset ({scan.broken or 'shards of another job'}); {fix}")
+    state = DatasetState(folder, identity, artifact, created=earlier.created, earlier=tuple(prior), later=later)
     kept = []
     for shard in earlier.shards.values():
         if _contents_match(folder / shard.file, shard):
@@ -350,9 +449,57 @@ def open_for_writing(
             kept.append(shard.index)
         else:
             scan.damaged.append(folder / shard.file)
+    missing = [i for seg in prior for i in range(seg.first_shard, seg.shard_end) if i not in state.shards]
+    if missing and not later and identity not in segments:  # --append onto a dataset with a hole
+        raise InputError(
+            f"--output {folder}: shard {shard_file(missing[0])} of an earlier run is missing or damaged; rerun "
+            "the embed command that made it (without its newer inputs) to redo it, then append"
+        )
     for path in scan.damaged:  # readers of the folder must never see a shard that is being redone
         path.unlink()
     return state, sorted(kept)
+
+
+@dataclass(frozen=True)
+class AppendPlan:
+    """Where `--append` puts the inputs a dataset does not hold yet."""
+
+    present: frozenset[str]  # ids the dataset holds (rows and skipped inputs) before the new segment
+    first_input: int
+    first_shard: int
+    unfinished: Identity | None  # the last segment, when an --append into it did not finish
+
+
+def plan_append(folder: Path) -> AppendPlan:
+    """What `embed -o DS --append` adds to: the dataset's ids and where a new segment starts; an
+    unfinished last segment is resumed (its inputs are not counted as present)."""
+    folder = Path(folder)
+    if (folder / LEGACY_MANIFEST).is_file():
+        raise InputError(
+            f"--append: {folder} is in the first dataset layout; run the embed command that made it once "
+            "without --append (it moves the dataset on, re-embedding nothing), then append"
+        )
+    state = _read_scan(folder, "rerun the embed command that made it") if folder.is_dir() else None
+    if state is None:
+        raise InputError(f"--append: {folder} holds no dataset yet; run the same command without --append to make it")
+    last = state.segments[-1]
+    unfinished = any(i not in state.shards for i in range(last.first_shard, last.shard_end))
+    holes = [i for i in range(0, last.first_shard) if i not in state.shards]
+    if holes:
+        raise InputError(
+            f"--append: shard {shard_file(holes[0])} of {folder} is missing; rerun the embed command that made "
+            "it to redo it, then append"
+        )
+    import pyarrow.parquet as pq
+
+    entries = [state.shards[i] for i in sorted(state.shards) if not unfinished or i < last.first_shard]
+    present: set[str] = set()
+    for entry in entries:  # the id column alone: the writer checks every shard's contents next
+        present.update(pq.read_table(folder / entry.file, columns=["id"]).column("id").to_pylist())
+        present.update(skipped.id for skipped in entry.skipped)
+    if unfinished:
+        return AppendPlan(frozenset(present), last.first_input, last.first_shard, last)
+    return AppendPlan(frozenset(present), state.inputs, state.shard_count, None)
 
 
 def _open_legacy(
@@ -660,6 +807,7 @@ def job_lock(folder: Path, command: str = "clipexport embed", option: str = "--o
 
 
 __all__ = [
+    "AppendPlan",
     "DEFAULT_SHARD_SIZE",
     "DTYPES",
     "DatasetState",
@@ -675,6 +823,7 @@ __all__ = [
     "fingerprint",
     "job_lock",
     "open_for_writing",
+    "plan_append",
     "read_embeddings",
     "read_manifest",
     "shard_file",

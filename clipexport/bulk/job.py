@@ -4,6 +4,7 @@ same manifest, through the one writer in `dataset.py`."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -64,6 +65,7 @@ class BulkOptions:
     exif_transpose: bool = False
     fast_decode: bool = False  # JPEGs at a reduced DCT scale, then the exact resize (not bit-exact; README)
     overwrite: bool = False
+    append: bool = False  # embed only the inputs the dataset does not hold yet, into new shards
     engine: Engine = Engine.LOCAL
     ray: RayOptions = field(default_factory=RayOptions)
 
@@ -142,6 +144,14 @@ def embed_dataset(options: BulkOptions, advance: Advance | None = None, progress
     inputs = list_inputs(options.inputs, strict=not options.skip_bad, metadata=True)
     tower = Tower.TEXT if inputs.kind is Kind.TEXT else Tower.VISION
     manifest.tower(tower).graph(options.precision)  # the precision exists, or one line naming the fix
+    first_input = first_shard = 0
+    if options.append:
+        if options.overwrite:
+            raise InputError("--append adds to a dataset and --overwrite starts one over: pass one of them")
+        begin = time.monotonic()
+        inputs, first_input, first_shard = _appended(output, inputs)
+        if not len(inputs):
+            return _nothing_new(output, inputs, begin)
     identity = Identity(
         kind=inputs.kind.value,
         artifact_manifest_sha256=sha256_file(artifact / "manifest.json"),
@@ -154,6 +164,9 @@ def embed_dataset(options: BulkOptions, advance: Advance | None = None, progress
         inputs=len(inputs),
         shard_size=options.shard_size,
         decode="fast" if options.fast_decode else "exact",
+        first_input=first_input,
+        first_shard=first_shard,
+        columns=inputs.columns,
     )
     begin = time.monotonic()
     # A run that made the folder and finished no shard leaves nothing behind.
@@ -163,6 +176,68 @@ def embed_dataset(options: BulkOptions, advance: Advance | None = None, progress
         keep=lambda exc: any(output.glob("part-*.parquet")),
     ):
         return _embed(options, artifact, output, inputs, tower, identity, begin, advance, progress)
+
+
+def _appended(output: Path, inputs: InputList) -> tuple[InputList, int, int]:
+    """--append: the inputs `output` does not hold yet, and where their segment starts."""
+    from clipexport.bulk.dataset import plan_append
+
+    plan = plan_append(output)
+    listed = {item.id for item in inputs.items}
+    new = inputs.subset([i for i, item in enumerate(inputs.items) if item.id not in plan.present])
+    respelled = _respelled(new.items, plan.present)
+    if respelled is not None:
+        raise InputError(
+            f"--append: input {respelled[0]} is the dataset's {respelled[1]} under another spelling of its path "
+            "(ids are paths as given, so it would be embedded twice); pass the inputs as the dataset's were given"
+        )
+    gone = len(plan.present - listed)
+    notes = (
+        (f"{gone} inputs of {output} are not in this input list; they stay (--append never removes rows)",)
+        if gone
+        else ()
+    )
+    new = dataclasses.replace(new, notes=new.notes + notes)
+    if plan.unfinished is not None and new.sha256 != plan.unfinished.inputs_sha256:
+        raise InputError(
+            f"--append: the last --append into {output} did not finish, and these are not the inputs it was "
+            "adding; rerun that command as it was to finish it, then append these"
+        )
+    return new, plan.first_input, plan.first_shard
+
+
+def _respelled(items: tuple, present: frozenset[str]) -> tuple[str, str] | None:
+    """A new input that is one of the dataset's files under another spelling of its path (relative
+    vs absolute, through a link): (its id, the dataset's id), else None."""
+    import os
+
+    def tail(path: str) -> str:  # candidates by file name; samefile decides
+        return os.path.basename(path)
+
+    by_tail: dict[str, list[str]] = {}
+    for known in present:
+        by_tail.setdefault(tail(known), []).append(known)
+    for item in items:
+        if item.member or item.text is not None or "://" in item.where:
+            continue
+        for known in by_tail.get(tail(item.id), ()):
+            try:
+                if os.path.samefile(item.where, known):
+                    return item.id, known
+            except OSError:  # the dataset's path does not resolve from here
+                continue
+    return None
+
+
+def _nothing_new(output: Path, inputs: InputList, begin: float) -> BulkResult:
+    from clipexport.bulk.dataset import read_manifest as read_dataset
+
+    data = read_dataset(output)
+    skipped = [Skipped(s["id"], s["reason"]) for entry in data["shards"] for s in entry["skipped"]]
+    notes = (*inputs.notes, f"nothing new: every input is in {output} already")
+    return BulkResult(
+        output, data["inputs"], data["rows"], skipped, 0, len(data["shards"]), 0, time.monotonic() - begin, notes
+    )
 
 
 def _embed(
@@ -178,10 +253,10 @@ def _embed(
 ) -> BulkResult:
     with job_lock(output):
         state, kept = open_for_writing(output, identity, str(artifact.resolve()), options.overwrite, progress)
-        todo = [index for index in range(state.shard_count) if index not in state.shards]
+        todo = [index for index in range(identity.first_shard, identity.shard_end) if index not in state.shards]
         if kept:
             progress(f"resuming: {len(kept)} of {state.shard_count} shards already done")
-        ranges = [state.shard_range(index) for index in todo]
+        ranges = [state.local_range(index) for index in todo]  # in this run's own input list
         stats = None
         if ranges:
             writer = _ShardWriter(state, inputs, todo)
@@ -223,7 +298,7 @@ def _embed(
         )
     return BulkResult(
         output,
-        len(inputs),
+        state.inputs,
         rows,
         skipped,
         len(todo),
@@ -260,14 +335,14 @@ class _ShardWriter:
         skipped: list[tuple[int, str]],
         sizes: Sequence[tuple[int, int]] = (),
     ) -> None:
-        index = start // self.state.identity.shard_size
+        index = self.state.identity.first_shard + start // self.state.identity.shard_size
         shard = self.pending[index]
         shard["kept"] += kept
         shard["sizes"] += sizes
         shard["rows"].append(np.asarray(rows, np.float32))
         shard["skipped"] += [Skipped(self.inputs.items[i].id, reason) for i, reason in skipped]
         shard["seen"] += len(kept) + len(skipped)
-        first, end = self.state.shard_range(index)
+        first, end = self.state.local_range(index)
         if shard["seen"] == end - first:
             embeddings = np.concatenate(shard["rows"]) if shard["rows"] else np.zeros((0, self.state.identity.dim))
             ids = [self.inputs.items[i].id for i in shard["kept"]]

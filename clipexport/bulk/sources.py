@@ -65,6 +65,20 @@ class InputList:
     def __len__(self) -> int:
         return len(self.items)
 
+    def subset(self, indices: Sequence[int]) -> "InputList":
+        """These items alone (in this order), with their metadata: a list of its own (`--append`)."""
+        items = tuple(self.items[i] for i in indices)
+        metadata = self.metadata.take(list(indices)) if self.metadata is not None else None
+        return InputList(
+            self.kind, items, _digest(self.kind, items, metadata, self.decoded), self.notes, metadata, self.decoded
+        )
+
+    @property
+    def columns(self) -> str:
+        """The metadata columns a shard of these inputs gets, with their types."""
+        named = [f"{f.name}:{f.type}" for f in self.metadata.schema] if self.metadata is not None else []
+        return ",".join([*named, *(f"{name}:int32" for name in self.decoded)])
+
 
 @dataclass(frozen=True)
 class InputSpec:
@@ -137,18 +151,24 @@ def list_inputs(spec: InputSpec, strict: bool = True, metadata: bool = False) ->
         decoded = tuple(name for name in decoded if name in spec.keep_columns)
     if kept is not None:
         decoded = tuple(name for name in decoded if name not in kept.column_names)
+    return InputList(kind, tuple(items), _digest(kind, items, kept, decoded), tuple(notes), kept, decoded)
+
+
+def _digest(kind: Kind, items: Sequence[Item], metadata: Any, decoded: tuple[str, ...]) -> str:
+    """The input list's sha256: its kind, ids, and the metadata kept (other columns or values are
+    another job)."""
     digest = hashlib.sha256(kind.value.encode())
     for item in items:
         digest.update(b"\0" + item.id.encode("utf-8", "surrogateescape"))
-    if kept is not None:  # the metadata is part of the job: other columns or values are another job
+    if metadata is not None:
         import pyarrow as pa
 
         sink = pa.BufferOutputStream()
-        with pa.ipc.new_stream(sink, kept.schema) as writer:
-            writer.write_table(kept)
+        with pa.ipc.new_stream(sink, metadata.schema) as writer:
+            writer.write_table(metadata.combine_chunks())
         digest.update(b"\0metadata\0" + sink.getvalue().to_pybytes())
     digest.update(("\0decoded\0" + ",".join(decoded)).encode() if decoded else b"")
-    return InputList(kind, tuple(items), digest.hexdigest(), tuple(notes), kept, decoded)
+    return digest.hexdigest()
 
 
 def _metadata_table(

@@ -88,6 +88,7 @@ class IndexOptions:
     queries: Path | None = None  # another dataset (texts, same artifact) to measure recall with
     overwrite: bool = False
     accept_low_recall: bool = False  # publish an index whose recall misses target_recall without failing
+    update: bool = False  # add the rows of the dataset's new shards (--append) to the index there
 
 
 def meets_target(recall: dict[str, float], target: float) -> bool:
@@ -106,6 +107,7 @@ class IndexResult:
     resumed: bool
     already: bool = False
     target_recall: float = DEFAULT_TARGET_RECALL
+    added: int | None = None  # --update: the rows added (None: a build)
 
     @property
     def target_met(self) -> bool:
@@ -115,11 +117,19 @@ class IndexResult:
         """What the command prints on stdout."""
         recall = ", ".join(f"{name} {value:.3f}" for name, value in self.recall.items())
         state = "already built" if self.already else ("resumed and built" if self.resumed else "built")
+        if self.added is not None:
+            state = f"added {self.added} rows to" if self.added else "up to date:"
         probe = f", nprobe {self.nprobe}" if self.nprobe else ""
-        return [
+        lines = [
             f"{state} {self.output}: {self.rows} rows, {self.plan.factory}{probe}; recall@10 vs exact: {recall} "
             f"({self.seconds:.1f} s)"
         ]
+        if self.added and not self.target_met:
+            lines.append(
+                f"recall@10 has drifted below --target-recall {self.target_recall} since the index was trained: "
+                f"a rebuild is due (clipexport index DATASET -o {self.output} --overwrite)"
+            )
+        return lines
 
     def to_json(self) -> dict[str, Any]:
         """What `index --json` prints: one object."""
@@ -133,6 +143,7 @@ class IndexResult:
             "target_met": self.target_met,
             "resumed": self.resumed,
             "already_built": self.already,
+            "added": self.added,
             "seconds": round(self.seconds, 3),
         }
 
@@ -177,8 +188,10 @@ def build_index(options: IndexOptions, advance: Advance | None = None, progress:
         ),
         job_lock(output, "clipexport index", "-o"),
     ):
-        done = _existing(output, identity, options.overwrite)
-        if done is not None:
+        done = None if options.update else _existing(output, identity, options.overwrite)
+        if options.update:
+            result = _update(dataset, queries, output, options, begin, advance, progress)
+        elif done is not None:
             result = IndexResult(
                 output,
                 dataset.rows,
@@ -192,7 +205,7 @@ def build_index(options: IndexOptions, advance: Advance | None = None, progress:
             )
         else:
             result = _build(dataset, queries, plan, output, identity, options, begin, advance, progress)
-    if not result.target_met and not options.accept_low_recall:
+    if not result.target_met and not options.accept_low_recall and result.added is None:
         measured = ", ".join(f"{name} {value:.3f}" for name, value in result.recall.items())
         raise ParityError(
             f"the index {output} ({plan.factory}) reaches recall@10 {measured} against exact search even "
@@ -377,6 +390,7 @@ def _build(
         "recall_definition": f"|found@{RECALL_K} ∩ exact@{RECALL_K}| / {RECALL_K}; own row excluded for the index's rows",
         "files": {INDEX_FILE: hashlib.sha256(index_bytes).hexdigest(), IDS_FILE: sha256_file(output / IDS_FILE)},
         "build_seconds": round(time.monotonic() - begin, 3),
+        "shards": _shard_list(dataset),
     }
     write_json_atomic(output / MANIFEST, manifest)
     shutil.rmtree(building, ignore_errors=True)
@@ -389,6 +403,112 @@ def _build(
         time.monotonic() - begin,
         resumed,
         target_recall=options.target_recall,
+    )
+
+
+def _shard_list(dataset: EmbeddingsDataset) -> list[list[Any]]:
+    """The dataset's shards the index holds, in row order: [file, content sha256, rows] (what
+    --update checks the dataset still starts with)."""
+    return [[entry["file"], entry["sha256"], int(entry["rows"])] for entry in dataset.manifest["shards"]]
+
+
+def _update(
+    dataset: EmbeddingsDataset,
+    queries: EmbeddingsDataset | None,
+    output: Path,
+    options: IndexOptions,
+    begin: float,
+    advance: Advance | None,
+    progress: Progress,
+) -> IndexResult:
+    """--update: the rows of the dataset's shards after those the index holds (an --append) are
+    added to it as it is — exact and IVF add them, IVF-PQ encodes them with its trained codebook —
+    then recall@10 is measured again on the own-row sample (nprobe re-tuned); below the target, the
+    summary says a rebuild is due."""
+    import hashlib
+
+    from clipexport.files import check_recorded_sha256
+
+    if options.overwrite:
+        raise InputError("--update adds to an index and --overwrite rebuilds it: pass one of them")
+    refuse_foreign(output, _ours, "-o", "not an index")
+    if not (output / MANIFEST).is_file():
+        raise InputError(f"--update: {output} holds no index yet; build it without --update")
+    fix = "rebuild it with --overwrite"
+    data = read_index_manifest_file(output / MANIFEST, fix)
+    recorded = data.get("shards")
+    if not isinstance(recorded, list):
+        raise InputError(f"--update: {output} was built before indexes recorded their shards; {fix}")
+    now = _shard_list(dataset)
+    if now[: len(recorded)] != recorded:
+        raise InputError(
+            f"--update: {output} is not an index of {dataset.folder} as it is now (its rows are not the "
+            f"dataset's first {len(recorded)} shards: another dataset, or one made again); {fix}"
+        )
+    if data["dim"] != dataset.dim:
+        raise InputError(f"--update: {output} holds {data['dim']}-d rows, the dataset {dataset.dim}-d; {fix}")
+    for name in (INDEX_FILE, IDS_FILE):
+        check_recorded_sha256(output / name, data["files"].get(name), fix, recorded_in=str(output / MANIFEST))
+    plan = IndexPlan.from_dict(data["index"])
+    target = float(data["index"]["target_recall"])  # the target it was built for, not this run's default
+    index = _deserialize((output / INDEX_FILE).read_bytes())
+    if index.ntotal != data["rows"]:
+        raise InputError(
+            f"--update: {output / INDEX_FILE} holds {index.ntotal} rows, its manifest {data['rows']}; {fix}"
+        )
+    import pyarrow.parquet as pq
+
+    ids = pq.read_table(output / IDS_FILE).column("id").to_pylist()
+    start = len(recorded)
+    added = 0
+    if start < len(now):
+        progress(f"adding the rows of {len(now) - start} new shards to {plan.factory}")
+        for _, shard_ids, vectors in dataset.shards(start=start, unit=True):
+            index.add(vectors)
+            ids += shard_ids
+            added += len(vectors)
+            if advance:
+                advance(len(vectors), dataset.rows - data["rows"])
+    nprobe, recall, curve = int(data["index"]["nprobe"]), data["recall_at_10"], data.get("recall_curve", [])
+    if added and not plan.exact:
+        names = _sample_names(dataset, queries)
+        progress(f"measuring recall@{RECALL_K} against exact search on {min(RECALL_SAMPLE, dataset.rows)} rows")
+        sets, _ = _recall_queries(dataset, queries, names, None)
+        tops = {n: TopK(q, min(RECALL_K, dataset.rows - (own is not None)), own) for n, (q, own) in sets.items()}
+        for first, _, vectors in dataset.shards(unit=True):
+            for top in tops.values():
+                top.add(vectors, first)
+        samples = {n: (q, tops[n].result(), None if own is None else own.tolist()) for n, (q, own) in sets.items()}
+        tuned = tune_nprobe(index, plan, samples, target)
+        nprobe, recall, curve = tuned.nprobe, tuned.recall, tuned.curve
+    if added:
+        index_bytes = _serialize(index)
+        write_bytes_atomic(output / INDEX_FILE, index_bytes)
+        _write_ids(output / IDS_FILE, ids)
+        identity = {**data["identity"], "dataset_manifest_sha256": dataset.manifest_sha256}
+        data.update(
+            identity=identity,
+            dataset_manifest_sha256=dataset.manifest_sha256,
+            rows=dataset.rows,
+            updated=utc_timestamp(),
+            recall_at_10=recall,
+            target_met=meets_target(recall, target),
+            recall_curve=curve,
+            shards=now,
+            files={INDEX_FILE: hashlib.sha256(index_bytes).hexdigest(), IDS_FILE: sha256_file(output / IDS_FILE)},
+        )
+        data["index"].update(nprobe=nprobe, bytes=len(index_bytes))
+        write_json_atomic(output / MANIFEST, data)  # last: until it is written, the old index stands
+    return IndexResult(
+        output,
+        dataset.rows,
+        plan,
+        nprobe,
+        recall,
+        time.monotonic() - begin,
+        False,
+        target_recall=target,
+        added=added,
     )
 
 

@@ -61,6 +61,23 @@ class IndexPlan:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "IndexPlan":
+        """The plan an index's manifest recorded (its extra keys, nprobe and the like, ignored)."""
+        return cls(
+            *(
+                data.get(name, default)
+                for name, default in (
+                    ("factory", ""),
+                    ("exact", False),
+                    ("nlist", 0),
+                    ("pq_m", 0),
+                    ("estimated_bytes", 0),
+                    ("reason", ""),
+                )
+            )
+        )
+
 
 def parse_memory(text: str | int | None) -> int | None:
     """'16G', '512M', '2.5GB', '1e9' or an int, in bytes; None stays None."""
