@@ -69,12 +69,28 @@ def require(module: str, purpose: str) -> ModuleType:
 
 def _missing(top: str, purpose: str, exc: BaseException) -> MissingDependencyError:
     dist, extra = _HINTS.get(top, (top, "export"))
-    error = MissingDependencyError(
-        f"{purpose} needs the Python package '{dist}', which is not importable ({exc}); "
-        f"install it with: pip install 'clipexport[{extra}]'"
-    )
+    if _installed(top):  # there, but broken: installing the extra again would change nothing
+        error = MissingDependencyError(
+            f"{purpose} needs the Python package '{dist}', which is installed but does not import here ({exc}); "
+            "install a version of it that goes with the rest of this environment (`pip check` names conflicts)"
+        )
+    else:
+        error = MissingDependencyError(
+            f"{purpose} needs the Python package '{dist}', which is not importable ({exc}); "
+            f"install it with: pip install 'clipexport[{extra}]'"
+        )
     error.extra = extra
     return error
+
+
+def _installed(top: str) -> bool:
+    """Whether module `top` is on the path at all (found, whether or not it imports)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(top) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def missing_dependency(exc: ImportError, purpose: str) -> MissingDependencyError | None:

@@ -487,3 +487,27 @@ def test_verify_recipes_and_models_print_json_for_scripts(tiny_vit: Path, tmp_pa
     assert json.loads(one.stdout) == listed[0]
     names = [json.loads(line)["model"] for line in runner.invoke(main, ["models", "--json"]).stdout.splitlines()]
     assert "ViT-B-32" in names
+
+
+def test_a_library_installed_but_broken_is_not_sent_to_install_the_extra(tmp_path, monkeypatch) -> None:
+    """[serve] with [bulk] once gave pyarrow 26 beside numpy 1.26: pyarrow is installed but does not
+    import, and "install clipexport[bulk]" was the wrong advice."""
+    import sys
+
+    from clipexport import _deps
+    from clipexport.errors import MissingDependencyError
+
+    package = tmp_path / "brokenlib"
+    package.mkdir()
+    (package / "__init__.py").write_text("raise ImportError('brokenlib requires NumPy 2.0 or newer, found 1.26.4')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(_deps._HINTS, "brokenlib", ("brokenlib", "bulk"))
+    with pytest.raises(MissingDependencyError) as caught:
+        _deps.require("brokenlib", "writing the dataset")
+    message = str(caught.value)
+    assert "installed but does not import here" in message and "NumPy 2.0" in message
+    assert "clipexport[bulk]" not in message
+    sys.modules.pop("brokenlib", None)
+    monkeypatch.setitem(_deps._HINTS, "absentlib", ("absentlib", "bulk"))  # not there at all: the extra brings it
+    with pytest.raises(MissingDependencyError, match=r"not importable .* pip install 'clipexport\[bulk\]'"):
+        _deps.require("absentlib", "writing the dataset")
