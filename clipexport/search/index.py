@@ -482,23 +482,26 @@ def _update(
         tuned = tune_nprobe(index, plan, samples, target)
         nprobe, recall, curve = tuned.nprobe, tuned.recall, tuned.curve
     if added:
+        from clipexport.signals import deferred_interrupts
+
         index_bytes = _serialize(index)
-        write_bytes_atomic(output / INDEX_FILE, index_bytes)
-        _write_ids(output / IDS_FILE, ids)
-        identity = {**data["identity"], "dataset_manifest_sha256": dataset.manifest_sha256}
-        data.update(
-            identity=identity,
-            dataset_manifest_sha256=dataset.manifest_sha256,
-            rows=dataset.rows,
-            updated=utc_timestamp(),
-            recall_at_10=recall,
-            target_met=meets_target(recall, target),
-            recall_curve=curve,
-            shards=now,
-            files={INDEX_FILE: hashlib.sha256(index_bytes).hexdigest(), IDS_FILE: sha256_file(output / IDS_FILE)},
-        )
-        data["index"].update(nprobe=nprobe, bytes=len(index_bytes))
-        write_json_atomic(output / MANIFEST, data)  # last: until it is written, the old index stands
+        with deferred_interrupts():  # the index, its ids and the manifest naming them: all three, or none
+            write_bytes_atomic(output / INDEX_FILE, index_bytes)
+            _write_ids(output / IDS_FILE, ids)
+            identity = {**data["identity"], "dataset_manifest_sha256": dataset.manifest_sha256}
+            data.update(
+                identity=identity,
+                dataset_manifest_sha256=dataset.manifest_sha256,
+                rows=dataset.rows,
+                updated=utc_timestamp(),
+                recall_at_10=recall,
+                target_met=meets_target(recall, target),
+                recall_curve=curve,
+                shards=now,
+                files={INDEX_FILE: hashlib.sha256(index_bytes).hexdigest(), IDS_FILE: sha256_file(output / IDS_FILE)},
+            )
+            data["index"].update(nprobe=nprobe, bytes=len(index_bytes))
+            write_json_atomic(output / MANIFEST, data)
     return IndexResult(
         output,
         dataset.rows,
