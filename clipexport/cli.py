@@ -914,8 +914,9 @@ def embed(
         from clipexport.bulk.npy import EmbedRequest, embed_to_file
         from clipexport.errors import InputError
 
-        if append:
-            raise InputError("--append grows a dataset folder; pass -o DIR (a .npy file is written whole)")
+        if append or keep_columns is not None:
+            option = "--append grows" if append else "--keep-columns chooses the columns of"
+            raise InputError(f"{option} a dataset folder; pass -o DIR (a .npy file holds the embeddings alone)")
 
         request = EmbedRequest(
             artifact=artifact,

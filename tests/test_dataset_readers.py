@@ -329,5 +329,6 @@ def test_append_refusals_are_one_line_and_change_nothing(dataset, tiny_vit: Path
         code, output = _embed(tiny_vit, "--images", photos, "-o", out, "--append", *args)
         assert code == 2 and needle in output and "Traceback" not in output, (args, output)
         assert {p.name: p.read_bytes() for p in out.iterdir()} == before
-    code, output = _embed(tiny_vit, "--images", photos, "-o", tmp_path / "x.npy", "--append")
-    assert code == 2 and "dataset folder" in output
+    for option in (["--append"], ["--keep-columns", "width"]):
+        code, output = _embed(tiny_vit, "--images", photos, "-o", tmp_path / "x.npy", *option)
+        assert code == 2 and "dataset folder" in output and not (tmp_path / "x.npy").exists(), output

@@ -394,6 +394,8 @@ def test_update_adds_appended_rows_and_says_when_a_rebuild_is_due(tmp_path: Path
     shutil.rmtree(ds)
     _segmented_dataset(tmp_path / "ds2", [base, more], 500)  # the same rows, then 300 appended
     shutil.move(tmp_path / "ds2", ds)
+    with pytest.raises(InputError, match="grew since this index was built .* --update"):
+        Searcher(tmp_path / "ivf")
     result = CliRunner().invoke(main, ["index", str(ds), "-o", str(tmp_path / "ivf"), "--update", "--json"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output.splitlines()[-1])

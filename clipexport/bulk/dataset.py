@@ -747,6 +747,12 @@ def read_manifest(
     return state.to_dict() if state is not None else None
 
 
+def shard_list(manifest: dict[str, Any]) -> list[list[Any]]:
+    """A dataset's shards in row order as an index records them: [file, content sha256, rows] (an
+    index holds the dataset's first shards while this list starts with its record)."""
+    return [[entry["file"], entry["sha256"], int(entry["rows"])] for entry in manifest["shards"]]
+
+
 def fingerprint(folder: Path, manifest: dict[str, Any] | None = None) -> str | None:
     """What an index records of the dataset it was built from, to notice a changed one: the sha256
     of the manifest (version 1: of its file, as indexes built then recorded it)."""
@@ -827,5 +833,6 @@ __all__ = [
     "read_embeddings",
     "read_manifest",
     "shard_file",
+    "shard_list",
     "write_shard",
 ]

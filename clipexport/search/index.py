@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from clipexport.bulk.dataset import EmbeddingsDataset, job_lock, read_embeddings
+from clipexport.bulk.dataset import EmbeddingsDataset, job_lock, read_embeddings, shard_list
 from clipexport.errors import InputError
 from clipexport.errors import ParityError
 from clipexport.files import (
@@ -390,7 +390,7 @@ def _build(
         "recall_definition": f"|found@{RECALL_K} ∩ exact@{RECALL_K}| / {RECALL_K}; own row excluded for the index's rows",
         "files": {INDEX_FILE: hashlib.sha256(index_bytes).hexdigest(), IDS_FILE: sha256_file(output / IDS_FILE)},
         "build_seconds": round(time.monotonic() - begin, 3),
-        "shards": _shard_list(dataset),
+        "shards": shard_list(dataset.manifest),
     }
     write_json_atomic(output / MANIFEST, manifest)
     shutil.rmtree(building, ignore_errors=True)
@@ -404,12 +404,6 @@ def _build(
         resumed,
         target_recall=options.target_recall,
     )
-
-
-def _shard_list(dataset: EmbeddingsDataset) -> list[list[Any]]:
-    """The dataset's shards the index holds, in row order: [file, content sha256, rows] (what
-    --update checks the dataset still starts with)."""
-    return [[entry["file"], entry["sha256"], int(entry["rows"])] for entry in dataset.manifest["shards"]]
 
 
 def _update(
@@ -439,7 +433,7 @@ def _update(
     recorded = data.get("shards")
     if not isinstance(recorded, list):
         raise InputError(f"--update: {output} was built before indexes recorded their shards; {fix}")
-    now = _shard_list(dataset)
+    now = shard_list(dataset.manifest)
     if now[: len(recorded)] != recorded:
         raise InputError(
             f"--update: {output} is not an index of {dataset.folder} as it is now (its rows are not the "

@@ -29,6 +29,17 @@ class Hit:
     row: int
 
 
+def _grew(dataset: Path, recorded: Any) -> bool:
+    """Whether the dataset still starts with the shards the index recorded, and has more."""
+    from clipexport.bulk.dataset import read_manifest as read_dataset, shard_list
+
+    try:
+        now = shard_list(read_dataset(dataset))
+    except (InputError, TypeError):
+        return False
+    return isinstance(recorded, list) and len(now) > len(recorded) and now[: len(recorded)] == recorded
+
+
 def check_k(k: Any, rows: int) -> int:
     """-k: a positive integer no larger than the index."""
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
@@ -138,6 +149,11 @@ class Searcher:
         dataset = Path(self.manifest["dataset"])
         now = fingerprint(dataset)  # None: the dataset is gone (the index stands alone)
         if now is not None and now != self.manifest.get("dataset_manifest_sha256"):
+            if _grew(dataset, self.manifest.get("shards")):
+                raise InputError(
+                    f"the dataset {dataset} grew since this index was built (embed --append); add its new "
+                    f"rows with `clipexport index {dataset} -o {self.folder} --update`"
+                )
             raise InputError(
                 f"the dataset {dataset} changed since this index was built; rebuild it with "
                 f"`clipexport index {dataset} -o {self.folder} --overwrite`"
