@@ -788,6 +788,15 @@ class _LazyBar:
 )
 @click.option("--text-column", default="text", show_default=True, help="The --text-table column that holds the texts.")
 @click.option(
+    "--pairs",
+    is_flag=True,
+    help="Embed each image and its caption in one pass (a tar sample's .txt, or --image-table's --caption-column): "
+    "rows get image_embedding and text_embedding.",
+)
+@click.option(
+    "--caption-column", default="caption", show_default=True, help="With --pairs: the --image-table caption column."
+)
+@click.option(
     "--keep-columns",
     default=None,
     help="Comma-separated columns kept beside the embeddings in a dataset (default: all of them — every "
@@ -872,6 +881,8 @@ def embed(
     texts: Path | None,
     text_table: Path | None,
     text_column: str,
+    pairs: bool,
+    caption_column: str,
     keep_columns: str | None,
     output: Path,
     precision: Precision,
@@ -909,13 +920,21 @@ def embed(
         text_table=text_table,
         text_column=text_column,
         keep_columns=None if keep_columns is None else tuple(c.strip() for c in keep_columns.split(",") if c.strip()),
+        pairs=pairs,
+        caption_column=caption_column,
     )
     if output.suffix.lower() == ".npy":
         from clipexport.bulk.npy import EmbedRequest, embed_to_file
         from clipexport.errors import InputError
 
-        if append or keep_columns is not None:
-            option = "--append grows" if append else "--keep-columns chooses the columns of"
+        if append or pairs or keep_columns is not None:
+            option = (
+                "--append grows"
+                if append
+                else "--pairs writes two embedding columns of"
+                if pairs
+                else "--keep-columns chooses the columns of"
+            )
             raise InputError(f"{option} a dataset folder; pass -o DIR (a .npy file holds the embeddings alone)")
 
         request = EmbedRequest(
@@ -1007,6 +1026,11 @@ def _print_result(result: Any, as_json: bool) -> None:
     help="Approximate indexes: the smallest nprobe whose recall@10 against exact search reaches this.",
 )
 @click.option(
+    "--column",
+    default=None,
+    help="Of a --pairs dataset: index image_embedding (the default) or text_embedding.",
+)
+@click.option(
     "--queries",
     type=click.Path(path_type=Path),
     default=None,
@@ -1038,6 +1062,7 @@ def index(
     queries: Path | None,
     overwrite: bool,
     update: bool,
+    column: str | None,
     accept_low_recall: bool,
     quiet: bool,
     as_json: bool,
@@ -1056,6 +1081,7 @@ def index(
         queries=queries,
         overwrite=overwrite,
         update=update,
+        column=column,
         accept_low_recall=accept_low_recall,
     )
     with _LazyBar("indexing", quiet) as advance:

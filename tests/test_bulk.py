@@ -412,3 +412,28 @@ def test_ray_job_survives_a_killed_embedding_actor(ray_cluster, tiny_vit: Path, 
     _, ids, rows = _rows(out)
     assert ids == [str(p) for p in sorted(photos.glob("*.jpg"))]  # every row exactly once, in order
     np.testing.assert_allclose(rows, _reference(tiny_vit, sorted(photos.glob("*.jpg"))), atol=ROWS_MAX_ABS, rtol=0)
+
+
+def test_ray_pairs_equal_the_local_ones(ray_cluster, tiny_vit: Path, corpus: Path, tmp_path: Path) -> None:
+    paths = sorted((corpus / "photos").glob("*.jpg"))[:5]
+    with tarfile.open(tmp_path / "pairs.tar", "w") as tar:
+        for i, path in enumerate(paths):
+            tar.add(path, arcname=f"{i:04d}.jpg")
+            caption = f"caption number {i}".encode()
+            info = tarfile.TarInfo(f"{i:04d}.txt")
+            info.size = len(caption)
+            tar.addfile(info, io.BytesIO(caption))
+    spec = InputSpec(images=[str(tmp_path / "pairs.tar")], pairs=True)
+    embed_dataset(_options(tiny_vit, tmp_path / "local", inputs=spec))
+    embed_dataset(_options(tiny_vit, tmp_path / "ray", inputs=spec, engine=Engine.RAY, ray=RayOptions(actors=1)))
+    import pyarrow.parquet as pq
+
+    local, ray_table = pq.read_table(tmp_path / "local"), pq.read_table(tmp_path / "ray")
+    assert local.column("id").to_pylist() == ray_table.column("id").to_pylist() == [f"{i:04d}" for i in range(5)]
+    for column in ("image_embedding", "text_embedding"):
+        np.testing.assert_allclose(
+            np.stack(ray_table.column(column).to_pylist()),
+            np.stack(local.column(column).to_pylist()),
+            atol=ROWS_MAX_ABS,
+            rtol=0,
+        )

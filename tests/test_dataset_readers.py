@@ -332,3 +332,55 @@ def test_append_refusals_are_one_line_and_change_nothing(dataset, tiny_vit: Path
     for option in (["--append"], ["--keep-columns", "width"]):
         code, output = _embed(tiny_vit, "--images", photos, "-o", tmp_path / "x.npy", *option)
         assert code == 2 and "dataset folder" in output and not (tmp_path / "x.npy").exists(), output
+
+
+# -- image-caption pairs in one pass ---------------------------------------------------------------
+PAIR_MAX_ABS = 1e-6  # the bulk job against ClipRuntime on the same artifact: as ROWS_MAX_ABS in test_bulk.py
+
+
+def test_pairs_embed_both_towers_in_one_pass(dataset, tiny_vit: Path, tmp_path: Path) -> None:
+    from clipexport.runtime import ClipRuntime
+    from clipexport.search.searcher import Searcher
+
+    photos = sorted(Path(dataset[1][0]).parent.glob("*.jpg"))[:4]
+    captions = ["a red kite", "two dogs", "", "a boat at dusk"]  # the empty caption is a caption
+    members = {f"s/{i:04d}.txt": c.encode() for i, c in enumerate(captions)}
+    shard = _sample_tar(tmp_path / "pairs.tar", photos, members)
+    code, output = _embed(tiny_vit, "--images", shard, "-o", tmp_path / "ds", "--pairs", "--shard-size", "3")
+    assert code == 0, output
+    table = pq.read_table(tmp_path / "ds")
+    assert table.column_names[:3] == ["id", "image_embedding", "text_embedding"]
+    with ClipRuntime.load(tiny_vit) as runtime:
+        images, texts = runtime.encode_image([str(p) for p in photos]), runtime.encode_text(captions)
+    np.testing.assert_allclose(np.stack(table.column("image_embedding").to_pylist()), images, atol=PAIR_MAX_ABS, rtol=0)
+    np.testing.assert_allclose(np.stack(table.column("text_embedding").to_pylist()), texts, atol=PAIR_MAX_ABS, rtol=0)
+    assert read_manifest(tmp_path / "ds")["kind"] == "pair"
+    # Either column indexes; a caption finds its own image's row through the text column.
+    for column, queries in (("image_embedding", images), ("text_embedding", texts)):
+        built = CliRunner().invoke(
+            main, ["index", str(tmp_path / "ds"), "-o", str(tmp_path / column), "--column", column, "-q"]
+        )
+        assert built.exit_code == 0, built.output
+        with Searcher(tmp_path / column) as searcher:
+            assert [hits[0].id for hits in searcher.search(queries, k=1)] == [f"s/{i:04d}" for i in range(4)]
+    bad = CliRunner().invoke(main, ["index", str(tmp_path / "ds"), "-o", str(tmp_path / "x"), "--column", "embedding"])
+    assert bad.exit_code == 2 and "image_embedding, text_embedding" in bad.output
+
+
+def test_pairs_without_captions(dataset, tiny_vit: Path, tmp_path: Path) -> None:
+    photos = sorted(Path(dataset[1][0]).parent.glob("*.jpg"))[:3]
+    shard = _sample_tar(tmp_path / "half.tar", photos, {"s/0001.txt": b"only this one"})
+    code, output = _embed(tiny_vit, "--images", shard, "-o", tmp_path / "a", "--pairs")
+    assert code == 2 and "has no caption" in output and "(and 1 more)" in output and not (tmp_path / "a").exists()
+    code, output = _embed(tiny_vit, "--images", shard, "-o", tmp_path / "a", "--pairs", "--skip-bad")
+    assert code == 0 and "2 images without a caption are left out" in output, output
+    assert pq.read_table(tmp_path / "a").column("id").to_pylist() == ["s/0001"]
+    code, output = _embed(tiny_vit, "--images", shard, "-o", tmp_path / "b.npy", "--pairs")
+    assert code == 2 and "dataset folder" in output
+    import pyarrow as pa
+
+    pq.write_table(pa.table({"path": [str(p) for p in photos], "text": ["x", "y", "z"]}), tmp_path / "t.parquet")
+    code, output = _embed(
+        tiny_vit, "--image-table", tmp_path / "t.parquet", "-o", tmp_path / "c", "--pairs", "--caption-column", "text"
+    )
+    assert code == 0 and pq.read_table(tmp_path / "c").num_rows == 3, output

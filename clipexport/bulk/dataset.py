@@ -51,6 +51,10 @@ FORMAT = "clipexport-embeddings"
 VERSION = 2  # 2: the job in every shard's metadata, nothing else in the folder; 1: LEGACY_MANIFEST
 METADATA_KEY = b"clipexport"  # the shard's Parquet key-value metadata entry
 LEGACY_MANIFEST = "_embeddings.json"  # version 1's manifest, beside the shards (Polars and HF refused the folder)
+PAIR_KIND = "pair"  # images with their captions (--pairs): two embedding columns
+# The embedding columns of a dataset of each kind, in the order their values are stacked per row.
+EMBEDDING_COLUMNS = {PAIR_KIND: ("image_embedding", "text_embedding")}
+PLAIN_EMBEDDING = ("embedding",)
 DEFAULT_SHARD_SIZE = 10_000
 DTYPES = ("float32", "float16")
 DECODES = ("exact", "fast")
@@ -558,11 +562,17 @@ def content_sha256(ids: list[str], values: np.ndarray, extra: Any = None) -> str
 
 
 def _columns(table: Any) -> tuple[list[str], np.ndarray, Any]:
-    """A shard table's ids, its embeddings' flat values (in the dtype they are stored in) and its
-    metadata columns (a table, or None)."""
-    values = table.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-    extra = [n for n in table.column_names if n not in ("id", "embedding")]
+    """A shard table's ids, its embeddings' flat values (in the dtype they are stored in; a pair's
+    image and text rows side by side) and its metadata columns (a table, or None)."""
+    names = EMBEDDING_COLUMNS[PAIR_KIND] if "image_embedding" in table.column_names else PLAIN_EMBEDDING
+    parts = [_flat(table.column(name)).reshape(len(table), -1) for name in names]
+    values = (parts[0] if len(parts) == 1 else np.stack(parts, axis=1)).reshape(-1)
+    extra = [n for n in table.column_names if n not in ("id", *names)]
     return table.column("id").to_pylist(), values, (table.select(extra) if extra else None)
+
+
+def _flat(column: Any) -> np.ndarray:
+    return column.combine_chunks().flatten().to_numpy(zero_copy_only=False)
 
 
 def _contents_match(path: Path, shard: Shard) -> bool:
@@ -591,11 +601,15 @@ def _parquet_bytes(
     pa = require("pyarrow", "writing the sharded embeddings dataset")
     import pyarrow.parquet as pq
 
-    values = np.ascontiguousarray(embeddings, dtype=dtype).reshape(-1)
+    stored = np.ascontiguousarray(embeddings, dtype=dtype)
+    values = stored.reshape(-1)
     digest = content_sha256(ids, values, extra)
     arrow_type = pa.float16() if dtype == np.float16 else pa.float32()
-    column = pa.FixedSizeListArray.from_arrays(pa.array(values, type=arrow_type), dim)
-    columns = {"id": pa.array(ids, type=pa.string()), "embedding": column}
+    columns = {"id": pa.array(ids, type=pa.string())}
+    pair = stored.ndim == 3  # [rows, 2, dim]: an image and its caption
+    for number, name in enumerate(EMBEDDING_COLUMNS[PAIR_KIND] if pair else PLAIN_EMBEDDING):
+        part = np.ascontiguousarray(stored[:, number] if pair else stored).reshape(-1)
+        columns[name] = pa.FixedSizeListArray.from_arrays(pa.array(part, type=arrow_type), dim)
     for name in extra.column_names if extra is not None else ():
         columns[name] = extra.column(name)
     table = pa.table(columns)
@@ -654,6 +668,18 @@ class EmbeddingsDataset:
     manifest: dict[str, Any]
     manifest_sha256: str  # the dataset's fingerprint (`fingerprint`): what an index records
     _checked: set = field(default_factory=set, compare=False, repr=False)  # shard files whose sha256 matched
+    column: str = ""  # the embedding column read (a --pairs dataset has two; "": the first)
+
+    @property
+    def embedding_column(self) -> str:
+        return self.column or EMBEDDING_COLUMNS.get(self.manifest.get("kind", ""), PLAIN_EMBEDDING)[0]
+
+    @property
+    def kind(self) -> str:
+        """What the rows read are embeddings of: "image" or "text" (a pair's column says which)."""
+        if self.manifest.get("kind") == PAIR_KIND:
+            return "text" if self.embedding_column == "text_embedding" else "image"
+        return str(self.manifest.get("kind", "rows"))
 
     @property
     def rows(self) -> int:
@@ -692,8 +718,9 @@ class EmbeddingsDataset:
         for number, entry in enumerate(self.manifest["shards"]):
             if number >= start:
                 path = self.folder / entry["file"]
-                ids, values, _ = _columns(self._table(entry, ["id", "embedding"]))
-                raw = values.reshape(len(ids), -1)
+                table = self._table(entry, ["id", self.embedding_column])
+                ids = table.column("id").to_pylist()
+                raw = _flat(table.column(self.embedding_column)).reshape(len(ids), -1)
                 if raw.shape[1] != self.dim:
                     raise InputError(
                         f"{path} holds {raw.shape[1]}-d rows, not the {self.dim} its manifest says; "
@@ -769,7 +796,9 @@ def fingerprint(folder: Path, manifest: dict[str, Any] | None = None) -> str | N
     return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
 
 
-def read_embeddings(folder: Path, what: str = "DATASET", finished: bool = True) -> EmbeddingsDataset:
+def read_embeddings(
+    folder: Path, what: str = "DATASET", finished: bool = True, column: str | None = None
+) -> EmbeddingsDataset:
     """A dataset to read. `finished`: refuse one still being written or with no rows (what an index
     needs); else a partial one is read as far as its shards go."""
     from clipexport._deps import require
@@ -789,7 +818,10 @@ def read_embeddings(folder: Path, what: str = "DATASET", finished: bool = True) 
         )
     if finished and int(manifest["rows"]) == 0:
         raise InputError(f"{what} {folder} has no rows (every input was skipped); nothing to index")
-    return EmbeddingsDataset(folder, manifest, fingerprint(folder, manifest) or "")
+    names = EMBEDDING_COLUMNS.get(manifest.get("kind", ""), PLAIN_EMBEDDING)
+    if column is not None and column not in names:
+        raise InputError(f"--column {column}: {what} {folder} has the embedding columns {', '.join(names)}")
+    return EmbeddingsDataset(folder, manifest, fingerprint(folder, manifest) or "", column=column or "")
 
 
 def _remove_stale_temps(folder: Path) -> None:
@@ -814,6 +846,8 @@ def job_lock(folder: Path, command: str = "clipexport embed", option: str = "--o
 
 __all__ = [
     "AppendPlan",
+    "EMBEDDING_COLUMNS",
+    "PAIR_KIND",
     "DEFAULT_SHARD_SIZE",
     "DTYPES",
     "DatasetState",

@@ -16,6 +16,7 @@ import numpy as np
 from clipexport.artifact.manifest import Tower, read_manifest
 from clipexport.artifact.precision import Precision
 from clipexport.bulk.dataset import (
+    PAIR_KIND,
     DEFAULT_SHARD_SIZE,
     DTYPES,
     DatasetState,
@@ -144,6 +145,8 @@ def embed_dataset(options: BulkOptions, advance: Advance | None = None, progress
     inputs = list_inputs(options.inputs, strict=not options.skip_bad, metadata=True)
     tower = Tower.TEXT if inputs.kind is Kind.TEXT else Tower.VISION
     manifest.tower(tower).graph(options.precision)  # the precision exists, or one line naming the fix
+    if inputs.pairs:
+        manifest.tower(Tower.TEXT).graph(options.precision)
     first_input = first_shard = 0
     if options.append:
         if options.overwrite:
@@ -153,7 +156,7 @@ def embed_dataset(options: BulkOptions, advance: Advance | None = None, progress
         if not len(inputs):
             return _nothing_new(output, inputs, begin)
     identity = Identity(
-        kind=inputs.kind.value,
+        kind=PAIR_KIND if inputs.pairs else inputs.kind.value,
         artifact_manifest_sha256=sha256_file(artifact / "manifest.json"),
         precision=options.precision.value,
         backend=options.backend.value,
@@ -344,7 +347,8 @@ class _ShardWriter:
         shard["seen"] += len(kept) + len(skipped)
         first, end = self.state.local_range(index)
         if shard["seen"] == end - first:
-            embeddings = np.concatenate(shard["rows"]) if shard["rows"] else np.zeros((0, self.state.identity.dim))
+            width = (2, self.state.identity.dim) if self.inputs.pairs else (self.state.identity.dim,)
+            embeddings = np.concatenate(shard["rows"]) if shard["rows"] else np.zeros((0, *width))
             ids = [self.inputs.items[i].id for i in shard["kept"]]
             write_shard(self.state, index, ids, embeddings, shard["skipped"], self._extra(shard))
             del self.pending[index]

@@ -536,6 +536,7 @@ def run_local(
     from clipexport.runtime.clip_runtime import ClipRuntime
 
     tower = "text" if inputs.kind is Kind.TEXT else "vision"
+    towers = ("vision", "text") if inputs.pairs else (tower,)  # --pairs: each image and its caption
     auto = workers is None and threads is None and inputs.kind is Kind.IMAGE
     machine = cores()
 
@@ -543,10 +544,10 @@ def run_local(
         return ClipRuntime.load(
             artifact,
             backend=backend,
-            precision={tower: precision},
+            precision={name: precision for name in towers},
             threads=count,
             exif_transpose=exif_transpose,
-            towers=(tower,),
+            towers=towers,
             spin=spin,
             device=device,
         )
@@ -640,6 +641,10 @@ def embed_ranges(
                     model_images += len(batch.pixels)
             else:
                 rows = np.zeros((0, state.runtime.manifest.embed_dim), np.float32)
+            if inputs.pairs:  # the captions of the images kept, beside their image rows
+                kept = [inputs.items[batch.start + k] for k in batch.kept]
+                texts = state.runtime.encode_text([item.text for item in kept], batch_size, names=[i.id for i in kept])
+                rows = np.stack([rows, texts.reshape(rows.shape)], axis=1)
             on_batch(
                 batch.start,
                 [batch.start + k for k in batch.kept],

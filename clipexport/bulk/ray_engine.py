@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 
 from clipexport._deps import require
+from clipexport.bulk.dataset import PAIR_KIND as PAIRS  # the actors' kind for --pairs: both towers
 from clipexport.bulk.sources import InputList, Item, Kind
 from clipexport.errors import InputError
 
@@ -37,26 +38,33 @@ class _Embedder:
         from clipexport.runtime.clip_runtime import ClipRuntime
 
         tower = "text" if kind == Kind.TEXT.value else "vision"
+        towers = ("vision", "text") if kind == PAIRS else (tower,)
         self.kind = kind
         self.runtime = ClipRuntime.load(
             artifact,
             backend=backend,
-            precision={tower: precision},
+            precision={name: precision for name in towers},
             threads=threads,
-            towers=(tower,),
+            towers=towers,
             spin=False,
             device=device,
         )
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ok = batch["ok"].astype(bool)
-        out = np.zeros((len(ok), self.runtime.manifest.embed_dim), np.float32)
+        dim = self.runtime.manifest.embed_dim
+        out = np.zeros((len(ok), 2, dim) if self.kind == PAIRS else (len(ok), dim), np.float32)
         if ok.any():
+            texts = [str(t) for t in batch["text"][ok]]
+            names = [str(i) for i in batch["id"][ok]]
             if self.kind == Kind.TEXT.value:
-                texts = [str(t) for t in batch["text"][ok]]
-                out[ok] = self.runtime.encode_text(texts, max(1, len(texts)), names=[str(i) for i in batch["id"][ok]])
+                out[ok] = self.runtime.encode_text(texts, max(1, len(texts)), names=names)
             else:
-                out[ok] = self.runtime.encode_pixels(np.stack(list(batch["pixels"][ok])).astype(np.float32))
+                pixels = self.runtime.encode_pixels(np.stack(list(batch["pixels"][ok])).astype(np.float32))
+                if self.kind == PAIRS:  # each image and its caption
+                    out[ok] = np.stack([pixels, self.runtime.encode_text(texts, len(texts), names=names)], axis=1)
+                else:
+                    out[ok] = pixels
         sizes = {k: batch[k] for k in ("width", "height") if k in batch}
         return {"index": batch["index"], "ok": ok, "reason": batch["reason"], "embedding": out, **sizes}
 
@@ -99,6 +107,7 @@ def _decode(
         "ok": ok,
         "reason": reasons,
         "pixels": pixels,
+        "text": batch["text"],
         "width": sizes[:, 0],
         "height": sizes[:, 1],
     }
@@ -162,7 +171,7 @@ def run_on_ray(
         fn_kwargs={
             "preprocess": manifest.preprocess,
             "exif_transpose": options.exif_transpose,
-            "kind": inputs.kind.value,
+            "kind": PAIRS if inputs.pairs else inputs.kind.value,
             "fast_decode": options.fast_decode,
         },
     )
@@ -177,7 +186,7 @@ def run_on_ray(
             "artifact": str(Path(options.artifact).resolve()),
             "precision": str(options.precision),
             "backend": str(options.backend),
-            "kind": inputs.kind.value,
+            "kind": PAIRS if inputs.pairs else inputs.kind.value,
             "threads": options.threads,
             "device": options.device,
         },

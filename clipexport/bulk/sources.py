@@ -15,6 +15,7 @@ resumed run must have the same one. Duplicate ids are refused: an id names one r
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import tarfile
@@ -61,6 +62,7 @@ class InputList:
     notes: tuple[str, ...] = ()  # what the list left out and why (a truncated tar's lost members)
     metadata: Any = None  # a pyarrow Table, row i for items[i]: the columns kept beside the embeddings
     decoded: tuple[str, ...] = ()  # DECODED_COLUMNS the job records as it decodes (images)
+    pairs: bool = False  # images with their captions (`Item.text`): both towers embed each row
 
     def __len__(self) -> int:
         return len(self.items)
@@ -69,9 +71,8 @@ class InputList:
         """These items alone (in this order), with their metadata: a list of its own (`--append`)."""
         items = tuple(self.items[i] for i in indices)
         metadata = self.metadata.take(list(indices)) if self.metadata is not None else None
-        return InputList(
-            self.kind, items, _digest(self.kind, items, metadata, self.decoded), self.notes, metadata, self.decoded
-        )
+        digest = _digest(self.kind, items, metadata, self.decoded, self.pairs)
+        return InputList(self.kind, items, digest, self.notes, metadata, self.decoded, self.pairs)
 
     @property
     def columns(self) -> str:
@@ -92,6 +93,8 @@ class InputSpec:
     text_table: Path | None = None  # Parquet / CSV with --text-column
     text_column: str = "text"
     keep_columns: tuple[str, ...] | None = None  # the metadata columns kept (None: all; (): none)
+    pairs: bool = False  # embed each image and its caption (a tar sample's .txt, or caption_column)
+    caption_column: str = "caption"  # --image-table's caption column (--pairs)
 
 
 # The dataset's own columns: an input column of that name is kept as `input_<name>`.
@@ -151,13 +154,57 @@ def list_inputs(spec: InputSpec, strict: bool = True, metadata: bool = False) ->
         decoded = tuple(name for name in decoded if name in spec.keep_columns)
     if kept is not None:
         decoded = tuple(name for name in decoded if name not in kept.column_names)
-    return InputList(kind, tuple(items), _digest(kind, items, kept, decoded), tuple(notes), kept, decoded)
+    if not spec.pairs:
+        return InputList(kind, tuple(items), _digest(kind, items, kept, decoded), tuple(notes), kept, decoded)
+    if kind is Kind.TEXT:
+        raise InputError(
+            "--pairs embeds images with their captions; pass images (a tar with .txt captions, or --image-table)"
+        )
+    captions = _captions(segments, spec.caption_column)
+    items = [dataclasses.replace(item, text=caption) for item, caption in zip(items, captions)]
+    whole = InputList(kind, tuple(items), "", tuple(notes), kept, decoded, True)
+    missing = [i for i, caption in enumerate(captions) if not isinstance(caption, str)]
+    if missing and strict:
+        raise InputError(
+            f"--pairs: input {items[missing[0]].label} has no caption (no .txt in its tar sample, or an empty "
+            f"'{spec.caption_column}' cell){f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}; add "
+            "them, or pass --skip-bad to leave the images without one out"
+        )
+    if len(missing) == len(items):
+        raise InputError(
+            f"--pairs: none of the {len(items)} images has a caption ('{spec.caption_column}', or a tar sample's .txt)"
+        )
+    if missing:
+        whole = dataclasses.replace(
+            whole, notes=whole.notes + (f"--pairs: {len(missing)} images without a caption are left out",)
+        )
+    left_out = set(missing)
+    return whole.subset([i for i in range(len(items)) if i not in left_out])
 
 
-def _digest(kind: Kind, items: Sequence[Item], metadata: Any, decoded: tuple[str, ...]) -> str:
+def _captions(segments: list[tuple[int, Any]], column: str) -> list[Any]:
+    """Each input's caption (None where it has none): the segments' `column` (a tar sample's .txt is
+    its `caption`)."""
+    out: list[Any] = []
+    for rows, table in segments:
+        if isinstance(table, dict):
+            values = table.get(column)
+        elif table is not None and column in table.column_names:
+            values = table.column(column).to_pylist()
+        else:
+            values = None
+        out += list(values) if values is not None else [None] * rows
+    return out
+
+
+def _digest(kind: Kind, items: Sequence[Item], metadata: Any, decoded: tuple[str, ...], pairs: bool = False) -> str:
     """The input list's sha256: its kind, ids, and the metadata kept (other columns or values are
-    another job)."""
+    another job); with --pairs, the captions too."""
     digest = hashlib.sha256(kind.value.encode())
+    if pairs:
+        digest.update(b"\0pairs")
+        for item in items:
+            digest.update(b"\0" + (item.text or "").encode("utf-8", "surrogatepass"))
     for item in items:
         digest.update(b"\0" + item.id.encode("utf-8", "surrogateescape"))
     if metadata is not None:

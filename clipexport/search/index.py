@@ -89,6 +89,7 @@ class IndexOptions:
     overwrite: bool = False
     accept_low_recall: bool = False  # publish an index whose recall misses target_recall without failing
     update: bool = False  # add the rows of the dataset's new shards (--append) to the index there
+    column: str | None = None  # a --pairs dataset's embedding column (None: image_embedding)
 
 
 def meets_target(recall: dict[str, float], target: float) -> bool:
@@ -152,7 +153,7 @@ def build_index(options: IndexOptions, advance: Advance | None = None, progress:
     begin = time.monotonic()
     if not 0 < options.target_recall <= 1:
         raise InputError(f"--target-recall must be in (0, 1], got {options.target_recall}")
-    dataset = read_embeddings(options.dataset)
+    dataset = read_embeddings(options.dataset, column=options.column)
     queries = read_embeddings(options.queries, "--queries") if options.queries is not None else None
     if queries is not None and queries.dim != dataset.dim:
         raise InputError(
@@ -172,6 +173,11 @@ def build_index(options: IndexOptions, advance: Advance | None = None, progress:
         raise InputError(f"-o {output} holds the dataset {dataset.folder}; choose a separate folder for the index")
     identity = {
         "dataset_manifest_sha256": dataset.manifest_sha256,
+        **(
+            {"column": dataset.embedding_column}
+            if dataset.column or dataset.kind != dataset.manifest.get("kind")
+            else {}
+        ),
         "factory": plan.factory,
         "seed": SEED,
         "queries_manifest_sha256": queries.manifest_sha256 if queries else None,
@@ -373,7 +379,8 @@ def _build(
         "artifact_manifest_sha256": dataset.manifest.get("artifact_manifest_sha256"),
         "precision": dataset.manifest.get("precision"),
         "backend": dataset.manifest.get("backend"),
-        "kind": dataset.manifest.get("kind"),
+        "kind": dataset.kind,
+        "column": dataset.embedding_column,
         "dim": dataset.dim,
         "rows": dataset.rows,
         "metric": "inner product on L2-normalised rows (cosine)",
@@ -438,6 +445,11 @@ def _update(
         raise InputError(
             f"--update: {output} is not an index of {dataset.folder} as it is now (its rows are not the "
             f"dataset's first {len(recorded)} shards: another dataset, or one made again); {fix}"
+        )
+    if data.get("column", "embedding") != dataset.embedding_column:
+        raise InputError(
+            f"--update: {output} indexes the dataset's {data.get('column', 'embedding')}, not "
+            f"{dataset.embedding_column}; pass --column {data.get('column', 'embedding')}"
         )
     if data["dim"] != dataset.dim:
         raise InputError(f"--update: {output} holds {data['dim']}-d rows, the dataset {dataset.dim}-d; {fix}")
@@ -513,10 +525,10 @@ def _sample_names(dataset: EmbeddingsDataset, queries: EmbeddingsDataset | None)
     """The recall figures' names: the index's own kind ("image" queries on an image index), then
     the --queries kind ("text"), each measured separately (clip-retrieval #76: an approximate
     index can keep image -> image recall and lose text -> image)."""
-    own = str(dataset.manifest.get("kind", "rows"))
+    own = dataset.kind
     if queries is None:
         return (own,)
-    other = str(queries.manifest.get("kind", "queries"))
+    other = queries.kind
     return own, other if other != own else f"{other}_queries"
 
 
