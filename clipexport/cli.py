@@ -834,6 +834,15 @@ class _LazyBar:
 )
 @click.option("--overwrite", is_flag=True, help="Start the dataset over (only a folder this command wrote).")
 @click.option(
+    "--layout",
+    type=click.Choice(["clipexport", "clip-retrieval"]),
+    default="clipexport",
+    show_default=True,
+    help="clip-retrieval: also write img_emb/, text_emb/ (.npy) and metadata/ (.parquet) as clip-retrieval's "
+    "inference does (its index, clip_back and embedding-reader read them); the dataset stays behind them "
+    "in .clipexport-dataset/ for resumes and --append.",
+)
+@click.option(
     "--append",
     is_flag=True,
     help="Add to the dataset the inputs it does not hold yet (a longer list, more folders), into new shards; "
@@ -898,6 +907,7 @@ def embed(
     dtype: str,
     overwrite: bool,
     append: bool,
+    layout: str,
     engine: str,
     ray_address: str | None,
     ray_actors: int,
@@ -927,12 +937,14 @@ def embed(
         from clipexport.bulk.npy import EmbedRequest, embed_to_file
         from clipexport.errors import InputError
 
-        if append or pairs or keep_columns is not None:
+        if append or pairs or keep_columns is not None or layout != "clipexport":
             option = (
                 "--append grows"
                 if append
                 else "--pairs writes two embedding columns of"
                 if pairs
+                else "--layout is the shape of"
+                if layout != "clipexport"
                 else "--keep-columns chooses the columns of"
             )
             raise InputError(f"{option} a dataset folder; pass -o DIR (a .npy file holds the embeddings alone)")
@@ -962,6 +974,7 @@ def embed(
         _print_result(result, as_json)
         return
     from clipexport.bulk.job import BulkOptions, RayOptions, embed_dataset
+    from clipexport.bulk.layouts import Layout
     from clipexport.errors import InputError
 
     if server:
@@ -983,6 +996,7 @@ def embed(
         exif_transpose=exif_transpose,
         overwrite=overwrite,
         append=append,
+        layout=Layout(layout),
         engine=Engine(engine),
         ray=RayOptions(address=ray_address, actors=ray_actors, gpus_per_actor=ray_gpus_per_actor),
     )
@@ -1026,6 +1040,14 @@ def _print_result(result: Any, as_json: bool) -> None:
     help="Approximate indexes: the smallest nprobe whose recall@10 against exact search reaches this.",
 )
 @click.option(
+    "--layout",
+    type=click.Choice(["clipexport", "clip-retrieval"]),
+    default="clipexport",
+    show_default=True,
+    help="clip-retrieval: the folder clip_back serves (image.index / text.index, metadata/), each index one "
+    "of ours behind it.",
+)
+@click.option(
     "--column",
     default=None,
     help="Of a --pairs dataset: index image_embedding (the default) or text_embedding.",
@@ -1062,6 +1084,7 @@ def index(
     queries: Path | None,
     overwrite: bool,
     update: bool,
+    layout: str,
     column: str | None,
     accept_low_recall: bool,
     quiet: bool,
@@ -1069,6 +1092,7 @@ def index(
 ) -> None:
     """Build a FAISS index over DATASET (the folder `embed -o DIR` wrote), with its measured recall;
     a rerun of an interrupted build resumes it."""
+    from clipexport.bulk.layouts import Layout
     from clipexport.search.index import IndexOptions, build_index
     from clipexport.search.plan import parse_memory
 
@@ -1081,6 +1105,7 @@ def index(
         queries=queries,
         overwrite=overwrite,
         update=update,
+        layout=Layout(layout),
         column=column,
         accept_low_recall=accept_low_recall,
     )

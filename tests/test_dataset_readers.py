@@ -18,6 +18,7 @@ from PIL import Image
 
 from clipexport.bulk.dataset import METADATA_KEY, read_embeddings, read_manifest
 from clipexport.cli import main
+from clip_back_env import clip_back_load
 from helpers import random_photo, to_first_layout
 
 PHOTOS = 7
@@ -384,3 +385,59 @@ def test_pairs_without_captions(dataset, tiny_vit: Path, tmp_path: Path) -> None
         tiny_vit, "--image-table", tmp_path / "t.parquet", "-o", tmp_path / "c", "--pairs", "--caption-column", "text"
     )
     assert code == 0 and pq.read_table(tmp_path / "c").num_rows == 3, output
+
+
+# -- clip-retrieval's layout ----------------------------------------------------------------------
+def test_clip_retrieval_layout_loads_in_its_readers(dataset, tiny_vit: Path, tmp_path: Path) -> None:
+    """embed --layout clip-retrieval writes what `clip-retrieval inference` writes, read here by
+    embedding-reader (parquet_npy, what clip-retrieval's index and autofaiss use); index --layout
+    clip-retrieval the folder clip_back serves, loaded as clip_back loads it (faiss.read_index of
+    image.index / text.index, the metadata parquet files concatenated in sorted order:
+    ParquetMetadataProvider), then by clip_back's own loaders (tests/clip_back_env.py)."""
+    import faiss
+    import pandas as pd
+    from embedding_reader import EmbeddingReader
+
+    photos = sorted(Path(dataset[1][0]).parent.glob("*.jpg"))[:5]
+    captions = [f"caption {i}" for i in range(5)]
+    shard = _sample_tar(tmp_path / "00000.tar", photos, {f"s/{i:04d}.txt": c.encode() for i, c in enumerate(captions)})
+    out = tmp_path / "cr"
+    args = ["--images", shard, "-o", out, "--pairs", "--layout", "clip-retrieval", "--shard-size", "2"]
+    code, output = _embed(tiny_vit, *args)
+    assert code == 0 and "clip-retrieval layout: 9 files" in output, output
+    assert sorted(p.name for p in (out / "img_emb").iterdir()) == [f"img_emb_{i:05d}.npy" for i in range(3)]
+    ours = pq.read_table(out / ".clipexport-dataset")
+    for folder, column in (("img_emb", "image_embedding"), ("text_emb", "text_embedding")):
+        reader = EmbeddingReader(
+            str(out / folder),
+            file_format="parquet_npy",
+            metadata_folder=str(out / "metadata"),
+            meta_columns=["image_path", "caption"],
+        )
+        assert reader.count == 5
+        embeddings, meta = next(reader(batch_size=5, start=0, end=5, show_progress=False))
+        assert list(meta["image_path"]) == [f"s/{i:04d}" for i in range(5)] and list(meta["caption"]) == captions
+        np.testing.assert_array_equal(embeddings, np.stack(ours.column(column).to_pylist()))
+    # The folder is a dataset to our own commands too, and a rerun or an --append keeps it whole.
+    code, output = _embed(tiny_vit, *args)
+    assert code == 0 and "0 shards computed" in output, output
+    indexed = CliRunner().invoke(
+        main, ["index", str(out), "-o", str(tmp_path / "back"), "--layout", "clip-retrieval", "-q"]
+    )
+    assert indexed.exit_code == 0 and "image.index" in indexed.output and "text.index" in indexed.output, indexed.output
+    back = tmp_path / "back"
+    metadata = pd.concat(pd.read_parquet(p) for p in sorted((back / "metadata").glob("*.parquet")))
+    for name, queries in (("image", ours.column("image_embedding")), ("text", ours.column("text_embedding"))):
+        index = faiss.read_index(str(back / f"{name}.index"))
+        vectors = np.stack(queries.to_pylist()).astype(np.float32)
+        _, found = index.search(vectors / np.linalg.norm(vectors, axis=1, keepdims=True), 1)
+        assert list(metadata.iloc[found[:, 0]]["image_path"]) == [f"s/{i:04d}" for i in range(5)]
+    # clip_back's own loaders (load_index, load_metadata_provider) serve that folder.
+    loaded = clip_back_load(back, ["image_path", "caption"])
+    assert loaded["rows"] == {"image": 5, "text": 5}
+    assert loaded["metadata"] == [{"image_path": f"s/{i:04d}", "caption": c} for i, c in enumerate(captions)]
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    code, output = _embed(tiny_vit, "--images", shard, "-o", other, "--pairs", "--layout", "clip-retrieval")
+    assert code == 2 and "notes.txt" in output and sorted(p.name for p in other.iterdir()) == ["notes.txt"]

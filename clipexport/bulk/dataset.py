@@ -55,6 +55,7 @@ PAIR_KIND = "pair"  # images with their captions (--pairs): two embedding column
 # The embedding columns of a dataset of each kind, in the order their values are stacked per row.
 EMBEDDING_COLUMNS = {PAIR_KIND: ("image_embedding", "text_embedding")}
 PLAIN_EMBEDDING = ("embedding",)
+BEHIND = ".clipexport-dataset"  # the dataset behind another layout of it (bulk/layouts.py)
 DEFAULT_SHARD_SIZE = 10_000
 DTYPES = ("float32", "float16")
 DECODES = ("exact", "fast")
@@ -711,6 +712,10 @@ class EmbeddingsDataset:
         self._checked.add(entry["file"])
         return table.select(columns) if columns else table
 
+    def read_shard(self, entry: dict[str, Any]) -> Any:
+        """A shard's whole table (every column), its contents checked against their sha256."""
+        return self._table(entry)
+
     def shards(self, start: int = 0, unit: bool = False) -> Iterator[tuple[int, list[str], np.ndarray]]:
         """(first row, ids, rows) per shard, from shard `start`, in the dtype they are stored in.
         `unit`: float32, every row checked finite and non-zero, then L2-normalised (what an index takes)."""
@@ -805,6 +810,8 @@ def read_embeddings(
 
     require("pyarrow", "reading the embeddings dataset")
     folder = Path(folder).expanduser()
+    if (folder / BEHIND).is_dir() and not any(SHARD_NAME.fullmatch(p.name) for p in folder.iterdir()):
+        folder = folder / BEHIND  # a folder in another layout (clip-retrieval's): the dataset behind it
     manifest = read_manifest(folder, what)
     if manifest is None:
         raise InputError(

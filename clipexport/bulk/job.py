@@ -27,6 +27,7 @@ from clipexport.bulk.dataset import (
     prepare_writer,
     write_shard,
 )
+from clipexport.bulk.layouts import Layout, check_folder, dataset_folder, write_clip_retrieval
 from clipexport.bulk.local import PipelineStats
 from clipexport.bulk.sources import DECODED_COLUMNS, InputList, InputSpec, Kind, list_inputs
 from clipexport.datasets import is_folder
@@ -67,6 +68,7 @@ class BulkOptions:
     fast_decode: bool = False  # JPEGs at a reduced DCT scale, then the exact resize (not bit-exact; README)
     overwrite: bool = False
     append: bool = False  # embed only the inputs the dataset does not hold yet, into new shards
+    layout: Layout = Layout.OURS  # clip-retrieval: img_emb/ text_emb/ metadata/ written from the dataset
     engine: Engine = Engine.LOCAL
     ray: RayOptions = field(default_factory=RayOptions)
 
@@ -87,6 +89,7 @@ class BulkResult:
     seconds: float
     notes: tuple[str, ...] = ()  # what the input list left out (a truncated tar with --skip-bad)
     stats: PipelineStats | None = None  # what the local engine measured about itself
+    layout: str = ""  # another layout written from the dataset: what it holds
 
     @property
     def per_second(self) -> float:
@@ -98,7 +101,8 @@ class BulkResult:
         return [
             f"wrote {self.output}: {self.rows} rows of {self.inputs} inputs ({len(self.skipped)} skipped); "
             f"{self.shards_written} shards computed{resumed}; {self.computed} inputs in {self.seconds:.1f} s "
-            f"({self.per_second:.1f}/s)"
+            f"({self.per_second:.1f}/s)",
+            *([self.layout] if self.layout else []),
         ]
 
     def to_json(self) -> dict[str, Any]:
@@ -115,6 +119,7 @@ class BulkResult:
             "per_second": round(self.per_second, 3),
             "notes": list(self.notes),
             "split": self.stats.split if self.stats is not None else None,
+            "layout": self.layout or None,
         }
 
 
@@ -131,6 +136,22 @@ def check_options(options: BulkOptions) -> None:
 
 
 def embed_dataset(options: BulkOptions, advance: Advance | None = None, progress: Progress = silent) -> BulkResult:
+    """The job into `options.output`, in our layout or (`options.layout`) another one written from
+    the dataset behind it."""
+    if options.layout is Layout.OURS:
+        return _embed_dataset(options, advance, progress)
+    top = Path(options.output).expanduser()
+    if top.exists() and not top.is_dir():
+        raise InputError(f"--output {top} is a file; pass a folder for the {options.layout.value} layout")
+    check_folder(top)
+    result = _embed_dataset(dataclasses.replace(options, output=dataset_folder(top, options.layout)), advance, progress)
+    progress(f"writing the {options.layout.value} layout")
+    files = write_clip_retrieval(result.output, top)
+    layout = f"{options.layout.value} layout: {files} files in {top} (img_emb/, text_emb/, metadata/)"
+    return dataclasses.replace(result, output=top, layout=layout)
+
+
+def _embed_dataset(options: BulkOptions, advance: Advance | None = None, progress: Progress = silent) -> BulkResult:
     check_options(options)
     artifact = Path(options.artifact)
     manifest = read_manifest(artifact)

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from clipexport.bulk.dataset import EmbeddingsDataset, job_lock, read_embeddings, shard_list
+from clipexport.bulk.layouts import Layout
 from clipexport.errors import InputError
 from clipexport.errors import ParityError
 from clipexport.files import (
@@ -90,6 +91,7 @@ class IndexOptions:
     accept_low_recall: bool = False  # publish an index whose recall misses target_recall without failing
     update: bool = False  # add the rows of the dataset's new shards (--append) to the index there
     column: str | None = None  # a --pairs dataset's embedding column (None: image_embedding)
+    layout: Layout = Layout.OURS  # clip-retrieval: image.index / text.index + metadata/, as clip_back serves
 
 
 def meets_target(recall: dict[str, float], target: float) -> bool:
@@ -109,6 +111,7 @@ class IndexResult:
     already: bool = False
     target_recall: float = DEFAULT_TARGET_RECALL
     added: int | None = None  # --update: the rows added (None: a build)
+    layout: str = ""  # another layout written: what it holds
 
     @property
     def target_met(self) -> bool:
@@ -125,6 +128,8 @@ class IndexResult:
             f"{state} {self.output}: {self.rows} rows, {self.plan.factory}{probe}; recall@10 vs exact: {recall} "
             f"({self.seconds:.1f} s)"
         ]
+        if self.layout:
+            lines.append(self.layout)
         if self.added and not self.target_met:
             lines.append(
                 f"recall@10 has drifted below --target-recall {self.target_recall} since the index was trained: "
@@ -150,6 +155,8 @@ class IndexResult:
 
 
 def build_index(options: IndexOptions, advance: Advance | None = None, progress: Progress = silent) -> IndexResult:
+    if options.layout is Layout.CLIP_RETRIEVAL:
+        return _build_clip_retrieval(options, advance, progress)
     begin = time.monotonic()
     if not 0 < options.target_recall <= 1:
         raise InputError(f"--target-recall must be in (0, 1], got {options.target_recall}")
@@ -221,6 +228,42 @@ def build_index(options: IndexOptions, advance: Advance | None = None, progress:
             "to use it anyway, or --kind exact"
         )
     return result
+
+
+CLIP_BACK_NAMES = ("image.index", "text.index", "metadata")  # what clip_back loads from an index folder
+
+
+def _build_clip_retrieval(options: IndexOptions, advance: Advance | None, progress: Progress) -> IndexResult:
+    """The folder clip-retrieval's `clip_back` serves: `image.index` and/or `text.index` (FAISS,
+    row r = the dataset's row r) and `metadata/` (parquet, rows in that order); each index is one
+    of ours behind it (`.clipexport-image/`, `.clipexport-text/`: manifest, recall, resume)."""
+    import dataclasses
+
+    from clipexport.bulk.dataset import EMBEDDING_COLUMNS, PAIR_KIND
+    from clipexport.bulk.layouts import write_clip_retrieval
+
+    output = Path(options.output).expanduser()
+    if output.exists() and not output.is_dir():
+        raise InputError(f"-o {output} is a file; pass a folder for the index")
+    refuse_foreign(output, lambda name: name in CLIP_BACK_NAMES, "-o", "not a clip-retrieval index this command wrote")
+    dataset = read_embeddings(options.dataset)
+    kind = dataset.manifest["kind"]
+    columns = dict(zip(("image", "text"), EMBEDDING_COLUMNS[PAIR_KIND])) if kind == PAIR_KIND else {kind: None}
+    results = []
+    for what, column in columns.items():
+        inner = dataclasses.replace(
+            options, layout=Layout.OURS, output=output / f".clipexport-{what}", column=column, dataset=dataset.folder
+        )
+        result = build_index(inner, advance, progress)
+        write_bytes_atomic(output / f"{what}.index", (inner.output / INDEX_FILE).read_bytes())
+        results.append((what, result))
+    files = write_clip_retrieval(dataset.folder, output, embeddings=False)
+    held = ", ".join(f"{what}.index ({result.plan.factory})" for what, result in results)
+    first = results[0][1]
+    recall = {f"{what} {name}": value for what, result in results for name, value in result.recall.items()}
+    return dataclasses.replace(
+        first, output=output, recall=recall, layout=f"clip-retrieval layout: {held}, metadata/ ({files} files)"
+    )
 
 
 def _ours(name: str) -> bool:
