@@ -20,6 +20,7 @@ from clipexport.inputs import DEFAULT_MAX_REQUEST_BYTES
 from clipexport.parity.gates import gates_summary
 from clipexport.progress import StepPrinter
 from clipexport.bulk.job import Engine
+from clipexport.bulk.layouts import Layout
 from clipexport.runtime.backends import BackendKind, triton_serving
 from clipexport.search.plan import EXACT_MAX_ROWS, IndexKind
 
@@ -139,6 +140,11 @@ class _Cli(click.Group):
 
 def _progress(quiet: bool) -> Callable[[str], None]:
     return (lambda _: None) if quiet else StepPrinter(lambda line: click.echo(line, err=True))
+
+
+def _layout_option(help_text: str) -> Callable[[Any], Any]:
+    """--layout, for embed and index: the dataset's own layout, or clip-retrieval's."""
+    return click.option("--layout", type=Member(Layout), default=Layout.OURS.value, show_default=True, help=help_text)
 
 
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES)
@@ -833,14 +839,10 @@ class _LazyBar:
     help="Stored embedding type (float16 halves the dataset).",
 )
 @click.option("--overwrite", is_flag=True, help="Start the dataset over (only a folder this command wrote).")
-@click.option(
-    "--layout",
-    type=click.Choice(["clipexport", "clip-retrieval"]),
-    default="clipexport",
-    show_default=True,
-    help="clip-retrieval: also write img_emb/, text_emb/ (.npy) and metadata/ (.parquet) as clip-retrieval's "
+@_layout_option(
+    "clip-retrieval: also write img_emb/, text_emb/ (.npy) and metadata/ (.parquet) as clip-retrieval's "
     "inference does (its index, clip_back and embedding-reader read them); the dataset stays behind them "
-    "in .clipexport-dataset/ for resumes and --append.",
+    "in .clipexport-dataset/ for resumes and --append."
 )
 @click.option(
     "--append",
@@ -907,7 +909,7 @@ def embed(
     dtype: str,
     overwrite: bool,
     append: bool,
-    layout: str,
+    layout: Layout,
     engine: str,
     ray_address: str | None,
     ray_actors: int,
@@ -937,14 +939,14 @@ def embed(
         from clipexport.bulk.npy import EmbedRequest, embed_to_file
         from clipexport.errors import InputError
 
-        if append or pairs or keep_columns is not None or layout != "clipexport":
+        if append or pairs or keep_columns is not None or layout is not Layout.OURS:
             option = (
                 "--append grows"
                 if append
                 else "--pairs writes two embedding columns of"
                 if pairs
                 else "--layout is the shape of"
-                if layout != "clipexport"
+                if layout is not Layout.OURS
                 else "--keep-columns chooses the columns of"
             )
             raise InputError(f"{option} a dataset folder; pass -o DIR (a .npy file holds the embeddings alone)")
@@ -974,7 +976,6 @@ def embed(
         _print_result(result, as_json)
         return
     from clipexport.bulk.job import BulkOptions, RayOptions, embed_dataset
-    from clipexport.bulk.layouts import Layout
     from clipexport.errors import InputError
 
     if server:
@@ -996,7 +997,7 @@ def embed(
         exif_transpose=exif_transpose,
         overwrite=overwrite,
         append=append,
-        layout=Layout(layout),
+        layout=layout,
         engine=Engine(engine),
         ray=RayOptions(address=ray_address, actors=ray_actors, gpus_per_actor=ray_gpus_per_actor),
     )
@@ -1039,13 +1040,9 @@ def _print_result(result: Any, as_json: bool) -> None:
     show_default=True,
     help="Approximate indexes: the smallest nprobe whose recall@10 against exact search reaches this.",
 )
-@click.option(
-    "--layout",
-    type=click.Choice(["clipexport", "clip-retrieval"]),
-    default="clipexport",
-    show_default=True,
-    help="clip-retrieval: the folder clip_back serves (image.index / text.index, metadata/), each index one "
-    "of ours behind it.",
+@_layout_option(
+    "clip-retrieval: the folder clip_back serves (image.index / text.index, metadata/), each index one of ours "
+    "behind it."
 )
 @click.option(
     "--column",
@@ -1084,7 +1081,7 @@ def index(
     queries: Path | None,
     overwrite: bool,
     update: bool,
-    layout: str,
+    layout: Layout,
     column: str | None,
     accept_low_recall: bool,
     quiet: bool,
@@ -1092,7 +1089,6 @@ def index(
 ) -> None:
     """Build a FAISS index over DATASET (the folder `embed -o DIR` wrote), with its measured recall;
     a rerun of an interrupted build resumes it."""
-    from clipexport.bulk.layouts import Layout
     from clipexport.search.index import IndexOptions, build_index
     from clipexport.search.plan import parse_memory
 
@@ -1105,7 +1101,7 @@ def index(
         queries=queries,
         overwrite=overwrite,
         update=update,
-        layout=Layout(layout),
+        layout=layout,
         column=column,
         accept_low_recall=accept_low_recall,
     )

@@ -85,6 +85,18 @@ def test_local_dataset_equals_the_runtime_row_for_row(tiny_vit: Path, corpus: Pa
     assert table.num_rows == 23 and table.schema.field("embedding").type.list_size == 64
 
 
+def _captioned_tar(path: Path, photos: list[Path], caption: str) -> Path:
+    """A webdataset shard: sample i is `{i:04d}.jpg` with the caption `caption.format(i)`."""
+    with tarfile.open(path, "w") as tar:
+        for i, photo in enumerate(photos):
+            tar.add(photo, arcname=f"{i:04d}.jpg")
+            data = caption.format(i).encode()
+            info = tarfile.TarInfo(f"{i:04d}.txt")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
 def test_every_input_kind(tiny_vit: Path, corpus: Path, tmp_path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -94,13 +106,7 @@ def test_every_input_kind(tiny_vit: Path, corpus: Path, tmp_path: Path) -> None:
     (tmp_path / "list.txt").write_text("\n".join(map(str, paths)) + "\n")
     pq.write_table(pa.table({"path": [str(p) for p in paths], "other": list(range(6))}), tmp_path / "t.parquet")
     (tmp_path / "t.csv").write_text("path\n" + "\n".join(map(str, paths)) + "\n")
-    with tarfile.open(tmp_path / "shard.tar", "w") as tar:
-        for i, path in enumerate(paths):
-            tar.add(path, arcname=f"{i:04d}.jpg")
-            caption = f"caption {i}".encode()
-            info = tarfile.TarInfo(f"{i:04d}.txt")
-            info.size = len(caption)
-            tar.addfile(info, io.BytesIO(caption))
+    _captioned_tar(tmp_path / "shard.tar", paths, "caption {}")
     specs = {
         "list": InputSpec(image_list=tmp_path / "list.txt"),
         "parquet": InputSpec(image_table=tmp_path / "t.parquet"),
@@ -416,13 +422,7 @@ def test_ray_job_survives_a_killed_embedding_actor(ray_cluster, tiny_vit: Path, 
 
 def test_ray_pairs_equal_the_local_ones(ray_cluster, tiny_vit: Path, corpus: Path, tmp_path: Path) -> None:
     paths = sorted((corpus / "photos").glob("*.jpg"))[:5]
-    with tarfile.open(tmp_path / "pairs.tar", "w") as tar:
-        for i, path in enumerate(paths):
-            tar.add(path, arcname=f"{i:04d}.jpg")
-            caption = f"caption number {i}".encode()
-            info = tarfile.TarInfo(f"{i:04d}.txt")
-            info.size = len(caption)
-            tar.addfile(info, io.BytesIO(caption))
+    _captioned_tar(tmp_path / "pairs.tar", paths, "caption number {}")
     spec = InputSpec(images=[str(tmp_path / "pairs.tar")], pairs=True)
     embed_dataset(_options(tiny_vit, tmp_path / "local", inputs=spec))
     embed_dataset(_options(tiny_vit, tmp_path / "ray", inputs=spec, engine=Engine.RAY, ray=RayOptions(actors=1)))
