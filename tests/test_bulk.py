@@ -124,7 +124,8 @@ def test_every_input_kind(tiny_vit: Path, corpus: Path, tmp_path: Path) -> None:
         {"id": str(p), "other": i} for i, p in enumerate(paths)
     ]
     csv = pq.read_table(tmp_path / "csv")  # nothing but the paths; each image's decoded size
-    assert csv.column_names == ["id", "embedding", "width", "height"]
+    assert csv.column_names == ["id", "embedding", "width", "height", "input_bytes", "input_mtime_ns", "input_sha256"]
+    assert csv.column("input_bytes").to_pylist() == [p.stat().st_size for p in paths]
     from PIL import Image
 
     assert set(csv.column("width").to_pylist()) == {Image.open(p).size[0] for p in paths}
@@ -358,8 +359,10 @@ def test_ray_dataset_equals_the_local_one(ray_cluster, tiny_vit: Path, corpus: P
     np.testing.assert_allclose(ray_rows[2], local[2], atol=ROWS_MAX_ABS, rtol=0)
     import pyarrow.parquet as pq
 
-    sizes = [pq.read_table(tmp_path / run, columns=["width", "height"]).to_pylist() for run in ("local", "ray")]
-    assert sizes[0] == sizes[1] and len(sizes[0]) == 23
+    from clipexport.bulk.sources import DECODED_COLUMNS
+
+    facts = [pq.read_table(tmp_path / run, columns=list(DECODED_COLUMNS)).to_pylist() for run in ("local", "ray")]
+    assert facts[0] == facts[1] and len(facts[0]) == 23 and all(f["input_sha256"] for f in facts[0])
     strip = lambda m: {k: v for k, v in m.items() if k not in ("created", "updated")}  # noqa: E731
     assert strip(local[0])["inputs_sha256"] == strip(ray_rows[0])["inputs_sha256"]
     assert [s["sha256"] for s in local[0]["shards"]] != [] and [s["rows"] for s in local[0]["shards"]] == [

@@ -473,6 +473,7 @@ class AppendPlan:
     first_input: int
     first_shard: int
     unfinished: Identity | None  # the last segment, when an --append into it did not finish
+    recorded: dict[str, tuple] = field(default_factory=dict)  # id -> (input_bytes, input_mtime_ns, input_sha256)
 
 
 def plan_append(folder: Path) -> AppendPlan:
@@ -499,12 +500,21 @@ def plan_append(folder: Path) -> AppendPlan:
 
     entries = [state.shards[i] for i in sorted(state.shards) if not unfinished or i < last.first_shard]
     present: set[str] = set()
-    for entry in entries:  # the id column alone: the writer checks every shard's contents next
-        present.update(pq.read_table(folder / entry.file, columns=["id"]).column("id").to_pylist())
+    recorded: dict[str, tuple] = {}
+    facts = ("input_bytes", "input_mtime_ns", "input_sha256")
+    for entry in entries:  # the ids (and what each input was): the writer checks every shard's contents next
+        path = folder / entry.file
+        names = pq.read_schema(path).names
+        table = pq.read_table(path, columns=["id", *(n for n in facts if n in names)])
+        ids = table.column("id").to_pylist()
+        present.update(ids)
         present.update(skipped.id for skipped in entry.skipped)
+        if all(n in names for n in facts):
+            columns = [table.column(n).to_pylist() for n in facts]
+            recorded.update(zip(ids, zip(*columns)))
     if unfinished:
-        return AppendPlan(frozenset(present), last.first_input, last.first_shard, last)
-    return AppendPlan(frozenset(present), state.inputs, state.shard_count, None)
+        return AppendPlan(frozenset(present), last.first_input, last.first_shard, last, recorded)
+    return AppendPlan(frozenset(present), state.inputs, state.shard_count, None, recorded)
 
 
 def _open_legacy(

@@ -29,7 +29,7 @@ from clipexport.bulk.dataset import (
 )
 from clipexport.bulk.layouts import Layout, check_folder, dataset_folder, write_clip_retrieval
 from clipexport.bulk.local import PipelineStats
-from clipexport.bulk.sources import DECODED_COLUMNS, InputList, InputSpec, Kind, list_inputs
+from clipexport.bulk.sources import DECODED_COLUMNS, DECODED_TYPES, InputList, InputSpec, Kind, list_inputs
 from clipexport.datasets import is_folder
 from clipexport.errors import InputError
 from clipexport.files import created_folder, inside, sha256_file
@@ -209,6 +209,14 @@ def _appended(output: Path, inputs: InputList) -> tuple[InputList, int, int]:
     plan = plan_append(output)
     listed = {item.id for item in inputs.items}
     new = inputs.subset([i for i, item in enumerate(inputs.items) if item.id not in plan.present])
+    changed = _changed([item for item in inputs.items if item.id in plan.recorded], plan.recorded)
+    if changed:
+        item, why = changed[0]
+        more = f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""
+        raise InputError(
+            f"--append: input {item.label} changed since it was embedded ({why}){more}; its row would be stale: "
+            "give the new content a new name, or make the dataset again with --overwrite"
+        )
     respelled = _respelled(new.items, plan.present)
     if respelled is not None:
         raise InputError(
@@ -228,6 +236,41 @@ def _appended(output: Path, inputs: InputList) -> tuple[InputList, int, int]:
             "adding; rerun that command as it was to finish it, then append these"
         )
     return new, plan.first_input, plan.first_shard
+
+
+def _changed(items: list, recorded: dict[str, tuple]) -> list[tuple]:
+    """Inputs whose content differs from what the dataset recorded when it embedded them: their
+    size and modification time first (a stat), their sha256 where those differ (a copy or a touch
+    keeps the content); (item, how) for each."""
+    import hashlib
+
+    from clipexport.bulk.sources import item_mtime_ns, read_item_bytes
+
+    out = []
+    for item in items:
+        size, mtime, sha = recorded[item.id]
+        if sha is None or ("://" in item.where and not item.where.startswith("file://")):
+            continue  # nothing recorded, or an object-store URI (comparing would download it)
+        now_size = item.size if item.member else _file_size(item.where)
+        if now_size == size and item_mtime_ns(item) == mtime:
+            continue
+        try:
+            data = read_item_bytes(item)
+        except InputError as exc:
+            out.append((item, f"it cannot be read now: {exc}"))
+            continue
+        if hashlib.sha256(data).hexdigest() != sha:
+            out.append((item, f"its sha256 differs; {size} bytes then, {len(data)} now"))
+    return out
+
+
+def _file_size(where: str) -> int | None:
+    import os
+
+    try:
+        return os.stat(Path(where.removeprefix("file://")).expanduser()).st_size
+    except OSError:
+        return None
 
 
 def _respelled(items: tuple, present: frozenset[str]) -> tuple[str, str] | None:
@@ -349,7 +392,7 @@ class _ShardWriter:
 
     def __init__(self, state: DatasetState, inputs: InputList, todo: list[int]):
         self.state, self.inputs = state, inputs
-        self.pending = {index: {"kept": [], "rows": [], "skipped": [], "sizes": [], "seen": 0} for index in todo}
+        self.pending = {index: {"kept": [], "rows": [], "skipped": [], "facts": [], "seen": 0} for index in todo}
 
     def on_batch(
         self,
@@ -357,12 +400,12 @@ class _ShardWriter:
         kept: list[int],
         rows: np.ndarray,
         skipped: list[tuple[int, str]],
-        sizes: Sequence[tuple[int, int]] = (),
+        facts: Sequence[tuple] = (),
     ) -> None:
         index = self.state.identity.first_shard + start // self.state.identity.shard_size
         shard = self.pending[index]
         shard["kept"] += kept
-        shard["sizes"] += sizes
+        shard["facts"] += facts
         shard["rows"].append(np.asarray(rows, np.float32))
         shard["skipped"] += [Skipped(self.inputs.items[i].id, reason) for i, reason in skipped]
         shard["seen"] += len(kept) + len(skipped)
@@ -383,10 +426,11 @@ class _ShardWriter:
         extra = metadata.take(shard["kept"]) if metadata is not None else None
         if not self.inputs.decoded:
             return extra
-        sizes = np.asarray(shard["sizes"], np.int32).reshape(-1, 2)
         columns = {name: extra.column(name) for name in extra.column_names} if extra is not None else {}
         for name in self.inputs.decoded:
-            columns[name] = pa.array(sizes[:, DECODED_COLUMNS.index(name)], pa.int32())
+            at = DECODED_COLUMNS.index(name)
+            values = [fact[at] for fact in shard["facts"]]
+            columns[name] = pa.array(values, getattr(pa, DECODED_TYPES[name])())
         return pa.table(columns)
 
     def finish(self) -> None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import math
+import hashlib
 import os
 import pickle
 import signal
@@ -36,7 +37,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from clipexport.bulk.sources import InputList, Item, Kind, read_item_bytes
+from clipexport.bulk.sources import InputList, Item, Kind, item_mtime_ns, read_item_bytes
 from clipexport.progress import Advance
 from clipexport.errors import InputError, StepFailed
 
@@ -63,12 +64,13 @@ class Batch:
     decode_seconds: float = 0.0  # the worker's CPU time for the batch
     drafted: int = 0  # JPEGs decoded at a reduced DCT scale (--fast-decode)
     warm: bool = False  # decoded by a worker that had decoded before (its first task pays its imports)
-    sizes: tuple[tuple[int, int], ...] = ()  # (width, height) of each kept image, as the decoder found it
+    facts: tuple[tuple, ...] = ()  # per kept image, what decoding told (sources.DECODED_COLUMNS, in order)
 
 
-# on_batch(start, kept input indices, their embeddings, skipped (input index, reason), the kept
-# images' (width, height) — empty for texts): how an engine hands each batch to the writer.
-OnBatch = Callable[[int, list[int], np.ndarray, list[tuple[int, str]], Sequence[tuple[int, int]]], None]
+# on_batch(start, kept input indices, their embeddings, skipped (input index, reason), what decoding
+# told of each kept image (sources.DECODED_COLUMNS; empty for texts)): how an engine hands each
+# batch to the writer.
+OnBatch = Callable[[int, list[int], np.ndarray, list[tuple[int, str]], Sequence[tuple]], None]
 
 
 @dataclass
@@ -129,12 +131,12 @@ def decode_batch(
     h, w = preprocessor.config.image_size
     began = time.process_time()
     pixels = np.empty((len(items), 3, h, w), np.uint8)
-    kept, skipped, drafted, sizes = [], [], 0, []
+    kept, skipped, drafted, facts = [], [], 0, []
     for offset, item in enumerate(items):
         try:
             data = read_item_bytes(item)
             pixels[len(kept)], size = preprocessor.pixels_sized(data, name=f"image {item.label}", fast_decode=fast)
-            sizes.append(size)
+            facts.append((*size, len(data), item_mtime_ns(item), hashlib.sha256(data).hexdigest()))
             kept.append(offset)
             drafted += fast and data[:2] == JPEG_MAGIC
         except InputError as exc:
@@ -143,7 +145,7 @@ def decode_batch(
     if normalized:
         out = preprocessor.normalize(out)
     return Batch(
-        start, len(items), out, tuple(kept), tuple(skipped), time.process_time() - began, drafted, sizes=tuple(sizes)
+        start, len(items), out, tuple(kept), tuple(skipped), time.process_time() - began, drafted, facts=tuple(facts)
     )
 
 
@@ -317,7 +319,7 @@ class ImagePipeline:
                 skipped,
                 sum(p.decode_seconds for p in parts),
                 sum(p.drafted for p in parts),
-                sizes=tuple(size for p in parts for size in p.sizes),
+                facts=tuple(fact for p in parts for fact in p.facts),
             )
             parts.clear()
             return out
@@ -650,7 +652,7 @@ def embed_ranges(
                 [batch.start + k for k in batch.kept],
                 rows,
                 [(batch.start + k, reason) for k, reason in batch.skipped],
-                batch.sizes,
+                batch.facts,
             )
             stats.images += batch.count
             stats.batches += 1

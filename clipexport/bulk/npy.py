@@ -105,7 +105,7 @@ def embed_to_file(request: EmbedRequest, advance: Advance | None = None) -> Embe
     sources: list[str] = []
     skipped: list[SkippedImage] = []
 
-    def collect(start: int, kept: list[int], embeddings: np.ndarray, bad: list[tuple[int, str]], sizes=()) -> None:
+    def collect(start: int, kept: list[int], embeddings: np.ndarray, bad: list[tuple[int, str]], facts=()) -> None:
         rows.append(embeddings)
         sources.extend(inputs.items[i].id for i in kept)
         skipped.extend(SkippedImage(i, inputs.items[i].id, reason) for i, reason in bad)

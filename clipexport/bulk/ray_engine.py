@@ -20,7 +20,7 @@ import numpy as np
 
 from clipexport._deps import require
 from clipexport.bulk.dataset import PAIR_KIND as PAIRS  # the actors' kind for --pairs: both towers
-from clipexport.bulk.sources import InputList, Item, Kind
+from clipexport.bulk.sources import DECODED_COLUMNS, InputList, Item, Kind
 from clipexport.errors import InputError
 
 if TYPE_CHECKING:
@@ -65,8 +65,8 @@ class _Embedder:
                     out[ok] = np.stack([pixels, self.runtime.encode_text(texts, len(texts), names=names)], axis=1)
                 else:
                     out[ok] = pixels
-        sizes = {k: batch[k] for k in ("width", "height") if k in batch}
-        return {"index": batch["index"], "ok": ok, "reason": batch["reason"], "embedding": out, **sizes}
+        facts = {k: batch[k] for k in DECODED_COLUMNS if k in batch}
+        return {"index": batch["index"], "ok": ok, "reason": batch["reason"], "embedding": out, **facts}
 
 
 def _decode(
@@ -96,8 +96,10 @@ def _decode(
     h, w = preprocessor.config.image_size
     pixels = np.zeros((count, 3, h, w), np.float32)
     pixels[list(decoded.kept)] = decoded.pixels
-    sizes = np.zeros((count, 2), np.int64)
-    sizes[list(decoded.kept)] = np.asarray(decoded.sizes, np.int64).reshape(-1, 2)
+    facts = {name: np.array([None] * count, dtype=object) for name in DECODED_COLUMNS}
+    for offset, fact in zip(decoded.kept, decoded.facts):
+        for name, value in zip(DECODED_COLUMNS, fact):
+            facts[name][offset] = value
     for offset, reason in decoded.skipped:
         ok[offset] = False
         reasons[offset] = reason
@@ -108,8 +110,7 @@ def _decode(
         "reason": reasons,
         "pixels": pixels,
         "text": batch["text"],
-        "width": sizes[:, 0],
-        "height": sizes[:, 1],
+        **facts,
     }
 
 
@@ -212,9 +213,7 @@ def run_on_ray(
                 [int(i) for i in index[kept]],
                 result["embedding"][kept],
                 [(int(i), str(r)) for i, r in zip(index[bad], result["reason"][bad])],
-                [(int(w), int(h)) for w, h in zip(result["width"][kept], result["height"][kept])]
-                if "width" in result
-                else (),
+                list(zip(*(result[name][kept] for name in DECODED_COLUMNS))) if "width" in result else (),
             )
         if advance:
             advance(len(index), total)

@@ -78,7 +78,7 @@ class InputList:
     def columns(self) -> str:
         """The metadata columns a shard of these inputs gets, with their types."""
         named = [f"{f.name}:{f.type}" for f in self.metadata.schema] if self.metadata is not None else []
-        return ",".join([*named, *(f"{name}:int32" for name in self.decoded)])
+        return ",".join([*named, *(f"{name}:{DECODED_TYPES[name]}" for name in self.decoded)])
 
 
 @dataclass(frozen=True)
@@ -99,9 +99,18 @@ class InputSpec:
 
 # The dataset's own columns: an input column of that name is kept as `input_<name>`.
 OWN_COLUMNS = ("id", "embedding")
-# What decoding an image tells (its full size), recorded beside its embedding unless
-# --keep-columns leaves it out, or an input column of that name is kept instead.
-DECODED_COLUMNS = ("width", "height")
+# What decoding an image tells — its full size, and what the input was: its bytes, modification
+# time (files and tar shards) and sha256, by which --append notices an input changed under the
+# same id — recorded beside its embedding unless --keep-columns leaves it out, or an input column of
+# that name is kept instead. Their Arrow types, by name.
+DECODED_COLUMNS = ("width", "height", "input_bytes", "input_mtime_ns", "input_sha256")
+DECODED_TYPES = {
+    "width": "int32",
+    "height": "int32",
+    "input_bytes": "int64",
+    "input_mtime_ns": "int64",
+    "input_sha256": "string",
+}
 
 
 def list_inputs(spec: InputSpec, strict: bool = True, metadata: bool = False) -> InputList:
@@ -482,6 +491,18 @@ def _refuse_duplicates(items: list[Item]) -> None:
                 "remove the duplicate (a file given both alone and inside a folder, or two tar samples "
                 "with one key?)"
             )
+
+
+def item_mtime_ns(item: Item) -> int | None:
+    """When a file input (or a tar member's shard) was last modified; None for object-store URIs."""
+    import os
+
+    if "://" in item.where and not item.where.startswith("file://"):
+        return None
+    try:
+        return os.stat(Path(item.where.removeprefix("file://")).expanduser()).st_mtime_ns
+    except OSError:
+        return None
 
 
 def read_item_bytes(item: Item) -> bytes:
