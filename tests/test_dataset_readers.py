@@ -441,6 +441,8 @@ def test_clip_retrieval_layout_loads_in_its_readers(dataset, tiny_vit: Path, tmp
         main, ["index", str(out), "-o", str(tmp_path / "back"), "--layout", "clip-retrieval", "-q"]
     )
     assert indexed.exit_code == 0 and "image.index" in indexed.output and "text.index" in indexed.output, indexed.output
+    inside = CliRunner().invoke(main, ["index", str(out), "-o", str(out / "idx")])
+    assert inside.exit_code == 2 and "inside the dataset" in inside.output and not (out / "idx").exists()
     back = tmp_path / "back"
     metadata = pd.concat(pd.read_parquet(p) for p in sorted((back / "metadata").glob("*.parquet")))
     for name, queries in (("image", ours.column("image_embedding")), ("text", ours.column("text_embedding"))):

@@ -682,6 +682,11 @@ class EmbeddingsDataset:
     column: str = ""  # the embedding column read (a --pairs dataset has two; "": the first)
 
     @property
+    def home(self) -> Path:
+        """The folder the user named: the dataset's own, or the one in another layout it is behind."""
+        return self.folder.parent if self.folder.name == BEHIND else self.folder
+
+    @property
     def embedding_column(self) -> str:
         return self.column or EMBEDDING_COLUMNS.get(self.manifest.get("kind", ""), PLAIN_EMBEDDING)[0]
 

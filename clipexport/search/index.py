@@ -171,13 +171,13 @@ def build_index(options: IndexOptions, advance: Advance | None = None, progress:
     output = Path(options.output).expanduser()
     if output.exists() and not output.is_dir():
         raise InputError(f"-o {output} is a file; pass a folder for the index")
-    if inside(output, dataset.folder):
+    if inside(output, dataset.home):
         raise InputError(
-            f"-o {output} is inside the dataset {dataset.folder} (readers of the dataset would take the "
+            f"-o {output} is inside the dataset {dataset.home} (readers of the dataset would take the "
             "index files for data); choose a separate folder for the index"
         )
-    if inside(dataset.folder, output):
-        raise InputError(f"-o {output} holds the dataset {dataset.folder}; choose a separate folder for the index")
+    if inside(dataset.home, output):
+        raise InputError(f"-o {output} holds the dataset {dataset.home}; choose a separate folder for the index")
     identity = {
         "dataset_manifest_sha256": dataset.manifest_sha256,
         **(
