@@ -456,6 +456,38 @@ def _build(
     )
 
 
+def _updatable(dataset: EmbeddingsDataset, output: Path, options: IndexOptions) -> dict[str, Any]:
+    """The manifest of the index --update adds to, once it is known to be this dataset's (its
+    shards the dataset's first ones, the same column and dim, its files whole); one line otherwise."""
+    from clipexport.files import check_recorded_sha256
+
+    if options.overwrite:
+        raise InputError("--update adds to an index and --overwrite rebuilds it: pass one of them")
+    refuse_foreign(output, _ours, "-o", "not an index")
+    if not (output / MANIFEST).is_file():
+        raise InputError(f"--update: {output} holds no index yet; build it without --update")
+    fix = "rebuild it with --overwrite"
+    data = read_index_manifest_file(output / MANIFEST, fix)
+    recorded = data.get("shards")
+    if not isinstance(recorded, list):
+        raise InputError(f"--update: {output} was built before indexes recorded their shards; {fix}")
+    if shard_list(dataset.manifest)[: len(recorded)] != recorded:
+        raise InputError(
+            f"--update: {output} is not an index of {dataset.folder} as it is now (its rows are not the "
+            f"dataset's first {len(recorded)} shards: another dataset, or one made again); {fix}"
+        )
+    if data.get("column", "embedding") != dataset.embedding_column:
+        raise InputError(
+            f"--update: {output} indexes the dataset's {data.get('column', 'embedding')}, not "
+            f"{dataset.embedding_column}; pass --column {data.get('column', 'embedding')}"
+        )
+    if data["dim"] != dataset.dim:
+        raise InputError(f"--update: {output} holds {data['dim']}-d rows, the dataset {dataset.dim}-d; {fix}")
+    for name in (INDEX_FILE, IDS_FILE):
+        check_recorded_sha256(output / name, data["files"].get(name), fix, recorded_in=str(output / MANIFEST))
+    return data
+
+
 def _update(
     dataset: EmbeddingsDataset,
     queries: EmbeddingsDataset | None,
@@ -471,39 +503,15 @@ def _update(
     summary says a rebuild is due."""
     import hashlib
 
-    from clipexport.files import check_recorded_sha256
-
-    if options.overwrite:
-        raise InputError("--update adds to an index and --overwrite rebuilds it: pass one of them")
-    refuse_foreign(output, _ours, "-o", "not an index")
-    if not (output / MANIFEST).is_file():
-        raise InputError(f"--update: {output} holds no index yet; build it without --update")
-    fix = "rebuild it with --overwrite"
-    data = read_index_manifest_file(output / MANIFEST, fix)
-    recorded = data.get("shards")
-    if not isinstance(recorded, list):
-        raise InputError(f"--update: {output} was built before indexes recorded their shards; {fix}")
-    now = shard_list(dataset.manifest)
-    if now[: len(recorded)] != recorded:
-        raise InputError(
-            f"--update: {output} is not an index of {dataset.folder} as it is now (its rows are not the "
-            f"dataset's first {len(recorded)} shards: another dataset, or one made again); {fix}"
-        )
-    if data.get("column", "embedding") != dataset.embedding_column:
-        raise InputError(
-            f"--update: {output} indexes the dataset's {data.get('column', 'embedding')}, not "
-            f"{dataset.embedding_column}; pass --column {data.get('column', 'embedding')}"
-        )
-    if data["dim"] != dataset.dim:
-        raise InputError(f"--update: {output} holds {data['dim']}-d rows, the dataset {dataset.dim}-d; {fix}")
-    for name in (INDEX_FILE, IDS_FILE):
-        check_recorded_sha256(output / name, data["files"].get(name), fix, recorded_in=str(output / MANIFEST))
+    data = _updatable(dataset, output, options)
+    recorded, now = data["shards"], shard_list(dataset.manifest)
     plan = IndexPlan.from_dict(data["index"])
     target = float(data["index"]["target_recall"])  # the target it was built for, not this run's default
     index = _deserialize((output / INDEX_FILE).read_bytes())
     if index.ntotal != data["rows"]:
         raise InputError(
-            f"--update: {output / INDEX_FILE} holds {index.ntotal} rows, its manifest {data['rows']}; {fix}"
+            f"--update: {output / INDEX_FILE} holds {index.ntotal} rows, its manifest {data['rows']}; "
+            "rebuild it with --overwrite"
         )
     import pyarrow.parquet as pq
 
@@ -520,15 +528,8 @@ def _update(
                 advance(len(vectors), dataset.rows - data["rows"])
     nprobe, recall, curve = int(data["index"]["nprobe"]), data["recall_at_10"], data.get("recall_curve", [])
     if added and not plan.exact:
-        names = _sample_names(dataset, queries)
         progress(f"measuring recall@{RECALL_K} against exact search on {min(RECALL_SAMPLE, dataset.rows)} rows")
-        sets, _ = _recall_queries(dataset, queries, names, None)
-        tops = {n: TopK(q, min(RECALL_K, dataset.rows - (own is not None)), own) for n, (q, own) in sets.items()}
-        for first, _, vectors in dataset.shards(unit=True):
-            for top in tops.values():
-                top.add(vectors, first)
-        samples = {n: (q, tops[n].result(), None if own is None else own.tolist()) for n, (q, own) in sets.items()}
-        tuned = tune_nprobe(index, plan, samples, target)
+        tuned = _measure_recall(index, plan, dataset, queries, target)
         nprobe, recall, curve = tuned.nprobe, tuned.recall, tuned.curve
     if added:
         from clipexport.signals import deferred_interrupts
@@ -562,6 +563,20 @@ def _update(
         target_recall=target,
         added=added,
     )
+
+
+def _measure_recall(
+    index: Any, plan: IndexPlan, dataset: EmbeddingsDataset, queries: EmbeddingsDataset | None, target: float
+) -> Any:
+    """recall@10 against exact search on the own-row sample (and --queries) over every row, with
+    the smallest nprobe that reaches `target` (`tune_nprobe`): two passes over the dataset."""
+    sets, _ = _recall_queries(dataset, queries, _sample_names(dataset, queries), None)
+    tops = {n: TopK(q, min(RECALL_K, dataset.rows - (own is not None)), own) for n, (q, own) in sets.items()}
+    for first, _, vectors in dataset.shards(unit=True):
+        for top in tops.values():
+            top.add(vectors, first)
+    samples = {n: (q, tops[n].result(), None if own is None else own.tolist()) for n, (q, own) in sets.items()}
+    return tune_nprobe(index, plan, samples, target)
 
 
 def _sample_names(dataset: EmbeddingsDataset, queries: EmbeddingsDataset | None) -> tuple[str, ...]:
