@@ -1146,19 +1146,13 @@ def search(
     """Top-k rows of INDEX for each --text / --image query: score (cosine) and id."""
     import json
 
-    from clipexport.errors import InputError
     from clipexport.search.searcher import Searcher
 
-    if not texts and not images:
-        raise InputError('pass a query: --text "..." or --image PATH (repeatable)')
     with Searcher(index_dir, artifact=artifact, precision=precision, backend=backend, nprobe=nprobe) as searcher:
-        queries = [("text", t) for t in texts] + [("image", i) for i in images]
-        hits = (searcher.search_text(list(texts), k) if texts else []) + (
-            searcher.search_images(list(images), k) if images else []
-        )
+        answers = searcher.search_queries(list(texts), list(images), k)
         for note in searcher.notes:
             click.echo(f"note: {note}", err=True)
-    for (kind, query), found in zip(queries, hits):
+    for kind, query, found in answers:
         if as_json:
             click.echo(json.dumps({kind: query, "hits": [{"id": h.id, "score": h.score} for h in found]}))
             continue
@@ -1386,11 +1380,9 @@ def models(pretrained: bool, as_json: bool) -> None:
     """List the OpenCLIP model names (and pretrained tags) that export accepts."""
     import json
 
-    from clipexport._deps import require
+    from clipexport.sources.openclip import list_open_clip
 
-    open_clip = require("open_clip", "listing OpenCLIP models")
-    rows = open_clip.list_pretrained() if pretrained else [(name,) for name in open_clip.list_models()]
-    for row in rows:
+    for row in list_open_clip(pretrained):
         if as_json:
             click.echo(json.dumps(dict(zip(("model", "tag"), row)), ensure_ascii=False))
         else:

@@ -176,6 +176,16 @@ class Searcher:
         ]
 
     # -- texts and images ---------------------------------------------------------------------
+    def search_queries(
+        self, texts: Sequence[str] = (), images: Sequence[Any] = (), k: int = 10
+    ) -> list[tuple[str, Any, list[Hit]]]:
+        """(kind, query, hits) for every text, then every image, in the order given."""
+        if not texts and not images:
+            raise InputError('pass a query: --text "..." or --image PATH (repeatable)')
+        hits = (self.search_text(texts, k) if texts else []) + (self.search_images(images, k) if images else [])
+        queries = [("text", t) for t in texts] + [("image", i) for i in images]
+        return [(kind, query, found) for (kind, query), found in zip(queries, hits)]
+
     def search_text(self, texts: Sequence[str], k: int = 10) -> list[list[Hit]]:
         check_k(k, self.rows)
         return self.search(self._open_runtime("text").encode_text(list(texts)), k)

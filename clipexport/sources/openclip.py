@@ -49,6 +49,14 @@ def demo_files() -> tuple[Path, Path, Path]:
     return files
 
 
+def list_open_clip(pretrained: bool = False) -> list[tuple[str, ...]]:
+    """The OpenCLIP model names `export` accepts, or with `pretrained` the (model, tag) pairs."""
+    open_clip = require("open_clip", "listing OpenCLIP models")
+    if pretrained:
+        return [tuple(row) for row in open_clip.list_pretrained()]
+    return [(name,) for name in open_clip.list_models()]
+
+
 def load_open_clip(
     model: str,
     pretrained: str | None,
