@@ -55,6 +55,15 @@ PAIR_KIND = "pair"  # images with their captions (--pairs): two embedding column
 # The embedding columns of a dataset of each kind, in the order their values are stacked per row.
 EMBEDDING_COLUMNS = {PAIR_KIND: ("image_embedding", "text_embedding")}
 PLAIN_EMBEDDING = ("embedding",)
+
+
+def embedding_columns(kind: str) -> dict[str, str]:
+    """A dataset kind's embedding columns by what they embed ("image" / "text")."""
+    if kind == PAIR_KIND:
+        return dict(zip(("image", "text"), EMBEDDING_COLUMNS[PAIR_KIND]))
+    return {kind: PLAIN_EMBEDDING[0]}
+
+
 BEHIND = ".clipexport-dataset"  # the dataset behind another layout of it (bulk/layouts.py)
 DEFAULT_SHARD_SIZE = 10_000
 DTYPES = ("float32", "float16")
@@ -269,8 +278,7 @@ def _check_legacy_manifest(data: dict[str, Any]) -> None:
 def _read_legacy_state(folder: Path, fix: str) -> DatasetState:
     """A version-1 dataset's `_embeddings.json`, schema-checked, as the writer's typed state."""
     data = read_format_json(Path(folder) / LEGACY_MANIFEST, FORMAT, _check_legacy_manifest, fix)
-    _check_identity(data)
-    identity = Identity(**{k: data[k] for k in Identity.__dataclass_fields__})
+    identity = Identity(**{k: data[k] for k in Identity.__dataclass_fields__})  # defaults set by the check
     state = DatasetState(Path(folder), identity, data["artifact"], created=str(data.get("created") or utc_timestamp()))
     for entry in data["shards"]:
         shard = Shard.from_dict(entry)
@@ -576,14 +584,16 @@ def _columns(table: Any) -> tuple[list[str], np.ndarray, Any]:
     """A shard table's ids, its embeddings' flat values (in the dtype they are stored in; a pair's
     image and text rows side by side) and its metadata columns (a table, or None)."""
     names = EMBEDDING_COLUMNS[PAIR_KIND] if "image_embedding" in table.column_names else PLAIN_EMBEDDING
-    parts = [_flat(table.column(name)).reshape(len(table), -1) for name in names]
+    parts = [embedding_rows(table, name) for name in names]
     values = (parts[0] if len(parts) == 1 else np.stack(parts, axis=1)).reshape(-1)
     extra = [n for n in table.column_names if n not in ("id", *names)]
     return table.column("id").to_pylist(), values, (table.select(extra) if extra else None)
 
 
-def _flat(column: Any) -> np.ndarray:
-    return column.combine_chunks().flatten().to_numpy(zero_copy_only=False)
+def embedding_rows(table: Any, column: str) -> np.ndarray:
+    """A shard table's embedding column as [rows, dim], in the dtype it is stored in."""
+    values = table.column(column).combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    return values.reshape(len(table), -1)
 
 
 def _contents_match(path: Path, shard: Shard) -> bool:
@@ -740,7 +750,7 @@ class EmbeddingsDataset:
                 path = self.folder / entry["file"]
                 table = self._table(entry, ["id", self.embedding_column])
                 ids = table.column("id").to_pylist()
-                raw = _flat(table.column(self.embedding_column)).reshape(len(ids), -1)
+                raw = embedding_rows(table, self.embedding_column)
                 if raw.shape[1] != self.dim:
                     raise InputError(
                         f"{path} holds {raw.shape[1]}-d rows, not the {self.dim} its manifest says; "
@@ -869,6 +879,8 @@ def job_lock(folder: Path, command: str = "clipexport embed", option: str = "--o
 __all__ = [
     "AppendPlan",
     "EMBEDDING_COLUMNS",
+    "embedding_columns",
+    "embedding_rows",
     "PAIR_KIND",
     "DEFAULT_SHARD_SIZE",
     "DTYPES",

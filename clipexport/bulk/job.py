@@ -16,7 +16,6 @@ import numpy as np
 from clipexport.artifact.manifest import Tower, read_manifest
 from clipexport.artifact.precision import Precision
 from clipexport.bulk.dataset import (
-    PAIR_KIND,
     DEFAULT_SHARD_SIZE,
     DTYPES,
     DatasetState,
@@ -177,7 +176,7 @@ def _embed_dataset(options: BulkOptions, advance: Advance | None = None, progres
         if not len(inputs):
             return _nothing_new(output, inputs, begin)
     identity = Identity(
-        kind=PAIR_KIND if inputs.pairs else inputs.kind.value,
+        kind=inputs.job_kind,
         artifact_manifest_sha256=sha256_file(artifact / "manifest.json"),
         precision=options.precision.value,
         backend=options.backend.value,
@@ -244,15 +243,14 @@ def _changed(items: list, recorded: dict[str, tuple]) -> list[tuple]:
     keeps the content); (item, how) for each."""
     import hashlib
 
-    from clipexport.bulk.sources import item_mtime_ns, read_item_bytes
+    from clipexport.bulk.sources import item_stat, read_item_bytes
 
     out = []
     for item in items:
         size, mtime, sha = recorded[item.id]
         if sha is None or ("://" in item.where and not item.where.startswith("file://")):
             continue  # nothing recorded, or an object-store URI (comparing would download it)
-        now_size = item.size if item.member else _file_size(item.where)
-        if now_size == size and item_mtime_ns(item) == mtime:
+        if item_stat(item) == (size, mtime):
             continue
         try:
             data = read_item_bytes(item)
@@ -262,15 +260,6 @@ def _changed(items: list, recorded: dict[str, tuple]) -> list[tuple]:
         if hashlib.sha256(data).hexdigest() != sha:
             out.append((item, f"its sha256 differs; {size} bytes then, {len(data)} now"))
     return out
-
-
-def _file_size(where: str) -> int | None:
-    import os
-
-    try:
-        return os.stat(Path(where.removeprefix("file://")).expanduser()).st_size
-    except OSError:
-        return None
 
 
 def _respelled(items: tuple, present: frozenset[str]) -> tuple[str, str] | None:

@@ -62,12 +62,12 @@ def write_clip_retrieval(dataset: Path, output: Path, embeddings: bool = True) -
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from clipexport.bulk.dataset import EMBEDDING_COLUMNS, PAIR_KIND, read_embeddings
+    from clipexport.bulk.dataset import embedding_columns, embedding_rows, read_embeddings
     from clipexport.files import write_bytes_atomic
 
     data = read_embeddings(dataset, "the dataset")
     kind = data.manifest["kind"]
-    columns = dict(zip(("image", "text"), EMBEDDING_COLUMNS[PAIR_KIND])) if kind == PAIR_KIND else {kind: "embedding"}
+    columns = embedding_columns(kind)
     written: set[Path] = set()
     for entry in data.manifest["shards"]:
         if not entry["rows"]:
@@ -75,8 +75,7 @@ def write_clip_retrieval(dataset: Path, output: Path, embeddings: bool = True) -
         table = data.read_shard(entry)
         number = entry["file"].removeprefix("part-").removesuffix(".parquet")
         for what, column in columns.items() if embeddings else ():
-            flat = table.column(column).combine_chunks().flatten().to_numpy(zero_copy_only=False)
-            values = flat.reshape(len(table), -1)
+            values = embedding_rows(table, column)
             buffer = io.BytesIO()
             np.save(buffer, values)
             path = output / EMBEDDING_FOLDERS[what] / f"{EMBEDDING_FOLDERS[what]}_{number}.npy"

@@ -37,7 +37,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from clipexport.bulk.sources import InputList, Item, Kind, item_mtime_ns, read_item_bytes
+from clipexport.bulk.sources import InputList, Item, Kind, item_stat, read_item_bytes, towers_of
 from clipexport.progress import Advance
 from clipexport.errors import InputError, StepFailed
 
@@ -136,7 +136,8 @@ def decode_batch(
         try:
             data = read_item_bytes(item)
             pixels[len(kept)], size = preprocessor.pixels_sized(data, name=f"image {item.label}", fast_decode=fast)
-            facts.append((*size, len(data), item_mtime_ns(item), hashlib.sha256(data).hexdigest()))
+            stat = item_stat(item)
+            facts.append((*size, len(data), stat[1] if stat else None, hashlib.sha256(data).hexdigest()))
             kept.append(offset)
             drafted += fast and data[:2] == JPEG_MAGIC
         except InputError as exc:
@@ -537,8 +538,7 @@ def run_local(
     embedding width)."""
     from clipexport.runtime.clip_runtime import ClipRuntime
 
-    tower = "text" if inputs.kind is Kind.TEXT else "vision"
-    towers = ("vision", "text") if inputs.pairs else (tower,)  # --pairs: each image and its caption
+    towers = towers_of(inputs.job_kind)
     auto = workers is None and threads is None and inputs.kind is Kind.IMAGE
     machine = cores()
 

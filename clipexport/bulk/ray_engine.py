@@ -20,7 +20,7 @@ import numpy as np
 
 from clipexport._deps import require
 from clipexport.bulk.dataset import PAIR_KIND as PAIRS  # the actors' kind for --pairs: both towers
-from clipexport.bulk.sources import DECODED_COLUMNS, InputList, Item, Kind
+from clipexport.bulk.sources import DECODED_COLUMNS, InputList, Item, Kind, towers_of
 from clipexport.errors import InputError
 
 if TYPE_CHECKING:
@@ -37,8 +37,7 @@ class _Embedder:
     ):
         from clipexport.runtime.clip_runtime import ClipRuntime
 
-        tower = "text" if kind == Kind.TEXT.value else "vision"
-        towers = ("vision", "text") if kind == PAIRS else (tower,)
+        towers = towers_of(kind)
         self.kind = kind
         self.runtime = ClipRuntime.load(
             artifact,
@@ -172,7 +171,7 @@ def run_on_ray(
         fn_kwargs={
             "preprocess": manifest.preprocess,
             "exif_transpose": options.exif_transpose,
-            "kind": PAIRS if inputs.pairs else inputs.kind.value,
+            "kind": inputs.job_kind,
             "fast_decode": options.fast_decode,
         },
     )
@@ -187,7 +186,7 @@ def run_on_ray(
             "artifact": str(Path(options.artifact).resolve()),
             "precision": str(options.precision),
             "backend": str(options.backend),
-            "kind": PAIRS if inputs.pairs else inputs.kind.value,
+            "kind": inputs.job_kind,
             "threads": options.threads,
             "device": options.device,
         },

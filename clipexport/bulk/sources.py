@@ -24,6 +24,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Sequence
 
+from clipexport.bulk.dataset import PAIR_KIND
 from clipexport.datasets import IMAGE_SUFFIXES, image_paths, is_folder, read_lines
 from clipexport.errors import InputError
 from clipexport.inputs import read_regular_file, regular_file, shown
@@ -73,6 +74,11 @@ class InputList:
         metadata = self.metadata.take(list(indices)) if self.metadata is not None else None
         digest = _digest(self.kind, items, metadata, self.decoded, self.pairs)
         return InputList(self.kind, items, digest, self.notes, metadata, self.decoded, self.pairs)
+
+    @property
+    def job_kind(self) -> str:
+        """What the job embeds: "image", "text", or "pair" (--pairs: each image and its caption)."""
+        return PAIR_KIND if self.pairs else self.kind.value
 
     @property
     def columns(self) -> str:
@@ -256,18 +262,18 @@ def _metadata_table(
                 notes.append(
                     f"the inputs' column '{name}' is kept as '{renamed[name]}' (the dataset's '{name}' is its own)"
                 )
-    schemas = [
+    renamed_tables = [
         table.rename_columns([renamed.get(n, n) for n in table.column_names])
         for _, table in tables
         if table is not None
     ]
     try:
-        schema = pa.unify_schemas([t.schema for t in schemas], promote_options="permissive")
+        schema = pa.unify_schemas([t.schema for t in renamed_tables], promote_options="permissive")
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
         raise InputError(
             f"the inputs' columns do not go together ({str(exc).splitlines()[0][:200]}); choose some with --keep-columns"
         ) from None
-    parts = iter(schemas)
+    parts = iter(renamed_tables)
     whole = pa.concat_tables(
         [
             next(parts) if table is not None else pa.Table.from_pylist([{}] * rows, schema=schema)
@@ -493,16 +499,23 @@ def _refuse_duplicates(items: list[Item]) -> None:
             )
 
 
-def item_mtime_ns(item: Item) -> int | None:
-    """When a file input (or a tar member's shard) was last modified; None for object-store URIs."""
+def towers_of(job_kind: str) -> tuple[str, ...]:
+    """The towers a job of that kind (`InputList.job_kind`) runs."""
+    return ("vision", "text") if job_kind == PAIR_KIND else ("text",) if job_kind == Kind.TEXT.value else ("vision",)
+
+
+def item_stat(item: Item) -> tuple[int, int] | None:
+    """(size, modification time in ns) of a file input — a tar member: its own size, its shard's
+    time; None for object-store URIs and what cannot be stat'ed."""
     import os
 
     if "://" in item.where and not item.where.startswith("file://"):
         return None
     try:
-        return os.stat(Path(item.where.removeprefix("file://")).expanduser()).st_mtime_ns
+        found = os.stat(Path(item.where.removeprefix("file://")).expanduser())
     except OSError:
         return None
+    return (item.size if item.member else found.st_size), found.st_mtime_ns
 
 
 def read_item_bytes(item: Item) -> bytes:

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from clipexport.bulk.dataset import EmbeddingsDataset, job_lock, read_embeddings, shard_list
+from clipexport.bulk.dataset import EmbeddingsDataset, embedding_columns, job_lock, read_embeddings, shard_list
 from clipexport.bulk.layouts import Layout
 from clipexport.errors import InputError
 from clipexport.errors import ParityError
@@ -180,11 +180,8 @@ def build_index(options: IndexOptions, advance: Advance | None = None, progress:
         raise InputError(f"-o {output} holds the dataset {dataset.home}; choose a separate folder for the index")
     identity = {
         "dataset_manifest_sha256": dataset.manifest_sha256,
-        **(
-            {"column": dataset.embedding_column}
-            if dataset.column or dataset.kind != dataset.manifest.get("kind")
-            else {}
-        ),
+        # Which column, where the dataset has more than one (--pairs).
+        **({"column": dataset.embedding_column} if len(embedding_columns(dataset.manifest["kind"])) > 1 else {}),
         "factory": plan.factory,
         "seed": SEED,
         "queries_manifest_sha256": queries.manifest_sha256 if queries else None,
@@ -239,7 +236,6 @@ def _build_clip_retrieval(options: IndexOptions, advance: Advance | None, progre
     of ours behind it (`.clipexport-image/`, `.clipexport-text/`: manifest, recall, resume)."""
     import dataclasses
 
-    from clipexport.bulk.dataset import EMBEDDING_COLUMNS, PAIR_KIND
     from clipexport.bulk.layouts import write_clip_retrieval
 
     output = Path(options.output).expanduser()
@@ -247,8 +243,7 @@ def _build_clip_retrieval(options: IndexOptions, advance: Advance | None, progre
         raise InputError(f"-o {output} is a file; pass a folder for the index")
     refuse_foreign(output, lambda name: name in CLIP_BACK_NAMES, "-o", "not a clip-retrieval index this command wrote")
     dataset = read_embeddings(options.dataset)
-    kind = dataset.manifest["kind"]
-    columns = dict(zip(("image", "text"), EMBEDDING_COLUMNS[PAIR_KIND])) if kind == PAIR_KIND else {kind: None}
+    columns = embedding_columns(dataset.manifest["kind"])
     results = []
     for what, column in columns.items():
         inner = dataclasses.replace(
