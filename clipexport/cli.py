@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -16,7 +17,7 @@ import click
 from clipexport._version import __version__
 from clipexport.artifact.precision import QUANTIZED, CalibrationMethod, Precision, Target
 from clipexport.errors import ClipExportError
-from clipexport.inputs import DEFAULT_MAX_REQUEST_BYTES
+from clipexport.inputs import DEFAULT_MAX_REQUEST_BYTES, FETCH_TIMEOUT_S
 from clipexport.parity.gates import gates_summary
 from clipexport.progress import StepPrinter
 from clipexport.bulk.job import Engine
@@ -147,7 +148,13 @@ def _layout_option(help_text: str) -> Callable[[Any], Any]:
     return click.option("--layout", type=Member(Layout), default=Layout.OURS.value, show_default=True, help=help_text)
 
 
-@click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES)
+@click.group(
+    cls=_Cli,
+    # Every option can also come from the environment: CLIPEXPORT_<COMMAND>_<OPTION>, e.g.
+    # CLIPEXPORT_SERVE_HOST=0.0.0.0 (what a container sets); the command line wins.
+    context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "CLIPEXPORT"},
+    epilog=EXIT_CODES,
+)
 @click.version_option(__version__, prog_name="clipexport")
 def main() -> None:
     """Export CLIP models to ONNX/TensorRT and prove the numbers match PyTorch."""
@@ -1326,6 +1333,32 @@ def triton(
     show_default=True,
     help="Largest request (all its items together); larger ones are refused with HTTP 413 / 400.",
 )
+@click.option(
+    "--index",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Serve searches over this index (clipexport index): POST /search and the search page at /.",
+)
+@click.option(
+    "--image-root",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="The search page shows result images that are files under this folder (never any other path).",
+)
+@click.option(
+    "--allow-url-fetch",
+    is_flag=True,
+    help="Image inputs may be http(s) URLs, fetched by the server (--url-fetch-timeout and --max-request-bytes "
+    "each); "
+    "off by default: the server then reaches only what a client sends it.",
+)
+@click.option(
+    "--url-fetch-timeout",
+    type=float,
+    default=FETCH_TIMEOUT_S,
+    show_default=True,
+    help="With --allow-url-fetch: seconds one image URL may take, the whole fetch.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
 def serve(
     artifact: Path,
@@ -1340,11 +1373,22 @@ def serve(
     instances: int,
     name: str | None,
     max_request_bytes: int,
+    index: Path | None,
+    image_root: Path | None,
+    allow_url_fetch: bool,
+    url_fetch_timeout: float,
     quiet: bool,
 ) -> None:
     """Serve image and text embeddings of ARTIFACT on a real Triton Inference Server (NVIDIA PyTriton's
-    bundled tritonserver): KServe v2 over HTTP and gRPC, dynamic batching, /v2/health/ready, metrics.
-    Ctrl-C or SIGTERM stops it."""
+    bundled tritonserver, with dynamic batching).
+
+    \b
+    HTTP (--http-port): POST /v1/embeddings and GET /v1/models (OpenAI's API: the openai client works
+    as is; images with "modality": "image"), POST /embed/text, POST /embed/image (curl -F file=@a.jpg),
+    POST /search and the search page at / (with --index), GET /health, /ready, /metrics, and KServe
+    v2 (/v2/...). gRPC (--grpc-port): KServe v2. Triton's own metrics: --metrics-port.
+    Every option may come from the environment: CLIPEXPORT_SERVE_HOST=0.0.0.0 (a container's
+    listen-everywhere address), CLIPEXPORT_SERVE_HTTP_PORT, ... Ctrl-C or SIGTERM stops it."""
     from clipexport.serving.server import ServeOptions, client_host, serve as run_server
 
     options = ServeOptions(
@@ -1360,17 +1404,27 @@ def serve(
         instances=instances,
         name=name,
         max_request_bytes=max_request_bytes,
+        index=index,
+        image_root=image_root,
+        allow_url_fetch=allow_url_fetch,
+        url_fetch_timeout_s=url_fetch_timeout,
     )
 
     def ready(models: list[str]) -> None:
         shown = client_host(host)
+        page = f" search page http://{shown}:{http_port}/" if index is not None else ""
         click.echo(
             f"ready: http://{shown}:{http_port} grpc://{shown}:{grpc_port} metrics http://{shown}:{metrics_port}/metrics "
-            f"models {', '.join(models)} (Ctrl-C to stop)",
+            f"models {', '.join(models)}{page} (Ctrl-C to stop)",
             err=True,
         )
 
-    run_server(options, _progress(quiet), on_ready=ready)
+    try:
+        run_server(options, _progress(quiet), on_ready=ready)
+    except KeyboardInterrupt as exc:
+        # A stop asked for (Ctrl-C, SIGTERM from a container runtime) is how a server ends: no error.
+        how = "SIGTERM" if str(exc) == f"signal {signal.SIGTERM.value}" else "Ctrl-C"
+        click.echo(f"stopped on {how}: in-flight requests were answered, the workspace removed", err=True)
 
 
 @main.command("models")

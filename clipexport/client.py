@@ -185,11 +185,7 @@ class ClipClient:
 
     def _classify(self, exc: BaseException, model: str, names: Sequence[str] | None = None) -> ServerError:
         """The error class says whose problem it is; item numbers become the caller's names."""
-        message = _message(exc)
-        if names:
-            message = _ITEM.sub(
-                lambda m: names[int(m.group(2))] if int(m.group(2)) < len(names) else m.group(0), message, count=1
-            )
+        message = rename_items(_message(exc), names)
         status = str(_call(getattr(exc, "status", None)) or "")
         lowered = message.lower()
         if "unknown model" in lowered or ("not found" in lowered and model in message) or "NOT_FOUND" in status:
@@ -197,8 +193,13 @@ class ClipClient:
                 f"{self.url} does not serve {model} ({message}); check --model / --name "
                 "(the served names are <name>_image and <name>_text)"
             )
-        if status in ("400", "StatusCode.INVALID_ARGUMENT"):
+        if status in ("400", "413", "StatusCode.INVALID_ARGUMENT"):
             return RequestRefused(f"{model} at {self.url} refused the request: {message}")
+        if status == "StatusCode.RESOURCE_EXHAUSTED":  # serve's gRPC front: a message over its bound
+            return RequestRefused(
+                f"{model} at {self.url} refused the request: it is over the server's limit per request ({message}); "
+                "send fewer or smaller items per request"
+            )
         if (
             isinstance(exc, (OSError, TimeoutError))
             or status in ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED")
@@ -255,6 +256,13 @@ def _image_bytes(item: Any, name: str) -> bytes:
 
 def _call(value: Any) -> Any:
     return value() if callable(value) else value
+
+
+def rename_items(message: str, names: Sequence[str] | None) -> str:
+    """A server's "image #3" / "text #0" (its place in the request) as the caller's own name for it."""
+    if not names:
+        return message
+    return _ITEM.sub(lambda m: names[int(m.group(2))] if int(m.group(2)) < len(names) else m.group(0), message, count=1)
 
 
 def _message(exc: BaseException) -> str:

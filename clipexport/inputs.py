@@ -19,6 +19,7 @@ from clipexport.errors import InputError
 # says otherwise: a 12-megapixel JPEG is 3-6 MB, so a batch of eight camera photos fits; a text
 # needs far less (see `runtime.tokenizer.bounded_text`).
 DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024
+FETCH_TIMEOUT_S = 10.0  # serve --allow-url-fetch: the default bound on the whole fetch of one image URL
 # Triton model names become folder names and URL path parts.
 MAX_MODEL_NAME = 64
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")

@@ -25,7 +25,13 @@ def _works(python: Path) -> bool:
     try:
         return (
             subprocess.run(
-                [str(python), "-c", "import pytriton, clipexport, tritonclient.http"], capture_output=True, timeout=120
+                [
+                    str(python),
+                    "-c",
+                    "import pytriton, clipexport, tritonclient.http, starlette, uvicorn, multipart, prometheus_client, faiss",
+                ],
+                capture_output=True,
+                timeout=120,
             ).returncode
             == 0
         )
@@ -63,7 +69,7 @@ def ensure_serve_python() -> tuple[Path | None, str]:
         steps = [
             [base, "-m", "venv", "--clear", str(VENV)],
             [str(python), "-m", "pip", "install", "--quiet", "--upgrade", "pip"],
-            [str(python), "-m", "pip", "install", "--quiet", "-e", f"{REPO}[serve]"],
+            [str(python), "-m", "pip", "install", "--quiet", "-e", f"{REPO}[serve,search]"],
         ]
         for step in steps:
             try:

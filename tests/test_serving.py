@@ -10,7 +10,6 @@ parent of a clone), which once made the package a namespace package."""
 from __future__ import annotations
 
 import concurrent.futures
-import io
 import json
 import os
 import shutil
@@ -24,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from clipexport.runtime import ClipRuntime
 from clipexport.serving.server import free_local_ports
+from served import Server, png
 
 REPO = Path(__file__).resolve().parent.parent
 MAX_REQUEST_BYTES = 2_000_000  # the module server's --max-request-bytes
@@ -35,13 +34,6 @@ MAX_REQUEST_BYTES = 2_000_000  # the module server's --max-request-bytes
 # composition differs, which moves float32 results by a few ulps.
 SERVER_MAX_ABS = 1e-6
 TEXTS = ["a photo of a cat", "a diagram", "北京欢迎你", "a very long caption " * 30, "emoji 😎"]
-
-
-def _png(seed: int, size=(80, 60)) -> bytes:
-    rng = np.random.default_rng(seed)
-    buffer = io.BytesIO()
-    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 # ---- the generated repository --------------------------------------------------------------------
@@ -180,51 +172,6 @@ def test_serve_without_pytriton_is_one_line(tiny_vit: Path) -> None:
 # ---- a real server ---------------------------------------------------------------------------------
 
 
-class Server:
-    def __init__(self, artifact: Path, python: Path, *extra: str, cwd: Path | None = None):
-        self.http, self.grpc, self.metrics = free_local_ports(3)
-        self.log = artifact.parent / f"serve-{self.http}.log"
-        self.process = subprocess.Popen(
-            [
-                str(python),
-                "-m",
-                "clipexport",
-                "serve",
-                str(artifact),
-                "--name",
-                "m",
-                "--http-port",
-                str(self.http),
-                "--grpc-port",
-                str(self.grpc),
-                "--metrics-port",
-                str(self.metrics),
-                *extra,
-            ],
-            stdout=subprocess.PIPE,
-            stderr=self.log.open("w"),
-            cwd=str(cwd or artifact.parent),
-        )
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, self.log.read_text()
-            if "ready:" in self.log.read_text():
-                return
-            time.sleep(0.2)
-        raise AssertionError(f"server not ready: {self.log.read_text()}")
-
-    @property
-    def workspace(self) -> Path:
-        line = next(x for x in self.log.read_text().splitlines() if "workspace " in x)
-        return Path(line.rsplit("workspace ", 1)[1].rstrip(")"))
-
-    def stop(self) -> tuple[int, float]:
-        start = time.monotonic()
-        self.process.send_signal(signal.SIGTERM)
-        code = self.process.wait(60)
-        return code, time.monotonic() - start
-
-
 @pytest.fixture(scope="module")
 def server(tiny_vit: Path, serve_python: Path, tmp_path_factory: pytest.TempPathFactory):
     parent = tmp_path_factory.mktemp("clone-parent")
@@ -248,7 +195,7 @@ def server(tiny_vit: Path, serve_python: Path, tmp_path_factory: pytest.TempPath
 def test_http_and_grpc_equal_the_runtime(server: Server, tiny_vit: Path) -> None:
     from clipexport.client import ClipClient
 
-    images = [_png(i) for i in range(5)]
+    images = [png(i) for i in range(5)]
     with ClipRuntime.load(tiny_vit) as runtime:
         want_text, want_image = runtime.encode_text(TEXTS), runtime.encode_image(images)
     for url in (f"localhost:{server.http}", f"grpc://localhost:{server.grpc}"):
@@ -266,7 +213,7 @@ def test_concurrent_clients_are_batched_and_all_answered(server: Server, tiny_vi
     with ClipRuntime.load(tiny_vit) as runtime:
         texts = [f"a photo of a {w}" for w in ("cat", "dog", "car", "tree", "boat", "house", "bird", "fish")]
         want_text = dict(zip(texts, runtime.encode_text(texts)))
-        images = [_png(100 + i) for i in range(8)]
+        images = [png(100 + i) for i in range(8)]
         want_image = runtime.encode_image(images)
 
     def client_job(k: int) -> int:
@@ -307,12 +254,12 @@ def test_bad_requests_fail_alone(server: Server) -> None:
     for url in (f"localhost:{server.http}", f"grpc://localhost:{server.grpc}"):
         with ClipClient(url, model="m") as client:
             with pytest.raises(RequestRefused, match="b.png: not a valid or complete image"):
-                client.encode_image([_png(1), b"definitely not a png"], names=["a.png", "b.png"])
+                client.encode_image([png(1), b"definitely not a png"], names=["a.png", "b.png"])
             with pytest.raises(RequestRefused, match="is empty"):
                 client.encode_image([b""])
             with pytest.raises(RequestRefused, match="decompression bomb|over the limit"):
                 client.encode_image([_bomb()])
-            assert client.encode_image([_png(1)]).shape == (1, 64)
+            assert client.encode_image([png(1)]).shape == (1, 64)
             assert client.encode_text(["x"] * 9, batch_size=9).shape == (9, 64)  # split to the max batch of 8
             assert client.encode_text([]).shape == (0, 64)
     raw = http.InferenceServerClient(f"localhost:{server.http}")
@@ -360,7 +307,7 @@ def _bomb() -> bytes:
     import struct
     import zlib
 
-    data = bytearray(_png(3, (8, 8)))
+    data = bytearray(png(3, (8, 8)))
     ihdr = data[12:29]  # b"IHDR" + width, height, depth, colour, compression, filter, interlace
     ihdr[4:12] = struct.pack(">II", 40000, 40000)
     data[12:29] = ihdr
@@ -381,8 +328,10 @@ def _text_body(raw: bytes) -> bytes:
     return header + tensor, len(header)
 
 
-def _post(server: Server, path: str, body, content_type: str | None = "application/json") -> tuple[int, str]:
-    headers = {} if content_type is None else {"Content-Type": content_type}
+def _post(
+    server: Server, path: str, body, content_type: str | None = "application/json", headers: dict | None = None
+) -> tuple[int, str]:
+    headers = headers or ({} if content_type is None else {"Content-Type": content_type})
     if isinstance(body, tuple):
         body, header_length = body
         headers = {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(header_length)}
@@ -395,20 +344,48 @@ def _post(server: Server, path: str, body, content_type: str | None = "applicati
 
 
 def test_requests_that_crashed_or_held_the_server_are_refused(server: Server) -> None:
-    """A 5 MB form-encoded body (urllib's default type) used to segfault tritonserver; a request
-    over --max-request-bytes is 413 over HTTP, INVALID_ARGUMENT over gRPC; a long text under the
-    bound costs what its first words cost; and the server keeps answering."""
+    """A form-encoded body (urllib's default type, curl -d's; a 5 MB one used to segfault tritonserver): the
+    front parses the JSON itself and forwards a request of its own framing, so it is answered; header
+    tricks (a binary-tensor header length past the body, a multipart or compressed body) are 4xx;
+    a request over --max-request-bytes is 413 over HTTP (from Content-Length, or while a chunked body
+    streams), RESOURCE_EXHAUSTED over gRPC before Triton sees it; a long text under the bound costs
+    what its first words cost; and the server keeps answering."""
     from clipexport.client import ClipClient, RequestRefused
 
-    text = json.dumps({"inputs": [{"name": "TEXT", "shape": [1, 1], "datatype": "BYTES", "data": ["x " * 2_500_000]}]})
+    text = json.dumps({"inputs": [{"name": "TEXT", "shape": [1, 1], "datatype": "BYTES", "data": ["x " * 800_000]}]})
     status, answer = _post(server, "/v2/models/m_text/infer", text.encode(), content_type=None)  # urllib's form default
-    assert status == 415 and "application/json" in answer, (status, answer)
+    assert status == 200 and json.loads(answer)["outputs"][0]["shape"] == [1, 64], (status, answer[:300])
+    for headers, code, words in (
+        (
+            {"Content-Type": "application/x-www-form-urlencoded", "Inference-Header-Content-Length": "99999999"},
+            400,
+            "does not fit",
+        ),
+        ({"Content-Type": "multipart/form-data; boundary=x"}, 415, "not KServe v2"),
+        ({"Content-Type": "application/json", "Content-Encoding": "gzip"}, 415, "uncompressed"),
+    ):
+        status, answer = _post(server, "/v2/models/m_text/infer", text.encode()[:1000], headers=headers)
+        assert status == code and words in answer, (headers, status, answer)
     huge = json.dumps({"inputs": [{"name": "TEXT", "shape": [1, 1], "datatype": "BYTES", "data": ["x " * 25_000_000]}]})
     status, answer = _post(server, "/v2/models/m_text/infer", huge.encode())  # 50 MB
     assert status == 413 and "--max-request-bytes" in answer, (status, answer)
+
+    def chunks():
+        for _ in range(50):
+            yield b"x" * 100_000  # 5 MB, no Content-Length
+
+    request = urllib.request.Request(f"{server.url}/embed/image", data=chunks(), method="POST")
+    request.add_header("Transfer-Encoding", "chunked")
+    try:
+        urllib.request.urlopen(request, timeout=60)
+        raise AssertionError("a chunked body over the bound was accepted")
+    except urllib.error.HTTPError as exc:
+        assert exc.code == 413 and "over the server's limit" in exc.read().decode()
     with ClipClient(f"grpc://localhost:{server.grpc}", model="m") as client:
         with pytest.raises(RequestRefused, match="over the server's limit"):
-            client.encode_text(["y" * (MAX_REQUEST_BYTES + 10)])
+            client.encode_text(["y" * (MAX_REQUEST_BYTES + 10)])  # under the front's bound: the model's words
+        with pytest.raises(RequestRefused, match="over the server's limit"):
+            client.encode_text(["y" * (5 * MAX_REQUEST_BYTES)])  # refused by the gRPC front itself
         start = time.monotonic()
         long_text = client.encode_text(["a photo of a cat " * 100_000])  # 1.7 MB, under the bound
         assert time.monotonic() - start < 10 and long_text.shape == (1, 64)
@@ -461,11 +438,15 @@ def test_client_mistakes_and_unreachable_servers_have_their_exit_codes(
 
 
 def test_sigterm_stops_cleanly(tiny_vit: Path, serve_python: Path) -> None:
-    served = Server(tiny_vit, serve_python)
+    """A container's stop: SIGTERM ends serve with status 0 and a line saying so, no `error:`; its
+    ports came from the environment (CLIPEXPORT_SERVE_HTTP_PORT, ...), as a container sets them."""
+    served = Server(tiny_vit, serve_python, ports_from_env=True)
     workspace = served.workspace
-    assert workspace.is_dir()
+    assert workspace.is_dir() and _listening(served.http) and _listening(served.grpc)
     code, seconds = served.stop()
-    assert code == 130 and seconds < 40, (code, seconds)
+    log = served.log.read_text()
+    assert code == 0 and seconds < 40, (code, seconds, log)
+    assert "stopped on SIGTERM" in log and "error:" not in log, log
     assert not workspace.exists()
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and _listening(served.http):
@@ -516,7 +497,7 @@ def test_generated_python_models_load_and_answer_in_tritonserver(
             time.sleep(0.3)
         assert client.is_model_ready("g_preprocess") and client.is_model_ready("g_tokenize")
         with ClipRuntime.load(tiny_vit) as runtime:
-            image = _png(7, (123, 77))
+            image = png(7, (123, 77))
             pixels = _infer(client_lib, client, "g_preprocess", "IMAGE", [image], "PIXELS")
             np.testing.assert_allclose(pixels[0], runtime.preprocessor(image)[0], atol=1e-6)
             ids = _infer(client_lib, client, "g_tokenize", "TEXT", ["a photo of a cat", "a dog"], "INPUT_IDS")
@@ -554,7 +535,7 @@ def test_embed_command_on_the_server(server: Server, tiny_vit: Path, tmp_path: P
     folder = tmp_path / "images"
     folder.mkdir()
     for i in range(3):
-        (folder / f"{i}.png").write_bytes(_png(i))
+        (folder / f"{i}.png").write_bytes(png(i))
     (folder / "3-bad.png").write_bytes(b"not an image")
     url = f"grpc://localhost:{server.grpc}"
     result = CliRunner().invoke(

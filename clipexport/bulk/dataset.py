@@ -29,7 +29,7 @@ import json
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -762,6 +762,24 @@ class EmbeddingsDataset:
                     raw = l2_normalize(raw, np.float32)
                 yield row, ids, raw
             row += int(entry["rows"])
+
+    def row_metadata(self, rows: Sequence[int]) -> list[dict[str, Any]]:
+        """Each row's metadata columns (every column but the embeddings; `id` included), in the
+        order asked: what a served search answers beside ids and scores."""
+        starts = np.cumsum([0] + [int(entry["rows"]) for entry in self.manifest["shards"]])
+        import pyarrow.parquet as pq
+
+        embedding = {column for columns in EMBEDDING_COLUMNS.values() for column in columns} | set(PLAIN_EMBEDDING)
+        out: list[dict[str, Any]] = []
+        for row in rows:
+            if not 0 <= row < self.rows:
+                raise InputError(f"row {row} is outside the dataset's {self.rows} rows")
+            number = int(np.searchsorted(starts, row, side="right")) - 1
+            entry = self.manifest["shards"][number]
+            kept = [name for name in pq.read_schema(self.folder / entry["file"]).names if name not in embedding]
+            table = self._table(entry, kept)
+            out.append(table.slice(row - int(starts[number]), 1).to_pylist()[0])
+        return out
 
     def ids(self, stop: int | None = None) -> list[str]:
         """The ids of every row (of the shards before `stop`), in row order: the id column alone."""

@@ -195,13 +195,13 @@ class Searcher:
         return self.search(self._open_runtime("vision").encode_image(list(images)), k)
 
     def _open_runtime(self, tower: str) -> Any:
-        from clipexport.artifact.manifest import Tower, read_manifest
+        from clipexport.artifact.manifest import Tower
         from clipexport.runtime import ClipRuntime
 
         if tower in self._towers:
             return self._runtime
         if not self._towers:  # the first query: check the model against the index once
-            self._check_artifact(read_manifest)
+            self.check_artifact()
         towers = self._towers | {tower}
         if self._runtime is not None:
             self._runtime.close()
@@ -215,7 +215,12 @@ class Searcher:
         self._towers = towers
         return self._runtime
 
-    def _check_artifact(self, read_manifest: Any) -> None:
+    def check_artifact(self) -> None:
+        """The query model against the index: there, the same dim; `notes` says what differs (a
+        changed manifest, another precision). The first text or image query runs it; a caller that
+        embeds queries elsewhere (serve) runs it itself."""
+        from clipexport.artifact.manifest import read_manifest
+
         if self.artifact is None:
             raise InputError("this index records no artifact; pass --artifact (the model that embedded the dataset)")
         if not (self.artifact / "manifest.json").is_file():

@@ -6,9 +6,10 @@ its python backend; no container. clipexport writes a model repository into a pr
 python-backend models running `clipexport.runtime` on the artifact in place, with Triton's
 dynamic batching. It starts the server on the requested ports (KServe v2 over HTTP and gRPC,
 `/v2/health/ready`, Prometheus metrics), waits until the models are ready, and on Ctrl-C or
-SIGTERM stops it and removes the workspace. Clients reach HTTP through `proxy.HttpFront`, which
-refuses what would crash or hold the server (form-encoded bodies, requests over
-`--max-request-bytes`); tritonserver's own HTTP listens on a private loopback port.
+SIGTERM stops it and removes the workspace. Clients reach it through `front.Front`: HTTP is the
+Starlette app of `app.py` (OpenAI-compatible and REST embeddings, search, KServe v2 re-framed),
+gRPC a forwarder bounding every message; tritonserver's own HTTP and gRPC listen on private
+loopback ports.
 
 The workspace (`$TMPDIR/clipexport-serve-<pid>-*`) and the python backend's shared-memory regions
 (`/dev/shm/clipexport<pid>_*`) carry the pid, so a start after a `kill -9` removes what the dead
@@ -43,7 +44,7 @@ from clipexport.artifact.manifest import Tower, read_manifest
 from clipexport.artifact.precision import Precision
 from clipexport.errors import ClipExportError, DeviceUnavailableError, InputError, MissingDependencyError, StepFailed
 from clipexport.files import fresh_staging_dir, remove_stale_staging
-from clipexport.inputs import DEFAULT_MAX_REQUEST_BYTES
+from clipexport.inputs import DEFAULT_MAX_REQUEST_BYTES, FETCH_TIMEOUT_S
 from clipexport.progress import Progress, silent
 from clipexport.runtime.backends import BackendKind
 from clipexport.serving.pbtxt import Batching, ModelConfig, Tensor
@@ -80,6 +81,10 @@ class ServeOptions:
     instances: int = 1
     name: str | None = None
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    index: Path | None = None  # serve searches over this index (POST /search, the page at /)
+    image_root: Path | None = None  # the search page shows result images from under this folder only
+    allow_url_fetch: bool = False  # image inputs may be http(s) URLs the server fetches
+    url_fetch_timeout_s: float = FETCH_TIMEOUT_S
 
     def __post_init__(self) -> None:  # Python callers may pass names: parsed here, once
         object.__setattr__(self, "precision", Precision.parse(self.precision))
@@ -102,6 +107,7 @@ def serve(
     _check(options, manifest)
     _check_artifact(artifact, manifest, options)
     dist = _tritonserver_dist()
+    searcher, dataset = _open_index(options, artifact)
     name = model_prefix(options.name, explicit=True) if options.name is not None else model_prefix(artifact.name)
     _remove_stale_shm(progress)
     workspace = fresh_staging_dir(
@@ -115,7 +121,9 @@ def serve(
         check_python_backend(server_dir, env)
         repo = workspace / "models"
         models = _write_serving_models(repo, artifact, name, manifest, options)
-        internal_http = free_local_ports(1, avoid={options.http_port, options.grpc_port, options.metrics_port})[0]
+        internal_http, internal_grpc = free_local_ports(
+            2, avoid={options.http_port, options.grpc_port, options.metrics_port}
+        )
         command = [
             str(server_dir / "bin" / "tritonserver"),
             f"--model-repository={repo}",
@@ -123,8 +131,8 @@ def serve(
             f"--backend-config=python,shm-region-prefix-name={SHM_PREFIX}{os.getpid()}_",
             "--http-address=127.0.0.1",
             f"--http-port={internal_http}",
-            f"--grpc-address={options.host}",
-            f"--grpc-port={options.grpc_port}",
+            "--grpc-address=127.0.0.1",
+            f"--grpc-port={internal_grpc}",
             f"--metrics-address={options.host}",
             f"--metrics-port={options.metrics_port}",
             "--allow-metrics=true",
@@ -133,22 +141,27 @@ def serve(
             "--disable-auto-complete-config",
             f"--exit-timeout-secs={int(STOP_TIMEOUT_S)}",
         ]
-        from clipexport.serving.proxy import HttpFront, ProxyOptions
-
-        front = HttpFront(ProxyOptions(options.host, options.http_port, internal_http, options.max_request_bytes))
-        try:
-            front.start()
-        except OSError as exc:
-            raise InputError(
-                f"--http-port {options.http_port} on {options.host} is not free ({exc.strerror}); "
-                "choose a free port with --http-port"
-            ) from None
         log = (workspace / "tritonserver.log").open("wb")
         progress(f"starting tritonserver ({len(models)} models: {', '.join(models)}; workspace {workspace})")
         # cwd: the workspace, so the python models never import a `clipexport` folder from the caller's directory.
         process = subprocess.Popen(
             command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=str(workspace), preexec_fn=_die_with_parent
         )
+        from clipexport.serving.app import build_app
+        from clipexport.serving.front import Front, FrontOptions, PortTaken
+
+        app = build_app(_app_options(options, artifact, manifest, name, internal_http, searcher, dataset))
+        # After tritonserver's start (a fork): no fork while the front's gRPC threads run.
+        front = Front(
+            app,
+            FrontOptions(options.host, options.http_port, options.grpc_port, internal_grpc, options.max_request_bytes),
+        )
+        try:
+            front.start()
+        except PortTaken as exc:
+            raise InputError(
+                f"{exc.option} {exc.port} on {options.host} is not free ({exc.why}); choose a free port with {exc.option}"
+            ) from None
         _wait_ready(process, internal_http, workspace / "tritonserver.log")
         if on_ready:
             on_ready(models)
@@ -157,16 +170,58 @@ def serve(
             f"{_how_it_ended(process.pid, code)}; its last log line: {_last_error(workspace / 'tritonserver.log')}"
         )
     finally:
+        if front is not None:
+            front.stop()  # no new requests; those in flight are answered (Triton still runs)
         if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGTERM)  # Triton finishes in-flight requests, then exits
+            process.send_signal(signal.SIGTERM)
             try:
                 process.wait(STOP_TIMEOUT_S + 5)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-        if front is not None:
-            front.stop()
         shutil.rmtree(workspace, ignore_errors=True)
+
+
+def _open_index(options: ServeOptions, artifact: Path) -> tuple[object, object]:
+    """--index: the Searcher (the checks `search` makes: files against their sha256, the dataset
+    unchanged, the artifact's dim) and the dataset for the rows' metadata (None where it is gone)."""
+    if options.index is None:
+        if options.image_root is not None:
+            raise InputError("--image-root shows the images of search results: it needs --index INDEX_DIR")
+        return None, None
+    from clipexport.bulk.dataset import read_embeddings
+    from clipexport.search.searcher import Searcher
+
+    searcher = Searcher(options.index, artifact=artifact, precision=options.precision, backend=options.backend)
+    searcher.check_artifact()
+    if options.image_root is not None and not Path(options.image_root).is_dir():
+        raise InputError(f"--image-root {options.image_root} is not a folder")
+    dataset = None
+    recorded = searcher.manifest.get("dataset")
+    if recorded and Path(recorded).is_dir():
+        dataset = read_embeddings(Path(recorded), what="the index's dataset")
+    return searcher, dataset
+
+
+def _app_options(options: ServeOptions, artifact: Path, manifest, name: str, upstream_http: int, searcher, dataset):
+    from clipexport.runtime.hf_tokenizer import load_tokenizer
+    from clipexport.serving.app import AppOptions
+
+    return AppOptions(
+        model=name,
+        dim=manifest.embed_dim,
+        precision=options.precision.value,
+        upstream_http=upstream_http,
+        max_batch=options.max_batch,
+        max_request_bytes=options.max_request_bytes,
+        allow_url_fetch=options.allow_url_fetch,
+        url_fetch_timeout_s=options.url_fetch_timeout_s,
+        tokenizer=load_tokenizer(artifact, manifest.tokenizer),
+        pad_id=manifest.tokenizer.pad_id,
+        searcher=searcher,
+        dataset=dataset,
+        image_root=Path(options.image_root).resolve() if options.image_root is not None else None,
+    )
 
 
 def _how_it_ended(pid: int, code: int) -> str:
@@ -242,6 +297,8 @@ def _check(options: ServeOptions, manifest) -> None:
                 ) from None
     if options.max_batch < 1 or options.instances < 1 or options.max_queue_delay_us < 0:
         raise InputError("--max-batch and --instances must be at least 1, --max-queue-delay-us at least 0")
+    if not 0 < options.url_fetch_timeout_s <= 600:
+        raise InputError(f"--url-fetch-timeout must be in (0, 600] seconds, got {options.url_fetch_timeout_s}")
     if options.max_request_bytes < MIN_REQUEST_BYTES:
         raise InputError(
             f"--max-request-bytes {options.max_request_bytes} is too small to carry an image; "
