@@ -4,6 +4,12 @@ same Hugging Face CLIPModel (random weights, ViT-B/32 sizes), the same load gene
 request, concurrency 1/8/32; throughput, p50/p99, cold start, and resident memory (RSS summed over
 each server's process tree). Writes benchmarks/results/serve-vs-infinity.json.
 
+Both are called through the same OpenAI embeddings route (`/v1/embeddings` here, `/embeddings`
+there; images as data URIs with "modality": "image", base64 answers). Two more paths into the same
+clipexport server measure what its HTTP front costs: KServe v2 through the front (`/v2`, the
+binary-tensor extension) and KServe v2 straight to tritonserver's private loopback port (read from
+its command line), which no client can reach in production.
+
     .venv/bin/python benchmarks/serve_peer.py --infinity /tmp/venv-inf/bin/infinity_emb [--seconds 8]
 
 infinity-emb is installed in its own venv (it pins torch and transformers versions of its own):
@@ -129,7 +135,9 @@ class Target:
         return response.status == 200
 
 
-class Clipexport(Target):
+class Kserve(Target):
+    """KServe v2 with the binary-tensor extension: tritonclient's own framing."""
+
     def request(self, kind: str, item) -> tuple[str, bytes, dict]:
         if kind == "text":
             data = item.encode()
@@ -157,14 +165,39 @@ class Clipexport(Target):
         )
 
 
-class Infinity(Target):
+class OpenAiRoute(Target):
+    """OpenAI's embeddings schema, the same body for both servers (infinity's route has no /v1)."""
+
+    route = "/v1/embeddings"
+
     def request(self, kind: str, item) -> tuple[str, bytes, dict]:
         if kind == "text":
             body = {"model": "peer", "input": [item], "encoding_format": "base64"}
-            return "/embeddings", json.dumps(body).encode(), {"Content-Type": "application/json"}
+            return self.route, json.dumps(body).encode(), {"Content-Type": "application/json"}
         uri = "data:image/jpeg;base64," + base64.b64encode(item).decode()
         body = {"model": "peer", "input": [uri], "modality": "image", "encoding_format": "base64"}
-        return "/embeddings", json.dumps(body).encode(), {"Content-Type": "application/json"}
+        return self.route, json.dumps(body).encode(), {"Content-Type": "application/json"}
+
+
+class Infinity(OpenAiRoute):
+    route = "/embeddings"
+
+
+def _triton_port(serve_pid: int) -> int:
+    """tritonserver's private loopback HTTP port, from its command line (a child of serve)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            args = (entry / "cmdline").read_bytes().split(b"\0")
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if parent == serve_pid and args and args[0].endswith(b"tritonserver"):
+            for arg in args:
+                if arg.startswith(b"--http-port="):
+                    return int(arg.split(b"=", 1)[1])
+    sys.exit("no tritonserver child found")
 
 
 def _load(target: Target, kind: str, payload: list, concurrency: int, seconds: float) -> dict[str, float]:
@@ -207,63 +240,62 @@ def main() -> None:
         )
     ours_http, grpc, metrics, theirs_http = free_local_ports(4)
     env = dict(os.environ, HF_HUB_OFFLINE="1", INFINITY_ANONYMOUS_USAGE_STATS="0", DO_NOT_TRACK="1")
-    targets = [
-        Clipexport(
-            "clipexport serve",
-            [
-                str(args.serve_python),
-                "-m",
-                "clipexport",
-                "serve",
-                str(artifact),
-                "--name",
-                "peer",
-                "--http-port",
-                str(ours_http),
-                "--grpc-port",
-                str(grpc),
-                "--metrics-port",
-                str(metrics),
-                "--max-batch",
-                "32",
-                "-q",
-            ],
-            ours_http,
-            "/v2/health/ready",
-        ),
-        Infinity(
-            "infinity-emb",
-            [
-                str(args.infinity),
-                "v2",
-                "--model-id",
-                str(folder),
-                "--served-model-name",
-                "peer",
-                "--port",
-                str(theirs_http),
-                "--engine",
-                "torch",
-                "--device",
-                "cpu",
-                "--batch-size",
-                "32",
-                "--no-bettertransformer",
-            ],
-            theirs_http,
-            "/health",
-            env,
-        ),
-    ]
+    ours = OpenAiRoute(
+        "clipexport serve",
+        [
+            str(args.serve_python),
+            "-m",
+            "clipexport",
+            "serve",
+            str(artifact),
+            "--name",
+            "peer",
+            "--http-port",
+            str(ours_http),
+            "--grpc-port",
+            str(grpc),
+            "--metrics-port",
+            str(metrics),
+            "--max-batch",
+            "32",
+            "-q",
+        ],
+        ours_http,
+        "/ready",
+    )
+    theirs = Infinity(
+        "infinity-emb",
+        [
+            str(args.infinity),
+            "v2",
+            "--model-id",
+            str(folder),
+            "--served-model-name",
+            "peer",
+            "--port",
+            str(theirs_http),
+            "--engine",
+            "torch",
+            "--device",
+            "cpu",
+            "--batch-size",
+            "32",
+            "--no-bettertransformer",
+        ],
+        theirs_http,
+        "/health",
+        env,
+    )
+    started = [ours, theirs]
     images = _images(16)
     result = {
         "model": "random HF CLIPModel, ViT-B/32 sizes",
         "machine": machine(),
         "seconds_per_point": args.seconds,
-        "servers": {t.name: {} for t in targets},
+        "servers": {t.name: {} for t in started},
     }
     concurrencies = [int(c) for c in args.concurrency.split(",")]
-    for target in targets:
+    for target in started:
         target.result = result["servers"][target.name]
         target.result["cold_start_s"] = target.start()
         target.result["rss_idle_mb"] = _tree_rss_mb(target.process.pid)
@@ -276,6 +308,12 @@ def main() -> None:
             "MB",
             flush=True,
         )
+    # The same clipexport server through KServe v2: via the front, and straight to tritonserver.
+    front = Kserve("clipexport serve, KServe v2 via the front", [], ours_http, "/ready")
+    direct = Kserve("tritonserver direct, KServe v2", [], _triton_port(ours.process.pid), "/v2/health/ready")
+    targets = [ours, theirs, front, direct]
+    for target in (front, direct):
+        target.result = result["servers"][target.name] = {}
     try:
         for kind, payload in (("text", TEXTS), ("image", images)):
             for concurrency in concurrencies:
@@ -283,19 +321,28 @@ def main() -> None:
                     point = _load(target, kind, payload, concurrency, args.seconds)
                     target.result[f"{kind}/c{concurrency}"] = point
                     print(target.name, kind, concurrency, {k: round(v, 1) for k, v in point.items()}, flush=True)
-        for target in targets:
+        for target in started:
             target.result["rss_after_load_mb"] = _tree_rss_mb(target.process.pid)
     finally:
-        for target in targets:
+        for target in started:
             target.stop()
-    ours, theirs = (result["servers"][t.name] for t in targets)
-    result["ratio_clipexport_over_infinity"] = {
-        f"{kind}/c{c}": ours[f"{kind}/c{c}"]["items_per_s"] / theirs[f"{kind}/c{c}"]["items_per_s"]
-        for kind in ("text", "image")
-        for c in concurrencies
-    }
-    result["ratio_clipexport_over_infinity"]["rss_after_load"] = ours["rss_after_load_mb"] / theirs["rss_after_load_mb"]
-    print(json.dumps(result["ratio_clipexport_over_infinity"], indent=1))
+    points = [f"{kind}/c{c}" for kind in ("text", "image") for c in concurrencies]
+
+    def ratio(a: Target, b: Target) -> dict[str, float]:
+        return {p: a.result[p]["items_per_s"] / b.result[p]["items_per_s"] for p in points}
+
+    result["ratio_clipexport_over_infinity"] = ratio(ours, theirs)
+    result["ratio_clipexport_over_infinity"]["rss_after_load"] = (
+        ours.result["rss_after_load_mb"] / theirs.result["rss_after_load_mb"]
+    )
+    result["ratio_openai_route_over_triton_direct"] = ratio(ours, direct)
+    result["ratio_kserve_via_front_over_triton_direct"] = ratio(front, direct)
+    for key in (
+        "ratio_clipexport_over_infinity",
+        "ratio_openai_route_over_triton_direct",
+        "ratio_kserve_via_front_over_triton_direct",
+    ):
+        print(key, json.dumps({k: round(v, 3) for k, v in result[key].items()}), flush=True)
     print(write_result("serve-vs-infinity", result))
 
 

@@ -224,6 +224,15 @@ def test_curl_uploads_forms_and_expect_continue(api: Server, tiny_vit: Path, tmp
     )  # the repository README's line
     assert status == 200
     np.testing.assert_allclose(answer["outputs"][0]["data"], want_text[1], atol=SERVER_MAX_ABS)
+    from clipexport.serving.repository import RepositoryOptions, write_repository
+
+    write_repository(RepositoryOptions(artifact=tiny_vit, output=tmp_path / "repo", name="m"))
+    readme = (tmp_path / "repo" / "README.md").read_text()
+    line = readme[readme.index("curl -s localhost:8000/v2/models/") :].split("```")[0]  # as written, port aside
+    done = subprocess.run(
+        ["bash", "-c", line.replace("localhost:8000", f"127.0.0.1:{api.http}")], capture_output=True, text=True
+    )
+    assert json.loads(done.stdout)["outputs"][0]["shape"] == [1, 64], (line, done.stdout, done.stderr)
     for args, code, words in (
         (["-F", "note=hello", f"{api.url}/embed/image"], 400, "holds no file"),
         (["-X", "POST", f"{api.url}/embed/image"], 400, "no body"),
@@ -282,7 +291,10 @@ def _chromium() -> str:
     if found:
         return found
     if os.geteuid() == 0 and shutil.which("apt-get"):
-        subprocess.run(["apt-get", "install", "-y", "-q", "chromium"], capture_output=True, timeout=900)
+        install = ["apt-get", "install", "-y", "-q", "chromium"]
+        if subprocess.run(install, capture_output=True, timeout=900).returncode != 0:  # no package lists yet
+            subprocess.run(["apt-get", "update", "-q"], capture_output=True, timeout=900)
+            subprocess.run(install, capture_output=True, timeout=900)
         found = shutil.which("chromium")
     if not found:
         pytest.skip("no chromium on this machine and no root apt-get to install it (apt install chromium)")

@@ -316,7 +316,7 @@ docker run --rm {gpu}-p8000:8000 -p8001:8001 -p8002:8002 -v $PWD:/models \\
 
 ```bash
 curl -s localhost:8000/v2/health/ready && echo ready
-curl -s localhost:8000/v2/models/{name}_text/infer -d \\
+curl -s localhost:8000/v2/models/{name}_text/infer -H 'Content-Type: application/json' -d \\
   '{{"inputs":[{{"name":"TEXT","shape":[1,1],"datatype":"BYTES","data":["a photo of a cat"]}}]}}'
 ```
 
