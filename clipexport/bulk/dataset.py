@@ -53,6 +53,7 @@ METADATA_KEY = b"clipexport"  # the shard's Parquet key-value metadata entry
 LEGACY_MANIFEST = "_embeddings.json"  # version 1's manifest, beside the shards (Polars and HF refused the folder)
 PAIR_KIND = "pair"  # images with their captions (--pairs): two embedding columns
 # The embedding columns of a dataset of each kind, in the order their values are stacked per row.
+METADATA_CACHE_SHARDS = 8  # row_metadata keeps this many shards' metadata (a served search's hits)
 EMBEDDING_COLUMNS = {PAIR_KIND: ("image_embedding", "text_embedding")}
 PLAIN_EMBEDDING = ("embedding",)
 
@@ -690,6 +691,7 @@ class EmbeddingsDataset:
     manifest_sha256: str  # the dataset's fingerprint (`fingerprint`): what an index records
     _checked: set = field(default_factory=set, compare=False, repr=False)  # shard files whose sha256 matched
     column: str = ""  # the embedding column read (a --pairs dataset has two; "": the first)
+    _metadata_cache: dict = field(default_factory=dict, compare=False, repr=False)  # shard number -> its rows' metadata
 
     @property
     def home(self) -> Path:
@@ -765,21 +767,29 @@ class EmbeddingsDataset:
 
     def row_metadata(self, rows: Sequence[int]) -> list[dict[str, Any]]:
         """Each row's metadata columns (every column but the embeddings; `id` included), in the
-        order asked: what a served search answers beside ids and scores."""
+        order asked: what a served search answers beside ids and scores. A shard's metadata is read
+        once and kept (the last METADATA_CACHE_SHARDS shards read)."""
         starts = np.cumsum([0] + [int(entry["rows"]) for entry in self.manifest["shards"]])
-        import pyarrow.parquet as pq
-
-        embedding = {column for columns in EMBEDDING_COLUMNS.values() for column in columns} | set(PLAIN_EMBEDDING)
         out: list[dict[str, Any]] = []
         for row in rows:
             if not 0 <= row < self.rows:
                 raise InputError(f"row {row} is outside the dataset's {self.rows} rows")
             number = int(np.searchsorted(starts, row, side="right")) - 1
-            entry = self.manifest["shards"][number]
-            kept = [name for name in pq.read_schema(self.folder / entry["file"]).names if name not in embedding]
-            table = self._table(entry, kept)
-            out.append(table.slice(row - int(starts[number]), 1).to_pylist()[0])
+            out.append(self._metadata(number)[row - int(starts[number])])
         return out
+
+    def _metadata(self, number: int) -> list[dict[str, Any]]:
+        import pyarrow.parquet as pq
+
+        cache = self._metadata_cache
+        if number not in cache:
+            entry = self.manifest["shards"][number]
+            embedding = {c for columns in EMBEDDING_COLUMNS.values() for c in columns} | set(PLAIN_EMBEDDING)
+            kept = [name for name in pq.read_schema(self.folder / entry["file"]).names if name not in embedding]
+            cache[number] = self._table(entry, kept).to_pylist()
+            while len(cache) > METADATA_CACHE_SHARDS:
+                cache.pop(next(iter(cache)))
+        return cache[number]
 
     def ids(self, stop: int | None = None) -> list[str]:
         """The ids of every row (of the shards before `stop`), in row order: the id column alone."""

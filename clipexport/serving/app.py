@@ -56,6 +56,9 @@ DRAIN_BYTES = 256 * 1024 * 1024  # after a 413: how much of the unwanted body is
 UPSTREAM_TIMEOUT_S = 600.0  # a request Triton has not answered in this long fails with 504
 # Triton's HTTP frontend answers 500 for these, but each says the request body was malformed.
 CLIENT_ERROR_PREFIXES = ("failed to parse the request JSON", "Unable to parse", "unable to parse")
+# /v1/embeddings counts `usage` tokens on the event loop up to this many characters (short prompts:
+# tens of microseconds), in a worker thread beyond (a long request must not hold other clients).
+INLINE_TOKENIZE_CHARS = 4096
 ITEM_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -65,7 +68,8 @@ class AppOptions:
     model: str  # the served name: Triton's models are <model>_image and <model>_text
     dim: int
     precision: str
-    upstream_http: int  # tritonserver's loopback HTTP port
+    upstream_http: int  # tritonserver's loopback HTTP port (the KServe routes, readiness)
+    upstream_grpc: int  # tritonserver's loopback gRPC port (the embeddings: one HTTP/2 channel, protobuf)
     max_batch: int
     max_request_bytes: int
     allow_url_fetch: bool = False
@@ -231,10 +235,10 @@ class Upstream:
 
     async def open(self) -> None:
         import aiohttp
-        import tritonclient.http.aio as triton
+        import tritonclient.grpc.aio as triton
 
         url = f"127.0.0.1:{self.options.upstream_http}"
-        self.client = triton.InferenceServerClient(url, conn_limit=256, conn_timeout=UPSTREAM_TIMEOUT_S)
+        self.client = triton.InferenceServerClient(f"127.0.0.1:{self.options.upstream_grpc}")
         self.session = aiohttp.ClientSession(
             f"http://{url}",
             connector=aiohttp.TCPConnector(limit=256),
@@ -256,20 +260,21 @@ class Upstream:
         return np.concatenate(await asyncio.gather(*chunks)) if chunks else np.zeros((0, self.options.dim), np.float32)
 
     async def _infer(self, tower: str, items: Sequence[bytes], names: Sequence[str]) -> np.ndarray:
-        import tritonclient.http.aio as triton
+        import tritonclient.grpc as triton
         from tritonclient.utils import InferenceServerException
 
         tensor = triton.InferInput("IMAGE" if tower == "image" else "TEXT", [len(items), 1], "BYTES")
-        tensor.set_data_from_numpy(np.array(list(items), dtype=object).reshape(-1, 1), binary_data=True)
+        tensor.set_data_from_numpy(np.array(list(items), dtype=object).reshape(-1, 1))
         try:
             result = await self.client.infer(
                 f"{self.options.model}_{tower}",
                 [tensor],
-                outputs=[triton.InferRequestedOutput("EMBEDDING", binary_data=True)],
+                outputs=[triton.InferRequestedOutput("EMBEDDING")],
+                client_timeout=UPSTREAM_TIMEOUT_S,
             )
         except InferenceServerException as exc:
             message = rename_items(str(exc.message() or exc).strip(), names)
-            if str(exc.status()) == "400":
+            if str(exc.status()) == "StatusCode.INVALID_ARGUMENT":
                 raise InputError(message) from None
             raise Refused(502, f"the model server failed: {first_line(Exception(message), 300)}") from None
         except (OSError, asyncio.TimeoutError) as exc:
@@ -422,6 +427,8 @@ async def v1_embeddings(request: Any, state: _State) -> Any:
     names = [f"input[{i}]" for i in range(parsed.count)]
     if parsed.images:
         vectors, tokens = await state.embed_images(parsed.images, names), 0
+    elif sum(map(len, parsed.texts)) <= INLINE_TOKENIZE_CHARS:  # a thread's hop would cost more than the count
+        vectors, tokens = await state.embed_texts(parsed.texts, names), state.tokens(parsed.texts)
     else:
         vectors, tokens = await asyncio.gather(
             state.embed_texts(parsed.texts, names), run_in_threadpool(state.tokens, parsed.texts)

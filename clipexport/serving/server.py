@@ -150,7 +150,7 @@ def serve(
         from clipexport.serving.app import build_app
         from clipexport.serving.front import Front, FrontOptions, PortTaken
 
-        app = build_app(_app_options(options, artifact, manifest, name, internal_http, searcher, dataset))
+        app = build_app(_app_options(options, artifact, manifest, name, (internal_http, internal_grpc), searcher, dataset))
         # After tritonserver's start (a fork): no fork while the front's gRPC threads run.
         front = Front(
             app,
@@ -203,7 +203,7 @@ def _open_index(options: ServeOptions, artifact: Path) -> tuple[object, object]:
     return searcher, dataset
 
 
-def _app_options(options: ServeOptions, artifact: Path, manifest, name: str, upstream_http: int, searcher, dataset):
+def _app_options(options: ServeOptions, artifact: Path, manifest, name: str, upstream: tuple[int, int], searcher, dataset):
     from clipexport.runtime.hf_tokenizer import load_tokenizer
     from clipexport.serving.app import AppOptions
 
@@ -211,7 +211,8 @@ def _app_options(options: ServeOptions, artifact: Path, manifest, name: str, ups
         model=name,
         dim=manifest.embed_dim,
         precision=options.precision.value,
-        upstream_http=upstream_http,
+        upstream_http=upstream[0],
+        upstream_grpc=upstream[1],
         max_batch=options.max_batch,
         max_request_bytes=options.max_request_bytes,
         allow_url_fetch=options.allow_url_fetch,
