@@ -150,7 +150,9 @@ def serve(
         from clipexport.serving.app import build_app
         from clipexport.serving.front import Front, FrontOptions, PortTaken
 
-        app = build_app(_app_options(options, artifact, manifest, name, (internal_http, internal_grpc), searcher, dataset))
+        app = build_app(
+            _app_options(options, artifact, manifest, name, (internal_http, internal_grpc), searcher, dataset)
+        )
         # After tritonserver's start (a fork): no fork while the front's gRPC threads run.
         front = Front(
             app,
@@ -203,7 +205,9 @@ def _open_index(options: ServeOptions, artifact: Path) -> tuple[object, object]:
     return searcher, dataset
 
 
-def _app_options(options: ServeOptions, artifact: Path, manifest, name: str, upstream: tuple[int, int], searcher, dataset):
+def _app_options(
+    options: ServeOptions, artifact: Path, manifest, name: str, upstream: tuple[int, int], searcher, dataset
+):
     from clipexport.runtime.hf_tokenizer import load_tokenizer
     from clipexport.serving.app import AppOptions
 
