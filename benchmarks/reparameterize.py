@@ -38,7 +38,7 @@ def main() -> None:
             out = Path(tmp) / name
             manifest = export_model(
                 ExportOptions(model=args.model, output=out, pretrained="random", reparameterize=folded)
-            )
+            ).manifest
             graph = out / manifest.tower("vision").graph("fp32").file
             model = onnx.load(str(graph))
             session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])

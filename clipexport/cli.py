@@ -277,9 +277,8 @@ def export(
         text_config=text_config,
         reparameterize=reparameterize,
     )
-    manifest = export_model(options, _progress(quiet))
-    towers = ", ".join(f"{t.value}: {a.graph(Precision.FP32).file}" for t, a in manifest.towers.items())
-    click.echo(f"exported {model} to {output} ({towers}; embed dim {manifest.embed_dim})")
+    for line in export_model(options, _progress(quiet)).summary():
+        click.echo(line)
 
 
 @main.command()
@@ -484,32 +483,8 @@ def quantize(
         fp16_io=io_dtype == "float16",
         accuracy=AccuracyTarget.from_options(labeled_images, templates, max_accuracy_drop),
     )
-    _, outcomes = quantize_artifact(options, _progress(quiet))
-    for outcome in outcomes:
-        p = outcome.parity
-        click.echo(
-            f"{outcome.tower.value}: {outcome.graph.file} (validation vs FP32: min cos {p.min_cosine:.5f}, "
-            f"mean {p.mean_cosine:.5f})"
-        )
-        details = outcome.graph.details
-        restored = set(details.fallback_nodes) | set(details.high_precision_nodes.get("accuracy_fallback", ()))
-        if outcome.sensitivity:
-            click.echo(
-                f"  most sensitive of {len(outcome.sensitivity)} quantized nodes (relative output error; "
-                f"* = kept in high precision by the fallback, {len(restored)} in all):"
-            )
-        for layer in outcome.sensitivity[:10]:
-            mark = "*" if layer.node in restored else " "
-            click.echo(f"  {mark} {layer.error:9.5f}  {layer.op_type:<10} {layer.node}")
-    record = outcomes[0].graph.details.accuracy_fallback if outcomes else None
-    if record is not None:
-        last = record.steps[-1]
-        click.echo(
-            f"labelled accuracy ({record.images} images, {record.classes} classes): INT8 top-1 "
-            f"{100 * last.top1:.2f}% vs FP32 {100 * record.fp32_top1:.2f}% (drop {last.drop_points:.2f} pt, "
-            f"bound {record.max_drop_points}); {last.restored} more node(s) kept in high precision"
-        )
-    click.echo(f"check it against PyTorch: clipexport verify {artifact} --precision {precision}")
+    for line in quantize_artifact(options, _progress(quiet)).summary():
+        click.echo(line)
 
 
 def _towers(value: str) -> tuple[Any, ...]:
@@ -544,36 +519,12 @@ def build(
     artifact: Path, precision: Precision | None, recipe: str | None, towers: str, dry_run: bool, quiet: bool
 ) -> None:
     """Compile ARTIFACT's ONNX graphs into TensorRT engines: engines/<tower>.<precision>.plan + .json provenance."""
-    from clipexport.trt.pipeline import BuildOptions, build_artifact, graphs_to_make, plan_artifact
+    from clipexport.trt.pipeline import BuildOptions, build_artifact, dry_run as plan
 
     options = BuildOptions(artifact=artifact, precision=precision, recipe=recipe, towers=_towers(towers))
-    chosen, builds = plan_artifact(options)
-    missing = graphs_to_make(builds)
-    if missing and dry_run:
-        click.echo(
-            f"note: build makes the {builds[0].precision.value} graph of {', '.join(t.value for t in missing)} first "
-            f"(same as: clipexport quantize {artifact} --precision {builds[0].precision.value})"
-        )
-    if dry_run:
-        click.echo(f"recipe: {chosen.name} ({chosen.source}) - {chosen.description}")
-        click.echo(f"device: {chosen.device} [{chosen.device_class.value}]")
-        for note in chosen.notes:
-            click.echo(f"note: {note}")
-        click.echo(f"\nmkdir -p {builds[0].engine.parent}" if builds else "")
-        for item in builds:
-            s = item.shapes
-            click.echo(
-                f"\n# {item.tower.value} ({item.precision.value}): {item.onnx.name} -> {item.engine.name}; "
-                f"{s.input_name} min {list(s.min)} opt {list(s.opt)} max {list(s.max)}; "
-                f"workspace {item.workspace_mib} MiB; strongly typed {item.strongly_typed}"
-            )
-            click.echo(item.command(chosen.device_class))
-        return
-    for provenance in build_artifact(options, _progress(quiet)):
-        click.echo(
-            f"{provenance.tower}: engines/{provenance.engine} (TensorRT {provenance.tensorrt_version}, "
-            f"{provenance.gpu_name}, {provenance.build_seconds:.0f} s)"
-        )
+    result = plan(options) if dry_run else build_artifact(options, _progress(quiet))
+    for line in result.summary():
+        click.echo(line)
 
 
 @main.command("recipes")

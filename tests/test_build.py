@@ -317,7 +317,7 @@ def test_build_and_verify_engines_on_gpu(tiny_vit: Path, tmp_path: Path) -> None
 
     artifact = tmp_path / "a"
     shutil.copytree(tiny_vit, artifact)
-    provenance = build_artifact(BuildOptions(artifact=artifact, precision="fp32"))
+    provenance = build_artifact(BuildOptions(artifact=artifact, precision="fp32")).engines
     assert {p.tower for p in provenance} == {"vision", "text"}
     report = verify_artifact(VerifyOptions(artifact=artifact, backends=("tensorrt",)))
     assert report.passed, report.table()

@@ -26,6 +26,7 @@ from clipexport.artifact.manifest import (
     write_manifest,
 )
 from clipexport.progress import Progress, silent
+from clipexport.artifact.precision import Precision
 
 # Traced with batch 2: the exporter specialises a dimension whose example size is 1.
 EXAMPLE_BATCH = 2
@@ -47,7 +48,20 @@ class ExportOptions:
     reparameterize: bool = True  # fold multi-branch train-time blocks (MobileCLIP) before tracing
 
 
-def export_model(options: ExportOptions, progress: Progress = silent) -> Manifest:
+@dataclass(frozen=True)
+class ExportResult:
+    """The artifact `export` wrote: its folder and manifest; `summary()` is what the CLI prints."""
+
+    model: str
+    output: Path
+    manifest: Manifest
+
+    def summary(self) -> list[str]:
+        towers = ", ".join(f"{t.value}: {a.graph(Precision.FP32).file}" for t, a in self.manifest.towers.items())
+        return [f"exported {self.model} to {self.output} ({towers}; embed dim {self.manifest.embed_dim})"]
+
+
+def export_model(options: ExportOptions, progress: Progress = silent) -> ExportResult:
     """Export both towers into `options.output`, atomically: the folder appears complete or not at all."""
     given = Path(options.output).expanduser()
     # Resolve the parent only: a symlinked output must be refused, not followed and replaced.
@@ -77,7 +91,7 @@ def export_model(options: ExportOptions, progress: Progress = silent) -> Manifes
         write_manifest(staging, manifest)
         publish_folder(staging, output)
     progress(f"wrote {output}")
-    return manifest
+    return ExportResult(options.model, Path(options.output), manifest)
 
 
 def _export_towers(

@@ -94,7 +94,50 @@ class TowerOutcome:
     sensitivity: list[LayerSensitivity] = field(default_factory=list)
 
 
-def quantize_artifact(options: QuantizeOptions, progress: Progress = silent) -> tuple[Manifest, list[TowerOutcome]]:
+@dataclass(frozen=True)
+class QuantizeResult:
+    """What `quantize` made: the updated manifest and each tower's outcome; `summary()` is what the
+    CLI prints."""
+
+    artifact: Path
+    precision: Precision
+    manifest: Manifest
+    outcomes: list[TowerOutcome]
+
+    def summary(self) -> list[str]:
+        lines = []
+        for outcome in self.outcomes:
+            p = outcome.parity
+            lines.append(
+                f"{outcome.tower.value}: {outcome.graph.file} (validation vs FP32: min cos {p.min_cosine:.5f}, "
+                f"mean {p.mean_cosine:.5f})"
+            )
+            details = outcome.graph.details
+            restored = set(details.fallback_nodes) | set(details.high_precision_nodes.get("accuracy_fallback", ()))
+            if outcome.sensitivity:
+                lines.append(
+                    f"  most sensitive of {len(outcome.sensitivity)} quantized nodes (relative output error; "
+                    f"* = kept in high precision by the fallback, {len(restored)} in all):"
+                )
+            for layer in outcome.sensitivity[:SENSITIVITY_SHOWN]:
+                mark = "*" if layer.node in restored else " "
+                lines.append(f"  {mark} {layer.error:9.5f}  {layer.op_type:<10} {layer.node}")
+        record = self.outcomes[0].graph.details.accuracy_fallback if self.outcomes else None
+        if record is not None:
+            last = record.steps[-1]
+            lines.append(
+                f"labelled accuracy ({record.images} images, {record.classes} classes): INT8 top-1 "
+                f"{100 * last.top1:.2f}% vs FP32 {100 * record.fp32_top1:.2f}% (drop {last.drop_points:.2f} pt, "
+                f"bound {record.max_drop_points}); {last.restored} more node(s) kept in high precision"
+            )
+        lines.append(f"check it against PyTorch: clipexport verify {self.artifact} --precision {self.precision.value}")
+        return lines
+
+
+SENSITIVITY_SHOWN = 10  # the worst nodes `quantize --sensitivity` prints (sensitivity.json holds them all)
+
+
+def quantize_artifact(options: QuantizeOptions, progress: Progress = silent) -> QuantizeResult:
     onnx = require("onnx", "making reduced-precision graphs")
     root = Path(options.artifact).expanduser()
     manifest = read_manifest(root)
@@ -157,7 +200,7 @@ def quantize_artifact(options: QuantizeOptions, progress: Progress = silent) -> 
             write_json_atomic(
                 root / SENSITIVITY_REPORT, {o.tower.value: [s.to_dict() for s in o.sensitivity] for o in outcomes}
             )
-    return manifest, outcomes
+    return QuantizeResult(Path(options.artifact), precision, manifest, outcomes)
 
 
 def _accuracy_fallback(

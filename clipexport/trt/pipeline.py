@@ -32,12 +32,63 @@ def plan_artifact(options: BuildOptions, manifest: Manifest | None = None) -> tu
     return recipe, plan_builds(Path(options.artifact), manifest, recipe, options.precision, options.towers)
 
 
+@dataclass(frozen=True)
+class BuildPlan:
+    """`build --dry-run`: the resolved recipe and every engine's settings, with the equivalent
+    trtexec commands (`summary()`); needs no TensorRT."""
+
+    artifact: Path
+    recipe: Recipe
+    builds: list[TowerBuild]
+
+    def summary(self) -> list[str]:
+        recipe, builds, lines = self.recipe, self.builds, []
+        missing = graphs_to_make(builds)
+        if missing:
+            precision = builds[0].precision.value
+            lines.append(
+                f"note: build makes the {precision} graph of {', '.join(t.value for t in missing)} first "
+                f"(same as: clipexport quantize {self.artifact} --precision {precision})"
+            )
+        lines += [f"recipe: {recipe.name} ({recipe.source}) - {recipe.description}"]
+        lines += [f"device: {recipe.device} [{recipe.device_class.value}]"]
+        lines += [f"note: {note}" for note in recipe.notes]
+        lines.append(f"\nmkdir -p {builds[0].engine.parent}" if builds else "")
+        for item in builds:
+            s = item.shapes
+            lines.append(
+                f"\n# {item.tower.value} ({item.precision.value}): {item.onnx.name} -> {item.engine.name}; "
+                f"{s.input_name} min {list(s.min)} opt {list(s.opt)} max {list(s.max)}; "
+                f"workspace {item.workspace_mib} MiB; strongly typed {item.strongly_typed}"
+            )
+            lines.append(item.command(recipe.device_class))
+        return lines
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """The engines `build` compiled, with their provenance."""
+
+    engines: list[EngineProvenance]
+
+    def summary(self) -> list[str]:
+        return [
+            f"{p.tower}: engines/{p.engine} (TensorRT {p.tensorrt_version}, {p.gpu_name}, {p.build_seconds:.0f} s)"
+            for p in self.engines
+        ]
+
+
+def dry_run(options: BuildOptions) -> BuildPlan:
+    recipe, builds = plan_artifact(options)
+    return BuildPlan(Path(options.artifact), recipe, builds)
+
+
 def graphs_to_make(builds: list[TowerBuild]) -> tuple[Tower, ...]:
     """Towers whose (FP16) graph `build` makes before compiling."""
     return tuple(b.tower for b in builds if b.made_first)
 
 
-def build_artifact(options: BuildOptions, progress: Progress = silent) -> list[EngineProvenance]:
+def build_artifact(options: BuildOptions, progress: Progress = silent) -> BuildResult:
     from clipexport.trt.builder import build_engine, require_tensorrt
 
     require_tensorrt()  # fail before any work when TensorRT is missing
@@ -62,4 +113,4 @@ def build_artifact(options: BuildOptions, progress: Progress = silent) -> list[E
     for build in builds:
         check_graph_files(options.artifact, manifest.tower(build.tower).graph(build.precision))
         out.append(build_engine(build, recipe.name, progress))
-    return out
+    return BuildResult(out)
