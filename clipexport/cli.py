@@ -893,52 +893,10 @@ def embed(
         pairs=pairs,
         caption_column=caption_column,
     )
-    if output.suffix.lower() == ".npy":
-        from clipexport.bulk.npy import EmbedRequest, embed_to_file
-        from clipexport.errors import InputError
+    from clipexport.bulk.embed import EmbedOptions, embed as run_embed
+    from clipexport.bulk.job import RayOptions
 
-        if append or pairs or keep_columns is not None or layout is not Layout.OURS:
-            option = (
-                "--append grows"
-                if append
-                else "--pairs writes two embedding columns of"
-                if pairs
-                else "--layout is the shape of"
-                if layout is not Layout.OURS
-                else "--keep-columns chooses the columns of"
-            )
-            raise InputError(f"{option} a dataset folder; pass -o DIR (a .npy file holds the embeddings alone)")
-
-        request = EmbedRequest(
-            artifact=artifact,
-            output=output,
-            inputs=spec,
-            precision=precision,
-            backend=backend,
-            batch_size=batch_size,
-            skip_bad=skip_bad,
-            exif_transpose=exif_transpose,
-            server=server,
-            model=served_model,
-            workers=workers,
-            threads=threads,
-            device=device,
-            fast_decode=fast_decode,
-        )
-        with _LazyBar("embedding", quiet) as advance:
-            result = embed_to_file(request, advance)
-        for skipped in result.skipped:
-            click.echo(f"skipped {skipped.name}: {skipped.reason}", err=True)
-        for note in result.notes:
-            click.echo(f"warning: {note}", err=True)
-        _print_result(result, as_json)
-        return
-    from clipexport.bulk.job import BulkOptions, RayOptions, embed_dataset
-    from clipexport.errors import InputError
-
-    if server:
-        raise InputError("--server writes a .npy file; pass -o NAME.npy (the sharded dataset runs here or on Ray)")
-    options = BulkOptions(
+    options = EmbedOptions(
         artifact=artifact,
         output=output,
         inputs=spec,
@@ -948,23 +906,23 @@ def embed(
         workers=workers,
         threads=threads,
         device=device,
-        shard_size=shard_size,
-        dtype=dtype,
         fast_decode=fast_decode,
         skip_bad=skip_bad,
         exif_transpose=exif_transpose,
+        shard_size=shard_size,
+        dtype=dtype,
         overwrite=overwrite,
         append=append,
         layout=layout,
         engine=Engine(engine),
         ray=RayOptions(address=ray_address, actors=ray_actors, gpus_per_actor=ray_gpus_per_actor),
+        server=server,
+        model=served_model,
     )
     with _LazyBar("embedding", quiet) as advance:
-        result = embed_dataset(options, advance, _progress(quiet))
-    for skipped in result.skipped:
-        click.echo(f"skipped {skipped.id}: {skipped.reason}", err=True)
-    for note in result.notes:
-        click.echo(f"warning: {note}", err=True)
+        result = run_embed(options, advance, _progress(quiet))
+    for line in result.warnings():
+        click.echo(line, err=True)
     _print_result(result, as_json)
 
 

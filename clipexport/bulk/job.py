@@ -104,6 +104,10 @@ class BulkResult:
             *([self.layout] if self.layout else []),
         ]
 
+    def warnings(self) -> list[str]:
+        """What the command prints on stderr: each input left out, and what the input list said."""
+        return [f"skipped {s.id}: {s.reason}" for s in self.skipped] + [f"warning: {n}" for n in self.notes]
+
     def to_json(self) -> dict[str, Any]:
         """What `embed --json` prints: one object."""
         return {

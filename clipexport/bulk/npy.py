@@ -66,6 +66,10 @@ class EmbedResult:
         """What the command prints on stdout."""
         return [f"wrote {self.output}: {self.rows} x {self.dim} float32 (row sources: {self.index})"]
 
+    def warnings(self) -> list[str]:
+        """What the command prints on stderr: each input left out, and what the input list said."""
+        return [f"skipped {s.name}: {s.reason}" for s in self.skipped] + [f"warning: {n}" for n in self.notes]
+
     def to_json(self) -> dict[str, Any]:
         """What `embed --json` prints: one object."""
         return {
