@@ -65,7 +65,7 @@ def run(name: str, pretrained: str | None, tmp: Path, repeats: int) -> dict:
     from clipexport.precision.accuracy import DEFAULT_MAX_ACCURACY_DROP, AccuracyTarget
     from clipexport.runtime.backends.onnxruntime import _level, graph_optimization
     from clipexport.export.pipeline import ExportOptions, export_model
-    from clipexport.precision.int8 import Target
+    from clipexport.precision.calibrated import Target
     from clipexport.precision.pipeline import QuantizeOptions, quantize_artifact
     from clipexport.sources import load_model
     from clipexport.verify.run import VerifyOptions, verify_artifact

@@ -157,7 +157,7 @@ OURS = r"""
 import json, sys
 from pathlib import Path
 from clipexport.bulk.job import BulkOptions, embed_dataset
-from clipexport.bulk.sources import InputSpec
+from clipexport.bulk.input_list import InputSpec
 r = embed_dataset(BulkOptions(artifact=Path(sys.argv[1]), output=Path(sys.argv[3]), inputs=InputSpec(images=[sys.argv[2]]),
                               precision=sys.argv[4]))
 s = r.stats
@@ -247,7 +247,7 @@ def _ray(artifact: Path, folder: Path, out: Path) -> dict:
         "import ray, time\nfrom pathlib import Path\n"
         f"ray.init(num_cpus={CORES}, include_dashboard=False, log_to_driver=False)\n"
         "from clipexport.bulk.job import BulkOptions, Engine, RayOptions, embed_dataset\n"
-        "from clipexport.bulk.sources import InputSpec\n"
+        "from clipexport.bulk.input_list import InputSpec\n"
         f"o = BulkOptions(artifact=Path({str(artifact)!r}), output=Path({str(out)!r}), "
         f"inputs=InputSpec(images=[{str(folder)!r}]), engine=Engine.RAY, ray=RayOptions(actors=1))\n"
         "t = time.monotonic(); r = embed_dataset(o); print(r.rows, time.monotonic() - t)\n"

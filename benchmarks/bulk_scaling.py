@@ -86,7 +86,7 @@ from pathlib import Path
 from clipexport.bulk import local
 from clipexport.bulk.job import BulkOptions, embed_dataset
 local.PIN_MIN_FRACTION = {"auto": local.PIN_MIN_FRACTION, "shared": 9.0, "pinned": 0.0}[sys.argv[5]]
-from clipexport.bulk.sources import InputSpec
+from clipexport.bulk.input_list import InputSpec
 t = time.monotonic()
 r = embed_dataset(BulkOptions(artifact=Path(sys.argv[1]), output=Path(sys.argv[3]), inputs=InputSpec(images=[sys.argv[2]]),
                               fast_decode=sys.argv[4] == "fast"))

@@ -86,7 +86,7 @@ def main() -> None:
 
     from clipexport.datasets import DEFAULT_CAPTIONS
     from clipexport.precision.calibration import CalibrationSource
-    from clipexport.precision.int8 import Target
+    from clipexport.precision.calibrated import Target
     from clipexport.precision.pipeline import Precision, QuantizeOptions, quantize_artifact
     from clipexport.runtime import ClipRuntime
     from clipexport.verify.run import VerifyOptions, verify_artifact

@@ -879,7 +879,7 @@ def embed(
 ) -> None:
     """Embed images or texts with ARTIFACT (no torch): a folder OUTPUT gets a sharded Parquet dataset
     that a rerun of the same command resumes; a .npy OUTPUT gets one array."""
-    from clipexport.bulk.sources import InputSpec
+    from clipexport.bulk.input_list import InputSpec
 
     spec = InputSpec(
         images=images,

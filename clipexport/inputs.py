@@ -11,6 +11,7 @@ a string that cannot be UTF-8 encoded (a lone surrogate). Names say which input 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any, Sequence
 
 from clipexport.errors import InputError
@@ -87,6 +88,14 @@ def check_model_name(name: Any, derived: bool = False) -> str:
             "digits, '_' or '-', starting with a letter or digit (clients call <name>_image, <name>_text)"
         )
     return name
+
+
+def served_name(name: str | None, artifact: str | Path) -> str:
+    """The served models' name prefix (`<prefix>_image`, `<prefix>_text`; serve, triton, embed
+    --server): `--name` / `--model` checked as given, else the artifact folder's name cleaned into one."""
+    if name is not None:
+        return check_model_name(name)
+    return check_model_name(Path(artifact).resolve().name, derived=True)
 
 
 def too_large(size: int, limit: int, what: str) -> str:

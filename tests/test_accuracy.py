@@ -181,7 +181,7 @@ def test_demo_tensorrt_placement_int8_loads_on_onnxruntime(demo: Path, tmp_path:
 
     from clipexport.demo.shapes import write_labelled_folder
     from clipexport.precision.accuracy import AccuracyTarget
-    from clipexport.precision.int8 import Target
+    from clipexport.precision.calibrated import Target
     from clipexport.precision.pipeline import Precision, QuantizeOptions, quantize_artifact
 
     artifact = tmp_path / "demo"
@@ -208,7 +208,7 @@ def test_quantize_targets_labelled_accuracy(tiny_vit: Path, tmp_path: Path) -> N
 
     from clipexport.artifact.manifest import Tower, read_manifest
     from clipexport.precision.accuracy import AccuracyTarget
-    from clipexport.precision.int8 import Target
+    from clipexport.precision.calibrated import Target
     from clipexport.precision.pipeline import Precision, QuantizeOptions, quantize_artifact
 
     artifact = tmp_path / "artifact"

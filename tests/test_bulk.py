@@ -21,7 +21,7 @@ from helpers import random_photo
 
 from clipexport.bulk.dataset import read_embeddings, read_manifest
 from clipexport.bulk.job import BulkOptions, Engine, RayOptions, embed_dataset
-from clipexport.bulk.sources import InputSpec
+from clipexport.bulk.input_list import InputSpec
 from clipexport.errors import ClipExportError, InputError
 from clipexport.runtime import ClipRuntime
 
@@ -359,7 +359,7 @@ def test_ray_dataset_equals_the_local_one(ray_cluster, tiny_vit: Path, corpus: P
     np.testing.assert_allclose(ray_rows[2], local[2], atol=ROWS_MAX_ABS, rtol=0)
     import pyarrow.parquet as pq
 
-    from clipexport.bulk.sources import DECODED_COLUMNS
+    from clipexport.bulk.input_list import DECODED_COLUMNS
 
     facts = [pq.read_table(tmp_path / run, columns=list(DECODED_COLUMNS)).to_pylist() for run in ("local", "ray")]
     assert facts[0] == facts[1] and len(facts[0]) == 23 and all(f["input_sha256"] for f in facts[0])

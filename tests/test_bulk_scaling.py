@@ -20,7 +20,7 @@ from clipexport.bulk.dataset import read_manifest
 from clipexport.bulk.job import BulkOptions, embed_dataset
 from clipexport.bulk import local
 from clipexport.bulk.local import Split, choose_split, measured_split
-from clipexport.bulk.sources import InputSpec
+from clipexport.bulk.input_list import InputSpec
 from clipexport.cli import main
 from clipexport.runtime import ClipRuntime
 from clipexport.runtime.preprocess import ImagePreprocessor, default_config

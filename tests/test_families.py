@@ -404,7 +404,7 @@ def test_family_fp16_and_cpu_int8_meet_the_gates(family: str, tmp_path_factory: 
     """SigLIP's layout (no causal mask, last pooling, logit bias), BERT / XLM-R towers with a
     derived padding mask, FastViT: FP16 and INT8 (--target cpu) pass the precision gates."""
     from clipexport.precision.calibration import CalibrationSource
-    from clipexport.precision.int8 import Target
+    from clipexport.precision.calibrated import Target
     from clipexport.precision.pipeline import QuantizeOptions, quantize_artifact
 
     artifact = _build_family(family, tmp_path_factory)

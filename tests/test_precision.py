@@ -18,7 +18,7 @@ from clipexport.cli import main
 from clipexport.errors import InputError
 from clipexport.artifact.manifest import Tower, read_manifest
 from clipexport.precision.calibration import CalibrationSource
-from clipexport.precision.int8 import Target
+from clipexport.precision.calibrated import Target
 from clipexport.precision.pipeline import Precision, QuantizeOptions, quantize_artifact
 from clipexport.parity.gates import GATES
 from clipexport.verify.run import VerifyOptions, verify_artifact

@@ -15,7 +15,7 @@ from helpers import edit_shard_metadata
 
 from clipexport.bulk.dataset import DatasetState, Identity, Skipped, job_lock, write_shard
 from clipexport.bulk.job import BulkOptions, embed_dataset
-from clipexport.bulk.sources import InputSpec
+from clipexport.bulk.input_list import InputSpec
 from clipexport.cli import main
 from clipexport.datasets import load_retrieval_set, retrieval_set_dir
 from clipexport.errors import InputError

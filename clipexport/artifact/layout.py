@@ -46,11 +46,3 @@ def inside(root: str | os.PathLike[str], name: str, what: str = "file") -> Path:
             "(re-export the artifact)"
         )
     return base / name
-
-
-def model_prefix(name: str, explicit: bool = False) -> str:
-    """A Triton model name prefix (served models are `<prefix>_image`, `<prefix>_text`, ...): an
-    explicit --name is checked as it is, a folder name is cleaned into one (`inputs.check_model_name`)."""
-    from clipexport.inputs import check_model_name
-
-    return check_model_name(name, derived=not explicit)

@@ -14,7 +14,7 @@ from clipexport.bulk.dataset import DEFAULT_SHARD_SIZE
 from clipexport.bulk.job import BulkOptions, BulkResult, Engine, RayOptions
 from clipexport.bulk.layouts import Layout
 from clipexport.bulk.npy import EmbedRequest, EmbedResult
-from clipexport.bulk.sources import InputSpec
+from clipexport.bulk.input_list import InputSpec
 from clipexport.errors import InputError
 from clipexport.progress import Advance, Progress, silent
 from clipexport.runtime.backends import BackendKind

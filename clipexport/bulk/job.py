@@ -28,7 +28,7 @@ from clipexport.bulk.dataset import (
 )
 from clipexport.bulk.layouts import Layout, check_folder, dataset_folder, write_clip_retrieval
 from clipexport.bulk.local import PipelineStats
-from clipexport.bulk.sources import DECODED_COLUMNS, DECODED_TYPES, InputList, InputSpec, Kind, list_inputs
+from clipexport.bulk.input_list import DECODED_COLUMNS, DECODED_TYPES, InputList, InputSpec, Kind, list_inputs
 from clipexport.datasets import is_folder
 from clipexport.errors import InputError
 from clipexport.files import created_folder, inside, sha256_file
@@ -247,7 +247,7 @@ def _changed(items: list, recorded: dict[str, tuple]) -> list[tuple]:
     keeps the content); (item, how) for each."""
     import hashlib
 
-    from clipexport.bulk.sources import item_stat, read_item_bytes
+    from clipexport.bulk.input_list import item_stat, read_item_bytes
 
     out = []
     for item in items:

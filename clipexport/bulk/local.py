@@ -37,7 +37,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from clipexport.bulk.sources import InputList, Item, Kind, item_stat, read_item_bytes, towers_of
+from clipexport.bulk.input_list import InputList, Item, Kind, item_stat, read_item_bytes, towers_of
 from clipexport.progress import Advance
 from clipexport.errors import InputError, StepFailed
 

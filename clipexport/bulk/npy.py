@@ -12,23 +12,23 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from clipexport.artifact.layout import model_prefix
 from clipexport.artifact.precision import Precision
 from clipexport.progress import Advance
 from clipexport.errors import InputError
 from clipexport.files import write_bytes_atomic
+from clipexport.inputs import served_name
 from clipexport.runtime.backends import BackendKind
 from clipexport.runtime.preprocess import SkippedImage
 
 if TYPE_CHECKING:
-    from clipexport.bulk.sources import InputList, InputSpec
+    from clipexport.bulk.input_list import InputList, InputSpec
 
 
 @dataclass(frozen=True)
 class EmbedRequest:
     artifact: Path
     output: Path
-    inputs: "InputSpec | None" = None  # where the inputs come from (clipexport.bulk.sources)
+    inputs: "InputSpec | None" = None  # where the inputs come from (clipexport.bulk.input_list)
     images: Sequence[str] = ()  # shorthand for InputSpec(images=...)
     texts: Path | None = None  # shorthand for InputSpec(texts=...)
     precision: Precision = Precision.FP32
@@ -48,7 +48,7 @@ class EmbedRequest:
         object.__setattr__(self, "backend", BackendKind.parse(self.backend))
 
     def spec(self) -> "InputSpec":
-        from clipexport.bulk.sources import InputSpec
+        from clipexport.bulk.input_list import InputSpec
 
         return self.inputs if self.inputs is not None else InputSpec(images=self.images, texts=self.texts)
 
@@ -91,7 +91,7 @@ def embed_to_file(request: EmbedRequest, advance: Advance | None = None) -> Embe
     """One .npy of every row (and its index file), through the same pipelined engine as the sharded
     dataset (decode workers ahead of the backend), or through a Triton server."""
     from clipexport.bulk.local import run_local
-    from clipexport.bulk.sources import list_inputs
+    from clipexport.bulk.input_list import list_inputs
 
     output = Path(request.output).expanduser()
     if output.is_dir():
@@ -140,14 +140,10 @@ def _embed_on_server(
     """The same rows from a Triton server; errors name the file:line or path. With skip_bad, a
     refused batch is retried item by item so only the images the server cannot read are left out
     (and listed); a server that is down or fails is never 'skipped'."""
-    from clipexport.bulk.sources import Kind, read_item_bytes
+    from clipexport.bulk.input_list import Kind, read_item_bytes
     from clipexport.client import ClipClient, RequestRefused
 
-    model = (
-        model_prefix(request.model, explicit=True)
-        if request.model
-        else model_prefix(Path(request.artifact).resolve().name)
-    )
+    model = served_name(request.model or None, request.artifact)
     skipped: list[SkippedImage] = []
     items = inputs.items
     with ClipClient(request.server, model=model) as client:

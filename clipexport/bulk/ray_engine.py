@@ -20,7 +20,7 @@ import numpy as np
 
 from clipexport._deps import require
 from clipexport.bulk.dataset import PAIR_KIND as PAIRS  # the actors' kind for --pairs: both towers
-from clipexport.bulk.sources import DECODED_COLUMNS, InputList, Item, Kind, towers_of
+from clipexport.bulk.input_list import DECODED_COLUMNS, InputList, Item, Kind, towers_of
 from clipexport.errors import InputError
 
 if TYPE_CHECKING:

@@ -38,7 +38,7 @@ from clipexport.precision.accuracy import (
     labelled_inputs,
 )
 from clipexport.precision.calibration import CalibrationData, CalibrationSource, load_calibration
-from clipexport.precision.int8 import DEFAULT_METHOD, quantize_qdq, sensitive_defaults
+from clipexport.precision.calibrated import DEFAULT_METHOD, quantize_qdq, sensitive_defaults
 from clipexport.precision.sensitivity import LayerSensitivity, fallback_until, layer_sensitivity, run_model
 from clipexport.progress import Progress, silent
 from clipexport.parity.gates import FALLBACK_TARGETS

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-from clipexport.artifact.layout import engine_file, model_prefix
+from clipexport.artifact.layout import engine_file
+from clipexport.inputs import served_name
 from clipexport.artifact.manifest import Manifest, Tower, check_graph_files, read_manifest
 from clipexport.artifact.precision import Precision
 from clipexport.artifact.provenance import read_sidecar
@@ -61,9 +62,7 @@ def write_repository(options: RepositoryOptions, progress: Progress = silent) ->
     """Write the repository; returns the model names."""
     artifact = Path(options.artifact)
     manifest = read_manifest(artifact)
-    name = (
-        model_prefix(options.name, explicit=True) if options.name is not None else model_prefix(artifact.resolve().name)
-    )
+    name = served_name(options.name, artifact)
     _check_options(options, manifest)
     output = Path(options.output).expanduser().absolute()
     _check_output(output, options.overwrite, artifact.resolve())

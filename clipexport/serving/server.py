@@ -44,11 +44,10 @@ from clipexport.artifact.manifest import Tower, read_manifest
 from clipexport.artifact.precision import Precision
 from clipexport.errors import ClipExportError, DeviceUnavailableError, InputError, MissingDependencyError, StepFailed
 from clipexport.files import fresh_staging_dir, remove_stale_staging
-from clipexport.inputs import DEFAULT_MAX_REQUEST_BYTES, FETCH_TIMEOUT_S
+from clipexport.inputs import DEFAULT_MAX_REQUEST_BYTES, FETCH_TIMEOUT_S, served_name
 from clipexport.progress import Progress, silent
 from clipexport.runtime.backends import BackendKind
 from clipexport.serving.pbtxt import Batching, ModelConfig, Tensor
-from clipexport.artifact.layout import model_prefix
 from clipexport.serving.repository import DEFAULT_QUEUE_DELAY_US, write_python_model
 
 SERVE_HINT = (
@@ -108,7 +107,7 @@ def serve(
     _check_artifact(artifact, manifest, options)
     dist = _tritonserver_dist()
     searcher, dataset = _open_index(options, artifact)
-    name = model_prefix(options.name, explicit=True) if options.name is not None else model_prefix(artifact.name)
+    name = served_name(options.name, artifact)
     _remove_stale_shm(progress)
     workspace = fresh_staging_dir(
         Path(tempfile.gettempdir()), WORKSPACE_PREFIX, "clipexport serve", "set TMPDIR to a writable folder", progress
