@@ -19,7 +19,7 @@ ENV CLIPEXPORT_RECIPES_DIR=/opt/clipexport/recipes \
 # ---- export: torch, open_clip, transformers, ModelOpt; TensorRT comes with the base image ----
 FROM source AS export
 RUN pip install '.[precision]' \
- && python -c "import tensorrt, clipexport.build.builder; print('TensorRT', tensorrt.__version__)"
+ && python -c "import tensorrt, clipexport.trt.builder; print('TensorRT', tensorrt.__version__)"
 ENTRYPOINT ["clipexport"]
 CMD ["--help"]
 
