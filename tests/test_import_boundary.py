@@ -2,6 +2,9 @@
 
 import subprocess
 import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
 
 HEAVY = ("torch", "open_clip", "transformers", "modelopt", "torchvision", "onnx", "tensorrt")
 
@@ -71,3 +74,15 @@ def test_runtime_backends_and_build_planning_import_nothing_heavy() -> None:
         )
         == ""
     )
+
+
+def test_the_dockerfile_names_modules_that_exist() -> None:
+    """The images check themselves at build time by importing our modules; a renamed package (it was
+    `clipexport.build`, now `clipexport.trt`) would only fail in a docker build, which CI cannot run."""
+    import importlib.util
+    import re
+
+    named = set(re.findall(r"\bclipexport(?:\.\w+)+", (REPO / "Dockerfile").read_text()))
+    assert named, "the Dockerfile no longer imports any clipexport module"
+    missing = sorted(m for m in named if importlib.util.find_spec(m) is None)
+    assert not missing, missing
