@@ -27,7 +27,7 @@ from clipexport.bulk.dataset import (
     write_shard,
 )
 from clipexport.bulk.layouts import Layout, check_folder, dataset_folder, write_clip_retrieval
-from clipexport.bulk.local import PipelineStats
+from clipexport.bulk.local import EngineSettings, PipelineStats
 from clipexport.bulk.input_list import DECODED_COLUMNS, DECODED_TYPES, InputList, InputSpec, Kind, list_inputs
 from clipexport.datasets import is_folder
 from clipexport.errors import InputError
@@ -323,28 +323,22 @@ def _embed(
             if options.engine is Engine.RAY:
                 from clipexport.bulk.ray_engine import run_on_ray
 
-                run_on_ray(options, inputs, ranges, advance, writer.on_batch)
+                run_on_ray(
+                    EngineSettings.of(options),
+                    options.ray,
+                    options.shard_size,
+                    inputs,
+                    ranges,
+                    advance,
+                    writer.on_batch,
+                )
             else:
                 from clipexport.bulk.local import run_local
 
                 prepare_writer(identity)  # the writer's start-up, paid before the run (not per image)
 
-                stats = run_local(
-                    artifact,
-                    options.backend,
-                    options.precision,
-                    options.threads,
-                    options.workers,
-                    options.exif_transpose,
-                    options.skip_bad,
-                    inputs,
-                    ranges,
-                    options.batch_size,
-                    advance,
-                    writer.on_batch,
-                    device=options.device,
-                    fast_decode=options.fast_decode,
-                )
+                settings = dataclasses.replace(EngineSettings.of(options), artifact=artifact)
+                stats = run_local(settings, inputs, ranges, advance, writer.on_batch)
                 if stats.split:
                     progress(f"cores shared by measured cost: {stats.split}")
             writer.finish()

@@ -33,13 +33,18 @@ import pickle
 import signal
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 
 from clipexport.bulk.input_list import InputList, Item, Kind, item_stat, read_item_bytes, towers_of
 from clipexport.progress import Advance
 from clipexport.errors import InputError, StepFailed
+
+if TYPE_CHECKING:
+    from clipexport.artifact.precision import Precision
+    from clipexport.runtime.backends import BackendKind
 
 IN_FLIGHT_PER_WORKER = 2
 MAX_BATCH_DEATHS = 3  # a batch whose decoding kills this many workers is reported, not retried forever
@@ -517,27 +522,42 @@ class _Open:
         return self.runtime
 
 
+@dataclass(frozen=True)
+class EngineSettings:
+    """What an engine runs, whichever engine: the artifact's towers on a backend, and how inputs are
+    decoded. `BulkOptions` and `EmbedRequest` carry the same field names (`of`)."""
+
+    artifact: Path
+    backend: BackendKind
+    precision: Precision
+    batch_size: int = 32
+    threads: int | None = None  # the backend's intra-op threads; None: its own default
+    workers: int | None = None  # decode processes; None: measured split (images)
+    device: str | None = None
+    exif_transpose: bool = False
+    fast_decode: bool = False
+    skip_bad: bool = False
+
+    @classmethod
+    def of(cls, options: Any) -> "EngineSettings":
+        return cls(**{f.name: getattr(options, f.name) for f in dataclasses.fields(cls)})
+
+
 def run_local(
-    artifact: Any,
-    backend: str,
-    precision: str,
-    threads: int | None,
-    workers: int | None,
-    exif_transpose: bool,
-    skip_bad: bool,
+    settings: EngineSettings,
     inputs: InputList,
     ranges: Sequence[tuple[int, int]],
-    batch_size: int,
     advance: Advance | None,
     on_batch: OnBatch,
-    device: str | None = None,
-    fast_decode: bool = False,
 ) -> PipelineStats:
     """Open the one tower the inputs need (backend threads that sleep between batches, so decode
     workers get the cores) and embed the ranges; returns what the run measured (with `dim`, the
     embedding width)."""
     from clipexport.runtime.clip_runtime import ClipRuntime
 
+    artifact, backend, precision, device = settings.artifact, settings.backend, settings.precision, settings.device
+    threads, workers, batch_size = settings.threads, settings.workers, settings.batch_size
+    exif_transpose, skip_bad, fast_decode = settings.exif_transpose, settings.skip_bad, settings.fast_decode
     towers = towers_of(inputs.job_kind)
     auto = workers is None and threads is None and inputs.kind is Kind.IMAGE
     machine = cores()

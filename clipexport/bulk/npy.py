@@ -90,7 +90,7 @@ def index_path(output: Path) -> Path:
 def embed_to_file(request: EmbedRequest, advance: Advance | None = None) -> EmbedResult:
     """One .npy of every row (and its index file), through the same pipelined engine as the sharded
     dataset (decode workers ahead of the backend), or through a Triton server."""
-    from clipexport.bulk.local import run_local
+    from clipexport.bulk.local import EngineSettings, run_local
     from clipexport.bulk.input_list import list_inputs
 
     output = Path(request.output).expanduser()
@@ -114,22 +114,7 @@ def embed_to_file(request: EmbedRequest, advance: Advance | None = None) -> Embe
         sources.extend(inputs.items[i].id for i in kept)
         skipped.extend(SkippedImage(i, inputs.items[i].id, reason) for i, reason in bad)
 
-    dim = run_local(
-        request.artifact,
-        request.backend,
-        request.precision,
-        request.threads,
-        request.workers,
-        request.exif_transpose,
-        request.skip_bad,
-        inputs,
-        [(0, len(inputs))],
-        request.batch_size,
-        advance,
-        collect,
-        device=request.device,
-        fast_decode=request.fast_decode,
-    ).dim
+    dim = run_local(EngineSettings.of(request), inputs, [(0, len(inputs))], advance, collect).dim
     embeddings = np.concatenate(rows) if rows else np.zeros((0, dim), np.float32)
     return _write(output, embeddings, sources, skipped, inputs.notes)
 

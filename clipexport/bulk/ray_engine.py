@@ -24,7 +24,8 @@ from clipexport.bulk.input_list import DECODED_COLUMNS, InputList, Item, Kind, t
 from clipexport.errors import InputError
 
 if TYPE_CHECKING:
-    from clipexport.bulk.local import OnBatch
+    from clipexport.bulk.job import RayOptions
+    from clipexport.bulk.local import EngineSettings, OnBatch
 
 RAY_HINT = "running bulk embedding on Ray (pip install 'clipexport[ray]')"
 
@@ -133,7 +134,9 @@ def _connect(address: str | None) -> Any:
 
 
 def run_on_ray(
-    options: Any,
+    options: EngineSettings,
+    ray: RayOptions,
+    shard_size: int,
     inputs: InputList,
     ranges: Sequence[tuple[int, int]],
     advance: Callable | None,
@@ -141,7 +144,7 @@ def run_on_ray(
 ) -> None:
     from clipexport.artifact.manifest import read_manifest
 
-    _connect(options.ray.address)
+    _connect(ray.address)
     data = require("ray.data", RAY_HINT)
 
     context = data.DataContext.get_current()
@@ -179,9 +182,9 @@ def run_on_ray(
         _Embedder,
         batch_size=batch,
         batch_format="numpy",
-        concurrency=options.ray.actors,
-        num_gpus=options.ray.gpus_per_actor or None,
-        num_cpus=options.ray.cpus_per_actor,
+        concurrency=ray.actors,
+        num_gpus=ray.gpus_per_actor or None,
+        num_cpus=ray.cpus_per_actor,
         fn_constructor_kwargs={
             "artifact": str(Path(options.artifact).resolve()),
             "precision": str(options.precision),
@@ -194,7 +197,6 @@ def run_on_ray(
         max_task_retries=-1,
     )
     total = len(indices)
-    shard_size = options.shard_size
     for result in dataset.iter_batches(batch_size=batch, batch_format="numpy"):
         index = result["index"].astype(np.int64)
         ok = result["ok"].astype(bool)
