@@ -110,6 +110,9 @@ JOB_FIELDS = tuple(k for k in Identity.__dataclass_fields__ if k not in SEGMENT_
 
 @dataclass(frozen=True)
 class Skipped:
+    """An input a bulk job left out (--skip-bad): its id and why; the one type of the dataset, the
+    .npy path and both engines (the runtime's `SkippedImage` names a caller's item by position)."""
+
     id: str
     reason: str
 

@@ -18,7 +18,7 @@ from clipexport.errors import InputError
 from clipexport.files import write_bytes_atomic
 from clipexport.inputs import served_name
 from clipexport.runtime.backends import BackendKind
-from clipexport.runtime.preprocess import SkippedImage
+from clipexport.bulk.dataset import Skipped
 
 if TYPE_CHECKING:
     from clipexport.bulk.input_list import InputList, InputSpec
@@ -59,7 +59,7 @@ class EmbedResult:
     index: Path
     rows: int
     dim: int
-    skipped: list[SkippedImage]
+    skipped: list[Skipped]
     notes: tuple[str, ...] = ()
 
     def summary(self) -> list[str]:
@@ -68,7 +68,7 @@ class EmbedResult:
 
     def warnings(self) -> list[str]:
         """What the command prints on stderr: each input left out, and what the input list said."""
-        return [f"skipped {s.name}: {s.reason}" for s in self.skipped] + [f"warning: {n}" for n in self.notes]
+        return [f"skipped {s.id}: {s.reason}" for s in self.skipped] + [f"warning: {n}" for n in self.notes]
 
     def to_json(self) -> dict[str, Any]:
         """What `embed --json` prints: one object."""
@@ -77,7 +77,7 @@ class EmbedResult:
             "index": str(self.index),
             "rows": self.rows,
             "dim": self.dim,
-            "skipped": [{"id": s.name, "reason": s.reason} for s in self.skipped],
+            "skipped": [{"id": s.id, "reason": s.reason} for s in self.skipped],
             "notes": list(self.notes),
         }
 
@@ -107,12 +107,12 @@ def embed_to_file(request: EmbedRequest, advance: Advance | None = None) -> Embe
         return _write(output, embeddings, sources, skipped, inputs.notes)
     rows: list[np.ndarray] = []
     sources: list[str] = []
-    skipped: list[SkippedImage] = []
+    skipped: list[Skipped] = []
 
     def collect(start: int, kept: list[int], embeddings: np.ndarray, bad: list[tuple[int, str]], facts=()) -> None:
         rows.append(embeddings)
         sources.extend(inputs.items[i].id for i in kept)
-        skipped.extend(SkippedImage(i, inputs.items[i].id, reason) for i, reason in bad)
+        skipped.extend(Skipped(inputs.items[i].id, reason) for i, reason in bad)
 
     dim = run_local(EngineSettings.of(request), inputs, [(0, len(inputs))], advance, collect).dim
     embeddings = np.concatenate(rows) if rows else np.zeros((0, dim), np.float32)
@@ -121,7 +121,7 @@ def embed_to_file(request: EmbedRequest, advance: Advance | None = None) -> Embe
 
 def _embed_on_server(
     request: EmbedRequest, inputs: "InputList", advance: Advance | None
-) -> tuple[np.ndarray, list[str], list[SkippedImage]]:
+) -> tuple[np.ndarray, list[str], list[Skipped]]:
     """The same rows from a Triton server; errors name the file:line or path. With skip_bad, a
     refused batch is retried item by item so only the images the server cannot read are left out
     (and listed); a server that is down or fails is never 'skipped'."""
@@ -129,7 +129,7 @@ def _embed_on_server(
     from clipexport.client import ClipClient, RequestRefused
 
     model = served_name(request.model or None, request.artifact)
-    skipped: list[SkippedImage] = []
+    skipped: list[Skipped] = []
     items = inputs.items
     with ClipClient(request.server, model=model) as client:
         if inputs.kind is Kind.TEXT:
@@ -154,7 +154,7 @@ def _embed_on_server(
                 except InputError as exc:
                     if not request.skip_bad:
                         raise
-                    skipped.append(SkippedImage(start + offset, item.id, str(exc)))
+                    skipped.append(Skipped(item.id, str(exc)))
             try:
                 if payload:
                     rows.append(client.encode_image(payload, request.batch_size, names=names))
@@ -167,14 +167,14 @@ def _embed_on_server(
                         rows.append(client.encode_image([data], names=[name]))
                         sources.append(name)
                     except RequestRefused as exc:
-                        skipped.append(SkippedImage(start, name, str(exc)))
+                        skipped.append(Skipped(name, str(exc)))
             if advance:
                 advance(len(part), len(items))
         return (np.concatenate(rows) if rows else np.zeros((0, 0), np.float32)), sources, skipped
 
 
 def _write(
-    output: Path, embeddings: np.ndarray, sources: list[str], skipped: list[SkippedImage], notes: tuple[str, ...] = ()
+    output: Path, embeddings: np.ndarray, sources: list[str], skipped: list[Skipped], notes: tuple[str, ...] = ()
 ) -> EmbedResult:
     if not len(embeddings):
         raise InputError(f"no input could be embedded ({len(skipped)} skipped); nothing was written")
