@@ -41,7 +41,7 @@ def main() -> None:
             artifact = Path(tmp) / "vit-b-32"
             export_model(ExportOptions(model="ViT-B-32", pretrained="random", output=artifact), print)
             quantize_artifact(QuantizeOptions(artifact=artifact, precision=Precision.INT8, target=Target.CPU), print)
-        result, _ = run_bench(
+        result = run_bench(
             BenchOptions(
                 artifact=artifact,
                 backends=("onnxruntime", "openvino"),

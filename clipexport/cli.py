@@ -608,7 +608,7 @@ def bench(
 ) -> None:
     """Throughput and p50/p90/p99 latency per tower x backend x precision x batch, vs PyTorch eager;
     writes bench.json, bench.md and bench.png."""
-    from clipexport.bench.run import BenchOptions, markdown, run_bench
+    from clipexport.bench.run import BenchOptions, run_bench
     from clipexport.errors import InputError
 
     try:
@@ -626,9 +626,8 @@ def bench(
         cpu_only=cpu_only,
         output=output,
     )
-    result, out = run_bench(options, _progress(quiet))
-    click.echo(markdown(result))
-    click.echo(f"wrote {out / 'bench.json'}, bench.md, bench.png")
+    for line in run_bench(options, _progress(quiet)).summary():
+        click.echo(line)
 
 
 def _csv(value: str) -> tuple[str, ...]:

@@ -87,7 +87,7 @@ def test_each_backend_is_measured_in_a_process_of_its_own(tiny_vit: Path, tmp_pa
 
     code = (
         "import json, sys\nfrom pathlib import Path\nfrom clipexport.bench.run import BenchOptions, run_bench\n"
-        "result, _ = run_bench(BenchOptions(artifact=Path(sys.argv[1]), backends=tuple(sys.argv[2].split(',')), "
+        "result = run_bench(BenchOptions(artifact=Path(sys.argv[1]), backends=tuple(sys.argv[2].split(',')), "
         "batch_sizes=(1,), min_iterations=2, min_seconds=0, cpu_only=True, output=Path(sys.argv[3])))\n"
         "print(json.dumps({'torch_loaded_here': 'torch' in sys.modules, "
         "'backends': sorted({r['backend'] for r in result.rows})}))\n"

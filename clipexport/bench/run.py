@@ -60,12 +60,17 @@ class BenchResult:
     machine: dict[str, Any]
     rows: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    output: Path | None = None  # the folder bench.json, bench.md and bench.png were written to
 
     def to_dict(self) -> dict[str, Any]:
         return {"settings": self.settings, "machine": self.machine, "results": self.rows, "skipped": self.skipped}
 
+    def summary(self) -> list[str]:
+        """What `bench` prints: the report's table (bench.md), and where it was written."""
+        return [markdown(self), f"wrote {self.output / 'bench.json'}, bench.md, bench.png"]
 
-def run_bench(options: BenchOptions, progress: Progress = silent) -> tuple[BenchResult, Path]:
+
+def run_bench(options: BenchOptions, progress: Progress = silent) -> BenchResult:
     unknown = [b for b in options.backends if b not in BACKENDS]
     if unknown:
         raise InputError(f"unknown backend(s) {', '.join(unknown)} (available: {', '.join(BACKENDS)})")
@@ -82,7 +87,7 @@ def run_bench(options: BenchOptions, progress: Progress = silent) -> tuple[Bench
             check_graph_files(root, manifest.tower(tower).graph(precision))
     progress("measuring the machine's FP32 GEMM peak (numpy BLAS)")
     peak = gemm_peak_flops()
-    result = BenchResult(settings=_settings(options, manifest, precisions), machine=_machine(peak))
+    result = BenchResult(settings=_settings(options, manifest, precisions), machine=_machine(peak), output=out)
     inputs = _inputs(root, manifest, max(options.batch_sizes))
     problems: list[ClipExportError] = []
     for backend in options.backends:
@@ -98,7 +103,7 @@ def run_bench(options: BenchOptions, progress: Progress = silent) -> tuple[Bench
         )
     _ratios(result.rows)
     write_reports(result, out)
-    return result, out
+    return result
 
 
 Measured = tuple[list[dict[str, Any]], list[str], list[ClipExportError]]
