@@ -131,22 +131,25 @@ def decode_batch(
 ) -> Batch:
     """Read and preprocess `items`; an unreadable one is reported with its id, not raised.
     `normalized=False`: uint8 pixels, as a worker sends them."""
+    from clipexport.runtime.preprocess import decode_or_skip
+
     preprocessor = preprocessor or _worker_preprocessor
     fast = _worker_fast_decode if fast_decode is None else fast_decode
     h, w = preprocessor.config.image_size
     began = time.process_time()
     pixels = np.empty((len(items), 3, h, w), np.uint8)
-    kept, skipped, drafted, facts = [], [], 0, []
-    for offset, item in enumerate(items):
-        try:
-            data = read_item_bytes(item)
-            pixels[len(kept)], size = preprocessor.pixels_sized(data, name=f"image {item.label}", fast_decode=fast)
-            stat = item_stat(item)
-            facts.append((*size, len(data), stat[1] if stat else None, hashlib.sha256(data).hexdigest()))
-            kept.append(offset)
-            drafted += fast and data[:2] == JPEG_MAGIC
-        except InputError as exc:
-            skipped.append((offset, str(exc)))
+    drafted, facts = 0, []
+
+    def decode(offset: int, item: Item) -> None:
+        nonlocal drafted
+        data = read_item_bytes(item)
+        pixels[len(facts)], size = preprocessor.pixels_sized(data, name=f"image {item.label}", fast_decode=fast)
+        stat = item_stat(item)
+        facts.append((*size, len(data), stat[1] if stat else None, hashlib.sha256(data).hexdigest()))
+        drafted += fast and data[:2] == JPEG_MAGIC
+
+    done, skipped = decode_or_skip(items, decode)
+    kept = [offset for offset, _ in done]
     out = pixels[: len(kept)]
     if normalized:
         out = preprocessor.normalize(out)

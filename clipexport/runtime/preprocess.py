@@ -14,7 +14,7 @@ import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Callable, Literal, Mapping, Sequence, TypeVar
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -97,6 +97,29 @@ class SkippedImage:
     reason: str
 
 
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def decode_or_skip(
+    items: Sequence[T], decode: Callable[[int, T], R], skip: bool = True
+) -> tuple[list[tuple[int, R]], list[tuple[int, str]]]:
+    """The one decode-and-skip rule of every image path (the runtime's batches, the bulk engines'
+    workers): each item decoded on its own; an unreadable one (`InputError`, its one-line reason)
+    is raised, or with `skip` left out and reported by its position. Returns ([(index, decoded)],
+    [(index, reason)])."""
+    kept: list[tuple[int, R]] = []
+    skipped: list[tuple[int, str]] = []
+    for index, item in enumerate(items):
+        try:
+            kept.append((index, decode(index, item)))
+        except InputError as exc:
+            if not skip:
+                raise
+            skipped.append((index, str(exc)))
+    return kept, skipped
+
+
 def default_config(size: int = 224) -> PreprocessConfig:
     return PreprocessConfig(
         image_size=(size, size),
@@ -161,18 +184,15 @@ class ImagePreprocessor:
         items = [images] if _is_single(images) else list(images)  # type: ignore[arg-type]
         h, w = self.config.image_size
         out = np.empty((len(items), 3, h, w), dtype=np.float32)
-        skipped: list[SkippedImage] = []
-        kept = 0
-        for index, item in enumerate(items):
-            name = _describe(item, index)
-            try:
-                out[kept] = self.one(item, name=name)
-                kept += 1
-            except InputError as exc:
-                if on_error != "skip":
-                    raise
-                skipped.append(SkippedImage(index, name, str(exc)))
-        return out[:kept], skipped
+        filled = 0
+
+        def decode(index: int, item: ImageInput) -> None:
+            nonlocal filled
+            out[filled] = self.one(item, name=_describe(item, index))  # nothing is written when it raises
+            filled += 1
+
+        _, bad = decode_or_skip(items, decode, skip=on_error == "skip")
+        return out[:filled], [SkippedImage(i, _describe(items[i], i), reason) for i, reason in bad]
 
     def one(self, item: ImageInput, name: str = "image") -> np.ndarray:
         """float32 [3, H, W]: the model's input, exactly as the source library makes it."""
