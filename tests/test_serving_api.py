@@ -208,7 +208,9 @@ def test_curl_uploads_forms_and_expect_continue(api: Server, tiny_vit: Path, tmp
     assert status == 200 and answer["dim"] == 64 and answer["model"] == "m" and answer["precision"] == "fp32"
     np.testing.assert_allclose(answer["embeddings"], want[:2], atol=SERVER_MAX_ABS)
     start = time.monotonic()
-    status, answer = _curl("-v", "-F", f"file=@{tmp_path / 'big.png'}", f"{api.url}/embed/image")
+    status, answer = _curl(
+        "-H", "Expect: 100-continue", "-F", f"file=@{tmp_path / 'big.png'}", f"{api.url}/embed/image"
+    )
     assert status == 200 and time.monotonic() - start < 10
     np.testing.assert_allclose(answer["embeddings"][0], want[2], atol=SERVER_MAX_ABS)
     status, answer = _curl(
@@ -233,7 +235,13 @@ def test_curl_uploads_forms_and_expect_continue(api: Server, tiny_vit: Path, tmp
         ["bash", "-c", line.replace("localhost:8000", f"127.0.0.1:{api.http}")], capture_output=True, text=True
     )
     assert json.loads(done.stdout)["outputs"][0]["shape"] == [1, 64], (line, done.stdout, done.stderr)
+    (tmp_path / "huge.bin").write_bytes(b"\0" * (MAX_REQUEST_BYTES + 1_000_000))
     for args, code, words in (
+        (
+            ["-H", "Expect: 100-continue", "--data-binary", f"@{tmp_path / 'huge.bin'}", f"{api.url}/embed/image"],
+            413,
+            "over the server's limit",
+        ),
         (["-F", "note=hello", f"{api.url}/embed/image"], 400, "holds no file"),
         (["-X", "POST", f"{api.url}/embed/image"], 400, "no body"),
         (["-d", '{"texts": ["x"]}', f"{api.url}/embed/text"], 400, "JSON list of strings"),
