@@ -380,8 +380,8 @@ def verify(
 
         click.echo(json.dumps(report.to_dict(), ensure_ascii=False))
     else:
-        click.echo(report.table())
-        click.echo(f"wrote {Path(artifact) / 'parity.json'}")
+        for line in report.summary():
+            click.echo(line)
     if not report.passed:
         where = '"passed": false in the report' if as_json else "the table above"
         click.echo(f"error: parity, accuracy or retrieval below its gate (see {where})", err=True)

@@ -108,6 +108,10 @@ class ParityReport:
             "retrieval": self.retrieval.to_dict() if self.retrieval is not None else None,
         }
 
+    def summary(self) -> list[str]:
+        """What `verify` prints: the table, and where the report went (the CLI adds exit 1 below a gate)."""
+        return [self.table(), f"wrote {Path(self.artifact) / REPORT_NAME}"]
+
     def write(self, artifact_dir: str | Path) -> Path:
         path = Path(artifact_dir) / REPORT_NAME
         write_json_atomic(path, self.to_dict())
