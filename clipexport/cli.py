@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
 import warnings
 from pathlib import Path
@@ -1331,7 +1330,9 @@ def serve(
         run_server(options, _progress(quiet), on_ready=ready)
     except KeyboardInterrupt as exc:
         # A stop asked for (Ctrl-C, SIGTERM from a container runtime) is how a server ends: no error.
-        how = "SIGTERM" if str(exc) == f"signal {signal.SIGTERM.value}" else "Ctrl-C"
+        from clipexport.signals import interrupted_by
+
+        how = interrupted_by(exc)
         click.echo(f"stopped on {how}: in-flight requests were answered, the workspace removed", err=True)
 
 

@@ -17,6 +17,12 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def interrupted_by(exc: KeyboardInterrupt) -> str:
+    """What raised an interrupt, as a user calls it: "SIGTERM" (this module's handler, or a
+    deferred one), else "Ctrl-C"."""
+    return "SIGTERM" if str(exc) == f"signal {signal.SIGTERM.value}" else "Ctrl-C"
+
+
 def sigterm_as_interrupt(force: bool = False) -> None:
     """Install once, from the main thread (signal handlers cannot be set elsewhere). `force`: take
     SIGTERM back, where this process had chosen it, from a library that installed its own (ray.init's handler exits with status 15
