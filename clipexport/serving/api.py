@@ -141,7 +141,7 @@ def parse_embeddings_request(body: Any, served: str, dim: int, allow_url_fetch: 
     if dimensions is not None and (isinstance(dimensions, bool) or dimensions != dim):
         raise InputError(
             f"'dimensions' {dimensions!r:.20} is not this model's {dim}: CLIP embeddings are not trained to be "
-            "shortened; leave it out or send dimensions: {dim}".replace("{dim}", str(dim))
+            f"shortened; leave it out or send dimensions: {dim}"
         )
     items = body["input"]
     if isinstance(items, str):

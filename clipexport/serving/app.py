@@ -90,12 +90,19 @@ class Refused(Exception):
         self.status, self.message = status, message
 
 
-def _error_body(path: str, status: int, message: str) -> dict[str, Any]:
+def _error_response(path: str, status: int, message: str) -> Any:
+    """Every refusal's answer: one line, in the shape the route's clients read."""
+    from starlette.responses import JSONResponse
+
     if path.startswith("/v1/"):  # OpenAI's shape: the openai client raises with error.message
         kind = "invalid_request_error" if status < 500 else "server_error"
         code = "model_not_found" if status == 404 else None
-        return {"error": {"message": message, "type": kind, "param": None, "code": code}}
-    return {"error": message}  # KServe's shape, and the REST routes'
+        return JSONResponse({"error": {"message": message, "type": kind, "param": None, "code": code}}, status)
+    return JSONResponse({"error": message}, status)  # KServe's shape, and the REST routes'
+
+
+def _unreachable(exc: BaseException) -> Refused:
+    return Refused(503, f"the model server is not answering ({type(exc).__name__}); try again")
 
 
 # -- the body bound -------------------------------------------------------------------------------
@@ -160,9 +167,7 @@ async def _drain(receive: Callable) -> None:
 
 
 async def _answer(scope: dict, send: Callable, status: int, message: str) -> None:
-    from starlette.responses import JSONResponse
-
-    await JSONResponse(_error_body(scope.get("path", ""), status, message), status)(scope, _nothing, send)
+    await _error_response(scope.get("path", ""), status, message)(scope, _nothing, send)
 
 
 async def _nothing() -> dict:
@@ -225,32 +230,36 @@ class Metrics:
 
 # -- Triton ----------------------------------------------------------------------------------------
 class Upstream:
-    """The pooled async clients to tritonserver's loopback HTTP port: tritonclient's for the
-    embeddings, aiohttp's for the KServe routes' forwarded requests."""
+    """The app's pooled async clients: tritonclient's gRPC client to tritonserver's loopback gRPC
+    port (the embeddings), aiohttp's session to its loopback HTTP port (readiness and the KServe
+    routes' forwarded requests), and, with --allow-url-fetch, one aiohttp session for image URLs."""
 
     def __init__(self, options: AppOptions):
         self.options = options
         self.client: Any = None
         self.session: Any = None
+        self.web: Any = None
 
     async def open(self) -> None:
         import aiohttp
         import tritonclient.grpc.aio as triton
 
-        url = f"127.0.0.1:{self.options.upstream_http}"
         self.client = triton.InferenceServerClient(f"127.0.0.1:{self.options.upstream_grpc}")
         self.session = aiohttp.ClientSession(
-            f"http://{url}",
+            f"http://127.0.0.1:{self.options.upstream_http}",
             connector=aiohttp.TCPConnector(limit=256),
             timeout=aiohttp.ClientTimeout(total=UPSTREAM_TIMEOUT_S),
             auto_decompress=False,
         )
+        if self.options.allow_url_fetch:
+            self.web = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.options.url_fetch_timeout_s))
 
     async def close(self) -> None:
         if self.client is not None:
             await self.client.close()
-        if self.session is not None:
-            await self.session.close()
+        for session in (self.session, self.web):
+            if session is not None:
+                await session.close()
 
     async def embed(self, tower: str, items: Sequence[bytes], names: Sequence[str]) -> np.ndarray:
         """Items of one tower ("image" / "text") → [N, dim] float32, in chunks of the max batch
@@ -278,7 +287,7 @@ class Upstream:
                 raise InputError(message) from None
             raise Refused(502, f"the model server failed: {first_line(Exception(message), 300)}") from None
         except (OSError, asyncio.TimeoutError) as exc:
-            raise Refused(503, f"the model server is not answering ({type(exc).__name__}); try again") from None
+            raise _unreachable(exc) from None
         return result.as_numpy("EMBEDDING").astype(np.float32, copy=False)
 
     async def ready(self) -> bool:
@@ -303,7 +312,7 @@ class Upstream:
                     if k.lower() in ("content-type", "inference-header-content-length")
                 }
         except (OSError, asyncio.TimeoutError) as exc:
-            raise Refused(503, f"the model server is not answering ({type(exc).__name__}); try again") from None
+            raise _unreachable(exc) from None
         if status == 500 and any(p in payload.decode(errors="replace") for p in CLIENT_ERROR_PREFIXES):
             status = 400
         return Response(payload, status, headers=kept)
@@ -316,7 +325,6 @@ Endpoint = Callable[[Any], Awaitable[Any]]
 def _route(handler: Callable[[Any, Any], Awaitable[Any]], app_state: "_State") -> Endpoint:
     """A handler's InputError is the client's mistake (400; 404 for an unknown model), Refused its
     own status; the answer is one line in the route's error shape."""
-    from starlette.responses import JSONResponse
 
     async def endpoint(request: Any) -> Any:
         try:
@@ -327,7 +335,7 @@ def _route(handler: Callable[[Any, Any], Awaitable[Any]], app_state: "_State") -
             status, message = 404, str(exc)
         except InputError as exc:
             status, message = 400, str(exc)
-        return JSONResponse(_error_body(request.url.path, status, message), status)
+        return _error_response(request.url.path, status, message)
 
     return endpoint
 
@@ -336,28 +344,28 @@ def _route(handler: Callable[[Any, Any], Awaitable[Any]], app_state: "_State") -
 class _State:
     options: AppOptions
     upstream: Upstream
+    page: str = ""  # the search page, read once (with --index)
 
     async def fetch(self, source: ImageSource, name: str) -> bytes:
-        """An image item's bytes; a URL is fetched within FETCH_TIMEOUT_S and the request bound."""
+        """An image item's bytes; a URL (only parsed as one with --allow-url-fetch) is fetched within
+        --url-fetch-timeout and the request bound, on the app's one web session."""
         if not source.url:
             return source.data
         import aiohttp
 
         limit = self.options.max_request_bytes
         try:
-            timeout = aiohttp.ClientTimeout(total=self.options.url_fetch_timeout_s)
-            async with aiohttp.ClientSession(timeout=timeout) as session:
-                async with session.get(source.url, allow_redirects=True, max_redirects=5) as response:
-                    if response.status != 200:
-                        raise InputError(f"{name}: fetching {source.url[:200]} answered HTTP {response.status}")
-                    if (response.content_length or 0) > limit:
-                        raise InputError(f"{name}: {too_large(response.content_length, limit, source.url[:200])}")
-                    data = bytearray()
-                    async for chunk in response.content.iter_chunked(256 * 1024):
-                        data += chunk
-                        if len(data) > limit:
-                            raise InputError(f"{name}: {too_large(len(data), limit, source.url[:200])}")
-                    return bytes(data)
+            async with self.upstream.web.get(source.url, allow_redirects=True, max_redirects=5) as response:
+                if response.status != 200:
+                    raise InputError(f"{name}: fetching {source.url[:200]} answered HTTP {response.status}")
+                if (response.content_length or 0) > limit:
+                    raise InputError(f"{name}: {too_large(response.content_length, limit, source.url[:200])}")
+                data = bytearray()
+                async for chunk in response.content.iter_chunked(256 * 1024):
+                    data += chunk
+                    if len(data) > limit:
+                        raise InputError(f"{name}: {too_large(len(data), limit, source.url[:200])}")
+                return bytes(data)
         except asyncio.TimeoutError:
             raise InputError(
                 f"{name}: fetching {source.url[:200]} took over {self.options.url_fetch_timeout_s:g} s (--url-fetch-timeout)"
@@ -446,7 +454,7 @@ def _embeddings_answer(state: _State, vectors: np.ndarray) -> Any:
 
     return JSONResponse(
         {
-            "embeddings": vectors.astype(np.float32).tolist(),
+            "embeddings": vectors.tolist(),  # float32 from Upstream.embed
             "dim": state.options.dim,
             "model": state.options.model,
             "precision": state.options.precision,
@@ -555,8 +563,7 @@ async def page(request: Any, state: _State) -> Any:
 
     if state.options.searcher is None:
         raise Refused(404, "no search page: this server has no index (start it with --index INDEX_DIR)")
-    html = package_data("serve", "index.html").read_text(encoding="utf-8")
-    return HTMLResponse(html.replace("{{MODEL}}", state.options.model))
+    return HTMLResponse(state.page)
 
 
 async def health(request: Any, state: _State) -> Any:
@@ -569,9 +576,8 @@ async def ready(request: Any, state: _State) -> Any:
     from starlette.responses import JSONResponse
 
     models = await state.upstream.ready()
-    index = state.options.searcher is not None
     body = {"ready": models, "models": [f"{state.options.model}_image", f"{state.options.model}_text"]}
-    if index:
+    if state.options.searcher is not None:
         body["index_rows"] = state.options.searcher.rows
     return JSONResponse(body, 200 if models else 503)
 
@@ -641,7 +647,8 @@ def build_app(options: AppOptions) -> Any:
     from starlette.routing import Route
 
     upstream = Upstream(options)
-    state = _State(options, upstream)
+    page_html = package_data("serve", "index.html").read_text(encoding="utf-8") if options.searcher else ""
+    state = _State(options, upstream, page_html.replace("{{MODEL}}", options.model))
     routes = [
         Route("/v1/embeddings", _route(v1_embeddings, state), methods=["POST"]),
         Route("/v1/models", _route(v1_models, state), methods=["GET"]),
@@ -668,18 +675,14 @@ def build_app(options: AppOptions) -> Any:
     app = Starlette(routes=routes, lifespan=lifespan)
 
     async def not_found(request: Any, exc: Any) -> Any:
-        from starlette.responses import JSONResponse
-
         status = getattr(exc, "status_code", 500)
         message = {404: f"no route {request.url.path[:200]}", 405: f"{request.method} is not allowed here"}.get(
             status, str(getattr(exc, "detail", exc))
         )
-        return JSONResponse(_error_body(request.url.path, status, message), status)
+        return _error_response(request.url.path, status, message)
 
     async def refused(request: Any, exc: Refused) -> Any:  # raised by the body bound, outside a route's handler
-        from starlette.responses import JSONResponse
-
-        return JSONResponse(_error_body(request.url.path, exc.status, exc.message), exc.status)
+        return _error_response(request.url.path, exc.status, exc.message)
 
     from starlette.exceptions import HTTPException
 

@@ -47,7 +47,6 @@ class _Forward:
 
     def __init__(self, channel: Any):
         self.channel = channel
-        self._calls: dict[str, Any] = {}
 
     def service(self, details: Any) -> Any:
         import grpc
