@@ -27,6 +27,7 @@ import hashlib
 import io
 import json
 import re
+import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -52,8 +53,8 @@ VERSION = 2  # 2: the job in every shard's metadata, nothing else in the folder;
 METADATA_KEY = b"clipexport"  # the shard's Parquet key-value metadata entry
 LEGACY_MANIFEST = "_embeddings.json"  # version 1's manifest, beside the shards (Polars and HF refused the folder)
 PAIR_KIND = "pair"  # images with their captions (--pairs): two embedding columns
-# The embedding columns of a dataset of each kind, in the order their values are stacked per row.
 METADATA_CACHE_SHARDS = 8  # row_metadata keeps this many shards' metadata (a served search's hits)
+# The embedding columns of a dataset of each kind, in the order their values are stacked per row.
 EMBEDDING_COLUMNS = {PAIR_KIND: ("image_embedding", "text_embedding")}
 PLAIN_EMBEDDING = ("embedding",)
 
@@ -695,6 +696,7 @@ class EmbeddingsDataset:
     _checked: set = field(default_factory=set, compare=False, repr=False)  # shard files whose sha256 matched
     column: str = ""  # the embedding column read (a --pairs dataset has two; "": the first)
     _metadata_cache: dict = field(default_factory=dict, compare=False, repr=False)  # shard number -> its rows' metadata
+    _metadata_lock: Any = field(default_factory=threading.Lock, compare=False, repr=False)
 
     @property
     def home(self) -> Path:
@@ -784,15 +786,19 @@ class EmbeddingsDataset:
     def _metadata(self, number: int) -> list[dict[str, Any]]:
         import pyarrow.parquet as pq
 
-        cache = self._metadata_cache
-        if number not in cache:
+        cache = self._metadata_cache  # served searches call this from several threads: the lock guards it
+        with self._metadata_lock:
+            found = cache.get(number)
+        if found is None:
             entry = self.manifest["shards"][number]
             embedding = {c for columns in EMBEDDING_COLUMNS.values() for c in columns} | set(PLAIN_EMBEDDING)
             kept = [name for name in pq.read_schema(self.folder / entry["file"]).names if name not in embedding]
-            cache[number] = self._table(entry, kept).to_pylist()
-            while len(cache) > METADATA_CACHE_SHARDS:
-                cache.pop(next(iter(cache)))
-        return cache[number]
+            found = self._table(entry, kept).to_pylist()
+            with self._metadata_lock:
+                cache[number] = found
+                while len(cache) > METADATA_CACHE_SHARDS:
+                    cache.pop(next(iter(cache)))
+        return found
 
     def ids(self, stop: int | None = None) -> list[str]:
         """The ids of every row (of the shards before `stop`), in row order: the id column alone."""

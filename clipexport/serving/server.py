@@ -193,10 +193,10 @@ def _open_index(options: ServeOptions, artifact: Path) -> tuple[object, object]:
     from clipexport.bulk.dataset import read_embeddings
     from clipexport.search.searcher import Searcher
 
+    if options.image_root is not None and not Path(options.image_root).is_dir():  # before the index's reads
+        raise InputError(f"--image-root {options.image_root} is not a folder")
     searcher = Searcher(options.index, artifact=artifact, precision=options.precision, backend=options.backend)
     searcher.check_artifact()
-    if options.image_root is not None and not Path(options.image_root).is_dir():
-        raise InputError(f"--image-root {options.image_root} is not a folder")
     dataset = None
     recorded = searcher.manifest.get("dataset")
     if recorded and Path(recorded).is_dir():
