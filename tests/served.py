@@ -16,6 +16,9 @@ from PIL import Image
 from clipexport.serving.server import free_local_ports
 
 READY_S = 240
+# In-process runtime and server run the same ONNX Runtime graph on the same CPU: only batch
+# composition differs, which moves float32 results by a few ulps.
+SERVER_MAX_ABS = 1e-6
 
 
 def png(seed: int, size=(80, 60)) -> bytes:
@@ -23,6 +26,19 @@ def png(seed: int, size=(80, 60)) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def bomb() -> bytes:
+    """A small PNG whose header claims 40000x40000 pixels: refused from the header, never decoded."""
+    import struct
+    import zlib
+
+    data = bytearray(png(3, (8, 8)))
+    ihdr = data[12:29]  # b"IHDR" + width, height, depth, colour, compression, filter, interlace
+    ihdr[4:12] = struct.pack(">II", 40000, 40000)
+    data[12:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)))
+    return bytes(data)
 
 
 class Server:

@@ -26,13 +26,10 @@ import pytest
 
 from clipexport.runtime import ClipRuntime
 from clipexport.serving.server import free_local_ports
-from served import Server, png
+from served import SERVER_MAX_ABS, Server, bomb, png
 
 REPO = Path(__file__).resolve().parent.parent
 MAX_REQUEST_BYTES = 2_000_000  # the module server's --max-request-bytes
-# In-process runtime and server run the same ONNX Runtime graph on the same CPU: only batch
-# composition differs, which moves float32 results by a few ulps.
-SERVER_MAX_ABS = 1e-6
 TEXTS = ["a photo of a cat", "a diagram", "北京欢迎你", "a very long caption " * 30, "emoji 😎"]
 
 
@@ -258,7 +255,7 @@ def test_bad_requests_fail_alone(server: Server) -> None:
             with pytest.raises(RequestRefused, match="is empty"):
                 client.encode_image([b""])
             with pytest.raises(RequestRefused, match="decompression bomb|over the limit"):
-                client.encode_image([_bomb()])
+                client.encode_image([bomb()])
             assert client.encode_image([png(1)]).shape == (1, 64)
             assert client.encode_text(["x"] * 9, batch_size=9).shape == (9, 64)  # split to the max batch of 8
             assert client.encode_text([]).shape == (0, 64)
@@ -300,19 +297,6 @@ def test_blank_texts_embed_on_the_server_as_in_the_runtime(server: Server, tiny_
         )
         assert result.exit_code == 0, result.output
     np.testing.assert_allclose(np.load(tmp_path / "t4.npy"), np.load(tmp_path / "t0.npy"), atol=SERVER_MAX_ABS)
-
-
-def _bomb() -> bytes:
-    """A small PNG whose header claims 40000x40000 pixels: refused from the header, never decoded."""
-    import struct
-    import zlib
-
-    data = bytearray(png(3, (8, 8)))
-    ihdr = data[12:29]  # b"IHDR" + width, height, depth, colour, compression, filter, interlace
-    ihdr[4:12] = struct.pack(">II", 40000, 40000)
-    data[12:29] = ihdr
-    data[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)))
-    return bytes(data)
 
 
 def _text_body(raw: bytes) -> bytes:

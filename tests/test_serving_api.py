@@ -24,11 +24,10 @@ import numpy as np
 import pytest
 
 from clipexport.runtime import ClipRuntime
-from served import Server, png
+from served import SERVER_MAX_ABS, Server, bomb, png
 
 MAX_REQUEST_BYTES = 2_000_000  # the module server's --max-request-bytes
 FETCH_TIMEOUT_S = 2  # the module server's --url-fetch-timeout
-SERVER_MAX_ABS = 1e-6  # as tests/test_serving.py: same graph, same CPU, only the batch differs
 PICTURES = 12
 
 
@@ -112,19 +111,6 @@ def _data_uri(data: bytes, kind: str = "image/png") -> str:
     return f"data:{kind};base64," + base64.b64encode(data).decode()
 
 
-def _bomb() -> bytes:
-    """A small PNG whose header claims 40000x40000 pixels."""
-    import struct
-    import zlib
-
-    data = bytearray(png(3, (8, 8)))
-    ihdr = data[12:29]
-    ihdr[4:12] = struct.pack(">II", 40000, 40000)
-    data[12:29] = ihdr
-    data[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)))
-    return bytes(data)
-
-
 def test_openai_client_gets_the_runtimes_embeddings(api: Server, tiny_vit: Path) -> None:
     """The official client unchanged: text (its default base64 encoding and float), images as data
     URIs and bare base64 with infinity's "modality": "image"; /v1/models lists the served model."""
@@ -169,7 +155,7 @@ def test_openai_schema_mistakes_are_4xx_with_one_line(api: Server) -> None:
         ({"input": ["not base64!"], "extra_body": {"modality": "image"}}, "neither a data URI"),
         ({"input": [_data_uri(b"hello", "text/plain")], "extra_body": {"modality": "image"}}, "not an image"),
         ({"input": [_data_uri(b"hello")], "extra_body": {"modality": "image"}}, "input[0]: not a valid"),
-        ({"input": [_data_uri(png(1)), _data_uri(_bomb())], "extra_body": {"modality": "image"}}, "input[1]"),
+        ({"input": [_data_uri(png(1)), _data_uri(bomb())], "extra_body": {"modality": "image"}}, "input[1]"),
         ({"input": ["x"], "extra_body": {"modality": "audio"}}, "'modality' must be one of"),
         ({"input": ["x"], "extra_body": {"inputs": ["y"]}}, "unknown field(s) 'inputs'"),
     ):
