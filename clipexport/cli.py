@@ -276,8 +276,7 @@ def export(
         text_config=text_config,
         reparameterize=reparameterize,
     )
-    for line in export_model(options, _progress(quiet)).summary():
-        click.echo(line)
+    _print_result(export_model(options, _progress(quiet)))
 
 
 @main.command()
@@ -374,13 +373,7 @@ def verify(
         max_recall_drop=max_recall_drop,
     )
     report = verify_artifact(options, _progress(quiet))
-    if as_json:
-        import json
-
-        click.echo(json.dumps(report.to_dict(), ensure_ascii=False))
-    else:
-        for line in report.summary():
-            click.echo(line)
+    _print_result(report, as_json)
     if not report.passed:
         where = '"passed": false in the report' if as_json else "the table above"
         click.echo(f"error: parity, accuracy or retrieval below its gate (see {where})", err=True)
@@ -482,8 +475,7 @@ def quantize(
         fp16_io=io_dtype == "float16",
         accuracy=AccuracyTarget.from_options(labeled_images, templates, max_accuracy_drop),
     )
-    for line in quantize_artifact(options, _progress(quiet)).summary():
-        click.echo(line)
+    _print_result(quantize_artifact(options, _progress(quiet)))
 
 
 def _towers(value: str) -> tuple[Any, ...]:
@@ -521,9 +513,7 @@ def build(
     from clipexport.trt.pipeline import BuildOptions, build_artifact, dry_run as plan
 
     options = BuildOptions(artifact=artifact, precision=precision, recipe=recipe, towers=_towers(towers))
-    result = plan(options) if dry_run else build_artifact(options, _progress(quiet))
-    for line in result.summary():
-        click.echo(line)
+    _print_result(plan(options) if dry_run else build_artifact(options, _progress(quiet)))
 
 
 @main.command("recipes")
@@ -625,8 +615,7 @@ def bench(
         cpu_only=cpu_only,
         output=output,
     )
-    for line in run_bench(options, _progress(quiet)).summary():
-        click.echo(line)
+    _print_result(run_bench(options, _progress(quiet)))
 
 
 def _csv(value: str) -> tuple[str, ...]:
@@ -924,7 +913,7 @@ def embed(
     _print_result(result, as_json)
 
 
-def _print_result(result: Any, as_json: bool) -> None:
+def _print_result(result: Any, as_json: bool = False) -> None:
     """A step's result on stdout: its summary lines, or with --json one JSON object (`to_json`)."""
     if as_json:
         import json

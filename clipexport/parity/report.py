@@ -108,6 +108,10 @@ class ParityReport:
             "retrieval": self.retrieval.to_dict() if self.retrieval is not None else None,
         }
 
+    def to_json(self) -> dict[str, Any]:
+        """What `verify --json` prints: the report, as parity.json holds it."""
+        return self.to_dict()
+
     def summary(self) -> list[str]:
         """What `verify` prints: the table, and where the report went (the CLI adds exit 1 below a gate)."""
         return [self.table(), f"wrote {Path(self.artifact) / REPORT_NAME}"]

@@ -41,6 +41,7 @@ from clipexport.errors import InputError, first_line
 from clipexport.files import package_data
 from clipexport.inputs import FETCH_TIMEOUT_S, too_large
 from clipexport.serving.api import (
+    DEFAULT_K,
     ImageSource,
     ModelNotFound,
     check_item_count,
@@ -494,7 +495,7 @@ async def search(request: Any, state: _State) -> Any:
         files, names, fields = await _uploads(request)
         if len(files) + ("text" in fields) != 1:
             raise InputError("send one query: a text field or one image file")
-        k = parse_k(fields.get("k", str(min(10, searcher.rows))), searcher.rows)
+        k = parse_k(fields.get("k", min(DEFAULT_K, searcher.rows)), searcher.rows)
         text, image = fields.get("text"), (ImageSource(data=files[0]) if files else None)
         name = names[0] if files else "text"
     else:
