@@ -257,6 +257,32 @@ def _ray(artifact: Path, folder: Path, out: Path) -> dict:
     return {"seconds": float(inner), "images_per_s": int(rows) / float(inner), "peak_rss_mb": peak}
 
 
+def _steady_state(executable: Path, ckpt: Path, artifact: Path, photos: list[Path], work: Path, n: int) -> dict:
+    """Ours and clip-retrieval on n then 2n photos, alternating (ours n, peer n, ours 2n, peer 2n):
+    the whole-run rates, and the marginal rate n / (t(2n) - t(n)), which leaves out what each pays
+    once (imports, model load, workers starting)."""
+    runs: dict = {}
+    for count in (n, 2 * n):
+        folder = _links(work / f"links-{count}", photos, count)
+        runs[f"ours/{count}"] = _ours(artifact, folder, work / f"out-steady-ours-{count}", "fp32")
+        peer = _clip_retrieval(executable, ckpt, folder, work / f"out-steady-peer-{count}")
+        peer.pop("embeddings")
+        runs[f"clip-retrieval/{count}"] = peer
+        print("steady state", count, runs[f"ours/{count}"]["seconds"], peer["seconds"], flush=True)
+    marginal = {
+        tool: n / (runs[f"{tool}/{2 * n}"]["seconds"] - runs[f"{tool}/{n}"]["seconds"])
+        for tool in ("ours", "clip-retrieval")
+    }
+    return {
+        "photos": f"{n} and {2 * n} 0.5 MP photos (links over the generated ones), FP32, alternating",
+        "runs": {k: {m: v[m] for m in ("seconds", "images_per_s", "peak_rss_mb")} for k, v in runs.items()},
+        "marginal_images_per_s": marginal,
+        "ours_over_clip_retrieval_whole_run": runs[f"ours/{2 * n}"]["images_per_s"]
+        / runs[f"clip-retrieval/{2 * n}"]["images_per_s"],
+        "ours_over_clip_retrieval_marginal": marginal["ours"] / marginal["clip-retrieval"],
+    }
+
+
 def _links(folder: Path, photos: list[Path], count: int) -> Path:
     """`count` distinct paths over `photos` (symlinks), for a corpus larger than the photos on disk."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -279,11 +305,30 @@ def main() -> None:
         help="re-measure the ideal, the local engine and the serial loop only, keeping the other runs "
         "of the last result (the earlier local figures move to runs_before)",
     )
+    parser.add_argument(
+        "--steady-state",
+        type=int,
+        default=0,
+        metavar="N",
+        help="only measure ours against clip-retrieval on N and 2N photos (whole-run and marginal rates), "
+        "kept in the last result under steady_state",
+    )
     args = parser.parse_args()
     work = args.work
     small = _photos(work / "photos-0.5mp", args.photos, (800, 600), 1)
     big = _photos(work / "photos-12mp", args.big, (4000, 3000), 2)
     ckpt, artifact = _checkpoint_and_artifacts(work)
+    if args.steady_state:
+        if not (args.clip_retrieval and args.clip_retrieval.is_file()):
+            raise SystemExit("--steady-state needs --clip-retrieval PATH (the clip-retrieval executable)")
+        earlier = json.loads((REPO / "benchmarks" / "results" / "bulk-embed.json").read_text())
+        earlier["steady_state"] = {
+            "machine": machine(),
+            **_steady_state(args.clip_retrieval, ckpt, artifact, small, work, args.steady_state),
+        }
+        print(json.dumps(earlier["steady_state"], indent=1))
+        print(write_result("bulk-embed", earlier))
+        return
     result: dict = {"machine": machine(), "cores": CORES, "photos": {"0.5mp": len(small), "12mp": len(big)}, "runs": {}}
     if args.local_only:
         earlier = json.loads((REPO / "benchmarks" / "results" / "bulk-embed.json").read_text())

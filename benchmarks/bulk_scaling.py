@@ -10,6 +10,7 @@ bulk_embed.py (smooth colour fields with edges and noise, JPEG quality 90; 0.5 M
 - model alone: the vision graph at batch 32 on every core's threads (img/s);
 - ideal = cores / (decode + model CPU-seconds per image, each measured alone in one process);
 - time-shared ideal = 1 / (1 / decode ceiling + 1 / model alone): both measured on every CPU;
+- decode scaling = decode ceiling / (cores x one process's decode rate alone);
 - `clipexport embed -o DIR` with its defaults: img/s and the fraction of the ideal;
 - bench order: ONNX Runtime FP32 vision at batch 1, items/s, alone vs after a PyTorch eager run in
   the same process (and the same with OMP_WAIT_POLICY=PASSIVE), each in a fresh process.
@@ -210,6 +211,9 @@ def main() -> None:
     for label, photos in (("0.5mp", small), ("12mp", big)):
         run = _costs(artifact, photos)
         run["decode_ceiling_images_per_s"] = _decode_ceiling(artifact, photos)
+        # How far decoding on every CPU at once falls short of every CPU decoding as fast as one alone
+        # (shared caches, memory bandwidth, hyper-threads): the core-seconds ideal assumes 1.0.
+        run["decode_scaling"] = run["decode_ceiling_images_per_s"] / (CORES * 1e3 / run["decode_cpu_ms"])
         # The machine alternating between decoding on every CPU and the model on every CPU: an upper
         # bound that holds where per-image costs grow under load (hyper-threads, shared caches), which
         # the core-seconds ideal assumes they do not.

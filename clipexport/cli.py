@@ -769,7 +769,8 @@ class _LazyBar:
     "--workers",
     type=click.IntRange(min=1),
     default=None,
-    help="Decode processes (default: every core, or the cores --threads leaves free, at least 1).",
+    help="Decode processes (default: every core, or the cores --threads leaves free, at least 1), at the lowest "
+    "CPU priority: the backend runs first and decoding takes the CPU time it leaves.",
 )
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="The backend's intra-op threads.")
 @click.option("--fast-decode", is_flag=True, help=FAST_DECODE_HELP)

@@ -1,5 +1,6 @@
 """Bulk embedding that scales (issue 30): uint8 pixels from the decode workers and one exact
-lookup-table normalisation in the parent, the measured split of the cores, a worker killed
+lookup-table normalisation in the parent, decoders at low priority (pinned apart where measured
+costs say so), a worker killed
 mid-batch, and `--fast-decode` (recorded, never mixed, said once for non-JPEGs)."""
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from clipexport.artifact.manifest import Convention, ResizeMode
 from clipexport.bulk.dataset import read_manifest
 from clipexport.bulk.job import BulkOptions, embed_dataset
 from clipexport.bulk import local
-from clipexport.bulk.local import Split, choose_split, measured_split
+from clipexport.bulk.local import Split, pinned_split
 from clipexport.bulk.input_list import InputSpec
 from clipexport.cli import main
 from clipexport.runtime import ClipRuntime
@@ -71,29 +72,45 @@ def test_batch_normalisation_gives_the_per_image_bits_for_every_byte(convention:
         assert np.array_equal(batch[image].view(np.uint32), _reference_normalize(pre, every[image]).view(np.uint32))
 
 
-def test_the_split_follows_the_measured_costs() -> None:
-    # (cores, decode ms, model ms) -> (decode workers, backend threads), from the figures measured in
-    # benchmarks/results: the model dominates at 0.5 MP, decoding is half of the work at 12 MP.
-    assert measured_split(2, 16.7, 160.6) == (1, 2)
-    assert measured_split(16, 13.7, 241.9) == (1, 16)
-    assert measured_split(16, 252.3, 231.5) == (9, 8)
-    assert measured_split(2, 290.4, 148.0) == (2, 1)
-    assert measured_split(4, 0.0, 10.0) == (1, 4) and measured_split(4, 10.0, 0.0) == (4, 1)
-    # 16 vCPUs on 8 physical cores: the backend gives up physical cores in the same proportion.
-    assert measured_split(16, 252.3, 231.5, backend_cores=8) == (9, 4)
+def test_decode_workers_run_at_low_priority_and_start_before_the_backend_loads(
+    tiny_vit: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    paths = [_photo(photos / f"{i:03d}.jpg", 300 + i) for i in range(12)]
+    seen: dict = {}
+    real_open = local._Open.open
+
+    def open_(state, *args, **kwargs):
+        seen.setdefault(
+            "workers at open", [p.pid for p in multiprocessing.active_children() if p.name == "clipexport-decode"]
+        )
+        return real_open(state, *args, **kwargs)
+
+    def advance(done: int, total: int) -> None:
+        for process in multiprocessing.active_children():
+            if process.name == "clipexport-decode" and process.is_alive():
+                seen.setdefault("niceness", {})[process.pid] = os.getpriority(os.PRIO_PROCESS, process.pid)
+
+    monkeypatch.setattr(local._Open, "open", open_)
+    result = embed_dataset(_options(tiny_vit, tmp_path / "ds", photos, workers=2), advance)
+    assert result.rows == len(paths)
+    assert len(seen["workers at open"]) == 2, seen  # the first images decode while the backend loads
+    mine = os.getpriority(os.PRIO_PROCESS, 0)
+    assert seen["niceness"] and set(seen["niceness"].values()) == {max(mine, local.DECODE_NICE)}, seen
 
 
 def test_the_sides_are_pinned_to_separate_cpus_where_that_pays() -> None:
     # The costs of benchmarks/results/bulk-scaling-16core-pinned.json (16 vCPUs) and bulk-scaling-2core.json.
     sixteen = list(range(16))
-    assert choose_split(15.1, 153.0, 16, sixteen) == Split(2, 14, tuple(range(14)), (14, 15))  # 0.5 MP
+    assert pinned_split(15.1, 153.0, sixteen) == Split(2, 14, tuple(range(14)), (14, 15))  # 0.5 MP
     # 12 MP: decoding is most of the work, and shared CPUs measured faster (21.6 vs 19.7-20.7 img/s).
-    assert choose_split(298.8, 124.4, 16, sixteen) == Split(*measured_split(16, 298.8, 124.4, 16))
-    assert choose_split(84.4, 97.3, 2, [0, 1]) == Split(*measured_split(2, 84.4, 97.3, 2))  # 12 MP --fast-decode
+    assert pinned_split(298.8, 124.4, sixteen) is None
+    assert pinned_split(84.4, 97.3, [0, 1]) is None  # 12 MP --fast-decode
     # On 2 cores one CPU each halves the model (0.5 MP) or starves decoding (12 MP): both share.
-    assert choose_split(8.2, 94.1, 2, [0, 1]) == Split(1, 2)
-    assert choose_split(169.0, 98.0, 2, [0, 1]) == Split(*measured_split(2, 169.0, 98.0))
-    assert choose_split(10.0, 10.0, 1, [0]) == Split(1, 1)  # one CPU: nothing to separate
+    assert pinned_split(8.2, 94.1, [0, 1]) is None
+    assert pinned_split(169.0, 98.0, [0, 1]) is None
+    assert pinned_split(10.0, 10.0, [0]) is None  # one CPU: nothing to separate
     # Hyper-thread siblings come last, so the backend's CPUs are distinct cores.
     order = local.cpu_order()
     assert sorted(order) == sorted(os.sched_getaffinity(0))
@@ -139,7 +156,7 @@ def _options(artifact: Path, output: Path, folder: Path, **kwargs) -> BulkOption
     )
 
 
-def test_uint8_transfer_measured_split_and_stats(tiny_vit: Path, tmp_path: Path) -> None:
+def test_uint8_transfer_and_stats(tiny_vit: Path, tmp_path: Path) -> None:
     photos = tmp_path / "photos"
     photos.mkdir()
     paths = [_photo(photos / f"{i:03d}.jpg", i) for i in range(80)]  # past CALIBRATION_IMAGES

@@ -6,16 +6,20 @@ What crosses a process boundary is each image's resized, cropped **uint8** pixel
 batch at once, in place, with the source library's own arithmetic (`ImagePreprocessor.normalize`:
 the same bits as image by image, 0.09 ms per 224 px image).
 
-How the cores are shared follows from measured costs, not fixed defaults: the first batches
-measure the workers' decode CPU and the backend's CPU per image; the decode share of the machine
-is then `cores x decode / (decode + model)`: that many workers (rounded up) keep decoding, and the
-backend gets the cores they leave (its threads re-opened once). Decoding in bursts on every core
-stalls a backend whose threads split each layer evenly (one descheduled thread holds the rest).
-Where decoding is a small share of the work and separate CPUs for each side come within
-PIN_MIN_FRACTION of that ideal (the 16-vCPU machine at 0.5 MP; not at 12 MP, never on 2 cores),
-the sides are pinned apart (`choose_split`) and the backend's threads may spin: measured there, 14 pinned spinning threads keep 55 img/s beside
-2 decoders, against 48 sharing every CPU without spinning.
-`--workers` / `--threads` set either side instead.
+How the cores are shared: the decode workers run at the lowest CPU priority (DECODE_NICE), the
+backend with its own threads (ONNX Runtime: the physical cores) and the parent at the caller's.
+The backend's threads and the parent preempt a worker at once, so a layer split over every core
+is never held by a thread waiting behind a decoder, and decoding takes exactly the CPU time the
+model leaves (between its batches, and while it writes). That is the time-shared ideal, 1 / (1 /
+decode rate + 1 / model rate) on every core, with no measured split to get wrong (the split it
+replaced, decode workers and backend threads from the first batches' costs, reached 91% of the
+ideal at 0.5 MP on 2 cores; this, 97%). Where decoding is a small share of the work and separate
+CPUs for each side come within PIN_MIN_FRACTION of that ideal (the 16-vCPU machine at 0.5 MP;
+never on 2 cores), the first batches' measured costs pin the sides apart (`pinned_split`) and the
+backend's threads may spin: measured there, 14 pinned spinning threads kept 55 img/s beside 2
+decoders, against 48 sharing every CPU (before the decoders' priority was lowered).
+`--workers` / `--threads` set either side instead. The decode workers start before the backend
+loads, so the first images decode while it does.
 
 Memory is bounded by the batches in flight (2 per worker), never by the corpus. The decode code
 is the runtime's own `ImagePreprocessor` (exact), with the same skip / refuse rule for unreadable
@@ -26,7 +30,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import math
 import hashlib
 import os
 import pickle
@@ -47,6 +50,11 @@ if TYPE_CHECKING:
     from clipexport.runtime.backends import BackendKind
 
 IN_FLIGHT_PER_WORKER = 2
+# The decode workers' niceness: the lowest priority, so the backend's threads and the parent always
+# run first and decoding fills what they leave. Measured on 2 cores (ViT-B-32, ONNX Runtime FP32,
+# 2 workers beside 2 backend threads): 0.5 MP 1,000 photos 54.4 s vs 58.0 s with the measured split;
+# 12 MP 320 photos 48.5 s vs 50.2 s (SCHED_IDLE: 55.0 s at 0.5 MP, no better).
+DECODE_NICE = 19
 MAX_BATCH_DEATHS = 3  # a batch whose decoding kills this many workers is reported, not retried forever
 # The split of the cores is decided once this many images have been through both decode and the
 # backend (the first batch of each is a warm-up: the session's first run, the workers' imports).
@@ -116,10 +124,21 @@ def _init_worker(preprocess: Any, exif_transpose: bool, fast_decode: bool = Fals
     from clipexport.process import die_with_parent
 
     die_with_parent(signal.SIGKILL)
+    lower_priority(DECODE_NICE)
     from clipexport.runtime.preprocess import ImagePreprocessor
 
     _worker_preprocessor = ImagePreprocessor(preprocess, exif_transpose=exif_transpose)
     _worker_fast_decode = fast_decode
+
+
+def lower_priority(niceness: int) -> None:
+    """Run the calling process (its threads started from now on too) at `niceness`, where the
+    platform has one; raising it needs no privilege."""
+    if hasattr(os, "nice"):
+        try:
+            os.nice(max(0, niceness - os.nice(0)))
+        except OSError:
+            pass
 
 
 def decode_batch(
@@ -422,25 +441,11 @@ def physical_cores() -> int:
     return len({_core(cpu) for cpu in _cpus()})
 
 
-def measured_split(
-    machine_cores: int, decode_cpu: float, model_cpu: float, backend_cores: int | None = None
-) -> tuple[int, int]:
-    """(decode workers, backend threads) for per-image CPU costs when both sides share every core:
-    the decode share of the machine, cores x decode / (decode + model), rounded up for the workers
-    (of `machine_cores`, logical) and down for what the backend gives up (of `backend_cores`,
-    physical), so the fractional core is shared (both sides sleep when they wait)."""
-    share = decode_cpu / max(decode_cpu + model_cpu, 1e-12)
-    backend_cores = backend_cores or machine_cores
-    workers = max(1, min(machine_cores, math.ceil(machine_cores * share - 1e-9)))
-    threads = max(1, min(backend_cores, backend_cores - math.floor(backend_cores * share + 1e-9)))
-    return workers, threads
-
-
 # Pin the two sides to separate CPUs when that split is predicted to reach at least this fraction of
-# the shared ideal (cores / (decode + model) per image). Shared cores lose more than this on a
-# machine with many: ONNX Runtime's threads split every layer evenly, so one of 15 threads
-# descheduled by a decode worker holds the other 14 (16-vCPU Xeon, 0.5 MP: 53-77% of the ideal
-# shared); on 2 cores, sharing reached 93% (benchmarks/results/bulk-scaling-*.json).
+# the shared ideal (cores / (decode + model) per image). Shared cores lost more than this on a
+# machine with many while decoders ran at the backend's priority: ONNX Runtime's threads split every
+# layer evenly, so one of 15 threads descheduled by a decode worker held the other 14 (16-vCPU Xeon,
+# 0.5 MP: 53-77% of the ideal shared); on 2 cores, sharing reached 93% (bulk-scaling-*.json).
 PIN_MIN_FRACTION = 0.85
 # ... and only while decoding is a small share of the work: pinning keeps the backend's threads from
 # being preempted, which matters when they hold most CPUs; when decoding dominates, decoders on a
@@ -452,17 +457,13 @@ PIN_MAX_DECODE_SHARE = 0.25
 
 @dataclass(frozen=True)
 class Split:
-    """How a run shares the CPUs: decode workers and backend threads, and with `pinned`, which CPUs
-    each side runs on (the backend's threads may then spin: no decode worker waits for their core)."""
+    """Decode workers and backend threads on separate CPUs (the backend's threads may then spin: no
+    decode worker waits for their core)."""
 
     workers: int
     threads: int
-    backend_cpus: tuple[int, ...] = ()
-    decode_cpus: tuple[int, ...] = ()
-
-    @property
-    def pinned(self) -> bool:
-        return bool(self.backend_cpus)
+    backend_cpus: tuple[int, ...]
+    decode_cpus: tuple[int, ...]
 
 
 def cpu_order() -> list[int]:
@@ -477,13 +478,10 @@ def cpu_order() -> list[int]:
     return [cpu for _, cpu in sorted(ranked)]
 
 
-def choose_split(
-    decode_cpu: float, model_cpu: float, backend_cores: int | None = None, cpus: Sequence[int] | None = None
-) -> Split:
-    """Pinned when decoding is at most PIN_MAX_DECODE_SHARE of the work and separate CPUs for each
-    side come within PIN_MIN_FRACTION of the shared ideal: the workers count that maximises
-    min(workers / decode, threads / model) over the CPUs. Otherwise `measured_split`, both sides on
-    every CPU."""
+def pinned_split(decode_cpu: float, model_cpu: float, cpus: Sequence[int] | None = None) -> Split | None:
+    """The sides on separate CPUs, when decoding is at most PIN_MAX_DECODE_SHARE of the work and that
+    comes within PIN_MIN_FRACTION of the shared ideal: the workers count that maximises
+    min(workers / decode, threads / model) over the CPUs. None: both sides stay on every CPU."""
     order = list(cpus) if cpus is not None else cpu_order()
     n = len(order)
     ideal = n / max(decode_cpu + model_cpu, 1e-12)
@@ -493,10 +491,10 @@ def choose_split(
         if predicted > rate + 1e-12:
             best, rate = workers, predicted
     share = decode_cpu / max(decode_cpu + model_cpu, 1e-12)
-    if best and rate >= PIN_MIN_FRACTION * ideal and share <= PIN_MAX_DECODE_SHARE:
-        threads = n - best
-        return Split(best, threads, tuple(sorted(order[:threads])), tuple(sorted(order[threads:])))
-    return Split(*measured_split(n, decode_cpu, model_cpu, backend_cores))
+    if not best or rate < PIN_MIN_FRACTION * ideal or share > PIN_MAX_DECODE_SHARE:
+        return None
+    threads = n - best
+    return Split(best, threads, tuple(sorted(order[:threads])), tuple(sorted(order[threads:])))
 
 
 def set_cpus(pid: int, cpus: Sequence[int]) -> None:
@@ -510,18 +508,23 @@ def set_cpus(pid: int, cpus: Sequence[int]) -> None:
 
 @dataclass
 class _Open:
-    """The runtime of a run, re-opened once when the measured split changes its threads."""
+    """The runtime of a run: opened once the decode workers have started, re-opened once when the
+    measured costs pin the sides apart."""
 
     load: Callable[[int | None, bool], Any]  # (threads, spin) -> an open runtime
-    threads: int | None
+    threads: int | None  # what the backend runs on: --threads, or its default's count (CPU backends)
+    preprocess: Any  # the artifact's preprocessing, for the decode workers
+    requested: int | None = None  # the threads to open with (None: the backend's default)
     runtime: Any = None
     stats: PipelineStats = field(default_factory=PipelineStats)
 
-    def open(self, threads: int | None, spin: bool = False) -> Any:
+    def open(self, threads: int | None = None, spin: bool = False) -> Any:
         if self.runtime is not None:
             self.runtime.close()
-        self.runtime, self.threads = None, threads
-        self.runtime = self.load(threads, spin)
+            self.runtime = None
+        if threads is not None:
+            self.requested = self.threads = threads
+        self.runtime = self.load(self.requested, spin)
         return self.runtime
 
 
@@ -535,7 +538,7 @@ class EngineSettings:
     precision: Precision
     batch_size: int = 32
     threads: int | None = None  # the backend's intra-op threads; None: its own default
-    workers: int | None = None  # decode processes; None: measured split (images)
+    workers: int | None = None  # decode processes; None: one per CPU, at low priority (images)
     device: str | None = None
     exif_transpose: bool = False
     fast_decode: bool = False
@@ -556,6 +559,7 @@ def run_local(
     """Open the one tower the inputs need (backend threads that sleep between batches, so decode
     workers get the cores) and embed the ranges; returns what the run measured (with `dim`, the
     embedding width)."""
+    from clipexport.artifact.manifest import read_manifest
     from clipexport.runtime.clip_runtime import ClipRuntime
 
     artifact, backend, precision, device = settings.artifact, settings.backend, settings.precision, settings.device
@@ -577,15 +581,13 @@ def run_local(
             device=device,
         )
 
-    state = _Open(load, threads)
+    # Without --threads, the backend's own default (ONNX Runtime: the physical cores).
+    known = threads or (physical_cores() if backend_takes_threads(backend) else None)
+    state = _Open(load, known, read_manifest(artifact).preprocess, requested=threads)
     own_cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
-    state.open(threads)  # auto: the backend's own default (ONNX Runtime: the physical cores)
-    if auto and backend_takes_threads(backend):
-        state.threads = physical_cores()  # what that default is, to compare the measured split with
     try:
-        # Until a split is measured (or without one): decoding takes every core, or those --threads
-        # leaves; the backend's threads sleep between batches, so decoding can use what the model
-        # leaves idle.
+        # Decoding takes every CPU, or those --threads leaves, at low priority: the backend's threads
+        # and the parent run first.
         first_workers = workers or (max(1, machine - threads) if threads else machine)
         embed_ranges(
             state,
@@ -632,11 +634,13 @@ def embed_ranges(
 ) -> PipelineStats:
     """Embed the inputs of each (first, end) range in order: `on_batch(start, kept input indices,
     embeddings, skipped (input index, reason))` per batch. An unreadable image stops the run
-    unless `skip_bad` (then it is reported and left out). `state` holds the run's runtime, which
-    `auto` may re-open once with other threads after measuring."""
+    unless `skip_bad` (then it is reported and left out). `state` holds the run's runtime (opened
+    here, after the decode workers start), which `auto` may re-open once, pinned, after measuring."""
     stats = state.stats
     total = sum(end - first for first, end in ranges)
     if inputs.kind is Kind.TEXT:
+        if state.runtime is None:
+            state.open()
         for first, end in ranges:
             for start in range(first, end, batch_size):
                 part = inputs.items[start : min(start + batch_size, end)]
@@ -647,10 +651,13 @@ def embed_ranges(
                     advance(len(part), total)
         return stats
     stats.workers = workers
-    pipeline = ImagePipeline(state.runtime.manifest.preprocess, exif_transpose, workers, fast_decode, stats)
-    decided = not auto
+    pipeline = ImagePipeline(state.preprocess, exif_transpose, workers, fast_decode, stats)
+    # Only a CPU backend on 2 CPUs or more may be pinned apart from the decoders.
+    decided = not (auto and state.threads is not None and machine > 1)
     model_images = 0
     try:
+        if state.runtime is None:
+            state.open()  # the workers are starting meanwhile: the first images decode while it loads
         began = time.thread_time()
         for number, batch in enumerate(pipeline.batches(inputs, ranges, batch_size)):
             if batch.skipped and not skip_bad:
@@ -685,30 +692,26 @@ def embed_ranges(
                 decided = True
                 decode = stats.warm_decode_cpu_s / stats.warm_decode_images
                 model = stats.backend_cpu_s / model_images
-                split = (
-                    choose_split(decode, model, state.threads)
-                    if state.threads is not None
-                    else Split(*measured_split(machine, decode, model))
-                )
+                split = pinned_split(decode, model)
                 stats.split = (
-                    f"decode {1e3 * decode:.1f} ms + model {1e3 * model:.1f} ms CPU per image on {machine} "
-                    f"cores: {split.workers} decode workers, {split.threads} backend threads"
-                    + (f", pinned to {len(split.decode_cpus)} + {len(split.backend_cpus)} CPUs" if split.pinned else "")
+                    f"decode {1e3 * decode:.1f} ms + model {1e3 * model:.1f} ms CPU per image on {machine} cores: "
+                    + (
+                        f"{split.workers} decode workers, {split.threads} backend threads, pinned to "
+                        f"{len(split.decode_cpus)} + {len(split.backend_cpus)} CPUs"
+                        if split
+                        else f"{stats.workers} decode workers at low priority, {state.threads} backend threads, every CPU shared"
+                    )
                 )
-                pipeline.shrink(split.workers)
-                stats.workers = split.workers
-                reopening = time.thread_time()
-                if split.pinned:
+                if split:
                     # The backend's threads start on the caller's CPUs: pin it, then re-open with spinning
                     # threads (nothing else runs on those CPUs now); the workers move to the rest.
+                    reopening = time.thread_time()
+                    pipeline.shrink(split.workers)
+                    stats.workers = split.workers
                     pipeline.pin(split.decode_cpus)
                     set_cpus(0, split.backend_cpus)
                     state.open(split.threads, spin=True)
-                elif (
-                    state.threads is not None and split.threads < state.threads
-                ):  # a CPU backend gives cores to decoding
-                    state.open(split.threads)
-                stats.parent_cpu_s -= time.thread_time() - reopening  # the backend's load, once: not per image
+                    stats.parent_cpu_s -= time.thread_time() - reopening  # the backend's load, once: not per image
         stats.parent_cpu_s += time.thread_time() - began
     finally:
         pipeline.close()
