@@ -235,7 +235,9 @@ def test_fast_decode_is_close_recorded_and_never_mixed(tiny_vit: Path, tmp_path:
     for i in range(3):
         _photo(pngs / f"{i}.png", i, fmt="PNG")
     said = embed_dataset(_options(tiny_vit, tmp_path / "png-ds", pngs, fast_decode=True))
-    assert said.notes == ("--fast-decode applies to JPEGs only: 3 of 3 images were decoded in full",), said.notes
+    assert said.notes == (
+        "--fast-decode applies to JPEGs only: 3 of 3 images were decoded in full (not JPEGs, or their reduced decode failed)",
+    ), said.notes
 
 
 def test_a_failing_draft_decode_falls_back_to_the_full_decode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -250,3 +252,10 @@ def test_a_failing_draft_decode_falls_back_to_the_full_decode(tmp_path: Path, mo
 
     monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", broken)
     assert np.array_equal(pre.pixels(str(path), fast_decode=True), full)
+    # ... and counts as decoded in full, not as fast-decoded (the count behind --fast-decode's note).
+    from clipexport.bulk.input_list import Item
+
+    batch = local.decode_batch(0, [Item(id=str(path), where=str(path))], pre, fast_decode=True, normalized=False)
+    assert batch.drafted == 0 and np.array_equal(batch.pixels[0], full)
+    monkeypatch.undo()
+    assert local.decode_batch(0, [Item(id=str(path), where=str(path))], pre, fast_decode=True).drafted == 1

@@ -370,7 +370,7 @@ def _fast_decode_note(options: BulkOptions, stats: PipelineStats | None) -> tupl
         return ()
     return (
         f"--fast-decode applies to JPEGs only: {stats.images - stats.drafted} of {stats.images} images were "
-        "decoded in full",
+        "decoded in full (not JPEGs, or their reduced decode failed)",
     )
 
 

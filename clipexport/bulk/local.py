@@ -59,7 +59,6 @@ MAX_BATCH_DEATHS = 3  # a batch whose decoding kills this many workers is report
 # The split of the cores is decided once this many images have been through both decode and the
 # backend (the first batch of each is a warm-up: the session's first run, the workers' imports).
 CALIBRATION_IMAGES = 64
-JPEG_MAGIC = b"\xff\xd8"
 
 _worker_preprocessor: Any = None
 _worker_fast_decode = False
@@ -162,10 +161,12 @@ def decode_batch(
     def decode(offset: int, item: Item) -> None:
         nonlocal drafted
         data = read_item_bytes(item)
-        pixels[len(facts)], size = preprocessor.pixels_sized(data, name=f"image {item.label}", fast_decode=fast)
+        pixels[len(facts)], size, reduced = preprocessor.pixels_sized(
+            data, name=f"image {item.label}", fast_decode=fast
+        )
         stat = item_stat(item)
         facts.append((*size, len(data), stat[1] if stat else None, hashlib.sha256(data).hexdigest()))
-        drafted += fast and data[:2] == JPEG_MAGIC
+        drafted += reduced
 
     done, skipped = decode_or_skip(items, decode)
     kept = [offset for offset, _ in done]

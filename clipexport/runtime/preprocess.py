@@ -209,10 +209,12 @@ class ImagePreprocessor:
 
     def pixels_sized(
         self, item: ImageInput, name: str = "image", fast_decode: bool = False
-    ) -> tuple[np.ndarray, tuple[int, int]]:
-        """`pixels`, and the image's (width, height) as the decoder found it: its full size (before
-        a reduced --fast-decode), EXIF-rotated where `exif_transpose` rotates it."""
+    ) -> tuple[np.ndarray, tuple[int, int], bool]:
+        """`pixels`, the image's (width, height) as the decoder found it: its full size (before a
+        reduced --fast-decode), EXIF-rotated where `exif_transpose` rotates it; and whether it was
+        decoded the --fast-decode way (a JPEG whose reduced decode worked)."""
         image = open_image(item, name, self.limits, draft=self._draft_size() if fast_decode else None)
+        drafted = SOURCE_SIZE in image.info
         size = image.info.get(SOURCE_SIZE, image.size)
         if image.mode in _HIGH_BIT_DEPTH_MODES and image.mode not in _warned_modes:
             _warned_modes.add(image.mode)
@@ -229,10 +231,10 @@ class ImagePreprocessor:
             if image.size != before:  # a quarter turn
                 size = (size[1], size[0])
         if self.config.convention is Convention.HF:
-            return self._hf(image), size
+            return self._hf(image), size, drafted
         if self.config.convention is Convention.HF_TORCHVISION:
-            return self._hf_torchvision(image), size
-        return self._open_clip(image), size
+            return self._hf_torchvision(image), size, drafted
+        return self._open_clip(image), size, drafted
 
     def _open_clip(self, image: Image.Image) -> np.ndarray:
         # open_clip.transform.image_transform (eval), branch by branch.
