@@ -202,7 +202,7 @@ class ClipClient:
             )
         if (
             isinstance(exc, (OSError, TimeoutError))
-            or status in ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED")
+            or status in UNREACHABLE_GRPC_STATUSES
             or any(
                 word in lowered
                 for word in (
@@ -256,6 +256,10 @@ def _image_bytes(item: Any, name: str) -> bytes:
 
 def _call(value: Any) -> Any:
     return value() if callable(value) else value
+
+
+# gRPC statuses that say the server is not there (or not answering in time), not that it failed.
+UNREACHABLE_GRPC_STATUSES = ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED")
 
 
 def rename_items(message: str, names: Sequence[str] | None) -> str:

@@ -422,3 +422,33 @@ def test_slow_clients_cost_a_connection_each(api: Server) -> None:
     finally:
         for s in stalled:
             s.close()
+
+
+UNREACHABLE_SNIPPET = r"""
+import asyncio, socket
+from clipexport.serving.app import AppOptions, Refused, Upstream
+
+with socket.socket() as s:  # a port nothing listens on: Triton gone
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+
+async def main():
+    upstream = Upstream(AppOptions("m", 4, "fp32", port, port, 8, 1 << 20))
+    await upstream.open()
+    try:
+        await upstream.embed("text", [b"a photo"], ["input[0]"])
+    except Refused as exc:
+        print(exc.status, exc.message)
+    finally:
+        await upstream.close()
+
+asyncio.run(main())
+"""
+
+
+def test_a_model_server_that_is_not_there_is_503_not_502(serve_python: Path) -> None:
+    """tritonserver not answering (gRPC UNAVAILABLE) is the server's state, as /ready says: 503 and
+    try again; 502 is for a model server that answered with a failure."""
+    done = subprocess.run([str(serve_python), "-c", UNREACHABLE_SNIPPET], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith("503 the model server is not answering"), done.stdout

@@ -36,7 +36,7 @@ from typing import Any, Awaitable, Callable, Sequence
 
 import numpy as np
 
-from clipexport.client import rename_items
+from clipexport.client import UNREACHABLE_GRPC_STATUSES, rename_items
 from clipexport.errors import InputError, first_line
 from clipexport.files import package_data
 from clipexport.inputs import FETCH_TIMEOUT_S, too_large
@@ -54,7 +54,7 @@ from clipexport.serving.api import (
 
 BODY_TIMEOUT_S = 60.0  # a body (or the rest of one) that does not arrive in this long: 408
 DRAIN_BYTES = 256 * 1024 * 1024  # after a 413: how much of the unwanted body is read, so the client sees the answer
-UPSTREAM_TIMEOUT_S = 600.0  # a request Triton has not answered in this long fails with 504
+UPSTREAM_TIMEOUT_S = 600.0  # a request Triton has not answered in this long fails with 503
 # Triton's HTTP frontend answers 500 for these, but each says the request body was malformed.
 CLIENT_ERROR_PREFIXES = ("failed to parse the request JSON", "Unable to parse", "unable to parse")
 # /v1/embeddings counts `usage` tokens on the event loop up to this many characters (short prompts:
@@ -286,6 +286,8 @@ class Upstream:
             message = rename_items(str(exc.message() or exc).strip(), names)
             if str(exc.status()) == "StatusCode.INVALID_ARGUMENT":
                 raise InputError(message) from None
+            if str(exc.status()) in UNREACHABLE_GRPC_STATUSES:  # Triton gone or not answering: 503, as /ready says
+                raise _unreachable(exc) from None
             raise Refused(502, f"the model server failed: {first_line(Exception(message), 300)}") from None
         except (OSError, asyncio.TimeoutError) as exc:
             raise _unreachable(exc) from None
