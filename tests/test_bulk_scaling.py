@@ -259,3 +259,24 @@ def test_a_failing_draft_decode_falls_back_to_the_full_decode(tmp_path: Path, mo
     assert batch.drafted == 0 and np.array_equal(batch.pixels[0], full)
     monkeypatch.undo()
     assert local.decode_batch(0, [Item(id=str(path), where=str(path))], pre, fast_decode=True).drafted == 1
+
+
+@pytest.mark.parametrize("convention", [Convention.OPEN_CLIP, Convention.HF])
+def test_a_batch_assembled_from_chunks_has_the_runtimes_bits(tmp_path: Path, convention: Convention) -> None:
+    """Two workers decode a batch's two chunks; the parent normalises each into its rows of the batch
+    (HF's float64 arithmetic makes its own array, copied in): the bits of the runtime, image by image."""
+    from clipexport.bulk.input_list import list_inputs
+
+    paths = [_photo(tmp_path / f"{i}.jpg", 400 + i, size=(120, 90)) for i in range(6)]
+    config = dataclasses.replace(default_config(32), convention=convention, resize_mode=ResizeMode.SHORTEST)
+    pre = ImagePreprocessor(config)
+    inputs = list_inputs(InputSpec(images=[str(tmp_path)]))
+    pipeline = local.ImagePipeline(config, False, workers=2)
+    try:
+        batches = list(pipeline.batches(inputs, [(0, len(paths))], batch_size=4))
+    finally:
+        pipeline.close()
+    assert [len(b.pixels) for b in batches] == [4, 2]
+    got = np.concatenate([b.pixels for b in batches])
+    want = np.stack([_reference_normalize(pre, pre.pixels(str(p))) for p in paths])
+    assert got.dtype == np.float32 and np.array_equal(got.view(np.uint32), want.view(np.uint32))

@@ -333,17 +333,24 @@ class ImagePipeline:
 
         def assembled() -> Batch:
             first = parts[0].start
-            pixels = np.concatenate([p.pixels for p in parts]) if len(parts) > 1 else parts[0].pixels
+            shape = (sum(len(p.pixels) for p in parts), *parts[0].pixels.shape[1:])
             kept = tuple(p.start - first + k for p in parts for k in p.kept)
             skipped = tuple((p.start - first + k, reason) for p in parts for k, reason in p.skipped)
             # Two float buffers in turn: the consumer is done with batch k when it asks for batch k + 2.
             buffers.rotate()
-            if buffers[0] is None or buffers[0].shape != pixels.shape:
-                buffers[0] = np.empty(pixels.shape, np.float32)
+            if buffers[0] is None or buffers[0].shape != shape:
+                buffers[0] = np.empty(shape, np.float32)
+            pixels, row = buffers[0], 0
+            for part in parts:  # each chunk normalised into its rows: no uint8 copy of the batch first
+                rows = pixels[row : row + len(part.pixels)]
+                done = self.normalizer.normalize(part.pixels, rows)
+                if done is not rows:  # HF's float64 arithmetic makes its own array
+                    rows[...] = done
+                row += len(rows)
             out = Batch(
                 first,
                 sum(p.count for p in parts),
-                self.normalizer.normalize(pixels, buffers[0]),
+                pixels,
                 kept,
                 skipped,
                 sum(p.decode_seconds for p in parts),
