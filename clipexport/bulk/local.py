@@ -12,8 +12,8 @@ The backend's threads and the parent preempt a worker at once, so a layer split 
 is never held by a thread waiting behind a decoder, and decoding takes exactly the CPU time the
 model leaves (between its batches, and while it writes). That is the time-shared ideal, 1 / (1 /
 decode rate + 1 / model rate) on every core, with no measured split to get wrong (the split it
-replaced, decode workers and backend threads from the first batches' costs, reached 91% of the
-ideal at 0.5 MP on 2 cores; this, 97%). Where decoding is a small share of the work and separate
+replaced, decode workers and backend threads from the first batches' costs, reached 91-93% of
+the ideal at 0.5 MP on 2 cores; this, 95%: benchmarks/results/bulk-scaling-2core-r3.json). Where decoding is a small share of the work and separate
 CPUs for each side come within PIN_MIN_FRACTION of that ideal (the 16-vCPU machine at 0.5 MP;
 never on 2 cores), the first batches' measured costs pin the sides apart (`pinned_split`) and the
 backend's threads may spin: measured there, 14 pinned spinning threads kept 55 img/s beside 2
