@@ -340,7 +340,7 @@ def _embed(
                 settings = dataclasses.replace(EngineSettings.of(options), artifact=artifact)
                 stats = run_local(settings, inputs, ranges, advance, writer.on_batch)
                 if stats.split:
-                    progress(f"cores shared by measured cost: {stats.split}")
+                    progress(f"how the CPUs were shared: {stats.split}")
             writer.finish()
     rows = sum(s.rows for s in state.shards.values())
     skipped = [s for index in sorted(state.shards) for s in state.shards[index].skipped]
