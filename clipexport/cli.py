@@ -67,7 +67,7 @@ class Member(click.Choice):
 
 FAST_DECODE_HELP = (
     "Decode JPEGs at the largest DCT scale that keeps the short side >= 2x the model's input (PIL "
-    "draft), then resize exactly: 12 MP photos decode 2.4x faster (embed 1.46x on 2 cores); cosine "
+    "draft), then resize exactly: 12 MP photos decode 2.4x faster (embed 1.46-1.52x on 2 cores); cosine "
     "to the exact path >= 0.9995, retrieval recall within 0.2 pt on the demo scenes (README); not "
     "bit-exact with PyTorch's preprocessing. Recorded in the dataset: a run made one way never "
     "resumes the other."
