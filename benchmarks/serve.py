@@ -125,26 +125,17 @@ def main() -> None:
 
     http, grpc, metrics = free_local_ports(3)
     server = subprocess.Popen(
-        [
-            str(args.serve_python),
-            "-m",
-            "clipexport",
-            "serve",
-            str(args.artifact),
+        serve_command(
+            args.serve_python,
+            args.artifact,
+            (http, grpc, metrics),
             "--name",
             "bench",
-            "--http-port",
-            str(http),
-            "--grpc-port",
-            str(grpc),
-            "--metrics-port",
-            str(metrics),
             "--max-batch",
             "32",
             "--max-queue-delay-us",
             str(args.max_queue_delay_us),
-            "-q",
-        ],
+        ),
         stderr=subprocess.PIPE,
         text=True,
     )
@@ -170,6 +161,13 @@ def main() -> None:
     }
     print(result["server_vs_in_process_batch32"])
     print(write_result(f"serve-{args.artifact.resolve().name}", result))
+
+
+def serve_command(python: Path, artifact: Path, ports: tuple[int, int, int], *options: str) -> list[str]:
+    """`clipexport serve ARTIFACT` in the serving venv's Python on (http, grpc, metrics) ports, quiet."""
+    http, grpc, metrics = ports
+    ports_given = ["--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics)]
+    return [str(python), "-m", "clipexport", "serve", str(artifact), *ports_given, *options, "-q"]
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 from precision import machine, write_result
-from serve import _images, _summary, run_threads
+from serve import _images, _summary, run_threads, serve_command
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
@@ -242,24 +242,7 @@ def main() -> None:
     env = dict(os.environ, HF_HUB_OFFLINE="1", INFINITY_ANONYMOUS_USAGE_STATS="0", DO_NOT_TRACK="1")
     ours = OpenAiRoute(
         "clipexport serve",
-        [
-            str(args.serve_python),
-            "-m",
-            "clipexport",
-            "serve",
-            str(artifact),
-            "--name",
-            "peer",
-            "--http-port",
-            str(ours_http),
-            "--grpc-port",
-            str(grpc),
-            "--metrics-port",
-            str(metrics),
-            "--max-batch",
-            "32",
-            "-q",
-        ],
+        serve_command(args.serve_python, artifact, (ours_http, grpc, metrics), "--name", "peer", "--max-batch", "32"),
         ours_http,
         "/ready",
     )

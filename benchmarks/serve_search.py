@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from precision import machine, write_result
-from serve import _summary, run_threads
+from serve import _summary, run_threads, serve_command
 
 REPO = Path(__file__).resolve().parent.parent
 QUERIES = [
@@ -95,8 +95,7 @@ def main() -> None:
     index = _prepare(args.work)
     artifact = args.work / "demo"
     http_port, grpc_port, metrics_port = free_local_ports(3)
-    command = [str(args.serve_python), "-m", "clipexport", "serve", str(artifact), "--index", str(index)]
-    command += ["--http-port", str(http_port), "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port), "-q"]
+    command = serve_command(args.serve_python, artifact, (http_port, grpc_port, metrics_port), "--index", str(index))
     server = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 300
