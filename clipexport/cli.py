@@ -1256,6 +1256,13 @@ def triton(
     show_default=True,
     help="With --allow-url-fetch: seconds one image URL may take, the whole fetch.",
 )
+@click.option(
+    "--url-fetch-private",
+    is_flag=True,
+    help="With --allow-url-fetch: also fetch from loopback, private and link-local addresses (off: such "
+    "URLs, and redirects to them, are refused, so a client cannot make the server reach its own ports, "
+    "a cloud's metadata service or the private network).",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
 def serve(
     artifact: Path,
@@ -1274,6 +1281,7 @@ def serve(
     image_root: Path | None,
     allow_url_fetch: bool,
     url_fetch_timeout: float,
+    url_fetch_private: bool,
     quiet: bool,
 ) -> None:
     """Serve image and text embeddings of ARTIFACT on a real Triton Inference Server (NVIDIA PyTriton's
@@ -1305,6 +1313,7 @@ def serve(
         image_root=image_root,
         allow_url_fetch=allow_url_fetch,
         url_fetch_timeout_s=url_fetch_timeout,
+        url_fetch_private=url_fetch_private,
     )
 
     def ready(models: list[str]) -> None:

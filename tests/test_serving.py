@@ -626,6 +626,7 @@ def test_serve_refuses_what_the_runtime_refuses_with_the_same_line(
         ((str(edited), "--name", "e"), 2, "manifest says embed_dim 999"),
         ((str(tiny_vit), "--name", "ünï"), 2, "is not a usable model name"),
         ((str(tiny_vit), "--name", "x" * 300), 2, "is not a usable model name"),
+        ((str(tiny_vit), "--url-fetch-private"), 2, "--url-fetch-private widens --allow-url-fetch"),
     ]
     for args, code, message in cases:
         proc = subprocess.run(

@@ -75,6 +75,7 @@ def api(tiny_vit: Path, serve_python: Path, corpus: dict):
         "--allow-url-fetch",
         "--url-fetch-timeout",
         str(FETCH_TIMEOUT_S),
+        "--url-fetch-private",  # the test's web server is on loopback
     )
     yield served
     if served.process.poll() is None:
@@ -452,3 +453,106 @@ def test_a_model_server_that_is_not_there_is_503_not_502(serve_python: Path) -> 
     done = subprocess.run([str(serve_python), "-c", UNREACHABLE_SNIPPET], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.startswith("503 the model server is not answering"), done.stdout
+
+
+FETCH_RULES_SNIPPET = r"""
+import asyncio, http.server, json, threading
+import clipexport.serving.app as app
+from clipexport.errors import InputError
+
+class Pages(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        if self.path.startswith("/hop"):  # /hopN: a redirect chain
+            n = int(self.path[4:])
+            self.send_response(302)
+            self.send_header("Location", f"/hop{n + 1}" if n < 9 else "/ok")
+        elif self.path == "/inside":
+            self.send_response(302)
+            self.send_header("Location", f"http://127.0.0.2:{PORT}/ok")
+        else:
+            self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+    def log_message(self, *args):
+        pass
+
+web = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Pages)
+PORT = web.server_address[1]
+threading.Thread(target=web.serve_forever, daemon=True).start()
+
+async def fetched(url, private=False):
+    options = app.AppOptions("m", 4, "fp32", 1, 1, 8, 1 << 20, allow_url_fetch=True, url_fetch_timeout_s=5,
+                             url_fetch_private=private)
+    upstream = app.Upstream(options)
+    await upstream.open()
+    try:
+        return (await app._State(options, upstream).fetch(app.ImageSource(url=url), "input[0]")).decode()
+    except InputError as exc:
+        return str(exc)
+    finally:
+        await upstream.close()
+
+async def main():
+    out = {}
+    for url in (f"http://127.0.0.1:{PORT}/ok", f"http://localhost:{PORT}/ok", f"http://[::ffff:127.0.0.1]:{PORT}/ok",
+                "http://169.254.169.254/latest/meta-data/", "http://10.1.2.3/a.png"):
+        out[url] = await fetched(url)
+    out["private allowed"] = await fetched(f"http://127.0.0.1:{PORT}/ok", private=True)
+    # A name that resolves to an inside address after the check (DNS rebinding): the connector's
+    # resolver refuses it as it connects.
+    checked = app._refuse_non_public
+    async def passes(*args):
+        return None
+    app._refuse_non_public = passes
+    out["rebound"] = await fetched(f"http://localhost:{PORT}/ok")
+    app._refuse_non_public = checked
+    # 127.0.0.1 taken for a public address, 127.0.0.2 not: a redirect into the inside is refused.
+    app.non_public = lambda address: "loopback" if address == "127.0.0.2" else None
+    out["redirect inside"] = await fetched(f"http://127.0.0.1:{PORT}/inside")
+    out["redirect chain"] = await fetched(f"http://127.0.0.1:{PORT}/hop0")
+    out["few redirects"] = await fetched(f"http://127.0.0.1:{PORT}/hop6")
+    print(json.dumps(out))
+
+asyncio.run(main())
+"""
+
+
+def test_url_fetch_reaches_public_addresses_only(serve_python: Path) -> None:
+    """--allow-url-fetch must not let a client make the server reach what only it can reach: its own
+    loopback ports (Triton's), a cloud's metadata service, the private network, by address, by name or
+    through a redirect. --url-fetch-private allows them."""
+    done = subprocess.run([str(serve_python), "-c", FETCH_RULES_SNIPPET], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    refused = {url: answer for url, answer in out.items() if url.startswith("http")}
+    for url, answer in refused.items():
+        assert "public addresses only" in answer and "--url-fetch-private" in answer, (url, answer)
+    assert "loopback" in refused[next(u for u in refused if "localhost" in u)]
+    assert "link-local" in refused["http://169.254.169.254/latest/meta-data/"]
+    assert "private" in refused["http://10.1.2.3/a.png"]
+    assert out["private allowed"] == "ok"
+    assert "failed" in out["rebound"] and "loopback" in out["rebound"], out["rebound"]
+    assert "127.0.0.2" in out["redirect inside"] and "public addresses only" in out["redirect inside"]
+    assert "redirected more than 5 times" in out["redirect chain"], out
+    assert out["few redirects"] == "ok"
+
+
+def test_which_addresses_are_public() -> None:
+    from clipexport.serving.api import non_public
+
+    for address, kind in (
+        ("127.0.0.1", "loopback"),
+        ("::1", "loopback"),
+        ("::ffff:127.0.0.1", "loopback"),
+        ("169.254.169.254", "link-local"),
+        ("fe80::1%eth0", "link-local"),
+        ("10.0.0.1", "private"),
+        ("192.168.1.1", "private"),
+        ("0.0.0.0", "unspecified"),
+        ("100.64.0.1", "non-global"),
+        ("8.8.8.8", None),
+        ("2606:4700::1111", None),
+        ("example.com", None),  # a name: judged by what it resolves to
+    ):
+        assert non_public(address) == kind, address

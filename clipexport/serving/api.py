@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import re
 from dataclasses import dataclass
 from enum import Enum
@@ -90,6 +91,24 @@ def check_item_count(count: int, limit: int = MAX_ITEMS_PER_REQUEST) -> int:
     if count > limit:
         raise InputError(f"'input' holds {count} items, over the limit of {limit} per request; split it")
     return count
+
+
+def non_public(address: str) -> str | None:
+    """What kind of non-public address an IP literal is ("loopback", "private", "link-local", ...),
+    or None for a public one or a host name. An IPv4-mapped IPv6 address is judged as its IPv4.
+    With --allow-url-fetch the server fetches public addresses only (unless --url-fetch-private):
+    otherwise a client could make it reach what only it can reach (its own loopback ports, a
+    cloud's metadata service at 169.254.169.254, the private network)."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    for kind in ("loopback", "link_local", "unspecified", "multicast", "private", "reserved"):
+        if getattr(ip, f"is_{kind}"):
+            return kind.replace("_", "-")
+    return None if ip.is_global else "non-global"
 
 
 def image_source(item: Any, name: str, allow_url_fetch: bool) -> ImageSource:

@@ -46,6 +46,7 @@ from clipexport.serving.api import (
     ModelNotFound,
     check_item_count,
     encode_embedding,
+    non_public,
     parse_embeddings_request,
     parse_k,
     parse_search_request,
@@ -75,6 +76,7 @@ class AppOptions:
     max_request_bytes: int
     allow_url_fetch: bool = False
     url_fetch_timeout_s: float = FETCH_TIMEOUT_S
+    url_fetch_private: bool = False  # with allow_url_fetch: loopback / private / link-local addresses too
     tokenizer: Callable[[Sequence[str]], np.ndarray] | None = None  # counts `usage` tokens
     pad_id: int = 0
     searcher: Any = None  # a search.Searcher (with --index)
@@ -253,7 +255,13 @@ class Upstream:
             auto_decompress=False,
         )
         if self.options.allow_url_fetch:
-            self.web = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.options.url_fetch_timeout_s))
+            # Every connection's addresses checked as it connects (a name that resolved to a public
+            # address when fetch checked it may resolve elsewhere a moment later).
+            resolver = None if self.options.url_fetch_private else _public_resolver()
+            self.web = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.options.url_fetch_timeout_s),
+                connector=aiohttp.TCPConnector(resolver=resolver),
+            )
 
     async def close(self) -> None:
         if self.client is not None:
@@ -351,30 +359,48 @@ class _State:
 
     async def fetch(self, source: ImageSource, name: str) -> bytes:
         """An image item's bytes; a URL (only parsed as one with --allow-url-fetch) is fetched within
-        --url-fetch-timeout and the request bound, on the app's one web session."""
+        --url-fetch-timeout (the whole fetch, redirects included) and the request bound, on the app's
+        one web session, from public addresses only unless --url-fetch-private (each redirect's
+        target checked too)."""
         if not source.url:
             return source.data
         import aiohttp
 
-        limit = self.options.max_request_bytes
         try:
-            async with self.upstream.web.get(source.url, allow_redirects=True, max_redirects=5) as response:
+            async with asyncio.timeout(self.options.url_fetch_timeout_s):
+                return await self._fetch(source.url, name)
+        except TimeoutError:
+            raise InputError(
+                f"{name}: fetching {source.url[:200]} took over {self.options.url_fetch_timeout_s:g} s (--url-fetch-timeout)"
+            ) from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise InputError(f"{name}: fetching {source.url[:200]} failed ({first_line(exc, 160)})") from None
+
+    async def _fetch(self, first: str, name: str) -> bytes:
+        from yarl import URL
+
+        limit = self.options.max_request_bytes
+        url = URL(first)
+        for _ in range(MAX_URL_REDIRECTS + 1):
+            if url.scheme not in ("http", "https") or not url.host:
+                raise InputError(f"{name}: {first[:200]} redirected to {str(url)[:200]}, not an http(s) URL")
+            if not self.options.url_fetch_private:
+                await _refuse_non_public(url.host, url.port or 80, name)
+            async with self.upstream.web.get(url, allow_redirects=False) as response:
+                if response.status in (301, 302, 303, 307, 308) and response.headers.get("Location"):
+                    url = url.join(URL(response.headers["Location"]))
+                    continue
                 if response.status != 200:
-                    raise InputError(f"{name}: fetching {source.url[:200]} answered HTTP {response.status}")
+                    raise InputError(f"{name}: fetching {first[:200]} answered HTTP {response.status}")
                 if (response.content_length or 0) > limit:
-                    raise InputError(f"{name}: {too_large(response.content_length, limit, source.url[:200])}")
+                    raise InputError(f"{name}: {too_large(response.content_length, limit, first[:200])}")
                 data = bytearray()
                 async for chunk in response.content.iter_chunked(256 * 1024):
                     data += chunk
                     if len(data) > limit:
-                        raise InputError(f"{name}: {too_large(len(data), limit, source.url[:200])}")
+                        raise InputError(f"{name}: {too_large(len(data), limit, first[:200])}")
                 return bytes(data)
-        except asyncio.TimeoutError:
-            raise InputError(
-                f"{name}: fetching {source.url[:200]} took over {self.options.url_fetch_timeout_s:g} s (--url-fetch-timeout)"
-            ) from None
-        except aiohttp.ClientError as exc:
-            raise InputError(f"{name}: fetching {source.url[:200]} failed ({first_line(exc, 160)})") from None
+        raise InputError(f"{name}: fetching {first[:200]} redirected more than {MAX_URL_REDIRECTS} times")
 
     async def embed_images(self, sources: Sequence[ImageSource], names: Sequence[str]) -> np.ndarray:
         data = await asyncio.gather(*(self.fetch(s, n) for s, n in zip(sources, names)))
@@ -388,6 +414,68 @@ class _State:
         if self.options.tokenizer is None or not texts:
             return 0
         return int(np.count_nonzero(self.options.tokenizer(list(texts)) != self.options.pad_id))
+
+
+MAX_URL_REDIRECTS = 5
+
+
+def _not_public_message(host: str, address: str, kind: str) -> str:
+    shown_address = "" if host == address else f" ({address})"
+    return (
+        f"{host}{shown_address} is a {kind} address: this server fetches image URLs from public addresses only "
+        "(the operator may allow others with --url-fetch-private)"
+    )
+
+
+async def _refuse_non_public(host: str, port: int, name: str) -> None:
+    """InputError when `host` is, or resolves to, an address that is not public (`api.non_public`)."""
+    import socket
+
+    kind = non_public(host)
+    if kind:
+        raise InputError(f"{name}: {_not_public_message(host, host, kind)}")
+    if _is_ip(host):  # a public address
+        return
+    for *_, sockaddr in await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM):
+        kind = non_public(sockaddr[0])
+        if kind:
+            raise InputError(f"{name}: {_not_public_message(host, sockaddr[0], kind)}")
+
+
+def _is_ip(host: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(host.split("%", 1)[0])
+        return True
+    except ValueError:
+        return False
+
+
+def _public_resolver() -> Any:
+    """aiohttp's default resolver, refusing (OSError) a name that resolves to a non-public address."""
+    import errno
+
+    from aiohttp.abc import AbstractResolver
+    from aiohttp.resolver import DefaultResolver
+
+    class PublicOnly(AbstractResolver):
+        def __init__(self) -> None:
+            self.inner = DefaultResolver()
+
+        async def resolve(self, host: str, port: int = 0, family: int = 0) -> Any:
+            found = await self.inner.resolve(host, port, family)
+            for entry in found:
+                kind = non_public(entry["host"])
+                if kind:
+                    # errno and strerror both: aiohttp's connection error shows the strerror.
+                    raise OSError(errno.EACCES, _not_public_message(host, entry["host"], kind))
+            return found
+
+        async def close(self) -> None:
+            await self.inner.close()
+
+    return PublicOnly()
 
 
 async def _json(request: Any) -> Any:

@@ -84,6 +84,7 @@ class ServeOptions:
     image_root: Path | None = None  # the search page shows result images from under this folder only
     allow_url_fetch: bool = False  # image inputs may be http(s) URLs the server fetches
     url_fetch_timeout_s: float = FETCH_TIMEOUT_S
+    url_fetch_private: bool = False  # ... from loopback / private / link-local addresses too
 
     def __post_init__(self) -> None:  # Python callers may pass names: parsed here, once
         object.__setattr__(self, "precision", Precision.parse(self.precision))
@@ -220,6 +221,7 @@ def _app_options(
         max_request_bytes=options.max_request_bytes,
         allow_url_fetch=options.allow_url_fetch,
         url_fetch_timeout_s=options.url_fetch_timeout_s,
+        url_fetch_private=options.url_fetch_private,
         tokenizer=load_tokenizer(artifact, manifest.tokenizer),
         pad_id=manifest.tokenizer.pad_id,
         searcher=searcher,
@@ -301,6 +303,8 @@ def _check(options: ServeOptions, manifest) -> None:
                 ) from None
     if options.max_batch < 1 or options.instances < 1 or options.max_queue_delay_us < 0:
         raise InputError("--max-batch and --instances must be at least 1, --max-queue-delay-us at least 0")
+    if options.url_fetch_private and not options.allow_url_fetch:
+        raise InputError("--url-fetch-private widens --allow-url-fetch: pass both, or neither")
     if not 0 < options.url_fetch_timeout_s <= 600:
         raise InputError(f"--url-fetch-timeout must be in (0, 600] seconds, got {options.url_fetch_timeout_s}")
     if options.max_request_bytes < MIN_REQUEST_BYTES:
