@@ -428,28 +428,15 @@ def _not_public_message(host: str, address: str, kind: str) -> str:
 
 
 async def _refuse_non_public(host: str, port: int, name: str) -> None:
-    """InputError when `host` is, or resolves to, an address that is not public (`api.non_public`)."""
+    """InputError when `host` is, or resolves to, an address that is not public (`api.non_public`).
+    An IP literal comes back from getaddrinfo as itself, without a lookup (aiohttp's resolver never
+    sees one: this is its only check)."""
     import socket
 
-    kind = non_public(host)
-    if kind:
-        raise InputError(f"{name}: {_not_public_message(host, host, kind)}")
-    if _is_ip(host):  # a public address
-        return
     for *_, sockaddr in await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM):
         kind = non_public(sockaddr[0])
         if kind:
             raise InputError(f"{name}: {_not_public_message(host, sockaddr[0], kind)}")
-
-
-def _is_ip(host: str) -> bool:
-    import ipaddress
-
-    try:
-        ipaddress.ip_address(host.split("%", 1)[0])
-        return True
-    except ValueError:
-        return False
 
 
 def _public_resolver() -> Any:
