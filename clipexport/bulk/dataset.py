@@ -118,6 +118,11 @@ class Skipped:
     reason: str
 
 
+def warning_lines(skipped: Sequence[Skipped], notes: Sequence[str]) -> list[str]:
+    """What `embed` prints on stderr, whichever output: each input left out, and what the input list said."""
+    return [f"skipped {s.id}: {s.reason}" for s in skipped] + [f"warning: {n}" for n in notes]
+
+
 @dataclass(frozen=True)
 class Shard:
     index: int

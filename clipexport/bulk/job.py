@@ -24,6 +24,7 @@ from clipexport.bulk.dataset import (
     job_lock,
     open_for_writing,
     prepare_writer,
+    warning_lines,
     write_shard,
 )
 from clipexport.bulk.layouts import Layout, check_folder, dataset_folder, write_clip_retrieval
@@ -106,7 +107,7 @@ class BulkResult:
 
     def warnings(self) -> list[str]:
         """What the command prints on stderr: each input left out, and what the input list said."""
-        return [f"skipped {s.id}: {s.reason}" for s in self.skipped] + [f"warning: {n}" for n in self.notes]
+        return warning_lines(self.skipped, self.notes)
 
     def to_json(self) -> dict[str, Any]:
         """What `embed --json` prints: one object."""

@@ -18,7 +18,7 @@ from clipexport.errors import InputError
 from clipexport.files import write_bytes_atomic
 from clipexport.inputs import served_name
 from clipexport.runtime.backends import BackendKind
-from clipexport.bulk.dataset import Skipped
+from clipexport.bulk.dataset import Skipped, warning_lines
 
 if TYPE_CHECKING:
     from clipexport.bulk.input_list import InputList, InputSpec
@@ -68,7 +68,7 @@ class EmbedResult:
 
     def warnings(self) -> list[str]:
         """What the command prints on stderr: each input left out, and what the input list said."""
-        return [f"skipped {s.id}: {s.reason}" for s in self.skipped] + [f"warning: {n}" for n in self.notes]
+        return warning_lines(self.skipped, self.notes)
 
     def to_json(self) -> dict[str, Any]:
         """What `embed --json` prints: one object."""
