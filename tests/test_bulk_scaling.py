@@ -1,7 +1,7 @@
-"""Bulk embedding that scales (issue 30): uint8 pixels from the decode workers and one exact
-lookup-table normalisation in the parent, decoders at low priority (pinned apart where measured
-costs say so), a worker killed
-mid-batch, and `--fast-decode` (recorded, never mixed, said once for non-JPEGs)."""
+"""Bulk embedding that scales (issue 30): uint8 pixels from the decode workers, raw on each worker's
+socket into reused receive buffers, normalised exactly in the parent; decoders at low priority
+(pinned apart where measured costs say so), a worker killed mid-batch, and `--fast-decode`
+(recorded, never mixed, said once for non-JPEGs)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import dataclasses
 import multiprocessing
 import os
 import signal
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -280,3 +281,58 @@ def test_a_batch_assembled_from_chunks_has_the_runtimes_bits(tmp_path: Path, con
     got = np.concatenate([b.pixels for b in batches])
     want = np.stack([_reference_normalize(pre, pre.pixels(str(p))) for p in paths])
     assert got.dtype == np.float32 and np.array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+def test_the_worker_channel_reads_pixels_into_the_callers_buffer_and_names_a_cut_message() -> None:
+    """A message's raw payload lands in the buffer the receiver gives (no copy of its own); the
+    other end closing between messages is EOFError, in the middle of one OSError (never a hang or
+    a short array taken for pixels)."""
+    left, right = socket.socketpair()
+    sender, receiver = local._Channel(left), local._Channel(right)
+    pixels = np.arange(2 * 3 * 4 * 4, dtype=np.uint8).reshape(2, 3, 4, 4)
+    buffer = np.zeros(200, np.uint8)
+    sender.send({"start": 7}, pixels)
+    message, payload, size = receiver.receive(lambda n: buffer)
+    assert message == {"start": 7} and np.shares_memory(payload, buffer) and size > pixels.nbytes
+    assert np.array_equal(payload.reshape(pixels.shape), pixels)
+    sender.send(("task", [1, 2]))
+    assert receiver.receive()[:2] == (("task", [1, 2]), None)
+    # A header that promises 96 bytes of pixels, 10 of them sent, then the sender is gone.
+    body = __import__("pickle").dumps("cut")
+    left.sendall(local._Channel.HEADER.pack(len(body), 96) + body + bytes(10))
+    left.close()
+    with pytest.raises(OSError, match="middle of a message"):
+        receiver.receive()
+    with pytest.raises(EOFError):
+        receiver.receive()
+    receiver.close()
+
+
+def test_receive_buffers_are_reused_not_allocated_per_chunk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fresh memory costs page faults (on a VM, 20-70 ms per 10 MB first touched): the parent reuses
+    each chunk's receive buffer once the chunk is normalised, so a run allocates no more of them
+    than it ever holds at once, however many chunks it receives."""
+    from clipexport.bulk.input_list import list_inputs
+
+    for i in range(24):
+        _photo(tmp_path / f"{i:02d}.jpg", 700 + i, size=(80, 60))
+    config = dataclasses.replace(default_config(32), resize_mode=ResizeMode.SHORTEST)
+    inputs = list_inputs(InputSpec(images=[str(tmp_path)]))
+    allocated = []
+    real_empty = np.empty
+
+    def counting_empty(shape, dtype=float, *args, **kwargs):
+        out = real_empty(shape, dtype, *args, **kwargs)
+        if np.dtype(dtype) == np.uint8 and out.ndim == 1:
+            allocated.append(out.nbytes)
+        return out
+
+    pipeline = local.ImagePipeline(config, False, workers=2)
+    monkeypatch.setattr(local.np, "empty", counting_empty)
+    try:
+        batches = list(pipeline.batches(inputs, [(0, 24)], batch_size=4))  # 12 chunks of 2 images
+    finally:
+        monkeypatch.undo()
+        pipeline.close()
+    assert sum(len(b.pixels) for b in batches) == 24
+    assert 0 < len(allocated) <= 6, allocated  # at most the chunks in flight (4) and the batch being assembled (2)
