@@ -11,7 +11,9 @@ bulk_embed.py (smooth colour fields with edges and noise, JPEG quality 90; 0.5 M
 - ideal = cores / (decode + model CPU-seconds per image, each measured alone in one process);
 - time-shared ideal = 1 / (1 / decode ceiling + 1 / model alone): both measured on every CPU;
 - decode scaling = decode ceiling / (cores x one process's decode rate alone);
-- `clipexport embed -o DIR` with its defaults: img/s and the fraction of the ideal;
+- `clipexport embed -o DIR` with its defaults: img/s and the fraction of the ideal; the parent's
+  CPU per image outside the backend over the whole run and at steady state (0.5 MP: a second run
+  on half the photos; the difference leaves out what a run pays once);
 - bench order: ONNX Runtime FP32 vision at batch 1, items/s, alone vs after a PyTorch eager run in
   the same process (and the same with OMP_WAIT_POLICY=PASSIVE), each in a fresh process.
 """
@@ -31,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bulk_embed import _photos, random_vit_b32
+from bulk_embed import _links, _photos, marginal_parent_ms, random_vit_b32
 
 REPO = Path(__file__).resolve().parent.parent
 CORES = len(os.sched_getaffinity(0))
@@ -224,6 +226,10 @@ def main() -> None:
         if "images_per_s" in run:
             run["fraction_of_ideal"] = run["images_per_s"] / run["ideal_images_per_s"]
             run["fraction_of_time_shared_ideal"] = run["images_per_s"] / run["time_shared_ideal_images_per_s"]
+        if label == "0.5mp" and "images_per_s" in run:  # the parent's steady-state CPU per image: half the photos too
+            half = _embed(artifact, _links(work / "links-half", photos, len(photos) // 2), work / "out-half")
+            if "images_per_s" in half:
+                run.update(marginal_parent_ms(half, run))
         for policy in args.policies:  # the default rule's alternatives, same images
             other = _embed(artifact, photos[0].parent, work / f"out-{label}-{policy}", policy=policy)
             if "images_per_s" in other:
