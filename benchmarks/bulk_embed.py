@@ -161,7 +161,8 @@ from clipexport.bulk.input_list import InputSpec
 r = embed_dataset(BulkOptions(artifact=Path(sys.argv[1]), output=Path(sys.argv[3]), inputs=InputSpec(images=[sys.argv[2]]),
                               precision=sys.argv[4]))
 s = r.stats
-print(json.dumps({"parent_ms_per_image": s.parent_ms_per_image, "bytes_per_image": s.bytes_per_image,
+print(json.dumps({"parent_ms_per_image": s.parent_ms_per_image, "parent_steady_ms_per_image": s.parent_steady_ms_per_image,
+                  "bytes_per_image": s.bytes_per_image,
                   "workers": s.workers, "threads": s.threads, "split": s.split}))
 """
 
@@ -280,19 +281,7 @@ def _steady_state(executable: Path, ckpt: Path, artifact: Path, photos: list[Pat
         "ours_over_clip_retrieval_whole_run": runs[f"ours/{2 * n}"]["images_per_s"]
         / runs[f"clip-retrieval/{2 * n}"]["images_per_s"],
         "ours_over_clip_retrieval_marginal": marginal["ours"] / marginal["clip-retrieval"],
-        **marginal_parent_ms(runs[f"ours/{n}"], runs[f"ours/{2 * n}"]),
     }
-
-
-def marginal_parent_ms(small: dict, large: dict) -> dict:
-    """The parent's CPU per image outside the backend at steady state, from two runs of ours (n and
-    m > n images): what the m - n more images cost, so what every run pays once (the first batches'
-    buffers faulted in, the shard writer's first real write; 0.1-0.5 s on this VM) is left out.
-    That is the figure that says how many images a second one parent sustains."""
-    n, m = small["rows"], large["rows"]
-    total = {run["rows"]: run["parent_ms_per_image"] * run["rows"] for run in (small, large)}
-    marginal = (total[m] - total[n]) / (m - n)
-    return {"parent_ms_per_image_marginal": marginal, "parent_ms_once": total[m] - marginal * m}
 
 
 def _links(folder: Path, photos: list[Path], count: int) -> Path:

@@ -167,6 +167,8 @@ def test_uint8_transfer_and_stats(tiny_vit: Path, tmp_path: Path) -> None:
     # uint8 pixels, pickled: the image's bytes and a little framing, not 4 bytes per value.
     assert 3 * h * w <= stats.bytes_per_image < 3 * h * w * 1.25, stats
     assert stats.split and stats.images == 80 and stats.parent_cpu_s > 0, stats
+    # The steady-state figure is the run's second half: its batches from the 40th image on.
+    assert stats.steady_images == 40 and 0 < stats.parent_steady_cpu_s < stats.parent_cpu_s, stats
     import pyarrow.parquet as pq
 
     rows = np.stack(pq.read_table(tmp_path / "ds").column("embedding").to_pylist())

@@ -99,6 +99,11 @@ class PipelineStats:
     batches: int = 0
     bytes_received: int = 0  # from the decode workers: each chunk's framing, pickled facts and raw pixels
     parent_cpu_s: float = 0.0  # the parent's main thread outside the backend: receive, normalise, write
+    # The same over the run's second half: what each more image costs once what a run pays once is
+    # paid (its first batches' buffers faulted in, the shard writer's first write: 0.2-0.65 s in all
+    # on this project's VM, most of the whole-run figure for a run of 1,000 images).
+    parent_steady_cpu_s: float = 0.0
+    steady_images: int = 0
     backend_cpu_s: float = 0.0  # the process's CPU during the backend's runs (all its threads)
     decode_cpu_s: float = 0.0  # the workers' CPU, summed
     warm_decode_cpu_s: float = 0.0  # the same, over warm workers' batches only (what the split uses)
@@ -112,6 +117,10 @@ class PipelineStats:
     @property
     def parent_ms_per_image(self) -> float:
         return 1e3 * self.parent_cpu_s / self.images if self.images else 0.0
+
+    @property
+    def parent_steady_ms_per_image(self) -> float:
+        return 1e3 * self.parent_steady_cpu_s / self.steady_images if self.steady_images else 0.0
 
     @property
     def bytes_per_image(self) -> float:
@@ -752,6 +761,7 @@ def embed_ranges(
     # Only a CPU backend on 2 CPUs or more may be pinned apart from the decoders.
     decided = not (auto and state.threads is not None and machine > 1)
     model_images = 0
+    halfway: tuple[float, int] | None = None  # (the parent's CPU, images) once half the images are done
     try:
         if state.runtime is None:
             state.open()  # the workers are starting meanwhile: the first images decode while it loads
@@ -783,6 +793,8 @@ def embed_ranges(
             )
             stats.images += batch.count
             stats.batches += 1
+            if halfway is None and 2 * stats.images >= total:
+                halfway = (stats.parent_cpu_s + time.thread_time() - began, stats.images)
             if advance:
                 advance(batch.count, total)
             if not decided and model_images >= CALIBRATION_IMAGES and stats.warm_decode_images >= CALIBRATION_IMAGES:
@@ -810,6 +822,9 @@ def embed_ranges(
                     state.open(split.threads, spin=True)
                     stats.parent_cpu_s -= time.thread_time() - reopening  # the backend's load, once: not per image
         stats.parent_cpu_s += time.thread_time() - began
+        if halfway is not None and stats.images > halfway[1]:
+            stats.parent_steady_cpu_s = stats.parent_cpu_s - halfway[0]
+            stats.steady_images = stats.images - halfway[1]
     finally:
         pipeline.close()
     return stats
