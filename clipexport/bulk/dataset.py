@@ -638,7 +638,8 @@ def _parquet_bytes(
     arrow_type = pa.float16() if dtype == np.float16 else pa.float32()
     columns = {"id": pa.array(ids, type=pa.string())}
     pair = stored.ndim == 3  # [rows, 2, dim]: an image and its caption
-    for number, name in enumerate(EMBEDDING_COLUMNS[PAIR_KIND] if pair else PLAIN_EMBEDDING):
+    embedding_names = EMBEDDING_COLUMNS[PAIR_KIND] if pair else PLAIN_EMBEDDING
+    for number, name in enumerate(embedding_names):
         part = np.ascontiguousarray(stored[:, number] if pair else stored).reshape(-1)
         columns[name] = pa.FixedSizeListArray.from_arrays(pa.array(part, type=arrow_type), dim)
     for name in extra.column_names if extra is not None else ():
@@ -648,13 +649,19 @@ def _parquet_bytes(
         metadata["shard"]["sha256"] = digest
         table = table.replace_schema_metadata({METADATA_KEY: json.dumps(metadata, ensure_ascii=False)})
     buffer = io.BytesIO()
-    pq.write_table(table, buffer, compression="zstd", write_page_checksum=True)
+    # Dictionary encoding for the metadata columns only: embeddings and ids are all distinct, so the
+    # writer's dictionary (a hash table over every float) only grows until it gives up. Without it,
+    # 1,000 rows x 512 write in 6-11 ms, not 20-25 (200-400 ms the first time in a process), and
+    # take a quarter less room.
+    dictionary = [name for name in columns if name != "id" and name not in embedding_names]
+    pq.write_table(table, buffer, compression="zstd", write_page_checksum=True, use_dictionary=dictionary)
     return buffer.getvalue(), digest
 
 
 def prepare_writer(identity: Identity) -> None:
-    """Load the shard writer's library and start its codec with a one-row table (0.4 s of CPU the
-    first time, 0.04 s per 1,000 rows after): a run's start-up cost, paid before the run."""
+    """Load the shard writer's library and start its codec with a one-row table (0.2-0.3 s of CPU,
+    most of it pyarrow importing pandas on its first array; a shard of 1,000 rows costs 6-11 ms
+    after): a run's start-up cost, paid before the run."""
     _parquet_bytes(["warm-up"], np.zeros((1, identity.dim)), np.dtype(identity.dtype), identity.dim)
 
 
