@@ -156,6 +156,7 @@ def _watched(command: list[str], env: dict | None = None) -> tuple[float, float,
 OURS = r"""
 import json, sys
 from pathlib import Path
+import clipexport.cli  # the process as `clipexport embed` sets it up (Arrow's allocator)
 from clipexport.bulk.job import BulkOptions, embed_dataset
 from clipexport.bulk.input_list import InputSpec
 r = embed_dataset(BulkOptions(artifact=Path(sys.argv[1]), output=Path(sys.argv[3]), inputs=InputSpec(images=[sys.argv[2]]),

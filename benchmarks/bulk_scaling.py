@@ -86,6 +86,7 @@ def _costs(artifact: Path, photos: list[Path]) -> dict:
 EMBED = r"""
 import dataclasses, json, sys, time
 from pathlib import Path
+import clipexport.cli  # the process as `clipexport embed` sets it up (Arrow's allocator)
 from clipexport.bulk import local
 from clipexport.bulk.job import BulkOptions, embed_dataset
 local.PIN_MIN_FRACTION = {"auto": local.PIN_MIN_FRACTION, "shared": 9.0, "pinned": 0.0}[sys.argv[5]]

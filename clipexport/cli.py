@@ -13,6 +13,14 @@ from typing import Any, Callable, Iterable
 
 import click
 
+# Arrow's buffers from the C library's malloc in our own processes, unless the caller chose a pool:
+# the wheels' default, mimalloc, asks for transparent huge pages and hands freed ones back, so where
+# the kernel compacts memory to give them (THP defrag "madvise", Debian's and Ubuntu's default) a
+# process that has been busy elsewhere stalls on its next allocations: each dataset shard's write
+# took 50-100 ms of CPU in an embed run on this project's 2-core VM, 3-5 ms with malloc (pyarrow
+# 24). Read by pyarrow when it is first imported, so set before anything imports it.
+os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
+
 from clipexport._version import __version__
 from clipexport.artifact.precision import QUANTIZED, CalibrationMethod, Precision, Target
 from clipexport.errors import ClipExportError

@@ -358,3 +358,23 @@ def test_shards_keep_embeddings_and_ids_out_of_the_parquet_dictionary(tiny_vit: 
         if path == "id" or path.startswith("embedding"):
             assert not dictionary & set(used), (path, used)
     assert dictionary & set(encodings["width"]), encodings
+
+
+def test_the_command_line_gives_arrow_the_c_librarys_malloc_unless_the_caller_chose() -> None:
+    """The CLI's processes allocate Arrow buffers with malloc (the default pool stalls on huge-page
+    compaction between shards, see clipexport/cli.py); a pool the caller set is kept."""
+    import subprocess
+    import sys
+
+    code = "import clipexport.cli, pyarrow; print(pyarrow.default_memory_pool().backend_name)"
+    env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+    ours = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert ours.stdout.strip() == "system"
+    chosen = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**env, "ARROW_DEFAULT_MEMORY_POOL": "jemalloc"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert chosen.stdout.strip() == "jemalloc", chosen.stderr
