@@ -14,11 +14,11 @@ from typing import Any, Callable, Iterable
 import click
 
 # Arrow's buffers from the C library's malloc in our own processes, unless the caller chose a pool:
-# the wheels' default, mimalloc, asks for transparent huge pages and hands freed ones back, so where
-# the kernel compacts memory to give them (THP defrag "madvise", Debian's and Ubuntu's default) a
-# process that has been busy elsewhere stalls on its next allocations: each dataset shard's write
-# took 50-100 ms of CPU in an embed run on this project's 2-core VM, 3-5 ms with malloc (pyarrow
-# 24). Read by pyarrow when it is first imported, so set before anything imports it.
+# with the wheels' default, mimalloc, each dataset shard's write took 50-100 ms of CPU in an embed
+# run on this project's 2-core VM once the model had run since the last shard, on a handful of page
+# faults (huge pages, most likely, which the kernel compacts memory for under THP defrag "madvise",
+# Debian's and Ubuntu's default); 3-5 ms with malloc (pyarrow 24; setting the pool after import
+# did not help). Read by pyarrow when it is first imported, so set before anything imports it.
 os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
 
 from clipexport._version import __version__
@@ -75,7 +75,7 @@ class Member(click.Choice):
 
 FAST_DECODE_HELP = (
     "Decode JPEGs at the largest DCT scale that keeps the short side >= 2x the model's input (PIL "
-    "draft), then resize exactly: 12 MP photos decode 2.4x faster (embed 1.46-1.52x on 2 cores); cosine "
+    "draft), then resize exactly: 12 MP photos decode 2.4x faster (embed 1.46-1.57x on 2 cores); cosine "
     "to the exact path >= 0.9995, retrieval recall within 0.2 pt on the demo scenes (README); not "
     "bit-exact with PyTorch's preprocessing. Recorded in the dataset: a run made one way never "
     "resumes the other."

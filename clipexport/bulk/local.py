@@ -101,8 +101,7 @@ class PipelineStats:
     bytes_received: int = 0  # from the decode workers: each chunk's framing, pickled facts and raw pixels
     parent_cpu_s: float = 0.0  # the parent's main thread outside the backend: receive, normalise, write
     # The same over the run's second half: what each more image costs once what a run pays once is
-    # paid (its first batches' buffers faulted in, the shard writer's first write: 0.2-0.65 s in all
-    # on this project's VM, most of the whole-run figure for a run of 1,000 images).
+    # paid (its first batches' buffers faulted in, the workers' first chunks).
     parent_steady_cpu_s: float = 0.0
     steady_images: int = 0
     backend_cpu_s: float = 0.0  # the process's CPU during the backend's runs (all its threads)
