@@ -5,10 +5,9 @@ What crosses a process boundary is each image's resized, cropped **uint8** pixel
 147 KiB, a quarter of the float32 tensor), raw on the worker's own socket (`_Channel`): the parent
 reads them straight into a receive buffer it reuses (no pickle copy, no fresh pages per chunk:
 0.037 ms of parent CPU per image received in a 2-core run, 0.072 through multiprocessing's
-Connection and pickle), then
-normalises each chunk straight into its rows of the batch's float buffer, with the source
-library's own arithmetic (`ImagePreprocessor.normalize`: the same bits as image by image, 0.065 ms
-per 224 px image alone).
+Connection and pickle), then normalises each chunk straight into its rows of the batch's float
+buffer (on plain pages: `plain_pages_float32`), with the source library's own arithmetic
+(`ImagePreprocessor.normalize`: the same bits as image by image, 0.065 ms per 224 px image alone).
 
 How the cores are shared: the decode workers run at the lowest CPU priority (DECODE_NICE), the
 backend with its own threads (ONNX Runtime: the physical cores) and the parent at the caller's.
@@ -280,9 +279,10 @@ class ImagePipeline:
 
     Each worker has its own socket (`_Channel`), so no lock is shared between processes: a worker
     killed at any moment (a group SIGTERM it did not ignore, the OOM killer, a decoder crash)
-    cannot leave a lock held that the rest wait on forever, as multiprocessing.Pool's shared queues can. A dead
-    worker is replaced and its unanswered batches are sent again (rows are keyed by input index,
-    so none is lost or doubled); one batch that kills MAX_BATCH_DEATHS workers stops the run."""
+    cannot leave a lock held that the rest wait on forever, as multiprocessing.Pool's shared
+    queues can. A dead worker is replaced and its unanswered batches are sent again (rows are
+    keyed by input index, so none is lost or doubled); one batch that kills MAX_BATCH_DEATHS
+    workers stops the run."""
 
     def __init__(
         self,
