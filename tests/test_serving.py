@@ -459,9 +459,10 @@ def test_generated_python_models_load_and_answer_in_tritonserver(
         shutil.copytree(repo / model, python_only / model)
     http, grpc, metrics = free_local_ports(3)
     launcher = (
-        "import subprocess, sys, tempfile, pathlib\n"
+        "import subprocess, sys, pathlib\n"
         "from clipexport.serving import server as s\n"
-        "ws = pathlib.Path(tempfile.mkdtemp())\n"
+        f"ws = pathlib.Path({str(tmp_path / 'workspace')!r})\n"  # the test's: tritonserver is a 22 MB copy
+        "ws.mkdir()\n"
         "d = s._prepare_server(s._tritonserver_dist(), ws)\n"
         "env = s._server_env(s._tritonserver_dist())\n"
         "s.check_python_backend(d, env)\n"
