@@ -35,6 +35,8 @@ import numpy as np
 
 from bulk_embed import _photos, random_vit_b32
 
+from clipexport.bulk.dataset import DEFAULT_SHARD_SIZE
+
 REPO = Path(__file__).resolve().parent.parent
 CORES = len(os.sched_getaffinity(0))
 
@@ -103,7 +105,12 @@ print(json.dumps({"rows": r.rows, "inner_seconds": time.monotonic() - t, "worker
 
 
 def _embed(
-    artifact: Path, folder: Path, out: Path, decode: str = "exact", policy: str = "auto", shard_size: int = 10_000
+    artifact: Path,
+    folder: Path,
+    out: Path,
+    decode: str = "exact",
+    policy: str = "auto",
+    shard_size: int = DEFAULT_SHARD_SIZE,
 ) -> dict:
     """`embed -o DIR` with its defaults, in a fresh process (its start counted in `seconds`).
     policy: "auto" (the default rule), "shared" (never pin the sides to separate CPUs), "pinned"
